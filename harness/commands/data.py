@@ -1,0 +1,54 @@
+"""Prepare data: check (and download) the COCO 2014 layout, or write the synthetic smoke subset.
+
+  harness data coco --root DIR [--download]   check DIR/annotations + DIR/val2014 (and fetch what is missing)
+  harness data smoke --out DIR [--images N]   write the synthetic COCO-format smoke subset
+"""
+
+
+def add_arguments(parser):
+    sub = parser.add_subparsers(dest="data_command", metavar="WHAT", required=True)
+    coco = sub.add_parser("coco", help="Check the COCO 2014 layout under --root (and download what is missing).")
+    coco.add_argument("--root", required=True, help="COCO root holding annotations/, val2014/ (and train2014/)")
+    coco.add_argument("--download", action="store_true", help="fetch and unpack what is missing (needs internet)")
+    coco.add_argument("--splits", nargs="+", default=["val2014"], choices=["val2014", "train2014"],
+                      help="image folders to check or fetch (default: val2014; MLSPL also needs train2014)")
+    smoke = sub.add_parser("smoke", help="Write the synthetic COCO-format smoke subset.")
+    smoke.add_argument("--out", required=True, help="folder to write (must be empty or missing)")
+    smoke.add_argument("--images", type=int, default=48, help="val2014 images (default 48)")
+    smoke.add_argument("--train-images", type=int, default=96, help="train2014 images (default 96; 0 for none)")
+    smoke.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical files")
+
+
+def run(args):
+    return _coco(args) if args.data_command == "coco" else _smoke(args)
+
+
+def _smoke(args):
+    from pathlib import Path
+
+    from harness.data.smoke import make_smoke
+    from harness.errors import UserError
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty; choose a new --out folder (nothing was overwritten)")
+    if args.images < 1 or args.train_images < 0:
+        raise UserError("--images must be >= 1 and --train-images >= 0")
+    make_smoke(out, n_val=args.images, n_train=args.train_images, seed=args.seed)
+    print(f"smoke subset: {args.images} val2014 + {args.train_images} train2014 images under {out} "
+          f"(synthetic: results on it never count as a reproduction)")
+
+
+def _coco(args):
+    from harness.data.coco import check_images, is_full_split, load_labels
+
+    if args.download:
+        from harness.download import fetch_coco
+
+        fetch_coco(args.root, splits=("annotations", *args.splits))
+    for split in args.splits:
+        labels = load_labels(args.root, split, "all")
+        check_images(args.root, labels)
+        annotated = int((labels.labels.sum(1) > 0).sum())
+        note = "the full COCO split" if is_full_split(labels) else "NOT the full COCO split: runs on it are flagged smoke"
+        print(f"{split}: {len(labels)} images ({annotated} annotated), 80 categories, all present ({note})")

@@ -1,0 +1,39 @@
+"""List the models of the manifest: id, family, resolution, paper mAP, and what each needs."""
+
+
+def add_arguments(parser):
+    parser.add_argument("--manifest", help="manifest file (default: weights_manifest.yaml of the repository)")
+    parser.add_argument("--family", choices=["q2l", "asl", "mlspl"], help="only this family")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+
+
+def rows(specs):
+    for spec in specs.values():
+        pinned = all(f.sha256 for f in spec.files.values())
+        yield {
+            "id": spec.id,
+            "family": spec.family,
+            "resolution": spec.eval.resolution,
+            "protocol": spec.eval.protocol,
+            "image_set": spec.eval.image_set,
+            "paper_mAP": spec.paper_map,
+            "weights": ("released, " + ("pinned" if pinned else "unpinned")) if spec.released
+            else "trained here: no released weights",
+        }
+
+
+def run(args):
+    import json
+
+    from tabulate import tabulate
+
+    from harness.manifest import load_manifest
+
+    specs = load_manifest(args.manifest)
+    if args.family:
+        specs = {k: v for k, v in specs.items() if v.family == args.family}
+    table = list(rows(specs))
+    if args.format == "json":
+        print(json.dumps(table, indent=2))
+    else:
+        print(tabulate(table, headers="keys", missingval="n/a"))

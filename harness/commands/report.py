@@ -1,0 +1,10 @@
+"""harness report: not available yet."""
+from harness.errors import UserError
+
+
+def add_arguments(parser):
+    parser.add_argument("rest", nargs="*", help="(not available yet)")
+
+
+def run(args):
+    raise UserError("'harness report' is not available yet in this version")

@@ -1,0 +1,119 @@
+"""COCO 2014 for multi-label classification: label matrix, image-set conventions, dataset.
+
+Columns are the 80 categories in ascending category id (every codebase here does this).
+Image sets:
+  all        every image of the split sorted by id; unannotated images are all-negative rows
+             (Query2Label: torchvision CocoDetection order; 40,504 on val2014)
+  annotated  only images with at least one instance, sorted by id (ASL; 40,137 on val2014)
+"""
+import contextlib
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import UserError
+
+SPLIT_SIZES = {"val2014": (40504, 40137), "train2014": (82783, 82081)}  # (all, annotated)
+
+
+@dataclass
+class CocoLabels:
+    split: str
+    image_set: str
+    image_ids: np.ndarray  # int64 (N,)
+    file_names: list
+    labels: np.ndarray  # uint8 (N, 80)
+    category_ids: list
+    category_names: list
+    annotation_file: Path
+
+    def __len__(self):
+        return len(self.image_ids)
+
+
+def annotation_path(root, split="val2014"):
+    return Path(root) / "annotations" / f"instances_{split}.json"
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_coco(ann_file):
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        return COCO(str(ann_file))
+
+
+def load_labels(root, split="val2014", image_set="all"):
+    """Read `<root>/annotations/instances_<split>.json` into a CocoLabels."""
+    ann_file = annotation_path(root, split)
+    if not ann_file.is_file():
+        raise UserError(
+            f"COCO annotations not found: {ann_file}; get them with "
+            f"`harness data coco --root {root} --download` (or place instances_{split}.json there)"
+        )
+    if image_set not in ("all", "annotated"):
+        raise UserError(f"unknown image set '{image_set}'; use 'all' or 'annotated'")
+    try:
+        coco = _load_coco(ann_file)
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{ann_file} is not a COCO instances file ({e}); download it again")
+    category_ids = sorted(coco.cats)
+    column = {cid: j for j, cid in enumerate(category_ids)}
+    image_ids = sorted(coco.imgs)
+    if image_set == "annotated":
+        image_ids = [i for i in image_ids if coco.imgToAnns.get(i)]
+    labels = np.zeros((len(image_ids), len(category_ids)), dtype=np.uint8)
+    for row, image_id in enumerate(image_ids):
+        for ann in coco.imgToAnns.get(image_id, ()):  # crowd annotations count too
+            labels[row, column[ann["category_id"]]] = 1
+    return CocoLabels(
+        split=split,
+        image_set=image_set,
+        image_ids=np.asarray(image_ids, dtype=np.int64),
+        file_names=[coco.imgs[i]["file_name"] for i in image_ids],
+        labels=labels,
+        category_ids=category_ids,
+        category_names=[coco.cats[c]["name"] for c in category_ids],
+        annotation_file=ann_file,
+    )
+
+
+def fingerprint(coco_labels):
+    """What identifies the evaluated data: annotation file hash, image count, label-matrix hash."""
+    h = hashlib.sha256()
+    h.update(coco_labels.image_ids.astype("<i8").tobytes())
+    h.update(np.ascontiguousarray(coco_labels.labels, dtype=np.uint8).tobytes())
+    return {
+        "annotations_sha256": sha256_file(coco_labels.annotation_file),
+        "n_images": len(coco_labels),
+        "labels_sha256": h.hexdigest(),
+    }
+
+
+def is_full_split(coco_labels):
+    """True when the annotation file is the real, complete COCO split (by its image counts)."""
+    expected_all, expected_annotated = SPLIT_SIZES.get(coco_labels.split, (None, None))
+    expected = expected_all if coco_labels.image_set == "all" else expected_annotated
+    return len(coco_labels) == expected
+
+
+def check_images(root, coco_labels, show=3):
+    """Fail with one line when images listed in the annotations are missing on disk."""
+    folder = Path(root) / coco_labels.split
+    missing = [n for n in coco_labels.file_names if not (folder / n).is_file()]
+    if missing:
+        first = ", ".join(missing[:show])
+        raise UserError(
+            f"{len(missing)} of {len(coco_labels)} {coco_labels.split} images are missing under {folder} "
+            f"(first: {first}); get them with `harness data coco --root {root} --download`"
+        )

@@ -1,0 +1,5 @@
+"""The one exception a user can cause: the CLI prints it as one line and exits 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user. The message names the problem and the fix."""

@@ -1,0 +1,184 @@
+"""The model manifest (weights_manifest.yaml): schema, validation and loading.
+
+A bad entry fails on load with the entry and the field named, so a typo never
+reaches an evaluation.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from harness.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MANIFEST = REPO_ROOT / "weights_manifest.yaml"
+
+FAMILIES = ("q2l", "asl", "mlspl")
+PROTOCOLS = ("q2l", "asl", "mlspl")
+IMAGE_SETS = ("all", "annotated")
+NORMALIZATIONS = ("imagenet", "none")
+RESIZES = ("squish",)
+SOURCE_TYPES = {
+    "gdrive_folder": ("folder_id", "path"),
+    "gdrive_file": ("file_id",),
+    "http": ("url",),
+    "zenodo": ("record", "key"),
+}
+MLSPL_MODES = ("linear", "fine-tuned", "linear-init")
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    filename: str
+    sha256: str | None  # None: unpinned (see weights_manifest.lock.yaml)
+    sources: tuple  # of dicts, tried in order
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    resolution: int
+    resize: str
+    normalize: str
+    image_set: str
+    protocol: str
+    batch_size: int
+    amp: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    family: str
+    description: str
+    arch: dict  # {"name": registry name, ...its parameters}
+    paper: dict  # {"title", "table", "row", "csv", "metrics": {name: value}}
+    released: bool  # False: no released weights, trained here
+    files: dict = field(default_factory=dict)  # role ("checkpoint", "config") -> WeightFile
+    eval: EvalSpec = None
+    train: dict | None = None  # MLSPL: {"loss", "mode"}
+
+    @property
+    def paper_map(self):
+        return self.paper.get("metrics", {}).get("mAP")
+
+
+class _Field:
+    """Reads one entry's fields, naming the entry and the field path in every error."""
+
+    def __init__(self, path, entry):
+        self.path, self.entry = path, entry
+
+    def fail(self, name, message):
+        raise UserError(f"{self.path}: entry '{self.entry}': field '{name}' {message}")
+
+    def get(self, data, name, kind, *, required=True, choices=None, default=None, prefix=""):
+        full = prefix + name
+        if name not in data or data[name] is None:
+            if required:
+                self.fail(full, "is missing")
+            return default
+        value = data[name]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            self.fail(full, f"must be a positive integer (got {value!r})")
+        if kind is not int and not isinstance(value, kind):
+            self.fail(full, f"must be a {kind.__name__} (got {value!r})")
+        if choices is not None and value not in choices:
+            self.fail(full, f"must be one of {', '.join(choices)} (got {value!r})")
+        return value
+
+
+def _parse_sources(f, sources, prefix):
+    if not isinstance(sources, list) or not sources:
+        f.fail(prefix, "must be a non-empty list of sources")
+    for i, src in enumerate(sources):
+        where = f"{prefix}[{i}]"
+        if not isinstance(src, dict):
+            f.fail(where, "must be a mapping with a 'type'")
+        kind = f.get(src, "type", str, choices=tuple(SOURCE_TYPES), prefix=where + ".")
+        for key in SOURCE_TYPES[kind]:
+            f.get(src, key, str, prefix=where + ".")
+    return tuple(sources)
+
+
+def _parse_files(f, files):
+    out = {}
+    for role, spec in files.items():
+        prefix = f"files.{role}."
+        if not isinstance(spec, dict):
+            f.fail(f"files.{role}", "must be a mapping")
+        sha = spec.get("sha256")
+        if sha is not None and (not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+            f.fail(prefix + "sha256", f"must be 64 lowercase hex digits or null (got {sha!r})")
+        out[role] = WeightFile(
+            filename=f.get(spec, "filename", str, prefix=prefix),
+            sha256=sha,
+            sources=_parse_sources(f, spec.get("sources"), prefix + "sources"),
+        )
+    return out
+
+
+def _parse_entry(path, model_id, data):
+    f = _Field(path, model_id)
+    if not isinstance(data, dict):
+        f.fail("(entry)", "must be a mapping")
+    family = f.get(data, "family", str, choices=FAMILIES)
+    arch = f.get(data, "arch", dict)
+    f.get(arch, "name", str, prefix="arch.")
+    paper = f.get(data, "paper", dict)
+    for key in ("title", "table", "row"):
+        f.get(paper, key, str, prefix="paper.")
+    metrics = f.get(paper, "metrics", dict, prefix="paper.")
+    for name, value in metrics.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            f.fail(f"paper.metrics.{name}", f"must be a number or null (got {value!r})")
+    released = f.get(data, "released", bool)
+    files = f.get(data, "files", dict, required=released, default={})
+    if released and "checkpoint" not in files:
+        f.fail("files.checkpoint", "is missing (a released model needs its checkpoint file)")
+    ev = f.get(data, "eval", dict)
+    spec = EvalSpec(
+        resolution=f.get(ev, "resolution", int, prefix="eval."),
+        resize=f.get(ev, "resize", str, choices=RESIZES, prefix="eval."),
+        normalize=f.get(ev, "normalize", str, choices=NORMALIZATIONS, prefix="eval."),
+        image_set=f.get(ev, "image_set", str, choices=IMAGE_SETS, prefix="eval."),
+        protocol=f.get(ev, "protocol", str, choices=PROTOCOLS, prefix="eval."),
+        batch_size=f.get(ev, "batch_size", int, prefix="eval."),
+        amp=f.get(ev, "amp", bool, required=False, default=False, prefix="eval."),
+    )
+    train = None
+    if family == "mlspl":
+        train = f.get(data, "train", dict)
+        f.get(train, "loss", str, prefix="train.")
+        f.get(train, "mode", str, choices=MLSPL_MODES, prefix="train.")
+    return ModelSpec(
+        id=model_id,
+        family=family,
+        description=f.get(data, "description", str, required=False, default=""),
+        arch=dict(arch),
+        paper=dict(paper),
+        released=released,
+        files=_parse_files(f, files),
+        eval=spec,
+        train=train,
+    )
+
+
+def load_manifest(path=None):
+    """Return {model id: ModelSpec} in file order; raise UserError naming any bad entry."""
+    path = Path(path) if path else DEFAULT_MANIFEST
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"manifest not found: {path} (pass --manifest FILE or run from the repository)")
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the file")
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise UserError(f"{path}: expected a top-level 'models:' mapping")
+    return {mid: _parse_entry(path.name, mid, entry) for mid, entry in data["models"].items()}
+
+
+def get_spec(model_id, path=None):
+    specs = load_manifest(path)
+    if model_id not in specs:
+        raise UserError(f"unknown model '{model_id}'; `harness models` lists the known ones")
+    return specs[model_id]
