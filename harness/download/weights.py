@@ -1,0 +1,187 @@
+"""fetch(spec, role): the verified local path of one released file of a model.
+
+Order: files placed by hand (--weights-dir), then the cache, then each source of the
+manifest in turn. A file is used only if its sha256 matches the manifest's pin or, for an
+unpinned file, the hash recorded in the lock file at its first download.
+"""
+import os
+import sys
+from pathlib import Path
+
+from harness.download import sources
+from harness.download.errors import SourceError
+from harness.download.lock import lock_entry, record_lock
+from harness.download.settings import Patience, harness_home, is_offline, lock_file_for
+from harness.download.verify import file_digest, move_aside, read_record, write_record
+from harness.errors import UserError
+
+
+def cache_path(spec, role, cache_dir=None):
+    return harness_home(cache_dir) / "weights" / spec.id / spec.files[role].filename
+
+
+def hand_placed_candidates(weights_dir, spec, filename):
+    """Where a file placed by hand may lie: DIR/<model id>/, DIR/<authors' folder>/, DIR/."""
+    root = Path(weights_dir).expanduser()
+    folders = [root / spec.id]
+    if spec.arch.get("release_folder"):
+        folders.append(root / spec.arch["release_folder"])
+    return [f / filename for f in folders] + [root / filename]
+
+
+class _Expected:
+    """The sha256 a file must have, and where that requirement comes from."""
+
+    def __init__(self, spec, role, lock_file):
+        self.spec, self.role, self.lock_file = spec, role, Path(lock_file)
+        pinned = spec.files[role].sha256
+        entry = None if pinned else lock_entry(self.lock_file, spec.id, role)
+        self.sha256 = pinned or (entry or {}).get("sha256")
+        self.origin = ("weights_manifest.yaml" if pinned else
+                       f"{self.lock_file.name} (first seen {entry.get('fetched_at')} from {entry.get('source')})"
+                       if entry else None)
+
+    def mismatch(self, sha):
+        return self.sha256 is not None and sha != self.sha256
+
+    def remember(self, path, sha, source, quiet):
+        """An unpinned file seen for the first time: record its hash so that a change is refused later."""
+        if self.sha256 is not None:
+            return
+        record_lock(self.lock_file, self.spec.id, self.role, sha, Path(path).stat().st_size, source)
+        self.sha256 = sha
+        if not quiet:
+            print(f"warning: {self.spec.id} {self.role} is not pinned in the manifest; recorded its sha256 "
+                  f"{sha} in {self.lock_file} (a different file will be refused from now on)", file=sys.stderr)
+
+
+def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline=None,
+          lock_file=None, quiet=False):
+    """Return the path of a verified copy of `spec.files[role]`, downloading it if needed.
+
+    verify=True re-hashes a cached file instead of trusting its size and recorded hash.
+    offline (default: $HARNESS_OFFLINE) never touches the network.
+    Raises UserError with the problem and the fix when no good copy can be had.
+    """
+    if role not in spec.files:
+        raise UserError(f"model '{spec.id}' has no file '{role}' "
+                        f"(it has: {', '.join(spec.files) or 'none: trained here, see harness mlspl'})")
+    wfile = spec.files[role]
+    expected = _Expected(spec, role, lock_file or lock_file_for())
+    looked = []
+    if weights_dir:
+        found = _hand_placed(spec, role, weights_dir, expected, looked, quiet)
+        if found:
+            return found
+    dest = cache_path(spec, role, cache_dir)
+    looked.append(dest)
+    moved = None
+    if dest.is_file():
+        moved = _check_cached(dest, expected, verify, quiet)
+        if moved is None:
+            return dest
+    if is_offline(offline):
+        bad = f" (the cached copy failed verification and was moved to {moved})" if moved else ""
+        raise UserError(f"offline: {spec.id} {role} ({wfile.filename}) is not on this machine{bad}; looked in "
+                        f"{', '.join(map(str, looked))}; place it there by hand, or go online (no --offline, "
+                        f"HARNESS_OFFLINE unset) and run `harness download {spec.id}`")
+    return _download(spec, role, dest, expected, weights_dir, quiet)
+
+
+def _hand_placed(spec, role, weights_dir, expected, looked, quiet):
+    filename = spec.files[role].filename
+    candidates = hand_placed_candidates(weights_dir, spec, filename)
+    for i, path in enumerate(candidates):
+        looked.append(path)
+        if not path.is_file():
+            continue
+        bare = i == len(candidates) - 1
+        if bare and expected.sha256 is None:
+            # DIR/checkpoint.pkl does not say which model it belongs to: only a known hash can tell.
+            print(f"warning: ignoring {path}: its name does not say which model it is and no sha256 is "
+                  f"known for {spec.id} {role}; move it to {candidates[0]}", file=sys.stderr)
+            continue
+        sha = file_digest(path)
+        if expected.mismatch(sha):
+            raise UserError(f"{path} has sha256 {sha} but {spec.id} {role} must have {expected.sha256} "
+                            f"(from {expected.origin}); it is not the released file: remove or replace it")
+        expected.remember(path, sha, f"weights-dir:{path}", quiet)
+        return path
+    return None
+
+
+def _check_cached(dest, expected, verify, quiet):
+    """None if the cached file is good; otherwise the path it was moved aside to."""
+    record = read_record(dest)
+    want = expected.sha256 or (record or {}).get("sha256")
+    size = dest.stat().st_size
+    if not verify and record and record.get("size") == size and want == record.get("sha256"):
+        expected.remember(dest, want, f"cache:{record.get('source')}", quiet)
+        return None
+    sha = file_digest(dest)
+    if want is None or sha == want:
+        if not record or record.get("sha256") != sha:
+            write_record(dest, sha, (record or {}).get("source", "found in cache"))
+        expected.remember(dest, sha, f"cache:{(record or {}).get('source', 'found in cache')}", quiet)
+        return None
+    moved = move_aside(dest)
+    print(f"warning: cached {dest} has sha256 {sha}, not {want}; moved it to {moved}",
+          file=sys.stderr)
+    return moved
+
+
+def _download(spec, role, dest, expected, weights_dir, quiet):
+    wfile = spec.files[role]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    patience = Patience.from_env()
+    failures = []
+    for source in wfile.sources:
+        where = sources.describe(source)
+        try:
+            part = sources.download(source, dest, patience=patience, quiet=quiet)
+            sha = file_digest(part)
+            if expected.mismatch(sha):
+                raise SourceError("mismatch", f"got sha256 {sha} but {expected.sha256} is required "
+                                              f"(from {expected.origin})")
+        except SourceError as e:
+            if e.kind == "mismatch":  # never used: renamed so that nothing picks it up, kept for a look
+                moved = move_aside(sources.partial_path(dest, source), name_like=dest)
+                e = SourceError("mismatch", f"{e}; the file was moved to {moved}")
+            failures.append((where, e))
+            if not quiet:
+                print(f"{spec.id} {role}: {where} failed: {e}", file=sys.stderr)
+            continue
+        os.replace(part, dest)
+        write_record(dest, sha, sources.as_text(source))
+        expected.remember(dest, sha, sources.as_text(source), quiet)
+        _remove_partials(dest)
+        return dest
+    raise UserError(_failure_message(spec, role, failures, weights_dir, expected))
+
+
+def _remove_partials(dest):
+    for stale in dest.parent.glob(dest.name + ".part-*"):
+        stale.unlink(missing_ok=True)
+
+
+def _failure_message(spec, role, failures, weights_dir, expected):
+    wfile = spec.files[role]
+    kinds = {e.kind for _, e in failures}
+    reasons = "; ".join(str(e) for _, e in failures)
+    mirrors = [s["url"] for s in wfile.sources if s["type"] == "http"]
+    folders = [f"https://drive.google.com/drive/folders/{s['folder_id']}"
+               for s in wfile.sources if s["type"] == "gdrive_folder"]
+    by_hand = (f"download it by hand ({', '.join(mirrors + folders) or 'see the manifest'}) and place it as "
+               f"{Path(weights_dir or 'DIR') / spec.id / wfile.filename}, then pass --weights-dir "
+               f"{weights_dir or 'DIR'}")
+    head = f"cannot fetch {spec.id} {role} ({wfile.filename})"
+    if kinds == {"network"}:
+        head = f"no network: {head}"
+        by_hand = "check the connection (or a proxy), or " + by_hand
+    elif "quota" in kinds:
+        head = f"{head}: Google Drive's download quota for it is used up" + (
+            " and the mirror failed too" if mirrors else "")
+    if "mismatch" in kinds and wfile.sha256 is None and expected.origin:
+        by_hand += (f" (if the authors re-released the file on purpose, delete its entry in "
+                    f"{expected.lock_file} to accept the new one)")
+    return f"{head}: {reasons}; {by_hand}"
