@@ -1,0 +1,104 @@
+"""Model-only throughput: synthetic input at the model's resolution, CUDA-synchronised timing.
+
+For one batch size: warm-up (at least `warmup` calls AND at least `warmup_s` seconds, so lazy
+initialisation, cuDNN autotuning and torch.compile are done before timing), then `iters` timed
+calls, each closed by a synchronisation: latency percentiles per batch and images/s. Memory and
+energy come from an EvalMeasurement around the timed calls only.
+A batch-size sweep records an out-of-memory as such, frees the memory and goes on.
+"""
+import contextlib
+import gc
+import time
+
+import numpy as np
+import torch
+
+from harness.measure.measurement import EvalMeasurement, synchronize
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+RESULT_KEYS = ("peak_vram_mib", "torch_max_allocated_mib", "torch_max_reserved_mib",
+               "energy_j_per_image", "peak_rss_mib", "gpu_util_mean", "power_w_mean")
+
+
+def autocast(device, amp):
+    """Autocast for amp in {None, "bf16", "fp16"}; fp32 (no autocast) for None."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp])
+
+
+def synthetic_batch(batch_size, resolution, device, channels_last=False):
+    x = torch.randn(batch_size, 3, resolution, resolution, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def free_memory(device, collect=False):
+    """Give back what a finished (or failed) attempt held, so the next one starts clean.
+
+    Tensors go with their last reference; collect=True also breaks reference cycles (after an
+    OOM). It is not the default: one gc.collect() takes ~0.3 s with torch loaded.
+    """
+    if collect:
+        gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def time_model(model, batch_size, resolution, device, *, iters, warmup, warmup_s=0.0,
+               amp=None, channels_last=False, baseline_mib=None):
+    """Time `model` on one synthetic batch; return (results row, full measurement dict)."""
+    x = synthetic_batch(batch_size, resolution, device, channels_last)
+    latencies = []
+    with torch.inference_mode(), autocast(device, amp):
+        start, n, first_call_s = time.perf_counter(), 0, None
+        while n < warmup or time.perf_counter() - start < warmup_s:
+            model(x)
+            synchronize(device)
+            n += 1
+            if first_call_s is None:  # holds compilation, autotuning and lazy initialisation
+                first_call_s = time.perf_counter() - start
+        with EvalMeasurement(device, baseline_mib=baseline_mib) as m:
+            for _ in range(iters):
+                t = time.perf_counter()
+                model(x)
+                synchronize(device)
+                latencies.append(time.perf_counter() - t)
+            m.count(batch_size * iters)
+    measurement = m.result()
+    p50, p90, p99 = np.percentile(np.array(latencies) * 1000.0, [50, 90, 99]).tolist()
+    row = {"batch_size": batch_size, "oom": False,
+           "images_per_s": batch_size * iters / sum(latencies),
+           "latency_ms": {"p50": p50, "p90": p90, "p99": p99},
+           "iters": iters, "warmup_calls": n, "first_call_s": first_call_s}
+    row.update({k: measurement.get(k) for k in RESULT_KEYS})
+    row["reasons"] = {k: v for k, v in measurement["reasons"].items() if k in RESULT_KEYS}
+    return row, measurement
+
+
+def oom_row(batch_size):
+    row = {"batch_size": batch_size, "oom": True, "images_per_s": None,
+           "latency_ms": {"p50": None, "p90": None, "p99": None}}
+    row.update({k: None for k in RESULT_KEYS})
+    row["reasons"] = {k: "out of memory at this batch size" for k in ("images_per_s", *RESULT_KEYS)}
+    return row
+
+
+def sweep_batch_sizes(batch_sizes, run_one, device):
+    """Call run_one(batch_size) -> (row, measurement) for each size; an OOM becomes an oom row.
+
+    Returns (rows, {batch_size: measurement}) in the order given.
+    """
+    rows, measurements = [], {}
+    for b in batch_sizes:
+        free_memory(device)
+        oom = False
+        try:
+            row, measurements[b] = run_one(b)
+        except torch.cuda.OutOfMemoryError:
+            oom = True  # handled outside `except`, once the traceback (and its tensors) is gone
+        if oom:
+            free_memory(device, collect=True)
+            row = oom_row(b)
+        rows.append(row)
+    free_memory(device)
+    return rows, measurements
