@@ -196,8 +196,8 @@ def test_background_thread_samples_about_every_10ms(monkeypatch):
 
 def test_eval_measurement_on_cpu_counts_images_and_nulls_gpu_fields():
     with measurement.EvalMeasurement("cpu") as m:
-        before = host.current_rss_mib()
         block = np.ones(200 * MIB // 8)  # 200 MiB touched
+        during = host.current_rss_mib()
         m.count(12)
         m.count(8)
         del block
@@ -205,7 +205,7 @@ def test_eval_measurement_on_cpu_counts_images_and_nulls_gpu_fields():
     assert r["n_images"] == 20 and r["images_per_s"] == pytest.approx(20 / r["wall_s"])
     for key in measurement.GPU_KEYS:
         assert r[key] is None and "no GPU" in r["reasons"][key]
-    assert r["peak_rss_mib"] >= before + 150
+    assert r["peak_rss_mib"] >= during - 1  # the peak outlives the freed block
 
 
 def test_eval_measurement_result_before_exit_is_an_error():

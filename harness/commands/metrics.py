@@ -1,10 +1,77 @@
-"""harness metrics: not available yet."""
+"""Compute a paper's metrics (mAP with a bootstrap 95% CI, per-class AP, CP/CR/CF1/OP/OR/OF1 at 0.5
+and top-3, tie counts) from saved scores and labels (.npy, images x classes), exactly as that
+paper's code computes mAP. Prints one JSON object (or a short text summary)."""
+import json
+
+import numpy as np
+
 from harness.errors import UserError
 
 
 def add_arguments(parser):
-    parser.add_argument("rest", nargs="*", help="(not available yet)")
+    parser.add_argument("scores", help="scores.npy: images x classes sigmoid probabilities")
+    parser.add_argument("labels", help="labels.npy: images x classes, 1 positive, <= 0 negative")
+    parser.add_argument("--protocol", required=True, choices=("q2l", "asl", "mlspl"),
+                        help="whose mAP: q2l (VOC interpolated), asl (non-interpolated), mlspl (scikit-learn)")
+    parser.add_argument("--format", choices=("json", "text"), default="json")
+    parser.add_argument("--no-ci", action="store_true", help="skip the bootstrap (mAP_ci95 is then null)")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--class-names", metavar="FILE",
+                        help="class names, one per line or a JSON list (default: column indices)")
+
+
+def load_array(path, what):
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{what} file not found: {path}")
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"cannot read {what} from {path} ({e}); pass a .npy array saved with numpy.save")
+
+
+def load_class_names(path):
+    if path is None:
+        return None
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise UserError(f"cannot read class names from {path} ({e.strerror})")
+    if text.lstrip().startswith("["):
+        try:
+            return [str(n) for n in json.loads(text)]
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not a valid JSON list ({e}); or give one name per line")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def format_text(m):
+    def pct(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    ci = m["mAP_ci95"]
+    lines = [f"protocol {m['protocol']}: {m['protocol_description']}",
+             f"images {m['n_images']}, classes {m['n_classes']} (mAP over {m['mAP_classes']})",
+             f"mAP {pct(m['mAP'])}" + (f"  95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "  (no CI)"),
+             f"tie-free mAP {pct(m['ties']['mAP_tie_free'])}; {m['ties']['tied_scores_total']} tied scores, "
+             f"{m['ties']['classes_with_mixed_ties']} classes with ties across positives and negatives"]
+    for name, row in (("all (>= 0.5)", m), ("top-3", m["top3"])):
+        lines.append(f"{name:13s} " + "  ".join(f"{k} {pct(row[k])}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")))
+    lines += [f"note: {n}" for n in m["notes"]]
+    return "\n".join(lines)
+
+
+def print_metrics(metrics, fmt):
+    print(json.dumps(metrics, indent=2) if fmt == "json" else format_text(metrics))
 
 
 def run(args):
-    raise UserError("'harness metrics' is not available yet in this version")
+    from harness.metrics import compute_metrics
+
+    if args.n_boot < 1:
+        raise UserError("--n-boot must be at least 1 (or use --no-ci)")
+    scores = load_array(args.scores, "scores")
+    labels = load_array(args.labels, "labels")
+    metrics = compute_metrics(scores, labels, args.protocol, ci=not args.no_ci, n_boot=args.n_boot,
+                              seed=args.seed, class_names=load_class_names(args.class_names))
+    print_metrics(metrics, args.format)

@@ -1,10 +1,58 @@
-"""harness rescore: not available yet."""
+"""Recompute the metrics of a finished run from its saved scores and labels (no GPU needed), with
+its own protocol or another. Prints them and writes rescore-<protocol>.json in the run folder;
+record.json is never touched, and an existing rescore file is never replaced."""
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
 from harness.errors import UserError
 
 
 def add_arguments(parser):
-    parser.add_argument("rest", nargs="*", help="(not available yet)")
+    parser.add_argument("run_dir", help="a run folder holding record.json, scores.npy and labels.npy")
+    parser.add_argument("--protocol", choices=("q2l", "asl", "mlspl"),
+                        help="default: the protocol the run was evaluated with")
+    parser.add_argument("--format", choices=("json", "text"), default="json")
+    parser.add_argument("--no-ci", action="store_true", help="skip the bootstrap")
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def output_path(run_dir, protocol):
+    from harness.records import new_run_id
+
+    path = run_dir / f"rescore-{protocol}.json"
+    if path.exists():  # never replace an earlier result: add the time and a random tag
+        path = run_dir / f"rescore-{protocol}-{new_run_id()}.json"
+    return path
 
 
 def run(args):
-    raise UserError("'harness rescore' is not available yet in this version")
+    from harness import records
+    from harness.commands.metrics import load_array, print_metrics
+    from harness.metrics import compute_metrics
+
+    run_dir = Path(args.run_dir)
+    record = records.read_record(run_dir)
+    if record["kind"] != "eval":
+        raise UserError(f"{run_dir} is a '{record['kind']}' run; only evaluation runs have scores to rescore")
+    files = record.get("files") or {}
+    scores = load_array(run_dir / files.get("scores", "scores.npy"), "scores")
+    labels = load_array(run_dir / files.get("labels", "labels.npy"), "labels")
+    recorded = record.get("metrics") or {}
+    protocol = args.protocol or record.get("eval", {}).get("protocol")
+    if protocol is None:
+        raise UserError(f"{run_dir}/record.json names no protocol; pass --protocol q2l|asl|mlspl")
+    metrics = compute_metrics(scores, labels, protocol, ci=not args.no_ci, n_boot=args.n_boot, seed=args.seed,
+                              class_names=recorded.get("class_names"))
+    print_metrics(metrics, args.format)
+    out = {
+        "rescored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": record["run_id"], "model_id": record["model"]["id"], "protocol": protocol,
+        "recorded_protocol": record.get("eval", {}).get("protocol"), "recorded_mAP": recorded.get("mAP"),
+        "smoke": record.get("smoke"), "environment": records.environment(), "metrics": metrics,
+    }
+    path = output_path(run_dir, protocol)
+    records.write_new(path, lambda f: f.write((json.dumps(out, indent=2) + "\n").encode()))
+    print(f"written: {path}", file=sys.stderr)

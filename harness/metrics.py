@@ -1,0 +1,384 @@
+"""Average precision exactly as each paper's code computes it, the F1 family, and a bootstrap CI.
+
+Per class AP, then the mean over classes, in percent. Labels > 0 are positives, labels <= 0
+negatives (the Query2Label code's rule). Ties are ordered by the same numpy call each authors'
+code makes, on the same dtype, so tied scores give their number, not just a close one:
+
+  q2l    Query2Label `voc_mAP`: order `np.argsort(-s)` on float64 (their scores pass through a
+         text file); precision tp / max(tp + fp, eps); VOC all-point interpolation (precision made
+         monotone from the right, summed where recall changes). A class without positives is NaN
+         in their code: here its AP is null, mAP is the mean over the classes with positives, and
+         the class is listed in `classes_without_positives`.
+  asl    ASL `mAP`: order `s.argsort()[::-1]` in the scores' own dtype (float32, as their torch
+         outputs); precision at each positive, summed / (npos + 1e-8): 0 without positives.
+  mlspl  MLSPL: scikit-learn `average_precision_score` (tied scores form one step); AP 0 for a
+         class without positives, as their `compute_avg_precision`.
+
+numpy's default sort is not stable, and its order of ties can differ between numpy builds and
+CPUs: `ties` therefore gives, per protocol, a tie-free AP (tied scores taken as one threshold
+step) and the count of tied scores, so a reader sees when ties could move a number.
+
+F1 family (no code published by the Q2L authors; the ML-GCN definition): predicted positive
+when score >= 0.5; CP, CR = per-class precision and recall averaged over the classes with a
+positive (a class with nothing predicted has precision 0); CF1 = 2 CP CR / (CP + CR); OP, OR, OF1
+pooled over all (image, class) pairs. `top3`: only each image's 3 highest scores may be
+positive, and they must also be >= 0.5 (ML-GCN's `overall_topk`, C-Tran); a tie at the third
+place goes to the lower class index.
+
+Bootstrap: images resampled with replacement (fixed seed), the same protocol on each resample,
+95% percentile interval. Each class is sorted once; a resample is a vector of per-image counts,
+and its AP is computed from counts summed between the positives (copies of an image sit
+together in the sorted order), so 1,000 resamples of 40,504 x 80 take seconds.
+"""
+import numpy as np
+import scipy.sparse
+
+from harness.errors import UserError
+
+PROTOCOLS = ("q2l", "asl", "mlspl")
+THRESHOLD = 0.5
+TOP_K = 3
+ASL_EPS = 1e-8
+
+PROTOCOL_DESCRIPTIONS = {
+    "q2l": "Query2Label voc_mAP: VOC all-point interpolated AP, ties ordered by np.argsort(-s) on float64",
+    "asl": "ASL mAP: non-interpolated AP (precision at each positive / (npos + 1e-8)), "
+           "ties ordered by s.argsort()[::-1]",
+    "mlspl": "MLSPL: scikit-learn average_precision_score (tied scores one step), AP 0 without positives",
+}
+TOP3_RULE = "top-3 scores of each image, and >= 0.5 (ML-GCN overall_topk); ties at 3rd place: lower class index"
+
+
+# ---------------------------------------------------------------- inputs
+
+def check_inputs(scores, labels):
+    """(scores as an array of their own float dtype, positives as bool), or UserError."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    if scores.ndim != 2 or labels.ndim != 2:
+        raise UserError(f"scores and labels must be 2-D (images x classes); got shapes {scores.shape} and "
+                        f"{labels.shape}")
+    if scores.shape != labels.shape:
+        raise UserError(f"scores {scores.shape} and labels {labels.shape} differ in shape; "
+                        f"pass the labels of the same images and classes")
+    if scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise UserError(f"no images or no classes (shape {scores.shape}); pass a non-empty score matrix")
+    if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
+        raise UserError(f"scores must be numbers (got dtype {scores.dtype})")
+    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool):
+        raise UserError(f"labels must be numbers 0/1 (got dtype {labels.dtype})")
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
+    if not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        raise UserError(f"{bad} scores are NaN or infinite; fix or re-run the evaluation that wrote them")
+    if np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
+        raise UserError("labels contain NaN or infinite values; labels must be 0/1")
+    return np.ascontiguousarray(scores), np.ascontiguousarray(labels > 0)
+
+
+def _check_protocol(protocol):
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol '{protocol}'; use one of {', '.join(PROTOCOLS)}")
+
+
+# ---------------------------------------------------------------- one class
+
+def sort_order(column, protocol):
+    """Indices that sort one class's scores from high to low, tie order as the authors' code."""
+    if protocol == "q2l":
+        return np.argsort(-column)  # column is float64: the call voc_mAP makes
+    if protocol == "asl":
+        return column.argsort()[::-1]  # the call ASL's average_precision makes
+    return np.argsort(-column, kind="stable")  # mlspl: ties form one step, any order will do
+
+
+def _group_ends(sorted_scores):
+    """Exclusive end index of each run of equal scores in a sorted column."""
+    change = np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]) + 1
+    return np.append(change, len(sorted_scores))
+
+
+def ap_sorted(y, protocol):
+    """AP (fraction) of one class from its labels in ranked order, with the authors' arithmetic."""
+    n = len(y)
+    tp = np.cumsum(y, dtype=np.float64)
+    rank = np.arange(1, n + 1, dtype=np.float64)
+    npos = tp[-1]
+    if protocol == "asl":
+        return np.sum(np.where(y, tp / rank, 0.0)) / (npos + ASL_EPS)
+    if npos == 0:
+        return np.nan if protocol == "q2l" else 0.0
+    if protocol == "q2l":
+        precision = tp / np.maximum(rank, np.finfo(np.float64).eps)
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]
+        recall = tp / npos
+        step = np.diff(recall, prepend=0.0)
+        return np.sum(step[y] * envelope[y])
+    raise ValueError("mlspl needs the scores for its tie steps: use ap_grouped")
+
+
+def ap_grouped(sorted_scores, y, protocol):
+    """AP (fraction) with each run of tied scores as one threshold step: mlspl's AP, and the
+    tie-free reference of q2l and asl (it does not depend on how a sort orders ties)."""
+    ends = _group_ends(sorted_scores)
+    tp = np.cumsum(y, dtype=np.float64)[ends - 1]
+    npos = tp[-1]
+    if npos == 0:
+        return np.nan if protocol == "q2l" else 0.0
+    precision = tp / ends
+    if protocol == "q2l":
+        precision = np.maximum.accumulate(precision[::-1])[::-1]
+    if protocol == "asl":
+        return np.sum(np.diff(tp, prepend=0.0) * precision) / (npos + ASL_EPS)
+    # mlspl (and q2l on its envelope): scikit-learn's sum, -sum(diff(recall) * precision[:-1]),
+    # over the curve reversed as precision_recall_curve returns it
+    recall = np.append((tp / npos)[::-1], 0.0)
+    return max(0.0, -np.sum(np.diff(recall) * precision[::-1]))
+
+
+def tie_counts(sorted_scores, y):
+    """(scores sharing their value with another, of those the ones in a run holding both a
+    positive and a negative: only these can move AP)."""
+    ends = _group_ends(sorted_scores)
+    size = np.diff(ends, prepend=0)
+    pos = np.add.reduceat(y.astype(np.int64), ends - size)
+    tied = size > 1
+    mixed = tied & (pos > 0) & (pos < size)
+    return int(size[tied].sum()), int(size[mixed].sum())
+
+
+# ---------------------------------------------------------------- all classes
+
+def _class_columns(scores, protocol):
+    """classes x images array in the dtype each protocol sorts (see sort_order)."""
+    if protocol == "q2l":
+        return scores.astype(np.float64).T
+    return scores.T
+
+
+def per_class_ap(scores, positives, protocol):
+    """Per-class AP (fractions), tie-free AP, tied and mixed-tie counts, and each class's order."""
+    columns = _class_columns(scores, protocol)
+    n_classes = columns.shape[0]
+    ap, ap_tie_free = np.empty(n_classes), np.empty(n_classes)
+    tied, mixed = np.zeros(n_classes, int), np.zeros(n_classes, int)
+    orders = []
+    for c in range(n_classes):
+        order = sort_order(columns[c], protocol)
+        s, y = columns[c][order], positives[order, c]
+        ap_tie_free[c] = ap_grouped(s, y, protocol)
+        ap[c] = ap_tie_free[c] if protocol == "mlspl" else ap_sorted(y, protocol)
+        tied[c], mixed[c] = tie_counts(s, y)
+        orders.append((order, s, y))
+    return ap, ap_tie_free, tied, mixed, orders
+
+
+def mean_ap(ap, protocol):
+    """Mean in percent, as the authors average (q2l: over classes with positives, see above)."""
+    if protocol == "q2l":
+        ap = ap[~np.isnan(ap)]
+        return float(np.mean(ap * 100)) if len(ap) else None
+    return float(100 * np.mean(ap))
+
+
+def f1_family(scores, positives, threshold=THRESHOLD, top_k=None):
+    """CP, CR, CF1, OP, OR, OF1 in percent (None where undefined: no positives at all)."""
+    predicted = scores >= threshold
+    if top_k is not None and top_k < scores.shape[1]:
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        in_top = np.zeros_like(predicted)
+        np.put_along_axis(in_top, best, True, axis=1)
+        predicted &= in_top
+    correct = (predicted & positives).sum(0)
+    n_predicted, n_true = predicted.sum(0), positives.sum(0)
+    has = n_true > 0
+    if not has.any():
+        return dict.fromkeys(("CP", "CR", "CF1", "OP", "OR", "OF1"))
+    cp = float(np.mean(correct[has] / np.maximum(n_predicted[has], 1)))
+    cr = float(np.mean(correct[has] / n_true[has]))
+    op = float(correct.sum() / n_predicted.sum()) if n_predicted.sum() else 0.0
+    orr = float(correct.sum() / n_true.sum())
+
+    def f1(p, r):
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    return {"CP": 100 * cp, "CR": 100 * cr, "CF1": 100 * f1(cp, cr),
+            "OP": 100 * op, "OR": 100 * orr, "OF1": 100 * f1(op, orr)}
+
+
+# ---------------------------------------------------------------- bootstrap
+
+def resample_counts(n_images, n_boot, seed=0):
+    """resamples x images array: how often each image is drawn (each row sums to n_images)."""
+    rng = np.random.default_rng(seed)
+    counts = np.empty((n_boot, n_images), dtype=np.uint16)
+    for b in range(n_boot):
+        counts[b] = np.bincount(rng.integers(0, n_images, n_images), minlength=n_images)
+    return counts.astype(np.uint8) if counts.max() <= 255 else counts
+
+
+class _Packed:
+    """Several resamples' counts in one float64 (lanes of `bits` bits, exact while every sum stays
+    below 2**52), so one sparse product sums them all: the bootstrap's main cost."""
+
+    def __init__(self, counts):
+        n_boot, n_images = counts.shape
+        self.bits = max(int(n_images).bit_length(), 1)  # a lane holds any count sum <= n_images
+        self.lanes = max(52 // self.bits, 1)
+        self.n_boot = n_boot
+        n_packs = -(-n_boot // self.lanes)
+        self.values = np.zeros((n_images, n_packs))  # images x packs
+        for k in range(self.lanes):
+            part = counts[k::self.lanes].T
+            self.values[:, :part.shape[1]] += part * float(2 ** (self.bits * k))
+
+    def unit_sums(self, images, per_unit):
+        """packs x units: packed counts summed per unit; `images` lists the images of unit 0,
+        then unit 1, ..., `per_unit` how many each (a sparse product, no sort needed)."""
+        indptr = np.concatenate(([0], np.cumsum(per_unit)))
+        select = scipy.sparse.csr_matrix((np.ones(len(images)), images, indptr),
+                                         shape=(len(per_unit), len(self.values)))
+        return np.ascontiguousarray((select @ self.values).T)
+
+    def unpack(self, packed):
+        """packs x units packed sums -> resamples x units integer sums."""
+        ints = packed.astype(np.int64)
+        mask = (1 << self.bits) - 1
+        lanes = np.empty((len(ints), self.lanes, ints.shape[1]), np.int64)
+        for k in range(self.lanes):
+            np.bitwise_and(ints >> (self.bits * k), mask, out=lanes[:, k])
+        return lanes.reshape(-1, ints.shape[1])[:self.n_boot]
+
+
+def _harmonic(n):
+    return np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, n + 1))))
+
+
+def bootstrap_class_ap(order, sorted_scores, y, counts, protocol, packed=None, harmonic=None):
+    """AP (fractions) of one class on each resample; counts is resamples x images.
+
+    Copies of a drawn image sit together in the class's sorted order. Units: each positive
+    (q2l, asl) or each run of tied scores holding a positive (mlspl). With E = images drawn up to
+    a unit's end, P = positives drawn in it and T = positives up to its end, a unit adds
+    P * T/E (mlspl), P * max(T/E over this and later units) (q2l), or, for its P copies in a row,
+    sum_{m=1..P} (T-P+m)/(E-P+m) = P - (E-T)(H(E) - H(E-P)) (asl); then / npos.
+    """
+    n_boot = counts.shape[0]
+    rows = np.flatnonzero(y)
+    if len(rows) == 0:
+        return np.full(n_boot, np.nan if protocol == "q2l" else 0.0)
+    if protocol == "mlspl":
+        ends = _group_ends(sorted_scores)
+        unit_ends = ends[np.unique(np.searchsorted(ends, rows, side="right"))]
+    else:
+        unit_ends = rows + 1
+    n_units = len(unit_ends)
+    packed = _Packed(counts) if packed is None else packed
+    drawn = packed.unit_sums(order[:unit_ends[-1]], np.diff(unit_ends, prepend=0))
+    drawn_pos = packed.unit_sums(order[rows], np.bincount(np.searchsorted(unit_ends, rows, side="right"),
+                                                          minlength=n_units))
+    seen = packed.unpack(np.cumsum(drawn, axis=1))  # resamples x units
+    positives = packed.unpack(drawn_pos)
+    pos_seen = packed.unpack(np.cumsum(drawn_pos, axis=1))
+    npos = pos_seen[:, -1].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if protocol == "asl":
+            harmonic = _harmonic(counts.shape[1]) if harmonic is None else harmonic
+            gain = positives - (seen - pos_seen) * (harmonic[seen] - harmonic[seen - positives])
+            return gain.sum(1) / (npos + ASL_EPS)
+        # at a unit with no copy drawn T/E never exceeds the last drawn unit's: no mask needed
+        precision = pos_seen / np.maximum(seen, 1)
+        if protocol == "q2l":  # the envelope: running max from the last unit back
+            precision = np.maximum.accumulate(precision[:, ::-1].copy(), axis=1)[:, ::-1]
+            return np.where(npos > 0, np.einsum("ij,ij->i", positives, precision) / np.maximum(npos, 1), np.nan)
+        return np.einsum("ij,ij->i", positives, precision) / np.maximum(npos, 1)
+
+
+def bootstrap_map(orders, counts, protocol, chunk=63):
+    """mAP (percent) of each resample (rows of counts); orders as returned by per_class_ap."""
+    n_boot, n_images = counts.shape
+    harmonic = _harmonic(n_images) if protocol == "asl" else None
+    maps = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        part = counts[start:start + chunk]
+        packed = _Packed(part)
+        aps = np.stack([bootstrap_class_ap(o, s, y, part, protocol, packed, harmonic) for o, s, y in orders])
+        if protocol == "q2l":  # mean over the classes with a positive in that resample
+            none = np.isnan(aps).all(0)
+            with np.errstate(invalid="ignore"):
+                maps[start:start + chunk] = np.where(none, np.nan, 100 * np.nanmean(np.where(none, 0, aps), axis=0))
+        else:
+            maps[start:start + chunk] = 100 * aps.mean(0)
+    return maps
+
+
+# ---------------------------------------------------------------- everything
+
+def _plain(values):
+    """A list of floats with None for NaN (JSON has no NaN)."""
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, class_names=None):
+    """Every metric of one run as a JSON-serialisable dict (percentages)."""
+    _check_protocol(protocol)
+    scores, positives = check_inputs(scores, labels)
+    n_images, n_classes = scores.shape
+    if class_names is not None and len(class_names) != n_classes:
+        raise UserError(f"{len(class_names)} class names for {n_classes} classes; pass one name per column")
+    names = list(class_names) if class_names is not None else list(range(n_classes))
+
+    ap, ap_tie_free, tied, mixed, orders = per_class_ap(scores, positives, protocol)
+    n_true = positives.sum(0)
+    missing = [names[c] for c in np.flatnonzero(n_true == 0)]
+    notes = []
+    if missing:
+        rule = {"q2l": "their code gives NaN; their AP is null here and mAP is over the other classes",
+                "asl": "their code gives AP 0, counted in mAP", "mlspl": "their code gives AP 0, counted in mAP"}
+        notes.append(f"{len(missing)} classes have no positives ({', '.join(map(str, missing[:10]))}"
+                     f"{', ...' if len(missing) > 10 else ''}): {rule[protocol]}")
+    if scores.min() < 0 or scores.max() > 1:
+        notes.append("scores outside [0, 1]: the 0.5 threshold of the F1 family assumes sigmoid probabilities")
+    if int(mixed.sum()):
+        notes.append(f"{int(mixed.sum())} tied scores mix positives and negatives: compare mAP with "
+                     f"ties.mAP_tie_free")
+
+    result = {
+        "protocol": protocol,
+        "protocol_description": PROTOCOL_DESCRIPTIONS[protocol],
+        "mAP": mean_ap(ap, protocol),
+        "mAP_ci95": None,
+        "bootstrap": None,
+        "mAP_classes": int(n_classes - (len(missing) if protocol == "q2l" else 0)),
+        "per_class_ap": _plain(ap * 100),
+        "class_names": list(class_names) if class_names is not None else None,
+        "classes_without_positives": missing,
+        "n_images": int(n_images),
+        "n_classes": int(n_classes),
+        "n_positives": int(n_true.sum()),
+        "threshold": THRESHOLD,
+        **f1_family(scores, positives),
+        "top3": {**f1_family(scores, positives, top_k=TOP_K), "rule": TOP3_RULE},
+        "ties": {
+            "mAP_tie_free": mean_ap(ap_tie_free, protocol),
+            "per_class_ap_tie_free": _plain(ap_tie_free * 100),
+            "max_class_ap_difference": float(np.nanmax(np.abs(ap - ap_tie_free)) * 100)
+            if not np.isnan(ap).all() else None,
+            "tied_scores_per_class": tied.tolist(),
+            "mixed_tied_scores_per_class": mixed.tolist(),
+            "tied_scores_total": int(tied.sum()),
+            "classes_with_mixed_ties": int((mixed > 0).sum()),
+            "sort": {"q2l": "np.argsort(-s), float64", "asl": "s.argsort()[::-1], scores' dtype",
+                     "mlspl": "ties form one step"}[protocol],
+        },
+        "notes": notes,
+    }
+    if ci:
+        maps = bootstrap_map(orders, resample_counts(n_images, n_boot, seed), protocol)
+        maps = maps[~np.isnan(maps)]
+        if len(maps):
+            low, high = np.percentile(maps, [2.5, 97.5])
+            result["mAP_ci95"] = [float(low), float(high)]
+        result["bootstrap"] = {"n_resamples": int(n_boot), "seed": int(seed), "std": float(np.std(maps)) if len(maps)
+                               else None, "method": "percentile; images resampled with replacement, same protocol"}
+    return result

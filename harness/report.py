@@ -1,0 +1,363 @@
+"""Tables of the run records against the papers: markdown, csv, latex, json or html (with plots).
+
+Reads only run records, the manifest (the model list and paper numbers) and tables/paper/*.csv;
+it never runs a model and never imports torch. One table per family: per model the latest
+complete non-smoke evaluation wins; with only smoke runs the latest smoke run is shown as smoke,
+which never counts as reproduced.
+"""
+import base64
+import csv
+import io
+import json
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.manifest import REPO_ROOT
+from harness.metrics import PROTOCOL_DESCRIPTIONS, THRESHOLD, TOP3_RULE
+from harness.records import iter_records
+
+FORMATS = ("markdown", "csv", "latex", "json", "html")
+FAMILIES = {"q2l": "Query2Label", "asl": "ASL", "mlspl": "MLSPL (single positive labels, trained here)"}
+TOLERANCE = {True: 0.1, False: 1.0}  # |ours - paper| in mAP points: released checkpoint, trained here
+IMAGE_SETS = {"all": "all 40,504 COCO val2014 images (unannotated ones are all-negative rows)",
+              "annotated": "the 40,137 annotated COCO val2014 images"}
+STATUSES = ("reproduced", "not reproduced", "no paper value", "smoke", "no run yet")
+BUDGET_MIB = 12 * 1024
+DEFAULT_TABLES = REPO_ROOT / "tables" / "paper"
+
+COLUMNS = [("model", "model"), ("resolution", "resolution"), ("paper_mAP", "paper mAP"), ("mAP", "ours"),
+           ("difference", "difference"), ("ci95", "95% CI"), ("status", "status"), ("CF1", "CF1 ours / paper"),
+           ("OF1", "OF1 ours / paper"), ("peak_vram_mib", "peak VRAM (MiB)"), ("images_per_s", "images/s"),
+           ("gpu", "GPU")]
+COST_COLUMNS = [("model", "model"), ("resolution", "resolution"), ("params_m", "params (M)"),
+                ("gflops", "GFLOPs"), ("vram_b1", "peak VRAM b1 (MiB)"), ("vram_b16", "peak VRAM b16 (MiB)"),
+                ("images_per_s", "images/s"), ("j_per_image", "J/image"), ("fits", "fits in 12 GB"), ("gpu", "GPU")]
+
+
+# ---------------------------------------------------------------- data
+
+def _latest(records):
+    return max(records, key=lambda r: (r.get("finished_at") or "", r.get("run_id") or ""), default=None)
+
+
+def judge(spec, record):
+    """(status, tolerance) of one model's chosen record; see STATUSES."""
+    tolerance = TOLERANCE[bool(spec.released)]
+    if record is None:
+        return "no run yet", tolerance
+    if record.get("smoke"):
+        return "smoke", tolerance
+    paper, ours = spec.paper_map, (record.get("metrics") or {}).get("mAP")
+    if paper is None:
+        return "no paper value", tolerance
+    if ours is None:
+        return "not reproduced", tolerance
+    ci = (record.get("metrics") or {}).get("mAP_ci95")
+    inside = ci is not None and ci[0] <= paper <= ci[1]
+    return ("reproduced" if abs(ours - paper) <= tolerance + 1e-9 or inside else "not reproduced"), tolerance
+
+
+def load_paper_tables(tables_dir=None):
+    """{csv file name: list of row dicts} of tables/paper/*.csv (empty if the folder is missing)."""
+    folder = Path(tables_dir) if tables_dir else DEFAULT_TABLES
+    return {p.name: list(csv.DictReader(p.open(newline=""))) for p in sorted(folder.glob("*.csv"))}
+
+
+def _mlspl_context(spec, tables):
+    """The paper number's stated confidence and others' re-runs of the same setting (MLSPL only)."""
+    loss, mode = spec.train["loss"], spec.train["mode"]
+    confidence = next((r.get("confidence") or None for r in tables.get("mlspl_coco.csv", [])
+                       if r.get("loss") == loss and r.get("mode") == mode), None)
+    reruns = [f"{float(r['mAP']):.2f} ({r['source']})" for r in tables.get("mlspl_coco_reruns.csv", [])
+              if r.get("method") == loss and r.get("mode") == mode and r.get("mAP")]
+    return confidence, "; ".join(reruns) or None
+
+
+def model_row(spec, record, tables):
+    m = (record or {}).get("metrics") or {}
+    paper = spec.paper.get("metrics", {})
+    measurement = (record or {}).get("measurement") or {}
+    gpu = (((record or {}).get("environment") or {}).get("gpu") or {}).get("name")
+    status, tolerance = judge(spec, record)
+    ours = m.get("mAP")
+    row = {
+        "family": spec.family, "model": spec.id, "resolution": spec.eval.resolution,
+        "paper_mAP": spec.paper_map, "mAP": ours,
+        "difference": ours - spec.paper_map if ours is not None and spec.paper_map is not None else None,
+        "ci95": m.get("mAP_ci95"), "status": status, "tolerance": tolerance,
+        "CF1": m.get("CF1"), "paper_CF1": paper.get("CF1"), "OF1": m.get("OF1"), "paper_OF1": paper.get("OF1"),
+        "top3_CF1": (m.get("top3") or {}).get("CF1"), "paper_top3_CF1": paper.get("top3_CF1"),
+        "top3_OF1": (m.get("top3") or {}).get("OF1"), "paper_top3_OF1": paper.get("top3_OF1"),
+        "peak_vram_mib": measurement.get("peak_vram_mib"),
+        "images_per_s": ((record or {}).get("timings") or {}).get("images_per_s"),
+        "gpu": gpu or ("cpu" if record and (record.get("eval") or {}).get("device") == "cpu" else None),
+        "protocol": m.get("protocol", spec.eval.protocol), "image_set": spec.eval.image_set,
+        "n_images": m.get("n_images"), "run_id": (record or {}).get("run_id"),
+        "smoke_reasons": (record or {}).get("smoke_reasons") or [], "paper_row": spec.paper.get("row"),
+        "classes_without_positives": m.get("classes_without_positives") or [],
+    }
+    if spec.family == "mlspl":
+        row["paper_confidence"], row["reruns_by_others"] = _mlspl_context(spec, tables)
+    return row
+
+
+def bench_row(spec_or_id, record):
+    bench = record.get("bench") or {}
+    results = [r for r in bench.get("results") or [] if isinstance(r, dict)]
+    by_batch = {r.get("batch_size"): r for r in results}
+    fastest = max((r for r in results if r.get("images_per_s")), key=lambda r: r["images_per_s"], default={})
+    fits = bench.get("fits") or {}
+    if fits.get("inference_max_batch") is not None:
+        n = fits["inference_max_batch"]
+        budget = fits.get("budget_mib")
+        fits_text = (f"yes, batch <= {n}" if n > 0 else "no") + ("" if budget in (None, BUDGET_MIB)
+                                                                else f" (budget {budget} MiB)")
+    else:
+        fits_text = None
+    params = bench.get("params")
+    spec = spec_or_id if not isinstance(spec_or_id, str) else None
+    return {
+        "model": spec.id if spec else spec_or_id,
+        "resolution": bench.get("resolution") or (spec.eval.resolution if spec else None),
+        "params_m": params / 1e6 if isinstance(params, (int, float)) else None,
+        "gflops": bench.get("gflops"),
+        "vram_b1": (by_batch.get(1) or {}).get("peak_vram_mib"),
+        "vram_b16": (by_batch.get(16) or {}).get("peak_vram_mib"),
+        "images_per_s": fastest.get("images_per_s"), "best_batch": fastest.get("batch_size"),
+        "j_per_image": fastest.get("energy_j_per_image"), "fits": fits_text,
+        "gpu": (((record.get("environment") or {}).get("gpu")) or {}).get("name"),
+        "run_id": record.get("run_id"),
+    }
+
+
+def collect(runs_root, specs, tables, on_problem=None):
+    """{"models": [row per manifest model], "cost": [row per benched model], "notes": [...]}."""
+    evals, benches, notes = {}, {}, []
+    kwargs = {"on_problem": on_problem} if on_problem else {}
+    for _, record in iter_records(runs_root, **kwargs):
+        model_id = (record.get("model") or {}).get("id")
+        if model_id not in specs:
+            notes.append(f"run {record.get('run_id')} of '{model_id}' is not in the manifest: not shown")
+            continue
+        if record["kind"] == "bench":
+            benches.setdefault(model_id, []).append(record)
+        elif record["kind"] == "eval":
+            protocol = (record.get("eval") or {}).get("protocol")
+            if protocol != specs[model_id].eval.protocol:
+                notes.append(f"run {record['run_id']} of {model_id} used protocol {protocol}, not the paper's "
+                             f"{specs[model_id].eval.protocol}: not compared")
+                continue
+            evals.setdefault(model_id, []).append(record)
+    rows = []
+    for model_id, spec in specs.items():
+        found = evals.get(model_id, [])
+        chosen = _latest([r for r in found if not r.get("smoke")]) or _latest(found)
+        rows.append(model_row(spec, chosen, tables))
+    cost = [bench_row(specs[m], _latest(rs)) for m, rs in benches.items()]
+    return {"models": rows, "cost": cost, "notes": notes}
+
+
+# ---------------------------------------------------------------- formatting
+
+def _num(value, digits=2, signed=False):
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _pair(ours, paper):
+    return "n/a" if ours is None and paper is None else f"{_num(ours, 1)} / {_num(paper, 1)}"
+
+
+def display(row):
+    """The table cells of one model row."""
+    ci = row["ci95"]
+    status = row["status"] + (f" ({', '.join(row['smoke_reasons'])})" if row["status"] == "smoke" else "")
+    return {"model": row["model"], "resolution": row["resolution"], "paper_mAP": _num(row["paper_mAP"], 1),
+            "mAP": _num(row["mAP"]), "difference": _num(row["difference"], signed=True),
+            "ci95": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a", "status": status,
+            "CF1": _pair(row["CF1"], row["paper_CF1"]), "OF1": _pair(row["OF1"], row["paper_OF1"]),
+            "peak_vram_mib": _num(row["peak_vram_mib"], 0), "images_per_s": _num(row["images_per_s"], 1),
+            "gpu": row["gpu"] or "n/a"}
+
+
+def display_cost(row):
+    ips = _num(row["images_per_s"], 1) + (f" (batch {row['best_batch']})" if row["best_batch"] else "")
+    return {"model": row["model"], "resolution": row["resolution"] or "n/a", "params_m": _num(row["params_m"], 1),
+            "gflops": _num(row["gflops"], 1), "vram_b1": _num(row["vram_b1"], 0), "vram_b16": _num(row["vram_b16"], 0),
+            "images_per_s": ips if row["images_per_s"] else "n/a", "j_per_image": _num(row["j_per_image"], 3),
+            "fits": row["fits"] or "n/a", "gpu": row["gpu"] or "n/a"}
+
+
+def footnotes(family, rows):
+    tolerances = sorted({r["tolerance"] for r in rows})
+    kinds = {0.1: "released checkpoints", 1.0: "models trained here"}
+    tolerance = ", ".join(f"{t:g} mAP points for {kinds.get(t, 'these models')}" for t in tolerances)
+    image_set = rows[0]["image_set"] if rows else "all"
+    counts = sorted({r["n_images"] for r in rows if r["n_images"]})
+    notes = [
+        f"Protocol: {PROTOCOL_DESCRIPTIONS[family]}.",
+        f"Image set: {IMAGE_SETS[image_set]}" + (f"; runs shown used {', '.join(map(str, counts))} images." if counts
+                                                  else "."),
+        f"CF1 / OF1 at threshold {THRESHOLD} on sigmoid scores (ML-GCN definition); top-3 variants in the JSON "
+        f"output ({TOP3_RULE}).",
+        f"Reproduced: |ours - paper| <= {tolerance}, or the paper value inside our 95% bootstrap CI "
+        f"(images resampled). Smoke runs (random weights, smoke subset, --limit) never count.",
+    ]
+    for r in rows:
+        missing = r["classes_without_positives"]
+        if missing:
+            notes.append(f"{r['model']}: classes without positives: {', '.join(map(str, missing))}.")
+        if r.get("reruns_by_others"):
+            confidence = f"; paper value confidence: {r['paper_confidence']}" if r.get("paper_confidence") else ""
+            notes.append(f"{r['model']}: re-runs by others: {r['reruns_by_others']}{confidence}.")
+    return notes
+
+
+def _tables(data):
+    """[(title, headers, cells, notes)] for each family, then the cost table."""
+    out = []
+    for family, title in FAMILIES.items():
+        rows = [r for r in data["models"] if r["family"] == family]
+        if rows:
+            out.append((title, [h for _, h in COLUMNS], [[display(r)[k] for k, _ in COLUMNS] for r in rows],
+                        footnotes(family, rows)))
+    if data["cost"]:
+        out.append(("Cost (synthetic input, random weights)", [h for _, h in COST_COLUMNS],
+                    [[display_cost(r)[k] for k, _ in COST_COLUMNS] for r in data["cost"]],
+                    ["images/s and J/image at the fastest batch size measured; n/a: not measured on that run.",
+                     "fits in 12 GB: the largest inference batch within a 12 GiB VRAM budget."]))
+    return out
+
+
+def to_markdown(data):
+    parts = ["# Reproduction report\n"]
+    for title, headers, cells, notes in _tables(data):
+        parts.append(f"## {title}\n\n{tabulate(cells, headers, tablefmt='pipe', disable_numparse=True)}\n")
+        parts.append("\n".join(f"- {n}" for n in notes) + "\n")
+    if data["notes"]:
+        parts.append("## Runs not shown\n\n" + "\n".join(f"- {n}" for n in data["notes"]) + "\n")
+    return "\n".join(parts)
+
+
+def to_latex(data):
+    parts = []
+    for title, headers, cells, notes in _tables(data):
+        parts.append(f"% {title}\n" + tabulate(cells, headers, tablefmt="latex_booktabs", disable_numparse=True))
+        parts.append("\n".join(f"% {n}" for n in notes))
+    return "\n\n".join(parts) + "\n"
+
+
+def to_csv(data):
+    """One line per model with machine-readable values (lists joined with ';')."""
+    keys = [k for k in data["models"][0] if k != "family"] if data["models"] else []
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["family", *keys])
+    for row in data["models"]:
+        values = [";".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v)
+                  for v in (row[k] for k in keys)]
+        writer.writerow([row["family"], *values])
+    return buffer.getvalue()
+
+
+def to_json(data):
+    out = dict(data)
+    out["footnotes"] = {f: footnotes(f, [r for r in data["models"] if r["family"] == f])
+                        for f in FAMILIES if any(r["family"] == f for r in data["models"])}
+    return json.dumps(out, indent=2) + "\n"
+
+
+def plots(data):
+    """{name: PNG bytes}: paper vs ours mAP, and peak VRAM vs images/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = {}
+    done = [r for r in data["models"] if r["mAP"] is not None and r["paper_mAP"] is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for r in done:
+        ci = r["ci95"] or [r["mAP"], r["mAP"]]
+        ax.errorbar(r["paper_mAP"], r["mAP"], yerr=[[r["mAP"] - ci[0]], [ci[1] - r["mAP"]]], fmt="o",
+                    color="grey" if r["status"] == "smoke" else ("tab:green" if r["status"] == "reproduced"
+                                                                 else "tab:red"), capsize=3)
+        ax.annotate(r["model"], (r["paper_mAP"], r["mAP"]), fontsize=7, xytext=(4, -3), textcoords="offset points")
+    values = [v for r in done for v in (r["paper_mAP"], r["mAP"])] or [0, 100]
+    low, high = min(values) - 1, max(values) + 1
+    ax.plot([low, high], [low, high], "k--", lw=0.8, label="ours = paper")
+    ax.set(xlabel="paper mAP", ylabel="our mAP", title="Paper vs ours (green reproduced, red not, grey smoke)")
+    ax.legend(loc="upper left", fontsize=8)
+    images["paper_vs_ours"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    points = [(r["peak_vram_mib"], r["images_per_s"], r["model"]) for r in data["models"]
+              if r["peak_vram_mib"] and r["images_per_s"]]
+    for r in data["cost"]:
+        if r["vram_b16"] and r["images_per_s"]:
+            points.append((r["vram_b16"], r["images_per_s"], r["model"] + " (bench)"))
+    for vram, ips, name in points:
+        ax.scatter(vram, ips)
+        ax.annotate(name, (vram, ips), fontsize=7, xytext=(4, -3), textcoords="offset points")
+    ax.axvline(BUDGET_MIB, color="k", ls="--", lw=0.8, label="12 GiB")
+    ax.set(xlabel="peak VRAM (MiB)", ylabel="images/s", title="Memory vs speed" + ("" if points else " (no data)"))
+    ax.legend(fontsize=8)
+    images["vram_vs_speed"] = _png(fig)
+    plt.close("all")
+    return images
+
+
+def _png(fig):
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def to_html(data):
+    body = ["<h1>Reproduction report</h1>"]
+    for title, headers, cells, notes in _tables(data):
+        body.append(f"<h2>{_escape(title)}</h2>")
+        body.append(tabulate(cells, headers, tablefmt="html", disable_numparse=True))
+        body.append("<ul>" + "".join(f"<li>{_escape(n)}</li>" for n in notes) + "</ul>")
+    for name, png in plots(data).items():
+        body.append(f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" '
+                    f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    if data["notes"]:
+        body.append("<h2>Runs not shown</h2><ul>" + "".join(f"<li>{_escape(n)}</li>" for n in data["notes"]) + "</ul>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Reproduction report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _escape(text):
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+RENDERERS = {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json, "html": to_html}
+
+
+def render(data, fmt):
+    return RENDERERS[fmt](data)
+
+
+EXTENSIONS = {"markdown": "md", "csv": "csv", "latex": "tex", "json": "json", "html": "html"}
+
+
+def write_all(runs_root="runs", out_dir="reports", manifest=None, tables_dir=None, formats=FORMATS):
+    """Render every format into out_dir/report.<ext> (a rendering, rewritten each time); the paths."""
+    from harness.manifest import load_manifest
+
+    specs = manifest if isinstance(manifest, dict) else load_manifest(manifest)
+    data = collect(runs_root, specs, load_paper_tables(tables_dir))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        path = out_dir / f"report.{EXTENSIONS[fmt]}"
+        path.write_text(render(data, fmt))
+        written.append(path)
+    return written

@@ -1,0 +1,149 @@
+"""Run records: fresh folders, atomic never-overwritten files, reading back, environment, rescore."""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from harness import __version__, records
+from harness.cli import main
+from harness.errors import UserError
+from harness.metrics import compute_metrics
+
+
+def eval_record(run_dir, scores, labels, *, model_id="q2l-r101-448", protocol="q2l", smoke=False,
+                finished_at="2026-01-02T00:00:00+00:00", n_boot=50):
+    """A record built the way an evaluation builds one: arrays first, then record.json."""
+    records.save_arrays(run_dir, scores, labels, np.arange(len(scores)) * 7)
+    return {
+        "schema": 1, "kind": "eval", "run_id": run_dir.name,
+        "model": {"id": model_id, "family": protocol, "arch": {"name": "q2l"}, "paper": {"metrics": {"mAP": 84.9}}},
+        "checkpoint": {"path": None, "sha256": None, "pinned": False, "random_weights": smoke},
+        "dataset": {"name": "coco2014-val", "root": "/data/coco", "image_set": "all", "n_images": len(scores),
+                    "fingerprint": {"annotations_sha256": "0" * 64, "n_images": len(scores), "labels_sha256": "1" * 64},
+                    "smoke_subset": smoke},
+        "eval": {"protocol": protocol, "resolution": 448, "resize": "squish", "normalize": "imagenet",
+                 "batch_size": 16, "dtype": "float32", "amp": False, "device": "cuda", "limit": None},
+        "metrics": compute_metrics(scores, labels, protocol, n_boot=n_boot, class_names=[f"c{i}" for i in
+                                                                                         range(scores.shape[1])]),
+        "timings": {"wall_s": 100.0, "images_per_s": 405.0},
+        "measurement": {"peak_vram_mib": 3500.0, "energy_j_per_image": 0.5, "reasons": {}},
+        "environment": {"gpu": {"name": "NVIDIA H100 80GB HBM3", "driver": "550.1", "uuid": "GPU-x",
+                                "memory_total_mib": 81559}},
+        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": finished_at,
+        "smoke": smoke, "smoke_reasons": ["random weights"] if smoke else [],
+        "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
+    }
+
+
+def problem(n=120, c=5, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, c)) < 0.2).astype(np.uint8)
+    return np.clip(rng.random((n, c)) * 0.6 + labels * 0.4, 0, 1).astype(np.float32), labels
+
+
+def test_new_run_dir_is_fresh_every_time(tmp_path):
+    a = records.new_run_dir(tmp_path, "q2l-r101-448")
+    b = records.new_run_dir(tmp_path, "q2l-r101-448")
+    assert a != b and a.is_dir() and b.is_dir() and a.parent == tmp_path / "q2l-r101-448"
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{4}", a.name)
+    with pytest.raises(UserError):
+        records.new_run_dir(tmp_path, "../escape")
+
+
+def test_arrays_and_record_are_written_once(tmp_path):
+    run_dir = records.new_run_dir(tmp_path, "m")
+    scores, labels = problem()
+    record = eval_record(run_dir, scores, labels)
+    assert np.load(run_dir / "scores.npy").dtype == np.float32
+    assert np.load(run_dir / "labels.npy").dtype == np.uint8
+    assert np.load(run_dir / "image_ids.npy").dtype == np.int64
+    with pytest.raises(FileExistsError):
+        records.save_arrays(run_dir, scores, labels, np.arange(len(scores)))
+    path = records.write_record(run_dir, record)
+    assert json.loads(path.read_text()) == json.loads(json.dumps(record))
+    assert records.read_record(run_dir)["metrics"]["mAP"] == record["metrics"]["mAP"]
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        records.write_record(run_dir, {**record, "smoke": True})
+    assert path.read_bytes() == before
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bad_records_are_refused(tmp_path):
+    run_dir = records.new_run_dir(tmp_path, "m")
+    scores, labels = problem()
+    record = eval_record(run_dir, scores, labels)
+    for broken, message in (({k: v for k, v in record.items() if k != "metrics"}, "metrics"),
+                            ({**record, "kind": "nonsense"}, "kind"),
+                            ({**record, "schema": 2}, "schema")):
+        with pytest.raises(ValueError, match=message):
+            records.write_record(run_dir, broken)
+    with pytest.raises(ValueError):  # NaN is not JSON
+        records.write_record(run_dir, {**record, "timings": {"wall_s": float("nan")}})
+    assert not (run_dir / "record.json").exists()
+    with pytest.raises(ValueError, match="shapes"):
+        records.save_arrays(records.new_run_dir(tmp_path, "m"), scores, labels[:5], np.arange(len(scores)))
+
+
+def test_iter_records_skips_unfinished_and_reports_damaged(tmp_path):
+    scores, labels = problem()
+    good = records.new_run_dir(tmp_path, "m")
+    records.write_record(good, eval_record(good, scores, labels))
+    records.new_run_dir(tmp_path, "m")  # unfinished: no record.json
+    damaged = records.new_run_dir(tmp_path, "other")
+    (damaged / "record.json").write_text("{ not json")
+    problems = []
+    found = list(records.iter_records(tmp_path, on_problem=problems.append))
+    assert [d for d, _ in found] == [good]
+    assert len(problems) == 1 and str(damaged) in problems[0]
+    assert list(records.iter_records(tmp_path / "nothing-here")) == []
+    with pytest.raises(UserError, match="no record.json"):
+        records.read_record(records.new_run_dir(tmp_path, "m"))
+
+
+def test_environment_fields():
+    env = records.environment()
+    for key in ("python", "torch", "torchvision", "timm", "numpy", "cuda", "cudnn", "gpu", "cpu", "platform",
+                "harness", "git_commit", "git_dirty", "matches_environment_file"):
+        assert key in env
+    assert env["harness"] == __version__ and env["numpy"] == np.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+", env["python"])
+    assert env["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", env["git_commit"])
+    assert env["git_dirty"] in (None, True, False)
+    json.dumps(env)
+
+
+def test_matching_environment_file(tmp_path):
+    (tmp_path / "a-cu118.txt").write_text("python 3.10\ntorch==2.0.1\n")
+    (tmp_path / "b-cu121.yml").write_text("dependencies:\n  - python=3.11\n  - pip:\n    - torch==2.5.1\n")
+    assert records.matching_environment_file("3.11.7", "2.5.1+cu121", tmp_path) == "environments/b-cu121.yml"
+    assert records.matching_environment_file("3.10.2", "2.0.1", tmp_path) == "environments/a-cu118.txt"
+    assert records.matching_environment_file("3.11.7", "2.5.10", tmp_path) is None
+    assert records.matching_environment_file("3.11.7", "2.5.1", tmp_path / "missing") is None
+
+
+def test_rescore_recomputes_and_never_touches_the_record(tmp_path, capsys):
+    scores, labels = problem(200, 6, seed=3)
+    run_dir = records.new_run_dir(tmp_path, "q2l-r101-448")
+    records.write_record(run_dir, eval_record(run_dir, scores, labels, n_boot=100))
+    before = (run_dir / "record.json").read_bytes()
+    assert main(["rescore", str(run_dir), "--n-boot", "100"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    recorded = json.loads(before)["metrics"]
+    assert out["mAP"] == recorded["mAP"] and out["mAP_ci95"] == recorded["mAP_ci95"]
+    assert out["class_names"] == recorded["class_names"]
+    saved = json.loads((run_dir / "rescore-q2l.json").read_text())
+    assert saved["metrics"]["mAP"] == out["mAP"] and saved["recorded_mAP"] == recorded["mAP"]
+
+    assert main(["rescore", str(run_dir), "--protocol", "asl", "--no-ci"]) == 0
+    asl = json.loads(capsys.readouterr().out)
+    assert asl["protocol"] == "asl" and asl["mAP_ci95"] is None and asl["mAP"] != out["mAP"]
+    assert main(["rescore", str(run_dir), "--no-ci"]) == 0  # again: a second file, the first kept
+    capsys.readouterr()
+    assert len(list(run_dir.glob("rescore-q2l*.json"))) == 2
+    assert json.loads((run_dir / "rescore-q2l.json").read_text())["metrics"]["mAP_ci95"] is not None
+    assert (run_dir / "record.json").read_bytes() == before
+
+    assert main(["rescore", str(tmp_path)]) == 2
+    assert "record.json" in capsys.readouterr().err

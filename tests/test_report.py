@@ -1,0 +1,158 @@
+"""harness report: status rules, the choice of record per model, every format, no torch."""
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from harness import records, report
+from harness.cli import main
+from harness.manifest import load_manifest
+from test_records import eval_record, problem
+
+SPECS = load_manifest()
+RELEASED, TRAINED = SPECS["q2l-r101-448"], SPECS["mlspl-an-fine-tuned"]  # paper 84.9 / 64.1
+
+
+def record_with(mAP, ci=None, smoke=False):
+    return {"smoke": smoke, "metrics": {"mAP": mAP, "mAP_ci95": ci}}
+
+
+@pytest.mark.parametrize("spec, mAP, ci, smoke, status", [
+    (RELEASED, 84.95, [84.0, 84.8], False, "reproduced"),        # within 0.1
+    (RELEASED, 84.75, [84.5, 85.0], False, "reproduced"),        # 0.15 off, but the paper is inside the CI
+    (RELEASED, 84.75, [84.6, 84.85], False, "not reproduced"),   # 0.15 off and outside the CI
+    (RELEASED, 84.9, [84.7, 85.1], True, "smoke"),               # exact, but smoke never counts
+    (TRAINED, 64.9, [64.5, 65.3], False, "reproduced"),          # trained here: within 1.0
+    (TRAINED, 65.3, [64.95, 65.6], False, "not reproduced"),
+    (SPECS["mlspl-wan-linear"], 60.0, None, False, "no paper value"),
+])
+def test_status_rules(spec, mAP, ci, smoke, status):
+    assert report.judge(spec, record_with(mAP, ci, smoke))[0] == status
+
+
+def test_no_record_is_no_run_yet():
+    assert report.judge(RELEASED, None)[0] == "no run yet"
+
+
+def write_run(runs, model_id, smoke, finished_at, seed=0, protocol=None):
+    _, labels = problem(150, 5, seed=seed)
+    scores = np.random.default_rng(seed).random(labels.shape).astype(np.float32)  # uninformative: mAP ~ 20
+    run_dir = records.new_run_dir(runs, model_id)
+    protocol = protocol or SPECS[model_id].eval.protocol
+    rec = eval_record(run_dir, scores, labels, model_id=model_id, protocol=protocol, smoke=smoke,
+                      finished_at=finished_at)
+    records.write_record(run_dir, rec)
+    return rec
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """q2l-r101-448: a real run, then a later smoke run; q2l-r101-576: smoke only; a bench run."""
+    root = tmp_path / "runs"
+    real = write_run(root, "q2l-r101-448", False, "2026-01-01T00:00:00+00:00", seed=1)
+    write_run(root, "q2l-r101-448", True, "2026-02-01T00:00:00+00:00", seed=2)
+    write_run(root, "q2l-r101-576", True, "2026-01-05T00:00:00+00:00", seed=3)
+    write_run(root, "q2l-tresl-448", False, "2026-01-05T00:00:00+00:00", seed=4, protocol="asl")  # wrong protocol
+    bench_dir = records.new_run_dir(root, "q2l-r101-448")
+    records.write_record(bench_dir, {
+        "schema": 1, "kind": "bench", "run_id": bench_dir.name, "model": {"id": "q2l-r101-448"},
+        "bench": {"params": 193_500_000, "gflops": 140.2, "fits": {"budget_mib": 12288, "inference_max_batch": 48},
+                  "results": [{"batch_size": 1, "images_per_s": 60.0, "peak_vram_mib": 1900.0},
+                              {"batch_size": 16, "images_per_s": 310.5, "peak_vram_mib": 6100.0}]},
+        "environment": {"gpu": {"name": "NVIDIA H100"}}, "measurement": {},
+        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:10:00+00:00", "smoke": True})
+    return root, real
+
+
+def test_collect_picks_latest_non_smoke_and_shows_smoke_only_as_smoke(runs):
+    root, real = runs
+    data = report.collect(root, SPECS, report.load_paper_tables())
+    rows = {r["model"]: r for r in data["models"]}
+    assert set(rows) == set(SPECS)
+    assert rows["q2l-r101-448"]["run_id"] == real["run_id"]
+    assert rows["q2l-r101-448"]["mAP"] == real["metrics"]["mAP"]
+    assert rows["q2l-r101-448"]["status"] == "not reproduced"  # random scores are far from 84.9
+    assert rows["q2l-r101-576"]["status"] == "smoke"
+    assert rows["q2l-tresl-448"]["status"] == "no run yet"
+    assert any("protocol asl" in n for n in data["notes"])
+    assert rows["asl-tresnetl-448"]["status"] == "no run yet"
+    assert all(r["status"] in report.STATUSES for r in rows.values())
+    cost = data["cost"][0]
+    assert cost["params_m"] == pytest.approx(193.5) and cost["vram_b16"] == 6100.0 and cost["best_batch"] == 16
+    assert cost["fits"] == "yes, batch <= 48" and cost["j_per_image"] is None
+
+
+def test_smoke_never_shows_as_reproduced(tmp_path):
+    root = tmp_path / "runs"
+    rec = write_run(root, "q2l-r101-448", True, "2026-01-01T00:00:00+00:00")
+    run_dir = root / "q2l-r101-448" / rec["run_id"]
+    # a smoke record whose numbers match the paper exactly
+    patched = json.loads((run_dir / "record.json").read_text())
+    patched["metrics"].update({"mAP": 84.9, "mAP_ci95": [84.0, 86.0]})
+    (run_dir / "record.json").unlink()
+    records.write_record(run_dir, patched)
+    data = report.collect(root, SPECS, {})
+    row = next(r for r in data["models"] if r["model"] == "q2l-r101-448")
+    assert row["status"] == "smoke"
+    for fmt in report.FORMATS:
+        text = report.render(data, fmt)
+        line = next(line for line in text.splitlines() if "q2l-r101-448" in line)
+        assert "reproduced" not in line
+
+
+def test_every_format_renders(runs):
+    root, real = runs
+    data = report.collect(root, SPECS, report.load_paper_tables())
+    md = report.render(data, "markdown")
+    line = next(line for line in md.splitlines() if line.startswith("| q2l-r101-448"))
+    assert f"{real['metrics']['mAP']:.2f}" in line and "84.9" in line and "NVIDIA H100" in line
+    assert "## Query2Label" in md and "## ASL" in md and "## MLSPL" in md and "## Cost" in md
+    assert "Protocol: Query2Label voc_mAP" in md and "40,504" in md and "threshold 0.5" in md
+
+    rows = list(csv.DictReader(io.StringIO(report.render(data, "csv"))))
+    assert len(rows) == len(SPECS)
+    row = next(r for r in rows if r["model"] == "q2l-r101-448")
+    assert float(row["mAP"]) == pytest.approx(real["metrics"]["mAP"]) and row["status"] == "not reproduced"
+
+    latex = report.render(data, "latex")
+    assert "\\toprule" in latex and "q2l-r101-448" in latex
+
+    parsed = json.loads(report.render(data, "json"))
+    assert {r["model"] for r in parsed["models"]} == set(SPECS) and "q2l" in parsed["footnotes"]
+
+    html = report.render(data, "html")
+    assert html.count("data:image/png;base64,") == 2 and "<table>" in html and "q2l-r101-448" in html
+
+
+def test_mlspl_rows_carry_the_paper_context():
+    data = report.collect("/nonexistent-runs", SPECS, report.load_paper_tables())
+    row = next(r for r in data["models"] if r["model"] == "mlspl-an-fine-tuned")
+    assert row["paper_confidence"] == "high" and "64.92" in row["reruns_by_others"]
+    assert row["status"] == "no run yet" and row["tolerance"] == 1.0
+
+
+def test_report_command_writes_a_file(runs, tmp_path, capsys):
+    root, _ = runs
+    out = tmp_path / "out" / "report.md"
+    assert main(["report", "--runs", str(root), "--out", str(out)]) == 0
+    assert "| q2l-r101-448" in out.read_text()
+    assert main(["report", "--runs", str(root), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["models"]
+    assert main(["report", "--tables", str(tmp_path / "nope")]) == 2
+
+
+def test_report_does_not_import_torch():
+    code = "import sys, harness.report, harness.commands.report; assert 'torch' not in sys.modules, 'torch'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_write_all_renders_every_format(runs, tmp_path):
+    root, real = runs
+    written = report.write_all(runs_root=root, out_dir=tmp_path / "reports")
+    assert sorted(p.name for p in written) == sorted(f"report.{e}" for e in report.EXTENSIONS.values())
+    assert f"{real['metrics']['mAP']:.2f}" in (tmp_path / "reports" / "report.md").read_text()
