@@ -1,10 +1,97 @@
-"""harness mlspl: not available yet."""
-from harness.errors import UserError
+"""Single-positive-label (MLSPL, Cole et al. 2021): prepare the authors' data, get features, train and evaluate."""
+import json
 
 
 def add_arguments(parser):
-    parser.add_argument("rest", nargs="*", help="(not available yet)")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    p = sub.add_parser("prepare", help="the authors' formatted label files, single positives (seed 1200)")
+    p.add_argument("--coco-root", required=True, help="folder holding annotations/instances_{train,val}2014.json")
+    p.add_argument("--out", required=True, help="folder for the formatted_*.npy files")
+
+    p = sub.add_parser("extract-features", help="ResNet-50 (ImageNet V1) features at 448, resumable")
+    p.add_argument("--data", required=True, help="folder made by `harness mlspl prepare`")
+    p.add_argument("--coco-root", required=True, help="COCO root holding train2014/ and val2014/")
+    p.add_argument("--out", required=True, help="folder for {train,val}_features_imagenet_resnet50.npy")
+    p.add_argument("--resolution", type=int, default=448)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--random-weights", action="store_true", help="random ResNet-50 (smoke runs only)")
+
+    p = sub.add_parser("fetch-features", help="the authors' features from Zenodo record 10162606")
+    p.add_argument("--out", required=True)
+    p.add_argument("--key", action="append", help="Zenodo file key (repeatable; default: the two feature files)")
+    p.add_argument("--cache", help="download cache folder")
+
+    p = sub.add_parser("compare-features", help="cosine similarity of two feature folders on sampled rows")
+    p.add_argument("ours")
+    p.add_argument("theirs")
+    p.add_argument("--sample", type=int, default=1000)
+
+    p = sub.add_parser("train", help="train one loss and mode over the grid, select on val, score test")
+    p.add_argument("--loss", required=True, choices=["BCE", "AN", "AN-LS", "WAN", "EPR", "ROLE"])
+    p.add_argument("--mode", required=True, choices=["linear", "fine-tuned", "linear-init"])
+    p.add_argument("--data", required=True, help="folder made by `harness mlspl prepare`")
+    p.add_argument("--features", help="feature folder (modes linear and linear-init)")
+    p.add_argument("--coco-root", help="COCO root with the images (modes fine-tuned and linear-init)")
+    p.add_argument("--grid", choices=["paper"], help="the paper's grid: batch {8,16} x lr {1e-2..1e-5} (default)")
+    p.add_argument("--lr", type=float, help="one grid point: this learning rate (with --batch-size)")
+    p.add_argument("--batch-size", type=int, help="one grid point: this batch size (with --lr)")
+    p.add_argument("--init-lr", type=float, help="linear-init: linear-phase lr (default: the authors' for AN-LS/ROLE)")
+    p.add_argument("--init-batch-size", type=int, help="linear-init: linear-phase batch size")
+    p.add_argument("--epochs", type=int, help="override the paper's epochs (flags the run smoke)")
+    p.add_argument("--resolution", type=int, default=448, help="fine-tuning input size (not 448: smoke)")
+    p.add_argument("--random-weights", action="store_true", help="random backbone for fine-tuning (smoke)")
+    p.add_argument("--seed", type=int, default=0, help="torch and numpy seed (recorded)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--out", default="runs", help="runs folder (default: runs)")
 
 
 def run(args):
-    raise UserError("'harness mlspl' is not available yet in this version")
+    from harness.errors import UserError
+
+    if args.action == "prepare":
+        from harness.mlspl.prepare import prepare
+
+        meta = prepare(args.coco_root, args.out)
+        print(f"wrote {args.out}: train {meta['counts']['train']}, val {meta['counts']['val']}, "
+              f"test {meta['counts']['test']} images")
+    elif args.action == "extract-features":
+        from harness.evaluate import pick_device
+        from harness.mlspl.features import extract_features
+
+        out = extract_features(args.data, args.coco_root, args.out, resolution=args.resolution,
+                               batch_size=args.batch_size, device=pick_device(args.device),
+                               random_weights=args.random_weights, workers=args.workers)
+        print(f"features in {out}")
+    elif args.action == "fetch-features":
+        from harness.mlspl.features import fetch_features
+
+        for path in fetch_features(args.out, args.key, args.cache):
+            print(path)
+    elif args.action == "compare-features":
+        from harness.mlspl.features import compare_features
+
+        print(json.dumps(compare_features(args.ours, args.theirs, args.sample), indent=1))
+    elif args.action == "train":
+        from harness.mlspl.run import train_and_evaluate
+
+        if (args.lr is None) != (args.batch_size is None):
+            raise UserError("give --lr and --batch-size together (one grid point), or neither (--grid paper)")
+        if args.grid and args.lr is not None:
+            raise UserError("--grid paper and --lr/--batch-size exclude each other; choose one")
+        if (args.init_lr is None) != (args.init_batch_size is None):
+            raise UserError("give --init-lr and --init-batch-size together")
+        points = [(args.batch_size, args.lr)] if args.lr is not None else None
+        init = (args.init_lr, args.init_batch_size) if args.init_lr is not None else None
+        run_dir = train_and_evaluate(args.data, args.loss, args.mode, features_dir=args.features,
+                                     coco_root=args.coco_root, points=points, runs_root=args.out, device=args.device,
+                                     seed=args.seed, epochs=args.epochs, resolution=args.resolution,
+                                     random_weights=args.random_weights, workers=args.workers, init_point=init)
+        record = json.loads((run_dir / "record.json").read_text())
+        sel = record["train"]["selected"]
+        print(f"{record['model']['id']}: test mAP {sel['test_mAP']:.2f} on {record['dataset']['n_images']} images "
+              f"(batch {sel['batch_size']}, lr {sel['lr']:g}, epoch {sel['best_epoch']}, val mAP "
+              f"{sel['val_mAP']:.2f}){' [smoke]' if record['smoke'] else ''} -> {run_dir}")

@@ -1,0 +1,191 @@
+"""ResNet-50 features for linear training: the authors' files, or our own extraction.
+
+The authors' data/coco/README.md names the files `train_features_imagenet_resnet50.npy` and
+`val_features_imagenet_resnet50.npy`: one 2048-d row per row of formatted_{train,val}_images.npy
+(their datasets.py indexes them with the same rows), downloadable from Zenodo record 10162606.
+Our extraction rebuilds them with torchvision ResNet-50 and the ImageNet V1 weights (the
+`pretrained=True` weights of their torchvision 0.8) on Resize((448, 448)) + ImageNet mean/std,
+into memory-mapped .npy files written batch by batch and resumable. `compare_features` tells
+how close ours are to theirs.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import UserError
+
+ZENODO_RECORD = "10162606"
+FEATURE_FILES = {"train": "train_features_imagenet_resnet50.npy", "val": "val_features_imagenet_resnet50.npy"}
+META_FILE = "features_meta.json"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+V1_FILE, V1_SHA256_PREFIX = "resnet50-0676ba61.pth", "0676ba61"  # torchvision names files by sha256 prefix
+
+
+def fetch_features(out_dir, keys=None, cache_dir=None):
+    """Fetch the authors' COCO features from Zenodo (verified by harness.download) and link them
+    into out_dir under the names their code reads. `keys`: file names to link (default: both)."""
+    from harness.download import features_dir, fetch_mlspl_features
+
+    fetch_mlspl_features(cache_dir)
+    root = features_dir(cache_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for name in keys or FEATURE_FILES.values():
+        found = sorted(root.rglob(name))  # a file of the record, or inside an archive it unpacked
+        if not found:
+            raise UserError(f"Zenodo record {ZENODO_RECORD} gave no {name} (looked under {root}); "
+                            f"download it by hand from https://zenodo.org/records/{ZENODO_RECORD} into {out}")
+        target = out / name
+        if not target.exists():
+            os.symlink(found[0].resolve(), target)
+        linked.append(target)
+    return linked
+
+
+def feature_paths(features_dir):
+    paths = {split: Path(features_dir) / name for split, name in FEATURE_FILES.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)}; run `harness mlspl features extract` or "
+                        f"`harness mlspl features fetch` first")
+    return paths
+
+
+def feature_meta(features_dir):
+    """Our extraction's metadata, or None for files from elsewhere (the authors')."""
+    path = Path(features_dir) / META_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def imagenet_transform(resolution, flip=False):
+    from torchvision import transforms
+
+    steps = [transforms.Resize((resolution, resolution))]
+    if flip:
+        steps.append(transforms.RandomHorizontalFlip(0.5))
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return transforms.Compose(steps)
+
+
+class ImageRows:
+    """torch Dataset over formatted image paths (relative to the COCO root): (image, row)."""
+
+    def __init__(self, coco_root, images, transform):
+        self.root, self.images, self.transform = Path(coco_root), images, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, row):
+        from harness.data.dataset import load_rgb
+
+        return self.transform(load_rgb(self.root / self.images[row])), row
+
+
+def load_imagenet_v1(model):
+    """Load torchvision's ResNet-50 ImageNet V1 weights into model.backbone; returns {path, sha256}.
+
+    The file is taken from torch's hub cache ($TORCH_HOME/hub/checkpoints/resnet50-0676ba61.pth);
+    when absent, torchvision downloads it there (which needs the internet).
+    """
+    import torch
+    from torchvision.models import ResNet50_Weights
+
+    from harness.mlspl.prepare import file_sha256
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / V1_FILE
+    if not path.is_file():
+        try:
+            ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        except Exception as e:  # no network, proxy, disk: the fix is the same
+            raise UserError(f"ImageNet ResNet-50 V1 weights not found at {path} and not downloadable ({e}); "
+                            f"copy {ResNet50_Weights.IMAGENET1K_V1.url} there, or pass --random-weights for a smoke run")
+    sha = file_sha256(path)
+    if not sha.startswith(V1_SHA256_PREFIX):
+        raise UserError(f"{path} has sha256 {sha[:12]}..., not torchvision's V1 file; delete it and fetch it again")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # their fc is replaced
+    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("fc.") for k in missing), (missing, unexpected)
+    return {"path": str(path), "sha256": sha}
+
+
+def extract_features(data_dir, coco_root, out_dir, *, resolution=448, batch_size=64, device="cpu",
+                     random_weights=False, workers=4, progress=True):
+    """Write {train,val}_features_imagenet_resnet50.npy (float32, rows = formatted rows) into out_dir.
+
+    Resumable: rows go into `<name>.partial.npy` (memory-mapped) with a progress file after each
+    batch; a rerun continues from the last finished batch, and a finished file is kept as is.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from harness.models.mlspl import FEATURE_DIM, MLSPLResNet50
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = MLSPLResNet50(linear_only=False)
+    weights = {"path": None, "sha256": None} if random_weights else load_imagenet_v1(model)
+    settings = {"resolution": resolution, "weights": weights, "random_weights": random_weights,
+                "transform": f"Resize(({resolution}, {resolution})), ToTensor, ImageNet mean/std",
+                "data_dir": str(Path(data_dir).resolve())}
+    meta_path = out / META_FILE
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if {k: old.get(k) for k in settings} != settings:
+            raise UserError(f"{out} holds features made with other settings; choose another --out")
+    meta_path.write_text(json.dumps(settings, indent=1) + "\n")
+    model = model.eval().to(device)
+    for split, name in FEATURE_FILES.items():
+        final = out / name
+        if final.is_file():
+            continue
+        images = np.load(Path(data_dir) / f"formatted_{split}_images.npy")
+        partial, progress_file = out / (name[:-4] + ".partial.npy"), out / (name[:-4] + ".progress.json")
+        done = json.loads(progress_file.read_text())["done"] if progress_file.is_file() and partial.is_file() else 0
+        feats = (np.load(partial, mmap_mode="r+") if done else
+                 np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(images), FEATURE_DIM)))
+        dataset = torch.utils.data.Subset(ImageRows(coco_root, images, imagenet_transform(resolution)),
+                                          range(done, len(images)))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                             pin_memory=device == "cuda")
+        bar = tqdm(total=len(images), initial=done, desc=f"features {split}", unit="img", disable=not progress)
+        with torch.inference_mode():
+            for batch, rows in loader:
+                feats[rows.numpy()] = model.features(batch.to(device)).float().cpu().numpy()
+                feats.flush()
+                _write_json(progress_file, {"done": int(rows[-1]) + 1})
+                bar.update(len(rows))
+        bar.close()
+        del feats
+        os.replace(partial, final)
+        progress_file.unlink(missing_ok=True)
+    return out
+
+
+def _write_json(path, data):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def compare_features(ours_dir, theirs_dir, sample=1000, seed=0):
+    """Cosine similarity of our rows with theirs on a random sample of rows, per split."""
+    ours, theirs = feature_paths(ours_dir), feature_paths(theirs_dir)
+    result = {}
+    for split in FEATURE_FILES:
+        a, b = np.load(ours[split], mmap_mode="r"), np.load(theirs[split], mmap_mode="r")
+        if a.shape != b.shape:
+            raise UserError(f"{split}: our features are {a.shape}, theirs {b.shape}; "
+                            f"both must come from the same prepared data")
+        rows = np.sort(np.random.default_rng(seed).choice(len(a), size=min(sample, len(a)), replace=False))
+        x, y = np.asarray(a[rows], np.float64), np.asarray(b[rows], np.float64)
+        cos = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-12)
+        rel = np.linalg.norm(x - y, axis=1) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
+        result[split] = {"rows": len(rows), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                         "cosine_p01": float(np.percentile(cos, 1)), "cosine_median": float(np.median(cos)),
+                         "relative_l2_median": float(np.median(rel))}
+    return result

@@ -1,0 +1,65 @@
+"""The whole MLSPL job: prepare the authors' label files, get features, train each (loss, mode)
+on the paper's grid, then write the report. Complete runs are skipped; failures are listed."""
+from pathlib import Path
+
+from harness.errors import UserError
+
+DEFAULT = (("ROLE", "linear"), ("ROLE", "fine-tuned"))
+EVERY = tuple((loss, mode) for loss in ("AN", "AN-LS", "WAN", "EPR", "ROLE") for mode in ("linear", "fine-tuned")) \
+    + (("AN-LS", "linear-init"), ("ROLE", "linear-init"))  # the authors fixed linear-init's first phase only for these
+
+
+def _features(data_dir, coco_root, features_dir, device):
+    """The authors' features when they can be had, else our own extraction (said aloud)."""
+    from harness.mlspl.features import extract_features, feature_paths, fetch_features
+
+    try:
+        feature_paths(features_dir)
+        return features_dir
+    except UserError:
+        pass
+    try:
+        fetch_features(features_dir)
+        return features_dir
+    except UserError as e:
+        print(f"the authors' features could not be fetched ({e}); extracting our own instead")
+    return extract_features(data_dir, coco_root, features_dir, device=device)
+
+
+def reproduce_mlspl(coco_root, *, models=None, every=False, runs_root="runs", tables_dir="tables", device=None,
+                    force=False, data_dir="data/mlspl", manifest=None):
+    from harness.evaluate import pick_device
+    from harness.mlspl.prepare import prepare
+    from harness.mlspl.run import model_id, train_and_evaluate
+    from harness.reproduce import complete_run, write_report
+
+    jobs = EVERY if every else DEFAULT
+    if models:
+        by_id = {model_id(loss, mode): (loss, mode) for loss, mode in EVERY}
+        unknown = [m for m in models if m not in by_id]
+        if unknown:
+            raise UserError(f"cannot reproduce {', '.join(unknown)}; choose among {', '.join(by_id)}")
+        jobs = [by_id[m] for m in models]
+    device = pick_device(device)
+    prepare(coco_root, data_dir)
+    features_dir = Path(data_dir) / "features"
+    if any(mode != "fine-tuned" for _, mode in jobs):
+        features_dir = _features(data_dir, coco_root, features_dir, device)
+    failed = []
+    for loss, mode in jobs:
+        mid = model_id(loss, mode)
+        if not force and complete_run(runs_root, mid, kind="train"):
+            print(f"{mid}: complete run exists; skipped (use --force to run again)")
+            continue
+        try:
+            run_dir = train_and_evaluate(data_dir, loss, mode, features_dir=features_dir, coco_root=coco_root,
+                                         runs_root=runs_root, device=device)
+            print(f"{mid}: done -> {run_dir}")
+        except UserError as e:
+            failed.append((mid, str(e)))
+            print(f"{mid}: FAILED: {e}")
+    written = write_report(runs_root, tables_dir, manifest)
+    print(f"report: {', '.join(str(p) for p in written)}")
+    for mid, why in failed:
+        print(f"  {mid} failed: {why}")
+    return 1 if failed else 0

@@ -1,0 +1,291 @@
+"""One MLSPL reproduction: train every grid point, pick by clean-val mAP, score test, write the record.
+
+Modes as their train.py: `linear` (25 epochs on fixed features), `fine-tuned` (10 epochs end to
+end from ImageNet V1), `linear-init` (a linear phase with fixed hyperparameters, then the
+fine-tuning grid starting from its head and, for ROLE, its label estimates). Grid points are
+compared in their order (batch 8 then 16, lr 1e-2 .. 1e-5); a later point must be strictly
+better on val to win. Partial work lives under <runs>/_mlspl_work/ and a rerun of the same
+command resumes it; the record goes to a new run folder.
+"""
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness import records
+from harness.errors import UserError
+from harness.mlspl import record as rec
+from harness.mlspl.losses import LOSSES
+from harness.mlspl.prepare import FULL_COUNTS, load_prepared
+from harness.mlspl.train import (EPOCHS, GRID_BATCH_SIZES, GRID_LRS, LINEAR_INIT, LR_MULT, scored_rows,
+                                 train_fine_tuned, train_linear_group)
+
+MODES = ("linear", "fine-tuned", "linear-init")
+RESOLUTION = 448
+
+
+def model_id(loss, mode):
+    return f"mlspl-{loss.lower()}-{mode}"
+
+
+def paper_grid():
+    return [(bs, lr) for bs in GRID_BATCH_SIZES for lr in GRID_LRS]
+
+
+def select(results):
+    """The first point whose best val mAP no later point beats strictly (their selection)."""
+    best = None
+    for r in results:
+        if best is None or r.val_map > best.val_map:
+            best = r
+    return best
+
+
+def _load_features(features_dir, data):
+    import torch
+
+    from harness.mlspl.features import feature_meta, feature_paths
+
+    arrays = {split: np.load(path, mmap_mode="r") for split, path in feature_paths(features_dir).items()}
+    out = {}
+    for name, split in data.items():
+        feats = arrays[split.source]
+        if len(feats) != (len(data["test"].images) if split.source == "val" else len(data["train"].images) +
+                          len(data["val"].images)):
+            raise UserError(f"{features_dir}: {split.source} features have {len(feats)} rows, not one per "
+                            f"formatted_{split.source}_images.npy row; extract them from this --data")
+        out[name] = torch.from_numpy(np.ascontiguousarray(feats[split.rows], dtype=np.float32))
+    meta = feature_meta(features_dir)
+    return out, {"dir": str(Path(features_dir).resolve()), "source": "extracted here" if meta else "other (authors')",
+                 "extraction": meta}
+
+
+def _observed(loss, split):
+    # BCE is the full-label upper bound: their 'clean' train set variant.
+    return split.labels if loss == "BCE" else split.labels_obs
+
+
+def _work_dir(runs_root, mid, settings):
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(runs_root) / "_mlspl_work" / f"{mid}-{key}"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
+    return path
+
+
+def _say(enabled):
+    def progress(epoch, val_maps):
+        if enabled:
+            print(f"  epoch {epoch}: val mAP " + " ".join(f"{m:.2f}" for m in val_maps), flush=True)
+    return progress
+
+
+def _linear(data, feats, loss, points, epochs, seed, device, work, tag, progress):
+    """Linear grid on features: one batched run per batch size, in grid order."""
+    import torch
+
+    train = (feats["train"], torch.as_tensor(_observed(loss, data["train"]), dtype=torch.float32))
+    val, test = (feats["val"], data["val"].labels), (feats["test"], data["test"].labels)
+    by_point = {}
+    for bs in dict.fromkeys(bs for bs, _ in points):
+        lrs = [lr for b, lr in points if b == bs]
+        print(f"{tag}: linear, batch size {bs}, lr {', '.join(map(str, lrs))}", flush=True)
+        results = train_linear_group(train, val, test, loss, lrs, bs, epochs=epochs, seed=seed, device=device,
+                                     state_path=work / f"{tag}_bs{bs}.pt", progress=_say(progress))
+        by_point.update({(bs, r.lr): r for r in results})
+    return [by_point[p] for p in points]
+
+
+def _fine_tune(data, loss, points, epochs, seed, device, work, coco_root, resolution, random_weights, workers,
+               max_steps, head, estimates, progress):
+    from harness.mlspl.features import load_imagenet_v1
+    from harness.models import build_from_arch
+
+    results, best = [], None
+    weights_info = None
+    for bs, lr in points:
+        print(f"fine-tune: batch size {bs}, lr {lr}", flush=True)
+        model = build_from_arch({"name": "mlspl_resnet50", "num_classes": data["train"].labels.shape[1]})
+        if not random_weights:
+            weights_info = load_imagenet_v1(model)
+        r = train_fine_tuned(model, data, loss, lr, bs, coco_root=coco_root, epochs=epochs, seed=seed, device=device,
+                             resolution=resolution, workers=workers, head=head, estimates=estimates,
+                             state_dir=_point_dir(work, bs, lr), max_steps=max_steps, progress=_say(progress))
+        best = select([best, r] if best else [r])
+        if r is not best:  # keep one full model in memory, not one per point
+            r.head = r.table = r.test_scores = None
+        results.append(r)
+    return results, weights_info
+
+
+def _point_dir(work, bs, lr):
+    path = work / f"fine_tune_bs{bs}_lr{lr:g}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=None, points=None, runs_root="runs",
+                       device=None, seed=0, epochs=None, resolution=RESOLUTION, random_weights=False, workers=4,
+                       max_steps=None, init_point=None, progress=True):
+    """Run one (loss, mode) reproduction and return its run folder."""
+    import torch
+
+    from harness.evaluate import pick_device
+
+    if loss not in LOSSES:
+        raise UserError(f"unknown loss '{loss}'; choose one of {', '.join(LOSSES)}")
+    if mode not in MODES:
+        raise UserError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+    if mode in ("linear", "linear-init") and not features_dir:
+        raise UserError(f"mode {mode} trains on features; pass --features DIR")
+    if mode in ("fine-tuned", "linear-init") and not coco_root:
+        raise UserError(f"mode {mode} trains on images; pass --coco-root DIR")
+    if mode == "linear-init":
+        init_point = init_point or LINEAR_INIT.get(loss)
+        if init_point is None:
+            raise UserError(f"the authors fixed the linear phase of linear-init only for "
+                            f"{' and '.join(LINEAR_INIT)}; pass --init-lr and --init-batch-size for {loss}")
+    device = pick_device(device)
+    points = points or paper_grid()
+    paper_epochs = EPOCHS["linear" if mode == "linear" else "fine-tuned"]
+    epochs = epochs or paper_epochs
+    torch.manual_seed(seed)  # their code seeded numpy only; torch is seeded here too, and recorded
+    np.random.seed(seed)
+
+    data = load_prepared(data_dir)
+    prep = json.loads((Path(data_dir) / "mlspl_prepare.json").read_text()) \
+        if (Path(data_dir) / "mlspl_prepare.json").is_file() else {}
+    mid = model_id(loss, mode)
+    settings = {"model_id": mid, "data": prep.get("sha256") or str(Path(data_dir).resolve()), "points": points,
+                "epochs": epochs, "seed": seed, "resolution": resolution, "random_weights": random_weights,
+                "max_steps": max_steps, "init_point": init_point, "features": str(features_dir)}
+    work = _work_dir(runs_root, mid, settings)
+    started, t0 = rec.now(), time.perf_counter()
+
+    feats, features_info, linear_phase, weights_info = None, None, None, None
+    if features_dir:
+        feats, features_info = _load_features(features_dir, data)
+        feats = {k: v.to(device) for k, v in feats.items()}
+    if mode == "linear":
+        results = _linear(data, feats, loss, points, epochs, seed, device, work, "linear", progress)
+    else:
+        head = estimates = None
+        if mode == "linear-init":
+            init_bs, init_lr = init_point[1], init_point[0]
+            (linear_phase,) = _linear(data, feats, loss, [(init_bs, init_lr)], EPOCHS["linear"], seed, device,
+                                      work, "linear_phase", progress)
+            head = linear_phase.head
+            estimates = torch.sigmoid(linear_phase.table) if linear_phase.table is not None else None
+        results, weights_info = _fine_tune(data, loss, points, epochs, seed, device, work, coco_root, resolution,
+                                           random_weights, workers, max_steps, head, estimates, progress)
+    best = select(results)
+    wall = time.perf_counter() - t0
+
+    run_dir = records.new_run_dir(runs_root, mid)
+    test = data["test"]
+    n_scored = len(best.test_scores)
+    labels = test.labels[:n_scored].astype(np.uint8)  # their test loader drops the last partial batch
+    records.save_arrays(run_dir, best.test_scores.astype(np.float32), labels, test.image_ids[:n_scored])
+    ckpt_paths = rec.save_checkpoints(run_dir, best, data["train"].rows)
+    reasons = _smoke_reasons(prep, data, features_info, random_weights, epochs, paper_epochs, points, resolution,
+                             max_steps)
+    record = _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, points, epochs, seed,
+                     device, resolution, features_info, weights_info, ckpt_paths, random_weights, n_scored, labels,
+                     wall, started, reasons, coco_root or data_dir, init_point)
+    records.write_record(run_dir, record)
+    return run_dir
+
+
+def _smoke_reasons(prep, data, features_info, random_weights, epochs, paper_epochs, points, resolution, max_steps):
+    reasons = []
+    extraction = (features_info or {}).get("extraction") or {}
+    if random_weights or extraction.get("random_weights"):
+        reasons.append("random weights")
+    if prep.get("smoke_subset"):
+        reasons.append("smoke subset")
+    counts = {k: len(v.images) for k, v in data.items()}
+    if counts != FULL_COUNTS:
+        reasons.append(f"not the full COCO 2014 ({counts['train']}/{counts['val']}/{counts['test']} images)")
+    if epochs != paper_epochs:
+        reasons.append(f"{epochs} epochs, not {paper_epochs}")
+    if sorted(points) != sorted(paper_grid()):
+        reasons.append("not the paper's grid: " + ", ".join(f"bs {b} lr {lr:g}" for b, lr in points))
+    if resolution != RESOLUTION:
+        reasons.append(f"resolution {resolution}, not {RESOLUTION}")
+    if extraction and extraction.get("resolution") != RESOLUTION:
+        reasons.append(f"features at resolution {extraction.get('resolution')}, not {RESOLUTION}")
+    if max_steps:
+        reasons.append(f"at most {max_steps} steps per epoch")
+    return reasons
+
+
+def _model_entry(mid):
+    from harness.manifest import get_spec
+
+    try:
+        spec = get_spec(mid)
+        return {"id": mid, "family": spec.family, "arch": spec.arch, "paper": spec.paper}
+    except UserError:  # e.g. the full-label BCE upper bound, which has no manifest entry
+        return {"id": mid, "family": "mlspl", "arch": {"name": "mlspl_resnet50", "num_classes": 80}, "paper": {}}
+
+
+def _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, points, epochs, seed, device,
+            resolution, features_info, weights_info, ckpt_paths, random_weights, n_scored, labels, wall, started,
+            reasons, root, init_point):
+    import torch
+
+    from harness.data.categories import COCO_CATEGORIES
+
+    names = [name for _, name, _ in COCO_CATEGORIES] if labels.shape[1] == 80 else None
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    return {
+        "schema": 1,
+        "kind": "train",
+        "run_id": run_dir.name,
+        "model": _model_entry(mid),
+        "checkpoint": rec.checkpoint_info(ckpt_paths, random_weights),
+        "dataset": {
+            "name": "coco2014-val", "root": str(Path(root).resolve()), "image_set": "annotated",
+            "n_images": n_scored, "n_images_total": len(data["test"].images),
+            "fingerprint": {"annotations_sha256": (prep.get("annotations_sha256") or {}).get("val"),
+                            "n_images": n_scored, "labels_sha256": rec.labels_sha256(data["test"].image_ids[:n_scored], labels)},
+            "smoke_subset": bool(prep.get("smoke_subset")),
+        },
+        "eval": {"protocol": "mlspl", "resolution": resolution, "resize": "squish", "normalize": "imagenet",
+                 "batch_size": best.batch_size, "dtype": "float32", "amp": False, "device": device, "limit": None,
+                 "drop_last": True},
+        "metrics": rec.compute_test_metrics(best.test_scores, labels, names),
+        "train": {
+            "loss": loss, "mode": mode, "epochs": epochs, "optimizer": "Adam (no weight decay, no schedule)",
+            "label_estimator_lr_mult": LR_MULT if loss == "ROLE" else None, "expected_positives_k": 2.9,
+            "seeds": {"torch": seed, "numpy": seed, "single_positives": prep.get("seed", 1200),
+                      "split": prep.get("seed", 1200)},
+            "counts": {"train": len(data["train"].images), "val": len(data["val"].images),
+                       "val_scored": scored_rows(len(data["val"].images), best.batch_size),
+                       "test": len(data["test"].images), "test_scored": n_scored},
+            "selected": {"batch_size": best.batch_size, "lr": best.lr, "best_epoch": best.best_epoch,
+                         "val_mAP": best.val_map, "test_mAP": best.test_map},
+            "grid": [r.summary() for r in results],
+            "linear_phase": None if linear_phase is None else {**linear_phase.summary(), "fixed_point": init_point},
+            "features": features_info, "backbone_weights": weights_info,
+            "checkpoints": ckpt_paths,
+        },
+        "timings": {"wall_s": wall, "images_per_s": None},
+        "measurement": {"peak_vram_mib": None, "energy_j_per_image": None, "gpu_util_mean": None,
+                        "power_w_mean": None, "torch_max_allocated_mib": peak, "torch_max_reserved_mib": None,
+                        "peak_rss_mib": None,
+                        "reasons": {"peak_vram_mib": "not sampled during training", "energy_j_per_image":
+                                    "not sampled during training", "gpu_util_mean": "not sampled during training",
+                                    "power_w_mean": "not sampled during training",
+                                    "torch_max_reserved_mib": "not sampled during training",
+                                    "peak_rss_mib": "not sampled during training",
+                                    **({} if peak is not None else {"torch_max_allocated_mib": "no CUDA device"})}},
+        "environment": records.environment(),
+        "started_at": started,
+        "finished_at": rec.now(),
+        "smoke": bool(reasons),
+        "smoke_reasons": reasons,
+        "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
+    }

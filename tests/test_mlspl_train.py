@@ -1,0 +1,207 @@
+"""MLSPL training: learning on features, batched grid = separate runs, resume, fine-tuning, records.
+
+Features here are SYNTHETIC (labels x a random projection + noise), except in the extraction
+test, which runs a random-init ResNet-50 at 32 px on the smoke subset.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.cli import main
+from harness.mlspl.features import FEATURE_FILES, compare_features, extract_features
+from harness.mlspl.prepare import load_prepared, prepare
+from harness.mlspl.run import train_and_evaluate
+from harness.mlspl.train import mlspl_map, train_fine_tuned, train_linear_group
+from harness.models.mlspl import MLSPLResNet50
+from test_mlspl_prepare import write_annotations
+
+
+def synthetic_features(data_dir, out, seed=0, noise=1.0):
+    """One 2048-d row per formatted row, carrying the full labels plus noise."""
+    rng = np.random.default_rng(seed)
+    projection = rng.normal(size=(80, 2048)).astype(np.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, name in FEATURE_FILES.items():
+        labels = np.load(data_dir / f"formatted_{split}_labels.npy").astype(np.float32)
+        feats = labels @ projection + noise * rng.normal(size=(len(labels), 2048)).astype(np.float32)
+        np.save(out / name, (feats / 8).astype(np.float32))
+    return out
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mlspl")
+    root = write_annotations(base / "coco", n_train=700, n_val=300, seed=5)
+    prepare(root, base / "data")
+    return base, synthetic_features(base / "data", base / "feats", noise=0.3)
+
+
+def tensors(data_dir, feats_dir):
+    data = load_prepared(data_dir)
+    files = {s: np.load(feats_dir / n) for s, n in FEATURE_FILES.items()}
+    x = {k: torch.from_numpy(files[v.source][v.rows]) for k, v in data.items()}
+    observed = torch.tensor(data["train"].labels_obs, dtype=torch.float32)
+    return data, (x["train"], observed), (x["val"], data["val"].labels), (x["test"], data["test"].labels)
+
+
+def test_cli_linear_training_learns_and_writes_a_record(synth):
+    base, feats = synth
+    runs = base / "runs"
+    code = main(["mlspl", "train", "--loss", "ROLE", "--mode", "linear", "--data", str(base / "data"),
+                 "--features", str(feats), "--lr", "1e-3", "--batch-size", "16", "--epochs", "3",
+                 "--device", "cpu", "--out", str(runs)])
+    assert code == 0
+    (run_dir,) = [p for p in (runs / "mlspl-role-linear").iterdir()]
+    record = json.loads((run_dir / "record.json").read_text())
+    data = load_prepared(base / "data")
+    n_test = len(data["test"].images)
+    labels = np.load(run_dir / "labels.npy")
+    chance = 100 * labels.mean(0)[labels.any(0)].sum() / 80  # AP of random scores ~ positive rate
+    assert record["kind"] == "train" and record["model"]["id"] == "mlspl-role-linear"
+    assert record["dataset"]["n_images"] == (n_test // 16) * 16 == len(labels)  # drop_last
+    assert record["metrics"]["mAP"] > max(50, 5 * chance)
+    assert record["smoke"] and any("epochs" in r for r in record["smoke_reasons"])
+    assert record["train"]["selected"]["test_mAP"] == pytest.approx(record["metrics"]["mAP"])
+    # The saved classifier reproduces the saved test scores.
+    model = MLSPLResNet50(linear_only=True)
+    model.load_state_dict(load_file(run_dir / "classifier.safetensors"))
+    x = np.load(feats / FEATURE_FILES["val"])[: len(labels)]
+    with torch.no_grad():
+        again = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+    np.testing.assert_allclose(again, np.load(run_dir / "scores.npy"), atol=1e-5)
+    assert np.array_equal(labels, data["test"].labels[: len(labels)])
+
+
+def test_batched_grid_equals_points_trained_alone(synth):
+    base, feats = synth
+    _, train, val, test = tensors(base / "data", feats)
+    both = train_linear_group(train, val, test, "ROLE", [1e-2, 1e-3], 16, epochs=2, seed=3)
+    alone = train_linear_group(train, val, test, "ROLE", [1e-3], 16, epochs=2, seed=3)
+    assert val_maps(both[1]) == pytest.approx(val_maps(alone[0]))
+    torch.testing.assert_close(both[1].head["weight"], alone[0].head["weight"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(both[1].table, alone[0].table, atol=1e-5, rtol=1e-4)
+    assert val_maps(both[0]) != pytest.approx(val_maps(both[1]))
+
+
+def val_maps(result):
+    return [h["val_mAP"] for h in result.history]
+
+
+@pytest.mark.parametrize("loss", ["BCE", "AN", "AN-LS", "WAN", "EPR"])
+def test_every_loss_learns_on_features(synth, loss):
+    base, feats = synth
+    data, (x, observed), val, test = tensors(base / "data", feats)
+    if loss == "BCE":
+        observed = torch.tensor(data["train"].labels, dtype=torch.float32)
+    (r,) = train_linear_group((x, observed), val, test, loss, [1e-2], 16, epochs=2)
+    chance = 100 * test[1].mean(0).sum() / 80
+    assert r.test_map > 4 * chance and r.val_map == max(val_maps(r))
+    assert r.best_epoch == val_maps(r).index(r.val_map)  # the first epoch reaching the best
+
+
+def test_interrupted_linear_run_resumes_to_the_same_result(synth, tmp_path):
+    base, feats = synth
+    _, train, val, test = tensors(base / "data", feats)
+    full = train_linear_group(train, val, test, "ROLE", [1e-3], 16, epochs=3, seed=1)
+
+    def stop(epoch, _):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    state = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_linear_group(train, val, test, "ROLE", [1e-3], 16, epochs=3, seed=1, state_path=state, progress=stop)
+    resumed = train_linear_group(train, val, test, "ROLE", [1e-3], 16, epochs=3, seed=1, state_path=state)
+    assert val_maps(resumed[0]) == pytest.approx(val_maps(full[0]))
+    torch.testing.assert_close(resumed[0].table, full[0].table)
+    np.testing.assert_allclose(resumed[0].test_scores, full[0].test_scores)
+
+
+@pytest.fixture(scope="module")
+def smoke_data(smoke_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke_data")
+    prepare(smoke_root, out)
+    return out
+
+
+def test_one_fine_tuning_step_on_cpu(smoke_root, smoke_data):
+    data = load_prepared(smoke_data)
+    torch.manual_seed(0)
+    model = MLSPLResNet50()
+    before = model.backbone.conv1.weight.detach().clone()
+    generator = torch.Generator().manual_seed(0)
+    generator_table = _initial_table_after_head(data, generator)
+    r = train_fine_tuned(model, data, "ROLE", 1e-3, 4, coco_root=smoke_root, epochs=1, resolution=32, workers=0,
+                         max_steps=1)
+    assert not torch.equal(model.backbone.conv1.weight.detach(), before)
+    assert r.test_scores.shape == (4, 80) and len(r.history) == 1
+    # Adam's first step moves only the label-estimator rows of that one batch.
+    changed = (r.table != generator_table).any(1)
+    assert int(changed.sum()) == 4
+
+
+def _initial_table_after_head(data, generator):
+    from harness.models.mlspl import initial_label_logits
+
+    torch.rand(80, 2048, generator=generator), torch.rand(80, generator=generator)  # the head's draws
+    return initial_label_logits(torch.tensor(data["train"].labels_obs), generator)
+
+
+def test_linear_init_hands_head_and_estimates_to_fine_tuning(smoke_root, smoke_data, tmp_path):
+    feats = synthetic_features(smoke_data, tmp_path / "feats")
+    run_dir = train_and_evaluate(smoke_data, "ROLE", "linear-init", features_dir=feats, coco_root=smoke_root,
+                                 points=[(4, 1e-4)], runs_root=tmp_path / "runs", device="cpu", epochs=1,
+                                 resolution=32, random_weights=True, workers=0, max_steps=1, progress=False)
+    record = json.loads((run_dir / "record.json").read_text())
+    phase = record["train"]["linear_phase"]
+    assert phase["fixed_point"] == [1e-3, 16] and len(phase["history"]) == 25
+    assert "random weights" in record["smoke_reasons"] and "smoke subset" in record["smoke_reasons"]
+    assert any(k.startswith("backbone.") for k in load_file(run_dir / "classifier.safetensors"))
+    estimator = load_file(run_dir / "label_estimator.safetensors")
+    assert estimator["logits"].shape == (len(load_prepared(smoke_data)["train"].images), 80)
+
+
+def test_extraction_resumes_and_compares(smoke_root, smoke_data, tmp_path):
+    torch.manual_seed(0)
+    first = extract_features(smoke_data, smoke_root, tmp_path / "a", resolution=32, batch_size=8,
+                             random_weights=True, workers=0, progress=False)
+    full = np.load(first / FEATURE_FILES["train"])
+    assert full.shape[1] == 2048 and np.isfinite(full).all()
+    # Interrupt after 8 rows: a partial file with its progress; the rerun fills in the rest.
+    name = FEATURE_FILES["train"][:-4]
+    partial = full.copy()
+    partial[8:] = 0
+    np.save(first / f"{name}.partial.npy", partial)
+    (first / f"{name}.progress.json").write_text(json.dumps({"done": 8}))
+    (first / FEATURE_FILES["train"]).unlink()
+    torch.manual_seed(0)
+    extract_features(smoke_data, smoke_root, first, resolution=32, batch_size=8, random_weights=True, workers=0,
+                     progress=False)
+    np.testing.assert_allclose(np.load(first / FEATURE_FILES["train"]), full, rtol=1e-4, atol=1e-5)
+    same = compare_features(first, first)
+    other = compare_features(first, synthetic_features(smoke_data, tmp_path / "b"))
+    assert same["train"]["cosine_min"] == pytest.approx(1.0)
+    assert other["train"]["cosine_mean"] < 0.5
+
+
+def test_average_precision_equals_sklearn_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    from harness.mlspl.train import average_precision
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, size=(50, 7)) / 5.0  # many ties
+    labels = (rng.random((50, 7)) < 0.3).astype(np.uint8)
+    labels[:, 0] = 0
+    ref = [average_precision_score(labels[:, j], scores[:, j]) if labels[:, j].any() else 0.0 for j in range(7)]
+    np.testing.assert_allclose(average_precision(scores, labels), ref, rtol=1e-12)
+
+
+def test_map_matches_the_authors_rule():
+    labels = np.array([[1, 0], [0, 0], [1, 0]])
+    scores = np.array([[0.9, 0.1], [0.5, 0.2], [0.5, 0.3]])
+    # class 0: ranks 0.9 (pos), then a tie 0.5/0.5 (one pos, one neg) as one step: AP = 0.5*1 + 0.5*2/3
+    assert mlspl_map(scores, labels) == pytest.approx(100 * (0.5 + 1 / 3 + 0) / 2)
