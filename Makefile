@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 COCO_ROOT ?= data/coco
 RUNS ?= runs
 
-.PHONY: install test smoke reproduce-q2l reproduce-mlspl report bench clean-venv
+.PHONY: install test smoke reproduce-q2l reproduce-mlspl report clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,3 +21,22 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The main job: every Q2L model + the ASL baseline on COCO val2014, then the report in tables/.
+reproduce-q2l: $(STAMP)
+	$(BIN)/harness reproduce q2l --coco-root $(COCO_ROOT) --out $(RUNS) --tables tables
+
+# MLSPL: ROLE linear + fine-tuned by default; ALL=1 for every loss and mode.
+reproduce-mlspl: $(STAMP)
+	$(BIN)/harness reproduce mlspl --coco-root $(COCO_ROOT) --out $(RUNS) --tables tables $(if $(ALL),--all,)
+
+# Every format (markdown, csv, latex, json, html with plots) into tables/.
+report: $(STAMP)
+	$(BIN)/harness report --runs $(RUNS) --format all --out tables
+
+# The whole pipeline in a minute on CPU: synthetic COCO subset, random weights, flagged smoke.
+SMOKE_DIR ?= runs/smoke
+smoke: $(STAMP)
+	test -d $(SMOKE_DIR)/data || $(BIN)/harness data smoke --out $(SMOKE_DIR)/data
+	$(BIN)/harness eval q2l-r101-448 --coco-root $(SMOKE_DIR)/data --weights random --out $(SMOKE_DIR)/runs
+	$(BIN)/harness report --runs $(SMOKE_DIR)/runs --format markdown

@@ -1,10 +1,48 @@
-"""harness eval: not available yet."""
-from harness.errors import UserError
+"""Evaluate one model on COCO val2014 with its own transform, image set and metric protocol.
+
+Writes a run folder (record.json, scores.npy, labels.npy, image_ids.npy) under --out.
+`--weights random` runs the real pipeline on random weights: the record is flagged smoke.
+"""
 
 
 def add_arguments(parser):
-    parser.add_argument("rest", nargs="*", help="(not available yet)")
+    parser.add_argument("model", help="model id from `harness models`")
+    parser.add_argument("--coco-root", required=True, help="COCO 2014 root (annotations/, val2014/)")
+    parser.add_argument("--weights", help="checkpoint file, or 'random' (default: the cached/downloaded release)")
+    parser.add_argument("--config", help="the model's config_new.json (Q2L; default: beside the checkpoint)")
+    parser.add_argument("--weights-dir", help="folder of checkpoints placed by hand")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow unpickling beyond plain tensors, only for a file whose sha256 is pinned")
+    parser.add_argument("--batch-size", type=int, help="default: the paper's (manifest)")
+    parser.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16"],
+                        help="autocast (GPU only; recorded). Default: fp32")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    parser.add_argument("--limit", type=int, help="only the first N images (the run is flagged smoke)")
+    parser.add_argument("--workers", type=int, help="data-loading processes (default: min(8, CPUs))")
+    parser.add_argument("--out", default="runs", help="runs folder (default: runs/)")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                        help="continue an interrupted run (default: this model's newest unfinished one)")
+    parser.add_argument("--manifest", help="manifest file (default: weights_manifest.yaml)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args):
-    raise UserError("'harness eval' is not available yet in this version")
+    import json
+
+    from harness.evaluate import evaluate
+    from harness.manifest import get_spec
+
+    spec = get_spec(args.model, args.manifest)
+    run_dir = evaluate(
+        spec, args.coco_root, weights=args.weights, weights_dir=args.weights_dir, config=args.config,
+        batch_size=args.batch_size, amp=args.amp, device=args.device, limit=args.limit, runs_root=args.out,
+        resume=args.resume, workers=args.workers, trust_checkpoint=args.trust_checkpoint,
+        progress=not args.no_progress,
+    )
+    record = json.loads((run_dir / "record.json").read_text())
+    m = record["metrics"]
+    ci = m.get("mAP_ci95") or [None, None]
+    flag = f"  SMOKE ({', '.join(record['smoke_reasons'])}): never counts" if record["smoke"] else ""
+    print(f"{spec.id}: mAP {m['mAP']:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}; paper {spec.paper_map}) "
+          f"on {record['dataset']['n_images']} images, {record['timings']['images_per_s'] or 0:.1f} img/s{flag}")
+    print(f"record: {run_dir / 'record.json'}")

@@ -1,10 +1,36 @@
-"""harness reproduce: not available yet."""
-from harness.errors import UserError
+"""Run a whole reproduction: get checkpoints, evaluate every model, measure, write tables/.
+
+  harness reproduce q2l --coco-root DIR     the six Query2Label models and the ASL baseline
+  harness reproduce mlspl --coco-root DIR   train and evaluate the single-positive models
+
+Complete runs are kept and skipped; one model failing does not stop the others.
+"""
 
 
 def add_arguments(parser):
-    parser.add_argument("rest", nargs="*", help="(not available yet)")
+    parser.add_argument("family", choices=["q2l", "mlspl"])
+    parser.add_argument("--coco-root", required=True, help="COCO 2014 root")
+    parser.add_argument("--models", nargs="+", help="only these model ids (default: the whole family)")
+    parser.add_argument("--weights-dir", help="folder of checkpoints placed by hand")
+    parser.add_argument("--out", default="runs", help="runs folder (default: runs/)")
+    parser.add_argument("--tables", default="tables", help="where the report goes (default: tables/)")
+    parser.add_argument("--device", choices=["cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16"])
+    parser.add_argument("--limit", type=int, help="only the first N images (runs are flagged smoke)")
+    parser.add_argument("--force", action="store_true", help="run again even when a complete run exists")
+    parser.add_argument("--all", action="store_true", help="mlspl: every loss and mode (default: ROLE linear + fine-tuned)")
+    parser.add_argument("--manifest")
 
 
 def run(args):
-    raise UserError("'harness reproduce' is not available yet in this version")
+    if args.family == "q2l":
+        from harness.reproduce import reproduce_q2l
+
+        return reproduce_q2l(args.coco_root, models=args.models, weights_dir=args.weights_dir, runs_root=args.out,
+                             tables_dir=args.tables, device=args.device, batch_size=args.batch_size, amp=args.amp,
+                             manifest=args.manifest, force=args.force, limit=args.limit)
+    from harness.mlspl.reproduce import reproduce_mlspl
+
+    return reproduce_mlspl(args.coco_root, models=args.models, every=args.all, runs_root=args.out,
+                           tables_dir=args.tables, device=args.device, force=args.force)

@@ -1,0 +1,212 @@
+"""Batched inference of one model on COCO val2014, written to a resumable run folder.
+
+Scores are fp32 sigmoid probabilities, written into a memory-mapped `scores.partial.npy` as they
+come; `progress.json` (rewritten atomically after each batch) says how many rows are done, so an
+interrupted run resumes losing at most one batch. When all rows are done the scores become
+`scores.npy`, the metrics are computed with the model's protocol and `record.json` is written.
+"""
+import json
+import os
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import UserError
+
+PARTIAL, PROGRESS, SETTINGS = "scores.partial.npy", "progress.json", "settings.json"
+
+
+def _now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path, data):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def pick_device(requested=None):
+    import torch
+
+    if requested in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return requested
+
+
+def _smoke_reasons(weights_info, coco_labels, limit, smoke_root):
+    from harness.data.coco import is_full_split
+
+    reasons = []
+    if weights_info["random_weights"]:
+        reasons.append("random weights")
+    if smoke_root:
+        reasons.append("smoke subset")
+    elif not is_full_split(coco_labels):
+        reasons.append(f"not the full COCO {coco_labels.split} ({len(coco_labels)} images)")
+    if limit:
+        reasons.append(f"--limit {limit}")
+    return reasons
+
+
+def find_resumable(runs_root, model_id):
+    """The newest unfinished run folder of this model, or None."""
+    folder = Path(runs_root) / model_id
+    candidates = [p for p in folder.glob("*") if (p / SETTINGS).is_file() and not (p / "record.json").exists()]
+    return max(candidates, key=lambda p: p.name) if candidates else None
+
+
+def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, batch_size=None, amp=False,
+             device=None, limit=None, runs_root="runs", resume=None, workers=None, trust_checkpoint=False,
+             progress=True):
+    """Evaluate `spec` (a manifest ModelSpec) and return the finished run folder."""
+    import torch
+
+    from harness import records
+    from harness.data.coco import check_images, fingerprint, load_labels
+    from harness.data.dataset import CocoImages
+    from harness.data.smoke import is_smoke_root
+    from harness.data.transforms import eval_transform
+    from harness.measure import EvalMeasurement
+    from harness.measure.measurement import nvml_baseline_mib
+    from harness.metrics import compute_metrics
+
+    device = pick_device(device)
+    if amp and device != "cuda":
+        raise UserError("--amp needs a CUDA GPU; drop --amp to run in fp32 on CPU")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if amp else None
+    batch_size = batch_size or spec.eval.batch_size
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be a positive number of images")
+    coco_labels = load_labels(coco_root, "val2014", spec.eval.image_set)
+    n_total = min(limit, len(coco_labels)) if limit else len(coco_labels)
+    rows = range(n_total)
+    check_images(coco_root, coco_labels)
+
+    baseline_mib = nvml_baseline_mib(device)  # before the model reaches the GPU
+    model, weights_info = _build_model(spec, weights, weights_dir, config, trust_checkpoint, device)
+    settings = {
+        "model_id": spec.id, "weights_sha256": weights_info["sha256"], "random_weights": weights_info["random_weights"],
+        "coco_root": str(Path(coco_root).resolve()), "image_set": spec.eval.image_set, "n_images": n_total,
+        "batch_size": batch_size, "amp": amp or False, "resolution": spec.eval.resolution,
+    }
+    run_dir, done = _open_run(runs_root, spec.id, resume, settings, weights_info)
+    num_classes = coco_labels.labels.shape[1]
+    scores = _scores_memmap(run_dir, n_total, num_classes, fresh=done == 0)
+
+    dataset = CocoImages(coco_root, coco_labels, eval_transform(spec.eval), indices=rows[done:])
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         pin_memory=device == "cuda")
+    started = _now()
+    t0 = time.perf_counter()
+    with EvalMeasurement(device, baseline_mib=baseline_mib) as measurement:
+        bar = _progress_bar(n_total, done, spec.id, progress)
+        with torch.inference_mode():
+            for images, index in loader:
+                images = images.to(device, non_blocking=True)
+                with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(images)
+                probs = torch.sigmoid(logits.float()).cpu().numpy()  # fp32 sigmoid, as the authors
+                scores[index.numpy()] = probs
+                scores.flush()
+                done = int(index[-1]) + 1
+                _write_json_atomic(run_dir / PROGRESS, {"done": done, "updated_at": _now()})
+                measurement.count(len(index))
+                bar.update(len(index))
+        bar.close()
+    wall = time.perf_counter() - t0
+    final_scores = np.array(scores)
+    del scores
+    if np.isnan(final_scores).any():
+        raise RuntimeError(f"{run_dir}: some rows were never scored; resume it with --resume {run_dir}")
+    labels = coco_labels.labels[:n_total]
+    records.save_arrays(run_dir, final_scores, labels, coco_labels.image_ids[:n_total])
+    (run_dir / PARTIAL).unlink()
+    metrics = compute_metrics(final_scores, labels, spec.eval.protocol, class_names=coco_labels.category_names)
+    reasons = _smoke_reasons(weights_info, coco_labels, limit, is_smoke_root(coco_root))
+    measured = measurement.result()
+    record = {
+        "schema": 1,
+        "kind": "eval",
+        "run_id": run_dir.name,
+        "model": {"id": spec.id, "family": spec.family, "arch": spec.arch, "paper": spec.paper},
+        "checkpoint": {k: weights_info[k] for k in ("path", "sha256", "pinned", "random_weights")},
+        "dataset": {
+            "name": "coco2014-val", "root": str(Path(coco_root).resolve()), "image_set": spec.eval.image_set,
+            "n_images": n_total, "fingerprint": fingerprint(coco_labels), "smoke_subset": is_smoke_root(coco_root),
+        },
+        "eval": {**asdict(spec.eval), "batch_size": batch_size, "dtype": "float32", "amp": amp or False,
+                 "device": device, "limit": limit},
+        "metrics": metrics,
+        "timings": {"wall_s": wall, "images_per_s": measured.get("images_per_s"),
+                    "resumed_from_row": settings.get("resumed_from_row", 0)},
+        "measurement": measured,
+        "environment": records.environment(),
+        "started_at": json.loads((run_dir / SETTINGS).read_text()).get("started_at", started),
+        "finished_at": _now(),
+        "smoke": bool(reasons),
+        "smoke_reasons": reasons,
+        "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
+    }
+    records.write_record(run_dir, record)
+    (run_dir / PROGRESS).unlink(missing_ok=True)
+    return run_dir
+
+
+def _build_model(spec, weights, weights_dir, config, trust, device):
+    from harness.models import build_from_arch
+
+    model = build_from_arch(spec.arch)
+    if weights == "random":
+        info = {"path": None, "sha256": None, "pinned": False, "random_weights": True}
+    else:
+        from harness.checkpoints import load_weights
+
+        info = load_weights(model, spec, path=weights, config_path=config, weights_dir=weights_dir, trust=trust)
+        info.setdefault("random_weights", False)
+    return model.eval().to(device), info
+
+
+def _open_run(runs_root, model_id, resume, settings, weights_info):
+    """A new run folder, or the folder to resume with its count of finished rows."""
+    from harness import records
+
+    if resume:
+        run_dir = find_resumable(runs_root, model_id) if resume == "latest" else Path(resume)
+        if run_dir is None or not (run_dir / SETTINGS).is_file():
+            raise UserError(f"nothing to resume for {model_id} under {runs_root}; run without --resume")
+        if (run_dir / "record.json").exists():
+            raise UserError(f"{run_dir} is already complete; run without --resume for a new run")
+        saved = json.loads((run_dir / SETTINGS).read_text())
+        changed = [k for k, v in settings.items() if saved.get(k) != v]
+        if changed:
+            raise UserError(f"cannot resume {run_dir}: {', '.join(changed)} differ from the interrupted run; "
+                            f"use the same settings or start a new run")
+        progress = run_dir / PROGRESS
+        done = json.loads(progress.read_text())["done"] if progress.is_file() else 0
+        settings["resumed_from_row"] = done
+        return run_dir, done
+    run_dir = records.new_run_dir(runs_root, model_id)
+    _write_json_atomic(run_dir / SETTINGS, {**settings, "started_at": _now()})
+    return run_dir, 0
+
+
+def _scores_memmap(run_dir, n, c, fresh):
+    path = run_dir / PARTIAL
+    if fresh or not path.exists():
+        scores = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, c))
+        scores[:] = np.nan  # unfinished rows stay visibly unscored
+        return scores
+    return np.load(path, mmap_mode="r+")
+
+
+def _progress_bar(total, done, name, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=name, unit="img", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,94 @@
+"""The whole Query2Label job: for each model get the checkpoint, evaluate, then write the report.
+
+Models whose complete, non-smoke run already exists are skipped; a model that fails does not
+stop the others, and every failure is listed at the end with its reason.
+"""
+import json
+import time
+from pathlib import Path
+
+from harness.errors import UserError
+
+
+def complete_run(runs_root, model_id, batch_size=None, amp=False, kind="eval"):
+    """The newest finished, non-smoke run of this kind and model with these settings, or None."""
+    found = []
+    for record_file in (Path(runs_root) / model_id).glob("*/record.json"):
+        try:
+            record = json.loads(record_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        ev = record.get("eval", {})
+        if record.get("kind") == kind and not record.get("smoke") \
+                and (batch_size is None or ev.get("batch_size") == batch_size) and ev.get("amp", False) == (amp or False):
+            found.append(record_file.parent)
+    return max(found, key=lambda p: p.name) if found else None
+
+
+def estimate_cpu_hours(spec, n_images, batch_size):
+    """Time one synthetic batch on CPU and extrapolate (said before a long CPU run starts)."""
+    import torch
+
+    from harness.models import build_from_arch
+
+    model = build_from_arch(spec.arch).eval()
+    x = torch.rand(batch_size, 3, spec.eval.resolution, spec.eval.resolution)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model(x)
+        per_image = (time.perf_counter() - t0) / batch_size
+    return per_image * n_images / 3600
+
+
+def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs", tables_dir="tables",
+                  device=None, batch_size=None, amp=False, manifest=None, force=False, limit=None):
+    from harness.data.coco import annotation_path, check_images, load_labels
+    from harness.evaluate import evaluate, pick_device
+    from harness.manifest import load_manifest
+
+    specs = load_manifest(manifest)
+    chosen = models or [m for m, s in specs.items() if s.family in ("q2l", "asl")]
+    unknown = [m for m in chosen if m not in specs]
+    if unknown:
+        raise UserError(f"unknown model(s) {', '.join(unknown)}; `harness models` lists the known ones")
+    if not annotation_path(coco_root).is_file():
+        raise UserError(f"COCO val2014 is not under {coco_root}; get it with "
+                        f"`harness data coco --root {coco_root} --download` (or set COCO_ROOT=DIR)")
+    check_images(coco_root, load_labels(coco_root, "val2014", "all"))
+    device = pick_device(device)
+    if device == "cpu":
+        print("No CUDA GPU visible: running on CPU. Estimated time per model (one synthetic batch, extrapolated):")
+        for mid in chosen:
+            spec = specs[mid]
+            n = limit or {"all": 40504, "annotated": 40137}[spec.eval.image_set]
+            print(f"  {mid}: about {estimate_cpu_hours(spec, n, batch_size or spec.eval.batch_size):.1f} h")
+    done, failed = [], []
+    for mid in chosen:
+        spec = specs[mid]
+        existing = None if force else complete_run(runs_root, mid, batch_size or spec.eval.batch_size, amp)
+        if existing:
+            print(f"{mid}: complete run exists ({existing}); skipped (use --force to run again)")
+            done.append((mid, existing))
+            continue
+        try:
+            run_dir = evaluate(spec, coco_root, weights_dir=weights_dir, batch_size=batch_size, amp=amp,
+                               device=device, runs_root=runs_root, limit=limit)
+            done.append((mid, run_dir))
+        except UserError as e:
+            failed.append((mid, str(e)))
+            print(f"{mid}: FAILED: {e}")
+        except Exception as e:  # one model's crash must not lose the others' runs
+            failed.append((mid, f"{type(e).__name__}: {e}"))
+            print(f"{mid}: FAILED: {type(e).__name__}: {e}")
+    written = write_report(runs_root, tables_dir, manifest)
+    print(f"\n{len(done)} of {len(chosen)} models evaluated; report: {', '.join(str(p) for p in written)}")
+    for mid, why in failed:
+        print(f"  {mid} failed: {why}")
+    return 1 if failed else 0
+
+
+def write_report(runs_root, tables_dir, manifest=None):
+    """Render every report format into tables_dir; returns the files written."""
+    from harness.report import write_all
+
+    return write_all(runs_root=runs_root, out_dir=tables_dir, manifest=manifest)
