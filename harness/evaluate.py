@@ -136,7 +136,7 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
         "kind": "eval",
         "run_id": run_dir.name,
         "model": {"id": spec.id, "family": spec.family, "arch": spec.arch, "paper": spec.paper},
-        "checkpoint": {k: weights_info[k] for k in ("path", "sha256", "pinned", "random_weights")},
+        "checkpoint": weights_info,
         "dataset": {
             "name": "coco2014-val", "root": str(Path(coco_root).resolve()), "image_set": spec.eval.image_set,
             "n_images": n_total, "fingerprint": fingerprint(coco_labels), "smoke_subset": is_smoke_root(coco_root),
@@ -166,11 +166,31 @@ def _build_model(spec, weights, weights_dir, config, trust, device):
     if weights == "random":
         info = {"path": None, "sha256": None, "pinned": False, "random_weights": True}
     else:
-        from harness.checkpoints import load_weights
-
-        info = load_weights(model, spec, path=weights, config_path=config, weights_dir=weights_dir, trust=trust)
-        info.setdefault("random_weights", False)
+        info = _load_weights(model, spec, weights, config, weights_dir, trust)
     return model.eval().to(device), info
+
+
+def _load_weights(model, spec, path, config, weights_dir, trust):
+    """Released weights (cache/download/--weights-dir) or an explicit file; strict, never unsafe."""
+    from harness import checkpoints
+    from harness.download.settings import harness_home
+
+    pinned_sha = spec.files["checkpoint"].sha256 if "checkpoint" in spec.files else None
+    if path is None:
+        if not spec.released:
+            raise UserError(f"{spec.id} has no released weights (trained here): run `harness mlspl train`, "
+                            f"or pass --weights FILE")
+        loaded = checkpoints.load_pretrained(model, spec, weights_dir=weights_dir, trust=trust)
+        path = loaded.get("path")
+    else:
+        sibling = Path(path).with_name("config_new.json")
+        config = config or (sibling if spec.family == "q2l" and sibling.is_file() else None)
+        loaded = checkpoints.load_checkpoint_into(
+            model, path, config, trust=trust, pinned_sha256=pinned_sha, name=spec.id, eval_spec=spec.eval,
+            cache_dir=harness_home() / "safetensors")
+    return {"path": str(path) if path else loaded.get("loaded_from"), "sha256": loaded["sha256"],
+            "pinned": pinned_sha is not None and loaded["sha256"] == pinned_sha, "random_weights": False,
+            "epoch": loaded.get("epoch"), "best_mAP": loaded.get("best_mAP"), "loaded_from": loaded.get("loaded_from")}
 
 
 def _open_run(runs_root, model_id, resume, settings, weights_info):

@@ -41,8 +41,12 @@ def build_from_arch(arch, **overrides):
     return _BUILDERS[arch["name"]](**params)
 
 
-def create_model(name, pretrained=False, manifest=None, **overrides):
-    """Build manifest model `name`; with pretrained=True load its verified released weights."""
+def create_model(name, pretrained=False, manifest=None, load_options=None, **overrides):
+    """Build manifest model `name`; with pretrained=True load its verified released weights.
+
+    load_options go to harness.checkpoints.load_pretrained (cache_dir, weights_dir, trust);
+    what it reports (sha256, epoch, ...) is kept as `model.checkpoint_info`.
+    """
     from harness.manifest import get_spec
 
     spec = get_spec(name, manifest)
@@ -50,5 +54,5 @@ def create_model(name, pretrained=False, manifest=None, **overrides):
     if pretrained:
         from harness.checkpoints import load_pretrained
 
-        load_pretrained(model, spec)
+        model.checkpoint_info = load_pretrained(model, spec, **(load_options or {}))
     return model

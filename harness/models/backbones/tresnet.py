@@ -1,0 +1,165 @@
+"""TResNet (Ridnik et al.) as in the Q2L and ASL checkpoints, without the inplace_abn package.
+
+The authors' layers are InPlaceABN(Sync): BatchNorm whose scale is |weight| + eps, then
+leaky-ReLU (slope 1e-2 in the stem, 1e-3 in the blocks) or identity. `ABN` below is that
+maths on plain torch (CPU or GPU), with the same parameter names, so their state dicts load
+unchanged (no weight conversion). Keys follow theirs: body.{conv1, layer1..4}, head.fc.
+"""
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ABN(nn.BatchNorm2d):
+    """Activated BatchNorm with inplace_abn's scale |weight| + eps (it keeps the op invertible)."""
+
+    def __init__(self, num_features, activation="leaky_relu", slope=1e-2):
+        super().__init__(num_features)
+        self.activation, self.slope = activation, slope
+
+    def forward(self, x):
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight.abs() + self.eps, self.bias,
+                         self.training, self.momentum, self.eps)
+        return F.leaky_relu(x, self.slope) if self.activation == "leaky_relu" else x
+
+
+def conv_abn(cin, cout, kernel_size=3, activation="leaky_relu", slope=1e-2):
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size, stride=1, padding=kernel_size // 2, bias=False),
+        ABN(cout, activation, slope),
+    )
+
+
+class SpaceToDepth(nn.Module):
+    """(N, C, H, W) -> (N, 16 C, H/4, W/4), channel order (dy, dx, c) as the authors'."""
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        x = x.view(n, c, h // 4, 4, w // 4, 4).permute(0, 3, 5, 1, 2, 4).contiguous()
+        return x.view(n, c * 16, h // 4, w // 4)
+
+
+class BlurDownsample(nn.Module):
+    """Anti-aliased stride 2: depth-wise [1 2 1]^T [1 2 1] / 16 blur on reflect padding."""
+
+    def __init__(self, channels):
+        super().__init__()
+        a = torch.tensor([1.0, 2.0, 1.0])
+        filt = a[:, None] * a[None, :]
+        self.register_buffer("filt", (filt / filt.sum())[None, None].repeat(channels, 1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), "reflect"), self.filt.to(x.dtype), stride=2, groups=x.shape[1])
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels, reduced):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x):
+        s = x.view(x.size(0), x.size(1), -1).mean(-1).view(x.size(0), x.size(1), 1, 1)
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+
+
+def _strided(conv, stride, channels):
+    return conv if stride == 1 else nn.Sequential(conv, BlurDownsample(channels))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, use_se=True):
+        super().__init__()
+        self.conv1 = _strided(conv_abn(inplanes, planes, slope=1e-3), stride, planes)
+        self.conv2 = conv_abn(planes, planes, activation="identity")
+        self.downsample = downsample
+        self.se = SqueezeExcite(planes, max(planes // 4, 64)) if use_se else None
+
+    def forward(self, x):
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.conv2(self.conv1(x))
+        if self.se is not None:
+            out = self.se(out)
+        return F.relu(out + residual)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, use_se=True):
+        super().__init__()
+        self.conv1 = conv_abn(inplanes, planes, kernel_size=1, slope=1e-3)
+        self.conv2 = _strided(conv_abn(planes, planes, slope=1e-3), stride, planes)
+        self.conv3 = conv_abn(planes, planes * 4, kernel_size=1, activation="identity")
+        self.downsample = downsample
+        # SE acts on the narrow middle (planes), sized from the output width: as the authors'.
+        self.se = SqueezeExcite(planes, max(planes * 4 // 8, 64)) if use_se else None
+
+    def forward(self, x):
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.conv2(self.conv1(x))
+        if self.se is not None:
+            out = self.se(out)
+        return F.relu(self.conv3(out) + residual)
+
+
+class TResNet(nn.Module):
+    """TResNet body; with num_classes, also the global average pool and `head.fc` (ASL)."""
+
+    def __init__(self, layers, blocks, width_factor=1.0, num_classes=None):
+        super().__init__()
+        self.inplanes = planes = int(64 * width_factor)
+        stages = [("SpaceToDepth", SpaceToDepth()), ("conv1", conv_abn(3 * 16, planes))]
+        for i, (n, block) in enumerate(zip(layers, blocks)):
+            stride = 1 if i == 0 else 2
+            stages.append((f"layer{i + 1}", self._make_layer(block, planes * 2 ** i, n, stride, use_se=i < 3)))
+        self.body = nn.Sequential(OrderedDict(stages))
+        self.num_channels = self.inplanes
+        if num_classes:
+            self.head = nn.Sequential(OrderedDict([("fc", nn.Linear(self.num_channels, num_classes))]))
+        self._init_weights()
+
+    def _make_layer(self, block, planes, blocks, stride, use_se):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            pool = [nn.AvgPool2d(2, stride=2, ceil_mode=True, count_include_pad=False)] if stride == 2 else []
+            downsample = nn.Sequential(*pool, conv_abn(self.inplanes, planes * block.expansion, 1, "identity"))
+        layers = [block(self.inplanes, planes, stride, downsample, use_se)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, use_se=use_se) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def _init_weights(self):
+        # The authors' initialisation: only matters for training from scratch.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
+            elif isinstance(m, nn.Linear):
+                m.weight.data.normal_(0, 0.01)
+        for m in self.modules():  # residual branches start at zero
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.conv2[1].weight)
+            elif isinstance(m, Bottleneck):
+                nn.init.zeros_(m.conv3[1].weight)
+
+    def forward(self, x):
+        x = self.body(x)
+        if not hasattr(self, "head"):
+            return x
+        return self.head(x.view(x.size(0), x.size(1), -1).mean(dim=2))
+
+
+def tresnet_l(num_classes=None):
+    """TResNet-L (ImageNet-1k): 2432 output channels."""
+    return TResNet([4, 5, 18, 3], [BasicBlock, BasicBlock, Bottleneck, Bottleneck], 1.2, num_classes)
+
+
+def tresnet_l_v2(num_classes=None):
+    """TResNet-L v2 (the ImageNet-21k model of Q2L's `tresnet2`): all bottlenecks, 2048 channels."""
+    return TResNet([3, 4, 23, 3], [Bottleneck] * 4, 1.0, num_classes)

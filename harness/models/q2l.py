@@ -1,0 +1,103 @@
+"""Query2Label (Liu et al., 2021): backbone features -> transformer decoder with one query per
+label -> a group-wise linear layer giving one logit per label.
+
+Module paths reproduce the authors' state-dict keys: `backbone.0.*` (features; CNNs under `body.`),
+`backbone.1.pe` (the position table), `transformer.*`, `query_embed`, `fc.W`, `fc.b`.
+"""
+import math
+
+import torch
+from torch import nn
+
+from harness.models import register_model
+from harness.models.position import PositionEmbeddingSine
+from harness.models.transformer import Transformer
+
+# Backbone name (the authors' `--backbone`) -> output stride of its last feature map.
+BACKBONE_STRIDES = {"resnet101": 32, "tresnetl": 32, "tresnetl_v2": 32, "swin_L_384_22k": 32, "CvT_w24": 16}
+
+
+def build_backbone(name, img_size):
+    """The module at `backbone.0`. The authors wrap CNNs in a `body` holder (keys
+    `backbone.0.body.*`) but use Swin and CvT as they are (keys `backbone.0.*`).
+    Imports inside: each backbone file is loaded only when its model is built."""
+    if name == "resnet101":
+        from harness.models.backbones.resnet import build_resnet101
+        return Backbone(build_resnet101())
+    if name == "tresnetl":
+        from harness.models.backbones.tresnet import tresnet_l
+        return Backbone(tresnet_l())
+    if name == "tresnetl_v2":
+        from harness.models.backbones.tresnet import tresnet_l_v2
+        return Backbone(tresnet_l_v2())
+    if name == "swin_L_384_22k":
+        from harness.models.backbones.swin import build_swin_l_384
+        return build_swin_l_384(img_size=img_size)
+    if name == "CvT_w24":
+        from harness.models.backbones.cvt import build_cvt_w24
+        return build_cvt_w24(img_size=img_size)
+    raise ValueError(f"unknown Q2L backbone '{name}' (known: {', '.join(BACKBONE_STRIDES)})")
+
+
+class Backbone(nn.Module):
+    """Holds a CNN feature extractor as `body`, giving the authors' `backbone.0.body.*` keys."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+        self.num_channels = body.num_channels
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class GroupWiseLinear(nn.Module):
+    """One linear classifier per label, each on its own query's output: (B, K, d) -> (B, K)."""
+
+    def __init__(self, num_classes, hidden_dim):
+        super().__init__()
+        stdv = 1.0 / math.sqrt(hidden_dim)
+        self.W = nn.Parameter(torch.empty(1, num_classes, hidden_dim).uniform_(-stdv, stdv))
+        self.b = nn.Parameter(torch.empty(1, num_classes).uniform_(-stdv, stdv))
+
+    def forward(self, x):
+        return (self.W * x).sum(-1) + self.b
+
+
+class Query2Label(nn.Module):
+    def __init__(self, features, transformer, num_classes, img_size, stride):
+        super().__init__()
+        hidden_dim = transformer.d_model
+        if img_size % 32:
+            raise ValueError(f"img_size must be a multiple of 32 (got {img_size})")
+        position = PositionEmbeddingSine(hidden_dim // 2, img_size // stride)
+        self.backbone = nn.Sequential(features, position)
+        self.transformer = transformer
+        # The released models use the backbone channels as hidden size: no projection.
+        channels = features.num_channels
+        self.input_proj = nn.Identity() if channels == hidden_dim else nn.Conv2d(channels, hidden_dim, 1)
+        self.query_embed = nn.Embedding(num_classes, hidden_dim)
+        self.fc = GroupWiseLinear(num_classes, hidden_dim)
+        self.img_size = img_size
+
+    def forward(self, images):
+        src = self.backbone[0](images)
+        pos = self.backbone[1](src).to(src.dtype)
+        hs = self.transformer(self.input_proj(src), self.query_embed.weight, pos)
+        return self.fc(hs)
+
+
+@register_model
+def q2l(backbone, hidden_dim, dim_feedforward, enc_layers, dec_layers, nheads, num_classes, img_size,
+        release_folder=None, dropout=0.1, pre_norm=False):
+    """Query2Label with random weights; `release_folder` only names the authors' download folder."""
+    if backbone not in BACKBONE_STRIDES:
+        raise ValueError(f"unknown Q2L backbone '{backbone}' (known: {', '.join(BACKBONE_STRIDES)})")
+    features = build_backbone(backbone, img_size)
+    transformer = Transformer(hidden_dim, nheads, enc_layers, dec_layers, dim_feedforward, dropout, pre_norm)
+    model = Query2Label(features, transformer, num_classes, img_size, BACKBONE_STRIDES[backbone])
+    # The authors' names for these settings, checked against their config_new.json on load.
+    model.arch = dict(backbone=backbone, hidden_dim=hidden_dim, dim_feedforward=dim_feedforward,
+                      enc_layers=enc_layers, dec_layers=dec_layers, nheads=nheads, num_class=num_classes,
+                      img_size=img_size, pre_norm=pre_norm)
+    return model

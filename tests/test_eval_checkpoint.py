@@ -1,0 +1,41 @@
+"""harness eval with an authors'-format checkpoint: the scores are the model's own sigmoid outputs."""
+import json
+
+import numpy as np
+import torch
+import yaml
+
+from harness.cli import main
+from harness.data.coco import load_labels
+from harness.data.dataset import CocoImages
+from harness.data.transforms import eval_transform
+from harness.manifest import DEFAULT_MANIFEST, get_spec
+from test_checkpoints import SMALL, randomised, save_authors_checkpoint
+
+
+def test_eval_of_a_saved_checkpoint_scores_like_the_model(smoke_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
+    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    entry = data["models"]["q2l-tresl22k-448"]
+    entry["arch"] = {k: v for k, v in SMALL.items()}
+    entry["eval"].update(resolution=64, batch_size=3)
+    data["models"] = {"small-q2l": entry}
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump(data))
+
+    model = randomised(SMALL, 7)
+    ckpt = save_authors_checkpoint(model, tmp_path / "checkpoint.pkl")
+    code = main(["eval", "small-q2l", "--manifest", str(manifest), "--coco-root", str(smoke_root), "--weights",
+                 str(ckpt), "--limit", "5", "--workers", "0", "--out", str(tmp_path / "runs"), "--no-progress"])
+    assert code == 0
+    run_dir = next((tmp_path / "runs" / "small-q2l").iterdir())
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["checkpoint"]["random_weights"] is False and len(record["checkpoint"]["sha256"]) == 64
+    assert record["checkpoint"]["epoch"] == 12
+    assert record["smoke"] and "random weights" not in record["smoke_reasons"]
+
+    spec = get_spec("small-q2l", manifest)
+    images = CocoImages(smoke_root, load_labels(smoke_root, "val2014", "all"), eval_transform(spec.eval), range(5))
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.stack([images[i][0] for i in range(5)]))).numpy()
+    np.testing.assert_allclose(np.load(run_dir / "scores.npy"), expected, rtol=0, atol=1e-6)
