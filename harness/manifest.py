@@ -56,6 +56,7 @@ class ModelSpec:
     files: dict = field(default_factory=dict)  # role ("checkpoint", "config") -> WeightFile
     eval: EvalSpec = None
     train: dict | None = None  # MLSPL: {"loss", "mode"}
+    manifest_path: Path | None = None  # the file it came from (its lock file sits beside it)
 
     @property
     def paper_map(self):
@@ -118,7 +119,7 @@ def _parse_files(f, files):
 
 
 def _parse_entry(path, model_id, data):
-    f = _Field(path, model_id)
+    f = _Field(path.name, model_id)
     if not isinstance(data, dict):
         f.fail("(entry)", "must be a mapping")
     family = f.get(data, "family", str, choices=FAMILIES)
@@ -160,6 +161,7 @@ def _parse_entry(path, model_id, data):
         files=_parse_files(f, files),
         eval=spec,
         train=train,
+        manifest_path=path.resolve(),
     )
 
 
@@ -174,7 +176,7 @@ def load_manifest(path=None):
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the file")
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise UserError(f"{path}: expected a top-level 'models:' mapping")
-    return {mid: _parse_entry(path.name, mid, entry) for mid, entry in data["models"].items()}
+    return {mid: _parse_entry(path, mid, entry) for mid, entry in data["models"].items()}
 
 
 def get_spec(model_id, path=None):

@@ -67,7 +67,7 @@ def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline
         raise UserError(f"model '{spec.id}' has no file '{role}' "
                         f"(it has: {', '.join(spec.files) or 'none: trained here, see harness mlspl'})")
     wfile = spec.files[role]
-    expected = _Expected(spec, role, lock_file or lock_file_for())
+    expected = _Expected(spec, role, lock_file or lock_file_for(spec.manifest_path))
     looked = []
     if weights_dir:
         found = _hand_placed(spec, role, weights_dir, expected, looked, quiet)

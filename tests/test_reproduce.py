@@ -1,0 +1,61 @@
+"""harness reproduce q2l: goes on past a failing model, lists failures, skips complete runs, writes tables."""
+import json
+
+import yaml
+
+from harness import records
+from harness.cli import main
+from harness.manifest import DEFAULT_MANIFEST
+from test_checkpoints import SMALL, randomised, save_authors_checkpoint
+
+
+def _manifest(tmp_path):
+    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    models = {}
+    for mid in ("q2l-tresl22k-448", "q2l-r101-448"):
+        entry = data["models"][mid]
+        entry["arch"] = dict(SMALL)
+        entry["eval"].update(resolution=64, batch_size=4)
+        for f in entry["files"].values():  # sources nobody can reach: only --weights-dir can serve
+            f["sources"] = [{"type": "http", "url": "http://127.0.0.1:9/none"}]
+        models["small-" + mid] = entry
+    data["models"] = models
+    path = tmp_path / "manifest.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_reproduce_goes_on_after_a_failure_and_writes_the_report(smoke_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HARNESS_OFFLINE", "1")
+    manifest = _manifest(tmp_path)
+    weights = tmp_path / "weights" / "small-q2l-tresl22k-448"
+    weights.mkdir(parents=True)
+    save_authors_checkpoint(randomised(SMALL, 3), weights / "checkpoint.pkl")
+    (weights / "config_new.json").write_text(json.dumps({"img_size": 64, "orid_norm": "True"}))
+    args = ["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(manifest), "--weights-dir",
+            str(tmp_path / "weights"), "--out", str(tmp_path / "runs"), "--tables", str(tmp_path / "tables")]
+    code = main(args)
+    out = capsys.readouterr().out
+    assert code == 1  # one model failed
+    assert "small-q2l-r101-448 failed: offline" in out
+    assert "No CUDA GPU visible" in out and "about" in out
+    assert len(list((tmp_path / "runs" / "small-q2l-tresl22k-448").glob("*/record.json"))) == 1
+    report = (tmp_path / "tables" / "report.md").read_text()
+    assert "small-q2l-tresl22k-448" in report and "smoke" in report
+    for ext in ("csv", "tex", "json", "html"):
+        assert (tmp_path / "tables" / f"report.{ext}").is_file()
+
+
+def test_reproduce_skips_a_complete_real_run_and_explains_missing_coco(smoke_root, tmp_path, capsys):
+    manifest = _manifest(tmp_path)
+    run_dir = records.new_run_dir(tmp_path / "runs", "small-q2l-tresl22k-448")
+    # a finished real run, as far as the skip decision reads it
+    (run_dir / "record.json").write_text(json.dumps({"kind": "eval", "smoke": False,
+                                                     "eval": {"batch_size": 4, "amp": False}}))
+    args = ["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(manifest),
+            "--models", "small-q2l-tresl22k-448", "--out", str(tmp_path / "runs"), "--tables", str(tmp_path / "t")]
+    assert main(args) == 0
+    assert "complete run exists" in capsys.readouterr().out
+    assert main(["reproduce", "q2l", "--coco-root", str(tmp_path / "nococo"), "--manifest", str(manifest)]) == 2
+    assert "harness data coco --root" in capsys.readouterr().err
