@@ -379,6 +379,9 @@ def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, c
         if len(maps):
             low, high = np.percentile(maps, [2.5, 97.5])
             result["mAP_ci95"] = [float(low), float(high)]
+            if not low <= result["mAP"] <= high:  # small sets: rare classes vanish from resamples
+                notes.append("mAP lies outside its bootstrap interval: too few positives per class for the "
+                             "bootstrap to be trusted on this image set")
         result["bootstrap"] = {"n_resamples": int(n_boot), "seed": int(seed), "std": float(np.std(maps)) if len(maps)
                                else None, "method": "percentile; images resampled with replacement, same protocol"}
     return result

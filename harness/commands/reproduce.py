@@ -20,6 +20,8 @@ def add_arguments(parser):
     parser.add_argument("--limit", type=int, help="only the first N images (runs are flagged smoke)")
     parser.add_argument("--force", action="store_true", help="run again even when a complete run exists")
     parser.add_argument("--all", action="store_true", help="mlspl: every loss and mode (default: ROLE linear + fine-tuned)")
+    parser.add_argument("--mlspl-data", default="data/mlspl",
+                        help="mlspl: where the prepared label files and features go (default: data/mlspl)")
     parser.add_argument("--manifest")
 
 
@@ -33,4 +35,5 @@ def run(args):
     from harness.mlspl.reproduce import reproduce_mlspl
 
     return reproduce_mlspl(args.coco_root, models=args.models, every=args.all, runs_root=args.out,
-                           tables_dir=args.tables, device=args.device, force=args.force)
+                           tables_dir=args.tables, device=args.device, force=args.force, data_dir=args.mlspl_data,
+                           manifest=args.manifest)

@@ -96,7 +96,12 @@ def load_imagenet_v1(model):
 
     from harness.mlspl.prepare import file_sha256
 
+    from harness.download import is_offline
+
     path = Path(torch.hub.get_dir()) / "checkpoints" / V1_FILE
+    if not path.is_file() and is_offline():
+        raise UserError(f"offline: ImageNet ResNet-50 V1 weights not found at {path}; copy "
+                        f"{ResNet50_Weights.IMAGENET1K_V1.url} there, or unset HARNESS_OFFLINE")
     if not path.is_file():
         try:
             ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
