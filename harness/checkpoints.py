@@ -243,6 +243,28 @@ def _write_cache(model, target, sha, info):
 
 # ---------------------------------------------------------------- entry points
 
+SIZES_FROM_CHECKPOINT = ("dim_feedforward", "enc_layers", "dec_layers")
+
+
+def checkpoint_q2l_sizes(path, *, trust=False, pinned_sha256=None, cache_dir=None, name=None, sha256=None):
+    """q2l_sizes of a checkpoint file, from its safetensors copy when one exists (nothing unpickled)."""
+    sha = sha256 or sha256_of(path)
+    cached = _cache_file(cache_dir, name or Path(path).stem, sha) if cache_dir else None
+    if cached is not None and cached.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(cached), "pt") as f:
+            shapes = {k: _Shape(f.get_slice(k).get_shape()) for k in f.keys()}
+        return q2l_sizes(shapes)
+    return q2l_sizes(find_state_dict(read_pickle(path, trust=trust, pinned_sha256=pinned_sha256, sha256=sha)))
+
+
+class _Shape:
+    """Stands in for a tensor where only its shape is read."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
 def load_checkpoint_into(model, path, config_path=None, *, trust=False, pinned_sha256=None,
                          cache_dir=None, name=None, eval_spec=None, sha256=None):
     """Load checkpoint `path` into `model` (strict); return what a run record needs to know.

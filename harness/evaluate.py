@@ -7,6 +7,7 @@ interrupted run resumes losing at most one batch. When all rows are done the sco
 """
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -162,35 +163,57 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
 def _build_model(spec, weights, weights_dir, config, trust, device):
     from harness.models import build_from_arch
 
-    model = build_from_arch(spec.arch)
     if weights == "random":
         info = {"path": None, "sha256": None, "pinned": False, "random_weights": True}
-    else:
-        info = _load_weights(model, spec, weights, config, weights_dir, trust)
+        return build_from_arch(spec.arch).eval().to(device), info
+    model, info = _load_weights(spec, weights, config, weights_dir, trust)
     return model.eval().to(device), info
 
 
-def _load_weights(model, spec, path, config, weights_dir, trust):
-    """Released weights (cache/download/--weights-dir) or an explicit file; strict, never unsafe."""
-    from harness import checkpoints
-    from harness.download.settings import harness_home
+def _checkpoint_files(spec, path, config, weights_dir):
+    """(checkpoint, config or None): the given file, else the verified release (hand-placed, cache, download)."""
+    from harness.download import fetch
 
-    pinned_sha = spec.files["checkpoint"].sha256 if "checkpoint" in spec.files else None
     if path is None:
         if not spec.released:
             raise UserError(f"{spec.id} has no released weights (trained here): run `harness mlspl train`, "
                             f"or pass --weights FILE")
-        loaded = checkpoints.load_pretrained(model, spec, weights_dir=weights_dir, trust=trust)
-        path = loaded.get("path")
-    else:
-        sibling = Path(path).with_name("config_new.json")
-        config = config or (sibling if spec.family == "q2l" and sibling.is_file() else None)
-        loaded = checkpoints.load_checkpoint_into(
-            model, path, config, trust=trust, pinned_sha256=pinned_sha, name=spec.id, eval_spec=spec.eval,
-            cache_dir=harness_home() / "safetensors")
-    return {"path": str(path) if path else loaded.get("loaded_from"), "sha256": loaded["sha256"],
+        path = fetch(spec, "checkpoint", weights_dir=weights_dir)
+        if config is None and "config" in spec.files:
+            config = fetch(spec, "config", weights_dir=weights_dir)
+    sibling = Path(path).with_name("config_new.json")
+    if config is None and spec.family == "q2l" and sibling.is_file():
+        config = sibling
+    return Path(path), config
+
+
+def _load_weights(spec, path, config, weights_dir, trust):
+    """Build the model and load its weights strictly; the Q2L transformer's feed-forward size and
+    layer counts are taken from the checkpoint (the manifest's are assumptions until pinned)."""
+    from harness import checkpoints
+    from harness.download.settings import harness_home
+    from harness.models import build_from_arch
+
+    path, config = _checkpoint_files(spec, path, config, weights_dir)
+    pinned_sha = spec.files["checkpoint"].sha256 if "checkpoint" in spec.files else None
+    options = dict(trust=trust, pinned_sha256=pinned_sha, cache_dir=harness_home() / "safetensors",
+                   name=spec.id, sha256=checkpoints.sha256_of(path))
+    overrides = {}
+    if spec.family == "q2l":
+        sizes = checkpoints.checkpoint_q2l_sizes(path, **options)
+        overrides = {k: sizes[k] for k in checkpoints.SIZES_FROM_CHECKPOINT
+                     if k in sizes and sizes[k] != spec.arch.get(k)}
+        if overrides:
+            print(f"{spec.id}: the checkpoint has {overrides} (the manifest assumed "
+                  f"{ {k: spec.arch.get(k) for k in overrides} }); built with the checkpoint's sizes",
+                  file=sys.stderr)
+    model = build_from_arch(spec.arch, **overrides)
+    loaded = checkpoints.load_checkpoint_into(model, path, config, eval_spec=spec.eval, **options)
+    info = {"path": str(path), "config": str(config) if config else None, "sha256": loaded["sha256"],
             "pinned": pinned_sha is not None and loaded["sha256"] == pinned_sha, "random_weights": False,
-            "epoch": loaded.get("epoch"), "best_mAP": loaded.get("best_mAP"), "loaded_from": loaded.get("loaded_from")}
+            "epoch": loaded.get("epoch"), "best_mAP": loaded.get("best_mAP"),
+            "loaded_from": loaded.get("loaded_from"), "arch_from_checkpoint": overrides}
+    return model, info
 
 
 def _open_run(runs_root, model_id, resume, settings, weights_info):

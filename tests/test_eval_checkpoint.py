@@ -39,3 +39,26 @@ def test_eval_of_a_saved_checkpoint_scores_like_the_model(smoke_root, tmp_path, 
     with torch.no_grad():
         expected = torch.sigmoid(model(torch.stack([images[i][0] for i in range(5)]))).numpy()
     np.testing.assert_allclose(np.load(run_dir / "scores.npy"), expected, rtol=0, atol=1e-6)
+
+
+def test_transformer_sizes_come_from_the_checkpoint(smoke_root, tmp_path, monkeypatch, capsys):
+    """The manifest's feed-forward size is an assumption: the checkpoint's wins, and the record says so."""
+    monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
+    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    entry = data["models"]["q2l-tresl22k-448"]
+    entry["arch"] = {**SMALL, "dim_feedforward": 64, "dec_layers": 3}  # what the manifest assumed
+    entry["eval"].update(resolution=64, batch_size=2)
+    data["models"] = {"small-q2l": entry}
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump(data))
+    ckpt = save_authors_checkpoint(randomised(SMALL, 5), tmp_path / "checkpoint.pkl")  # ff 32, 2 decoder layers
+    args = ["eval", "small-q2l", "--manifest", str(manifest), "--coco-root", str(smoke_root), "--weights",
+            str(ckpt), "--limit", "2", "--workers", "0", "--out", str(tmp_path / "runs"), "--no-progress"]
+    for attempt in range(2):  # the second load reads the safetensors copy
+        assert main(args) == 0
+        assert "built with the checkpoint's sizes" in capsys.readouterr().err
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "small-q2l").glob("*/record.json")]
+    assert len(records) == 2
+    for record in records:
+        assert record["checkpoint"]["arch_from_checkpoint"] == {"dim_feedforward": 32, "dec_layers": 2}
+    assert any(r["checkpoint"]["loaded_from"].endswith(".safetensors") for r in records)
