@@ -162,8 +162,6 @@ def check_q2l_config(config, model, ckpt_sizes, eval_spec=None):
         if "orid_norm" in config and config["orid_norm"] != (eval_spec.normalize == "none"):
             problems.append(f"config says orid_norm={config['orid_norm']} but the manifest's eval.normalize "
                             f"is {eval_spec.normalize}")
-        if "amp" in config and config["amp"] != eval_spec.amp:
-            problems.append(f"config says amp={config['amp']} but the manifest's eval.amp is {eval_spec.amp}")
         if "img_size" in config and not _same(config["img_size"], eval_spec.resolution):
             problems.append(f"config says img_size={config['img_size']} but the manifest's eval.resolution "
                             f"is {eval_spec.resolution}")

@@ -62,7 +62,7 @@ def find_resumable(runs_root, model_id):
     return max(candidates, key=lambda p: p.name) if candidates else None
 
 
-def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, batch_size=None, amp=False,
+def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, batch_size=None, amp=None,
              device=None, limit=None, runs_root="runs", resume=None, workers=None, trust_checkpoint=False,
              progress=True):
     """Evaluate `spec` (a manifest ModelSpec) and return the finished run folder."""
@@ -78,9 +78,8 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
     from harness.metrics import compute_metrics
 
     device = pick_device(device)
-    if amp and device != "cuda":
+    if amp not in (None, "off") and device != "cuda":
         raise UserError("--amp needs a CUDA GPU; drop --amp to run in fp32 on CPU")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if amp else None
     batch_size = batch_size or spec.eval.batch_size
     if limit is not None and limit < 1:
         raise UserError("--limit must be a positive number of images")
@@ -91,6 +90,8 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
 
     baseline_mib = nvml_baseline_mib(device)  # before the model reaches the GPU
     model, weights_info = _build_model(spec, weights, weights_dir, config, trust_checkpoint, device)
+    amp, amp_source = _choose_amp(spec, amp, weights_info.get("config"), device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     settings = {
         "model_id": spec.id, "weights_sha256": weights_info["sha256"], "random_weights": weights_info["random_weights"],
         "coco_root": str(Path(coco_root).resolve()), "image_set": spec.eval.image_set, "n_images": n_total,
@@ -143,6 +144,7 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
             "n_images": n_total, "fingerprint": fingerprint(coco_labels), "smoke_subset": is_smoke_root(coco_root),
         },
         "eval": {**asdict(spec.eval), "batch_size": batch_size, "dtype": "float32", "amp": amp or False,
+                 "amp_source": amp_source,
                  "device": device, "limit": limit},
         "metrics": metrics,
         "timings": {"wall_s": wall, "images_per_s": measured.get("images_per_s"),
@@ -158,6 +160,24 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
     records.write_record(run_dir, record)
     (run_dir / PROGRESS).unlink(missing_ok=True)
     return run_dir
+
+
+def _choose_amp(spec, asked, config_path, device):
+    """(amp, why): the user's --amp wins; else the authors' config (their inference script ran under
+    autocast exactly when its `amp` was set), else the manifest. CPU runs fp32 and says so."""
+    from harness.checkpoints import read_config
+
+    if asked is not None:
+        return (False if asked == "off" else asked), "--amp"
+    if config_path and read_config(config_path).get("amp") is True:
+        if device == "cuda":
+            return "fp16", "config_new.json amp=true (the authors' inference ran under fp16 autocast)"
+        print(f"{spec.id}: config_new.json asks for AMP (CUDA fp16 autocast); running fp32 on CPU instead",
+              file=sys.stderr)
+        return False, "config_new.json amp=true, but CUDA autocast is impossible on CPU: ran fp32"
+    if spec.eval.amp:
+        return ("fp16" if device == "cuda" else False), "manifest eval.amp"
+    return False, "fp32 (manifest)"
 
 
 def _build_model(spec, weights, weights_dir, config, trust, device):

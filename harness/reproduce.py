@@ -10,7 +10,7 @@ from pathlib import Path
 from harness.errors import UserError
 
 
-def complete_run(runs_root, model_id, batch_size=None, amp=False, kind="eval"):
+def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
     """The newest finished, non-smoke run of this kind and model with these settings, or None."""
     found = []
     for record_file in (Path(runs_root) / model_id).glob("*/record.json"):
@@ -20,7 +20,8 @@ def complete_run(runs_root, model_id, batch_size=None, amp=False, kind="eval"):
             continue
         ev = record.get("eval", {})
         if record.get("kind") == kind and not record.get("smoke") \
-                and (batch_size is None or ev.get("batch_size") == batch_size) and ev.get("amp", False) == (amp or False):
+                and (batch_size is None or ev.get("batch_size") == batch_size) \
+                and (amp is None or ev.get("amp", False) == (False if amp == "off" else amp)):
             found.append(record_file.parent)
     return max(found, key=lambda p: p.name) if found else None
 
@@ -41,7 +42,7 @@ def estimate_cpu_hours(spec, n_images, batch_size):
 
 
 def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs", tables_dir="tables",
-                  device=None, batch_size=None, amp=False, manifest=None, force=False, limit=None):
+                  device=None, batch_size=None, amp=None, manifest=None, force=False, limit=None):
     from harness.data.coco import annotation_path, check_images, load_labels
     from harness.evaluate import evaluate, pick_device
     from harness.manifest import load_manifest

@@ -62,3 +62,25 @@ def test_transformer_sizes_come_from_the_checkpoint(smoke_root, tmp_path, monkey
     for record in records:
         assert record["checkpoint"]["arch_from_checkpoint"] == {"dim_feedforward": 32, "dec_layers": 2}
     assert any(r["checkpoint"]["loaded_from"].endswith(".safetensors") for r in records)
+
+
+def test_amp_follows_the_authors_config_and_cpu_says_it_ran_fp32(smoke_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
+    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    entry = data["models"]["q2l-tresl22k-448"]
+    entry["arch"] = dict(SMALL)
+    entry["eval"].update(resolution=64, batch_size=2)
+    data["models"] = {"small-q2l": entry}
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump(data))
+    save_authors_checkpoint(randomised(SMALL, 2), tmp_path / "checkpoint.pkl")
+    (tmp_path / "config_new.json").write_text(json.dumps({"amp": "True", "img_size": 64}))
+    args = ["eval", "small-q2l", "--manifest", str(manifest), "--coco-root", str(smoke_root), "--weights",
+            str(tmp_path / "checkpoint.pkl"), "--limit", "2", "--workers", "0", "--no-progress", "--out"]
+    assert main(args + [str(tmp_path / "a")]) == 0
+    assert "asks for AMP" in capsys.readouterr().err
+    record = json.loads(next((tmp_path / "a").glob("*/*/record.json")).read_text())
+    assert record["eval"]["amp"] is False and "impossible on CPU" in record["eval"]["amp_source"]
+    assert main(args + [str(tmp_path / "b"), "--amp", "off"]) == 0
+    record = json.loads(next((tmp_path / "b").glob("*/*/record.json")).read_text())
+    assert record["eval"]["amp_source"] == "--amp"

@@ -14,8 +14,9 @@ def add_arguments(parser):
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow unpickling beyond plain tensors, only for a file whose sha256 is pinned")
     parser.add_argument("--batch-size", type=int, help="default: the paper's (manifest)")
-    parser.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16"],
-                        help="autocast (GPU only; recorded). Default: fp32")
+    parser.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16", "off"],
+                        help="autocast (GPU only; recorded). Default: as the authors' config_new.json "
+                             "says (their inference used fp16 autocast when its amp was set), else fp32")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     parser.add_argument("--limit", type=int, help="only the first N images (the run is flagged smoke)")
     parser.add_argument("--workers", type=int, help="data-loading processes (default: min(8, CPUs))")

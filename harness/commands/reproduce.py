@@ -16,7 +16,8 @@ def add_arguments(parser):
     parser.add_argument("--tables", default="tables", help="where the report goes (default: tables/)")
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16"])
+    parser.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16", "off"],
+                        help="default: as each model's config_new.json says, else fp32")
     parser.add_argument("--limit", type=int, help="only the first N images (runs are flagged smoke)")
     parser.add_argument("--force", action="store_true", help="run again even when a complete run exists")
     parser.add_argument("--all", action="store_true", help="mlspl: every loss and mode (default: ROLE linear + fine-tuned)")
