@@ -319,14 +319,50 @@ def _check_config(model, state, config, eval_spec):
         raise UserError("config_new.json disagrees: " + "; ".join(problems))
 
 
-def load_pretrained(model, spec, cache_dir=None, *, weights_dir=None, trust=False):
-    """Load the released weights of manifest entry `spec` into `model`, fetching them if needed."""
+def release_files(spec, path=None, config=None, *, weights_dir=None, cache_dir=None):
+    """(checkpoint, config or None): the given file, else the verified release (hand-placed, cache,
+    download); a Q2L checkpoint's config_new.json is also looked for beside it."""
     from harness.download import fetch
-    from harness.download.settings import harness_home
 
-    path = fetch(spec, "checkpoint", cache_dir=cache_dir, weights_dir=weights_dir)
-    config = fetch(spec, "config", cache_dir=cache_dir, weights_dir=weights_dir) if "config" in spec.files else None
-    info = load_checkpoint_into(model, path, config, trust=trust, pinned_sha256=spec.files["checkpoint"].sha256,
-                                cache_dir=harness_home(cache_dir) / "safetensors", name=spec.id,
-                                eval_spec=spec.eval)
-    return {**info, "path": str(path)}
+    if path is None:
+        if not spec.released:
+            raise UserError(f"{spec.id} has no released weights (trained here): run `harness mlspl train`, "
+                            f"or pass --weights FILE")
+        path = fetch(spec, "checkpoint", cache_dir=cache_dir, weights_dir=weights_dir)
+        if config is None and "config" in spec.files:
+            config = fetch(spec, "config", cache_dir=cache_dir, weights_dir=weights_dir)
+    sibling = Path(path).with_name("config_new.json")
+    if config is None and spec.family == "q2l" and sibling.is_file():
+        config = sibling
+    return Path(path), config
+
+
+def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_dir=None, trust=False,
+                     **arch_overrides):
+    """Build manifest entry `spec` and load its weights strictly; returns (model, record info).
+
+    The Q2L transformer's feed-forward size and layer counts are taken from the checkpoint (the
+    manifest's are assumptions until pinned); any difference is said and recorded.
+    """
+    from harness.download.settings import harness_home
+    from harness.models import build_from_arch
+
+    path, config = release_files(spec, path, config, weights_dir=weights_dir, cache_dir=cache_dir)
+    pinned_sha = spec.files["checkpoint"].sha256 if "checkpoint" in spec.files else None
+    options = dict(trust=trust, pinned_sha256=pinned_sha, cache_dir=harness_home(cache_dir) / "safetensors",
+                   name=spec.id, sha256=sha256_of(path))
+    from_checkpoint = {}
+    if spec.family == "q2l":
+        sizes = checkpoint_q2l_sizes(path, **options)
+        from_checkpoint = {k: sizes[k] for k in SIZES_FROM_CHECKPOINT if k in sizes and sizes[k] != spec.arch.get(k)}
+        if from_checkpoint:
+            print(f"{spec.id}: the checkpoint has {from_checkpoint} (the manifest assumed "
+                  f"{ {k: spec.arch.get(k) for k in from_checkpoint} }); built with the checkpoint's sizes",
+                  file=sys.stderr)
+    model = build_from_arch(spec.arch, **{**arch_overrides, **from_checkpoint})
+    loaded = load_checkpoint_into(model, path, config, eval_spec=spec.eval, **options)
+    info = {"path": str(path), "config": str(config) if config else None, "sha256": loaded["sha256"],
+            "pinned": pinned_sha is not None and loaded["sha256"] == pinned_sha, "random_weights": False,
+            "epoch": loaded.get("epoch"), "best_mAP": loaded.get("best_mAP"),
+            "loaded_from": loaded.get("loaded_from"), "arch_from_checkpoint": from_checkpoint}
+    return model, info

@@ -181,59 +181,14 @@ def _choose_amp(spec, asked, config_path, device):
 
 
 def _build_model(spec, weights, weights_dir, config, trust, device):
+    from harness.checkpoints import build_pretrained
     from harness.models import build_from_arch
 
     if weights == "random":
         info = {"path": None, "sha256": None, "pinned": False, "random_weights": True}
         return build_from_arch(spec.arch).eval().to(device), info
-    model, info = _load_weights(spec, weights, config, weights_dir, trust)
+    model, info = build_pretrained(spec, weights, config, weights_dir=weights_dir, trust=trust)
     return model.eval().to(device), info
-
-
-def _checkpoint_files(spec, path, config, weights_dir):
-    """(checkpoint, config or None): the given file, else the verified release (hand-placed, cache, download)."""
-    from harness.download import fetch
-
-    if path is None:
-        if not spec.released:
-            raise UserError(f"{spec.id} has no released weights (trained here): run `harness mlspl train`, "
-                            f"or pass --weights FILE")
-        path = fetch(spec, "checkpoint", weights_dir=weights_dir)
-        if config is None and "config" in spec.files:
-            config = fetch(spec, "config", weights_dir=weights_dir)
-    sibling = Path(path).with_name("config_new.json")
-    if config is None and spec.family == "q2l" and sibling.is_file():
-        config = sibling
-    return Path(path), config
-
-
-def _load_weights(spec, path, config, weights_dir, trust):
-    """Build the model and load its weights strictly; the Q2L transformer's feed-forward size and
-    layer counts are taken from the checkpoint (the manifest's are assumptions until pinned)."""
-    from harness import checkpoints
-    from harness.download.settings import harness_home
-    from harness.models import build_from_arch
-
-    path, config = _checkpoint_files(spec, path, config, weights_dir)
-    pinned_sha = spec.files["checkpoint"].sha256 if "checkpoint" in spec.files else None
-    options = dict(trust=trust, pinned_sha256=pinned_sha, cache_dir=harness_home() / "safetensors",
-                   name=spec.id, sha256=checkpoints.sha256_of(path))
-    overrides = {}
-    if spec.family == "q2l":
-        sizes = checkpoints.checkpoint_q2l_sizes(path, **options)
-        overrides = {k: sizes[k] for k in checkpoints.SIZES_FROM_CHECKPOINT
-                     if k in sizes and sizes[k] != spec.arch.get(k)}
-        if overrides:
-            print(f"{spec.id}: the checkpoint has {overrides} (the manifest assumed "
-                  f"{ {k: spec.arch.get(k) for k in overrides} }); built with the checkpoint's sizes",
-                  file=sys.stderr)
-    model = build_from_arch(spec.arch, **overrides)
-    loaded = checkpoints.load_checkpoint_into(model, path, config, eval_spec=spec.eval, **options)
-    info = {"path": str(path), "config": str(config) if config else None, "sha256": loaded["sha256"],
-            "pinned": pinned_sha is not None and loaded["sha256"] == pinned_sha, "random_weights": False,
-            "epoch": loaded.get("epoch"), "best_mAP": loaded.get("best_mAP"),
-            "loaded_from": loaded.get("loaded_from"), "arch_from_checkpoint": overrides}
-    return model, info
 
 
 def _open_run(runs_root, model_id, resume, settings, weights_info):

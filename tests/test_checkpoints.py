@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness import checkpoints
-from harness.checkpoints import load_checkpoint_into, load_pretrained, read_config, read_pickle
+from harness.checkpoints import build_pretrained, load_checkpoint_into, read_config, read_pickle
 from harness.download.verify import file_digest
 from harness.errors import UserError
 from harness.manifest import get_spec
@@ -193,7 +193,7 @@ def test_config_resume_never_replaces_the_checkpoint(saved, tmp_path):
         assert torch.equal(fresh(saved["x"]), saved["logits"])
 
 
-def test_load_pretrained_fetches_both_files_and_checks_the_eval_settings(saved, tmp_path, monkeypatch):
+def test_build_pretrained_fetches_both_files_and_checks_the_eval_settings(saved, tmp_path, monkeypatch):
     spec = dataclasses.replace(get_spec("q2l-tresl22k-448"), arch=dict(SMALL))
     spec = dataclasses.replace(spec, eval=dataclasses.replace(spec.eval, resolution=64))
     files = {"checkpoint": saved["path"], "config": write_config(tmp_path / "config_new.json")}
@@ -203,8 +203,8 @@ def test_load_pretrained_fetches_both_files_and_checks_the_eval_settings(saved, 
         asked.append(role)
         return files[role]
     monkeypatch.setattr("harness.download.fetch", fake_fetch)
-    fresh = randomised(SMALL, 9)
-    info = load_pretrained(fresh, spec, cache_dir=tmp_path / "home")
+    fresh, info = build_pretrained(spec, cache_dir=tmp_path / "home")
+    fresh.eval()  # built in training mode, as create_model does
     assert sorted(asked) == ["checkpoint", "config"] and info["epoch"] == 12
     assert list((tmp_path / "home" / "safetensors").glob(f"{spec.id}-*.safetensors"))
     with torch.no_grad():
@@ -212,7 +212,7 @@ def test_load_pretrained_fetches_both_files_and_checks_the_eval_settings(saved, 
     # The released TResNet models take inputs in [0, 1]: a config that says otherwise is caught.
     files["config"] = write_config(tmp_path / "config2.json", orid_norm=False)
     with pytest.raises(UserError, match="orid_norm=False but the manifest's eval.normalize is none"):
-        load_pretrained(randomised(SMALL, 9), spec, cache_dir=tmp_path / "home")
+        build_pretrained(spec, cache_dir=tmp_path / "home")
 
 
 def test_missing_file_is_a_user_error(tmp_path):

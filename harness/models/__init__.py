@@ -44,15 +44,16 @@ def build_from_arch(arch, **overrides):
 def create_model(name, pretrained=False, manifest=None, load_options=None, **overrides):
     """Build manifest model `name`; with pretrained=True load its verified released weights.
 
-    load_options go to harness.checkpoints.load_pretrained (cache_dir, weights_dir, trust);
+    load_options go to harness.checkpoints.build_pretrained (cache_dir, weights_dir, trust);
     what it reports (sha256, epoch, ...) is kept as `model.checkpoint_info`.
     """
     from harness.manifest import get_spec
 
     spec = get_spec(name, manifest)
-    model = build_from_arch(spec.arch, **overrides)
-    if pretrained:
-        from harness.checkpoints import load_pretrained
+    if not pretrained:
+        return build_from_arch(spec.arch, **overrides)
+    from harness.checkpoints import build_pretrained
 
-        model.checkpoint_info = load_pretrained(model, spec, **(load_options or {}))
+    model, info = build_pretrained(spec, **(load_options or {}), **overrides)
+    model.checkpoint_info = info
     return model
