@@ -57,32 +57,43 @@ def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs",
                         f"`harness data coco --root {coco_root} --download` (or set COCO_ROOT=DIR)")
     check_images(coco_root, load_labels(coco_root, "val2014", "all"))
     device = pick_device(device)
-    if device == "cpu":
+
+    def existing_run(spec):
+        return None if force else complete_run(runs_root, spec.id, batch_size or spec.eval.batch_size, amp)
+
+    to_run = [specs[mid] for mid in chosen if not existing_run(specs[mid])]
+    if device == "cpu" and to_run:
         print("No CUDA GPU visible: running on CPU. Estimated time per model (one synthetic batch, extrapolated):")
-        for mid in chosen:
-            spec = specs[mid]
+        for spec in to_run:
             n = limit or {"all": 40504, "annotated": 40137}[spec.eval.image_set]
-            print(f"  {mid}: about {estimate_cpu_hours(spec, n, batch_size or spec.eval.batch_size):.1f} h")
-    done, failed = [], []
-    for mid in chosen:
-        spec = specs[mid]
-        existing = None if force else complete_run(runs_root, mid, batch_size or spec.eval.batch_size, amp)
+            print(f"  {spec.id}: about {estimate_cpu_hours(spec, n, batch_size or spec.eval.batch_size):.1f} h")
+
+    def job(spec):
+        existing = existing_run(spec)
         if existing:
-            print(f"{mid}: complete run exists ({existing}); skipped (use --force to run again)")
-            done.append((mid, existing))
-            continue
+            print(f"{spec.id}: complete run exists ({existing}); skipped (use --force to run again)")
+            return existing
+        return evaluate(spec, coco_root, weights_dir=weights_dir, batch_size=batch_size, amp=amp,
+                        device=device, runs_root=runs_root, limit=limit)
+
+    return run_each([(mid, lambda spec=specs[mid]: job(spec)) for mid in chosen], runs_root, tables_dir, manifest)
+
+
+def run_each(jobs, runs_root, tables_dir, manifest=None):
+    """Run (model id, job) pairs in turn: one model's failure, whatever it is, never stops the
+    others nor loses their runs; then write the report and list every failure with its reason."""
+    failed = []
+    for mid, job in jobs:
         try:
-            run_dir = evaluate(spec, coco_root, weights_dir=weights_dir, batch_size=batch_size, amp=amp,
-                               device=device, runs_root=runs_root, limit=limit)
-            done.append((mid, run_dir))
+            job()
         except UserError as e:
             failed.append((mid, str(e)))
             print(f"{mid}: FAILED: {e}")
-        except Exception as e:  # one model's crash must not lose the others' runs
+        except Exception as e:  # a crash too: the other models' runs still count
             failed.append((mid, f"{type(e).__name__}: {e}"))
             print(f"{mid}: FAILED: {type(e).__name__}: {e}")
     written = write_report(runs_root, tables_dir, manifest)
-    print(f"\n{len(done)} of {len(chosen)} models evaluated; report: {', '.join(str(p) for p in written)}")
+    print(f"\n{len(jobs) - len(failed)} of {len(jobs)} models done; report: {', '.join(str(p) for p in written)}")
     for mid, why in failed:
         print(f"  {mid} failed: {why}")
     return 1 if failed else 0

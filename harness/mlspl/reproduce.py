@@ -31,7 +31,7 @@ def reproduce_mlspl(coco_root, *, models=None, every=False, runs_root="runs", ta
     from harness.evaluate import pick_device
     from harness.mlspl.prepare import prepare
     from harness.mlspl.run import model_id, train_and_evaluate
-    from harness.reproduce import complete_run, write_report
+    from harness.reproduce import complete_run, run_each
 
     jobs = EVERY if every else DEFAULT
     if models:
@@ -45,21 +45,14 @@ def reproduce_mlspl(coco_root, *, models=None, every=False, runs_root="runs", ta
     features_dir = Path(data_dir) / "features"
     if any(mode != "fine-tuned" for _, mode in jobs):
         features_dir = _features(data_dir, coco_root, features_dir, device)
-    failed = []
-    for loss, mode in jobs:
+    def job(loss, mode):
         mid = model_id(loss, mode)
         if not force and complete_run(runs_root, mid, kind="train"):
             print(f"{mid}: complete run exists; skipped (use --force to run again)")
-            continue
-        try:
-            run_dir = train_and_evaluate(data_dir, loss, mode, features_dir=features_dir, coco_root=coco_root,
-                                         runs_root=runs_root, device=device)
-            print(f"{mid}: done -> {run_dir}")
-        except UserError as e:
-            failed.append((mid, str(e)))
-            print(f"{mid}: FAILED: {e}")
-    written = write_report(runs_root, tables_dir, manifest)
-    print(f"report: {', '.join(str(p) for p in written)}")
-    for mid, why in failed:
-        print(f"  {mid} failed: {why}")
-    return 1 if failed else 0
+            return
+        run_dir = train_and_evaluate(data_dir, loss, mode, features_dir=features_dir, coco_root=coco_root,
+                                     runs_root=runs_root, device=device)
+        print(f"{mid}: done -> {run_dir}")
+
+    return run_each([(model_id(loss, mode), lambda pair=(loss, mode): job(*pair)) for loss, mode in jobs],
+                    runs_root, tables_dir, manifest)
