@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 COCO_ROOT ?= data/coco
 RUNS ?= runs
 
-.PHONY: install test smoke reproduce-q2l reproduce-mlspl report clean-venv
+.PHONY: install test smoke bench reproduce-q2l reproduce-mlspl report clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ reproduce-q2l: $(STAMP)
 # MLSPL: ROLE linear + fine-tuned by default; ALL=1 for every loss and mode.
 reproduce-mlspl: $(STAMP)
 	$(BIN)/harness reproduce mlspl --coco-root $(COCO_ROOT) --out $(RUNS) --tables tables $(if $(ALL),--all,)
+
+# What every model costs on this machine (its GPU when one is visible): records in runs/, cost table printed.
+bench: $(STAMP)
+	$(BIN)/harness bench all --out $(RUNS)
 
 # Every format (markdown, csv, latex, json, html with plots) into tables/.
 report: $(STAMP)

@@ -40,11 +40,11 @@ import numpy as np
 
 from harness import __version__
 from harness.errors import UserError
+from harness.manifest import REPO_ROOT
 
 SCHEMA = 1
 RECORD = "record.json"
 KINDS = ("eval", "bench", "train")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ("schema", "kind", "run_id", "model", "started_at", "finished_at", "smoke")
 REQUIRED_BY_KIND = {"eval": ("dataset", "eval", "metrics", "files"), "bench": ("bench",), "train": ()}
 
@@ -180,7 +180,7 @@ def _version(package):
         return None
 
 
-def _cpu_name():
+def cpu_name():
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -200,13 +200,19 @@ def _git(*args):
 
 
 def _gpu(torch, device_index):
-    """Name, driver, uuid and memory of the GPU, from NVML, else from torch, else None."""
+    """Name, driver, uuid and memory of torch's GPU `device_index`, from NVML (asked by UUID:
+    CUDA_VISIBLE_DEVICES renumbers indices), else from torch, else None."""
+    uuid = None
+    if torch is not None and torch.cuda.is_available():
+        uuid = str(torch.cuda.get_device_properties(device_index).uuid)
+        uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
     try:
         import pynvml
 
         pynvml.nvmlInit()
         try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+            handle = (pynvml.nvmlDeviceGetHandleByUUID(uuid) if uuid
+                      else pynvml.nvmlDeviceGetHandleByIndex(device_index))
             return {"name": _text(pynvml.nvmlDeviceGetName(handle)),
                     "driver": _text(pynvml.nvmlSystemGetDriverVersion()),
                     "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
@@ -250,6 +256,8 @@ def environment(device_index=0):
         torch = None
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
+        commit = os.environ.get("HARNESS_GIT_COMMIT") or None
     python = platform.python_version()
     torch_version = torch.__version__ if torch is not None else None
     cudnn = None
@@ -264,7 +272,7 @@ def environment(device_index=0):
         "cuda": torch.version.cuda if torch is not None else None,
         "cudnn": cudnn,
         "gpu": _gpu(torch, device_index),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "platform": platform.platform(),
         "harness": __version__,
         "git_commit": commit,

@@ -25,14 +25,16 @@ IMAGE_SETS = {"all": "all 40,504 COCO val2014 images (unannotated ones are all-n
 STATUSES = ("reproduced", "not reproduced", "no paper value", "smoke", "no run yet")
 BUDGET_MIB = 12 * 1024
 DEFAULT_TABLES = REPO_ROOT / "tables" / "paper"
+DEFAULT_MEASURED = REPO_ROOT / "tables" / "measured"  # measured records committed with the code
 
 COLUMNS = [("model", "model"), ("resolution", "resolution"), ("paper_mAP", "paper mAP"), ("mAP", "ours"),
            ("difference", "difference"), ("ci95", "95% CI"), ("status", "status"), ("CF1", "CF1 ours / paper"),
            ("OF1", "OF1 ours / paper"), ("peak_vram_mib", "peak VRAM (MiB)"), ("images_per_s", "images/s"),
            ("gpu", "GPU")]
 COST_COLUMNS = [("model", "model"), ("resolution", "resolution"), ("params_m", "params (M)"),
-                ("gflops", "GFLOPs"), ("vram_b1", "peak VRAM b1 (MiB)"), ("vram_b16", "peak VRAM b16 (MiB)"),
-                ("images_per_s", "images/s"), ("j_per_image", "J/image"), ("fits", "fits in 12 GB"), ("gpu", "GPU")]
+                ("gflops", "GFLOPs"), ("options", "precision / options"), ("vram_b1", "peak VRAM b1 (MiB)"),
+                ("vram_b16", "peak VRAM b16 (MiB)"), ("images_per_s", "images/s"), ("j_per_image", "J/image"),
+                ("fits", "fits in 12 GB (max batch)"), ("device", "device")]
 
 
 # ---------------------------------------------------------------- data
@@ -91,7 +93,7 @@ def model_row(spec, record, tables):
         "top3_OF1": (m.get("top3") or {}).get("OF1"), "paper_top3_OF1": paper.get("top3_OF1"),
         "peak_vram_mib": measurement.get("peak_vram_mib"),
         "images_per_s": ((record or {}).get("timings") or {}).get("images_per_s"),
-        "gpu": gpu or ("cpu" if record and (record.get("eval") or {}).get("device") == "cpu" else None),
+        "gpu": "cpu" if record and (record.get("eval") or {}).get("device") == "cpu" else gpu,
         "protocol": m.get("protocol", spec.eval.protocol), "image_set": spec.eval.image_set,
         "n_images": m.get("n_images"), "run_id": (record or {}).get("run_id"),
         "smoke_reasons": (record or {}).get("smoke_reasons") or [], "paper_row": spec.paper.get("row"),
@@ -102,46 +104,101 @@ def model_row(spec, record, tables):
     return row
 
 
+def _options_text(options):
+    return ", ".join(k if v is True else f"{k}={v}" for k, v in (options or {}).items() if v) or "fp32"
+
+
+def _fits_text(fits):
+    """'infer <= 48, train <= 6' within the budget (12 GiB unless said); why not, when not searched."""
+    parts = []
+    for key, label in (("inference", "infer"), ("train", "train")):
+        n = fits.get(f"{key}_max_batch")
+        if n is not None:
+            capped = "search cap" in ((fits.get("reasons") or {}).get(f"{key}_max_batch") or "")
+            parts.append(f"{label} no" if n == 0 else f"{label} {'>=' if capped else '<='} {n}")
+    if not parts:
+        return "; ".join(sorted(set((fits.get("reasons") or {}).values()))) or None
+    budget = fits.get("budget_mib")
+    return ", ".join(parts) + ("" if budget in (None, BUDGET_MIB) else f" (budget {budget / 1024:g} GiB)")
+
+
+def _memory_checks(results):
+    """The NVML vs PyTorch peak checks of a bench's batch sizes (harness.measure.consistency)."""
+    checks = [r["memory_check"] for r in results if (r.get("memory_check") or {}).get("consistent") is not None]
+    gaps = [c["nvml_minus_torch_reserved_mib"] for c in checks]
+    return {"checked": len(checks), "problems": [p for c in checks for p in c["problems"]],
+            "gap_mib": [min(gaps), max(gaps)] if gaps else None}
+
+
 def bench_row(spec_or_id, record):
     bench = record.get("bench") or {}
     results = [r for r in bench.get("results") or [] if isinstance(r, dict)]
     by_batch = {r.get("batch_size"): r for r in results}
     fastest = max((r for r in results if r.get("images_per_s")), key=lambda r: r["images_per_s"], default={})
-    fits = bench.get("fits") or {}
-    if fits.get("inference_max_batch") is not None:
-        n = fits["inference_max_batch"]
-        budget = fits.get("budget_mib")
-        fits_text = (f"yes, batch <= {n}" if n > 0 else "no") + ("" if budget in (None, BUDGET_MIB)
-                                                                else f" (budget {budget} MiB)")
-    else:
-        fits_text = None
     params = bench.get("params")
     spec = spec_or_id if not isinstance(spec_or_id, str) else None
+    environment = record.get("environment") or {}
     return {
         "model": spec.id if spec else spec_or_id,
         "resolution": bench.get("resolution") or (spec.eval.resolution if spec else None),
         "params_m": params / 1e6 if isinstance(params, (int, float)) else None,
         "gflops": bench.get("gflops"),
+        "options": _options_text(bench.get("options")),
         "vram_b1": (by_batch.get(1) or {}).get("peak_vram_mib"),
         "vram_b16": (by_batch.get(16) or {}).get("peak_vram_mib"),
         "images_per_s": fastest.get("images_per_s"), "best_batch": fastest.get("batch_size"),
-        "j_per_image": fastest.get("energy_j_per_image"), "fits": fits_text,
-        "gpu": (((record.get("environment") or {}).get("gpu")) or {}).get("name"),
-        "run_id": record.get("run_id"),
+        "j_per_image": fastest.get("energy_j_per_image"), "peak_rss_mib": fastest.get("peak_rss_mib"),
+        "fits": _fits_text(bench.get("fits") or {}),
+        "device": (bench.get("device") or {}).get("name") or (environment.get("gpu") or {}).get("name"),
+        "memory_check": _memory_checks(results),
+        "measured_on": _provenance(environment, bench.get("device") or {}), "source": record.get("_source", "runs"),
+        "run_id": record.get("run_id"), "finished_at": record.get("finished_at"),
     }
 
 
-def collect(runs_root, specs, tables, on_problem=None):
-    """{"models": [row per manifest model], "cost": [row per benched model], "notes": [...]}."""
-    evals, benches, notes = {}, {}, []
+def _provenance(environment, device):
+    """'NVIDIA H100 (driver 580.1), torch 2.11, cuda 13.0, harness commit abc1234' for a bench record."""
+    gpu = environment.get("gpu") or {}
+    if device.get("type") == "cpu" or not gpu.get("name"):
+        parts = [device.get("name") or environment.get("cpu")]
+    else:
+        parts = [f"{gpu['name']} (driver {gpu.get('driver') or 'unknown'})"]
+    parts += [f"{k} {environment[k]}" for k in ("torch", "cuda") if environment.get(k)]
+    if environment.get("git_commit"):
+        parts.append(f"harness commit {environment['git_commit'][:10]}" + (" (dirty)" if environment.get("git_dirty")
+                                                                           else ""))
+    return ", ".join(p for p in parts if p) or None
+
+
+def _records(roots, on_problem):
+    """Every record under the given folders (each folder once), tagged with where it was found."""
     kwargs = {"on_problem": on_problem} if on_problem else {}
-    for _, record in iter_records(runs_root, **kwargs):
+    seen = set()
+    for root, source in roots:
+        if root is None or Path(root).resolve() in seen:
+            continue
+        seen.add(Path(root).resolve())
+        for _, record in iter_records(root, **kwargs):
+            record["_source"] = source
+            yield record
+
+
+def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEASURED):
+    """{"models": [row per manifest model], "cost": [row per model, device and options], "notes": [...]}.
+
+    Records come from runs_root and from measured_root (the measured records committed in
+    tables/measured/; None to leave them out).
+    """
+    evals, benches, notes = {}, {}, []
+    for record in _records([(runs_root, "runs"), (measured_root, "tables/measured")], on_problem):
         model_id = (record.get("model") or {}).get("id")
         if model_id not in specs:
             notes.append(f"run {record.get('run_id')} of '{model_id}' is not in the manifest: not shown")
             continue
         if record["kind"] == "bench":
-            benches.setdefault(model_id, []).append(record)
+            bench = record.get("bench") or {}
+            key = (model_id, (bench.get("device") or {}).get("name"), _options_text(bench.get("options")))
+            benches.setdefault(key, []).append(record)
         elif record["kind"] == "eval":
             protocol = (record.get("eval") or {}).get("protocol")
             if protocol != specs[model_id].eval.protocol:
@@ -154,7 +211,7 @@ def collect(runs_root, specs, tables, on_problem=None):
         found = evals.get(model_id, [])
         chosen = _latest([r for r in found if not r.get("smoke")]) or _latest(found)
         rows.append(model_row(spec, chosen, tables))
-    cost = [bench_row(specs[m], _latest(rs)) for m, rs in benches.items()]
+    cost = [bench_row(specs[key[0]], _latest(rs)) for key, rs in sorted(benches.items(), key=lambda kv: str(kv[0]))]
     return {"models": rows, "cost": cost, "notes": notes}
 
 
@@ -186,8 +243,8 @@ def display_cost(row):
     ips = _num(row["images_per_s"], 1) + (f" (batch {row['best_batch']})" if row["best_batch"] else "")
     return {"model": row["model"], "resolution": row["resolution"] or "n/a", "params_m": _num(row["params_m"], 1),
             "gflops": _num(row["gflops"], 1), "vram_b1": _num(row["vram_b1"], 0), "vram_b16": _num(row["vram_b16"], 0),
-            "images_per_s": ips if row["images_per_s"] else "n/a", "j_per_image": _num(row["j_per_image"], 3),
-            "fits": row["fits"] or "n/a", "gpu": row["gpu"] or "n/a"}
+            "options": row["options"], "images_per_s": ips if row["images_per_s"] else "n/a",
+            "j_per_image": _num(row["j_per_image"], 3), "fits": row["fits"] or "n/a", "device": row["device"] or "n/a"}
 
 
 def footnotes(family, rows):
@@ -215,6 +272,24 @@ def footnotes(family, rows):
     return notes
 
 
+def cost_footnotes(rows):
+    notes = ["images/s and J/image at the fastest batch size measured; n/a: not measured on that run (every "
+             "GPU figure is n/a on a CPU run).",
+             "fits in 12 GB: the largest batch whose measured peak (CUDA context included) stays within 12 GiB, "
+             "for inference and for a training step (forward, backward, AdamW)."]
+    checked = [r for r in rows if r["memory_check"]["checked"]]
+    problems = [f"{r['model']}: {p}" for r in checked for p in r["memory_check"]["problems"]]
+    if checked and not problems:
+        low = min(r["memory_check"]["gap_mib"][0] for r in checked)
+        high = max(r["memory_check"]["gap_mib"][1] for r in checked)
+        notes.append(f"NVML and PyTorch peaks agree on every GPU measurement: NVML's peak exceeds PyTorch's max "
+                     f"reserved by {low:.0f} to {high:.0f} MiB (the CUDA context and memory outside its allocator).")
+    notes += [f"NVML vs PyTorch peaks disagree: {p}." for p in problems]
+    for where in sorted({(r["source"], r["measured_on"]) for r in rows if r["measured_on"]}, key=str):
+        notes.append(f"Measured on {where[1]} (records in {where[0]}).")
+    return notes
+
+
 def _tables(data):
     """[(title, headers, cells, notes)] for each family, then the cost table."""
     out = []
@@ -226,8 +301,7 @@ def _tables(data):
     if data["cost"]:
         out.append(("Cost (synthetic input, random weights)", [h for _, h in COST_COLUMNS],
                     [[display_cost(r)[k] for k, _ in COST_COLUMNS] for r in data["cost"]],
-                    ["images/s and J/image at the fastest batch size measured; n/a: not measured on that run.",
-                     "fits in 12 GB: the largest inference batch within a 12 GiB VRAM budget."]))
+                    cost_footnotes(data["cost"])))
     return out
 
 
@@ -347,12 +421,13 @@ def render(data, fmt):
 EXTENSIONS = {"markdown": "md", "csv": "csv", "latex": "tex", "json": "json", "html": "html"}
 
 
-def write_all(runs_root="runs", out_dir="reports", manifest=None, tables_dir=None, formats=FORMATS):
+def write_all(runs_root="runs", out_dir="reports", manifest=None, tables_dir=None, formats=FORMATS,
+              measured_root=DEFAULT_MEASURED):
     """Render every format into out_dir/report.<ext> (a rendering, rewritten each time); the paths."""
     from harness.manifest import load_manifest
 
     specs = manifest if isinstance(manifest, dict) else load_manifest(manifest)
-    data = collect(runs_root, specs, load_paper_tables(tables_dir))
+    data = collect(runs_root, specs, load_paper_tables(tables_dir), measured_root=measured_root)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

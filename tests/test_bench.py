@@ -2,9 +2,8 @@
 OOM rows, `all` (one per architecture, unbuildable ones skipped) and user errors."""
 import json
 import os
-import platform
+import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -61,32 +60,6 @@ def manifest(tmp_path):
     path = tmp_path / "manifest.yaml"
     path.write_text(yaml.safe_dump({"schema": 1, "models": models}))
     return path
-
-
-@pytest.fixture(autouse=True)
-def records_module(monkeypatch):
-    """harness.records if it exists; else a stand-in with its interface (new_run_dir, write_record,
-    environment) so this command can be tested while that module is being written."""
-    try:
-        import harness.records  # noqa: F401
-        return
-    except ImportError:
-        pass
-    stub = types.ModuleType("harness.records")
-
-    def new_run_dir(root, model_id):
-        folder = Path(root) / model_id / f"run-{len(list((Path(root) / model_id).glob('*'))) if (Path(root) / model_id).exists() else 0}"
-        folder.mkdir(parents=True)
-        return folder
-
-    def write_record(run_dir, record):
-        tmp = Path(run_dir) / "record.json.tmp"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, Path(run_dir) / "record.json")
-
-    stub.new_run_dir, stub.write_record = new_run_dir, write_record
-    stub.environment = lambda: {"python": platform.python_version(), "gpu": None}
-    monkeypatch.setitem(sys.modules, "harness.records", stub)
 
 
 def _records(out):
@@ -171,3 +144,25 @@ def test_bench_cuda_without_gpu_is_a_user_error(manifest, tmp_path, capsys):
     argv = ["bench", "tiny-a", "--device", "cuda", "--manifest", str(manifest), "--out", str(tmp_path)]
     assert main(argv) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_runs_from_a_bare_checkout_without_data_packages(tmp_path):
+    """As on a lent GPU machine (benchmarks/measure_gpu.sh): no install, no pycocotools, no gdown."""
+    code = ("import sys; sys.modules['pycocotools'] = sys.modules['gdown'] = None; "
+            "from harness.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HARNESS_GIT_COMMIT": "a" * 40}
+    argv = ["bench", "mlspl-an-linear", "--device", "cpu", "--batch-size", "1", "--iters", "1", "--warmup", "0",
+            "--out", str(tmp_path / "measured")]
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rec = _records(tmp_path / "measured")["mlspl-an-linear"]
+    assert rec["bench"]["params"] > 20e6 and rec["bench"]["resolution"] == 448
+    assert rec["environment"]["git_commit"] in ("a" * 40, _git_head())
+
+
+def _git_head():
+    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip()

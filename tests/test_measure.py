@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.errors import UserError
-from harness.measure import fit, host, measurement, nvml, table, throughput
+from harness.measure import fit, host, measurement, nvml, throughput
 from harness.measure.cost import count_gflops, count_params
 from harness.measure.nvml import NvmlSampler
 
@@ -230,6 +230,7 @@ def test_eval_measurement_gpu_path_with_fake_cuda_and_nvml(monkeypatch):
     assert r["torch_max_allocated_mib"] == 3000 and r["torch_max_reserved_mib"] == 3500
     assert r["energy_j_per_image"] == pytest.approx(2.0)
     assert r["device_peak_used_mib"] == 6000 and r["peak_rss_mib"] > 0
+    assert r["memory_check"]["consistent"] is True and r["memory_check"]["nvml_minus_torch_reserved_mib"] == 1000
 
 
 # -- throughput and the OOM-surviving sweep ----------------------------------------------------
@@ -358,7 +359,7 @@ def test_parse_size_rejects(text):
         fit.parse_size_mib(text)
 
 
-# -- params, FLOPs, host memory, the table row ---------------------------------------------------
+# -- params, FLOPs, host memory ---------------------------------------------------
 
 def test_params_and_gflops_of_a_tiny_conv():
     net = torch.nn.Conv2d(3, 4, 3, padding=1)
@@ -371,30 +372,6 @@ def test_params_and_gflops_of_a_tiny_conv():
 def test_peak_rss_fallback_note():
     mib, note = host.peak_rss_mib(was_reset=False)
     assert mib > 0 and "whole process life" in note
-
-
-def _bench_record(device_type, results, fits):
-    return {"model": {"id": "m"}, "bench": {
-        "resolution": 224, "params": 25_500_000, "gflops": 8.2, "device": {"type": device_type},
-        "options": {"amp": "bf16", "channels_last": True, "compile": False}, "results": results, "fits": fits}}
-
-
-def test_cost_row_reads_batch_1_16_and_oom():
-    def row(b, vram, ips, oom=False):
-        return {"batch_size": b, "oom": oom, "peak_vram_mib": vram, "images_per_s": ips,
-                "energy_j_per_image": None if oom else 0.5, "peak_rss_mib": None if oom else 900.0}
-
-    fits = {"budget_mib": 12288.0, "inference_max_batch": 96, "train_max_batch": 12, "reasons": {}}
-    r = table.cost_row(_bench_record("cuda", [row(1, 1500.4, 50.0), row(16, 4000.0, 400.0), row(64, None, None, True)], fits))
-    assert r["peak VRAM b1 (MiB)"] == 1500 and r["peak VRAM b16 (MiB)"] == 4000
-    assert r["images/s"] == 400.0 and r["at batch"] == 16  # largest batch that ran, not the OOM one
-    assert r["fits (max batch infer/train)"] == "96/12 in 12 GiB"
-    assert r["params (M)"] == 25.5 and r["options"] == "amp=bf16, channels_last"
-    cpu_fits = {"budget_mib": 12288.0, "inference_max_batch": None, "train_max_batch": None,
-                "reasons": {"inference_max_batch": "needs a GPU", "train_max_batch": "needs a GPU"}}
-    r = table.cost_row(_bench_record("cpu", [row(1, None, 5.0)], cpu_fits))
-    assert r["peak VRAM b1 (MiB)"] is None and r["peak VRAM b16 (MiB)"] is None
-    assert r["fits (max batch infer/train)"] == "needs a GPU" and r["peak RSS (MiB)"] == 900
 
 
 def test_fit_step_failing_for_another_reason_is_a_reason_not_a_crash():

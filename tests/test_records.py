@@ -114,6 +114,31 @@ def test_environment_fields():
     json.dumps(env)
 
 
+def test_environment_names_torchs_gpu_by_uuid_and_a_commit_without_git(monkeypatch):
+    import types
+
+    import pynvml
+
+    handles = {"GPU-bbb": "second"}  # torch's device 0 is NVML's index 1 (CUDA_VISIBLE_DEVICES=1)
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByUUID", lambda u: handles[u])
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: "first")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda h: f"{h} gpu")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUUID", lambda h: "GPU-bbb")
+    monkeypatch.setattr(pynvml, "nvmlSystemGetDriverVersion", lambda: "580.1")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", lambda h: types.SimpleNamespace(total=80 * 2**30))
+    cuda = types.SimpleNamespace(is_available=lambda: True,
+                                 get_device_properties=lambda i: types.SimpleNamespace(uuid="bbb"))
+    gpu = records._gpu(types.SimpleNamespace(cuda=cuda), 0)
+    assert gpu == {"name": "second gpu", "driver": "580.1", "uuid": "GPU-bbb", "memory_total_mib": 80 * 1024}
+
+    monkeypatch.setattr(records, "_git", lambda *args: None)  # a copy of the tree without .git
+    monkeypatch.setenv("HARNESS_GIT_COMMIT", "f" * 40)
+    env = records.environment()
+    assert env["git_commit"] == "f" * 40 and env["git_dirty"] is None
+
+
 def test_matching_environment_file(tmp_path):
     (tmp_path / "a-cu118.txt").write_text("python 3.10\ntorch==2.0.1\n")
     (tmp_path / "b-cu121.yml").write_text("dependencies:\n  - python=3.11\n  - pip:\n    - torch==2.5.1\n")

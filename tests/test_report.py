@@ -70,7 +70,7 @@ def runs(tmp_path):
 
 def test_collect_picks_latest_non_smoke_and_shows_smoke_only_as_smoke(runs):
     root, real = runs
-    data = report.collect(root, SPECS, report.load_paper_tables())
+    data = report.collect(root, SPECS, report.load_paper_tables(), measured_root=None)
     rows = {r["model"]: r for r in data["models"]}
     assert set(rows) == set(SPECS)
     assert rows["q2l-r101-448"]["run_id"] == real["run_id"]
@@ -83,7 +83,8 @@ def test_collect_picks_latest_non_smoke_and_shows_smoke_only_as_smoke(runs):
     assert all(r["status"] in report.STATUSES for r in rows.values())
     cost = data["cost"][0]
     assert cost["params_m"] == pytest.approx(193.5) and cost["vram_b16"] == 6100.0 and cost["best_batch"] == 16
-    assert cost["fits"] == "yes, batch <= 48" and cost["j_per_image"] is None
+    assert cost["fits"] == "infer <= 48" and cost["j_per_image"] is None
+    assert cost["device"] == "NVIDIA H100" and cost["options"] == "fp32"
 
 
 def test_smoke_never_shows_as_reproduced(tmp_path):
@@ -156,3 +157,95 @@ def test_write_all_renders_every_format(runs, tmp_path):
     written = report.write_all(runs_root=root, out_dir=tmp_path / "reports")
     assert sorted(p.name for p in written) == sorted(f"report.{e}" for e in report.EXTENSIONS.values())
     assert f"{real['metrics']['mAP']:.2f}" in (tmp_path / "reports" / "report.md").read_text()
+
+
+def bench_record(root, model_id, device, finished_at, options=None, checks=(), fits=None, environment=None):
+    run_dir = records.new_run_dir(root, model_id)
+    results = [{"batch_size": b, "images_per_s": 10.0 * b, "peak_vram_mib": 1000.0 * b, "memory_check": c}
+               for b, c in zip((1, 16), list(checks) or [None, None])]
+    records.write_record(run_dir, {
+        "schema": 1, "kind": "bench", "run_id": run_dir.name, "model": {"id": model_id},
+        "bench": {"params": 1e6, "gflops": 1.0, "device": device, "options": options or {"amp": False},
+                  "fits": fits or {}, "results": results},
+        "environment": environment or {}, "measurement": {}, "started_at": finished_at, "finished_at": finished_at,
+        "smoke": True})
+    return run_dir
+
+
+GPU = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}
+CPU = {"type": "cpu", "name": "AMD EPYC 7B13"}
+GPU_ENV = {"gpu": {"name": "NVIDIA H100 80GB HBM3", "driver": "580.159.04"}, "torch": "2.11.0+cu130",
+           "cuda": "13.0", "git_commit": "0123456789abcdef"}
+
+
+def check(gap, problems=()):
+    return {"consistent": not problems, "nvml_minus_torch_reserved_mib": gap, "problems": list(problems), "notes": []}
+
+
+def test_cost_rows_per_device_and_options_with_committed_measurements(tmp_path):
+    runs, measured = tmp_path / "runs", tmp_path / "measured"
+    bench_record(runs, "q2l-r101-448", CPU, "2026-01-01T00:00:00+00:00")
+    bench_record(runs, "q2l-r101-448", CPU, "2026-01-02T00:00:00+00:00")  # the later CPU run replaces the first
+    bench_record(measured, "q2l-r101-448", GPU, "2026-01-01T00:00:00+00:00", checks=[check(480.0), check(530.0)],
+                 fits={"budget_mib": 12288, "inference_max_batch": 40, "train_max_batch": 0}, environment=GPU_ENV)
+    bench_record(measured, "q2l-r101-448", GPU, "2026-01-01T00:00:00+00:00", options={"amp": "bf16"},
+                 checks=[check(500.0), check(510.0)], environment=GPU_ENV)
+    data = report.collect(runs, SPECS, {}, measured_root=measured)
+    cost = {(r["device"], r["options"]): r for r in data["cost"]}
+    assert set(cost) == {(CPU["name"], "fp32"), (GPU["name"], "fp32"), (GPU["name"], "amp=bf16")}
+    assert cost[(CPU["name"], "fp32")]["finished_at"].startswith("2026-01-02")
+    assert cost[(GPU["name"], "fp32")]["fits"] == "infer <= 40, train no"
+    assert cost[(GPU["name"], "fp32")]["source"] == "tables/measured"
+    md = report.render(data, "markdown")
+    assert "NVML and PyTorch peaks agree on every GPU measurement" in md and "480 to 530 MiB" in md
+    assert "Measured on NVIDIA H100 80GB HBM3 (driver 580.159.04), torch 2.11.0+cu130, cuda 13.0, " \
+           "harness commit 0123456789 (records in tables/measured)" in md
+    assert f"Measured on {CPU['name']} (records in runs)" in md
+    without = report.collect(runs, SPECS, {}, measured_root=None)
+    assert [r["device"] for r in without["cost"]] == [CPU["name"]]
+
+
+def test_cost_table_says_when_nvml_and_torch_disagree(tmp_path):
+    bench_record(tmp_path, "q2l-r101-448", GPU, "2026-01-01T00:00:00+00:00",
+                 checks=[check(500.0), check(-900.0, ["NVML peak 100 MiB < torch max reserved 1000 MiB"])])
+    md = report.render(report.collect(tmp_path, SPECS, {}, measured_root=None), "markdown")
+    assert "NVML vs PyTorch peaks disagree: q2l-r101-448: NVML peak 100 MiB" in md
+    assert "agree on every GPU measurement" not in md
+
+
+def test_report_command_measured_folder(tmp_path, capsys):
+    measured = tmp_path / "measured"
+    bench_record(measured, "q2l-r101-448", GPU, "2026-01-01T00:00:00+00:00", environment=GPU_ENV)
+    runs = str(tmp_path / "runs")
+    assert main(["report", "--runs", runs, "--measured", str(measured)]) == 0
+    assert "NVIDIA H100 80GB HBM3" in capsys.readouterr().out
+    assert main(["report", "--runs", runs, "--measured", "none"]) == 0
+    assert "NVIDIA H100 80GB HBM3" not in capsys.readouterr().out
+    assert main(["report", "--runs", runs, "--measured", str(tmp_path / "nope")]) == 2
+    assert "measured records folder not found" in capsys.readouterr().err
+
+
+def test_bench_row_reads_batch_1_16_oom_and_fit_reasons():
+    def row(b, vram, ips, oom=False):
+        return {"batch_size": b, "oom": oom, "peak_vram_mib": vram, "images_per_s": ips,
+                "energy_j_per_image": None if oom else 0.5, "peak_rss_mib": None if oom else 900.0}
+
+    def record(device, results, fits):
+        return {"model": {"id": "m"}, "bench": {
+            "resolution": 224, "params": 25_500_000, "gflops": 8.2, "device": device,
+            "options": {"amp": "bf16", "channels_last": True, "compile": False}, "results": results, "fits": fits}}
+
+    fits = {"budget_mib": 12288.0, "inference_max_batch": 256, "train_max_batch": 12,
+            "reasons": {"inference_max_batch": "fits at the search cap 256; larger not tried"}}
+    r = report.bench_row("m", record(GPU, [row(1, 1500.4, 50.0), row(16, 4000.0, 400.0), row(64, None, None, True)],
+                                     fits))
+    assert r["vram_b1"] == 1500.4 and r["vram_b16"] == 4000.0 and r["peak_rss_mib"] == 900.0
+    assert r["images_per_s"] == 400.0 and r["best_batch"] == 16  # the fastest that ran, not the OOM one
+    assert r["fits"] == "infer >= 256, train <= 12" and r["options"] == "amp=bf16, channels_last"
+    cells = report.display_cost(r)
+    assert cells["vram_b1"] == "1500" and cells["images_per_s"] == "400.0 (batch 16)" and cells["params_m"] == "25.5"
+    cpu_fits = {"budget_mib": 12288.0, "inference_max_batch": None, "train_max_batch": None,
+                "reasons": {"inference_max_batch": "needs a GPU", "train_max_batch": "needs a GPU"}}
+    r = report.bench_row("m", record(CPU, [row(1, None, 5.0)], cpu_fits))
+    assert r["vram_b1"] is None and r["vram_b16"] is None and r["fits"] == "needs a GPU"
+    assert r["device"] == CPU["name"] and report.display_cost(r)["vram_b16"] == "n/a"

@@ -75,18 +75,6 @@ def _models_to_run(name, manifest):
     return specs
 
 
-def _cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def _device_info(device):
     """The device and the backend flags that change its speed (TF32, cuDNN autotuning)."""
     import torch
@@ -100,7 +88,9 @@ def _device_info(device):
                 "memory_total_mib": props.total_memory // 2**20,
                 "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
                 "cudnn_benchmark": torch.backends.cudnn.benchmark}
-    return {"type": "cpu", "name": _cpu_name(), "threads": torch.get_num_threads()}
+    from harness.records import cpu_name
+
+    return {"type": "cpu", "name": cpu_name(), "threads": torch.get_num_threads()}
 
 
 def bench_model(spec, device, args, settings, baseline_mib):
@@ -182,7 +172,7 @@ def run(args):
     from tabulate import tabulate
 
     from harness.measure.measurement import nvml_baseline_mib
-    from harness.measure.table import cost_row
+    from harness.report import COST_COLUMNS, bench_row, display_cost
     from harness.measure.throughput import free_memory
     from harness.records import environment, new_run_dir, write_record
 
@@ -205,11 +195,12 @@ def run(args):
         record["run_id"] = run_dir.name
         write_record(run_dir, record)
         print(f"{spec.id}: wrote {run_dir}/record.json", flush=True)
-        rows.append(cost_row(record))
+        cells = display_cost(bench_row(spec, record))
+        rows.append({header: cells[key] for key, header in COST_COLUMNS})
     if not rows:
         raise UserError(f"no model could be built ({', '.join(skipped)}); see `harness models`")
     print()
-    print(tabulate(rows, headers="keys", missingval="-"))
+    print(tabulate(rows, headers="keys", disable_numparse=True))
     if device == "cpu":
         print("\nCPU run: GPU memory, energy and the VRAM fit are null in the records (no GPU); "
               "peak RSS is host memory.")

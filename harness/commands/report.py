@@ -12,6 +12,9 @@ def add_arguments(parser):
                         help="'all' writes report.{md,csv,tex,json,html} into the folder --out (default tables/)")
     parser.add_argument("--runs", default="runs", help="the runs folder (default: runs)")
     parser.add_argument("--out", metavar="FILE", help="write here instead of printing")
+    parser.add_argument("--measured", metavar="DIR", default=None,
+                        help="measured records committed with the code, also read (default: tables/measured of "
+                             "the repository; 'none' to leave them out)")
     parser.add_argument("--tables", metavar="DIR", help="the paper tables (default: tables/paper of the repository)")
     parser.add_argument("--manifest", metavar="FILE", help="the model manifest (default: weights_manifest.yaml)")
 
@@ -24,11 +27,17 @@ def run(args):
         raise UserError(f"paper tables folder not found: {args.tables}; pass --tables DIR with the *.csv files")
     if not Path(args.runs).is_dir():
         print(f"harness report: no runs folder {args.runs}: every model shows 'no run yet'", file=sys.stderr)
+    measured = report.DEFAULT_MEASURED if args.measured is None else (
+        None if args.measured.lower() == "none" else Path(args.measured))
+    if measured is not None and args.measured is not None and not measured.is_dir():
+        raise UserError(f"measured records folder not found: {measured}; pass --measured DIR or --measured none")
     if args.format == "all":
-        for path in report.write_all(args.runs, args.out or "tables", args.manifest, args.tables):
+        for path in report.write_all(args.runs, args.out or "tables", args.manifest, args.tables,
+                                     measured_root=measured):
             print(f"written: {path}", file=sys.stderr)
         return
-    data = report.collect(args.runs, load_manifest(args.manifest), report.load_paper_tables(args.tables))
+    data = report.collect(args.runs, load_manifest(args.manifest), report.load_paper_tables(args.tables),
+                          measured_root=measured)
     text = report.render(data, args.format)
     if args.out is None:
         sys.stdout.write(text)

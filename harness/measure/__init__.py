@@ -6,16 +6,16 @@
     throughput.py   model-only timing on synthetic input; batch-size sweep that survives OOM
     fit.py          largest batch within a VRAM budget, for inference and a training step
     cost.py         parameter count and GFLOPs
-    table.py        one cost-table row from a bench record (no torch: used by reports)
+    consistency.py  whether NVML's and PyTorch's peaks agree
 
-Names are imported lazily so that `harness.measure.table` does not pull in torch.
+Names are imported lazily: importing one module does not pull in the others (or torch).
 """
 import importlib
 
 _EXPORTS = {
     "EvalMeasurement": "measurement", "NvmlSampler": "nvml", "time_model": "throughput",
     "sweep_batch_sizes": "throughput", "find_fits": "fit", "parse_size_mib": "fit",
-    "count_params": "cost", "count_gflops": "cost", "cost_row": "table",
+    "count_params": "cost", "count_gflops": "cost", "check_memory": "consistency",
 }
 
 

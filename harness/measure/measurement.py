@@ -9,13 +9,15 @@
     record["measurement"] = m.result()       # also holds wall_s and images_per_s
 
 On a GPU: NVML peak / baseline / process memory, utilisation, power, energy per image (see
-harness.measure.nvml) beside PyTorch's own peaks (reset on entering). Always: peak host RSS.
+harness.measure.nvml) beside PyTorch's own peaks (reset on entering), and whether the two agree
+(memory_check, see harness.measure.consistency). Always: peak host RSS.
 A figure that cannot be had is None with its reason in result()["reasons"].
 """
 import time
 
 import torch
 
+from harness.measure.consistency import check_memory
 from harness.measure.host import peak_rss_mib, reset_peak_rss
 from harness.measure.nvml import NvmlSampler
 
@@ -127,5 +129,6 @@ class EvalMeasurement:
                 out["peak_vram_source"] = source
             out["torch_max_allocated_mib"] = torch.cuda.max_memory_allocated(self.device) / MIB
             out["torch_max_reserved_mib"] = torch.cuda.max_memory_reserved(self.device) / MIB
+            out["memory_check"] = check_memory(out)
         out["reasons"], out["notes"] = reasons, notes
         return out

@@ -71,6 +71,7 @@ def time_model(model, batch_size, resolution, device, *, iters, warmup, warmup_s
            "latency_ms": {"p50": p50, "p90": p90, "p99": p99},
            "iters": iters, "warmup_calls": n, "first_call_s": first_call_s}
     row.update({k: measurement.get(k) for k in RESULT_KEYS})
+    row["memory_check"] = measurement.get("memory_check")  # None on CPU
     row["reasons"] = {k: v for k, v in measurement["reasons"].items() if k in RESULT_KEYS}
     return row, measurement
 
