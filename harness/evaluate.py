@@ -3,7 +3,9 @@
 Scores are fp32 sigmoid probabilities, written into a memory-mapped `scores.partial.npy` as they
 come; `progress.json` (rewritten atomically after each batch) says how many rows are done, so an
 interrupted run resumes losing at most one batch. When all rows are done the scores become
-`scores.npy`, the metrics are computed with the model's protocol and `record.json` is written.
+`scores.npy`, the metrics are computed with the model's protocol and `record.json` is written;
+only then are the partial scores and the progress file removed, so a run interrupted while
+finishing resumes from its saved scores without running the model again.
 """
 import json
 import os
@@ -18,6 +20,7 @@ import numpy as np
 from harness.errors import UserError
 
 PARTIAL, PROGRESS, SETTINGS = "scores.partial.npy", "progress.json", "settings.json"
+FINAL_ARRAYS = ("scores.npy", "labels.npy", "image_ids.npy")
 
 
 def _now():
@@ -46,6 +49,8 @@ def _smoke_reasons(weights_info, coco_labels, limit, smoke_root):
     reasons = []
     if weights_info["random_weights"]:
         reasons.append("random weights")
+    if weights_info.get("unverified"):  # weights given by path that cannot be shown to be the release
+        reasons.append(weights_info["unverified"])
     if smoke_root:
         reasons.append("smoke subset")
     elif not is_full_split(coco_labels):
@@ -68,24 +73,17 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
     """Evaluate `spec` (a manifest ModelSpec) and return the finished run folder."""
     import torch
 
-    from harness import records
-    from harness.data.coco import check_images, fingerprint, load_labels
-    from harness.data.dataset import CocoImages
-    from harness.data.smoke import is_smoke_root
-    from harness.data.transforms import eval_transform
+    from harness.data.coco import check_images, load_labels
     from harness.measure import EvalMeasurement
     from harness.measure.measurement import nvml_baseline_mib
-    from harness.metrics import compute_metrics
 
+    _check_numbers(batch_size, workers, limit)
     device = pick_device(device)
     if amp not in (None, "off") and device != "cuda":
         raise UserError("--amp needs a CUDA GPU; drop --amp to run in fp32 on CPU")
-    batch_size = batch_size or spec.eval.batch_size
-    if limit is not None and limit < 1:
-        raise UserError("--limit must be a positive number of images")
+    batch_size = spec.eval.batch_size if batch_size is None else batch_size
     coco_labels = load_labels(coco_root, "val2014", spec.eval.image_set)
     n_total = min(limit, len(coco_labels)) if limit else len(coco_labels)
-    rows = range(n_total)
     check_images(coco_root, coco_labels)
 
     baseline_mib = nvml_baseline_mib(device)  # before the model reaches the GPU
@@ -99,40 +97,98 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
     }
     run_dir, done = _open_run(runs_root, spec.id, resume, settings, weights_info)
     num_classes = coco_labels.labels.shape[1]
-    scores = _scores_memmap(run_dir, n_total, num_classes, fresh=done == 0)
+    if (run_dir / "scores.npy").exists():  # an earlier session scored every row, then was stopped while finishing
+        scores = _load_saved_scores(run_dir, n_total, num_classes)
+    else:
+        scores = _scores_memmap(run_dir, n_total, num_classes, fresh=done == 0)
 
-    dataset = CocoImages(coco_root, coco_labels, eval_transform(spec.eval), indices=rows[done:])
-    workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         pin_memory=device == "cuda")
     started = _now()
     t0 = time.perf_counter()
     with EvalMeasurement(device, baseline_mib=baseline_mib) as measurement:
-        bar = _progress_bar(n_total, done, spec.id, progress)
-        with torch.inference_mode():
-            for images, index in loader:
-                images = images.to(device, non_blocking=True)
-                with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = model(images)
-                probs = torch.sigmoid(logits.float()).cpu().numpy()  # fp32 sigmoid, as the authors
-                scores[index.numpy()] = probs
-                scores.flush()
-                done = int(index[-1]) + 1
-                _write_json_atomic(run_dir / PROGRESS, {"done": done, "updated_at": _now()})
-                measurement.count(len(index))
-                bar.update(len(index))
-        bar.close()
-    wall = time.perf_counter() - t0
-    final_scores = np.array(scores)
-    del scores
-    if np.isnan(final_scores).any():
-        raise RuntimeError(f"{run_dir}: some rows were never scored; resume it with --resume {run_dir}")
-    labels = coco_labels.labels[:n_total]
-    records.save_arrays(run_dir, final_scores, labels, coco_labels.image_ids[:n_total])
-    (run_dir / PARTIAL).unlink()
-    metrics = compute_metrics(final_scores, labels, spec.eval.protocol, class_names=coco_labels.category_names)
-    reasons = _smoke_reasons(weights_info, coco_labels, limit, is_smoke_root(coco_root))
+        if done < n_total:
+            done = _infer(model, spec.id, coco_root, coco_labels, spec.eval, range(done, n_total), scores, run_dir,
+                          device=device, amp=amp, amp_dtype=amp_dtype, batch_size=batch_size, workers=workers,
+                          measurement=measurement, progress=progress)
+    if done != n_total:  # the loader ended early: a bug, never a result
+        raise RuntimeError(f"{run_dir}: {done} of {n_total} rows scored; resume it with --resume {run_dir}")
     measured = measurement.result()
+    if measurement.n_images == 0:
+        measured["notes"].append("every row was scored by an earlier session that was stopped before its "
+                                 "record was written; its speed and memory were not kept")
+    context = {"weights_info": weights_info, "settings": settings, "started": started, "device": device,
+               "batch_size": batch_size, "amp": amp, "amp_source": amp_source, "limit": limit,
+               "wall_s": time.perf_counter() - t0, "measured": measured}
+    final_scores = np.array(scores)
+    del scores  # closes the memory map of the partial file
+    _finish(spec, coco_root, coco_labels, final_scores, run_dir, context)
+    return run_dir
+
+
+def _check_numbers(batch_size, workers, limit):
+    """Numbers from the command line that the loader would reject with a traceback, or misread."""
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {batch_size}); leave it out for the paper's")
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers must be 0 or more (got {workers}); 0 loads images in the main process")
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be a positive number of images")
+
+
+def _infer(model, model_id, coco_root, coco_labels, eval_spec, rows, scores, run_dir, *, device, amp, amp_dtype,
+           batch_size, workers, measurement, progress):
+    """Score `rows` into `scores`, recording progress after each batch; returns the rows done."""
+    import torch
+
+    from harness.data.dataset import CocoImages
+    from harness.data.transforms import eval_transform
+
+    dataset = CocoImages(coco_root, coco_labels, eval_transform(eval_spec), indices=rows)
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         pin_memory=device == "cuda")
+    done = rows.start
+    bar = _progress_bar(len(scores), done, model_id, progress)
+    with torch.inference_mode(), bar:
+        for images, index in loader:
+            images = images.to(device, non_blocking=True)
+            with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(images).float()
+            if not bool(torch.isfinite(logits).all()):  # one sync per batch; .cpu() below syncs anyway
+                raise UserError(_non_finite_message(model_id, amp, index.tolist(), coco_labels.image_ids))
+            scores[index.numpy()] = torch.sigmoid(logits).cpu().numpy()  # fp32 sigmoid, as the authors
+            scores.flush()
+            done = int(index[-1]) + 1
+            _write_json_atomic(run_dir / PROGRESS, {"done": done, "updated_at": _now()})
+            measurement.count(len(index))
+            bar.update(len(index))
+    return done
+
+
+def _non_finite_message(model_id, amp, rows, image_ids):
+    """One line: which model, which images, and what to do (the batch is not saved)."""
+    where = f"rows {rows[0]}-{rows[-1]}, COCO image ids {int(image_ids[rows[0]])}-{int(image_ids[rows[-1]])}"
+    if amp:
+        fix = (f"{amp} autocast probably overflowed: run again with `--amp off` (fp32; a new run, since AMP is "
+               f"part of this run's settings)")
+    else:
+        fix = (f"it ran in fp32, so the checkpoint may be broken: check it against the manifest "
+               f"(`harness download {model_id}`) or pass the released file")
+    return f"{model_id} returned NaN or inf scores for the batch of {where}; {fix}"
+
+
+def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
+    """Saved arrays, metrics, record; the partial scores go only once the record is written."""
+    from harness import records
+    from harness.data.coco import fingerprint
+    from harness.data.smoke import is_smoke_root
+    from harness.metrics import compute_metrics
+
+    n_total = len(scores)
+    labels = coco_labels.labels[:n_total]
+    _save_final_arrays(run_dir, scores, labels, coco_labels.image_ids[:n_total])
+    metrics = compute_metrics(scores, labels, spec.eval.protocol, class_names=coco_labels.category_names)
+    weights_info, measured = ctx["weights_info"], ctx["measured"]
+    reasons = _smoke_reasons(weights_info, coco_labels, ctx["limit"], is_smoke_root(coco_root))
     record = {
         "schema": 1,
         "kind": "eval",
@@ -143,23 +199,47 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
             "name": "coco2014-val", "root": str(Path(coco_root).resolve()), "image_set": spec.eval.image_set,
             "n_images": n_total, "fingerprint": fingerprint(coco_labels), "smoke_subset": is_smoke_root(coco_root),
         },
-        "eval": {**asdict(spec.eval), "batch_size": batch_size, "dtype": "float32", "amp": amp or False,
-                 "amp_source": amp_source,
-                 "device": device, "limit": limit},
+        "eval": {**asdict(spec.eval), "batch_size": ctx["batch_size"], "dtype": "float32", "amp": ctx["amp"] or False,
+                 "amp_source": ctx["amp_source"], "device": ctx["device"], "limit": ctx["limit"]},
         "metrics": metrics,
-        "timings": {"wall_s": wall, "images_per_s": measured.get("images_per_s"),
-                    "resumed_from_row": settings.get("resumed_from_row", 0)},
+        "timings": {"wall_s": ctx["wall_s"], "images_per_s": measured.get("images_per_s"),
+                    "resumed_from_row": ctx["settings"].get("resumed_from_row", 0)},
         "measurement": measured,
         "environment": records.environment(),
-        "started_at": json.loads((run_dir / SETTINGS).read_text()).get("started_at", started),
+        "started_at": json.loads((run_dir / SETTINGS).read_text()).get("started_at", ctx["started"]),
         "finished_at": _now(),
         "smoke": bool(reasons),
         "smoke_reasons": reasons,
         "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
     }
     records.write_record(run_dir, record)
+    (run_dir / PARTIAL).unlink(missing_ok=True)
     (run_dir / PROGRESS).unlink(missing_ok=True)
-    return run_dir
+
+
+def _load_saved_scores(run_dir, n, c):
+    scores = np.load(run_dir / "scores.npy")
+    if scores.shape != (n, c):
+        raise UserError(f"{run_dir / 'scores.npy'} holds {scores.shape}, not ({n}, {c}); start a new run")
+    return scores
+
+
+def _save_final_arrays(run_dir, scores, labels, image_ids):
+    """scores.npy, labels.npy, image_ids.npy; after an interrupted finish, only the ones still missing
+    (those already there must match: they are never overwritten)."""
+    from harness import records
+
+    if not any((run_dir / name).exists() for name in FINAL_ARRAYS):
+        records.save_arrays(run_dir, scores, labels, image_ids)
+        return
+    arrays = (scores.astype(np.float32), (np.asarray(labels) > 0).astype(np.uint8),
+              np.asarray(image_ids).astype(np.int64))
+    for name, array in zip(FINAL_ARRAYS, arrays):
+        path = run_dir / name
+        if not path.exists():
+            records.write_new(path, lambda f, a=array: np.save(f, a))
+        elif not np.array_equal(np.load(path), array):
+            raise UserError(f"{path} does not match this run's data (did the annotations change?); start a new run")
 
 
 def _choose_amp(spec, asked, config_path, device):
@@ -206,13 +286,21 @@ def _open_run(runs_root, model_id, resume, settings, weights_info):
         if changed:
             raise UserError(f"cannot resume {run_dir}: {', '.join(changed)} differ from the interrupted run; "
                             f"use the same settings or start a new run")
-        progress = run_dir / PROGRESS
-        done = json.loads(progress.read_text())["done"] if progress.is_file() else 0
-        settings["resumed_from_row"] = done
+        settings["resumed_from_row"] = done = _rows_done(run_dir, settings["n_images"])
         return run_dir, done
     run_dir = records.new_run_dir(runs_root, model_id)
     _write_json_atomic(run_dir / SETTINGS, {**settings, "started_at": _now()})
     return run_dir, 0
+
+
+def _rows_done(run_dir, n_total):
+    """Finished rows, as progress.json counts them; they exist only while their scores do."""
+    if (run_dir / "scores.npy").exists():  # every row was scored, then the finish was interrupted
+        return n_total
+    progress = run_dir / PROGRESS
+    if not (progress.is_file() and (run_dir / PARTIAL).is_file()):
+        return 0
+    return json.loads(progress.read_text())["done"]
 
 
 def _scores_memmap(run_dir, n, c, fresh):

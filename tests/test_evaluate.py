@@ -1,6 +1,8 @@
 """harness eval end to end on the smoke subset, with a tiny registered model (fast on CPU)."""
 import json
 
+import harness.metrics
+import harness.records
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,8 @@ from torch import nn
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.evaluate import evaluate
+from harness.data.coco import load_labels
+from harness.evaluate import _non_finite_message, _smoke_reasons, evaluate
 from harness.manifest import DEFAULT_MANIFEST, get_spec
 from harness.models import register_model
 
@@ -18,6 +21,8 @@ class TinyNet(nn.Module):
     """Pools colour statistics: deterministic given its seed, and it can be told to fail mid-run."""
 
     fail_after = None  # number of forward calls after which to raise (simulates an interruption)
+    nan_after = None  # number of forward calls after which to return NaN (simulates an fp16 overflow)
+    forward_calls = 0  # over every instance: tells whether a resume ran the model at all
 
     def __init__(self, num_classes=80):
         super().__init__()
@@ -27,9 +32,13 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         self.calls += 1
+        TinyNet.forward_calls += 1
         if TinyNet.fail_after is not None and self.calls > TinyNet.fail_after:
             raise KeyboardInterrupt
-        return self.fc(nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
+        logits = self.fc(nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
+        if TinyNet.nan_after is not None and self.calls > TinyNet.nan_after:
+            logits[1:2] = float("nan")  # one bad image in the batch is enough
+        return logits
 
 
 @register_model
@@ -120,3 +129,114 @@ def test_cli_eval_prints_the_result_and_flags_smoke(manifest, smoke_root, tmp_pa
     code = main(["eval", "tiny-q2l", "--manifest", str(manifest), "--coco-root", str(tmp_path / "none"),
                  "--weights", "random", "--out", str(tmp_path / "runs")])
     assert code == 2 and "harness data coco" in capsys.readouterr().err
+
+
+def _interrupt_in(monkeypatch, module, name):
+    """Make module.name raise KeyboardInterrupt (Ctrl-C while the run is finishing)."""
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(module, name, stop)
+
+
+@pytest.mark.parametrize("stop_in", ["compute_metrics", "write_record"])
+def test_interrupted_finish_resumes_from_saved_scores_without_rerunning(manifest, smoke_root, tmp_path,
+                                                                          monkeypatch, stop_in):
+    spec = get_spec("tiny-q2l", manifest)
+    whole = np.load(_eval(spec, smoke_root, tmp_path / "a") / "scores.npy")
+    with monkeypatch.context() as patch:
+        _interrupt_in(patch, harness.metrics if stop_in == "compute_metrics" else harness.records, stop_in)
+        with pytest.raises(KeyboardInterrupt):
+            _eval(spec, smoke_root, tmp_path / "b")
+    unfinished = next((tmp_path / "b" / "tiny-q2l").iterdir())
+    assert not (unfinished / "record.json").exists()
+    assert json.loads((unfinished / "progress.json").read_text())["done"] == 24
+    assert (unfinished / "scores.partial.npy").exists()  # kept until the record is written
+    calls = TinyNet.forward_calls
+    run_dir = _eval(spec, smoke_root, tmp_path / "b", resume="latest")
+    assert run_dir == unfinished and TinyNet.forward_calls == calls  # finished without running the model
+    record = json.loads((run_dir / "record.json").read_text())
+    np.testing.assert_array_equal(np.load(run_dir / "scores.npy"), whole)
+    assert record["timings"]["resumed_from_row"] == 24 and 0 <= record["metrics"]["mAP"] <= 100
+    assert record["measurement"]["images_per_s"] is None  # not measured in this session: null, never zero
+    assert not (run_dir / "scores.partial.npy").exists() and not (run_dir / "progress.json").exists()
+
+
+def test_resume_finishes_a_folder_left_with_scores_but_no_record(manifest, smoke_root, tmp_path, monkeypatch):
+    """The state an older harness left: scores.npy written, partial deleted, record never written."""
+    spec = get_spec("tiny-q2l", manifest)
+    with monkeypatch.context() as patch:
+        _interrupt_in(patch, harness.records, "write_record")
+        with pytest.raises(KeyboardInterrupt):
+            _eval(spec, smoke_root, tmp_path / "r")
+    unfinished = next((tmp_path / "r" / "tiny-q2l").iterdir())
+    saved = np.load(unfinished / "scores.npy")
+    (unfinished / "scores.partial.npy").unlink()
+    (unfinished / "labels.npy").unlink()  # stopped between two of the saved arrays
+    calls = TinyNet.forward_calls
+    run_dir = _eval(spec, smoke_root, tmp_path / "r", resume=str(unfinished))
+    assert TinyNet.forward_calls == calls
+    np.testing.assert_array_equal(np.load(run_dir / "scores.npy"), saved)
+    assert np.load(run_dir / "labels.npy").shape == saved.shape
+    assert json.loads((run_dir / "record.json").read_text())["dataset"]["n_images"] == 24
+
+
+def test_a_partial_file_lost_restarts_from_row_zero(manifest, smoke_root, tmp_path):
+    spec = get_spec("tiny-q2l", manifest)
+    whole = np.load(_eval(spec, smoke_root, tmp_path / "a") / "scores.npy")
+    TinyNet.fail_after = 2
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _eval(spec, smoke_root, tmp_path / "b")
+    finally:
+        TinyNet.fail_after = None
+    unfinished = next((tmp_path / "b" / "tiny-q2l").iterdir())
+    (unfinished / "scores.partial.npy").unlink()  # progress.json still says 8 rows, but they are gone
+    run_dir = _eval(spec, smoke_root, tmp_path / "b", resume="latest")
+    np.testing.assert_array_equal(np.load(run_dir / "scores.npy"), whole)
+    assert json.loads((run_dir / "record.json").read_text())["timings"]["resumed_from_row"] == 0
+
+
+def test_non_finite_model_output_stops_with_a_user_error_and_no_record(manifest, smoke_root, tmp_path):
+    spec = get_spec("tiny-q2l", manifest)
+    ids = load_labels(smoke_root, "val2014", "all").image_ids
+    TinyNet.nan_after = 2  # the third batch (rows 8-11) comes back NaN
+    try:
+        with pytest.raises(UserError) as error:
+            _eval(spec, smoke_root, tmp_path / "n")
+        message = str(error.value)
+        assert "tiny-q2l" in message and "rows 8-11" in message and f"{ids[8]}-{ids[11]}" in message
+        assert "checkpoint may be broken" in message and "\n" not in message
+        run_dir = next((tmp_path / "n" / "tiny-q2l").iterdir())
+        assert not (run_dir / "record.json").exists() and not (run_dir / "scores.npy").exists()
+        assert json.loads((run_dir / "progress.json").read_text())["done"] == 8  # the bad batch is not kept
+        with pytest.raises(UserError, match="NaN or inf"):  # resuming says so again, never loops
+            _eval(spec, smoke_root, tmp_path / "n", resume="latest")
+    finally:
+        TinyNet.nan_after = None
+    assert not (run_dir / "record.json").exists()
+
+
+def test_non_finite_message_under_amp_names_the_fp32_fix():
+    message = _non_finite_message("q2l-x", "fp16", [16, 17, 18], np.arange(100, 200))
+    assert "q2l-x" in message and "--amp off" in message and "116-118" in message
+    assert "--amp off" not in _non_finite_message("q2l-x", False, [0, 1], np.arange(2))
+
+
+@pytest.mark.parametrize("kw, option", [({"batch_size": 0}, "--batch-size"), ({"batch_size": -1}, "--batch-size"),
+                                        ({"workers": -1}, "--workers"), ({"limit": 0}, "--limit")])
+def test_bad_numbers_are_user_errors_before_any_run_folder(manifest, smoke_root, tmp_path, kw, option):
+    spec = get_spec("tiny-q2l", manifest)
+    with pytest.raises(UserError, match=option):
+        evaluate(spec, smoke_root, weights="random", runs_root=tmp_path / "runs", progress=False,
+                 **{"workers": 0, **kw})
+    assert not (tmp_path / "runs").exists()
+
+
+def test_smoke_reasons_add_unverified_weights_only_when_present(smoke_root):
+    labels = load_labels(smoke_root, "val2014", "all")
+    plain = {"path": "w.pth", "sha256": "ab" * 32, "pinned": False, "random_weights": False}
+    assert _smoke_reasons(plain, labels, None, True) == ["smoke subset"]
+    why = "weights w.pth could not be verified as the released file"
+    assert _smoke_reasons({**plain, "unverified": why}, labels, 5, True) == [why, "smoke subset", "--limit 5"]
+    assert "random weights" in _smoke_reasons({**plain, "random_weights": True, "unverified": None}, labels, None,
+                                              False)

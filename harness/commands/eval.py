@@ -13,7 +13,7 @@ def add_arguments(parser):
     parser.add_argument("--weights-dir", help="folder of checkpoints placed by hand")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow unpickling beyond plain tensors, only for a file whose sha256 is pinned")
-    parser.add_argument("--batch-size", type=int, help="default: the paper's (manifest)")
+    parser.add_argument("--batch-size", type=int, help="at least 1; default: the paper's (manifest)")
     parser.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16", "off"],
                         help="autocast (GPU only; recorded). Default: as the authors' config_new.json "
                              "says (their inference used fp16 autocast when its amp was set), else fp32")
@@ -42,8 +42,15 @@ def run(args):
     )
     record = json.loads((run_dir / "record.json").read_text())
     m = record["metrics"]
-    ci = m.get("mAP_ci95") or [None, None]
+    ci = m.get("mAP_ci95")
+    ci_text = f"{_number(ci[0])}-{_number(ci[1])}" if ci else "n/a"
+    speed = record["timings"]["images_per_s"]
     flag = f"  SMOKE ({', '.join(record['smoke_reasons'])}): never counts" if record["smoke"] else ""
-    print(f"{spec.id}: mAP {m['mAP']:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}; paper {spec.paper_map}) "
-          f"on {record['dataset']['n_images']} images, {record['timings']['images_per_s'] or 0:.1f} img/s{flag}")
+    print(f"{spec.id}: mAP {_number(m['mAP'])} (95% CI {ci_text}; paper {spec.paper_map}) "
+          f"on {record['dataset']['n_images']} images, {_number(speed, '.1f')} img/s{flag}")
     print(f"record: {run_dir / 'record.json'}")
+
+
+def _number(value, spec=".2f"):
+    """A figure, or n/a where the record holds none (no CI asked, no positives, speed not measured)."""
+    return "n/a" if value is None else format(value, spec)
