@@ -337,6 +337,24 @@ def release_files(spec, path=None, config=None, *, weights_dir=None, cache_dir=N
     return Path(path), config
 
 
+def unverified_reason(spec, sha256):
+    """Why a checkpoint given by path cannot count as the release of `spec` (None when its sha256
+    is the pinned or locked one, or when `spec` has no release: trained here, nothing to match)."""
+    from harness.download.lock import lock_entry
+    from harness.download.settings import lock_file_for
+
+    if not spec.released or "checkpoint" not in spec.files:
+        return None
+    expected = spec.files["checkpoint"].sha256 or (
+        lock_entry(lock_file_for(spec.manifest_path), spec.id, "checkpoint") or {}).get("sha256")
+    if expected is None:
+        return ("weights given by path, not verified as the release (no pinned or locked sha256; "
+                "pass the folder with --weights-dir to check and lock it)")
+    if sha256 != expected:
+        return f"weights given by path are not the released file (sha256 {sha256[:12]}, release {expected[:12]})"
+    return None
+
+
 def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_dir=None, trust=False,
                      **arch_overrides):
     """Build manifest entry `spec` and load its weights strictly; returns (model, record info).
@@ -347,6 +365,7 @@ def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_di
     from harness.download.settings import harness_home
     from harness.models import build_from_arch
 
+    given = path is not None  # else the download layer checked it against the pinned or locked sha256
     path, config = release_files(spec, path, config, weights_dir=weights_dir, cache_dir=cache_dir)
     pinned_sha = spec.files["checkpoint"].sha256 if "checkpoint" in spec.files else None
     options = dict(trust=trust, pinned_sha256=pinned_sha, cache_dir=harness_home(cache_dir) / "safetensors",
@@ -364,5 +383,6 @@ def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_di
     info = {"path": str(path), "config": str(config) if config else None, "sha256": loaded["sha256"],
             "pinned": pinned_sha is not None and loaded["sha256"] == pinned_sha, "random_weights": False,
             "epoch": loaded.get("epoch"), "best_mAP": loaded.get("best_mAP"),
-            "loaded_from": loaded.get("loaded_from"), "arch_from_checkpoint": from_checkpoint}
+            "loaded_from": loaded.get("loaded_from"), "arch_from_checkpoint": from_checkpoint,
+            "unverified": unverified_reason(spec, loaded["sha256"]) if given else None}
     return model, info

@@ -222,3 +222,24 @@ def test_missing_file_is_a_user_error(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable torch checkpoint"):
         checkpoints.read_pickle(junk)
+
+
+def test_weights_given_by_path_count_only_when_they_are_the_release(tmp_path, monkeypatch):
+    import dataclasses
+
+    from harness.checkpoints import unverified_reason
+    from harness.download.lock import record_lock
+    from harness.manifest import DEFAULT_MANIFEST, get_spec
+
+    monkeypatch.delenv("HARNESS_LOCK_FILE", raising=False)
+    manifest = tmp_path / "weights_manifest.yaml"
+    manifest.write_text(DEFAULT_MANIFEST.read_text())
+    spec = get_spec("q2l-r101-448", manifest)
+    assert "not verified as the release" in unverified_reason(spec, "a" * 64)  # nothing pinned or locked yet
+    record_lock(tmp_path / "weights_manifest.lock.yaml", spec.id, "checkpoint", "b" * 64, 10, "test")
+    assert unverified_reason(spec, "b" * 64) is None
+    assert "not the released file" in unverified_reason(spec, "a" * 64)
+    pinned = dataclasses.replace(spec.files["checkpoint"], sha256="c" * 64)
+    spec = dataclasses.replace(spec, files={**spec.files, "checkpoint": pinned})
+    assert unverified_reason(spec, "c" * 64) is None and unverified_reason(spec, "b" * 64) is not None
+    assert unverified_reason(get_spec("mlspl-role-linear", manifest), "a" * 64) is None  # trained here
