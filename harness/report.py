@@ -199,7 +199,7 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
             bench = record.get("bench") or {}
             key = (model_id, (bench.get("device") or {}).get("name"), _options_text(bench.get("options")))
             benches.setdefault(key, []).append(record)
-        elif record["kind"] == "eval":
+        elif record["kind"] in ("eval", "train"):  # a train record holds its test evaluation
             protocol = (record.get("eval") or {}).get("protocol")
             if protocol != specs[model_id].eval.protocol:
                 notes.append(f"run {record['run_id']} of {model_id} used protocol {protocol}, not the paper's "

@@ -35,8 +35,9 @@ def run(args):
 
     run_dir = Path(args.run_dir)
     record = records.read_record(run_dir)
-    if record["kind"] != "eval":
-        raise UserError(f"{run_dir} is a '{record['kind']}' run; only evaluation runs have scores to rescore")
+    if record["kind"] not in ("eval", "train"):
+        raise UserError(f"{run_dir} is a '{record['kind']}' run; only evaluation and training runs have scores "
+                        "to rescore")
     files = record.get("files") or {}
     scores = load_array(run_dir / files.get("scores", "scores.npy"), "scores")
     labels = load_array(run_dir / files.get("labels", "labels.npy"), "labels")

@@ -1,0 +1,36 @@
+"""An MLSPL training run (kind "train") reaches the report and can be rescored."""
+import json
+
+import pytest
+
+from harness import report
+from harness.cli import main
+from harness.manifest import load_manifest
+from test_mlspl_train import synth  # noqa: F401  (the module-scoped synthetic MLSPL data)
+
+
+@pytest.fixture(scope="module")
+def trained(synth):  # noqa: F811
+    base, feats = synth
+    runs = base / "report-runs"
+    assert main(["mlspl", "train", "--loss", "AN", "--mode", "linear", "--data", str(base / "data"),
+                 "--features", str(feats), "--lr", "1e-3", "--batch-size", "16", "--epochs", "2",
+                 "--device", "cpu", "--out", str(runs)]) == 0
+    (run_dir,) = (runs / "mlspl-an-linear").iterdir()
+    return runs, run_dir, json.loads((run_dir / "record.json").read_text())
+
+
+def test_a_train_record_is_shown_in_the_report(trained):
+    runs, _, record = trained
+    data = report.collect(runs, load_manifest(), report.load_paper_tables(), measured_root=None)
+    row = next(r for r in data["models"] if r["model"] == "mlspl-an-linear")
+    assert row["run_id"] == record["run_id"] and row["mAP"] == pytest.approx(record["metrics"]["mAP"])
+    assert row["status"] == "smoke"  # 2 epochs on synthetic features: flagged, never a reproduction
+    assert not data["notes"]
+
+
+def test_a_train_record_can_be_rescored(trained, capsys):
+    _, run_dir, record = trained
+    assert main(["rescore", str(run_dir), "--no-ci"]) == 0
+    (written,) = run_dir.glob("rescore-mlspl*.json")
+    assert json.loads(written.read_text())["metrics"]["mAP"] == pytest.approx(record["metrics"]["mAP"])
