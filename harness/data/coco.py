@@ -4,7 +4,9 @@ Columns are the 80 categories in ascending category id (every codebase here does
 Image sets:
   all        every image of the split sorted by id; unannotated images are all-negative rows
              (Query2Label: torchvision CocoDetection order; 40,504 on val2014)
-  annotated  only images with at least one instance, sorted by id (ASL; 40,137 on val2014)
+  annotated  only images with at least one instance (40,137 on val2014), in the order they first
+             appear in the annotation list: ASL's loader order (`imgToAnns` keys), which its
+             mAP depends on through the order of tied scores
 """
 import contextlib
 import hashlib
@@ -70,8 +72,8 @@ def load_labels(root, split="val2014", image_set="all"):
     category_ids = sorted(coco.cats)
     column = {cid: j for j, cid in enumerate(category_ids)}
     image_ids = sorted(coco.imgs)
-    if image_set == "annotated":
-        image_ids = [i for i in image_ids if coco.imgToAnns.get(i)]
+    if image_set == "annotated":  # pycocotools fills imgToAnns in annotation order
+        image_ids = [i for i, anns in coco.imgToAnns.items() if anns]
     labels = np.zeros((len(image_ids), len(category_ids)), dtype=np.uint8)
     for row, image_id in enumerate(image_ids):
         for ann in coco.imgToAnns.get(image_id, ()):  # crowd annotations count too

@@ -100,12 +100,12 @@ def _make_split(out, split, n, rng, taken, first_ann_id):
         img.save(folder / file_name, quality=90)
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h, "license": 1,
                        "date_captured": "2013-11-14 16:28:13", "coco_url": "", "flickr_url": ""})
-    order = rng.permutation(len(images))  # COCO's json does not list images by id
+    order = rng.permutation(len(images))  # COCO's json does not list images by id,
     data = {
         "info": {"description": "harness smoke subset (synthetic, COCO 2014 format)", "version": "1.0", "year": 2014},
         "licenses": [{"id": 1, "name": "synthetic", "url": ""}],
         "images": [images[i] for i in order],
-        "annotations": annotations,
+        "annotations": [annotations[i] for i in rng.permutation(len(annotations))],  # nor annotations by image
         "categories": [{"id": c, "name": name, "supercategory": sup} for c, name, sup in COCO_CATEGORIES],
     }
     (out / "annotations").mkdir(parents=True, exist_ok=True)
