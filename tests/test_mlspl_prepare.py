@@ -132,10 +132,26 @@ def test_split_and_load(prepared):
     assert [len(x) for x in split_train_val(82_081)] == [65_665, 16_416]
 
 
-def test_full_coco_counts_are_asserted(tmp_path):
-    # A json that claims full COCO's 82,783 images but annotates only a few must fail the check.
+def test_full_coco_counts_are_checked(tmp_path):
+    # A json that claims full COCO's 82,783 images but annotates only a few must fail the check,
+    # as one line naming the file, found and expected counts, and the fix.
     root = write_annotations(tmp_path / "coco", n_train=50, n_val=20, n_json_train=82_783)
-    with pytest.raises(AssertionError, match="expected 82081"):
+    train = json.loads((root / "annotations" / "instances_train2014.json").read_text())
+    n_annotated = len({a["image_id"] for a in train["annotations"]})
+    with pytest.raises(UserError, match=rf"instances_train2014\.json lists the 82783 images .* but {n_annotated} "
+                                        rf"of them have annotations, expected 82081.*"
+                                        rf"harness data coco --root .* --download"):
+        prepare(root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_category_is_a_user_error(tmp_path):
+    root = write_annotations(tmp_path / "coco", n_train=50, n_val=20)
+    path = root / "annotations" / "instances_val2014.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["category_id"] = 999
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"instances_val2014\.json: annotations use category ids \[999\]"):
         prepare(root, tmp_path / "out")
 
 

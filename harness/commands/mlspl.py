@@ -38,8 +38,9 @@ def add_arguments(parser):
     p.add_argument("--grid", choices=["paper"], help="the paper's grid: batch {8,16} x lr {1e-2..1e-5} (default)")
     p.add_argument("--lr", type=float, help="one grid point: this learning rate (with --batch-size)")
     p.add_argument("--batch-size", type=int, help="one grid point: this batch size (with --lr)")
-    p.add_argument("--init-lr", type=float, help="linear-init: linear-phase lr (default: the authors' for AN-LS/ROLE)")
-    p.add_argument("--init-batch-size", type=int, help="linear-init: linear-phase batch size")
+    p.add_argument("--init-lr", type=float,
+                   help="linear-init: linear-phase lr (default: the authors' for AN-LS/ROLE; another flags the run smoke)")
+    p.add_argument("--init-batch-size", type=int, help="linear-init: linear-phase batch size (with --init-lr)")
     p.add_argument("--epochs", type=int, help="override the paper's epochs (flags the run smoke)")
     p.add_argument("--resolution", type=int, default=448, help="fine-tuning input size (not 448: smoke)")
     p.add_argument("--random-weights", action="store_true", help="random backbone for fine-tuning (smoke)")

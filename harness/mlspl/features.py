@@ -49,8 +49,9 @@ def feature_paths(features_dir):
     paths = {split: Path(features_dir) / name for split, name in FEATURE_FILES.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        raise UserError(f"missing {', '.join(missing)}; run `harness mlspl features extract` or "
-                        f"`harness mlspl features fetch` first")
+        raise UserError(f"missing {', '.join(missing)}; get the authors' features with `harness mlspl fetch-features "
+                        f"--out {features_dir}`, or extract them with `harness mlspl extract-features --data DATA "
+                        f"--coco-root COCO --out {features_dir}`")
     return paths
 
 
@@ -114,6 +115,7 @@ def load_imagenet_v1(model):
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # their fc is replaced
     missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    # Invariant, not user input: the sha256 above fixes the file, so its keys are torchvision's ResNet-50.
     assert not unexpected and all(k.startswith("fc.") for k in missing), (missing, unexpected)
     return {"path": str(path), "sha256": sha}
 
@@ -128,8 +130,12 @@ def extract_features(data_dir, coco_root, out_dir, *, resolution=448, batch_size
     import torch
     from tqdm import tqdm
 
+    from harness.mlspl import checks
     from harness.models.mlspl import FEATURE_DIM, MLSPLResNet50
 
+    checks.whole("--resolution", resolution)
+    checks.whole("--batch-size", batch_size)
+    checks.whole("--workers", workers, minimum=0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = MLSPLResNet50(linear_only=False)
@@ -179,6 +185,9 @@ def _write_json(path, data):
 
 def compare_features(ours_dir, theirs_dir, sample=1000, seed=0):
     """Cosine similarity of our rows with theirs on a random sample of rows, per split."""
+    from harness.mlspl import checks
+
+    checks.whole("--sample", sample)
     ours, theirs = feature_paths(ours_dir), feature_paths(theirs_dir)
     result = {}
     for split in FEATURE_FILES:

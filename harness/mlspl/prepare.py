@@ -28,6 +28,10 @@ FULL_COUNTS = {"train": 65_665, "val": 16_416, "test": 40_137}
 def format_split(instances, split):
     """(image paths, 0/1 float64 label matrix) of the annotated images, ids sorted as strings."""
     column = {c["id"]: i for i, c in enumerate(instances["categories"])}  # json order, not id order
+    unknown = sorted({int(a["category_id"]) for a in instances["annotations"]} - set(column))
+    if unknown:
+        raise UserError(f"instances_{split}2014.json: annotations use category ids {unknown[:5]} missing from its "
+                        f"categories; the file is damaged: use the official COCO 2014 annotations")
     ids = sorted({str(a["image_id"]) for a in instances["annotations"]})  # string sort, as theirs
     row = {int(image_id): i for i, image_id in enumerate(ids)}
     labels = np.zeros((len(ids), len(column)))
@@ -79,11 +83,14 @@ def _read_instances(coco_root, split):
         return json.load(f), path
 
 
-def _check_full_coco(n_json_images, split, n_rows, expected_json):
+def _check_full_coco(path, n_json_images, split, n_rows, expected_json):
     # Only the real COCO json is checked against the published counts; a subset is not.
     if n_json_images == expected_json:
         want = FULL_COUNTS["test"] if split == "val" else FULL_COUNTS["train"] + FULL_COUNTS["val"]
-        assert n_rows == want, f"{split}2014: {n_rows} annotated images, expected {want}"
+        if n_rows != want:
+            raise UserError(f"{path} lists the {n_json_images} images of full COCO {split}2014 but {n_rows} of them "
+                            f"have annotations, expected {want}: the file is incomplete or altered; delete it and "
+                            f"fetch it again with `harness data coco --root {path.parent.parent} --download`")
 
 
 def prepare(coco_root, out_dir):
@@ -101,7 +108,7 @@ def prepare(coco_root, out_dir):
         observed = observe_single_positive(labels)
         assert np.all(observed.sum(1) == 1), "every annotated image must keep exactly one positive"
         n_json = len(instances["images"])
-        _check_full_coco(n_json, split, len(images), FULL_TRAIN_IMAGES if split == "train" else FULL_VAL_IMAGES)
+        _check_full_coco(path, n_json, split, len(images), FULL_TRAIN_IMAGES if split == "train" else FULL_VAL_IMAGES)
         arrays.update({f"formatted_{split}_images.npy": images, f"formatted_{split}_labels.npy": labels,
                        f"formatted_{split}_labels_obs.npy": observed})
         meta["annotations_sha256"][split] = file_sha256(path)
@@ -110,7 +117,7 @@ def prepare(coco_root, out_dir):
     meta["counts"] = {"train": n_train, "val": n_val, "test": len(arrays["formatted_val_images.npy"])}
     meta["category_ids"] = [c[0] for c in categories]
     meta["smoke_subset"] = is_smoke_root(coco_root)
-    if meta["n_json_images"]["train"] == FULL_TRAIN_IMAGES:
+    if meta["n_json_images"]["train"] == FULL_TRAIN_IMAGES:  # invariant: _check_full_coco fixed n = 82,081
         assert meta["counts"]["train"] == FULL_COUNTS["train"] and meta["counts"]["val"] == FULL_COUNTS["val"]
     _write_new(out, arrays, meta)
     return meta

@@ -16,6 +16,7 @@ import numpy as np
 
 from harness import records
 from harness.errors import UserError
+from harness.mlspl import checks
 from harness.mlspl import record as rec
 from harness.mlspl.losses import LOSSES
 from harness.mlspl.prepare import FULL_COUNTS, load_prepared
@@ -142,19 +143,25 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
         raise UserError(f"mode {mode} trains on features; pass --features DIR")
     if mode in ("fine-tuned", "linear-init") and not coco_root:
         raise UserError(f"mode {mode} trains on images; pass --coco-root DIR")
+    init_given, grid_given = init_point is not None, bool(points)
     if mode == "linear-init":
         init_point = init_point or LINEAR_INIT.get(loss)
         if init_point is None:
             raise UserError(f"the authors fixed the linear phase of linear-init only for "
                             f"{' and '.join(LINEAR_INIT)}; pass --init-lr and --init-batch-size for {loss}")
-    device = pick_device(device)
+    elif init_given:
+        raise UserError(f"--init-lr and --init-batch-size set the linear phase of mode linear-init; "
+                        f"leave them out for mode {mode}")
     points = points or paper_grid()
     paper_epochs = EPOCHS["linear" if mode == "linear" else "fine-tuned"]
-    epochs = epochs or paper_epochs
+    epochs = paper_epochs if epochs is None else epochs
+    _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers)
+    device = pick_device(device)
     torch.manual_seed(seed)  # their code seeded numpy only; torch is seeded here too, and recorded
     np.random.seed(seed)
 
     data = load_prepared(data_dir)
+    _check_batch_sizes(data, points, grid_given, init_point, init_given)
     prep = json.loads((Path(data_dir) / "mlspl_prepare.json").read_text()) \
         if (Path(data_dir) / "mlspl_prepare.json").is_file() else {}
     mid = model_id(loss, mode)
@@ -190,7 +197,7 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
     records.save_arrays(run_dir, best.test_scores.astype(np.float32), labels, test.image_ids[:n_scored])
     ckpt_paths = rec.save_checkpoints(run_dir, best, data["train"].rows)
     reasons = _smoke_reasons(prep, data, features_info, random_weights, epochs, paper_epochs, points, resolution,
-                             max_steps)
+                             max_steps, loss, init_point)
     record = _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, points, epochs, seed,
                      device, resolution, features_info, weights_info, ckpt_paths, random_weights, n_scored, labels,
                      wall, started, reasons, coco_root or data_dir, init_point)
@@ -198,7 +205,34 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
     return run_dir
 
 
-def _smoke_reasons(prep, data, features_info, random_weights, epochs, paper_epochs, points, resolution, max_steps):
+def _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers):
+    """Each number the user can set, before anything is loaded or trained."""
+    checks.whole("--epochs", epochs, fix=f"leave --epochs out for the paper's {paper_epochs}")
+    checks.whole("--resolution", resolution)
+    checks.whole("--workers", workers, minimum=0)
+    for bs, lr in points:
+        checks.whole("--batch-size", bs)
+        checks.positive("--lr", lr)
+    if init_point is not None:
+        checks.whole("--init-batch-size", init_point[1])
+        checks.positive("--init-lr", init_point[0])
+
+
+def _check_batch_sizes(data, points, grid_given, init_point, init_given):
+    """No batch may be larger than a split: train, val and test loaders all drop their last partial batch."""
+    sizes = {name: len(split.images) for name, split in data.items()}
+    flag, fix = ("--batch-size", "use --batch-size N with N") if grid_given else \
+        ("the paper's grid batch size", "train one point with --lr and --batch-size N (flags the run smoke), N")
+    for bs in sorted({bs for bs, _ in points}):
+        checks.batch_fits(flag, bs, sizes, fix)
+    if init_point is not None:
+        flag, fix = ("--init-batch-size", "use --init-batch-size N with N") if init_given else \
+            ("the authors' linear-phase batch size", "pass --init-lr and --init-batch-size N (flags the run smoke), N")
+        checks.batch_fits(flag, init_point[1], sizes, fix)
+
+
+def _smoke_reasons(prep, data, features_info, random_weights, epochs, paper_epochs, points, resolution, max_steps,
+                   loss=None, init_point=None):
     reasons = []
     extraction = (features_info or {}).get("extraction") or {}
     if random_weights or extraction.get("random_weights"):
@@ -218,6 +252,10 @@ def _smoke_reasons(prep, data, features_info, random_weights, epochs, paper_epoc
         reasons.append(f"features at resolution {extraction.get('resolution')}, not {RESOLUTION}")
     if max_steps:
         reasons.append(f"at most {max_steps} steps per epoch")
+    fixed = LINEAR_INIT.get(loss)
+    if init_point is not None and tuple(init_point) != fixed:  # only linear-init has a linear phase
+        authors = f"not the authors' lr {fixed[0]:g} bs {fixed[1]}" if fixed else f"the authors fixed none for {loss}"
+        reasons.append(f"linear phase lr {init_point[0]:g} bs {init_point[1]}, {authors}")
     return reasons
 
 
