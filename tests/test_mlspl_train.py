@@ -65,6 +65,9 @@ def test_cli_linear_training_learns_and_writes_a_record(synth):
     assert record["metrics"]["mAP"] > max(50, 5 * chance)
     assert record["smoke"] and any("epochs" in r for r in record["smoke_reasons"])
     assert record["train"]["selected"]["test_mAP"] == pytest.approx(record["metrics"]["mAP"])
+    m = record["measurement"]  # the whole training, measured as an evaluation is
+    assert m["peak_rss_mib"] > 0 and m["wall_s"] > 0 and m["peak_vram_mib"] is None
+    assert "no GPU" in m["reasons"]["peak_vram_mib"] and "whole training" in m["notes"][-1]
     # The saved classifier reproduces the saved test scores.
     model = MLSPLResNet50(linear_only=True)
     model.load_state_dict(load_file(run_dir / "classifier.safetensors"))

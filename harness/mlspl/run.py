@@ -171,24 +171,30 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
     work = _work_dir(runs_root, mid, settings)
     started, t0 = rec.now(), time.perf_counter()
 
-    feats, features_info, linear_phase, weights_info = None, None, None, None
-    if features_dir:
-        feats, features_info = _load_features(features_dir, data)
-        feats = {k: v.to(device) for k, v in feats.items()}
-    if mode == "linear":
-        results = _linear(data, feats, loss, points, epochs, seed, device, work, "linear", progress)
-    else:
-        head = estimates = None
-        if mode == "linear-init":
-            init_bs, init_lr = init_point[1], init_point[0]
-            (linear_phase,) = _linear(data, feats, loss, [(init_bs, init_lr)], EPOCHS["linear"], seed, device,
-                                      work, "linear_phase", progress)
-            head = linear_phase.head
-            estimates = torch.sigmoid(linear_phase.table) if linear_phase.table is not None else None
-        results, weights_info = _fine_tune(data, loss, points, epochs, seed, device, work, coco_root, resolution,
-                                           random_weights, workers, max_steps, head, estimates, progress)
+    from harness.measure import EvalMeasurement
+    from harness.measure.measurement import nvml_baseline_mib
+
+    baseline_mib = nvml_baseline_mib(device)  # before features or a model reach the GPU
+    with EvalMeasurement(device, baseline_mib=baseline_mib) as measurement:
+        feats, features_info, linear_phase, weights_info = None, None, None, None
+        if features_dir:
+            feats, features_info = _load_features(features_dir, data)
+            feats = {k: v.to(device) for k, v in feats.items()}
+        if mode == "linear":
+            results = _linear(data, feats, loss, points, epochs, seed, device, work, "linear", progress)
+        else:
+            head = estimates = None
+            if mode == "linear-init":
+                init_bs, init_lr = init_point[1], init_point[0]
+                (linear_phase,) = _linear(data, feats, loss, [(init_bs, init_lr)], EPOCHS["linear"], seed, device,
+                                          work, "linear_phase", progress)
+                head = linear_phase.head
+                estimates = torch.sigmoid(linear_phase.table) if linear_phase.table is not None else None
+            results, weights_info = _fine_tune(data, loss, points, epochs, seed, device, work, coco_root, resolution,
+                                               random_weights, workers, max_steps, head, estimates, progress)
     best = select(results)
     wall = time.perf_counter() - t0
+    measured = _training_measurement(measurement.result())
 
     run_dir = records.new_run_dir(runs_root, mid)
     test = data["test"]
@@ -200,7 +206,7 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
                              max_steps, loss, init_point)
     record = _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, points, epochs, seed,
                      device, resolution, features_info, weights_info, ckpt_paths, random_weights, n_scored, labels,
-                     wall, started, reasons, coco_root or data_dir, init_point)
+                     wall, started, reasons, coco_root or data_dir, init_point, measured)
     records.write_record(run_dir, record)
     return run_dir
 
@@ -269,15 +275,21 @@ def _model_entry(mid):
         return {"id": mid, "family": "mlspl", "arch": {"name": "mlspl_resnet50", "num_classes": 80}, "paper": {}}
 
 
+def _training_measurement(measured):
+    """EvalMeasurement's figures for a whole training (every grid point, epoch, val and test pass)."""
+    measured["notes"].append("spans the whole training of this session: every grid point and epoch, with the "
+                             "val and test scoring (a resumed training measures only what this session ran)")
+    measured["reasons"]["images_per_s"] = "a training over a grid has no single images/s (see timings.wall_s)"
+    measured["reasons"]["energy_j_per_image"] = "energy is for the whole training: see energy_j"
+    return measured
+
+
 def _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, points, epochs, seed, device,
             resolution, features_info, weights_info, ckpt_paths, random_weights, n_scored, labels, wall, started,
-            reasons, root, init_point):
-    import torch
-
+            reasons, root, init_point, measured):
     from harness.data.categories import COCO_CATEGORIES
 
     names = [name for _, name, _ in COCO_CATEGORIES] if labels.shape[1] == 80 else None
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     return {
         "schema": 1,
         "kind": "train",
@@ -311,15 +323,7 @@ def _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, p
             "checkpoints": ckpt_paths,
         },
         "timings": {"wall_s": wall, "images_per_s": None},
-        "measurement": {"peak_vram_mib": None, "energy_j_per_image": None, "gpu_util_mean": None,
-                        "power_w_mean": None, "torch_max_allocated_mib": peak, "torch_max_reserved_mib": None,
-                        "peak_rss_mib": None,
-                        "reasons": {"peak_vram_mib": "not sampled during training", "energy_j_per_image":
-                                    "not sampled during training", "gpu_util_mean": "not sampled during training",
-                                    "power_w_mean": "not sampled during training",
-                                    "torch_max_reserved_mib": "not sampled during training",
-                                    "peak_rss_mib": "not sampled during training",
-                                    **({} if peak is not None else {"torch_max_allocated_mib": "no CUDA device"})}},
+        "measurement": measured,
         "environment": records.environment(),
         "started_at": started,
         "finished_at": rec.now(),
