@@ -21,7 +21,8 @@ step) and the count of tied scores, so a reader sees when ties could move a numb
 F1 family (no code published by the Q2L authors; the ML-GCN definition): predicted positive
 when score >= 0.5; CP, CR = per-class precision and recall averaged over the classes with a
 positive (a class with nothing predicted has precision 0); CF1 = 2 CP CR / (CP + CR); OP, OR, OF1
-pooled over all (image, class) pairs. `top3`: only each image's 3 highest scores may be
+pooled over all (image, class) pairs, OP's denominator counting 1 for each class nothing was
+predicted for (ML-GCN's `Np[Np == 0] = 1`). `top3`: only each image's 3 highest scores may be
 positive, and they must also be >= 0.5 (ML-GCN's `overall_topk`, C-Tran); a tie at the third
 place goes to the lower class index.
 
@@ -196,7 +197,7 @@ def f1_family(scores, positives, threshold=THRESHOLD, top_k=None):
         return dict.fromkeys(("CP", "CR", "CF1", "OP", "OR", "OF1"))
     cp = float(np.mean(correct[has] / np.maximum(n_predicted[has], 1)))
     cr = float(np.mean(correct[has] / n_true[has]))
-    op = float(correct.sum() / n_predicted.sum()) if n_predicted.sum() else 0.0
+    op = float(correct.sum() / np.maximum(n_predicted, 1).sum())  # ML-GCN counts 1 per never-predicted class
     orr = float(correct.sum() / n_true.sum())
 
     def f1(p, r):

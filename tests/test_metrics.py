@@ -158,7 +158,7 @@ def ref_f1(scores, labels, top_k=None):
         per_r.append(hit / pos[:, j].sum())
     cp, cr = np.mean(per_p), np.mean(per_r)
     hit = (pred & pos).sum()
-    op, orr = hit / pred.sum(), hit / pos.sum()
+    op, orr = hit / np.maximum(pred.sum(0), 1).sum(), hit / pos.sum()  # ML-GCN: Np[Np == 0] = 1
     return {"CP": cp, "CR": cr, "CF1": 2 * cp * cr / (cp + cr), "OP": op, "OR": orr, "OF1": 2 * op * orr / (op + orr)}
 
 
