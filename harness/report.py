@@ -163,7 +163,8 @@ def _provenance(environment, device):
         parts = [device.get("name") or environment.get("cpu")]
     else:
         parts = [f"{gpu['name']} (driver {gpu.get('driver') or 'unknown'})"]
-    parts += [f"{k} {environment[k]}" for k in ("torch", "cuda") if environment.get(k)]
+    on_gpu = device.get("type") != "cpu"  # a CPU run names no CUDA (the build's version says nothing)
+    parts += [f"{k} {environment[k]}" for k in ("torch", "cuda") if environment.get(k) and (on_gpu or k == "torch")]
     if environment.get("git_commit"):
         parts.append(f"harness commit {environment['git_commit'][:10]}" + (" (dirty)" if environment.get("git_dirty")
                                                                            else ""))
