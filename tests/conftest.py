@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from harness.data.smoke import make_smoke
 
@@ -7,3 +8,17 @@ from harness.data.smoke import make_smoke
 def smoke_root(tmp_path_factory):
     """One smoke subset for the whole test session (24 val + 48 train images)."""
     return make_smoke(tmp_path_factory.mktemp("smoke"), n_val=24, n_train=48, seed=0)
+
+
+def tiny_manifest(folder, model_id, arch, base="q2l-r101-448", **eval_overrides):
+    """A manifest holding one entry: `base`'s paper and eval settings with a tiny architecture."""
+    from harness.manifest import DEFAULT_MANIFEST
+
+    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    entry = data["models"][base]
+    entry["arch"] = arch
+    entry["eval"].update(eval_overrides)
+    data["models"] = {model_id: entry}
+    path = folder / "manifest.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

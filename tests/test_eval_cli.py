@@ -1,11 +1,10 @@
 """`harness eval` on the command line: bad numbers are one-line errors, missing figures print n/a."""
 import harness.metrics
 import pytest
-import yaml
 from torch import nn
 
+from conftest import tiny_manifest
 from harness.cli import main
-from harness.manifest import DEFAULT_MANIFEST
 from harness.models import register_model
 
 
@@ -16,14 +15,7 @@ def tiny_cli_net(num_classes=80, **_):
 
 @pytest.fixture()
 def manifest(tmp_path):
-    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
-    entry = data["models"]["q2l-r101-448"]
-    entry["arch"] = {"name": "tiny_cli_net", "num_classes": 80}
-    entry["eval"].update(resolution=32, batch_size=4)
-    data["models"] = {"tiny-cli": entry}
-    path = tmp_path / "manifest.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return tiny_manifest(tmp_path, "tiny-cli", {"name": "tiny_cli_net", "num_classes": 80}, resolution=32, batch_size=4)
 
 
 def _eval_args(manifest, smoke_root, runs, *extra):

@@ -6,14 +6,14 @@ import harness.records
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch import nn
 
+from conftest import tiny_manifest
 from harness.cli import main
 from harness.errors import UserError
 from harness.data.coco import load_labels
 from harness.evaluate import _non_finite_message, _smoke_reasons, evaluate
-from harness.manifest import DEFAULT_MANIFEST, get_spec
+from harness.manifest import get_spec
 from harness.models import register_model
 
 
@@ -48,18 +48,21 @@ def tiny_eval_net(num_classes=80, **_):
 
 @pytest.fixture()
 def manifest(tmp_path):
-    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
-    entry = data["models"]["q2l-r101-448"]
-    entry["arch"] = {"name": "tiny_eval_net", "num_classes": 80}
-    entry["eval"].update(resolution=32, batch_size=4)
-    data["models"] = {"tiny-q2l": entry}
-    path = tmp_path / "manifest.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return tiny_manifest(tmp_path, "tiny-q2l", {"name": "tiny_eval_net", "num_classes": 80}, resolution=32, batch_size=4)
 
 
 def _eval(spec, smoke_root, runs, **kw):
     return evaluate(spec, smoke_root, weights="random", runs_root=runs, workers=0, progress=False, **kw)
+
+
+def _interrupted(spec, smoke_root, runs, after_batches):
+    """A run stopped (as by Ctrl-C) once `after_batches` batches are scored."""
+    TinyNet.fail_after = after_batches
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _eval(spec, smoke_root, runs)
+    finally:
+        TinyNet.fail_after = None
 
 
 def test_eval_writes_a_complete_smoke_record(manifest, smoke_root, tmp_path):
@@ -82,12 +85,7 @@ def test_eval_writes_a_complete_smoke_record(manifest, smoke_root, tmp_path):
 def test_resume_after_interruption_gives_the_same_scores(manifest, smoke_root, tmp_path):
     spec = get_spec("tiny-q2l", manifest)
     whole = np.load(_eval(spec, smoke_root, tmp_path / "a") / "scores.npy")
-    TinyNet.fail_after = 3  # three batches of 4 land, then the run is interrupted
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _eval(spec, smoke_root, tmp_path / "b")
-    finally:
-        TinyNet.fail_after = None
+    _interrupted(spec, smoke_root, tmp_path / "b", after_batches=3)  # 3 batches of 4 land
     unfinished = next((tmp_path / "b" / "tiny-q2l").iterdir())
     assert json.loads((unfinished / "progress.json").read_text())["done"] == 12
     assert not (unfinished / "record.json").exists()
@@ -99,12 +97,7 @@ def test_resume_after_interruption_gives_the_same_scores(manifest, smoke_root, t
 
 def test_resume_refuses_changed_settings_and_finished_runs(manifest, smoke_root, tmp_path):
     spec = get_spec("tiny-q2l", manifest)
-    TinyNet.fail_after = 1
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _eval(spec, smoke_root, tmp_path / "r")
-    finally:
-        TinyNet.fail_after = None
+    _interrupted(spec, smoke_root, tmp_path / "r", after_batches=1)
     with pytest.raises(UserError, match="batch_size"):
         _eval(spec, smoke_root, tmp_path / "r", resume="latest", batch_size=8)
     done = _eval(spec, smoke_root, tmp_path / "r", resume="latest")
@@ -183,12 +176,7 @@ def test_resume_finishes_a_folder_left_with_scores_but_no_record(manifest, smoke
 def test_a_partial_file_lost_restarts_from_row_zero(manifest, smoke_root, tmp_path):
     spec = get_spec("tiny-q2l", manifest)
     whole = np.load(_eval(spec, smoke_root, tmp_path / "a") / "scores.npy")
-    TinyNet.fail_after = 2
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _eval(spec, smoke_root, tmp_path / "b")
-    finally:
-        TinyNet.fail_after = None
+    _interrupted(spec, smoke_root, tmp_path / "b", after_batches=2)
     unfinished = next((tmp_path / "b" / "tiny-q2l").iterdir())
     (unfinished / "scores.partial.npy").unlink()  # progress.json still says 8 rows, but they are gone
     run_dir = _eval(spec, smoke_root, tmp_path / "b", resume="latest")
