@@ -134,6 +134,8 @@ def test_mlspl_rows_carry_the_paper_context():
     row = next(r for r in data["models"] if r["model"] == "mlspl-an-fine-tuned")
     assert row["paper_confidence"] == "high" and "64.92" in row["reruns_by_others"]
     assert row["status"] == "no run yet" and row["tolerance"] == 1.0
+    bce = next(r for r in data["models"] if r["model"] == "mlspl-bce-fine-tuned")  # the full-label upper bound
+    assert "76.78" in bce["reruns_by_others"] and bce["paper_mAP"] is None
 
 
 def test_report_command_writes_a_file(runs, tmp_path, capsys):

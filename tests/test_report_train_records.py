@@ -34,3 +34,13 @@ def test_a_train_record_can_be_rescored(trained, capsys):
     assert main(["rescore", str(run_dir), "--no-ci"]) == 0
     (written,) = run_dir.glob("rescore-mlspl*.json")
     assert json.loads(written.read_text())["metrics"]["mAP"] == pytest.approx(record["metrics"]["mAP"])
+
+
+def test_the_full_label_upper_bound_is_shown_too(synth, tmp_path):  # noqa: F811
+    base, feats = synth
+    assert main(["mlspl", "train", "--loss", "BCE", "--mode", "linear", "--data", str(base / "data"),
+                 "--features", str(feats), "--lr", "1e-3", "--batch-size", "16", "--epochs", "1",
+                 "--device", "cpu", "--out", str(tmp_path)]) == 0
+    data = report.collect(tmp_path, load_manifest(), report.load_paper_tables(), measured_root=None)
+    row = next(r for r in data["models"] if r["model"] == "mlspl-bce-linear")
+    assert row["mAP"] is not None and row["status"] == "smoke" and not data["notes"]

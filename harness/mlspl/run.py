@@ -271,7 +271,7 @@ def _model_entry(mid):
     try:
         spec = get_spec(mid)
         return {"id": mid, "family": spec.family, "arch": spec.arch, "paper": spec.paper}
-    except UserError:  # e.g. the full-label BCE upper bound, which has no manifest entry
+    except UserError:  # a loss and mode without a manifest entry (e.g. BCE linear-init)
         return {"id": mid, "family": "mlspl", "arch": {"name": "mlspl_resnet50", "num_classes": 80}, "paper": {}}
 
 
