@@ -33,11 +33,13 @@ SAFE_NUMPY_GLOBALS = [
 
 # ---------------------------------------------------------------- reading files
 
-def sha256_of(path):
-    """The file's sha256, taken from the download record when its size still matches."""
+def sha256_of(path, *, fetched=False):
+    """The file's sha256, hashed in full. fetched=True: a file the download layer has just checked
+    in its cache may take the hash from its download record (when its size still matches); a
+    file named by the user never does, since a record beside it proves nothing."""
     from harness.download.verify import file_digest, read_record
 
-    record = read_record(path)
+    record = read_record(path) if fetched else None
     if record and record.get("size") == Path(path).stat().st_size and record.get("sha256"):
         return record["sha256"]
     return file_digest(path)
@@ -54,7 +56,7 @@ def _unsafe_globals(path, error):
     return [g for g in found if g not in allowed]
 
 
-def read_pickle(path, *, trust=False, pinned_sha256=None, sha256=None):
+def read_pickle(path, *, trust=False, pinned_sha256=None):
     """The object in a torch checkpoint file, unpickled without running code.
 
     With trust=True a file needing more than the allow-list is unpickled in full, but only
@@ -76,7 +78,7 @@ def read_pickle(path, *, trust=False, pinned_sha256=None, sha256=None):
     if not trust:
         raise UserError(f"{path} needs {needed} to unpickle, which could run code: refused; if you trust "
                         f"this file, pass --trust-checkpoint (accepted only when the manifest pins its sha256)")
-    sha = sha256 or sha256_of(path)
+    sha = sha256_of(path)  # in full: this decides whether code may run
     if not pinned_sha256:
         raise UserError(f"--trust-checkpoint refused for {path}: the manifest pins no sha256 for it, so "
                         f"nothing says it is the released file; pin its sha256 ({sha}) in the manifest first")
@@ -254,7 +256,7 @@ def checkpoint_q2l_sizes(path, *, trust=False, pinned_sha256=None, cache_dir=Non
         with safe_open(str(cached), "pt") as f:
             shapes = {k: _Shape(f.get_slice(k).get_shape()) for k in f.keys()}
         return q2l_sizes(shapes)
-    return q2l_sizes(find_state_dict(read_pickle(path, trust=trust, pinned_sha256=pinned_sha256, sha256=sha)))
+    return q2l_sizes(find_state_dict(read_pickle(path, trust=trust, pinned_sha256=pinned_sha256)))
 
 
 class _Shape:
@@ -289,7 +291,7 @@ def load_checkpoint_into(model, path, config_path=None, *, trust=False, pinned_s
             load_state_dict_strict(model, state, source=str(cached))
             return {"sha256": sha, "epoch": _num(meta.get("epoch"), int),
                     "best_mAP": _num(meta.get("best_mAP"), float), "loaded_from": str(cached)}
-    obj = read_pickle(path, trust=trust, pinned_sha256=pinned_sha256, sha256=sha)
+    obj = read_pickle(path, trust=trust, pinned_sha256=pinned_sha256)
     state = find_state_dict(obj)
     _check_config(model, state, config, eval_spec)
     load_state_dict_strict(model, state, source=str(path))
@@ -369,7 +371,7 @@ def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_di
     path, config = release_files(spec, path, config, weights_dir=weights_dir, cache_dir=cache_dir)
     pinned_sha = spec.files["checkpoint"].sha256 if "checkpoint" in spec.files else None
     options = dict(trust=trust, pinned_sha256=pinned_sha, cache_dir=harness_home(cache_dir) / "safetensors",
-                   name=spec.id, sha256=sha256_of(path))
+                   name=spec.id, sha256=sha256_of(path, fetched=not given))
     from_checkpoint = {}
     if spec.family == "q2l":
         sizes = checkpoint_q2l_sizes(path, **options)

@@ -243,3 +243,16 @@ def test_weights_given_by_path_count_only_when_they_are_the_release(tmp_path, mo
     spec = dataclasses.replace(spec, files={**spec.files, "checkpoint": pinned})
     assert unverified_reason(spec, "c" * 64) is None and unverified_reason(spec, "b" * 64) is not None
     assert unverified_reason(get_spec("mlspl-role-linear", manifest), "a" * 64) is None  # trained here
+
+
+def test_a_download_record_beside_a_named_file_is_not_trusted(tmp_path):
+    from harness.checkpoints import sha256_of
+    from harness.download.verify import file_digest, write_record
+
+    path = tmp_path / "checkpoint.pkl"
+    path.write_bytes(b"the released bytes")
+    write_record(path, file_digest(path), "test")
+    path.write_bytes(b"other bytes here!!")  # replaced by a file of the same size
+    assert path.stat().st_size == len(b"the released bytes")
+    assert sha256_of(path) == file_digest(path)  # named by the user: hashed in full
+    assert sha256_of(path, fetched=True) != file_digest(path)  # the cache's fast path reads the record
