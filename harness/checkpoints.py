@@ -333,6 +333,9 @@ def release_files(spec, path=None, config=None, *, weights_dir=None, cache_dir=N
         path = fetch(spec, "checkpoint", cache_dir=cache_dir, weights_dir=weights_dir)
         if config is None and "config" in spec.files:
             config = fetch(spec, "config", cache_dir=cache_dir, weights_dir=weights_dir)
+    elif not Path(path).is_file():
+        raise UserError(f"--weights {path}: no such file; pass a checkpoint file (or 'random'), or leave "
+                        f"--weights out to use the verified release")
     sibling = Path(path).with_name("config_new.json")
     if config is None and spec.family == "q2l" and sibling.is_file():
         config = sibling

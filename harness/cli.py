@@ -47,6 +47,11 @@ def main(argv=None):
     except UserError as e:
         print(f"harness {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path, permission, full disk or network problem: the user's to fix, not a bug
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"harness {args.command}: error: {e.strerror or e}{where}; check the path, its permissions "
+              f"and free space (or the network)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"harness {args.command}: interrupted", file=sys.stderr)
         return 130

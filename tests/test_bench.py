@@ -39,6 +39,16 @@ def tiny_bench_oom(num_classes=5, oom_from=4):
     return TinyNet(num_classes, oom_from)
 
 
+class BrokenNet(TinyNet):
+    def forward(self, x):
+        raise RuntimeError("CUDNN_STATUS_INTERNAL_ERROR (fake)")
+
+
+@register_model
+def tiny_bench_broken(num_classes=5):
+    return BrokenNet(num_classes)
+
+
 def _entry(family, arch, resolution=32, batch_size=4):
     entry = {"family": family, "arch": arch, "released": False,
              "paper": {"title": "t", "table": "T1", "row": "r", "metrics": {"mAP": None}},
@@ -56,6 +66,7 @@ def manifest(tmp_path):
         "tiny-oom": _entry("asl", {"name": "tiny_bench_oom", "num_classes": 5, "oom_from": 4}, batch_size=16),
         "tiny-same-arch": _entry("mlspl", {"name": "tiny_bench_net", "num_classes": 5}),  # same as tiny-a
         "tiny-unbuilt": _entry("q2l", {"name": "no_such_builder_yet"}),
+        "tiny-broken": _entry("asl", {"name": "tiny_bench_broken", "num_classes": 5}),
     }
     path = tmp_path / "manifest.yaml"
     path.write_text(yaml.safe_dump({"schema": 1, "models": models}))
@@ -124,7 +135,11 @@ def test_bench_all_one_per_architecture_and_skips_unbuildable(manifest, tmp_path
     out = tmp_path / "runs"
     assert _bench(manifest, out, "all", "--batch-size", "1") == 0
     assert sorted(_records(out)) == ["tiny-a", "tiny-oom"]  # tiny-same-arch shares tiny-a's arch
-    assert "skipped tiny-unbuilt" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "skipped tiny-unbuilt" in captured.err
+    assert "tiny-broken failed, going on: RuntimeError" in captured.err  # one failure does not stop the rest
+    assert "not measured: " in captured.out and "tiny-unbuilt (cannot build" in captured.out
+    assert "tiny-broken (failed: RuntimeError" in captured.out
 
 
 @pytest.mark.parametrize("argv,words", [
@@ -132,6 +147,7 @@ def test_bench_all_one_per_architecture_and_skips_unbuildable(manifest, tmp_path
     (["tiny-a", "--batch-size", "0"], "batch sizes"),
     (["no-such-model"], "unknown model"),
     (["tiny-unbuilt"], "cannot build tiny-unbuilt"),
+    (["tiny-a", "--min-time-s", "-1"], "--min-time-s"),
 ])
 def test_bench_user_errors_exit_2(manifest, tmp_path, capsys, argv, words):
     assert _bench(manifest, tmp_path / "runs", *argv) == 2
@@ -166,3 +182,10 @@ def test_bench_runs_from_a_bare_checkout_without_data_packages(tmp_path):
 def _git_head():
     done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     return done.stdout.strip()
+
+
+def test_bench_checks_out_before_measuring(manifest, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert _bench(manifest, blocker / "runs", "tiny-a") == 2
+    assert "--out" in capsys.readouterr().err

@@ -29,3 +29,19 @@ def test_console_script_runs_and_user_error_exits_2():
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "manifest not found" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_file_system_problems_are_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["report", "--runs", str(tmp_path), "--out", str(blocker / "report.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a-file" in err and "Traceback" not in err
+    assert main(["report", "--runs", str(tmp_path), "--format", "all", "--out", str(blocker)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_eval_with_a_missing_weights_file_is_one_line(smoke_root, tmp_path, capsys):
+    code = main(["eval", "q2l-r101-448", "--coco-root", str(smoke_root), "--weights", str(tmp_path / "nope.pkl"),
+                 "--out", str(tmp_path / "runs"), "--workers", "0", "--no-progress"])
+    assert code == 2 and "no such file" in capsys.readouterr().err

@@ -272,6 +272,13 @@ def test_warmup_by_time_as_well_as_by_count():
     assert time.perf_counter() - start >= 0.2
 
 
+def test_timed_span_lasts_at_least_min_time():
+    net = CountingNet(sleep_s=0.01)
+    row, meas = throughput.time_model(net, 2, 16, "cpu", iters=1, warmup=0, min_time_s=0.1)
+    assert row["iters"] == net.calls >= 5  # one call asked for, but the span had to last 0.1 s
+    assert meas["n_images"] == 2 * row["iters"] and meas["wall_s"] >= 0.1
+
+
 def test_sweep_records_oom_frees_memory_and_goes_on():
     net = CountingNet(oom_from=4)
 

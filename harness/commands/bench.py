@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 from harness.errors import UserError
 
-DEFAULTS = {"cuda": {"iters": 50, "warmup": 10, "warmup_s": 2.0},
-            "cpu": {"iters": 5, "warmup": 1, "warmup_s": 0.0}}
+DEFAULTS = {"cuda": {"iters": 50, "warmup": 10, "warmup_s": 2.0, "min_time_s": 5.0},
+            "cpu": {"iters": 5, "warmup": 1, "warmup_s": 0.0, "min_time_s": 0.0}}
 BENCH_FAMILIES = ("q2l", "asl", "mlspl")
 
 
@@ -32,8 +32,15 @@ def add_arguments(parser):
     parser.add_argument("--iters", type=int, default=None, metavar="N", help="timed calls per batch size (default 50 GPU, 5 CPU)")
     parser.add_argument("--warmup", type=int, default=None, metavar="N", help="warm-up calls (default 10 GPU, 1 CPU)")
     parser.add_argument("--warmup-s", type=float, default=None, metavar="S", help="and at least this many seconds (default 2 GPU, 0 CPU)")
+    parser.add_argument("--min-time-s", type=float, default=None, metavar="S",
+                        help="timed calls last at least this long, for steady power and energy readings "
+                             "(default 5 GPU, 0 CPU)")
     parser.add_argument("--out", default="runs", metavar="DIR", help="runs folder (default: runs/)")
     parser.add_argument("--manifest", default=None, metavar="FILE", help="model manifest (default: weights_manifest.yaml)")
+
+
+class CannotBuild(Exception):
+    """The model has no builder here (or needs a package that is missing)."""
 
 
 def _now():
@@ -46,8 +53,20 @@ def _check_args(args):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if any(b < 1 for b in args.batch_size):
         raise UserError(f"batch sizes must be positive (got {args.batch_size}); e.g. --batch-size 1 16")
-    if (args.warmup is not None and args.warmup < 0) or (args.warmup_s is not None and args.warmup_s < 0):
-        raise UserError("--warmup and --warmup-s cannot be negative")
+    if any(v is not None and v < 0 for v in (args.warmup, args.warmup_s, args.min_time_s)):
+        raise UserError("--warmup, --warmup-s and --min-time-s cannot be negative")
+
+
+def _check_writable(folder):
+    import os
+    from pathlib import Path
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {folder}: cannot create it ({e.strerror}); pass a folder you can write to")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"--out {folder}: not writable; pass a folder you can write to")
 
 
 def _pick_device(requested):
@@ -104,7 +123,10 @@ def bench_model(spec, device, args, settings, baseline_mib):
 
     started = _now()
     resolution = spec.eval.resolution
-    model = create_model(spec.id, manifest=args.manifest).eval()
+    try:
+        model = create_model(spec.id, manifest=args.manifest).eval()
+    except (KeyError, ImportError) as e:  # no builder yet, or a missing optional package
+        raise CannotBuild(str(e)) from None
     params = count_params(model)
     model = model.to(device)
     if args.channels_last:
@@ -118,6 +140,7 @@ def bench_model(spec, device, args, settings, baseline_mib):
             runner = torch.compile(model, dynamic=False)
         return time_model(runner, batch_size, resolution, device, iters=settings["iters"],
                           warmup=max(settings["warmup"], 1 if args.compile else 0), warmup_s=settings["warmup_s"],
+                          min_time_s=settings["min_time_s"],
                           amp=args.amp, channels_last=args.channels_last, baseline_mib=baseline_mib)
 
     t = time.perf_counter()
@@ -168,6 +191,7 @@ def run(args):
     parse_size_mib(args.vram_budget)  # a bad budget fails before any model is built
     specs = _models_to_run(args.model, args.manifest)
     device = _pick_device(args.device)
+    _check_writable(args.out)  # before minutes of measuring, not after
 
     from tabulate import tabulate
 
@@ -183,11 +207,18 @@ def run(args):
     for spec in specs:
         try:
             record = bench_model(spec, device, args, settings, baseline)
-        except (KeyError, ImportError) as e:  # no builder yet, or a missing optional package
+        except CannotBuild as e:
             if args.model != "all":
                 raise UserError(f"cannot build {spec.id}: {e}; see `harness models` for what it needs")
-            skipped.append(spec.id)
+            skipped.append(f"{spec.id} (cannot build it: {e})")
             print(f"harness bench: skipped {spec.id}: cannot build it ({e})", file=sys.stderr)
+            continue
+        except Exception as e:  # one model's failure (a cuDNN error, a compile failure) must not stop the others
+            if args.model != "all":
+                raise
+            skipped.append(f"{spec.id} (failed: {type(e).__name__}: {e})")
+            print(f"harness bench: {spec.id} failed, going on: {type(e).__name__}: {e}", file=sys.stderr)
+            free_memory(device, collect=True)
             continue
         free_memory(device, collect=True)  # the model is gone: give its memory back before the next
         record["environment"] = env
@@ -198,9 +229,11 @@ def run(args):
         cells = display_cost(bench_row(spec, record))
         rows.append({header: cells[key] for key, header in COST_COLUMNS})
     if not rows:
-        raise UserError(f"no model could be built ({', '.join(skipped)}); see `harness models`")
+        raise UserError(f"no model was measured: {'; '.join(skipped)}; see `harness models`")
     print()
     print(tabulate(rows, headers="keys", disable_numparse=True))
+    if skipped:
+        print(f"\nnot measured: {'; '.join(skipped)}")
     if device == "cpu":
         print("\nCPU run: GPU memory, energy and the VRAM fit are null in the records (no GPU); "
               "peak RSS is host memory.")

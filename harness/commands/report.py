@@ -32,6 +32,9 @@ def run(args):
     if measured is not None and args.measured is not None and not measured.is_dir():
         raise UserError(f"measured records folder not found: {measured}; pass --measured DIR or --measured none")
     if args.format == "all":
+        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UserError(f"--format all writes five files into a folder, but --out {args.out} is a file; "
+                            f"pass a folder, e.g. --out tables")
         for path in report.write_all(args.runs, args.out or "tables", args.manifest, args.tables,
                                      measured_root=measured):
             print(f"written: {path}", file=sys.stderr)

@@ -44,9 +44,13 @@ def free_memory(device, collect=False):
         torch.cuda.empty_cache()
 
 
-def time_model(model, batch_size, resolution, device, *, iters, warmup, warmup_s=0.0,
+def time_model(model, batch_size, resolution, device, *, iters, warmup, warmup_s=0.0, min_time_s=0.0,
                amp=None, channels_last=False, baseline_mib=None):
-    """Time `model` on one synthetic batch; return (results row, full measurement dict)."""
+    """Time `model` on one synthetic batch; return (results row, full measurement dict).
+
+    The timed span runs at least `iters` calls AND at least `min_time_s` seconds: NVML's power
+    and energy readings are averaged over about a second, so a short span would mostly measure
+    what came before it."""
     x = synthetic_batch(batch_size, resolution, device, channels_last)
     latencies = []
     with torch.inference_mode(), autocast(device, amp):
@@ -58,18 +62,19 @@ def time_model(model, batch_size, resolution, device, *, iters, warmup, warmup_s
             if first_call_s is None:  # holds compilation, autotuning and lazy initialisation
                 first_call_s = time.perf_counter() - start
         with EvalMeasurement(device, baseline_mib=baseline_mib) as m:
-            for _ in range(iters):
+            span_start = time.perf_counter()
+            while len(latencies) < iters or time.perf_counter() - span_start < min_time_s:
                 t = time.perf_counter()
                 model(x)
                 synchronize(device)
                 latencies.append(time.perf_counter() - t)
-            m.count(batch_size * iters)
+            m.count(batch_size * len(latencies))
     measurement = m.result()
     p50, p90, p99 = np.percentile(np.array(latencies) * 1000.0, [50, 90, 99]).tolist()
     row = {"batch_size": batch_size, "oom": False,
-           "images_per_s": batch_size * iters / sum(latencies),
+           "images_per_s": batch_size * len(latencies) / sum(latencies),
            "latency_ms": {"p50": p50, "p90": p90, "p99": p99},
-           "iters": iters, "warmup_calls": n, "first_call_s": first_call_s}
+           "iters": len(latencies), "warmup_calls": n, "first_call_s": first_call_s}
     row.update({k: measurement.get(k) for k in RESULT_KEYS})
     row["memory_check"] = measurement.get("memory_check")  # None on CPU
     row["reasons"] = {k: v for k, v in measurement["reasons"].items() if k in RESULT_KEYS}
