@@ -73,6 +73,78 @@ def test_cli_features_target(zenodo, capsys):
     assert str(features_dir() / "coco.zip") in capsys.readouterr().out
 
 
+def test_complete_cache_needs_no_network(zenodo):
+    add_zenodo_record(zenodo, "10162606", {"coco.zip": FEATURES, "coco_labels.npy": b"labels"})
+    paths = fetch_mlspl_features(quiet=True)
+    zenodo.close()  # online, but Zenodo is out of reach: the verified cache is enough
+    assert fetch_mlspl_features(quiet=True) == paths
+    assert [p for p, _, _ in zenodo.log].count("/api/records/10162606") == 1
+
+
+def test_only_what_is_missing_goes_online(zenodo):
+    add_zenodo_record(zenodo, "10162606", {"coco.zip": FEATURES, "coco_labels.npy": b"labels"})
+    fetch_mlspl_features(quiet=True)
+    fetch_mlspl_features(quiet=True)  # complete: no request at all
+    (features_dir() / "coco_labels.npy").unlink()
+    fetch_mlspl_features(quiet=True)
+    assert (features_dir() / "coco_labels.npy").read_bytes() == b"labels"
+    assert len(zenodo.hits("/api/records/10162606")) == 2
+    assert len(zenodo.hits("/api/records/10162606/files/coco_labels.npy/content")) == 2
+    assert len(zenodo.hits("/api/records/10162606/files/coco.zip/content")) == 1
+
+
+def test_damaged_listing(zenodo):
+    add_zenodo_record(zenodo, "10162606", {"coco.zip": FEATURES})
+    [path] = fetch_mlspl_features(quiet=True)
+    listing = features_dir() / "zenodo-10162606.json"
+    listing.write_text('{"coco.zip": {"key": "coco.zi')  # cut short
+    with pytest.raises(UserError) as err:
+        fetch_mlspl_features(offline=True)
+    assert str(listing) in str(err.value) and "delete it" in str(err.value) and "\n" not in str(err.value)
+    assert fetch_mlspl_features(quiet=True) == [path]  # online: replaced by a fresh listing
+    assert json.loads(listing.read_text())["coco.zip"]["key"] == "coco.zip"
+
+
+def test_archive_that_does_not_unpack(zenodo):
+    add_zenodo_record(zenodo, "10162606", {"coco.zip": b"PK\x03\x04 not really a zip"})
+    with pytest.raises(UserError, match=r"cannot unpack .*coco.zip .*delete it"):
+        fetch_mlspl_features(quiet=True)
+
+
+def test_disk_full_while_unpacking(zenodo, monkeypatch):
+    import errno
+    import shutil
+    add_zenodo_record(zenodo, "10162606", {"coco.zip": FEATURES})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(shutil, "unpack_archive", full)
+    with pytest.raises(UserError, match="disk full .*free some space"):
+        fetch_mlspl_features(quiet=True)
+    assert not (features_dir() / "coco.zip.unpacked").exists()  # unpacked on the next run
+
+
+def tar_gz(members):
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.skipif(not hasattr(__import__("tarfile"), "data_filter"), reason="Python without tar filters")
+def test_tar_members_stay_inside_the_folder(zenodo):
+    add_zenodo_record(zenodo, "10162606", {"coco.tar.gz": tar_gz({"coco/val.npy": b"ok"}),
+                                           "coco_evil.tar.gz": tar_gz({"../../evil.txt": b"gotcha"})})
+    with pytest.raises(UserError, match="cannot unpack .*coco_evil.tar.gz"):
+        fetch_mlspl_features(quiet=True)
+    assert (features_dir() / "coco" / "val.npy").read_bytes() == b"ok"
+    assert not (features_dir().parent.parent / "evil.txt").exists()  # where ../../ would have put it
+
+
 # --- COCO ---------------------------------------------------------------------------------------
 
 VAL_NAMES = [f"COCO_val2014_{i:012d}.jpg" for i in (42, 73, 74)]
@@ -137,3 +209,52 @@ def test_coco_offline_names_what_is_missing(tmp_path, coco_host):
     assert coco_host.log == []
     with pytest.raises(UserError, match="unknown COCO part"):
         fetch_coco(tmp_path / "coco", splits=("val2017",))
+
+
+def instances_json(names, tag="by hand"):
+    return json.dumps({"info": {"description": tag}, "annotations": [], "categories": [],
+                       "images": [{"id": i, "file_name": n} for i, n in enumerate(names)]})
+
+
+def place_by_hand(root, val=True, train=True):
+    (root / "annotations").mkdir(parents=True)
+    if val:
+        (root / "annotations" / "instances_val2014.json").write_text(instances_json(VAL_NAMES))
+    if train:
+        (root / "annotations" / "instances_train2014.json").write_text(instances_json([]))
+
+
+def test_coco_annotations_unpacked_by_hand_are_used(tmp_path, coco_host):
+    root = tmp_path / "coco"
+    place_by_hand(root)
+    (root / "val2014").mkdir()
+    for n in VAL_NAMES:
+        (root / "val2014" / n).write_bytes(b"jpeg")
+    assert fetch_coco(root, offline=True, quiet=True)["annotations"] == root / "annotations"
+    assert coco_host.log == [] and (root / "annotations" / ".harness-complete").is_file()
+    ann = coco_host.publish("annotations", annotations_zip())  # online too: nothing fetched, nothing replaced
+    (root / "annotations" / ".harness-complete").unlink()
+    fetch_coco(root, quiet=True)
+    assert coco_host.hits(ann) == []
+    assert "by hand" in (root / "annotations" / "instances_val2014.json").read_text()
+
+
+def test_coco_missing_annotation_fetched_without_touching_the_other(tmp_path, coco_host):
+    root = tmp_path / "coco"
+    place_by_hand(root, train=False)
+    coco_host.publish("annotations", annotations_zip())
+    fetch_coco(root, splits=("annotations",), quiet=True)
+    assert "by hand" in (root / "annotations" / "instances_val2014.json").read_text()
+    assert "COCO_train2014_000000000009.jpg" in (root / "annotations" / "instances_train2014.json").read_text()
+    assert not list((root / "downloads").iterdir())  # no leftovers of the unpacking
+
+
+def test_coco_broken_annotation_by_hand_is_named_and_kept(tmp_path, coco_host):
+    root = tmp_path / "coco"
+    place_by_hand(root)
+    broken = root / "annotations" / "instances_val2014.json"
+    broken.write_text('{"images": [')
+    coco_host.publish("annotations", annotations_zip())
+    with pytest.raises(UserError, match="instances_val2014.json is not a COCO instances file"):
+        fetch_coco(root, quiet=True)
+    assert broken.read_text() == '{"images": [' and coco_host.log == []

@@ -92,3 +92,87 @@ def test_drive_file_removed(tmp_path, drive):
                                                "sources": [{"type": "gdrive_file", "file_id": "1" + "x" * 32}]}})
     with pytest.raises(UserError, match="Google Drive did not give file"):
         fetch(spec, "checkpoint", quiet=True)
+
+
+def by_id(drive, mirror=None):
+    sources = [{"type": "gdrive_file", "file_id": drive.ckpt}]
+    if mirror:
+        sources.append({"type": "http", "url": mirror})
+    return {"filename": "checkpoint.pkl", "sha256": sha(DATA), "sources": sources}
+
+
+def redirect_loop(h, query):
+    """/uc sends the client back to itself (through the Google host that is rebased here)."""
+    h.send_response(302)
+    h.send_header("Location", f"https://drive.google.com/uc?id={query.get('id', '')}")
+    h.send_header("Content-Length", "0")
+    h.end_headers()
+
+
+def test_redirect_loop_on_a_file_falls_back_to_the_mirror(tmp_path, drive, server):
+    server.routes["/uc"] = redirect_loop
+    server.routes["/mirror/checkpoint.pkl"] = file_route(DATA)
+    spec = make_spec(tmp_path, {"checkpoint": by_id(drive, mirror=server.url + "/mirror/checkpoint.pkl")})
+    assert fetch(spec, "checkpoint", quiet=True).read_bytes() == DATA
+    assert len(server.hits("/uc")) > 1 and server.hits("/mirror/checkpoint.pkl")
+
+
+def test_redirect_loop_while_listing_a_folder_falls_back_to_the_mirror(tmp_path, drive, server):
+    server.routes["/uc"] = redirect_loop  # gdown asks /uc for each file's name while listing
+    server.routes["/mirror/checkpoint.pkl"] = file_route(DATA)
+    spec = make_spec(tmp_path, {"checkpoint": folder_file(drive, "checkpoint.pkl", sha(DATA),
+                                                          mirror=server.url + "/mirror/checkpoint.pkl")})
+    assert fetch(spec, "checkpoint", quiet=True).read_bytes() == DATA
+
+
+def test_redirect_loop_everywhere_is_not_called_no_network(tmp_path, drive, server):
+    server.routes["/uc"] = redirect_loop
+    spec = make_spec(tmp_path, {"checkpoint": by_id(drive)})
+    with pytest.raises(UserError) as err:
+        fetch(spec, "checkpoint", quiet=True)
+    assert "redirects" in str(err.value) and "no network" not in str(err.value)
+
+
+def gdown_partials(spec, drive):
+    from harness.download import sources
+    part = sources.partial_path(cache_path(spec, "checkpoint"), {"type": "gdrive_file", "file_id": drive.ckpt})
+    return part, sorted(part.parent.glob(part.name + "*.part"))
+
+
+def test_partial_that_cannot_be_resumed_starts_again(tmp_path, drive, server, monkeypatch):
+    monkeypatch.setenv("HARNESS_RETRIES", "0")
+    drive.drop_first(drive.ckpt)
+    spec = make_spec(tmp_path, {"checkpoint": by_id(drive)})
+    with pytest.raises(UserError, match="no network"):  # a dropped connection: the partial is kept
+        fetch(spec, "checkpoint", quiet=True)
+    [partial] = gdown_partials(spec, drive)[1]
+    assert 0 < partial.stat().st_size < len(DATA)
+    # Next run, Drive answers the resume request with the whole file (re-released, or no ranges).
+    drive.drops[drive.ckpt] = file_route(DATA, ranges=False, headers={
+        "Content-Disposition": 'attachment; filename="checkpoint.pkl"'})
+    assert fetch(spec, "checkpoint", quiet=True).read_bytes() == DATA
+    assert gdown_partials(spec, drive)[1] == []
+
+
+def test_several_gdown_partials_start_again(tmp_path, drive, server):
+    spec = make_spec(tmp_path, {"checkpoint": by_id(drive)})
+    part, _ = gdown_partials(spec, drive)
+    part.parent.mkdir(parents=True)
+    for tail in ("abcdefgh", "ijklmnop"):  # left by two runs at once: gdown refuses to pick one
+        part.with_name(part.name + tail + ".part").write_bytes(b"stale")
+    assert fetch(spec, "checkpoint", quiet=True).read_bytes() == DATA
+    assert gdown_partials(spec, drive)[1] == []
+
+
+def test_a_refused_resume_is_retried_once_and_not_called_no_network(tmp_path, drive, server, monkeypatch):
+    monkeypatch.setenv("HARNESS_RETRIES", "1")
+    drive.drops[drive.ckpt] = file_route(DATA, ranges=False, drop_first=100, headers={
+        "Content-Disposition": 'attachment; filename="checkpoint.pkl"'})
+    spec = make_spec(tmp_path, {"checkpoint": by_id(drive)})
+    with pytest.raises(UserError) as err:
+        fetch(spec, "checkpoint", quiet=True)
+    message = str(err.value)
+    assert "did not honor the requested byte range" in message
+    assert "no network" not in message and "check the connection" not in message and "\n" not in message
+    # each gdown run: the whole file (dropped), then a refused resume; two runs in all
+    assert [rng is not None for rng in server.hits("/download")] == [False, True, False, True]

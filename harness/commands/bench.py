@@ -79,7 +79,7 @@ def _pick_device(requested):
     return requested
 
 
-def _models_to_run(name, manifest):
+def models_to_run(name, manifest=None):
     """[spec]: one model, or for 'all' one entry per distinct architecture of the benched families."""
     from harness.manifest import get_spec, load_manifest
 
@@ -189,7 +189,7 @@ def run(args):
     from harness.measure.fit import parse_size_mib
 
     parse_size_mib(args.vram_budget)  # a bad budget fails before any model is built
-    specs = _models_to_run(args.model, args.manifest)
+    specs = models_to_run(args.model, args.manifest)
     device = _pick_device(args.device)
     _check_writable(args.out)  # before minutes of measuring, not after
 

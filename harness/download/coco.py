@@ -4,10 +4,13 @@ Layout under ROOT (the one the zips unpack to): annotations/instances_{train,val
 val2014/*.jpg, train2014/*.jpg. A part is complete when the annotations are unpacked and,
 for an image split, every image its instances json lists is present; complete parts are
 skipped, so a rerun only does what is left. The zips pass through ROOT/downloads/ and are
-deleted once unpacked and checked (keep_zips=True keeps them).
+deleted once unpacked and checked (keep_zips=True keeps them). Annotations unpacked by hand
+are used when both instances files parse as COCO instances files; they are never overwritten.
 """
 import json
+import os
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -50,17 +53,39 @@ def _say(quiet, message):
 def _ensure_annotations(root, offline, keep_zips, quiet):
     folder = root / "annotations"
     marker = folder / ".harness-complete"
-    if marker.exists() and all((folder / name).is_file() for name in ANNOTATIONS):
+    paths = [folder / name for name in ANNOTATIONS]
+    if marker.exists() and all(p.is_file() for p in paths):
         _say(quiet, f"annotations complete in {folder}, skipping")
         return folder
-    _fetch_and_unpack(root, "annotations", offline, quiet)
-    missing = [name for name in ANNOTATIONS if not (folder / name).is_file()]
-    if missing:
-        raise UserError(f"the annotations archive lacks {', '.join(missing)}; it is not COCO 2014's: "
-                        f"delete {root / 'downloads'} and retry")
+    present = [p for p in paths if p.is_file()]
+    for path in present:  # files unpacked by hand: used if sound, never overwritten
+        _check_instances(path)
+    if len(present) < len(paths):
+        _fetch_and_unpack(root, "annotations", offline, quiet)
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise UserError(f"the annotations archive lacks {', '.join(missing)}; it is not COCO 2014's: "
+                            f"delete {root / 'downloads'} and retry")
+        _drop_zip(root, "annotations", keep_zips)
+    else:
+        _say(quiet, f"annotations found in {folder} (placed by hand), checked")
     marker.write_text("unpacked and checked by harness\n")
-    _drop_zip(root, "annotations", keep_zips)
     return folder
+
+
+def _check_instances(path):
+    """A UserError unless `path` parses as a COCO instances file (images, annotations, categories)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        sound = isinstance(data, dict) and all(isinstance(data.get(k), list)
+                                               for k in ("images", "annotations", "categories"))
+        problem = None if sound else "no images, annotations and categories lists"
+    except (OSError, ValueError) as e:
+        problem = " ".join(str(e).split())[:160]
+    if problem:
+        raise UserError(f"{path} is not a COCO instances file ({problem}); it was left as it is: replace it "
+                        "with the one from annotations_trainval2014.zip, or delete it to have it downloaded")
 
 
 def _ensure_images(root, split, offline, keep_zips, quiet):
@@ -84,8 +109,13 @@ def _ensure_images(root, split, offline, keep_zips, quiet):
 
 def _listed_images(root, split):
     path = root / "annotations" / f"instances_{split}.json"
-    with open(path) as f:
-        return {image["file_name"] for image in json.load(f)["images"]}
+    try:
+        with open(path) as f:
+            return {image["file_name"] for image in json.load(f)["images"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read the image list of {path} ({type(e).__name__}: {str(e)[:120]}); "
+                        f"replace it with the one from annotations_trainval2014.zip, or delete it and "
+                        f"{path.parent / '.harness-complete'} to have it downloaded again")
 
 
 def _missing(folder, listed):
@@ -108,13 +138,29 @@ def _fetch_and_unpack(root, part, offline, quiet):
     fetch_url(url, archive, md5=md5, offline=offline, quiet=quiet)
     _say(quiet, f"unpacking {archive.name} into {root}")
     try:
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(root)  # members are annotations/..., val2014/..., train2014/...
+        with zipfile.ZipFile(archive) as z:  # members are annotations/..., val2014/..., train2014/...
+            _unpack(z, root, keep_existing=part == "annotations")
     except zipfile.BadZipFile as e:
         moved = move_aside(archive)
         raise UserError(f"{archive.name} is damaged ({e}); moved it to {moved}; run again to download it anew")
     except OSError as e:
         raise disk_full(root, e) or e
+
+
+def _unpack(z, root, keep_existing):
+    """Unpack into root. keep_existing: leave files already there alone, and let each new
+    file appear whole (unpacked aside, then renamed), so none is ever half-written."""
+    if not keep_existing:
+        z.extractall(root)
+        return
+    members = [m for m in z.namelist() if not m.endswith("/") and not m.startswith("/")
+               and ".." not in m.split("/") and not (root / m).exists()]
+    with tempfile.TemporaryDirectory(dir=root / "downloads", prefix=".unpacking-") as tmp:
+        z.extractall(tmp, members)
+        for name in members:
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(Path(tmp) / name, target)
 
 
 def _drop_zip(root, part, keep_zips):

@@ -6,7 +6,9 @@ mirror, or the tests' server on 127.0.0.1) is applied by mounting a requests ada
 the sessions gdown opens, which sends every request for a Google host to that base.
 """
 import contextlib
+import glob
 import importlib
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,6 +22,7 @@ from harness.download.settings import GDRIVE_URL, Patience, base_url
 
 GOOGLE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
 QUOTA_TEXT = "Too many users have viewed or downloaded this file recently"
+RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _listings = {}  # (base, folder id) -> {path inside the folder: file id}
 
 
@@ -80,11 +83,11 @@ def resolve_folder_path(folder_id, path, patience=None):
                         timeout=(patience.connect_timeout, patience.read_timeout))
                 _listings[key] = {f.path.replace("\\", "/"): f.id for f in files}
                 break
-            except (requests.ConnectionError, requests.Timeout) as e:
+            except RETRYABLE as e:
                 last = e
-            except gdown.exceptions.DownloadError as e:
-                raise SourceError("http", f"cannot list Google Drive folder {folder_id}: "
-                                          f"{str(e).splitlines()[0]}")
+            except (gdown.exceptions.DownloadError, requests.RequestException) as e:
+                # e.g. a redirect loop or a refused page: the next source may still work
+                raise SourceError("http", f"cannot list Google Drive folder {folder_id}: {network_reason(e)}")
         else:
             raise SourceError("network", f"cannot reach Google Drive ({network_reason(last)}, "
                                          f"{patience.retries + 1} attempts)")
@@ -100,13 +103,20 @@ def download_file(file_id, out, *, patience=None, quiet=False):
     import gdown
 
     patience = patience or Patience.from_env()
-    base = base_url("HARNESS_GDRIVE_URL", GDRIVE_URL)
     out = Path(out)
     try:
-        with _gdown_at(base):
-            gdown.download(id=file_id, output=str(out), quiet=quiet, resume=True,
-                           retries=patience.retries, use_cookies=base == GDRIVE_URL,
-                           timeout=(patience.connect_timeout, patience.read_timeout))
+        try:
+            _gdown_file(file_id, out, patience, quiet)
+        except gdown.exceptions.DownloadError as e:
+            if isinstance(e, gdown.exceptions.FileURLRetrievalError) or _dropped(e):
+                raise
+            # gdown will not resume its partial file (the file changed on Drive, the server
+            # ignored the range, or several partials lie there): once more from the start.
+            if not quiet:
+                print(f"Google Drive file {file_id}: {_first_line(e)}; starting it again", file=sys.stderr)
+            for partial in gdown_partials(out):
+                partial.unlink(missing_ok=True)
+            _gdown_file(file_id, out, patience, quiet)
     except gdown.exceptions.FileURLRetrievalError as e:
         if QUOTA_TEXT.lower() in " ".join(str(e).split()).lower():
             raise SourceError("quota", f"Google Drive refuses file {file_id} for now: '{QUOTA_TEXT}' "
@@ -115,9 +125,14 @@ def download_file(file_id, out, *, patience=None, quiet=False):
                                   "(removed, no longer shared, or the page changed)")
     except requests.HTTPError as e:
         raise SourceError("http", f"Google Drive answered HTTP {e.response.status_code} for file {file_id}")
-    except (requests.ConnectionError, requests.Timeout, gdown.exceptions.DownloadError) as e:
-        cause = e.__cause__ if isinstance(e, gdown.exceptions.DownloadError) and e.__cause__ else e
-        raise SourceError("network", f"cannot download from Google Drive ({network_reason(cause)})")
+    except RETRYABLE as e:
+        raise SourceError("network", f"cannot download from Google Drive ({network_reason(e)})")
+    except requests.RequestException as e:  # before OSError, which it subclasses: a redirect loop, a bad URL
+        raise SourceError("http", f"cannot download file {file_id} from Google Drive: {network_reason(e)}")
+    except gdown.exceptions.DownloadError as e:
+        if _dropped(e):
+            raise SourceError("network", f"cannot download from Google Drive ({network_reason(e.__cause__ or e)})")
+        raise SourceError("http", f"Google Drive did not send file {file_id} as expected ({_first_line(e)})")
     except OSError as e:
         raise disk_full(out, e) or e
     with open(out, "rb") as f:
@@ -125,3 +140,29 @@ def download_file(file_id, out, *, patience=None, quiet=False):
     if head.startswith(b"<!doctype html") or head.startswith(b"<html"):
         out.unlink()
         raise SourceError("html", f"Google Drive sent an HTML page instead of file {file_id}")
+
+
+def _gdown_file(file_id, out, patience, quiet):
+    import gdown
+
+    base = base_url("HARNESS_GDRIVE_URL", GDRIVE_URL)
+    with _gdown_at(base):
+        gdown.download(id=file_id, output=str(out), quiet=quiet, resume=True,
+                       retries=patience.retries, use_cookies=base == GDRIVE_URL,
+                       timeout=(patience.connect_timeout, patience.read_timeout))
+
+
+def gdown_partials(out):
+    """gdown's partial files for `out`: <name><8 random characters>.part beside it."""
+    out = Path(out)
+    return list(out.parent.glob(f"{glob.escape(out.name)}????????.part"))
+
+
+def _dropped(error):
+    """A gdown DownloadError caused by the connection (worth the network label), not by a refusal."""
+    return (isinstance(error.__cause__, requests.RequestException)
+            or str(error).startswith("Download is incomplete"))
+
+
+def _first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -44,7 +44,9 @@ def looks_like_html(response, first_bytes):
 def download(url, part, *, patience=None, desc=None, expect_binary=True, quiet=False):
     """Fill `part` with the body of `url`, resuming from its current size.
 
-    Returns when the body is complete; raises SourceError when this source cannot deliver.
+    Returns when the body is complete; raises SourceError when this source cannot deliver
+    (kind "mismatch" for a body longer than its declared size: the caller moves `part` aside).
+    The caller keeps other processes off `part` (download.lock.exclusive).
     """
     patience = patience or Patience.from_env()
     part = Path(part)
@@ -108,6 +110,9 @@ def _attempt(session, url, part, patience, desc, expect_binary, quiet):
             total = int(length) if length and length.isdigit() else None
         _write_body(r, part, mode, offset, total, desc, expect_binary, quiet, url)
     size = part.stat().st_size
+    if total is not None and size > total:  # e.g. another writer appended to the same partial file
+        raise SourceError("mismatch", f"{part.name} has {size} bytes, more than the {total} that "
+                                      f"{host_of(url)} declared: refused")
     if total is not None and size < total:
         raise _Retry(f"connection dropped at {size} of {total} bytes")
 
@@ -120,9 +125,14 @@ def _write_body(r, part, mode, offset, total, desc, expect_binary, quiet, url):
                                   f"(an error, login or quota page): {url}")
     bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                desc=desc, disable=True if quiet else None, file=sys.stderr, mininterval=0.5)
+    size = offset
     try:
         with open(part, mode) as f:
             for chunk in _chain(first, chunks):
+                size += len(chunk)
+                if total is not None and size > total:
+                    raise SourceError("mismatch", f"{host_of(url)} sent more than the {total} bytes it "
+                                                  f"declared for {url}: refused")
                 f.write(chunk)
                 bar.update(len(chunk))
     except OSError as e:

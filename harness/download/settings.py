@@ -2,10 +2,12 @@
 
 Every base URL can be replaced (a mirror, or a server on 127.0.0.1 in the tests).
 """
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import UserError
 from harness.manifest import DEFAULT_MANIFEST
 
 DEFAULT_HOME = Path.home() / ".cache" / "harness"
@@ -46,13 +48,28 @@ class Patience:
 
     @classmethod
     def from_env(cls):
-        env = os.environ.get
         return cls(
-            connect_timeout=float(env("HARNESS_CONNECT_TIMEOUT", cls.connect_timeout)),
-            read_timeout=float(env("HARNESS_READ_TIMEOUT", cls.read_timeout)),
-            retries=int(env("HARNESS_RETRIES", cls.retries)),
-            backoff=float(env("HARNESS_BACKOFF", cls.backoff)),
+            connect_timeout=_number("HARNESS_CONNECT_TIMEOUT", cls.connect_timeout, "15", positive=True),
+            read_timeout=_number("HARNESS_READ_TIMEOUT", cls.read_timeout, "60", positive=True),
+            retries=_number("HARNESS_RETRIES", cls.retries, "3", whole=True),
+            backoff=_number("HARNESS_BACKOFF", cls.backoff, "1.0"),
         )
 
     def delay(self, attempt):
         return min(self.backoff * 2 ** attempt, 60.0)
+
+
+def _number(name, default, example, *, whole=False, positive=False):
+    """The number in environment variable `name` (default when unset); a UserError names a bad one."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        kind = "a whole number" if whole else "a number of seconds"
+        bound = "above 0" if positive else "0 or more"
+        raise UserError(f"{name}={text!r} is not {kind} {bound}; set it like {name}={example}, or unset it")
+    return value

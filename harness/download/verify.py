@@ -1,8 +1,11 @@
-"""Hashes, the record kept beside each cached file, and moving a bad file out of the way."""
+"""Hashes, the record kept beside each cached file, a first look at a file's content, and
+moving a bad file out of the way."""
 import hashlib
 import json
 import os
+import secrets
 import time
+import zipfile
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -14,6 +17,28 @@ def file_digest(path, algorithm="sha256"):
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def content_problem(path, role):
+    """Why `path` cannot be the file its role needs (None when it can). Cheap: reads magic bytes, or
+    parses a small JSON; it guards the first hash written to the lock file, which is trusted from then on."""
+    path = Path(path)
+    if role == "checkpoint":
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04":  # torch's zip format; the directory at its end shows it is whole
+            return None if zipfile.is_zipfile(path) else "is a truncated zip (torch) file: its end is missing"
+        if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # torch's legacy format: a pickle
+            return None
+        return f"is not a torch checkpoint (it starts with {head!r}: an error page or a cut-off body?)"
+    if role == "config":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return "is not JSON (an error page or a cut-off body?)"
+        if not isinstance(data, dict):
+            return f"is JSON but not an object (a {type(data).__name__})"
+    return None
 
 
 def move_aside(path, name_like=None):
@@ -35,22 +60,40 @@ def move_aside(path, name_like=None):
     return target
 
 
+def write_atomically(path, text):
+    """Readers see the old text or the new, never half; the temporary name is unique per writer."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def record_path(path):
     return Path(path).with_name(Path(path).name + ".verified.json")
 
 
 def read_record(path):
-    """The sha256 and size measured when the file entered the cache, or None."""
+    """The sha256, size and modification time measured when the file entered the cache, or None."""
     try:
-        return json.loads(record_path(path).read_text())
+        record = json.loads(record_path(path).read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def unchanged_since(path, record):
+    """True when the file has the size and modification time its record saw: the cheap check.
+    A file replaced in place changes its mtime; a record without one (older harness) never matches."""
+    st = Path(path).stat()
+    return bool(record) and record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns
 
 
 def write_record(path, sha256, source):
-    rec = {"sha256": sha256, "size": Path(path).stat().st_size, "source": source,
+    st = Path(path).stat()
+    rec = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "source": source,
            "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = record_path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
-    os.replace(tmp, record_path(path))
+    write_atomically(record_path(path), json.dumps(rec, indent=1))
     return rec

@@ -2,7 +2,9 @@
 
 Order: files placed by hand (--weights-dir), then the cache, then each source of the
 manifest in turn. A file is used only if its sha256 matches the manifest's pin or, for an
-unpinned file, the hash recorded in the lock file at its first download.
+unpinned file, the hash recorded in the lock file at its first download (recorded only after
+a look at its content: a torch file, or a JSON object for a config). One process at a time
+works on a cached file: a second run waits, then finds the verified file.
 """
 import os
 import sys
@@ -10,9 +12,10 @@ from pathlib import Path
 
 from harness.download import sources
 from harness.download.errors import SourceError
-from harness.download.lock import lock_entry, record_lock
+from harness.download.lock import check_folder, exclusive, lock_entry, record_lock
 from harness.download.settings import Patience, harness_home, is_offline, lock_file_for
-from harness.download.verify import file_digest, move_aside, read_record, write_record
+from harness.download.verify import (content_problem, file_digest, move_aside, read_record, unchanged_since,
+                                     write_record)
 from harness.errors import UserError
 
 
@@ -35,21 +38,46 @@ class _Expected:
     def __init__(self, spec, role, lock_file):
         self.spec, self.role, self.lock_file = spec, role, Path(lock_file)
         pinned = spec.files[role].sha256
-        entry = None if pinned else lock_entry(self.lock_file, spec.id, role)
-        self.sha256 = pinned or (entry or {}).get("sha256")
-        self.origin = ("weights_manifest.yaml" if pinned else
-                       f"{self.lock_file.name} (first seen {entry.get('fetched_at')} from {entry.get('source')})"
-                       if entry else None)
+        self.entry = None if pinned else lock_entry(self.lock_file, spec.id, role)
+        self.sha256 = pinned or (self.entry or {}).get("sha256")
+        if self.sha256 is None:
+            check_folder(self.lock_file)  # before any download: the first hash will be written there
+
+    @property
+    def origin(self):
+        if self.spec.files[self.role].sha256:
+            return "weights_manifest.yaml"
+        if self.entry:
+            return (f"{self.lock_file.name} (first seen {self.entry.get('fetched_at')} "
+                    f"from {self.entry.get('source')})")
+        return None
+
+    def lock_fix(self, cached):
+        """How to get past a wrong locked hash: downloading again cannot, the lock is what refuses."""
+        if not self.entry:
+            return ""
+        return (f"; the required sha256 is the one recorded under '{self.spec.id}: {self.role}:' in "
+                f"{self.lock_file} at the first download: if that download was bad or the authors "
+                f"re-released the file, delete that entry and the cached file {cached} (if present), "
+                f"then run `harness download {self.spec.id}` again")
 
     def mismatch(self, sha):
         return self.sha256 is not None and sha != self.sha256
 
     def remember(self, path, sha, source, quiet):
-        """An unpinned file seen for the first time: record its hash so that a change is refused later."""
+        """An unpinned file seen for the first time: check its content, then record its hash so that a
+        change is refused later. Raises SourceError ("content" or "mismatch") when it cannot be locked."""
         if self.sha256 is not None:
             return
-        record_lock(self.lock_file, self.spec.id, self.role, sha, Path(path).stat().st_size, source)
-        self.sha256 = sha
+        problem = content_problem(path, self.role)
+        if problem:
+            raise SourceError("content", f"the file {problem}")
+        entry = record_lock(self.lock_file, self.spec.id, self.role, sha, Path(path).stat().st_size, source,
+                            keep_existing=True)
+        if entry["sha256"] != sha:  # another run, with another cache, locked its own copy first
+            raise SourceError("mismatch", f"got sha256 {sha} but another run has just recorded "
+                                          f"{entry['sha256']} in {self.lock_file}")
+        self.sha256, self.entry = sha, entry
         if not quiet:
             print(f"warning: {self.spec.id} {self.role} is not pinned in the manifest; recorded its sha256 "
                   f"{sha} in {self.lock_file} (a different file will be refused from now on)", file=sys.stderr)
@@ -59,7 +87,7 @@ def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline
           lock_file=None, quiet=False):
     """Return the path of a verified copy of `spec.files[role]`, downloading it if needed.
 
-    verify=True re-hashes a cached file instead of trusting its size and recorded hash.
+    verify=True re-hashes a cached file instead of trusting its size, mtime and recorded hash.
     offline (default: $HARNESS_OFFLINE) never touches the network.
     Raises UserError with the problem and the fix when no good copy can be had.
     """
@@ -67,25 +95,32 @@ def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline
         raise UserError(f"model '{spec.id}' has no file '{role}' "
                         f"(it has: {', '.join(spec.files) or 'none: trained here, see harness mlspl'})")
     wfile = spec.files[role]
-    expected = _Expected(spec, role, lock_file or lock_file_for(spec.manifest_path))
+    lock_file = lock_file or lock_file_for(spec.manifest_path)
     looked = []
     if weights_dir:
-        found = _hand_placed(spec, role, weights_dir, expected, looked, quiet)
+        found = _hand_placed(spec, role, weights_dir, _Expected(spec, role, lock_file), looked, quiet)
         if found:
             return found
     dest = cache_path(spec, role, cache_dir)
     looked.append(dest)
-    moved = None
-    if dest.is_file():
-        moved = _check_cached(dest, expected, verify, quiet)
-        if moved is None:
-            return dest
-    if is_offline(offline):
-        bad = f" (the cached copy failed verification and was moved to {moved})" if moved else ""
-        raise UserError(f"offline: {spec.id} {role} ({wfile.filename}) is not on this machine{bad}; looked in "
-                        f"{', '.join(map(str, looked))}; place it there by hand, or go online (no --offline, "
-                        f"HARNESS_OFFLINE unset) and run `harness download {spec.id}`")
-    return _download(spec, role, dest, expected, weights_dir, quiet)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only cache: looked at, never written
+        pass
+    with exclusive(dest, quiet=quiet):
+        # Read after the wait: the run that held the lock may have cached this file and locked its hash.
+        expected = _Expected(spec, role, lock_file)
+        moved = None
+        if dest.is_file():
+            moved = _check_cached(dest, expected, verify, quiet)
+            if moved is None:
+                return dest
+        if is_offline(offline):
+            bad = f" (the cached copy failed verification and was moved to {moved})" if moved else ""
+            raise UserError(f"offline: {spec.id} {role} ({wfile.filename}) is not on this machine{bad}; looked in "
+                            f"{', '.join(map(str, looked))}; place it there by hand, or go online (no --offline, "
+                            f"HARNESS_OFFLINE unset) and run `harness download {spec.id}`")
+        return _download(spec, role, dest, expected, weights_dir, quiet)
 
 
 def _hand_placed(spec, role, weights_dir, expected, looked, quiet):
@@ -104,59 +139,69 @@ def _hand_placed(spec, role, weights_dir, expected, looked, quiet):
         sha = file_digest(path)
         if expected.mismatch(sha):
             raise UserError(f"{path} has sha256 {sha} but {spec.id} {role} must have {expected.sha256} "
-                            f"(from {expected.origin}); it is not the released file: remove or replace it")
-        expected.remember(path, sha, f"weights-dir:{path}", quiet)
+                            f"(from {expected.origin}); it is not the released file: remove or replace it"
+                            f"{expected.lock_fix(cache_path(spec, role))}")
+        try:
+            expected.remember(path, sha, f"weights-dir:{path}", quiet)
+        except SourceError as e:
+            raise UserError(f"{path}: {e}; it is not the released file: remove or replace it")
         return path
     return None
 
 
 def _check_cached(dest, expected, verify, quiet):
     """None if the cached file is good; otherwise the path it was moved aside to."""
-    record = read_record(dest)
-    want = expected.sha256 or (record or {}).get("sha256")
-    size = dest.stat().st_size
-    if not verify and record and record.get("size") == size and want == record.get("sha256"):
-        expected.remember(dest, want, f"cache:{record.get('source')}", quiet)
-        return None
-    sha = file_digest(dest)
-    if want is None or sha == want:
-        if not record or record.get("sha256") != sha:
-            write_record(dest, sha, (record or {}).get("source", "found in cache"))
-        expected.remember(dest, sha, f"cache:{(record or {}).get('source', 'found in cache')}", quiet)
-        return None
+    record = read_record(dest) or {}
+    want = expected.sha256 or record.get("sha256")
+    source = record.get("source", "found in cache")
+    if not verify and unchanged_since(dest, record) and want == record.get("sha256"):
+        sha = want  # the same size and mtime as when it was hashed: trusted without reading it
+    else:
+        sha = file_digest(dest)
+        if want is not None and sha != want:
+            return _set_aside(dest, f"has sha256 {sha}, not {want}")
+        if not unchanged_since(dest, record) or record.get("sha256") != sha:
+            write_record(dest, sha, source)  # also gives an older record its mtime
+    try:
+        expected.remember(dest, sha, f"cache:{source}", quiet)
+    except SourceError as e:
+        return _set_aside(dest, str(e))
+    return None
+
+
+def _set_aside(dest, why):
     moved = move_aside(dest)
-    print(f"warning: cached {dest} has sha256 {sha}, not {want}; moved it to {moved}",
-          file=sys.stderr)
+    print(f"warning: cached {dest}: {why}; moved it to {moved}", file=sys.stderr)
     return moved
 
 
 def _download(spec, role, dest, expected, weights_dir, quiet):
     wfile = spec.files[role]
-    dest.parent.mkdir(parents=True, exist_ok=True)
     patience = Patience.from_env()
     failures = []
     for source in wfile.sources:
         where = sources.describe(source)
+        part = sources.partial_path(dest, source)
         try:
-            part = sources.download(source, dest, patience=patience, quiet=quiet)
+            sources.download(source, dest, patience=patience, quiet=quiet)
             sha = file_digest(part)
             if expected.mismatch(sha):
-                raise SourceError("mismatch", f"got sha256 {sha} but {expected.sha256} is required "
-                                              f"(from {expected.origin})")
+                raise SourceError("hash", f"got sha256 {sha} but {expected.sha256} is required "
+                                          f"(from {expected.origin})")
+            expected.remember(part, sha, sources.as_text(source), quiet)
         except SourceError as e:
-            if e.kind == "mismatch":  # never used: renamed so that nothing picks it up, kept for a look
-                moved = move_aside(sources.partial_path(dest, source), name_like=dest)
-                e = SourceError("mismatch", f"{e}; the file was moved to {moved}")
+            if e.kind in ("hash", "mismatch", "content") and part.exists():
+                # never used: renamed so that nothing picks it up, kept for a look
+                e = SourceError(e.kind, f"{e}; the file was moved to {move_aside(part, name_like=dest)}")
             failures.append((where, e))
             if not quiet:
                 print(f"{spec.id} {role}: {where} failed: {e}", file=sys.stderr)
             continue
         os.replace(part, dest)
         write_record(dest, sha, sources.as_text(source))
-        expected.remember(dest, sha, sources.as_text(source), quiet)
         _remove_partials(dest)
         return dest
-    raise UserError(_failure_message(spec, role, failures, weights_dir, expected))
+    raise UserError(_failure_message(spec, role, failures, weights_dir, expected, dest))
 
 
 def _remove_partials(dest):
@@ -164,7 +209,7 @@ def _remove_partials(dest):
         stale.unlink(missing_ok=True)
 
 
-def _failure_message(spec, role, failures, weights_dir, expected):
+def _failure_message(spec, role, failures, weights_dir, expected, dest):
     wfile = spec.files[role]
     kinds = {e.kind for _, e in failures}
     reasons = "; ".join(str(e) for _, e in failures)
@@ -181,7 +226,6 @@ def _failure_message(spec, role, failures, weights_dir, expected):
     elif "quota" in kinds:
         head = f"{head}: Google Drive's download quota for it is used up" + (
             " and the mirror failed too" if mirrors else "")
-    if "mismatch" in kinds and wfile.sha256 is None and expected.origin:
-        by_hand += (f" (if the authors re-released the file on purpose, delete its entry in "
-                    f"{expected.lock_file} to accept the new one)")
+    if "hash" in kinds:
+        by_hand += expected.lock_fix(dest)
     return f"{head}: {reasons}; {by_hand}"
