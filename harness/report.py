@@ -43,21 +43,44 @@ def _latest(records):
     return max(records, key=lambda r: (r.get("finished_at") or "", r.get("run_id") or ""), default=None)
 
 
+def smoke_reasons(spec, record):
+    """Why a record cannot count: its own smoke reasons, and what the report re-checks itself (a
+    record from an older harness, or a pin added after the run, must not slip through)."""
+    reasons = list(record.get("smoke_reasons") or (["flagged smoke"] if record.get("smoke") else []))
+    checkpoint, ev, dataset = (record.get(k) or {} for k in ("checkpoint", "eval", "dataset"))
+    derived = [("random weights", checkpoint.get("random_weights")),
+               (f"--limit {ev.get('limit')}", ev.get("limit")),
+               ("smoke subset", dataset.get("smoke_subset"))]
+    pinned = spec.files["checkpoint"].sha256 if spec.released and "checkpoint" in spec.files else None
+    if pinned and checkpoint.get("sha256") and checkpoint["sha256"] != pinned:
+        derived.append(("weights are not the pinned release", True))
+    reasons += [text for text, applies in derived if applies and not any(text in r for r in reasons)]
+    return reasons
+
+
 def judge(spec, record):
     """(status, tolerance) of one model's chosen record; see STATUSES."""
+    return _judge(spec, record)[:2]
+
+
+def _judge(spec, record):
+    """(status, tolerance, rule): rule says what made it "reproduced" ("tolerance" or "CI")."""
     tolerance = TOLERANCE[bool(spec.released)]
     if record is None:
-        return "no run yet", tolerance
-    if record.get("smoke"):
-        return "smoke", tolerance
+        return "no run yet", tolerance, None
+    if smoke_reasons(spec, record):
+        return "smoke", tolerance, None
     paper, ours = spec.paper_map, (record.get("metrics") or {}).get("mAP")
     if paper is None:
-        return "no paper value", tolerance
+        return "no paper value", tolerance, None
     if ours is None:
-        return "not reproduced", tolerance
+        return "not reproduced", tolerance, None
+    if abs(ours - paper) <= tolerance + 1e-9:
+        return "reproduced", tolerance, "tolerance"
     ci = (record.get("metrics") or {}).get("mAP_ci95")
-    inside = ci is not None and ci[0] <= paper <= ci[1]
-    return ("reproduced" if abs(ours - paper) <= tolerance + 1e-9 or inside else "not reproduced"), tolerance
+    if ci is not None and ci[0] <= paper <= ci[1]:
+        return "reproduced", tolerance, "CI"
+    return "not reproduced", tolerance, None
 
 
 def load_paper_tables(tables_dir=None):
@@ -82,7 +105,7 @@ def model_row(spec, record, tables):
     paper = spec.paper.get("metrics", {})
     measurement = (record or {}).get("measurement") or {}
     gpu = (((record or {}).get("environment") or {}).get("gpu") or {}).get("name")
-    status, tolerance = judge(spec, record)
+    status, tolerance, rule = _judge(spec, record)
     ours = m.get("mAP")
     row = {
         "family": spec.family, "model": spec.id, "resolution": spec.eval.resolution,
@@ -97,7 +120,8 @@ def model_row(spec, record, tables):
         "gpu": "cpu" if record and (record.get("eval") or {}).get("device") == "cpu" else gpu,
         "protocol": m.get("protocol", spec.eval.protocol), "image_set": spec.eval.image_set,
         "n_images": m.get("n_images"), "run_id": (record or {}).get("run_id"),
-        "smoke_reasons": (record or {}).get("smoke_reasons") or [], "paper_row": spec.paper.get("row"),
+        "smoke_reasons": smoke_reasons(spec, record) if record else [], "reproduced_by": rule,
+        "paper_row": spec.paper.get("row"),
         "classes_without_positives": m.get("classes_without_positives") or [],
     }
     if spec.family == "mlspl":
@@ -148,6 +172,7 @@ def bench_row(spec_or_id, record):
         "vram_b1": (by_batch.get(1) or {}).get("peak_vram_mib"),
         "vram_b16": (by_batch.get(16) or {}).get("peak_vram_mib"),
         "images_per_s": fastest.get("images_per_s"), "best_batch": fastest.get("batch_size"),
+        "vram_at_best": fastest.get("peak_vram_mib"),
         "j_per_image": fastest.get("energy_j_per_image"), "peak_rss_mib": fastest.get("peak_rss_mib"),
         "fits": _fits_text(bench.get("fits") or {}),
         "device": (bench.get("device") or {}).get("name") or (environment.get("gpu") or {}).get("name"),
@@ -232,7 +257,8 @@ def _pair(ours, paper):
 def display(row):
     """The table cells of one model row."""
     ci = row["ci95"]
-    status = row["status"] + (f" ({', '.join(row['smoke_reasons'])})" if row["status"] == "smoke" else "")
+    status = row["status"] + (f" ({', '.join(row['smoke_reasons'])})" if row["status"] == "smoke" else "") \
+        + (" (paper inside CI)" if row.get("reproduced_by") == "CI" else "")
     return {"model": row["model"], "resolution": row["resolution"], "paper_mAP": _num(row["paper_mAP"], 1),
             "mAP": _num(row["mAP"]), "difference": _num(row["difference"], signed=True),
             "ci95": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a", "status": status,
@@ -262,7 +288,8 @@ def footnotes(family, rows):
         f"CF1 / OF1 at threshold {THRESHOLD} on sigmoid scores (ML-GCN definition); top-3 variants in the JSON "
         f"output ({TOP3_RULE}).",
         f"Reproduced: |ours - paper| <= {tolerance}, or the paper value inside our 95% bootstrap CI "
-        f"(images resampled). Smoke runs (random weights, smoke subset, --limit) never count.",
+        f"(images resampled; such rows say 'paper inside CI'). Smoke runs (random weights, smoke subset, "
+        f"--limit, unverified weights) never count.",
     ]
     for r in rows:
         missing = r["classes_without_positives"]
@@ -277,8 +304,9 @@ def footnotes(family, rows):
 def cost_footnotes(rows):
     notes = ["images/s and J/image at the fastest batch size measured; n/a: not measured on that run (every "
              "GPU figure is n/a on a CPU run).",
-             "fits in 12 GB: the largest batch whose measured peak (CUDA context included) stays within 12 GiB, "
-             "for inference and for a training step (forward, backward, AdamW)."]
+             "fits in 12 GB: the largest batch whose measured peak (NVML, CUDA context included; PyTorch's "
+             "reserved memory, which excludes it, only where NVML could not be read: the record says which) "
+             "stays within 12 GiB, for inference and for a training step (forward, backward, AdamW)."]
     checked = [r for r in rows if r["memory_check"]["checked"]]
     problems = [f"{r['model']}: {p}" for r in checked for p in r["memory_check"]["problems"]]
     if checked and not problems:
@@ -338,6 +366,19 @@ def to_csv(data):
     return buffer.getvalue()
 
 
+def cost_to_csv(data):
+    """The cost table, one line per model, device and precision (machine-readable values)."""
+    keys = ["model", "resolution", "params_m", "gflops", "options", "vram_b1", "vram_b16", "images_per_s",
+            "best_batch", "vram_at_best", "j_per_image", "peak_rss_mib", "fits", "device", "measured_on", "source",
+            "run_id"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(keys)
+    for row in data["cost"]:
+        writer.writerow(["" if row.get(k) is None else row[k] for k in keys])
+    return buffer.getvalue()
+
+
 def to_json(data):
     out = dict(data)
     out["footnotes"] = {f: footnotes(f, [r for r in data["models"] if r["family"] == f])
@@ -371,9 +412,9 @@ def plots(data):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     points = [(r["peak_vram_mib"], r["images_per_s"], r["model"]) for r in data["models"]
               if r["peak_vram_mib"] and r["images_per_s"]]
-    for r in data["cost"]:
-        if r["vram_b16"] and r["images_per_s"]:
-            points.append((r["vram_b16"], r["images_per_s"], r["model"] + " (bench)"))
+    for r in data["cost"]:  # memory and speed at the same (fastest) batch size
+        if r["vram_at_best"] and r["images_per_s"]:
+            points.append((r["vram_at_best"], r["images_per_s"], f"{r['model']} (bench, batch {r['best_batch']})"))
     for vram, ips, name in points:
         ax.scatter(vram, ips)
         ax.annotate(name, (vram, ips), fontsize=7, xytext=(4, -3), textcoords="offset points")
@@ -437,4 +478,7 @@ def write_all(runs_root="runs", out_dir="reports", manifest=None, tables_dir=Non
         path = out_dir / f"report.{EXTENSIONS[fmt]}"
         path.write_text(render(data, fmt))
         written.append(path)
+    if "csv" in formats and data["cost"]:  # the models' CSV has one row per model: the cost table is its own
+        written.append(out_dir / "report-cost.csv")
+        written[-1].write_text(cost_to_csv(data))
     return written

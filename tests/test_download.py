@@ -1,5 +1,7 @@
 """fetch(spec, role) over plain HTTP against a server on 127.0.0.1 that misbehaves on purpose."""
+import io
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,17 @@ from harness.download import cache_path, fetch
 from harness.errors import UserError
 from loopback_server import file_route, html_route
 
-DATA = os.urandom(300_000)
+
+
+def zipped(payload):
+    """Bytes shaped like torch's zip format (what an unpinned checkpoint must look like to be locked)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", payload)
+    return buf.getvalue()
+
+
+DATA = zipped(os.urandom(300_000))
 
 
 def resumed_at(range_header):
@@ -145,22 +157,31 @@ def test_unpinned_file_is_locked_then_a_change_is_refused(tmp_path, server, caps
     assert "not pinned" not in capsys.readouterr().err  # warned once only
     # The server now hands out another file: refused, moved aside, the lock names the fix.
     path.unlink()
-    server.routes["/ckpt"] = file_route(os.urandom(1000))
-    with pytest.raises(UserError, match=r"weights_manifest.lock.yaml.*delete its entry") as err:
+    server.routes["/ckpt"] = file_route(zipped(os.urandom(1000)))
+    with pytest.raises(UserError) as err:
         fetch(spec, "checkpoint", quiet=True)
     assert corrupt_files(path.parent)[0] in str(err.value) and not path.exists()
+    # Downloading again cannot help: the fix names the lock file's entry and the cached file.
+    assert (f"delete that entry and the cached file {path}" in str(err.value)
+            and f"'q2l-test: checkpoint:' in {tmp_path / 'weights_manifest.lock.yaml'}" in str(err.value))
 
 
 def test_cached_file_changed_is_caught(tmp_path, server):
     server.routes["/ckpt"] = file_route(DATA)
     spec = make_spec(tmp_path, {"checkpoint": http_file(server.url + "/ckpt", sha(DATA))})
     path = fetch(spec, "checkpoint", quiet=True)
-    path.write_bytes(DATA[:-1] + b"y")  # same size: only a full hash sees it
-    assert fetch(spec, "checkpoint", quiet=True, verify=False).read_bytes() != DATA  # trusted by size
-    assert fetch(spec, "checkpoint", quiet=True, verify=True).read_bytes() == DATA  # re-hashed, fetched anew
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(DATA[:-1] + b"y")  # replaced in place, same size
+    os.utime(path, ns=(stamp, stamp + 10**9))  # a second later, whatever the clock's grain
+    assert fetch(spec, "checkpoint", quiet=True).read_bytes() == DATA  # mtime moved: re-hashed, fetched anew
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(DATA[:-1] + b"z")
+    os.utime(path, ns=(stamp, stamp))  # same size and mtime: the cheap check cannot see it...
+    assert fetch(spec, "checkpoint", quiet=True, verify=False).read_bytes() != DATA
+    assert fetch(spec, "checkpoint", quiet=True, verify=True).read_bytes() == DATA  # ...a full hash does
     path.write_bytes(DATA[:100])  # a size change is seen without --verify
     assert fetch(spec, "checkpoint", quiet=True).read_bytes() == DATA
-    assert len(corrupt_files(path.parent)) == 2 and len(server.hits("/ckpt")) == 3
+    assert len(corrupt_files(path.parent)) == 3 and len(server.hits("/ckpt")) == 4
 
 
 def test_offline_never_touches_the_network(tmp_path, server, monkeypatch):

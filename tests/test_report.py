@@ -157,7 +157,8 @@ def test_report_does_not_import_torch():
 def test_write_all_renders_every_format(runs, tmp_path):
     root, real = runs
     written = report.write_all(runs_root=root, out_dir=tmp_path / "reports")
-    assert sorted(p.name for p in written) == sorted(f"report.{e}" for e in report.EXTENSIONS.values())
+    expected = [f"report.{e}" for e in report.EXTENSIONS.values()] + ["report-cost.csv"]  # runs hold a bench
+    assert sorted(p.name for p in written) == sorted(expected)
     assert f"{real['metrics']['mAP']:.2f}" in (tmp_path / "reports" / "report.md").read_text()
 
 
@@ -251,3 +252,34 @@ def test_bench_row_reads_batch_1_16_oom_and_fit_reasons():
     r = report.bench_row("m", record(CPU, [row(1, None, 5.0)], cpu_fits))
     assert r["vram_b1"] is None and r["vram_b16"] is None and r["fits"] == "needs a GPU"
     assert r["device"] == CPU["name"] and report.display_cost(r)["vram_b16"] == "n/a"
+
+
+def test_the_report_rechecks_what_a_record_says_about_itself():
+    import dataclasses
+
+    clean = {"smoke": False, "metrics": {"mAP": 84.9, "mAP_ci95": [84.0, 85.5]}}
+    assert report.judge(RELEASED, clean)[0] == "reproduced"
+    for extra, reason in (({"checkpoint": {"random_weights": True}}, "random weights"),
+                          ({"eval": {"limit": 100}}, "--limit 100"),
+                          ({"dataset": {"smoke_subset": True}}, "smoke subset")):
+        record = {**clean, **extra}  # an older record that forgot to flag itself
+        assert report.judge(RELEASED, record)[0] == "smoke" and report.smoke_reasons(RELEASED, record) == [reason]
+    pinned = dataclasses.replace(RELEASED.files["checkpoint"], sha256="a" * 64)
+    spec = dataclasses.replace(RELEASED, files={**RELEASED.files, "checkpoint": pinned})
+    assert report.judge(spec, {**clean, "checkpoint": {"sha256": "a" * 64}})[0] == "reproduced"
+    assert report.judge(spec, {**clean, "checkpoint": {"sha256": "b" * 64}})[0] == "smoke"
+
+
+def test_a_status_reached_through_the_ci_says_so():
+    by_ci = report.display(report.model_row(RELEASED, record_with(84.75, [84.5, 85.0]), {}))
+    by_tolerance = report.display(report.model_row(RELEASED, record_with(84.95, [84.0, 84.8]), {}))
+    assert by_ci["status"] == "reproduced (paper inside CI)" and by_tolerance["status"] == "reproduced"
+
+
+def test_write_all_adds_the_cost_table_as_csv(tmp_path):
+    bench_record(tmp_path / "runs", "q2l-r101-448", GPU, "2026-01-01T00:00:00+00:00", environment=GPU_ENV)
+    written = report.write_all(runs_root=tmp_path / "runs", out_dir=tmp_path / "out", measured_root=None)
+    rows = list(csv.DictReader((tmp_path / "out" / "report-cost.csv").open()))
+    assert tmp_path / "out" / "report-cost.csv" in written
+    assert [(r["model"], r["device"], r["vram_b16"], r["best_batch"]) for r in rows] == \
+        [("q2l-r101-448", GPU["name"], "16000.0", "16")]
