@@ -19,9 +19,10 @@ def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
         except (OSError, json.JSONDecodeError):
             continue
         ev = record.get("eval", {})
+        same_amp = (ev.get("amp_source") != "--amp" if amp is None  # the paper's choice, not a forced one
+                    else ev.get("amp", False) == (False if amp == "off" else amp))
         if record.get("kind") == kind and not record.get("smoke") \
-                and (batch_size is None or ev.get("batch_size") == batch_size) \
-                and (amp is None or ev.get("amp", False) == (False if amp == "off" else amp)):
+                and (batch_size is None or ev.get("batch_size") == batch_size) and same_amp:
             found.append(record_file.parent)
     return max(found, key=lambda p: p.name) if found else None
 

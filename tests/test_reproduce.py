@@ -59,3 +59,22 @@ def test_reproduce_skips_a_complete_real_run_and_explains_missing_coco(smoke_roo
     assert "complete run exists" in capsys.readouterr().out
     assert main(["reproduce", "q2l", "--coco-root", str(tmp_path / "nococo"), "--manifest", str(manifest)]) == 2
     assert "harness data coco --root" in capsys.readouterr().err
+
+
+def test_a_run_with_forced_amp_does_not_stand_in_for_the_paper_setting(tmp_path):
+    import json
+
+    from harness.reproduce import complete_run
+
+    def write(name, amp, source):
+        folder = tmp_path / "q2l-r101-448" / name
+        folder.mkdir(parents=True)
+        record = {"kind": "eval", "smoke": False, "eval": {"batch_size": 16, "amp": amp, "amp_source": source}}
+        (folder / "record.json").write_text(json.dumps(record))
+        return folder
+
+    write("a-forced", "bf16", "--amp")
+    assert complete_run(tmp_path, "q2l-r101-448") is None  # make reproduce-q2l still runs the paper's setting
+    assert complete_run(tmp_path, "q2l-r101-448", amp="bf16") == tmp_path / "q2l-r101-448" / "a-forced"
+    paper = write("b-paper", "fp16", "config_new.json amp=true (the authors' inference ran under fp16 autocast)")
+    assert complete_run(tmp_path, "q2l-r101-448") == paper

@@ -157,6 +157,10 @@ def bench_model(spec, device, args, settings, baseline_mib):
     else:
         measurement = {"batch_size": chosen, **measurements[chosen]}
     reasons = {"gflops": gflops_why} if gflops_why else {}
+    notes = ["train fit: every parameter trained (full fine-tuning), the costliest mode"]
+    if spec.family == "q2l":
+        notes.append("transformer sizes as the manifest assumes; `harness eval` builds them from the released "
+                     "checkpoint, which may differ (its record says so)")
     return {
         "schema": 1,
         "kind": "bench",
@@ -175,6 +179,7 @@ def bench_model(spec, device, args, settings, baseline_mib):
             "results": rows,
             "fits": fits,
             "reasons": reasons,
+            "notes": notes,
         },
         "measurement": measurement,
         "started_at": started,
