@@ -35,12 +35,12 @@ SAFE_NUMPY_GLOBALS = [
 
 def sha256_of(path, *, fetched=False):
     """The file's sha256, hashed in full. fetched=True: a file the download layer has just checked
-    in its cache may take the hash from its download record (when its size still matches); a
+    in its cache may take the hash from its download record (when its size and mtime match); a
     file named by the user never does, since a record beside it proves nothing."""
-    from harness.download.verify import file_digest, read_record
+    from harness.download.verify import file_digest, read_record, unchanged_since
 
     record = read_record(path) if fetched else None
-    if record and record.get("size") == Path(path).stat().st_size and record.get("sha256"):
+    if record and unchanged_since(path, record) and record.get("sha256"):
         return record["sha256"]
     return file_digest(path)
 

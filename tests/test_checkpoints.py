@@ -252,7 +252,9 @@ def test_a_download_record_beside_a_named_file_is_not_trusted(tmp_path):
     path = tmp_path / "checkpoint.pkl"
     path.write_bytes(b"the released bytes")
     write_record(path, file_digest(path), "test")
-    path.write_bytes(b"other bytes here!!")  # replaced by a file of the same size
+    recorded = path.stat().st_mtime_ns
+    path.write_bytes(b"other bytes here!!")  # replaced by a file of the same size and mtime
+    os.utime(path, ns=(recorded, recorded))
     assert path.stat().st_size == len(b"the released bytes")
     assert sha256_of(path) == file_digest(path)  # named by the user: hashed in full
     assert sha256_of(path, fetched=True) != file_digest(path)  # the cache's fast path reads the record

@@ -134,6 +134,31 @@ def test_body_longer_than_declared_is_refused_and_moved_aside(tmp_path, server):
     assert moved in str(err.value) and not dest.exists() and lock_yaml(tmp_path) == {}
 
 
+def test_partial_grown_by_another_writer_is_refused(tmp_path, server):
+    spec = make_spec(tmp_path, {"checkpoint": http_file(server.url + "/ckpt")})
+    dest = cache_path(spec, "checkpoint")
+    part = partial_path(dest, spec.files["checkpoint"].sources[0])
+    dest.parent.mkdir(parents=True)
+    part.write_bytes(DATA[:1000])
+
+    def other_writer_meanwhile(h, query):  # a run that takes no lock appends to the same partial file
+        body = DATA[1000:]
+        h.send_response(206)
+        h.send_header("Content-Length", str(len(body)))
+        h.send_header("Content-Range", f"bytes 1000-{len(DATA) - 1}/{len(DATA)}")
+        h.end_headers()
+        h.wfile.write(body[:100_000])
+        h.wfile.flush()
+        time.sleep(0.1)
+        with open(part, "ab") as f:
+            f.write(DATA[1000:5000])
+        h.wfile.write(body[100_000:])
+    server.routes["/ckpt"] = other_writer_meanwhile
+    with pytest.raises(UserError, match=f"more than the {len(DATA)} that"):
+        fetch(spec, "checkpoint", quiet=True)
+    assert len(corrupt_files(dest.parent)) == 1 and not dest.exists() and lock_yaml(tmp_path) == {}
+
+
 # ------------------------------------------------------------------ what a first hash may be locked on
 
 def close_delimited(data):
@@ -240,7 +265,7 @@ def test_lock_file_in_a_missing_folder_is_one_clear_line(tmp_path, server, monke
     monkeypatch.setenv("HARNESS_LOCK_FILE", str(missing))
     server.routes["/ckpt"] = file_route(DATA)
     spec = make_spec(tmp_path, {"checkpoint": http_file(server.url + "/ckpt")})
-    with pytest.raises(UserError, match=r"lock file .*nowhere.* does not exist; create it, or set HARNESS_LOCK_FILE") as err:
+    with pytest.raises(UserError, match=r"lock file .*nowhere.* does not exist; create it, or set HARNESS_LOCK") as err:
         fetch(spec, "checkpoint", quiet=True)
     assert "\n" not in str(err.value) and server.log == [] and not missing.parent.exists()
     with pytest.raises(UserError, match="does not exist"):
@@ -261,7 +286,7 @@ def test_malformed_lock_entry_is_one_clear_line(tmp_path, server, capsys, text):
     lock.write_text(text)
     server.routes["/ckpt"] = file_route(DATA)
     spec = make_spec(tmp_path, {"checkpoint": http_file(server.url + "/ckpt")})
-    with pytest.raises(UserError, match=r"weights_manifest.lock.yaml: entry 'q2l-test.*fix or delete that entry") as err:
+    with pytest.raises(UserError, match=r"lock.yaml: entry 'q2l-test.*fix or delete that entry") as err:
         fetch(spec, "checkpoint", quiet=True)
     assert "\n" not in str(err.value) and server.log == []
     assert main(["download", "q2l-test", "--manifest", str(tmp_path / "manifest.yaml"), "-q"]) == 2
@@ -273,4 +298,15 @@ def test_emptied_lock_entry_is_accepted(tmp_path, server):
     server.routes["/ckpt"] = file_route(DATA)
     spec = make_spec(tmp_path, {"checkpoint": http_file(server.url + "/ckpt")})
     assert fetch(spec, "checkpoint", quiet=True).read_bytes() == DATA
+    assert lock_yaml(tmp_path)["q2l-test"]["checkpoint"]["sha256"] == sha(DATA)
+
+
+def test_without_fcntl_downloads_still_work(tmp_path, server, monkeypatch):
+    import harness.download.lock as lock
+
+    monkeypatch.setattr(lock, "fcntl", None)  # as on a platform without advisory locks
+    server.routes["/ckpt"] = file_route(DATA)
+    spec = make_spec(tmp_path, {"checkpoint": http_file(server.url + "/ckpt")})
+    path = fetch(spec, "checkpoint", quiet=True)
+    assert path.read_bytes() == DATA and not list(path.parent.glob("*.lock"))
     assert lock_yaml(tmp_path)["q2l-test"]["checkpoint"]["sha256"] == sha(DATA)

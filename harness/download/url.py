@@ -7,7 +7,8 @@ from harness.download import http
 from harness.download.errors import SourceError
 from harness.download.settings import Patience, is_offline
 from harness.download.sources import check_size_md5
-from harness.download.verify import file_digest, move_aside, read_record, write_record
+from harness.download.lock import exclusive
+from harness.download.verify import file_digest, move_aside, read_record, unchanged_since, write_record
 from harness.errors import UserError
 
 
@@ -20,6 +21,12 @@ def fetch_url(url, dest, *, sha256=None, md5=None, size=None, verify=False, offl
     in place is checked by size (and fully with verify=True). A bad file is moved aside.
     """
     dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(dest, quiet=quiet):  # one writer per file: a second run waits, then finds it in place
+        return _fetch_locked(url, dest, sha256, md5, size, verify, offline, quiet, patience)
+
+
+def _fetch_locked(url, dest, sha256, md5, size, verify, offline, quiet, patience):
     if dest.is_file() and _good_in_place(dest, sha256, md5, size, verify):
         return dest
     if is_offline(offline):
@@ -47,7 +54,7 @@ def _good_in_place(dest, sha256, md5, size, verify):
     record = read_record(dest) or {}
     actual = dest.stat().st_size
     if size is None or actual == size:
-        if not verify and record.get("size") == actual and sha256 in (None, record.get("sha256")):
+        if not verify and unchanged_since(dest, record) and sha256 in (None, record.get("sha256")):
             return True
         got = file_digest(dest)
         if got == (sha256 or record.get("sha256") or got) and (md5 is None or file_digest(dest, "md5") == md5):
