@@ -1,6 +1,9 @@
 """Shared set-up of the download tests: a loopback server, a throw-away cache, a small manifest."""
 import hashlib
+import io
 import socket
+import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -64,3 +67,15 @@ def make_spec(tmp_path, files, model_id="q2l-test", release_folder="Q2L-Test"):
 def http_file(url, sha256=None, filename="checkpoint.pkl", more=()):
     return {"filename": filename, "sha256": sha256,
             "sources": [{"type": "http", "url": url}] + [{"type": "http", "url": u} for u in more]}
+
+
+def zipped(payload):
+    """Bytes shaped like torch's zip format (what an unpinned checkpoint must look like to be locked)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", payload)
+    return buf.getvalue()
+
+
+def corrupt_files(folder):
+    return sorted(p.name for p in Path(folder).glob("*.corrupt-*"))

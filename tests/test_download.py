@@ -1,25 +1,14 @@
 """fetch(spec, role) over plain HTTP against a server on 127.0.0.1 that misbehaves on purpose."""
-import io
 import os
-import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from download_helpers import http_file, isolated, make_spec, server, sha  # noqa: F401 (fixtures)
+from download_helpers import corrupt_files, http_file, isolated, make_spec, server, sha, zipped  # noqa: F401
 from harness.download import cache_path, fetch
 from harness.errors import UserError
 from loopback_server import file_route, html_route
-
-
-
-def zipped(payload):
-    """Bytes shaped like torch's zip format (what an unpinned checkpoint must look like to be locked)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("archive/data.pkl", payload)
-    return buf.getvalue()
 
 
 DATA = zipped(os.urandom(300_000))
@@ -27,10 +16,6 @@ DATA = zipped(os.urandom(300_000))
 
 def resumed_at(range_header):
     return int(range_header.removeprefix("bytes=").rstrip("-"))
-
-
-def corrupt_files(folder):
-    return sorted(p.name for p in Path(folder).glob("*.corrupt-*"))
 
 
 def test_download_verifies_and_caches(tmp_path, server):

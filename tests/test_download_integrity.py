@@ -1,18 +1,16 @@
 """What may enter the cache and the lock file: one writer at a time, no body longer than declared,
 no first hash locked on a file that is not what its role needs, a cheap check that sees files
 replaced in place, and one clear line for a broken lock file."""
-import io
 import json
 import os
 import re
 import threading
 import time
-import zipfile
 
 import pytest
 import yaml
 
-from download_helpers import http_file, isolated, make_spec, server, sha  # noqa: F401 (fixtures)
+from download_helpers import corrupt_files, http_file, isolated, make_spec, server, sha, zipped  # noqa: F401
 from harness.download import cache_path, fetch
 from harness.download.lock import read_lock, record_lock
 from harness.download.sources import partial_path
@@ -21,24 +19,12 @@ from harness.errors import UserError
 from loopback_server import file_route, send
 
 
-def zipped(payload):
-    """Bytes shaped like torch's zip format."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("archive/data.pkl", payload)
-    return buf.getvalue()
-
-
 DATA = zipped(os.urandom(600_000))
 
 
 def lock_yaml(tmp_path):
     path = tmp_path / "weights_manifest.lock.yaml"
     return yaml.safe_load(path.read_text()) if path.exists() else {}
-
-
-def corrupt_files(folder):
-    return sorted(p.name for p in folder.glob("*.corrupt-*"))
 
 
 def slow_route(data, pause=0.02):
