@@ -1,6 +1,5 @@
 """fetch(spec, role) over plain HTTP against a server on 127.0.0.1 that misbehaves on purpose."""
 import os
-from pathlib import Path
 
 import pytest
 import yaml
