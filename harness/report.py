@@ -147,6 +147,12 @@ def _fits_text(fits):
     return ", ".join(parts) + ("" if budget in (None, BUDGET_MIB) else f" (budget {budget / 1024:g} GiB)")
 
 
+def _bench_device(record):
+    """The device a bench ran on, by name (older records name only the environment's GPU)."""
+    device = ((record.get("bench") or {}).get("device") or {}).get("name")
+    return device or (((record.get("environment") or {}).get("gpu")) or {}).get("name")
+
+
 def _memory_checks(results):
     """The NVML vs PyTorch peak checks of a bench's batch sizes (harness.measure.consistency)."""
     checks = [r["memory_check"] for r in results if (r.get("memory_check") or {}).get("consistent") is not None]
@@ -175,7 +181,7 @@ def bench_row(spec_or_id, record):
         "vram_at_best": fastest.get("peak_vram_mib"),
         "j_per_image": fastest.get("energy_j_per_image"), "peak_rss_mib": fastest.get("peak_rss_mib"),
         "fits": _fits_text(bench.get("fits") or {}),
-        "device": (bench.get("device") or {}).get("name") or (environment.get("gpu") or {}).get("name"),
+        "device": _bench_device(record),
         "memory_check": _memory_checks(results),
         "measured_on": _provenance(environment, bench.get("device") or {}), "source": record.get("_source", "runs"),
         "run_id": record.get("run_id"), "finished_at": record.get("finished_at"),
@@ -223,8 +229,7 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
             notes.append(f"run {record.get('run_id')} of '{model_id}' is not in the manifest: not shown")
             continue
         if record["kind"] == "bench":
-            bench = record.get("bench") or {}
-            key = (model_id, (bench.get("device") or {}).get("name"), _options_text(bench.get("options")))
+            key = (model_id, _bench_device(record), _options_text((record.get("bench") or {}).get("options")))
             benches.setdefault(key, []).append(record)
         elif record["kind"] in ("eval", "train"):  # a train record holds its test evaluation
             protocol = (record.get("eval") or {}).get("protocol")
@@ -353,30 +358,31 @@ def to_latex(data):
     return "\n\n".join(parts) + "\n"
 
 
+def _csv(keys, rows):
+    """CSV text: a header of `keys`, then one line per row dict (lists joined with ';', None empty)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(keys)
+    for row in rows:
+        writer.writerow([";".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v)
+                         for v in (row.get(k) for k in keys)])
+    return buffer.getvalue()
+
+
 def to_csv(data):
     """One line per model with machine-readable values (lists joined with ';')."""
     keys = [k for k in data["models"][0] if k != "family"] if data["models"] else []
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["family", *keys])
-    for row in data["models"]:
-        values = [";".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v)
-                  for v in (row[k] for k in keys)]
-        writer.writerow([row["family"], *values])
-    return buffer.getvalue()
+    return _csv(["family", *keys], data["models"])
+
+
+COST_CSV_KEYS = ["model", "resolution", "params_m", "gflops", "options", "vram_b1", "vram_b16", "images_per_s",
+                 "best_batch", "vram_at_best", "j_per_image", "peak_rss_mib", "fits", "device", "measured_on",
+                 "source", "run_id"]
 
 
 def cost_to_csv(data):
     """The cost table, one line per model, device and precision (machine-readable values)."""
-    keys = ["model", "resolution", "params_m", "gflops", "options", "vram_b1", "vram_b16", "images_per_s",
-            "best_batch", "vram_at_best", "j_per_image", "peak_rss_mib", "fits", "device", "measured_on", "source",
-            "run_id"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(keys)
-    for row in data["cost"]:
-        writer.writerow(["" if row.get(k) is None else row[k] for k in keys])
-    return buffer.getvalue()
+    return _csv(COST_CSV_KEYS, data["cost"])
 
 
 def to_json(data):
