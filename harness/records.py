@@ -204,15 +204,15 @@ def _gpu(torch, device_index):
     CUDA_VISIBLE_DEVICES renumbers indices), else from torch, else None."""
     uuid = None
     if torch is not None and torch.cuda.is_available():
-        uuid = str(torch.cuda.get_device_properties(device_index).uuid)
-        uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+        uuid = torch.cuda.get_device_properties(device_index).uuid
     try:
         import pynvml
 
+        from harness.measure.nvml import handle_by_uuid
+
         pynvml.nvmlInit()
         try:
-            handle = (pynvml.nvmlDeviceGetHandleByUUID(uuid) if uuid
-                      else pynvml.nvmlDeviceGetHandleByIndex(device_index))
+            handle = handle_by_uuid(uuid)[0] if uuid else pynvml.nvmlDeviceGetHandleByIndex(device_index)
             return {"name": _text(pynvml.nvmlDeviceGetName(handle)),
                     "driver": _text(pynvml.nvmlSystemGetDriverVersion()),
                     "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),

@@ -25,6 +25,19 @@ def _why(fn_name, err, is_mig):
     return text
 
 
+def handle_by_uuid(uuid):
+    """(NVML handle, []) for torch's UUID of a GPU or MIG slice (with or without its prefix), or
+    (None, [why for each form tried]). NVML must be initialised."""
+    raw = str(uuid)
+    errors = []
+    for candidate in [raw] if raw.startswith(("GPU-", "MIG-")) else [f"GPU-{raw}", f"MIG-{raw}"]:
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(candidate), []
+        except pynvml.NVMLError as e:
+            errors.append(f"{candidate}: {e}")
+    return None, errors
+
+
 class _Series:
     """Running max / mean of one sampled quantity, or the reason it has no value."""
 
@@ -126,16 +139,10 @@ class NvmlSampler:
         if not self.uuid:
             self.reasons["nvml"] = "no GPU UUID to look up in NVML"
             return None
-        raw = str(self.uuid)
-        candidates = [raw] if raw.startswith(("GPU-", "MIG-")) else [f"GPU-{raw}", f"MIG-{raw}"]
-        errors = []
-        for uuid in candidates:
-            try:
-                return pynvml.nvmlDeviceGetHandleByUUID(uuid)
-            except pynvml.NVMLError as e:
-                errors.append(f"{uuid}: {e}")
-        self.reasons["nvml"] = "NVML has no GPU with torch's UUID (" + "; ".join(errors) + ")"
-        return None
+        handle, errors = handle_by_uuid(self.uuid)
+        if handle is None:
+            self.reasons["nvml"] = "NVML has no GPU with torch's UUID (" + "; ".join(errors) + ")"
+        return handle
 
     # -- readings ----------------------------------------------------------------------------
     def _read(self, series, name, fn):
