@@ -5,7 +5,6 @@ them is unpacked beside itself once. The record's file list is saved there too: 
 cache checked against it needs no network, and only missing or bad files are fetched again.
 """
 import json
-import os
 import shutil
 import tarfile
 import zipfile
@@ -16,6 +15,7 @@ from harness.download import zenodo
 from harness.download.errors import SourceError, disk_full
 from harness.download.settings import harness_home, is_offline
 from harness.download.url import fetch_url
+from harness.download.verify import write_atomically
 from harness.errors import UserError
 
 MLSPL_RECORD = "10162606"
@@ -70,11 +70,9 @@ def _list_online(root, listing):
     except SourceError as e:
         raise UserError(f"{e}; check the connection, or download the files of {RECORD_URL} by hand "
                         f"into {root}")
-    tmp = listing.with_name(listing.name + ".tmp")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({k: vars(f) for k, f in files.items()}, indent=1))
-        os.replace(tmp, listing)  # never a half-written listing
+        write_atomically(listing, json.dumps({k: vars(f) for k, f in files.items()}, indent=1))
     except OSError as e:
         raise disk_full(listing, e) or e
     return files

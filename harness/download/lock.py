@@ -92,7 +92,11 @@ def _check_entry(path, model_id, roles):
 
 
 def lock_entry(path, model_id, role):
-    entry = read_lock(path).get(model_id, {}).get(role)
+    return _normalised(read_lock(path).get(model_id, {}).get(role))
+
+
+def _normalised(entry):
+    """A lock entry with its sha256 in lower case (hand-edited files may use upper case)."""
     return dict(entry, sha256=entry["sha256"].lower()) if entry else None
 
 
@@ -106,7 +110,7 @@ def record_lock(path, model_id, role, sha256, size, source, *, keep_existing=Fal
         data = read_lock(path)
         roles = data.setdefault(model_id, {})
         if keep_existing and role in roles:
-            return dict(roles[role], sha256=roles[role]["sha256"].lower())
+            return _normalised(roles[role])
         roles[role] = {"sha256": sha256, "size": size, "source": source,
                        "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         try:
