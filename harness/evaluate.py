@@ -20,7 +20,6 @@ import numpy as np
 from harness.errors import UserError
 
 PARTIAL, PROGRESS, SETTINGS = "scores.partial.npy", "progress.json", "settings.json"
-FINAL_ARRAYS = ("scores.npy", "labels.npy", "image_ids.npy")
 
 
 def _now():
@@ -185,7 +184,7 @@ def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
 
     n_total = len(scores)
     labels = coco_labels.labels[:n_total]
-    _save_final_arrays(run_dir, scores, labels, coco_labels.image_ids[:n_total])
+    records.save_arrays(run_dir, scores, labels, coco_labels.image_ids[:n_total], keep_equal=True)
     metrics = compute_metrics(scores, labels, spec.eval.protocol, class_names=coco_labels.category_names)
     weights_info, measured = ctx["weights_info"], ctx["measured"]
     reasons = _smoke_reasons(weights_info, coco_labels, ctx["limit"], is_smoke_root(coco_root))
@@ -222,24 +221,6 @@ def _load_saved_scores(run_dir, n, c):
     if scores.shape != (n, c):
         raise UserError(f"{run_dir / 'scores.npy'} holds {scores.shape}, not ({n}, {c}); start a new run")
     return scores
-
-
-def _save_final_arrays(run_dir, scores, labels, image_ids):
-    """scores.npy, labels.npy, image_ids.npy; after an interrupted finish, only the ones still missing
-    (those already there must match: they are never overwritten)."""
-    from harness import records
-
-    if not any((run_dir / name).exists() for name in FINAL_ARRAYS):
-        records.save_arrays(run_dir, scores, labels, image_ids)
-        return
-    arrays = (scores.astype(np.float32), (np.asarray(labels) > 0).astype(np.uint8),
-              np.asarray(image_ids).astype(np.int64))
-    for name, array in zip(FINAL_ARRAYS, arrays):
-        path = run_dir / name
-        if not path.exists():
-            records.write_new(path, lambda f, a=array: np.save(f, a))
-        elif not np.array_equal(np.load(path), array):
-            raise UserError(f"{path} does not match this run's data (did the annotations change?); start a new run")
 
 
 def _choose_amp(spec, asked, config_path, device):

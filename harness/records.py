@@ -91,15 +91,24 @@ def write_new(path, write):
         tmp.unlink(missing_ok=True)
 
 
-def save_arrays(run_dir, scores, labels, image_ids):
-    """scores.npy (float32), labels.npy (uint8), image_ids.npy (int64), checked for shape."""
+def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False):
+    """scores.npy (float32), labels.npy (uint8), image_ids.npy (int64), checked for shape.
+
+    keep_equal=True (finishing an interrupted finish): a file already there is kept when it holds
+    the same array, and refused otherwise; never overwritten either way."""
     scores, labels, image_ids = np.asarray(scores), np.asarray(labels), np.asarray(image_ids)
     if scores.ndim != 2 or labels.shape != scores.shape or image_ids.shape != (scores.shape[0],):
         raise ValueError(f"shapes do not agree: scores {scores.shape}, labels {labels.shape}, "
                          f"image_ids {image_ids.shape}")
     for name, array in (("scores.npy", scores.astype(np.float32)), ("labels.npy", (labels > 0).astype(np.uint8)),
                         ("image_ids.npy", image_ids.astype(np.int64))):
-        write_new(Path(run_dir) / name, lambda f, a=array: np.save(f, a))
+        path = Path(run_dir) / name
+        if keep_equal and path.exists():
+            if not np.array_equal(np.load(path), array):
+                raise UserError(f"{path} does not match this run's data (did the annotations change?); "
+                                "start a new run")
+            continue
+        write_new(path, lambda f, a=array: np.save(f, a))
 
 
 def validate_record(record):
