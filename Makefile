@@ -38,9 +38,11 @@ bench: $(STAMP)
 report: $(STAMP)
 	$(BIN)/harness report --runs $(RUNS) --format all --out tables
 
-# The whole pipeline in a minute on CPU: synthetic COCO subset, random weights, flagged smoke.
+# The whole pipeline in about a minute on CPU: 16 synthetic images, seeded random weights, flagged smoke.
+# Its runs and report stay under $(SMOKE_DIR) (never mixed with real runs); the report's path is printed.
 SMOKE_DIR ?= runs/smoke
 smoke: $(STAMP)
-	test -d $(SMOKE_DIR)/data || $(BIN)/harness data smoke --out $(SMOKE_DIR)/data
-	$(BIN)/harness eval q2l-r101-448 --coco-root $(SMOKE_DIR)/data --weights random --out $(SMOKE_DIR)/runs
-	$(BIN)/harness report --runs $(SMOKE_DIR)/runs --format markdown
+	test -d $(SMOKE_DIR)/data || $(BIN)/harness data smoke --out $(SMOKE_DIR)/data --images 16 --train-images 0
+	$(BIN)/harness eval q2l-r101-448 --coco-root $(SMOKE_DIR)/data --weights random --out $(SMOKE_DIR)/runs --no-progress
+	$(BIN)/harness report --runs $(SMOKE_DIR)/runs --format markdown --out $(SMOKE_DIR)/report.md
+	@echo "smoke report: $(SMOKE_DIR)/report.md (html: $(BIN)/harness report --runs $(SMOKE_DIR)/runs --format html --out $(SMOKE_DIR)/report.html)"

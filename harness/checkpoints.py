@@ -330,9 +330,9 @@ def release_files(spec, path=None, config=None, *, weights_dir=None, cache_dir=N
         if not spec.released:
             raise UserError(f"{spec.id} has no released weights (trained here): run `harness mlspl train`, "
                             f"or pass --weights FILE")
-        path = fetch(spec, "checkpoint", cache_dir=cache_dir, weights_dir=weights_dir)
+        path = fetch(spec, "checkpoint", cache_dir=cache_dir, weights_dir=weights_dir, lock=False)
         if config is None and "config" in spec.files:
-            config = fetch(spec, "config", cache_dir=cache_dir, weights_dir=weights_dir)
+            config = fetch(spec, "config", cache_dir=cache_dir, weights_dir=weights_dir, lock=False)
     elif not Path(path).is_file():
         raise UserError(f"--weights {path}: no such file; pass a checkpoint file (or 'random'), or leave "
                         f"--weights out to use the verified release")
@@ -360,6 +360,24 @@ def unverified_reason(spec, sha256):
     return None
 
 
+def _lock_release(spec, paths, roles):
+    """Only a release that has just loaded strictly into its model may have its hash locked."""
+    from harness.download.weights import lock_verified
+
+    for role in roles:
+        lock_verified(spec, role, paths[role])
+
+
+def _check_finite(spec, model, path):
+    """NaN or inf weights would only show as NaN scores after a batch: refuse them at load time."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not bad:
+        return
+    fix = (f"get the release again: `harness download {spec.id} --verify`" if spec.released else
+           "it was saved from a diverged training: train it again (another learning rate) or use an earlier checkpoint")
+    raise UserError(f"{path} holds NaN or inf values in {len(bad)} tensor(s) (first: {bad[0]}); {fix}")
+
+
 def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_dir=None, trust=False,
                      **arch_overrides):
     """Build manifest entry `spec` and load its weights strictly; returns (model, record info).
@@ -371,6 +389,8 @@ def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_di
     from harness.models import build_from_arch
 
     given = path is not None  # else the download layer checked it against the pinned or locked sha256
+    fetched = [] if given else [role for role, asked in (("checkpoint", path), ("config", config))
+                                if asked is None and role in spec.files]
     path, config = release_files(spec, path, config, weights_dir=weights_dir, cache_dir=cache_dir)
     pinned_sha = spec.files["checkpoint"].sha256 if "checkpoint" in spec.files else None
     options = dict(trust=trust, pinned_sha256=pinned_sha, cache_dir=harness_home(cache_dir) / "safetensors",
@@ -385,6 +405,8 @@ def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_di
                   file=sys.stderr)
     model = build_from_arch(spec.arch, **{**arch_overrides, **from_checkpoint})
     loaded = load_checkpoint_into(model, path, config, eval_spec=spec.eval, **options)
+    _check_finite(spec, model, path)
+    _lock_release(spec, {"checkpoint": path, "config": config}, fetched)
     info = {"path": str(path), "config": str(config) if config else None, "sha256": loaded["sha256"],
             "pinned": pinned_sha is not None and loaded["sha256"] == pinned_sha, "random_weights": False,
             "epoch": loaded.get("epoch"), "best_mAP": loaded.get("best_mAP"),

@@ -1,5 +1,6 @@
 """The `harness` command: argument parsing only; each subcommand lives in harness/commands/."""
 import argparse
+import errno
 import importlib
 import sys
 
@@ -19,6 +20,30 @@ COMMANDS = {
     "report": "Render the run records into tables against the papers.",
     "mlspl": "Single-positive-label (MLSPL) preparation, features and training.",
 }
+
+
+# errno -> what to do about it; anything else is named as the system names it.
+OS_FIXES = {
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder where a file is needed: name a file",
+    errno.EEXIST: "it already exists: choose a new name, or remove it first",
+    errno.EACCES: "permission denied: choose a path you may write (or read), or change its permissions",
+    errno.EPERM: "operation not permitted: choose a path you own",
+    errno.ENOSPC: "the disk is full: free some space or choose another disk",
+    errno.EROFS: "the file system is read-only: choose a writable path",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+}
+
+
+def os_error_line(e):
+    """One line for an OSError: the path and the real cause, with its fix."""
+    where = f" {e.filename}" if getattr(e, "filename", None) else ""
+    if e.errno in OS_FIXES:
+        return f"{e.strerror or e}:{where}; {OS_FIXES[e.errno]}"
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return f"network: {e}; check the connection, or place the files by hand"
+    return f"{e.strerror or e}{':' + where if where else ''}"
 
 
 def build_parser():
@@ -48,9 +73,7 @@ def main(argv=None):
         print(f"harness {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a path, permission, full disk or network problem: the user's to fix, not a bug
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"harness {args.command}: error: {e.strerror or e}{where}; check the path, its permissions "
-              f"and free space (or the network)", file=sys.stderr)
+        print(f"harness {args.command}: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"harness {args.command}: interrupted", file=sys.stderr)

@@ -68,15 +68,17 @@ def find_resumable(runs_root, model_id):
 
 def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, batch_size=None, amp=None,
              device=None, limit=None, runs_root="runs", resume=None, workers=None, trust_checkpoint=False,
-             progress=True):
+             progress=True, seed=0):
     """Evaluate `spec` (a manifest ModelSpec) and return the finished run folder."""
     import torch
 
     from harness.data.coco import check_images, load_labels
-    from harness.measure import EvalMeasurement
     from harness.measure.measurement import nvml_baseline_mib
 
+    from harness.records import check_runs_root
+
     _check_numbers(batch_size, workers, limit)
+    check_runs_root(runs_root)
     device = pick_device(device)
     if amp not in (None, "off") and device != "cuda":
         raise UserError("--amp needs a CUDA GPU; drop --amp to run in fp32 on CPU")
@@ -86,15 +88,27 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
     check_images(coco_root, coco_labels)
 
     baseline_mib = nvml_baseline_mib(device)  # before the model reaches the GPU
-    model, weights_info = _build_model(spec, weights, weights_dir, config, trust_checkpoint, device)
+    model, weights_info = _build_model(spec, weights, weights_dir, config, trust_checkpoint, device, seed)
     amp, amp_source = _choose_amp(spec, amp, weights_info.get("config"), device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     settings = {
         "model_id": spec.id, "weights_sha256": weights_info["sha256"], "random_weights": weights_info["random_weights"],
         "coco_root": str(Path(coco_root).resolve()), "image_set": spec.eval.image_set, "n_images": n_total,
         "batch_size": batch_size, "amp": amp or False, "resolution": spec.eval.resolution,
+        "seed": weights_info.get("seed"),
     }
-    run_dir, done = _open_run(runs_root, spec.id, resume, settings, weights_info)
+    run_dir, done, held = _open_run(runs_root, spec.id, resume, settings, weights_info)
+    with held:  # one process at a time scores this run
+        return _score_and_finish(spec, coco_root, coco_labels, model, weights_info, settings, run_dir, done,
+                                 dict(device=device, amp=amp, amp_dtype=amp_dtype, amp_source=amp_source,
+                                      batch_size=batch_size, workers=workers, limit=limit, progress=progress,
+                                      baseline_mib=baseline_mib))
+
+
+def _score_and_finish(spec, coco_root, coco_labels, model, weights_info, settings, run_dir, done, opts):
+    from harness.measure import EvalMeasurement
+
+    device, amp, limit, n_total = opts["device"], opts["amp"], opts["limit"], settings["n_images"]
     num_classes = coco_labels.labels.shape[1]
     if (run_dir / "scores.npy").exists():  # an earlier session scored every row, then was stopped while finishing
         scores = _load_saved_scores(run_dir, n_total, num_classes)
@@ -103,11 +117,11 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
 
     started = _now()
     t0 = time.perf_counter()
-    with EvalMeasurement(device, baseline_mib=baseline_mib) as measurement:
+    with EvalMeasurement(device, baseline_mib=opts["baseline_mib"]) as measurement:
         if done < n_total:
             done = _infer(model, spec.id, coco_root, coco_labels, spec.eval, range(done, n_total), scores, run_dir,
-                          device=device, amp=amp, amp_dtype=amp_dtype, batch_size=batch_size, workers=workers,
-                          measurement=measurement, progress=progress)
+                          device=device, amp=amp, amp_dtype=opts["amp_dtype"], batch_size=opts["batch_size"],
+                          workers=opts["workers"], measurement=measurement, progress=opts["progress"])
     if done != n_total:  # the loader ended early: a bug, never a result
         raise RuntimeError(f"{run_dir}: {done} of {n_total} rows scored; resume it with --resume {run_dir}")
     measured = measurement.result()
@@ -115,7 +129,7 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
         measured["notes"].append("every row was scored by an earlier session that was stopped before its "
                                  "record was written; its speed and memory were not kept")
     context = {"weights_info": weights_info, "settings": settings, "started": started, "device": device,
-               "batch_size": batch_size, "amp": amp, "amp_source": amp_source, "limit": limit,
+               "batch_size": opts["batch_size"], "amp": amp, "amp_source": opts["amp_source"], "limit": limit,
                "wall_s": time.perf_counter() - t0, "measured": measured}
     final_scores = np.array(scores)
     del scores  # closes the memory map of the partial file
@@ -138,17 +152,20 @@ def _infer(model, model_id, coco_root, coco_labels, eval_spec, rows, scores, run
     """Score `rows` into `scores`, recording progress after each batch; returns the rows done."""
     import torch
 
-    from harness.data.dataset import CocoImages
+    from harness.data.dataset import CocoImages, UnreadableImages, collate
     from harness.data.transforms import eval_transform
 
     dataset = CocoImages(coco_root, coco_labels, eval_transform(eval_spec), indices=rows)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         pin_memory=device == "cuda")
+                                         pin_memory=device == "cuda", collate_fn=collate)
     done = rows.start
     bar = _progress_bar(len(scores), done, model_id, progress)
     with torch.inference_mode(), bar:
-        for images, index in loader:
+        for batch in loader:
+            if isinstance(batch, UnreadableImages):
+                raise UserError(_unreadable_message(batch, coco_root, coco_labels, run_dir))
+            images, index = batch
             images = images.to(device, non_blocking=True)
             with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(images).float()
@@ -161,6 +178,16 @@ def _infer(model, model_id, coco_root, coco_labels, eval_spec, rows, scores, run
             measurement.count(len(index))
             bar.update(len(index))
     return done
+
+
+def _unreadable_message(bad, coco_root, coco_labels, run_dir):
+    """One line: which images, why, how to get them again, and that the run resumes."""
+    folder = Path(coco_root) / coco_labels.split
+    named = "; ".join(f"{folder / name} (COCO id {int(coco_labels.image_ids[row])}): {why}"
+                      for row, name, why in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+    return (f"{len(bad)} image(s) cannot be decoded: {named}; delete them and run `harness data coco --root "
+            f"{coco_root} --download` to get them again (`--verify-images` checks every file), then continue "
+            f"with `--resume {run_dir}`")
 
 
 def _non_finite_message(model_id, amp, rows, image_ids):
@@ -212,8 +239,8 @@ def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
         "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
     }
     records.write_record(run_dir, record)
-    (run_dir / PARTIAL).unlink(missing_ok=True)
-    (run_dir / PROGRESS).unlink(missing_ok=True)
+    for leftover in (PARTIAL, PROGRESS, ".in-progress"):  # the lock file goes too: the record now refuses a resume
+        (run_dir / leftover).unlink(missing_ok=True)
 
 
 def _load_saved_scores(run_dir, n, c):
@@ -241,37 +268,46 @@ def _choose_amp(spec, asked, config_path, device):
     return False, "fp32 (manifest)"
 
 
-def _build_model(spec, weights, weights_dir, config, trust, device):
+def _build_model(spec, weights, weights_dir, config, trust, device, seed):
+    import torch
+
     from harness.checkpoints import build_pretrained
     from harness.models import build_from_arch
 
-    if weights == "random":
-        info = {"path": None, "sha256": None, "pinned": False, "random_weights": True}
-        return build_from_arch(spec.arch).eval().to(device), info
+    if weights == "random":  # seeded, so a smoke run is repeatable and a resume continues the same model
+        info = {"path": None, "sha256": None, "pinned": False, "random_weights": True, "seed": seed}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_from_arch(spec.arch)
+        return model.eval().to(device), info
     model, info = build_pretrained(spec, weights, config, weights_dir=weights_dir, trust=trust)
     return model.eval().to(device), info
 
 
 def _open_run(runs_root, model_id, resume, settings, weights_info):
-    """A new run folder, or the folder to resume with its count of finished rows."""
+    """(run folder, its count of finished rows, its held lock): a new folder, or the one to resume."""
     from harness import records
 
     if resume:
         run_dir = find_resumable(runs_root, model_id) if resume == "latest" else Path(resume)
         if run_dir is None or not (run_dir / SETTINGS).is_file():
             raise UserError(f"nothing to resume for {model_id} under {runs_root}; run without --resume")
+        held = records.hold_run(run_dir)  # before reading its state: another process may be changing it
         if (run_dir / "record.json").exists():
+            held.close()
             raise UserError(f"{run_dir} is already complete; run without --resume for a new run")
         saved = json.loads((run_dir / SETTINGS).read_text())
         changed = [k for k, v in settings.items() if saved.get(k) != v]
         if changed:
+            held.close()
             raise UserError(f"cannot resume {run_dir}: {', '.join(changed)} differ from the interrupted run; "
                             f"use the same settings or start a new run")
         settings["resumed_from_row"] = done = _rows_done(run_dir, settings["n_images"])
-        return run_dir, done
+        return run_dir, done, held
     run_dir = records.new_run_dir(runs_root, model_id)
+    held = records.hold_run(run_dir)
     _write_json_atomic(run_dir / SETTINGS, {**settings, "started_at": _now()})
-    return run_dir, 0
+    return run_dir, 0, held
 
 
 def _rows_done(run_dir, n_total):

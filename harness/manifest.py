@@ -3,6 +3,8 @@
 A bad entry fails on load with the entry and the field named, so a typo never
 reaches an evaluation.
 """
+import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,9 +167,18 @@ def _parse_entry(path, model_id, data):
     )
 
 
+def default_manifest():
+    """$HARNESS_MANIFEST, else the weights_manifest.yaml of the folder the command runs in (a clone's
+    own, so its lock file lands beside it), else the one this package was installed from."""
+    if os.environ.get("HARNESS_MANIFEST"):
+        return Path(os.environ["HARNESS_MANIFEST"])
+    here = Path.cwd() / DEFAULT_MANIFEST.name
+    return here if here.is_file() else DEFAULT_MANIFEST
+
+
 def load_manifest(path=None):
     """Return {model id: ModelSpec} in file order; raise UserError naming any bad entry."""
-    path = Path(path) if path else DEFAULT_MANIFEST
+    path = Path(path) if path else default_manifest()
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -180,7 +191,21 @@ def load_manifest(path=None):
 
 
 def get_spec(model_id, path=None):
+    """The entry of `model_id`, also found by the authors' own folder name (`Q2L-R101-448`), any case."""
     specs = load_manifest(path)
-    if model_id not in specs:
-        raise UserError(f"unknown model '{model_id}'; `harness models` lists the known ones")
-    return specs[model_id]
+    found = resolve_id(model_id, specs)
+    if found is None:
+        close = difflib.get_close_matches(model_id.lower(), list(specs), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown model '{model_id}'; {hint}`harness models` lists the known ones")
+    return specs[found]
+
+
+def resolve_id(name, specs):
+    """The manifest id that `name` means: itself, or an id or release folder equal to it ignoring case."""
+    if name in specs:
+        return name
+    for mid, spec in specs.items():
+        if name.lower() in (mid.lower(), str(spec.arch.get("release_folder", "")).lower()):
+            return mid
+    return None

@@ -320,6 +320,17 @@ def _plain(values):
     return [None if np.isnan(v) else float(v) for v in values]
 
 
+OUTSIDE_CI_NOTE = ("mAP lies outside its bootstrap interval: too few positives per class for the bootstrap "
+                   "to be trusted on this image set")
+
+
+def outside_ci(value, ci, tolerance=1e-9):
+    """True when `value` lies outside the interval `ci` by more than float rounding."""
+    if value is None or not ci or None in ci:
+        return False
+    return value < ci[0] - tolerance or value > ci[1] + tolerance
+
+
 def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, class_names=None):
     """Every metric of one run as a JSON-serialisable dict (percentages)."""
     _check_protocol(protocol)
@@ -380,9 +391,8 @@ def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, c
         if len(maps):
             low, high = np.percentile(maps, [2.5, 97.5])
             result["mAP_ci95"] = [float(low), float(high)]
-            if not low <= result["mAP"] <= high:  # small sets: rare classes vanish from resamples
-                notes.append("mAP lies outside its bootstrap interval: too few positives per class for the "
-                             "bootstrap to be trusted on this image set")
+            if outside_ci(result["mAP"], result["mAP_ci95"]):  # small sets: rare classes vanish from resamples
+                notes.append(OUTSIDE_CI_NOTE)
         result["bootstrap"] = {"n_resamples": int(n_boot), "seed": int(seed), "std": float(np.std(maps)) if len(maps)
                                else None, "method": "percentile; images resampled with replacement, same protocol"}
     return result

@@ -70,6 +70,37 @@ def new_run_dir(runs_root, model_id):
     raise RuntimeError(f"could not create a fresh run folder under {parent}")
 
 
+def check_runs_root(runs_root, flag="--out"):
+    """Before any model is built: the runs folder is a folder, or can be made one."""
+    root = Path(runs_root)
+    existing = next((p for p in [root, *root.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"{flag} {runs_root}: {existing} is a file, not a folder; pass a runs folder, e.g. {flag} runs")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {runs_root}: {existing} is not writable; pass a folder you can write to")
+
+
+def hold_run(run_dir):
+    """An exclusive lock on a run folder while it is evaluated (an open file: closing it releases the
+    lock, and so does the end of the process). A second process gets one line naming the holder."""
+    import fcntl
+
+    handle = open(Path(run_dir) / ".in-progress", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        raise UserError(f"run {run_dir} is in progress (pid {pid}); wait for it to finish, or stop that "
+                        f"process and resume with --resume {run_dir}")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def write_new(path, write):
     """Write through a temporary file, then link it into place: never replaces an existing file."""
     path = Path(path)
@@ -125,6 +156,41 @@ def validate_record(record):
         raise ValueError(f"record schema {record['schema']!r}; this harness writes schema {SCHEMA}")
     if not isinstance(record["model"], dict) or "id" not in record["model"]:
         raise ValueError("record model must be a dict with an 'id'")
+    problem = _type_problem(record)
+    if problem:
+        raise ValueError(problem)
+
+
+SECTIONS = ("model", "checkpoint", "dataset", "eval", "metrics", "timings", "measurement", "environment", "bench",
+            "train")
+TEXTS = ("run_id", "started_at", "finished_at")
+
+
+def _is_number(value):
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _type_problem(record):
+    """What in a record has the wrong type for the code that reads it (a damaged or hand-edited file)."""
+    for key in SECTIONS:
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            return f"'{key}' must be an object, not {type(record[key]).__name__}"
+    for key in TEXTS:
+        if not isinstance(record.get(key), (str, type(None))):
+            return f"'{key}' must be text"
+    if not isinstance(record["smoke"], bool) or not isinstance(record.get("smoke_reasons") or [], list):
+        return "'smoke' must be true/false and 'smoke_reasons' a list"
+    for key, value in (record.get("metrics") or {}).items():
+        if key.endswith("_ci95"):
+            if value is not None and not (isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))):
+                return f"metrics '{key}' must be a pair of numbers"
+        elif key in NUMERIC_METRICS and not _is_number(value):
+            return f"metrics '{key}' must be a number, not {type(value).__name__}"
+    return None
+
+
+NUMERIC_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3_CP", "top3_CR", "top3_CF1", "top3_OP",
+                   "top3_OR", "top3_OF1")
 
 
 def write_record(run_dir, record):
@@ -153,6 +219,8 @@ def read_record(run_dir):
         raise UserError(f"{run_dir} has no {RECORD} (an unfinished run?); pass a finished run folder")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); the record is damaged")
+    except OSError as e:  # e.g. a folder named record.json
+        raise UserError(f"{path} cannot be read ({e.strerror}); the record is damaged")
     try:
         validate_record(record)
     except ValueError as e:

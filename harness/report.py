@@ -16,6 +16,7 @@ from tabulate import tabulate
 from harness.manifest import REPO_ROOT
 from harness.metrics import PROTOCOL_DESCRIPTIONS, THRESHOLD, TOP3_RULE
 from harness.records import iter_records
+from harness.report_files import HTML_MARK, MARK, check_target, mark, write_report_file
 
 FORMATS = ("markdown", "csv", "latex", "json", "html")
 FAMILIES = {"q2l": "Query2Label", "asl": "ASL", "mlspl": "MLSPL (single positive labels, trained here)"}
@@ -386,7 +387,7 @@ def cost_to_csv(data):
 
 
 def to_json(data):
-    out = dict(data)
+    out = {"generator": MARK, **data}
     out["footnotes"] = {f: footnotes(f, [r for r in data["models"] if r["family"] == f])
                         for f in FAMILIES if any(r["family"] == f for r in data["models"])}
     return json.dumps(out, indent=2) + "\n"
@@ -404,10 +405,12 @@ def plots(data):
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for r in done:
         ci = r["ci95"] or [r["mAP"], r["mAP"]]
-        ax.errorbar(r["paper_mAP"], r["mAP"], yerr=[[r["mAP"] - ci[0]], [ci[1] - r["mAP"]]], fmt="o",
+        # an estimate outside its own interval (tiny sets) gets no negative bar: the interval is drawn as it is
+        ax.errorbar(r["paper_mAP"], r["mAP"], yerr=[[max(r["mAP"] - ci[0], 0)], [max(ci[1] - r["mAP"], 0)]], fmt="o",
                     color="grey" if r["status"] == "smoke" else ("tab:green" if r["status"] == "reproduced"
                                                                  else "tab:red"), capsize=3)
-        ax.annotate(r["model"], (r["paper_mAP"], r["mAP"]), fontsize=7, xytext=(4, -3), textcoords="offset points")
+        label = r["model"] + (" (smoke)" if r["status"] == "smoke" else "")
+        ax.annotate(label, (r["paper_mAP"], r["mAP"]), fontsize=7, xytext=(4, -3), textcoords="offset points")
     values = [v for r in done for v in (r["paper_mAP"], r["mAP"])] or [0, 100]
     low, high = min(values) - 1, max(values) + 1
     ax.plot([low, high], [low, high], "k--", lw=0.8, label="ours = paper")
@@ -415,17 +418,20 @@ def plots(data):
     ax.legend(loc="upper left", fontsize=8)
     images["paper_vs_ours"] = _png(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
     points = [(r["peak_vram_mib"], r["images_per_s"], r["model"]) for r in data["models"]
               if r["peak_vram_mib"] and r["images_per_s"]]
     for r in data["cost"]:  # memory and speed at the same (fastest) batch size
         if r["vram_at_best"] and r["images_per_s"]:
             points.append((r["vram_at_best"], r["images_per_s"], f"{r['model']} (bench, batch {r['best_batch']})"))
+    if not points:  # no GPU measurement (CPU only): no empty plot
+        plt.close("all")
+        return images
+    fig, ax = plt.subplots(figsize=(5.5, 4))
     for vram, ips, name in points:
         ax.scatter(vram, ips)
         ax.annotate(name, (vram, ips), fontsize=7, xytext=(4, -3), textcoords="offset points")
     ax.axvline(BUDGET_MIB, color="k", ls="--", lw=0.8, label="12 GiB")
-    ax.set(xlabel="peak VRAM (MiB)", ylabel="images/s", title="Memory vs speed" + ("" if points else " (no data)"))
+    ax.set(xlabel="peak VRAM (MiB)", ylabel="images/s", title="Memory vs speed")
     ax.legend(fontsize=8)
     images["vram_vs_speed"] = _png(fig)
     plt.close("all")
@@ -439,11 +445,27 @@ def _png(fig):
     return buffer.getvalue()
 
 
+def _html_table(headers, cells):
+    """An HTML table whose smoke rows are shaded (class "smoke")."""
+    head = "".join(f"<th>{_escape(h)}</th>" for h in headers)
+    rows = []
+    for row in cells:
+        shade = ' class="smoke"' if any(str(c).startswith("smoke") for c in row) else ""
+        rows.append(f"<tr{shade}>" + "".join(f"<td>{_escape(c)}</td>" for c in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+SMOKE_BANNER = ("<p class='banner'>Some rows below are SMOKE runs (random weights, the synthetic subset or "
+                "--limit): their numbers test the pipeline and never count as a reproduction.</p>")
+
+
 def to_html(data):
     body = ["<h1>Reproduction report</h1>"]
+    if any(r["status"] == "smoke" for r in data["models"]):
+        body.append(SMOKE_BANNER)
     for title, headers, cells, notes in _tables(data):
         body.append(f"<h2>{_escape(title)}</h2>")
-        body.append(tabulate(cells, headers, tablefmt="html", disable_numparse=True))
+        body.append(_html_table(headers, cells))
         body.append("<ul>" + "".join(f"<li>{_escape(n)}</li>" for n in notes) + "</ul>")
     for name, png in plots(data).items():
         body.append(f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" '
@@ -451,8 +473,9 @@ def to_html(data):
     if data["notes"]:
         body.append("<h2>Runs not shown</h2><ul>" + "".join(f"<li>{_escape(n)}</li>" for n in data["notes"]) + "</ul>")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Reproduction report</title>"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}tr.smoke{background:#eee;color:#777}"
+             ".banner{background:#fff3cd;border:1px solid #e0c060;padding:8px;font-weight:bold}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'>{HTML_MARK}<title>Reproduction report</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
@@ -464,7 +487,7 @@ RENDERERS = {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": 
 
 
 def render(data, fmt):
-    return RENDERERS[fmt](data)
+    return mark(RENDERERS[fmt](data), fmt)
 
 
 EXTENSIONS = {"markdown": "md", "csv": "csv", "latex": "tex", "json": "json", "html": "html"}
@@ -478,13 +501,9 @@ def write_all(runs_root="runs", out_dir="reports", manifest=None, tables_dir=Non
     specs = manifest if isinstance(manifest, dict) else load_manifest(manifest)
     data = collect(runs_root, specs, load_paper_tables(tables_dir), measured_root=measured_root)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        path = out_dir / f"report.{EXTENSIONS[fmt]}"
-        path.write_text(render(data, fmt))
-        written.append(path)
+    texts = {out_dir / f"report.{EXTENSIONS[fmt]}": render(data, fmt) for fmt in formats}
     if "csv" in formats and data["cost"]:  # the models' CSV has one row per model: the cost table is its own
-        written.append(out_dir / "report-cost.csv")
-        written[-1].write_text(cost_to_csv(data))
-    return written
+        texts[out_dir / "report-cost.csv"] = cost_to_csv(data)
+    for path in texts:  # every target checked before the first is written
+        check_target(path)
+    return [write_report_file(path, text) for path, text in texts.items()]

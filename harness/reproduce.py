@@ -4,6 +4,7 @@ Models whose complete, non-smoke run already exists are skipped; a model that fa
 stop the others, and every failure is listed at the end with its reason.
 """
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -46,10 +47,12 @@ def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs",
                   device=None, batch_size=None, amp=None, manifest=None, force=False, limit=None):
     from harness.data.coco import annotation_path, check_images, load_labels
     from harness.evaluate import evaluate, pick_device
-    from harness.manifest import load_manifest
+    from harness.manifest import load_manifest, resolve_id
+    from harness.records import check_runs_root
 
     specs = load_manifest(manifest)
-    chosen = models or [m for m, s in specs.items() if s.family in ("q2l", "asl")]
+    chosen = [resolve_id(m, specs) or m for m in models] if models else [
+        m for m, s in specs.items() if s.family in ("q2l", "asl")]
     unknown = [m for m in chosen if m not in specs]
     if unknown:
         raise UserError(f"unknown model(s) {', '.join(unknown)}; `harness models` lists the known ones")
@@ -57,27 +60,50 @@ def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs",
         raise UserError(f"COCO val2014 is not under {coco_root}; get it with "
                         f"`harness data coco --root {coco_root} --download` (or set COCO_ROOT=DIR)")
     check_images(coco_root, load_labels(coco_root, "val2014", "all"))
+    check_runs_root(runs_root)
     device = pick_device(device)
 
     def existing_run(spec):
         return None if force else complete_run(runs_root, spec.id, batch_size or spec.eval.batch_size, amp)
 
     to_run = [specs[mid] for mid in chosen if not existing_run(specs[mid])]
-    if device == "cpu" and to_run:
+    missing = _missing_weights(to_run, weights_dir)  # every input checked before any model is built
+    if device == "cpu" and len(missing) < len(to_run):
         print("No CUDA GPU visible: running on CPU. Estimated time per model (one synthetic batch, extrapolated):")
         for spec in to_run:
-            n = limit or {"all": 40504, "annotated": 40137}[spec.eval.image_set]
-            print(f"  {spec.id}: about {estimate_cpu_hours(spec, n, batch_size or spec.eval.batch_size):.1f} h")
+            if spec.id not in missing:
+                n = limit or {"all": 40504, "annotated": 40137}[spec.eval.image_set]
+                print(f"  {spec.id}: about {_hours(estimate_cpu_hours(spec, n, batch_size or spec.eval.batch_size))}")
 
     def job(spec):
         existing = existing_run(spec)
         if existing:
             print(f"{spec.id}: complete run exists ({existing}); skipped (use --force to run again)")
             return existing
+        if spec.id in missing:
+            raise missing[spec.id]
         return evaluate(spec, coco_root, weights_dir=weights_dir, batch_size=batch_size, amp=amp,
                         device=device, runs_root=runs_root, limit=limit)
 
     return run_each([(mid, lambda spec=specs[mid]: job(spec)) for mid in chosen], runs_root, tables_dir, manifest)
+
+
+def _missing_weights(specs, weights_dir):
+    """{model id: UserError} for the models whose release cannot be had (fetched now when it can)."""
+    from harness.checkpoints import release_files
+
+    missing = {}
+    for spec in specs:
+        try:
+            release_files(spec, weights_dir=weights_dir)
+        except UserError as e:
+            missing[spec.id] = e
+            print(f"{spec.id}: {e}", file=sys.stderr)
+    return missing
+
+
+def _hours(hours):
+    return f"{hours:.1f} h" if hours >= 0.1 else f"{hours * 60:.0f} min"
 
 
 def run_each(jobs, runs_root, tables_dir, manifest=None):

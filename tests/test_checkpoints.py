@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from harness import checkpoints
 from harness.checkpoints import build_pretrained, load_checkpoint_into, read_config, read_pickle
@@ -199,13 +200,16 @@ def test_build_pretrained_fetches_both_files_and_checks_the_eval_settings(saved,
     files = {"checkpoint": saved["path"], "config": write_config(tmp_path / "config_new.json")}
     asked = []
 
-    def fake_fetch(spec_, role, *, cache_dir=None, weights_dir=None, verify=False):
-        asked.append(role)
+    def fake_fetch(spec_, role, *, cache_dir=None, weights_dir=None, verify=False, lock=True):
+        asked.append((role, lock))
         return files[role]
     monkeypatch.setattr("harness.download.fetch", fake_fetch)
+    monkeypatch.setenv("HARNESS_LOCK_FILE", str(tmp_path / "lock.yaml"))
     fresh, info = build_pretrained(spec, cache_dir=tmp_path / "home")
     fresh.eval()  # built in training mode, as create_model does
-    assert sorted(asked) == ["checkpoint", "config"] and info["epoch"] == 12
+    # fetched without locking; locked only once the weights loaded strictly into the model
+    assert sorted(asked) == [("checkpoint", False), ("config", False)] and info["epoch"] == 12
+    assert set(yaml.safe_load((tmp_path / "lock.yaml").read_text())[spec.id]) == {"checkpoint", "config"}
     assert list((tmp_path / "home" / "safetensors").glob(f"{spec.id}-*.safetensors"))
     with torch.no_grad():
         assert torch.equal(fresh(saved["x"]), saved["logits"])

@@ -112,6 +112,15 @@ def _device_info(device):
     return {"type": "cpu", "name": cpu_name(), "threads": torch.get_num_threads()}
 
 
+def _stage_printer(model_id):
+    """Prints each stage of a bench as it starts, with the seconds since the first."""
+    start = time.perf_counter()
+
+    def say(stage):
+        print(f"{model_id}: {stage} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    return say
+
+
 def bench_model(spec, device, args, settings, baseline_mib):
     """Build `spec` with random weights and measure it; return the bench record (not yet written)."""
     import torch
@@ -123,6 +132,8 @@ def bench_model(spec, device, args, settings, baseline_mib):
 
     started = _now()
     resolution = spec.eval.resolution
+    say = _stage_printer(spec.id)
+    say("building the model (random weights)")
     try:
         model = create_model(spec.id, manifest=args.manifest).eval()
     except (KeyError, ImportError) as e:  # no builder yet, or a missing optional package
@@ -131,6 +142,7 @@ def bench_model(spec, device, args, settings, baseline_mib):
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    say("counting GFLOPs")
     gflops, gflops_why = count_gflops(model, resolution, device)
 
     def one(batch_size):
@@ -144,8 +156,10 @@ def bench_model(spec, device, args, settings, baseline_mib):
                           amp=args.amp, channels_last=args.channels_last, baseline_mib=baseline_mib)
 
     t = time.perf_counter()
+    say(f"timing batch sizes {', '.join(map(str, args.batch_size))}")
     rows, measurements = sweep_batch_sizes(args.batch_size, one, device)
     sweep_s = time.perf_counter() - t
+    say(f"searching the largest batch that fits in {args.vram_budget}")
     fits = find_fits(model, resolution, device, parse_size_mib(args.vram_budget), amp=args.amp,
                      channels_last=args.channels_last, max_batch=args.max_fit_batch, baseline_mib=baseline_mib)
     if args.compile and device == "cuda":

@@ -12,6 +12,8 @@ def add_arguments(parser):
     coco.add_argument("--download", action="store_true", help="fetch and unpack what is missing (needs internet)")
     coco.add_argument("--splits", nargs="+", default=["val2014"], choices=["val2014", "train2014"],
                       help="image folders to check or fetch (default: val2014; MLSPL also needs train2014)")
+    coco.add_argument("--verify-images", action="store_true",
+                      help="also decode every image to find truncated or empty files (reads every file: ~6 GB)")
     smoke = sub.add_parser("smoke", help="Write the synthetic COCO-format smoke subset.")
     smoke.add_argument("--out", required=True, help="folder to write (must be empty or missing)")
     smoke.add_argument("--images", type=int, default=48, help="val2014 images (default 48)")
@@ -40,7 +42,8 @@ def _smoke(args):
 
 
 def _coco(args):
-    from harness.data.coco import check_images, is_full_split, load_labels
+    from harness.data.coco import check_images, is_full_split, load_labels, unreadable_images
+    from harness.errors import UserError
 
     if args.download:
         from harness.download import fetch_coco
@@ -49,6 +52,15 @@ def _coco(args):
     for split in args.splits:
         labels = load_labels(args.root, split, "all")
         check_images(args.root, labels)
+        if args.verify_images:
+            bad = unreadable_images(args.root, labels)
+            if bad:
+                listed = "; ".join(f"{name}: {why}" for name, why in bad[:10]) + (
+                    f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+                raise UserError(f"{len(bad)} {split} image(s) cannot be decoded: {listed}; delete them and run "
+                                f"`harness data coco --root {args.root} --download` to get them again")
         annotated = int((labels.labels.sum(1) > 0).sum())
         note = "the full COCO split" if is_full_split(labels) else "NOT the full COCO split: runs on it are flagged smoke"
-        print(f"{split}: {len(labels)} images ({annotated} annotated), 80 categories, all present ({note})")
+        decoded = ", every one decodes" if args.verify_images else ""
+        print(f"{split}: {len(labels)} images ({annotated} annotated), {len(labels.category_ids)} categories, "
+              f"all present{decoded} ({note})")

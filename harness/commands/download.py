@@ -27,7 +27,10 @@ def add_arguments(parser):
 
 
 def _choose(specs, targets):
+    import difflib
+
     from harness.errors import UserError
+    from harness.manifest import resolve_id
 
     chosen, features = [], False
     for target in targets:
@@ -35,10 +38,12 @@ def _choose(specs, targets):
             features = True
         elif target == "all":
             chosen += [s for s in specs.values() if s.released]
-        elif target in specs:
-            chosen.append(specs[target])
+        elif resolve_id(target, specs):
+            chosen.append(specs[resolve_id(target, specs)])
         else:
-            raise UserError(f"unknown target '{target}'; use a model id (`harness models` lists them), "
+            close = difflib.get_close_matches(target.lower(), list(specs), n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(f"unknown target '{target}'; {hint}use a model id (`harness models` lists them), "
                             f"'all' or '{FEATURES}'")
     unique = {s.id: s for s in chosen}
     return list(unique.values()), features
@@ -71,7 +76,10 @@ def run(args):
             count += 1
             try:
                 path = fetch(spec, role, cache_dir=args.cache, weights_dir=args.weights_dir,
-                             verify=args.verify, offline=offline, lock_file=lock_file, quiet=args.quiet)
+                             verify=args.verify, offline=offline, lock_file=lock_file, quiet=args.quiet,
+                             lock=False)
+                if not (wfile.sha256 or lock_entry(lock_file, spec.id, role)):
+                    _load_to_lock(spec, args)  # a first hash is locked only once the file loads into its model
             except UserError as e:
                 failures.append(f"{spec.id} {role}: {e}")
                 print(f"{spec.id} {role}: error: {e}", file=sys.stderr)
@@ -84,3 +92,10 @@ def run(args):
     if failures:
         raise UserError(f"{len(failures)} of {count} files could not be fetched (reasons above); "
                         f"first: {failures[0]}")
+
+
+def _load_to_lock(spec, args):
+    """Read the fetched release safely and strictly into its model; that locks its unpinned hashes."""
+    from harness.checkpoints import build_pretrained
+
+    build_pretrained(spec, weights_dir=args.weights_dir, cache_dir=args.cache)

@@ -24,6 +24,7 @@ def add_arguments(parser):
     parser.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                         help="continue an interrupted run (default: this model's newest unfinished one)")
     parser.add_argument("--manifest", help="manifest file (default: weights_manifest.yaml)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0; recorded)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -32,13 +33,14 @@ def run(args):
 
     from harness.evaluate import evaluate
     from harness.manifest import get_spec
+    from harness.metrics import OUTSIDE_CI_NOTE, outside_ci
 
     spec = get_spec(args.model, args.manifest)
     run_dir = evaluate(
         spec, args.coco_root, weights=args.weights, weights_dir=args.weights_dir, config=args.config,
         batch_size=args.batch_size, amp=args.amp, device=args.device, limit=args.limit, runs_root=args.out,
         resume=args.resume, workers=args.workers, trust_checkpoint=args.trust_checkpoint,
-        progress=not args.no_progress,
+        progress=not args.no_progress, seed=args.seed,
     )
     record = json.loads((run_dir / "record.json").read_text())
     m = record["metrics"]
@@ -48,6 +50,8 @@ def run(args):
     flag = f"  SMOKE ({', '.join(record['smoke_reasons'])}): never counts" if record["smoke"] else ""
     print(f"{spec.id}: mAP {_number(m['mAP'])} (95% CI {ci_text}; paper {spec.paper_map}) "
           f"on {record['dataset']['n_images']} images, {_number(speed, '.1f')} img/s{flag}")
+    if outside_ci(m["mAP"], ci):
+        print(f"note: {OUTSIDE_CI_NOTE}")
     print(f"record: {run_dir / 'record.json'}")
 
 

@@ -45,9 +45,4 @@ def run(args):
     if args.out is None:
         sys.stdout.write(text)
         return
-    out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; pass a file name such as {out / ('report.' + args.format)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"written: {out}", file=sys.stderr)
+    print(f"written: {report.write_report_file(args.out, text)}", file=sys.stderr)

@@ -11,6 +11,7 @@ Image sets:
 import contextlib
 import hashlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +49,62 @@ def sha256_file(path, chunk=1 << 20):
     return h.hexdigest()
 
 
+def read_instances(ann_file):
+    """The parsed instances json, checked once up front: a damaged or foreign file is one line
+    naming the file and what is wrong, never a traceback from pycocotools or a silent empty set."""
+    try:
+        with open(ann_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise _bad_annotations(ann_file, f"not JSON: {' '.join(str(e).split())[:120]}")
+    problem = instances_problem(data)
+    if problem:
+        raise _bad_annotations(ann_file, problem)
+    return data
+
+
+def instances_problem(data):
+    """What keeps `data` from being a COCO instances file (None when it is one)."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object with images, annotations and categories"
+    lists = {k: data.get(k) for k in ("images", "annotations", "categories")}
+    absent = [k for k, v in lists.items() if not isinstance(v, list)]
+    if absent:
+        return f"no {' or '.join(absent)} list (is it a COCO instances file?)"
+    if not lists["categories"] or not lists["images"]:
+        return "its images or categories list is empty"
+    def ids(items, keys):
+        bad = next((x for x in items if not isinstance(x, dict) or any(k not in x for k in keys)), None)
+        return bad, {x["id"] for x in items if isinstance(x, dict) and "id" in x}
+    bad, categories = ids(lists["categories"], ("id", "name"))
+    if bad is not None:
+        return f"a category without id and name: {str(bad)[:80]}"
+    bad, images = ids(lists["images"], ("id", "file_name"))
+    if bad is not None:
+        return f"an image without id and file_name: {str(bad)[:80]}"
+    for ann in lists["annotations"]:
+        if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
+            return f"an annotation without image_id and category_id: {str(ann)[:80]}"
+        if ann["category_id"] not in categories:
+            return f"annotation {ann.get('id', '?')} has category id {ann['category_id']!r}, which is not in its categories"
+        if ann["image_id"] not in images:
+            return f"annotation {ann.get('id', '?')} names image id {ann['image_id']!r}, which is not in its images"
+    return None
+
+
+def _bad_annotations(ann_file, problem):
+    return UserError(f"{ann_file} is not a usable COCO instances file ({problem}); replace it with the one from "
+                     f"annotations_trainval2014.zip (`harness data coco --root DIR --download` after deleting it)")
+
+
 def _load_coco(ann_file):
     from pycocotools.coco import COCO
 
+    coco = COCO()  # built from the checked data: the file is read once
+    coco.dataset = read_instances(ann_file)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        return COCO(str(ann_file))
+        coco.createIndex()
+    return coco
 
 
 def load_labels(root, split="val2014", image_set="all"):
@@ -65,10 +117,7 @@ def load_labels(root, split="val2014", image_set="all"):
         )
     if image_set not in ("all", "annotated"):
         raise UserError(f"unknown image set '{image_set}'; use 'all' or 'annotated'")
-    try:
-        coco = _load_coco(ann_file)
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{ann_file} is not a COCO instances file ({e}); download it again")
+    coco = _load_coco(ann_file)
     category_ids = sorted(coco.cats)
     column = {cid: j for j, cid in enumerate(category_ids)}
     image_ids = sorted(coco.imgs)
@@ -119,3 +168,20 @@ def check_images(root, coco_labels, show=3):
             f"{len(missing)} of {len(coco_labels)} {coco_labels.split} images are missing under {folder} "
             f"(first: {first}); get them with `harness data coco --root {root} --download`"
         )
+
+
+def unreadable_images(root, coco_labels, progress=True):
+    """[(file name, reason)] of every listed image that the loader could not decode (reads them all)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from harness.data.dataset import decode_problem
+
+    folder = Path(root) / coco_labels.split
+    names = coco_labels.file_names
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:  # decoding releases the GIL
+        problems = list(tqdm(pool.map(lambda n: decode_problem(folder / n), names), total=len(names),
+                             desc=f"decoding {coco_labels.split}", unit="img", disable=not progress))
+    return [(name, why) for name, why in zip(names, problems) if why]

@@ -64,14 +64,17 @@ class _Expected:
     def mismatch(self, sha):
         return self.sha256 is not None and sha != self.sha256
 
-    def remember(self, path, sha, source, quiet):
-        """An unpinned file seen for the first time: check its content, then record its hash so that a
-        change is refused later. Raises SourceError ("content" or "mismatch") when it cannot be locked."""
+    def remember(self, path, sha, source, quiet, lock=True):
+        """An unpinned file seen for the first time: check its content, then (lock=True) record its hash so
+        that a change is refused later. lock=False leaves the recording to `lock_verified`, once the file
+        has been read safely into its model. Raises SourceError ("content" or "mismatch")."""
         if self.sha256 is not None:
             return
         problem = content_problem(path, self.role)
         if problem:
             raise SourceError("content", f"the file {problem}")
+        if not lock:
+            return
         entry = record_lock(self.lock_file, self.spec.id, self.role, sha, Path(path).stat().st_size, source,
                             keep_existing=True)
         if entry["sha256"] != sha:  # another run, with another cache, locked its own copy first
@@ -84,11 +87,13 @@ class _Expected:
 
 
 def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline=None,
-          lock_file=None, quiet=False):
+          lock_file=None, quiet=False, lock=True):
     """Return the path of a verified copy of `spec.files[role]`, downloading it if needed.
 
     verify=True re-hashes a cached file instead of trusting its size, mtime and recorded hash.
     offline (default: $HARNESS_OFFLINE) never touches the network.
+    lock=False: a file the manifest leaves unpinned is not locked here; the caller locks it with
+    `lock_verified` once it has loaded into its model (a file refused later never poisons the lock).
     Raises UserError with the problem and the fix when no good copy can be had.
     """
     if role not in spec.files:
@@ -98,7 +103,7 @@ def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline
     lock_file = lock_file or lock_file_for(spec.manifest_path)
     looked = []
     if weights_dir:
-        found = _hand_placed(spec, role, weights_dir, _Expected(spec, role, lock_file), looked, quiet)
+        found = _hand_placed(spec, role, weights_dir, _Expected(spec, role, lock_file), looked, quiet, lock)
         if found:
             return found
     dest = cache_path(spec, role, cache_dir)
@@ -112,7 +117,7 @@ def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline
         expected = _Expected(spec, role, lock_file)
         moved = None
         if dest.is_file():
-            moved = _check_cached(dest, expected, verify, quiet)
+            moved = _check_cached(dest, expected, verify, quiet, lock)
             if moved is None:
                 return dest
         if is_offline(offline):
@@ -120,10 +125,27 @@ def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline
             raise UserError(f"offline: {spec.id} {role} ({wfile.filename}) is not on this machine{bad}; looked in "
                             f"{', '.join(map(str, looked))}; place it there by hand, or go online (no --offline, "
                             f"HARNESS_OFFLINE unset) and run `harness download {spec.id}`")
-        return _download(spec, role, dest, expected, weights_dir, quiet)
+        return _download(spec, role, dest, expected, weights_dir, quiet, lock)
 
 
-def _hand_placed(spec, role, weights_dir, expected, looked, quiet):
+def lock_verified(spec, role, path, *, lock_file=None, quiet=False):
+    """Record the sha256 of `path` as the release of an unpinned file, once it has been read safely
+    into its model; a pinned or already locked file is only checked against its hash."""
+    lock_file = lock_file or lock_file_for(spec.manifest_path)
+    expected = _Expected(spec, role, lock_file)
+    record = read_record(path) or {}  # a cached file's download record; none for a hand-placed one
+    sha = (record.get("sha256") if unchanged_since(path, record) else None) or file_digest(path)
+    if expected.mismatch(sha):
+        raise UserError(f"{path} has sha256 {sha} but {spec.id} {role} must have {expected.sha256} "
+                        f"(from {expected.origin}); it is not the released file: remove or replace it")
+    source = record.get("source") or f"weights-dir:{path}"
+    try:
+        expected.remember(path, sha, source, quiet)
+    except SourceError as e:
+        raise UserError(f"{path}: {e}; it is not the released file: remove or replace it")
+
+
+def _hand_placed(spec, role, weights_dir, expected, looked, quiet, lock):
     filename = spec.files[role].filename
     candidates = hand_placed_candidates(weights_dir, spec, filename)
     for i, path in enumerate(candidates):
@@ -142,14 +164,14 @@ def _hand_placed(spec, role, weights_dir, expected, looked, quiet):
                             f"(from {expected.origin}); it is not the released file: remove or replace it"
                             f"{expected.lock_fix(cache_path(spec, role))}")
         try:
-            expected.remember(path, sha, f"weights-dir:{path}", quiet)
+            expected.remember(path, sha, f"weights-dir:{path}", quiet, lock)
         except SourceError as e:
             raise UserError(f"{path}: {e}; it is not the released file: remove or replace it")
         return path
     return None
 
 
-def _check_cached(dest, expected, verify, quiet):
+def _check_cached(dest, expected, verify, quiet, lock):
     """None if the cached file is good; otherwise the path it was moved aside to."""
     record = read_record(dest) or {}
     want = expected.sha256 or record.get("sha256")
@@ -163,7 +185,7 @@ def _check_cached(dest, expected, verify, quiet):
         if not unchanged_since(dest, record) or record.get("sha256") != sha:
             write_record(dest, sha, source)  # also gives an older record its mtime
     try:
-        expected.remember(dest, sha, f"cache:{source}", quiet)
+        expected.remember(dest, sha, f"cache:{source}", quiet, lock)
     except SourceError as e:
         return _set_aside(dest, str(e))
     return None
@@ -175,7 +197,7 @@ def _set_aside(dest, why):
     return moved
 
 
-def _download(spec, role, dest, expected, weights_dir, quiet):
+def _download(spec, role, dest, expected, weights_dir, quiet, lock):
     wfile = spec.files[role]
     patience = Patience.from_env()
     failures = []
@@ -188,7 +210,7 @@ def _download(spec, role, dest, expected, weights_dir, quiet):
             if expected.mismatch(sha):
                 raise SourceError("hash", f"got sha256 {sha} but {expected.sha256} is required "
                                           f"(from {expected.origin})")
-            expected.remember(part, sha, sources.as_text(source), quiet)
+            expected.remember(part, sha, sources.as_text(source), quiet, lock)
         except SourceError as e:
             if e.kind in ("hash", "mismatch", "content") and part.exists():
                 # never used: renamed so that nothing picks it up, kept for a look

@@ -76,10 +76,21 @@ def _work_dir(runs_root, mid, settings):
     return path
 
 
-def _say(enabled):
+def _say(enabled, total):
+    """A line per epoch: N/total, val mAP per grid point, and the time left at this pace."""
+    import time
+
+    start, first = time.perf_counter(), []
+
     def progress(epoch, val_maps):
-        if enabled:
-            print(f"  epoch {epoch}: val mAP " + " ".join(f"{m:.2f}" for m in val_maps), flush=True)
+        if not enabled:
+            return
+        if not first:  # a resumed run starts past epoch 1
+            first.append(epoch)
+        done = epoch - first[0] + 1  # epochs count from 0
+        left = (time.perf_counter() - start) / done * (total - epoch - 1)
+        print(f"  epoch {epoch + 1}/{total}: val mAP " + " ".join(f"{m:.2f}" for m in val_maps) +
+              f" (ETA {left / 60:.1f} min)", flush=True)
     return progress
 
 
@@ -94,7 +105,7 @@ def _linear(data, feats, loss, points, epochs, seed, device, work, tag, progress
         lrs = [lr for b, lr in points if b == bs]
         print(f"{tag}: linear, batch size {bs}, lr {', '.join(map(str, lrs))}", flush=True)
         results = train_linear_group(train, val, test, loss, lrs, bs, epochs=epochs, seed=seed, device=device,
-                                     state_path=work / f"{tag}_bs{bs}.pt", progress=_say(progress))
+                                     state_path=work / f"{tag}_bs{bs}.pt", progress=_say(progress, epochs))
         by_point.update({(bs, r.lr): r for r in results})
     return [by_point[p] for p in points]
 
@@ -113,7 +124,7 @@ def _fine_tune(data, loss, points, epochs, seed, device, work, coco_root, resolu
             weights_info = load_imagenet_v1(model)
         r = train_fine_tuned(model, data, loss, lr, bs, coco_root=coco_root, epochs=epochs, seed=seed, device=device,
                              resolution=resolution, workers=workers, head=head, estimates=estimates,
-                             state_dir=_point_dir(work, bs, lr), max_steps=max_steps, progress=_say(progress))
+                             state_dir=_point_dir(work, bs, lr), max_steps=max_steps, progress=_say(progress, epochs))
         best = select([best, r] if best else [r])
         if r is not best:  # keep one full model in memory, not one per point
             r.head = r.table = r.test_scores = None
