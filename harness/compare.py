@@ -206,3 +206,34 @@ def plot_png(result):
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def find_run(runs_root, name):
+    """A run folder given as such, else the latest finished run of model `name` under runs_root
+    (the latest non-smoke one when there is one, as the report chooses)."""
+    from pathlib import Path
+
+    from harness.records import iter_records
+
+    if (Path(name) / "record.json").is_file():
+        return Path(name)
+    found = [(r.get("smoke", False), r.get("finished_at") or "", r["run_id"], d) for d, r in iter_records(runs_root)
+             if r["model"]["id"] == name and r["kind"] in ("eval", "train")]
+    if not found:
+        raise UserError(f"--compare {name}: no finished run of that model under {runs_root} (nor a run folder of "
+                        f"that name); run `harness eval {name}` first, or pass a run folder")
+    return max(found, key=lambda f: (not f[0], f[1], f[2]))[3]  # non-smoke first, then the latest
+
+
+def to_html(result):
+    """An HTML section: the summary, the top and bottom classes, and the bar chart inline."""
+    import base64
+    from html import escape
+
+    rows = result["per_class"][:SHOWN] + result["per_class"][-SHOWN:]
+    table = "".join(f"<tr><td>{escape(str(r['class']))}</td><td>{r['A']:.2f}</td><td>{r['B']:.2f}</td>"
+                    f"<td>{r['difference']:+.2f}</td></tr>" for r in rows)
+    png = base64.b64encode(plot_png(result)).decode()
+    return (f"<h2>Paired comparison</h2><pre>{escape(to_text(result))}</pre>"
+            f"<table><tr><th>class (top and bottom {SHOWN})</th><th>AP A</th><th>AP B</th><th>A - B</th></tr>"
+            f"{table}</table><img alt='per-class AP difference' src='data:image/png;base64,{png}'>")

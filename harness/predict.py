@@ -15,7 +15,7 @@ from harness.data.categories import COCO_CATEGORIES
 from harness.errors import UserError
 
 CLASS_NAMES = [name for _, name, _ in COCO_CATEGORIES]
-RANDOM_NOTE = "RANDOM WEIGHTS: not a trained model, these scores mean nothing"
+RANDOM_NOTE = "RANDOM WEIGHTS (torch seed 0): not a trained model, these scores mean nothing"
 
 
 def image_paths(items):
@@ -46,6 +46,8 @@ def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False
     device = pick_device(device)
     if amp not in (None, "off") and device != "cuda":
         raise UserError("--amp needs a CUDA GPU; drop --amp to run in fp32 on CPU")
+    if weights == "random":
+        torch.manual_seed(0)  # the same random model in predict and attention, run after run
     model, info = _build_model(spec, weights, weights_dir, config, trust, device)
     amp, _ = _choose_amp(spec, amp, info.get("config"), device)
     return model, info, device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)

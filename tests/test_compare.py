@@ -159,3 +159,20 @@ def test_cli_text_plot_and_refusals(tmp_path, capsys):
     _one_line(capsys, "different protocols", "--protocol")
     assert main(["compare", str(a), str(tmp_path / "nothing")]) == 2
     _one_line(capsys, "record.json")
+
+
+def test_report_compare_section_html_and_chart(tmp_path, capsys):
+    rng, labels = synthetic(60)
+    runs = tmp_path / "runs"
+    make_run(runs, "model-a", labels + rng.normal(0, 0.5, labels.shape), labels)
+    make_run(runs, "model-b", rng.random(labels.shape), labels)
+    out = tmp_path / "report.html"
+    assert main(["report", "--runs", str(runs), "--measured", "none", "--format", "html", "--out", str(out),
+                 "--compare", "model-a", "model-b"]) == 0
+    html = out.read_text()
+    assert "Paired comparison" in html and "verdict: A better" in html
+    assert html.count("data:image/png;base64,") == 3  # the report's two plots and the per-class chart
+    assert (tmp_path / "report-compare.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["report", "--runs", str(runs), "--measured", "none", "--compare", "model-a", "nothing"]) == 2
+    _one_line(capsys, "--compare nothing", "harness eval nothing")

@@ -17,6 +17,9 @@ def add_arguments(parser):
                              "the repository; 'none' to leave them out)")
     parser.add_argument("--tables", metavar="DIR", help="the paper tables (default: tables/paper of the repository)")
     parser.add_argument("--manifest", metavar="FILE", help="the model manifest (default: weights_manifest.yaml)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="add a paired comparison of two models' latest runs (or two run folders), as "
+                             "`harness compare`, with the per-class AP difference chart")
 
 
 def run(args):
@@ -31,16 +34,24 @@ def run(args):
         None if args.measured.lower() == "none" else Path(args.measured))
     if measured is not None and args.measured is not None and not measured.is_dir():
         raise UserError(f"measured records folder not found: {measured}; pass --measured DIR or --measured none")
+    compare = None
+    if args.compare:
+        from harness.compare import compare_runs, find_run, load_run
+
+        compare = compare_runs(*(load_run(find_run(args.runs, name)) for name in args.compare),
+                               progress=lambda m: print(f"harness report: {m}", file=sys.stderr))
     if args.format == "all":
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
             raise UserError(f"--format all writes five files into a folder, but --out {args.out} is a file; "
                             f"pass a folder, e.g. --out tables")
         for path in report.write_all(args.runs, args.out or "tables", args.manifest, args.tables,
-                                     measured_root=measured):
+                                     measured_root=measured, compare=compare):
             print(f"written: {path}", file=sys.stderr)
         return
     data = report.collect(args.runs, load_manifest(args.manifest), report.load_paper_tables(args.tables),
                           measured_root=measured)
+    if compare:
+        data["compare"] = compare
     text = report.render(data, args.format)
     if args.out is None:
         sys.stdout.write(text)
@@ -51,3 +62,9 @@ def run(args):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"written: {out}", file=sys.stderr)
+    if compare:  # the chart as its own PNG too, beside the report
+        from harness.compare import plot_png
+
+        chart = out.with_name(f"{out.stem}-compare.png")
+        chart.write_bytes(plot_png(compare))
+        print(f"written: {chart}", file=sys.stderr)
