@@ -53,9 +53,31 @@ def check_same_images(a, b):
     if not same:
         raise UserError(f"{a['dir']} ({_describe(a)}) and {b['dir']} ({_describe(b)}) are not on the same images "
                         f"(dataset fingerprints differ): a paired comparison needs both models scored on one "
-                        f"image set; evaluate them on the same images")
+                        f"image set; evaluate them on the same images, or pass --common-images to use the "
+                        f"images both scored")
     if a["scores"].shape != a["labels"].shape or b["scores"].shape != b["labels"].shape:
         raise UserError(f"scores and labels of {a['dir']} or {b['dir']} differ in shape; the run is damaged")
+
+
+def restrict_to_common(a, b):
+    """Both runs on the images they share, in A's order (e.g. Q2L's 40,504 and ASL's 40,137:
+    the 40,137 annotated ones), when they come from one annotation file and agree on those labels."""
+    fa, fb = ((r["record"].get("dataset") or {}).get("fingerprint") or {} for r in (a, b))
+    if fa.get("annotations_sha256") != fb.get("annotations_sha256"):
+        raise UserError(f"{a['dir']} and {b['dir']} were scored against different annotation files; "
+                        f"--common-images needs both from the same instances json")
+    position_b = {int(i): k for k, i in enumerate(b["image_ids"])}
+    rows_a = [k for k, i in enumerate(a["image_ids"]) if int(i) in position_b]
+    rows_b = [position_b[int(a["image_ids"][k])] for k in rows_a]
+    if not rows_a or not np.array_equal(a["labels"][rows_a] > 0, b["labels"][rows_b] > 0):
+        raise UserError(f"{a['dir']} and {b['dir']} share no images, or disagree on their labels; "
+                        f"evaluate both on the same images")
+    note = (f"restricted to the {len(rows_a)} images both runs scored (A {len(a['image_ids'])}, "
+            f"B {len(b['image_ids'])}), in A's order")
+    pick = [{**r, "scores": r["scores"][rows], "labels": r["labels"][rows], "image_ids": r["image_ids"][rows],
+             "record": {**r["record"], "dataset": {**(r["record"].get("dataset") or {}), "fingerprint": None}}}
+            for r, rows in ((a, rows_a), (b, rows_b))]
+    return pick[0], pick[1], note
 
 
 def protocol_of(a, b, protocol=None):
@@ -118,8 +140,12 @@ def verdict(ci):
     return VERDICTS[0] if ci[0] > 0 else VERDICTS[1] if ci[1] < 0 else VERDICTS[2]
 
 
-def compare_runs(a, b, *, protocol=None, n_boot=1000, n_perm=1000, seed=0, progress=None):
+def compare_runs(a, b, *, protocol=None, n_boot=1000, n_perm=1000, seed=0, common_images=False, progress=None):
     """The whole comparison of two loaded runs (see load_run) as a JSON-serialisable dict."""
+    notes = []
+    if common_images:
+        a, b, note = restrict_to_common(a, b)
+        notes.append(note)
     check_same_images(a, b)
     protocol = protocol_of(a, b, protocol)
     if n_boot < 1 or n_perm < 1:
@@ -149,7 +175,7 @@ def compare_runs(a, b, *, protocol=None, n_boot=1000, n_perm=1000, seed=0, progr
                           "images; percentile interval of mAP(A) - mAP(B)"},
             "permutation": {"n_permutations": n_perm, "seed": seed, "method": "each image's scores swapped "
                             "between A and B with probability 1/2; two-sided"},
-            "per_class": per_class}
+            "per_class": per_class, "notes": notes}
 
 
 # ---------------------------------------------------------------- rendering
@@ -164,6 +190,7 @@ def to_text(result):
 
     lines = [run_line("A", a), run_line("B", b),
              f"{result['n_images']} images, same in both runs; protocol {result['protocol']}",
+             *(f"note: {n}" for n in result.get("notes", [])),
              f"mAP difference A - B: {result['difference']:+.2f}  paired bootstrap 95% CI "
              + (f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "n/a")
              + f" ({result['bootstrap']['n_resamples']} resamples, seed {result['bootstrap']['seed']})",

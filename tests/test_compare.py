@@ -11,7 +11,7 @@ from harness.compare import compare_runs, load_run
 NAMES = [f"class{c}" for c in range(8)]
 
 
-def make_run(root, model_id, scores, labels, protocol="q2l", fingerprint="same", image_ids=None):
+def make_run(root, model_id, scores, labels, protocol="q2l", fingerprint="same", image_ids=None, annotations="ann"):
     """A finished run folder as `harness eval` writes it (record.json, scores, labels, image ids)."""
     run_dir = records.new_run_dir(root, model_id)
     image_ids = np.arange(len(scores)) if image_ids is None else image_ids
@@ -20,7 +20,8 @@ def make_run(root, model_id, scores, labels, protocol="q2l", fingerprint="same",
         "schema": 1, "kind": "eval", "run_id": run_dir.name, "model": {"id": model_id},
         "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:00+00:00", "smoke": False,
         "dataset": {"image_set": "all", "n_images": len(scores),
-                    "fingerprint": {"labels_sha256": fingerprint, "n_images": len(scores)}},
+                    "fingerprint": {"annotations_sha256": annotations, "labels_sha256": fingerprint,
+                                    "n_images": len(scores)}},
         "eval": {"protocol": protocol}, "metrics": {"class_names": NAMES[:labels.shape[1]]},
         "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"}})
     return run_dir
@@ -176,3 +177,26 @@ def test_report_compare_section_html_and_chart(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", "--runs", str(runs), "--measured", "none", "--compare", "model-a", "nothing"]) == 2
     _one_line(capsys, "--compare nothing", "harness eval nothing")
+
+
+def test_common_images_compares_on_the_rows_both_runs_scored(tmp_path, capsys):
+    rng, labels = synthetic(80)
+    scores_a, scores_b = rng.random(labels.shape), rng.random(labels.shape)
+    ids = np.arange(80) * 3 + 7
+    subset = rng.permutation(np.arange(10, 80))  # B scored 70 of A's images, in another order
+    a = make_run(tmp_path, "a", scores_a, labels, image_ids=ids, fingerprint="all")
+    b = make_run(tmp_path, "b", scores_b[subset], labels[subset], image_ids=ids[subset], fingerprint="annotated",
+                 protocol="asl")
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--protocol", "asl"]) == 2
+    _one_line(capsys, "not on the same images", "--common-images")
+    both = compare_runs(load_run(a), load_run(b), protocol="asl", common_images=True, n_boot=30, n_perm=10)
+    a2 = make_run(tmp_path, "a2", scores_a[10:], labels[10:], image_ids=ids[10:])
+    b2 = make_run(tmp_path, "b2", scores_b[10:], labels[10:], image_ids=ids[10:])
+    by_hand = compare_runs(load_run(a2), load_run(b2), protocol="asl", n_boot=30, n_perm=10)
+    assert both["n_images"] == 70 and "restricted to the 70 images" in both["notes"][0]
+    assert (both["difference"], both["ci95"], both["p_value"]) == (by_hand["difference"], by_hand["ci95"],
+                                                                    by_hand["p_value"])
+    other = make_run(tmp_path, "c", scores_b, labels, image_ids=ids, annotations="another file")
+    assert main(["compare", str(a), str(other), "--common-images"]) == 2
+    _one_line(capsys, "different annotation files")

@@ -20,6 +20,10 @@ def add_arguments(parser):
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
                         help="add a paired comparison of two models' latest runs (or two run folders), as "
                              "`harness compare`, with the per-class AP difference chart")
+    parser.add_argument("--compare-protocol", choices=("q2l", "asl", "mlspl"),
+                        help="with --compare: score both with this protocol (needed when the runs' differ)")
+    parser.add_argument("--compare-common-images", action="store_true",
+                        help="with --compare: on the images both runs scored (Q2L's 40,504 vs ASL's 40,137)")
 
 
 def run(args):
@@ -39,6 +43,7 @@ def run(args):
         from harness.compare import compare_runs, find_run, load_run
 
         compare = compare_runs(*(load_run(find_run(args.runs, name)) for name in args.compare),
+                               protocol=args.compare_protocol, common_images=args.compare_common_images,
                                progress=lambda m: print(f"harness report: {m}", file=sys.stderr))
     if args.format == "all":
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
