@@ -15,7 +15,7 @@ from harness.data.categories import COCO_CATEGORIES
 from harness.errors import UserError
 
 CLASS_NAMES = [name for _, name, _ in COCO_CATEGORIES]
-RANDOM_NOTE = "RANDOM WEIGHTS (torch seed 0): not a trained model, these scores mean nothing"
+RANDOM_NOTE = "RANDOM WEIGHTS: not a trained model, these scores mean nothing"
 
 
 def image_paths(items):
@@ -48,9 +48,40 @@ def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False
         raise UserError("--amp needs a CUDA GPU; drop --amp to run in fp32 on CPU")
     if weights == "random":
         torch.manual_seed(0)  # the same random model in predict and attention, run after run
-    model, info = _build_model(spec, weights, weights_dir, config, trust, device)
+    if spec.family == "mlspl" and weights and Path(weights).is_dir():
+        model, info = mlspl_run_model(spec, Path(weights), device)
+    else:
+        model, info = _build_model(spec, weights, weights_dir, config, trust, device)
     amp, _ = _choose_amp(spec, amp, info.get("config"), device)
     return model, info, device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
+def mlspl_run_model(spec, run_dir, device):
+    """An MLSPL model trained here, from its run folder: classifier.safetensors holds the head (linear
+    training, on torchvision's fixed ImageNet V1 ResNet-50) or the whole network (fine-tuned)."""
+    from safetensors.torch import load_file
+
+    from harness.checkpoints import load_state_dict_strict, sha256_of
+    from harness.mlspl.features import load_imagenet_v1
+    from harness.mlspl.record import CLASSIFIER
+    from harness.models import build_from_arch
+    from harness.records import read_record
+
+    record = read_record(run_dir)
+    if record["model"]["id"] != spec.id:
+        raise UserError(f"--weights {run_dir} is a run of {record['model']['id']}, not {spec.id}; pass that model id")
+    path = run_dir / CLASSIFIER
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no {CLASSIFIER}; pass the folder of a finished `harness mlspl train` run")
+    state = load_file(str(path))
+    model = build_from_arch({**spec.arch, "linear_only": False})
+    if not any(k.startswith("backbone.") for k in state):  # linear: the backbone is the fixed V1 network
+        load_imagenet_v1(model)
+        state = {**{f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}, **state}
+    load_state_dict_strict(model, state, source=str(path))
+    info = {"path": str(path), "sha256": sha256_of(path), "pinned": False, "run": str(run_dir),
+            "random_weights": bool((record.get("checkpoint") or {}).get("random_weights"))}
+    return model.eval().to(device), info
 
 
 def score_images(model, spec, paths, *, device, batch_size=None, amp_dtype=None):

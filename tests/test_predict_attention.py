@@ -171,3 +171,36 @@ def test_bad_input_is_one_line_exit_2(setup, smoke_root, tmp_path, capsys):
     _one_line_error(capsys, "no attention", "q2l")
     assert main(["attention", "mlspl-an-linear", str(broken)]) == 2
     _one_line_error(capsys, "no attention")
+
+
+def test_predict_takes_a_trained_mlspl_run_folder(smoke_root, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from harness import records
+    from harness.data.dataset import load_rgb
+    from harness.data.transforms import eval_transform
+    from harness.manifest import get_spec
+    from harness.models.mlspl import MLSPLResNet50
+
+    manifest = tiny_manifest(tmp_path, "tiny-mlspl", {"name": "mlspl_resnet50", "num_classes": 80},
+                             base="mlspl-an-fine-tuned", resolution=64, batch_size=2)
+    torch.manual_seed(1)
+    trained = MLSPLResNet50().eval()
+    run_dir = records.new_run_dir(tmp_path / "runs", "tiny-mlspl")
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, run_dir / "classifier.safetensors")
+    records.write_record(run_dir, {"schema": 1, "kind": "train", "run_id": run_dir.name, "model": {"id": "tiny-mlspl"},
+                                   "started_at": "x", "finished_at": "y", "smoke": True,
+                                   "checkpoint": {"random_weights": False}})
+    images = sorted((smoke_root / "val2014").iterdir())[:3]
+    assert main(["predict", "tiny-mlspl", *map(str, images), "--manifest", str(manifest), "--weights", str(run_dir),
+                 "--format", "json"]) == 0
+    scores = np.array([r["scores"] for r in json.loads(capsys.readouterr().out)["images"]], dtype=np.float32)
+    transform = eval_transform(get_spec("tiny-mlspl", manifest).eval)
+    with torch.no_grad():
+        expected = torch.sigmoid(trained(torch.stack([transform(load_rgb(p)) for p in images]))).numpy()
+    assert np.allclose(scores, expected, atol=1e-6)
+    (tmp_path / "other").mkdir()
+    other = tiny_manifest(tmp_path / "other", "tiny-mlspl-2", {"name": "mlspl_resnet50", "num_classes": 80},
+                          base="mlspl-an-fine-tuned", resolution=64)
+    assert main(["predict", "tiny-mlspl-2", str(images[0]), "--manifest", str(other), "--weights", str(run_dir)]) == 2
+    _one_line_error(capsys, "is a run of tiny-mlspl, not tiny-mlspl-2")
