@@ -113,7 +113,7 @@ def figure_png(image, maps, labels, scores, title, max_side=448):
             if panel is not None:
                 ax.imshow(upsample(panel, (image.height, image.width)), cmap="jet", alpha=0.5,
                           vmin=0, vmax=float(panel.max()) or 1.0)
-                panel_name += f"\nmax {panel.max():.3f}"
+                panel_name += f" (max {panel.max():.3f})"
             ax.set_title(panel_name, fontsize=8)
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
