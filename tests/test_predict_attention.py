@@ -88,7 +88,7 @@ def test_predict_scores_equal_eval_scores_bit_for_bit(setup, smoke_root, tmp_pat
     assert np.array_equal(np.array(rows[1][4:], dtype=np.float64).astype(np.float32), eval_scores[3])
 
 
-def test_random_weights_are_said_on_every_line_and_row(setup, smoke_root, capsys):
+def test_random_weights_are_said_on_every_line_and_row(setup, smoke_root, tmp_path, capsys):
     manifest, _ = setup
     folder = smoke_root / "val2014"
     for fmt in ("text", "csv"):
@@ -98,6 +98,11 @@ def test_random_weights_are_said_on_every_line_and_row(setup, smoke_root, capsys
         lines = capsys.readouterr().out.strip().splitlines()[(fmt == "csv"):]
         assert len(lines) == len(list(folder.iterdir()))
         assert all("RANDOM WEIGHTS" in line for line in lines)
+    image = sorted(folder.iterdir())[0]
+    assert main(["attention", "tiny-q2l", str(image), "--manifest", str(manifest), "--weights", "random",
+                 "--out", str(tmp_path / "maps")]) == 0
+    assert "RANDOM WEIGHTS" in capsys.readouterr().out
+    assert json.loads((tmp_path / "maps" / f"{image.stem}.attention.json").read_text())["random_weights"] is True
 
 
 def test_attention_sums_to_one_and_comes_from_the_scoring_pass(setup, smoke_root):
