@@ -182,7 +182,7 @@ def compare_runs(a, b, *, protocol=None, n_boot=1000, n_perm=1000, seed=0, commo
 
 def to_text(result):
     a, b = result["A"], result["B"]
-    ci = result["ci95"]
+    ci, n_perm = result["ci95"], result["permutation"]["n_permutations"]
 
     def run_line(tag, r):
         smoke = f"  SMOKE ({', '.join(r['smoke_reasons']) or 'flagged'})" if r["smoke"] else ""
@@ -194,8 +194,8 @@ def to_text(result):
              f"mAP difference A - B: {result['difference']:+.2f}  paired bootstrap 95% CI "
              + (f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "n/a")
              + f" ({result['bootstrap']['n_resamples']} resamples, seed {result['bootstrap']['seed']})",
-             f"paired permutation test: p = {result['p_value']:.4g} ({result['permutation']['n_permutations']} "
-             f"permutations)",
+             f"paired permutation test: p = {result['p_value']:.4g} ({n_perm} permutations"
+             + ("; none as extreme: the smallest p they can give)" if result["p_value"] * (1 + n_perm) < 1.5 else ")"),
              f"verdict: {result['verdict']}"]
     top, bottom = result["per_class"][:SHOWN], result["per_class"][-SHOWN:][::-1]
     lines.append("per-class AP, largest A - B: " + ", ".join(f"{r['class']} {r['difference']:+.2f}" for r in top))
