@@ -16,7 +16,7 @@ from tabulate import tabulate
 from harness.manifest import REPO_ROOT
 from harness.metrics import PROTOCOL_DESCRIPTIONS, THRESHOLD, TOP3_RULE
 from harness.records import iter_records
-from harness.report_files import HTML_MARK, MARK, check_target, mark, write_report_file
+from harness.report_files import HTML_MARK, MARK, check_target, mark, write_report_file, write_report_png
 
 FORMATS = ("markdown", "csv", "latex", "json", "html")
 FAMILIES = {"q2l": "Query2Label", "asl": "ASL", "mlspl": "MLSPL (single positive labels, trained here)"}
@@ -346,6 +346,9 @@ def to_markdown(data):
     for title, headers, cells, notes in _tables(data):
         parts.append(f"## {title}\n\n{tabulate(cells, headers, tablefmt='pipe', disable_numparse=True)}\n")
         parts.append("\n".join(f"- {n}" for n in notes) + "\n")
+    if data.get("compare"):  # optional: `harness report --compare A B`
+        from harness.compare import to_markdown as compare_markdown
+        parts.append(compare_markdown(data["compare"]))
     if data["notes"]:
         parts.append("## Runs not shown\n\n" + "\n".join(f"- {n}" for n in data["notes"]) + "\n")
     return "\n".join(parts)
@@ -470,6 +473,9 @@ def to_html(data):
     for name, png in plots(data).items():
         body.append(f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" '
                     f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    if data.get("compare"):  # optional: `harness report --compare A B`
+        from harness.compare import to_html as compare_html
+        body.append(compare_html(data["compare"]))
     if data["notes"]:
         body.append("<h2>Runs not shown</h2><ul>" + "".join(f"<li>{_escape(n)}</li>" for n in data["notes"]) + "</ul>")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
@@ -494,16 +500,22 @@ EXTENSIONS = {"markdown": "md", "csv": "csv", "latex": "tex", "json": "json", "h
 
 
 def write_all(runs_root="runs", out_dir="reports", manifest=None, tables_dir=None, formats=FORMATS,
-              measured_root=DEFAULT_MEASURED):
+              measured_root=DEFAULT_MEASURED, compare=None):
     """Render every format into out_dir/report.<ext> (a rendering, rewritten each time); the paths."""
     from harness.manifest import load_manifest
 
     specs = manifest if isinstance(manifest, dict) else load_manifest(manifest)
     data = collect(runs_root, specs, load_paper_tables(tables_dir), measured_root=measured_root)
+    if compare:  # harness.compare.compare_runs's result
+        data["compare"] = compare
     out_dir = Path(out_dir)
     texts = {out_dir / f"report.{EXTENSIONS[fmt]}": render(data, fmt) for fmt in formats}
     if "csv" in formats and data["cost"]:  # the models' CSV has one row per model: the cost table is its own
         texts[out_dir / "report-cost.csv"] = cost_to_csv(data)
     for path in texts:  # every target checked before the first is written
         check_target(path)
-    return [write_report_file(path, text) for path, text in texts.items()]
+    written = [write_report_file(path, text) for path, text in texts.items()]
+    if compare:
+        from harness.compare import plot_png
+        written.append(write_report_png(out_dir / "report-compare.png", plot_png(compare)))
+    return written

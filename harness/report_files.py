@@ -54,3 +54,20 @@ def write_report_file(path, text):
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_report_png(path, png):
+    """Write a chart: a new file, or one that already holds a PNG (an earlier chart), nothing else."""
+    path = Path(path)
+    if path.exists():
+        with open(path, "rb") as f:
+            if f.read(8) != PNG_MAGIC:
+                raise UserError(f"{path} exists and is not a chart this report wrote: refused, nothing was "
+                                f"overwritten; move it away or pass another --out")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(png)
+    os.replace(tmp, path)
+    return path

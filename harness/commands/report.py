@@ -17,6 +17,13 @@ def add_arguments(parser):
                              "the repository; 'none' to leave them out)")
     parser.add_argument("--tables", metavar="DIR", help="the paper tables (default: tables/paper of the repository)")
     parser.add_argument("--manifest", metavar="FILE", help="the model manifest (default: weights_manifest.yaml)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="add a paired comparison of two models' latest runs (or two run folders), as "
+                             "`harness compare`, with the per-class AP difference chart")
+    parser.add_argument("--compare-protocol", choices=("q2l", "asl", "mlspl"),
+                        help="with --compare: score both with this protocol (needed when the runs' differ)")
+    parser.add_argument("--compare-common-images", action="store_true",
+                        help="with --compare: on the images both runs scored (Q2L's 40,504 vs ASL's 40,137)")
 
 
 def run(args):
@@ -31,18 +38,33 @@ def run(args):
         None if args.measured.lower() == "none" else Path(args.measured))
     if measured is not None and args.measured is not None and not measured.is_dir():
         raise UserError(f"measured records folder not found: {measured}; pass --measured DIR or --measured none")
+    compare = None
+    if args.compare:
+        from harness.compare import compare_runs, find_run, load_run
+
+        compare = compare_runs(*(load_run(find_run(args.runs, name)) for name in args.compare),
+                               protocol=args.compare_protocol, common_images=args.compare_common_images,
+                               progress=lambda m: print(f"harness report: {m}", file=sys.stderr))
     if args.format == "all":
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
             raise UserError(f"--format all writes five files into a folder, but --out {args.out} is a file; "
                             f"pass a folder, e.g. --out tables")
         for path in report.write_all(args.runs, args.out or "tables", args.manifest, args.tables,
-                                     measured_root=measured):
+                                     measured_root=measured, compare=compare):
             print(f"written: {path}", file=sys.stderr)
         return
     data = report.collect(args.runs, load_manifest(args.manifest), report.load_paper_tables(args.tables),
                           measured_root=measured)
+    if compare:
+        data["compare"] = compare
     text = report.render(data, args.format)
     if args.out is None:
         sys.stdout.write(text)
         return
-    print(f"written: {report.write_report_file(args.out, text)}", file=sys.stderr)
+    out = report.write_report_file(args.out, text)
+    print(f"written: {out}", file=sys.stderr)
+    if compare:  # the chart as its own PNG too, beside the report
+        from harness.compare import plot_png
+
+        chart = report.write_report_png(out.with_name(f"{out.stem}-compare.png"), plot_png(compare))
+        print(f"written: {chart}", file=sys.stderr)

@@ -66,3 +66,29 @@ def collate(items):
     if bad:
         return bad
     return default_collate(items)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class ImageFiles(Dataset):
+    """Yields (image tensor, index) for a list of image files (your own photos, not COCO)."""
+
+    def __init__(self, paths, transform):
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import UnidentifiedImageError
+
+        from harness.errors import UserError
+
+        try:
+            image = load_rgb(self.paths[i])
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise UserError(f"cannot decode image {self.paths[i]} ({e}); pass JPEG/PNG files that open in an "
+                            f"image viewer, or leave this one out") from None
+        return self.transform(image), i
