@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 COCO_ROOT ?= data/coco
 RUNS ?= runs
 
-.PHONY: install test smoke bench reproduce-q2l reproduce-mlspl report clean-venv
+.PHONY: install test check-install smoke bench reproduce-q2l reproduce-mlspl report clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The wheel installed into a fresh venv, run from outside the repository (CI runs it after the tests).
+check-install: $(STAMP)
+	bash .ci/check_installed.sh
 
 clean-venv:
 	rm -rf $(VENV)

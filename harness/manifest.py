@@ -13,7 +13,10 @@ import yaml
 from harness.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MANIFEST = REPO_ROOT / "weights_manifest.yaml"
+# The package's data: in a checkout, links to the repository's copies (resolved, so the lock file
+# lands beside the repository's manifest); in an installed wheel, the files themselves.
+PACKAGE_DATA = Path(__file__).resolve().parent / "_data"
+DEFAULT_MANIFEST = (PACKAGE_DATA / "weights_manifest.yaml").resolve()
 
 FAMILIES = ("q2l", "asl", "mlspl")
 PROTOCOLS = ("q2l", "asl", "mlspl")

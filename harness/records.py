@@ -40,7 +40,7 @@ import numpy as np
 
 from harness import __version__
 from harness.errors import UserError
-from harness.manifest import REPO_ROOT
+from harness.manifest import PACKAGE_DATA, REPO_ROOT
 
 SCHEMA = 1
 RECORD = "record.json"
@@ -311,7 +311,7 @@ def _text(value):
 
 def matching_environment_file(python_version, torch_version, folder=None):
     """The first environments/*.txt|*.yml|*.yaml naming this torch and Python version, else None."""
-    folder = Path(folder) if folder else REPO_ROOT / "environments"
+    folder = Path(folder) if folder else (PACKAGE_DATA / "environments").resolve()
     if not torch_version or not folder.is_dir():
         return None
     torch_base = torch_version.split("+")[0]

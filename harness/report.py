@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.manifest import REPO_ROOT
+from harness.manifest import PACKAGE_DATA
 from harness.metrics import PROTOCOL_DESCRIPTIONS, THRESHOLD, TOP3_RULE
 from harness.records import iter_records
 from harness.report_files import HTML_MARK, MARK, check_target, mark, write_report_file, write_report_png
@@ -25,8 +25,8 @@ IMAGE_SETS = {"all": "all 40,504 COCO val2014 images (unannotated ones are all-n
               "annotated": "the 40,137 annotated COCO val2014 images"}
 STATUSES = ("reproduced", "not reproduced", "no paper value", "smoke", "no run yet")
 BUDGET_MIB = 12 * 1024
-DEFAULT_TABLES = REPO_ROOT / "tables" / "paper"
-DEFAULT_MEASURED = REPO_ROOT / "tables" / "measured"  # measured records committed with the code
+DEFAULT_TABLES = (PACKAGE_DATA / "paper").resolve()
+DEFAULT_MEASURED = (PACKAGE_DATA / "measured").resolve()  # measured records committed with the code
 
 COLUMNS = [("model", "model"), ("resolution", "resolution"), ("paper_mAP", "paper mAP"), ("mAP", "ours"),
            ("difference", "difference"), ("ci95", "95% CI"), ("status", "status"), ("CF1", "CF1 ours / paper"),
