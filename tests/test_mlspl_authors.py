@@ -31,3 +31,11 @@ def test_loss_gradients_bit_equal_to_theirs_with_the_grid_dimension(name, loss_g
         assert torch.equal(preds.grad, torch.from_numpy(loss_grads[f"{name}_grad_preds"][b]))
         if name == "ROLE":
             assert torch.equal(estimates.grad, torch.from_numpy(loss_grads["ROLE_grad_estimates"][b]))
+
+
+def test_linear_init_table_equals_their_inverse_sigmoid():
+    from harness.mlspl.train import _initial_table
+
+    estimates = make.estimate_inputs()
+    table = _initial_table(torch.zeros(estimates.shape), estimates, generator=None)
+    assert torch.equal(table, torch.from_numpy(np.load(FIXTURES / "logits.npz")["logits"]))
