@@ -44,7 +44,11 @@ def add_arguments(parser):
     p.add_argument("--epochs", type=int, help="override the paper's epochs (flags the run smoke)")
     p.add_argument("--resolution", type=int, default=448, help="fine-tuning input size (not 448: smoke)")
     p.add_argument("--random-weights", action="store_true", help="random backbone for fine-tuning (smoke)")
-    p.add_argument("--seed", type=int, default=0, help="torch and numpy seed (recorded)")
+    p.add_argument("--seed", type=int, default=1200,
+                   help="torch and numpy seed (default: their P['seed'], 1200; recorded). The draws are their "
+                        "script's with torch.manual_seed(P['seed']) added")
+    p.add_argument("--dataloader-semantics", choices=["torch>=1.8", "torch-1.7"], default="torch>=1.8",
+                   help="which torch's DataLoader(shuffle=True) draws to replay (torch-1.7: their requirements.txt)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--out", default="runs", help="runs folder (default: runs)")
@@ -90,7 +94,8 @@ def run(args):
         run_dir = train_and_evaluate(args.data, args.loss, args.mode, features_dir=args.features,
                                      coco_root=args.coco_root, points=points, runs_root=args.out, device=args.device,
                                      seed=args.seed, epochs=args.epochs, resolution=args.resolution,
-                                     random_weights=args.random_weights, workers=args.workers, init_point=init)
+                                     random_weights=args.random_weights, workers=args.workers, init_point=init,
+                                     semantics=args.dataloader_semantics)
         record = json.loads((run_dir / "record.json").read_text())
         sel = record["train"]["selected"]
         print(f"{record['model']['id']}: test mAP {sel['test_mAP']:.2f} on {record['dataset']['n_images']} images "

@@ -47,7 +47,7 @@ def logit(p, eps=1e-5):
     """Inverse sigmoid with p clipped to [eps, 1 - eps], as their inverse_sigmoid: the ratio in torch,
     the log through numpy (np.log and torch.log differ in the last bit of some float32 entries)."""
     p = torch.as_tensor(p).clamp(eps, 1 - eps)
-    return torch.from_numpy(np.log((p / (1 - p)).numpy()))
+    return torch.from_numpy(np.asarray(np.log((p / (1 - p)).numpy())))
 
 
 def initial_label_logits(observed, generator=None):

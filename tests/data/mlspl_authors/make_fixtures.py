@@ -8,11 +8,14 @@ a numpy version removed them. Writes beside this script:
   losses.npz    gradients of their compute_batch_loss (every loss, float32) on the inputs of
                 `loss_inputs()`; ROLE's also for the label estimates.
   logits.npz    their inverse_sigmoid of `estimate_inputs()` (linear-init's table start).
-  training.json their train.py loop (execute_training_run, linear mode on `tiny_data()`) with one
-                line added, torch.manual_seed(P['seed']) as the first line of
+  training.json their train.py loop (initialize_training_run + train, linear mode on `tiny_data()`)
+                with one line added, torch.manual_seed(P['seed']) as the first line of
                 initialize_training_run: per run the train batches (row indices), the val and test
-                mAP of every epoch, and sha256 of the best weights. Also the torch version it ran.
+                mAP of every epoch, sha256 of the best weights (float32 bytes) and of the test
+                scores at the best epoch. Also the torch and numpy versions it ran with.
 The inputs come from numpy's PCG64 here, so the tests regenerate them with these functions.
+Run with a torch before 2.0 (e.g. the authors' torch 1.7.0), each file name gets that version as a
+suffix (training_torch1.7.json): the tests replay those batch orders with that torch's semantics.
 """
 import hashlib
 import json
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+OLD_TORCH_SUFFIX = "_torch{}"  # + major.minor, for files made with torch < 2
 LOSS_NAMES = {"BCE": "bce", "AN": "an", "AN-LS": "an_ls", "WAN": "wan", "EPR": "epr", "ROLE": "role"}
 N, L, K, GRID, BATCHES = 8, 80, 2.9, 2, 2
 TRAIN_RUNS = [("AN", 8, 1e-2), ("AN", 8, 1e-3), ("ROLE", 8, 1e-2), ("ROLE", 8, 1e-3), ("ROLE", 16, 1e-3)]
@@ -92,7 +96,7 @@ def make_losses(their_losses):
                 out.setdefault(f"{name}_grad_preds", np.zeros_like(preds[None].repeat(BATCHES, 0)))[b, g] = p.grad
                 if name == "ROLE":
                     out.setdefault("ROLE_grad_estimates", np.zeros_like(preds[None].repeat(BATCHES, 0)))[b, g] = e.grad
-    np.savez_compressed(HERE / "losses.npz", **out)
+    np.savez_compressed(_out("losses.npz"), **out)
 
 
 def make_logits(checkout):
@@ -101,7 +105,7 @@ def make_logits(checkout):
     sys.path.insert(0, str(checkout))
     import models
 
-    np.savez_compressed(HERE / "logits.npz",
+    np.savez_compressed(_out("logits.npz"),
                         logits=np.asarray(models.inverse_sigmoid(torch.FloatTensor(estimate_inputs()))))
 
 
@@ -144,8 +148,9 @@ def make_training(train):
                          "best_epoch": int(logger.best_epoch),
                          "best_weight_sha256": _sha(best_f["linear_classifier.fc.weight"]),
                          "best_bias_sha256": _sha(best_f["linear_classifier.fc.bias"]),
-                         "best_table_sha256": _sha(best_g["logits"]) if loss == "ROLE" else None})
-    (HERE / "training.json").write_text(json.dumps({"torch": torch.__version__, "numpy": np.__version__,
+                         "best_table_sha256": _sha(best_g["logits"]) if loss == "ROLE" else None,
+                         "best_test_scores_sha256": _sha(torch.tensor(logger.get_logs()["best_preds"]["test"]))})
+    _out("training.json").write_text(json.dumps({"torch": torch.__version__, "numpy": np.__version__,
                                                     "epochs": EPOCHS, "seed": SEED, "runs": runs}, indent=1) + "\n")
 
 
@@ -181,6 +186,15 @@ class _Recorder:
             yield batch
 
 
+def _out(name):
+    import torch
+
+    version = torch.__version__.split("+")[0]
+    stem, ext = name.split(".")
+    suffix = "" if int(version.split(".")[0]) >= 2 else OLD_TORCH_SUFFIX.format(".".join(version.split(".")[:2]))
+    return HERE / f"{stem}{suffix}.{ext}"
+
+
 def _sha(t):
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
@@ -191,4 +205,4 @@ if __name__ == "__main__":
     make_losses(their_losses)
     make_logits(checkout)
     make_training(train)
-    print("wrote", ", ".join(p.name for p in sorted(HERE.glob("*.npz")) + [HERE / "training.json"]))
+    print("wrote", ", ".join(_out(name).name for name in ("losses.npz", "logits.npz", "training.json")))
