@@ -65,6 +65,9 @@ def test_cli_linear_training_learns_and_writes_a_record(synth):
     assert record["metrics"]["mAP"] > max(50, 5 * chance)
     assert record["smoke"] and any("epochs" in r for r in record["smoke_reasons"])
     assert record["train"]["selected"]["test_mAP"] == pytest.approx(record["metrics"]["mAP"])
+    draws = record["train"]["random_draws"]  # whose DataLoader draws were replayed, under which torch
+    assert draws["dataloader_semantics"] == "torch>=1.8" and draws["torch"] == torch.__version__
+    assert "torch.manual_seed(P['seed'])" in draws["replays"] and record["train"]["seeds"]["torch"] == 1200
     m = record["measurement"]  # the whole training, measured as an evaluation is
     assert m["peak_rss_mib"] > 0 and m["wall_s"] > 0 and m["peak_vram_mib"] is None
     assert "no GPU" in m["reasons"]["peak_vram_mib"] and "whole training" in m["notes"][-1]
@@ -191,6 +194,23 @@ def test_extraction_resumes_and_compares(smoke_root, smoke_data, tmp_path):
     other = compare_features(first, synthetic_features(smoke_data, tmp_path / "b"))
     assert same["train"]["cosine_min"] == pytest.approx(1.0)
     assert other["train"]["cosine_mean"] < 0.5
+
+
+def test_random_weight_extraction_is_seeded(smoke_root, smoke_data, tmp_path):
+    few = tmp_path / "few"  # four rows per split: the network, not the images, is under test
+    few.mkdir()
+    for split in ("train", "val"):
+        np.save(few / f"formatted_{split}_images.npy", np.load(smoke_data / f"formatted_{split}_images.npy")[:4])
+
+    def features(seed, name):
+        torch.manual_seed(100 + seed)  # the global generator's state must not matter
+        out = extract_features(few, smoke_root, tmp_path / name, resolution=32, batch_size=4, random_weights=True,
+                               workers=0, progress=False, seed=seed)
+        return np.load(out / FEATURE_FILES["val"]), json.loads((out / "features_meta.json").read_text())
+
+    (a, meta), (b, _), (c, _) = features(3, "a"), features(3, "b"), features(4, "c")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert meta["seed"] == 3 and meta["random_weights"]
 
 
 def test_average_precision_equals_sklearn_with_ties():

@@ -18,6 +18,8 @@ def add_arguments(parser):
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--random-weights", action="store_true", help="random ResNet-50 (smoke runs only)")
+    p.add_argument("--seed", type=int, default=0, help="with --random-weights: the torch seed of the random network "
+                                                      "(recorded in features_meta.json)")
 
     p = sub.add_parser("fetch-features", help="the authors' features from Zenodo record 10162606")
     p.add_argument("--out", required=True)
@@ -69,7 +71,7 @@ def run(args):
 
         out = extract_features(args.data, args.coco_root, args.out, resolution=args.resolution,
                                batch_size=args.batch_size, device=pick_device(args.device),
-                               random_weights=args.random_weights, workers=args.workers)
+                               random_weights=args.random_weights, workers=args.workers, seed=args.seed)
         print(f"features in {out}")
     elif args.action == "fetch-features":
         from harness.mlspl.features import fetch_features

@@ -169,7 +169,7 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
     points = points or paper_grid()
     paper_epochs = EPOCHS["linear" if mode == "linear" else "fine-tuned"]
     epochs = paper_epochs if epochs is None else epochs
-    _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers)
+    _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers, seed)
     device = pick_device(device)
     torch.manual_seed(seed)  # their code seeded numpy only; torch is seeded here too, and recorded
     np.random.seed(seed)  # as their np.random.seed(P['seed']); training itself draws from torch only
@@ -227,11 +227,12 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
     return run_dir
 
 
-def _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers):
+def _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers, seed):
     """Each number the user can set, before anything is loaded or trained."""
     checks.whole("--epochs", epochs, fix=f"leave --epochs out for the paper's {paper_epochs}")
     checks.whole("--resolution", resolution)
     checks.whole("--workers", workers, minimum=0)
+    checks.seed(seed)
     for bs, lr in points:
         checks.whole("--batch-size", bs)
         checks.positive("--lr", lr)
