@@ -86,7 +86,7 @@ def test_linear_training_is_their_script_with_torch_seeded_bit_for_bit(their_tra
         assert r.test_map == pytest.approx(t["test_mAP"][r.best_epoch], rel=1e-14)
 
 
-def _replayed_batches(seed, n, batch_size, epochs, semantics="torch>=1.8"):
+def _replayed_batches(seed, n, batch_size, epochs, semantics="torch>=1.9"):
     from harness.mlspl.authors_rng import eval_iterators, shuffled_rows
     from harness.mlspl.train import _random_start
 
@@ -144,9 +144,9 @@ def test_their_batches_in_their_script_replayed(their_training):
 
 def test_their_batches_under_their_torch_1_7_replayed():
     """Their train.py run with their requirements' torch 1.7.0: its RandomSampler permutes with the
-    global generator; replayed with semantics "torch-1.7"."""
+    global generator; replayed with semantics "torch-1.7-1.8"."""
     their = json.loads((FIXTURES / "training_torch1.7.json").read_text())
     assert their["torch"].startswith("1.7")
     for run in their["runs"]:
-        ours = _replayed_batches(their["seed"], 80, run["batch_size"], their["epochs"], "torch-1.7")
+        ours = _replayed_batches(their["seed"], 80, run["batch_size"], their["epochs"], "torch-1.7-1.8")
         assert ours == run["train_batches"]

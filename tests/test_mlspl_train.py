@@ -66,7 +66,7 @@ def test_cli_linear_training_learns_and_writes_a_record(synth):
     assert record["smoke"] and any("epochs" in r for r in record["smoke_reasons"])
     assert record["train"]["selected"]["test_mAP"] == pytest.approx(record["metrics"]["mAP"])
     draws = record["train"]["random_draws"]  # whose DataLoader draws were replayed, under which torch
-    assert draws["dataloader_semantics"] == "torch>=1.8" and draws["torch"] == torch.__version__
+    assert draws["dataloader_semantics"] == "torch>=1.9" and draws["torch"] == torch.__version__
     assert "torch.manual_seed(P['seed'])" in draws["replays"] and record["train"]["seeds"]["torch"] == 1200
     m = record["measurement"]  # the whole training, measured as an evaluation is
     assert m["peak_rss_mib"] > 0 and m["wall_s"] > 0 and m["peak_vram_mib"] is None

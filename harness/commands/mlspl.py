@@ -49,8 +49,8 @@ def add_arguments(parser):
     p.add_argument("--seed", type=int, default=1200,
                    help="torch and numpy seed (default: their P['seed'], 1200; recorded). The draws are their "
                         "script's with torch.manual_seed(P['seed']) added")
-    p.add_argument("--dataloader-semantics", choices=["torch>=1.8", "torch-1.7"], default="torch>=1.8",
-                   help="which torch's DataLoader(shuffle=True) draws to replay (torch-1.7: their requirements.txt)")
+    p.add_argument("--dataloader-semantics", choices=["torch>=1.9", "torch-1.7-1.8"], default="torch>=1.9",
+                   help="which torch's DataLoader(shuffle=True) draws to replay (their requirements.txt: torch 1.7.0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--out", default="runs", help="runs folder (default: runs)")

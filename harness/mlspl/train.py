@@ -38,7 +38,7 @@ EPOCHS = {"linear": 25, "fine-tuned": 10}
 LINEAR_INIT = {"AN-LS": (1e-4, 8), "ROLE": (1e-3, 16)}  # (lr, batch size) of the linear phase, their lookup
 LR_MULT = 10.0  # the label estimator's learning rate / the classifier's
 SEED = 1200  # their P['seed'] (numpy there); torch.manual_seed(SEED) is the line added to their script
-DATALOADER_SEMANTICS = "torch>=1.8"  # which torch's DataLoader(shuffle=True) draws are replayed
+DATALOADER_SEMANTICS = "torch>=1.9"  # which torch's DataLoader(shuffle=True) draws are replayed
 
 
 def average_precision(scores, labels):
