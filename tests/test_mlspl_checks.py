@@ -36,6 +36,7 @@ def one_error_line(capsys):
                                                             "--epochs out for the paper's 25"),
     (["--lr", "1e-3", "--batch-size", "8", "--epochs", "-2"], "--epochs -2: must be a whole number >= 1"),
     (["--lr", "1e-3", "--batch-size", "8", "--workers", "-1"], "--workers -1: must be a whole number >= 0"),
+    (["--lr", "1e-3", "--batch-size", "8", "--seed", "-1"], "--seed -1: must be a whole number from 0 to 2**64 - 1"),
     (["--init-lr", "1e-3", "--init-batch-size", "8"], "--init-lr and --init-batch-size set the linear phase of "
                                                      "mode linear-init; leave them out for mode linear"),
 ])

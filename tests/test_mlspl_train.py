@@ -65,6 +65,9 @@ def test_cli_linear_training_learns_and_writes_a_record(synth):
     assert record["metrics"]["mAP"] > max(50, 5 * chance)
     assert record["smoke"] and any("epochs" in r for r in record["smoke_reasons"])
     assert record["train"]["selected"]["test_mAP"] == pytest.approx(record["metrics"]["mAP"])
+    draws = record["train"]["random_draws"]  # whose DataLoader draws were replayed, under which torch
+    assert draws["dataloader_semantics"] == "torch>=1.9" and draws["torch"] == torch.__version__
+    assert "torch.manual_seed(P['seed'])" in draws["replays"] and record["train"]["seeds"]["torch"] == 1200
     m = record["measurement"]  # the whole training, measured as an evaluation is
     assert m["peak_rss_mib"] > 0 and m["wall_s"] > 0 and m["peak_vram_mib"] is None
     assert "no GPU" in m["reasons"]["peak_vram_mib"] and "whole training" in m["notes"][-1]
@@ -83,9 +86,10 @@ def test_batched_grid_equals_points_trained_alone(synth):
     _, train, val, test = tensors(base / "data", feats)
     both = train_linear_group(train, val, test, "ROLE", [1e-2, 1e-3], 16, epochs=2, seed=3)
     alone = train_linear_group(train, val, test, "ROLE", [1e-3], 16, epochs=2, seed=3)
-    assert val_maps(both[1]) == pytest.approx(val_maps(alone[0]))
-    torch.testing.assert_close(both[1].head["weight"], alone[0].head["weight"], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(both[1].table, alone[0].table, atol=1e-5, rtol=1e-4)
+    assert val_maps(both[1]) == val_maps(alone[0])  # bit for bit
+    assert torch.equal(both[1].head["weight"], alone[0].head["weight"])
+    assert torch.equal(both[1].table, alone[0].table)
+    assert np.array_equal(both[1].test_scores, alone[0].test_scores)
     assert val_maps(both[0]) != pytest.approx(val_maps(both[1]))
 
 
@@ -137,7 +141,7 @@ def test_one_fine_tuning_step_on_cpu(smoke_root, smoke_data):
     before = model.backbone.conv1.weight.detach().clone()
     generator = torch.Generator().manual_seed(0)
     generator_table = _initial_table_after_head(data, generator)
-    r = train_fine_tuned(model, data, "ROLE", 1e-3, 4, coco_root=smoke_root, epochs=1, resolution=32, workers=0,
+    r = train_fine_tuned(model, data, "ROLE", 1e-3, 4, coco_root=smoke_root, epochs=1, resolution=32, workers=0, seed=0,
                          max_steps=1)
     assert not torch.equal(model.backbone.conv1.weight.detach(), before)
     assert r.test_scores.shape == (4, 80) and len(r.history) == 1
@@ -147,10 +151,9 @@ def test_one_fine_tuning_step_on_cpu(smoke_root, smoke_data):
 
 
 def _initial_table_after_head(data, generator):
-    from harness.models.mlspl import initial_label_logits
+    from harness.mlspl.train import _random_start
 
-    torch.rand(80, 2048, generator=generator), torch.rand(80, generator=generator)  # the head's draws
-    return initial_label_logits(torch.tensor(data["train"].labels_obs), generator)
+    return _random_start(generator, torch.tensor(data["train"].labels_obs), backbone=True)[1]
 
 
 def test_linear_init_hands_head_and_estimates_to_fine_tuning(smoke_root, smoke_data, tmp_path):
@@ -191,6 +194,23 @@ def test_extraction_resumes_and_compares(smoke_root, smoke_data, tmp_path):
     other = compare_features(first, synthetic_features(smoke_data, tmp_path / "b"))
     assert same["train"]["cosine_min"] == pytest.approx(1.0)
     assert other["train"]["cosine_mean"] < 0.5
+
+
+def test_random_weight_extraction_is_seeded(smoke_root, smoke_data, tmp_path):
+    few = tmp_path / "few"  # four rows per split: the network, not the images, is under test
+    few.mkdir()
+    for split in ("train", "val"):
+        np.save(few / f"formatted_{split}_images.npy", np.load(smoke_data / f"formatted_{split}_images.npy")[:4])
+
+    def features(seed, name):
+        torch.manual_seed(100 + seed)  # the global generator's state must not matter
+        out = extract_features(few, smoke_root, tmp_path / name, resolution=32, batch_size=4, random_weights=True,
+                               workers=0, progress=False, seed=seed)
+        return np.load(out / FEATURE_FILES["val"]), json.loads((out / "features_meta.json").read_text())
+
+    (a, meta), (b, _), (c, _) = features(3, "a"), features(3, "b"), features(4, "c")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert meta["seed"] == 3 and meta["random_weights"]
 
 
 def test_average_precision_equals_sklearn_with_ties():

@@ -18,6 +18,8 @@ def add_arguments(parser):
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--random-weights", action="store_true", help="random ResNet-50 (smoke runs only)")
+    p.add_argument("--seed", type=int, default=0, help="with --random-weights: the torch seed of the random network "
+                                                      "(recorded in features_meta.json)")
 
     p = sub.add_parser("fetch-features", help="the authors' features from Zenodo record 10162606")
     p.add_argument("--out", required=True)
@@ -44,7 +46,11 @@ def add_arguments(parser):
     p.add_argument("--epochs", type=int, help="override the paper's epochs (flags the run smoke)")
     p.add_argument("--resolution", type=int, default=448, help="fine-tuning input size (not 448: smoke)")
     p.add_argument("--random-weights", action="store_true", help="random backbone for fine-tuning (smoke)")
-    p.add_argument("--seed", type=int, default=0, help="torch and numpy seed (recorded)")
+    p.add_argument("--seed", type=int, default=1200,
+                   help="torch and numpy seed (default: their P['seed'], 1200; recorded). The draws are their "
+                        "script's with torch.manual_seed(P['seed']) added")
+    p.add_argument("--dataloader-semantics", choices=["torch>=1.9", "torch-1.7-1.8"], default="torch>=1.9",
+                   help="which torch's DataLoader(shuffle=True) draws to replay (their requirements.txt: torch 1.7.0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--out", default="runs", help="runs folder (default: runs)")
@@ -65,7 +71,7 @@ def run(args):
 
         out = extract_features(args.data, args.coco_root, args.out, resolution=args.resolution,
                                batch_size=args.batch_size, device=pick_device(args.device),
-                               random_weights=args.random_weights, workers=args.workers)
+                               random_weights=args.random_weights, workers=args.workers, seed=args.seed)
         print(f"features in {out}")
     elif args.action == "fetch-features":
         from harness.mlspl.features import fetch_features
@@ -90,7 +96,8 @@ def run(args):
         run_dir = train_and_evaluate(args.data, args.loss, args.mode, features_dir=args.features,
                                      coco_root=args.coco_root, points=points, runs_root=args.out, device=args.device,
                                      seed=args.seed, epochs=args.epochs, resolution=args.resolution,
-                                     random_weights=args.random_weights, workers=args.workers, init_point=init)
+                                     random_weights=args.random_weights, workers=args.workers, init_point=init,
+                                     semantics=args.dataloader_semantics)
         record = json.loads((run_dir / "record.json").read_text())
         sel = record["train"]["selected"]
         print(f"{record['model']['id']}: test mAP {sel['test_mAP']:.2f} on {record['dataset']['n_images']} images "

@@ -24,3 +24,9 @@ def batch_fits(flag, batch_size, split_sizes, fix):
         if batch_size > n:
             raise UserError(f"{flag} {batch_size} is larger than the {split} split ({n} images), whose loader drops "
                             f"its last partial batch; {fix} <= {min(split_sizes.values())}")
+
+
+def seed(value):
+    """A torch seed: a whole number in [0, 2**64)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < 2**64:
+        raise UserError(f"--seed {value!r}: must be a whole number from 0 to 2**64 - 1; pass e.g. --seed 1200")

@@ -121,8 +121,10 @@ def load_imagenet_v1(model):
 
 
 def extract_features(data_dir, coco_root, out_dir, *, resolution=448, batch_size=64, device="cpu",
-                     random_weights=False, workers=4, progress=True):
+                     random_weights=False, workers=4, progress=True, seed=0):
     """Write {train,val}_features_imagenet_resnet50.npy (float32, rows = formatted rows) into out_dir.
+
+    random_weights: a ResNet-50 initialised from torch.manual_seed(seed) (smoke runs; `seed` recorded).
 
     Resumable: rows go into `<name>.partial.npy` (memory-mapped) with a progress file after each
     batch; a rerun continues from the last finished batch, and a finished file is kept as is.
@@ -136,11 +138,15 @@ def extract_features(data_dir, coco_root, out_dir, *, resolution=448, batch_size
     checks.whole("--resolution", resolution)
     checks.whole("--batch-size", batch_size)
     checks.whole("--workers", workers, minimum=0)
+    checks.seed(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = MLSPLResNet50(linear_only=False)
+    with torch.random.fork_rng(devices=[]):  # the same random network for a seed, the global generator untouched
+        torch.default_generator.manual_seed(seed)
+        model = MLSPLResNet50(linear_only=False)
     weights = {"path": None, "sha256": None} if random_weights else load_imagenet_v1(model)
     settings = {"resolution": resolution, "weights": weights, "random_weights": random_weights,
+                "seed": seed if random_weights else None,
                 "transform": f"Resize(({resolution}, {resolution})), ToTensor, ImageNet mean/std",
                 "data_dir": str(Path(data_dir).resolve())}
     meta_path = out / META_FILE

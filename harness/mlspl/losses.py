@@ -1,11 +1,14 @@
-"""The single-positive losses, as the authors' losses.py computes them.
+"""The single-positive losses, built as the authors' losses.py builds them.
 
-All act on sigmoid probabilities `preds` with -log(x + 1e-5); the per-entry loss matrix is
-summed and divided by N x L (every entry of the batch, observed or not); EPR and ROLE add a
-regulariser (mean over the batch of the row sums - k)^2 / L^2. `observed` holds 1 for the
-observed positive and 0 elsewhere (for BCE: the full labels). Tensors may carry leading
-dimensions (..., N, L): each leading index is an independent problem (one grid point) and the
-returned scalar is the sum of their losses, so each problem gets exactly its own gradient.
+All act on sigmoid probabilities `preds` with -log(x + 1e-5). As in their code, each loss fills
+one loss matrix (zeros, then its entries written through boolean masks), every entry is divided
+by N x L (all entries of the batch, observed or not) and the matrix is summed; EPR and ROLE add a
+regulariser (mean over the batch of the row sums - k)^2 / L^2. The same operations in the same
+order give float32 gradients bit-equal to theirs (tests/test_mlspl_losses.py, against a fixture
+made by their code). `observed` holds 1 for the observed positive and 0 elsewhere (for BCE: the
+full labels). `preds` may carry leading dimensions (..., N, L) over one (N, L) `observed`: each
+leading index is an independent problem (one grid point), the returned scalar is the sum of their
+losses, so each problem gets exactly the gradient it would get alone.
 """
 import torch
 
@@ -19,72 +22,91 @@ def neg_log(x):
     return -torch.log(x + LOG_EPS)
 
 
-def _mean_entry(loss_matrix):
-    """Sum over the N x L entries / (N x L), then sum over any leading (grid) dimensions."""
-    n, l = loss_matrix.shape[-2:]
-    return loss_matrix.sum(dim=(-2, -1)).sum() / (n * l)
-
-
 def expected_positive_penalty(preds, k):
-    """(mean over the batch of the predicted positives per row - k)^2 / L^2, summed over leading dims."""
+    """(mean over the batch of the predicted positives per row - k)^2 / L^2, one per leading index."""
     n_classes = preds.shape[-1]
-    return ((preds.sum(-1).mean(-1) - k) ** 2).sum() / n_classes**2
+    return (preds.sum(-1).mean(-1) - k) ** 2 / n_classes**2
+
+
+def _masks(preds, observed):
+    pos, neg = observed == 1, observed == 0
+    return pos.expand(preds.shape), neg.expand(preds.shape)
+
+
+def _observed_positives(preds, pos):
+    loss_mtx = torch.zeros_like(preds)
+    loss_mtx[pos] = neg_log(preds[pos])
+    return loss_mtx
 
 
 def bce(preds, observed):
-    """Observed 1 -> positive, everything else negative (AN; BCE when `observed` is the full labels)."""
-    pos = observed == 1
-    return _mean_entry(torch.where(pos, neg_log(preds), neg_log(1 - preds)))
+    """Observed 1 -> positive, 0 -> negative (AN; BCE when `observed` is the full labels)."""
+    pos, neg = _masks(preds, observed)
+    loss_mtx = torch.zeros_like(preds)
+    loss_mtx[pos] = neg_log(preds[pos])
+    loss_mtx[neg] = neg_log(1.0 - preds[neg])
+    return loss_mtx, None
 
 
 def an_ls(preds, observed, coef=LS_COEF):
     """AN with targets smoothed: positives aim at 1 - coef, negatives at coef."""
-    pos = observed == 1
-    to_one, to_zero = neg_log(preds), neg_log(1 - preds)
-    loss = torch.where(pos, (1 - coef) * to_one + coef * to_zero, (1 - coef) * to_zero + coef * to_one)
-    return _mean_entry(loss)
+    pos, neg = _masks(preds, observed)
+    loss_mtx = torch.zeros_like(preds)
+    loss_mtx[pos] = (1.0 - coef) * neg_log(preds[pos]) + coef * neg_log(1.0 - preds[pos])
+    loss_mtx[neg] = (1.0 - coef) * neg_log(1.0 - preds[neg]) + coef * neg_log(preds[neg])
+    return loss_mtx, None
 
 
 def wan(preds, observed):
     """AN with each assumed negative down-weighted by 1 / (L - 1)."""
-    pos = observed == 1
-    n_classes = preds.shape[-1]
-    return _mean_entry(torch.where(pos, neg_log(preds), neg_log(1 - preds) / (n_classes - 1)))
-
-
-def positives_only(preds, observed):
-    return _mean_entry(torch.where(observed == 1, neg_log(preds), torch.zeros_like(preds)))
+    pos, neg = _masks(preds, observed)
+    loss_mtx = torch.zeros_like(preds)
+    loss_mtx[pos] = neg_log(preds[pos])
+    loss_mtx[neg] = neg_log(1.0 - preds[neg]) / float(preds.shape[-1] - 1)
+    return loss_mtx, None
 
 
 def epr(preds, observed, k):
     """Observed positives only, plus the expected-positive penalty."""
-    return positives_only(preds, observed) + expected_positive_penalty(preds, k)
+    pos, _ = _masks(preds, observed)
+    return _observed_positives(preds, pos), expected_positive_penalty(preds, k)
 
 
 def role(preds, observed, estimates, k):
     """ROLE: classifier f (`preds`) and label estimates g (`estimates`, sigmoid of the table) teach each other.
 
-    0.5 (pos_f + pos_g) + 0.5 (cross_f + cross_g) + 0.5 (EPR_f + EPR_g), where cross_f is BCE of f
-    against detached g (over every entry) and cross_g of g against detached f.
+    0.5 (pos_f + pos_g) + 0.5 (cross_f + cross_g) in one matrix, + 0.5 (EPR_f + EPR_g), where
+    cross_f is BCE of f against detached g (over every entry) and cross_g of g against detached f.
     """
-    g_fixed, f_fixed = estimates.detach(), preds.detach()
-    cross_f = g_fixed * neg_log(preds) + (1 - g_fixed) * neg_log(1 - preds)
-    cross_g = f_fixed * neg_log(estimates) + (1 - f_fixed) * neg_log(1 - estimates)
-    positives = positives_only(preds, observed) + positives_only(estimates, observed)
-    penalty = expected_positive_penalty(preds, k) + expected_positive_penalty(estimates, k)
-    return 0.5 * positives + 0.5 * _mean_entry(cross_f + cross_g) + 0.5 * penalty
+    pos, _ = _masks(preds, observed)
+    pos_f = _observed_positives(preds, pos)
+    g_fixed = estimates.detach()
+    cross_f = g_fixed * neg_log(preds) + (1.0 - g_fixed) * neg_log(1.0 - preds)
+    reg_f = expected_positive_penalty(preds, k)
+    pos_g = _observed_positives(estimates, pos)
+    f_fixed = preds.detach()
+    cross_g = f_fixed * neg_log(estimates) + (1.0 - f_fixed) * neg_log(1.0 - estimates)
+    reg_g = expected_positive_penalty(estimates, k)
+    reg = 0.5 * (reg_f + reg_g)
+    loss_mtx = 0.5 * (pos_f + pos_g)
+    loss_mtx += 0.5 * (cross_f + cross_g)
+    return loss_mtx, reg
 
 
 def compute_loss(name, preds, observed, estimates=None, k=EXPECTED_POSITIVES["coco"]):
     """Loss `name` (one of LOSSES) of probabilities `preds` against `observed` labels."""
     if name in ("BCE", "AN"):
-        return bce(preds, observed)
-    if name == "AN-LS":
-        return an_ls(preds, observed)
-    if name == "WAN":
-        return wan(preds, observed)
-    if name == "EPR":
-        return epr(preds, observed, k)
-    if name == "ROLE":
-        return role(preds, observed, estimates, k)
-    raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+        loss_mtx, reg = bce(preds, observed)
+    elif name == "AN-LS":
+        loss_mtx, reg = an_ls(preds, observed)
+    elif name == "WAN":
+        loss_mtx, reg = wan(preds, observed)
+    elif name == "EPR":
+        loss_mtx, reg = epr(preds, observed, k)
+    elif name == "ROLE":
+        loss_mtx, reg = role(preds, observed, estimates, k)
+    else:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    n, l = preds.shape[-2:]
+    main = (loss_mtx / (n * l)).sum()
+    return main if reg is None else main + reg.sum()

@@ -20,8 +20,9 @@ from harness.mlspl import checks
 from harness.mlspl import record as rec
 from harness.mlspl.losses import LOSSES
 from harness.mlspl.prepare import FULL_COUNTS, load_prepared
-from harness.mlspl.train import (EPOCHS, GRID_BATCH_SIZES, GRID_LRS, LINEAR_INIT, LR_MULT, scored_rows,
-                                 train_fine_tuned, train_linear_group)
+from harness.mlspl.authors_rng import record as draws_record
+from harness.mlspl.train import (DATALOADER_SEMANTICS, EPOCHS, GRID_BATCH_SIZES, GRID_LRS, LINEAR_INIT, LR_MULT, SEED,
+                                 scored_rows, train_fine_tuned, train_linear_group)
 
 MODES = ("linear", "fine-tuned", "linear-init")
 RESOLUTION = 448
@@ -94,7 +95,7 @@ def _say(enabled, total):
     return progress
 
 
-def _linear(data, feats, loss, points, epochs, seed, device, work, tag, progress):
+def _linear(data, feats, loss, points, epochs, seed, device, work, tag, progress, semantics):
     """Linear grid on features: one batched run per batch size, in grid order."""
     import torch
 
@@ -105,13 +106,14 @@ def _linear(data, feats, loss, points, epochs, seed, device, work, tag, progress
         lrs = [lr for b, lr in points if b == bs]
         print(f"{tag}: linear, batch size {bs}, lr {', '.join(map(str, lrs))}", flush=True)
         results = train_linear_group(train, val, test, loss, lrs, bs, epochs=epochs, seed=seed, device=device,
-                                     state_path=work / f"{tag}_bs{bs}.pt", progress=_say(progress, epochs))
+                                     state_path=work / f"{tag}_bs{bs}.pt", progress=_say(progress, epochs),
+                                     semantics=semantics)
         by_point.update({(bs, r.lr): r for r in results})
     return [by_point[p] for p in points]
 
 
 def _fine_tune(data, loss, points, epochs, seed, device, work, coco_root, resolution, random_weights, workers,
-               max_steps, head, estimates, progress):
+               max_steps, head, estimates, progress, semantics):
     from harness.mlspl.features import load_imagenet_v1
     from harness.models import build_from_arch
 
@@ -124,7 +126,8 @@ def _fine_tune(data, loss, points, epochs, seed, device, work, coco_root, resolu
             weights_info = load_imagenet_v1(model)
         r = train_fine_tuned(model, data, loss, lr, bs, coco_root=coco_root, epochs=epochs, seed=seed, device=device,
                              resolution=resolution, workers=workers, head=head, estimates=estimates,
-                             state_dir=_point_dir(work, bs, lr), max_steps=max_steps, progress=_say(progress, epochs))
+                             state_dir=_point_dir(work, bs, lr), max_steps=max_steps, progress=_say(progress, epochs),
+                             semantics=semantics)
         best = select([best, r] if best else [r])
         if r is not best:  # keep one full model in memory, not one per point
             r.head = r.table = r.test_scores = None
@@ -139,8 +142,8 @@ def _point_dir(work, bs, lr):
 
 
 def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=None, points=None, runs_root="runs",
-                       device=None, seed=0, epochs=None, resolution=RESOLUTION, random_weights=False, workers=4,
-                       max_steps=None, init_point=None, progress=True):
+                       device=None, seed=SEED, epochs=None, resolution=RESOLUTION, random_weights=False, workers=4,
+                       max_steps=None, init_point=None, progress=True, semantics=DATALOADER_SEMANTICS):
     """Run one (loss, mode) reproduction and return its run folder."""
     import torch
 
@@ -166,10 +169,10 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
     points = points or paper_grid()
     paper_epochs = EPOCHS["linear" if mode == "linear" else "fine-tuned"]
     epochs = paper_epochs if epochs is None else epochs
-    _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers)
+    _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers, seed)
     device = pick_device(device)
     torch.manual_seed(seed)  # their code seeded numpy only; torch is seeded here too, and recorded
-    np.random.seed(seed)
+    np.random.seed(seed)  # as their np.random.seed(P['seed']); training itself draws from torch only
 
     data = load_prepared(data_dir)
     _check_batch_sizes(data, points, grid_given, init_point, init_given)
@@ -178,7 +181,8 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
     mid = model_id(loss, mode)
     settings = {"model_id": mid, "data": prep.get("sha256") or str(Path(data_dir).resolve()), "points": points,
                 "epochs": epochs, "seed": seed, "resolution": resolution, "random_weights": random_weights,
-                "max_steps": max_steps, "init_point": init_point, "features": str(features_dir)}
+                "max_steps": max_steps, "init_point": init_point, "features": str(features_dir),
+                "semantics": semantics}
     work = _work_dir(runs_root, mid, settings)
     started, t0 = rec.now(), time.perf_counter()
 
@@ -192,17 +196,18 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
             feats, features_info = _load_features(features_dir, data)
             feats = {k: v.to(device) for k, v in feats.items()}
         if mode == "linear":
-            results = _linear(data, feats, loss, points, epochs, seed, device, work, "linear", progress)
+            results = _linear(data, feats, loss, points, epochs, seed, device, work, "linear", progress, semantics)
         else:
             head = estimates = None
             if mode == "linear-init":
                 init_bs, init_lr = init_point[1], init_point[0]
                 (linear_phase,) = _linear(data, feats, loss, [(init_bs, init_lr)], EPOCHS["linear"], seed, device,
-                                          work, "linear_phase", progress)
+                                          work, "linear_phase", progress, semantics)
                 head = linear_phase.head
                 estimates = torch.sigmoid(linear_phase.table) if linear_phase.table is not None else None
             results, weights_info = _fine_tune(data, loss, points, epochs, seed, device, work, coco_root, resolution,
-                                               random_weights, workers, max_steps, head, estimates, progress)
+                                               random_weights, workers, max_steps, head, estimates, progress,
+                                               semantics)
     best = select(results)
     wall = time.perf_counter() - t0
     measured = _training_measurement(measurement.result())
@@ -217,16 +222,17 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
                              max_steps, loss, init_point)
     record = _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, points, epochs, seed,
                      device, resolution, features_info, weights_info, ckpt_paths, random_weights, n_scored, labels,
-                     wall, started, reasons, coco_root or data_dir, init_point, measured)
+                     wall, started, reasons, coco_root or data_dir, init_point, measured, semantics)
     records.write_record(run_dir, record)
     return run_dir
 
 
-def _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers):
+def _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers, seed):
     """Each number the user can set, before anything is loaded or trained."""
     checks.whole("--epochs", epochs, fix=f"leave --epochs out for the paper's {paper_epochs}")
     checks.whole("--resolution", resolution)
     checks.whole("--workers", workers, minimum=0)
+    checks.seed(seed)
     for bs, lr in points:
         checks.whole("--batch-size", bs)
         checks.positive("--lr", lr)
@@ -297,7 +303,7 @@ def _training_measurement(measured):
 
 def _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, points, epochs, seed, device,
             resolution, features_info, weights_info, ckpt_paths, random_weights, n_scored, labels, wall, started,
-            reasons, root, init_point, measured):
+            reasons, root, init_point, measured, semantics):
     from harness.data.categories import COCO_CATEGORIES
 
     names = [name for _, name, _ in COCO_CATEGORIES] if labels.shape[1] == 80 else None
@@ -323,6 +329,7 @@ def _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, p
             "label_estimator_lr_mult": LR_MULT if loss == "ROLE" else None, "expected_positives_k": 2.9,
             "seeds": {"torch": seed, "numpy": seed, "single_positives": prep.get("seed", 1200),
                       "split": prep.get("seed", 1200)},
+            "random_draws": draws_record(semantics),
             "counts": {"train": len(data["train"].images), "val": len(data["val"].images),
                        "val_scored": scored_rows(len(data["val"].images), best.batch_size),
                        "test": len(data["test"].images), "test_scored": n_scored},

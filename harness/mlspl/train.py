@@ -4,10 +4,15 @@ Shared with their code: Adam (no weight decay, no schedule), the label estimator
 10 x the learning rate, every loader dropping its last partial batch (train, val and test
 alike), and per run the epoch of best clean-val mAP (strict >) with the test mAP of that epoch.
 
+Random draws: those of their script with torch.manual_seed(seed) added (harness.mlspl.authors_rng):
+the same head, label-estimator table and batches as their run with that seed. Scoring as their
+eval phase: sigmoid(F.linear) batch by batch in the run's batch size.
+
 Linear training runs several learning rates of one batch size at once: one head per learning
-rate, the same shuffled batches for all (each point seeds its own generator with the same seed,
-so a point trained alone gives the same numbers), one Adam param group per head. Test scores are
-computed only at a new best epoch: the numbers equal their every-epoch evaluation.
+rate, each forward its own F.linear as their nn.Linear, the same draws for all (each point
+replays the same seed, so a point trained alone gives the same numbers, bit for bit), one Adam
+param group per head. Test scores are computed only at a new best epoch (the test iterator's draw
+is made every epoch): the numbers equal their every-epoch evaluation.
 
 Each loop saves its whole state after every epoch (`torch.save`, loadable with
 weights_only=True) and resumes from it when started again with the same configuration.
@@ -20,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from harness.errors import UserError
+from harness.mlspl.authors_rng import AuthorsShuffle, eval_iterators, global_draws_from, shuffled_rows
 from harness.mlspl.losses import EXPECTED_POSITIVES, compute_loss
 from harness.models.mlspl import FEATURE_DIM, LabelEstimator, initial_label_logits, logit
 
@@ -30,6 +37,8 @@ GRID_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
 EPOCHS = {"linear": 25, "fine-tuned": 10}
 LINEAR_INIT = {"AN-LS": (1e-4, 8), "ROLE": (1e-3, 16)}  # (lr, batch size) of the linear phase, their lookup
 LR_MULT = 10.0  # the label estimator's learning rate / the classifier's
+SEED = 1200  # their P['seed'] (numpy there); torch.manual_seed(SEED) is the line added to their script
+DATALOADER_SEMANTICS = "torch>=1.9"  # which torch's DataLoader(shuffle=True) draws are replayed
 
 
 def average_precision(scores, labels):
@@ -99,12 +108,17 @@ def _load_state(path, config):
     return state
 
 
-def _random_head(generator, num_classes):
-    """nn.Linear(2048, C)'s default initialisation, U(-1/sqrt(2048), 1/sqrt(2048)), from `generator`."""
-    bound = 1 / math.sqrt(FEATURE_DIM)
-    weight = (torch.rand(num_classes, FEATURE_DIM, generator=generator) * 2 - 1) * bound
-    bias = (torch.rand(num_classes, generator=generator) * 2 - 1) * bound
-    return {"weight": weight, "bias": bias}
+def _random_start(generator, observed, backbone=False):
+    """Their model's draws from `generator`: (fine-tuning) torchvision's ResNet-50 init, then the
+    head, nn.Linear(2048, C)'s default init, then the label estimator's table, drawn for every loss
+    (their MultilabelModel always builds one). Returns the head and the table."""
+    with global_draws_from(generator):
+        if backbone:  # their resnet50(pretrained=True) initialises before loading: only its draws matter
+            from torchvision.models import resnet50
+            resnet50(weights=None)
+        linear = torch.nn.Linear(FEATURE_DIM, observed.shape[1])
+    head = {"weight": linear.weight.detach(), "bias": linear.bias.detach()}
+    return head, initial_label_logits(observed, generator)
 
 
 def _initial_table(observed, estimates, generator):
@@ -114,8 +128,17 @@ def _initial_table(observed, estimates, generator):
     return initial_label_logits(observed, generator)
 
 
-def train_linear_group(train, val, test, loss, lrs, batch_size, *, epochs=EPOCHS["linear"], seed=0,
-                       device="cpu", state_path=None, progress=None, k=EXPECTED_POSITIVES["coco"]):
+def score_batches(x, weight, bias, batch_size):
+    """Sigmoid scores of the rows a drop_last loader yields, batch by batch through F.linear (their eval)."""
+    n = scored_rows(len(x), batch_size)
+    with torch.no_grad():
+        return torch.cat([torch.sigmoid(F.linear(x[i:i + batch_size], weight, bias))
+                          for i in range(0, n, batch_size)]).cpu().numpy()
+
+
+def train_linear_group(train, val, test, loss, lrs, batch_size, *, epochs=EPOCHS["linear"], seed=SEED,
+                       device="cpu", state_path=None, progress=None, k=EXPECTED_POSITIVES["coco"],
+                       semantics=DATALOADER_SEMANTICS):
     """Train one linear head per learning rate on features; return a PointResult per lr.
 
     train: (features (N, 2048) tensor, observed labels (N, C) tensor); val, test: (features,
@@ -127,12 +150,12 @@ def train_linear_group(train, val, test, loss, lrs, batch_size, *, epochs=EPOCHS
     x_val, x_test = val[0].to(device), test[0].to(device)
     n, num_classes = observed.shape
     n_val, n_test = scored_rows(len(x_val), batch_size), scored_rows(len(x_test), batch_size)
-    config = {"loss": loss, "lrs": lrs, "batch_size": batch_size, "epochs": epochs, "seed": seed, "n": n}
+    config = {"loss": loss, "lrs": lrs, "batch_size": batch_size, "epochs": epochs, "seed": seed, "n": n,
+              "semantics": semantics}
     use_table = loss == "ROLE"
 
     generator = torch.Generator().manual_seed(seed)
-    head0 = _random_head(generator, num_classes)
-    table0 = _initial_table(observed.cpu(), None, generator) if use_table else None
+    head0, table0 = _random_start(generator, observed.cpu())
     weights = [torch.nn.Parameter(head0["weight"].clone().to(device)) for _ in lrs]
     biases = [torch.nn.Parameter(head0["bias"].clone().to(device)) for _ in lrs]
     tables = [torch.nn.Parameter(table0.clone().to(device)) for _ in lrs] if use_table else []
@@ -154,31 +177,30 @@ def train_linear_group(train, val, test, loss, lrs, batch_size, *, epochs=EPOCHS
         start = state["epoch"] + 1
 
     for epoch in range(start, epochs):
-        order = torch.randperm(n, generator=generator).to(device)
+        order = shuffled_rows(n, generator, semantics).to(device)
         total = torch.zeros((), device=device)
         steps = n // batch_size  # drop_last
         for s in range(steps):
             rows = order[s * batch_size:(s + 1) * batch_size]
-            logits = torch.baddbmm(torch.stack(biases)[:, None], x_train[rows].expand(n_groups, -1, -1),
-                                   torch.stack(weights).transpose(1, 2))
+            x = x_train[rows]
+            logits = torch.stack([F.linear(x, w, b) for w, b in zip(weights, biases)])
             estimates = torch.sigmoid(torch.stack([t[rows] for t in tables])) if use_table else None
             batch_loss = compute_loss(loss, torch.sigmoid(logits), observed[rows], estimates, k=k)
             optimizer.zero_grad()
             batch_loss.backward()
             optimizer.step()
             total += batch_loss.detach()
+        eval_iterators(generator)  # their val and test iterators of this epoch
         with torch.no_grad():
-            w, b = torch.stack(weights).transpose(1, 2), torch.stack(biases)[:, None]
-            val_scores = torch.sigmoid(torch.baddbmm(b, x_val[:n_val].expand(n_groups, -1, -1), w)).cpu().numpy()
             for g, r in enumerate(results):
-                val_map = mlspl_map(val_scores[g], val[1][:n_val])
+                val_map = mlspl_map(score_batches(x_val, weights[g], biases[g], batch_size), val[1][:n_val])
                 r.history.append({"epoch": epoch, "train_loss_mean_over_groups": float(total) / max(steps, 1) / n_groups,
                                   "val_mAP": val_map})
                 if val_map > r.val_map:  # strict: the earliest best epoch wins
                     r.best_epoch, r.val_map = epoch, val_map
                     r.head = {"weight": weights[g].detach().cpu().clone(), "bias": biases[g].detach().cpu().clone()}
                     r.table = tables[g].detach().cpu().clone() if use_table else None
-                    test_scores = torch.sigmoid(x_test[:n_test] @ weights[g].T + biases[g]).cpu().numpy()
+                    test_scores = score_batches(x_test, weights[g], biases[g], batch_size)
                     r.test_scores, r.test_map = test_scores, mlspl_map(test_scores, test[1][:n_test])
         if state_path:
             _save_state(state_path, {"config": json.dumps(config), "epoch": epoch,
@@ -202,9 +224,9 @@ def _restore_point(r, saved):
     r.test_scores = None if saved["test_scores"] is None else saved["test_scores"].numpy()
 
 
-def train_fine_tuned(model, data, loss, lr, batch_size, *, coco_root, epochs=EPOCHS["fine-tuned"], seed=0,
+def train_fine_tuned(model, data, loss, lr, batch_size, *, coco_root, epochs=EPOCHS["fine-tuned"], seed=SEED,
                      device="cpu", resolution=448, workers=4, head=None, estimates=None, state_dir=None,
-                     max_steps=None, progress=None, k=EXPECTED_POSITIVES["coco"]):
+                     max_steps=None, progress=None, k=EXPECTED_POSITIVES["coco"], semantics=DATALOADER_SEMANTICS):
     """Train `model` (MLSPLResNet50 with its starting backbone) end to end on images.
 
     data: load_prepared's splits; observed labels come from data['train'].labels_obs (the full
@@ -217,15 +239,16 @@ def train_fine_tuned(model, data, loss, lr, batch_size, *, coco_root, epochs=EPO
     train = data["train"]
     observed = torch.as_tensor(train.labels if loss == "BCE" else train.labels_obs, dtype=torch.float32)
     config = {"loss": loss, "lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed,
-              "resolution": resolution, "n": len(observed), "max_steps": max_steps}
+              "resolution": resolution, "n": len(observed), "max_steps": max_steps, "semantics": semantics}
     generator = torch.Generator().manual_seed(seed)
-    start_head = _random_head(generator, observed.shape[1]) if head is None else head
+    # linear-init hands over a head and estimates: their run then draws nothing before its loaders
+    start_head, table = _random_start(generator, observed, backbone=True) if head is None else (head, None)
     with torch.no_grad():
         model.fc.weight.copy_(start_head["weight"])
         model.fc.bias.copy_(start_head["bias"])
     estimator = None
     if loss == "ROLE":
-        estimator = LabelEstimator(_initial_table(observed, estimates, generator)).to(device)
+        estimator = LabelEstimator(table if estimates is None else _initial_table(observed, estimates, None)).to(device)
     model = model.to(device)
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
     if estimator is not None:
@@ -234,10 +257,11 @@ def train_fine_tuned(model, data, loss, lr, batch_size, *, coco_root, epochs=EPO
     observed = observed.to(device)
 
     def loader(split, shuffle):
+        # every iterator draws its base seed from `generator`, the train sampler its permutation
         rows = ImageRows(coco_root, data[split].images, imagenet_transform(resolution, flip=split == "train"))
-        return torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=shuffle, drop_last=True,
-                                           num_workers=workers, generator=generator if shuffle else None,
-                                           pin_memory=device == "cuda")
+        sampler = AuthorsShuffle(len(rows), generator, semantics) if shuffle else None
+        return torch.utils.data.DataLoader(rows, batch_size=batch_size, sampler=sampler, drop_last=True,
+                                           num_workers=workers, generator=generator, pin_memory=device == "cuda")
 
     result = PointResult(batch_size, lr)
     state_path = Path(state_dir) / "state.pt" if state_dir else None
@@ -275,6 +299,8 @@ def train_fine_tuned(model, data, loss, lr, batch_size, *, coco_root, epochs=EPO
             result.test_scores, test_labels = _predict(model, loader("test", False), data["test"].labels, device,
                                                        max_steps)
             result.test_map = mlspl_map(result.test_scores, test_labels)
+        else:
+            eval_iterators(generator, count=1)  # their test iterator of this epoch
         if state_path:
             _save_state(state_path, {"config": json.dumps(config), "epoch": epoch, "model": model.state_dict(),
                                      "estimator": estimator.state_dict() if estimator is not None else None,

@@ -5,6 +5,7 @@ classifier. In linear-only mode there is no backbone: the input is a batch of pr
 2048-d features. Weights are random here; ImageNet V1 weights are loaded by
 harness.mlspl.features.load_imagenet_v1.
 """
+import numpy as np
 import torch
 from torch import nn
 from torchvision.models import resnet50
@@ -43,9 +44,10 @@ class LabelEstimator(nn.Module):
 
 
 def logit(p, eps=1e-5):
-    """Inverse sigmoid with p clipped to [eps, 1 - eps], as their inverse_sigmoid."""
+    """Inverse sigmoid with p clipped to [eps, 1 - eps], as their inverse_sigmoid: the ratio in torch,
+    the log through numpy (np.log and torch.log differ in the last bit of some float32 entries)."""
     p = torch.as_tensor(p).clamp(eps, 1 - eps)
-    return torch.log(p / (1 - p))
+    return torch.from_numpy(np.asarray(np.log((p / (1 - p)).numpy())))
 
 
 def initial_label_logits(observed, generator=None):
