@@ -338,9 +338,9 @@ PICK_NOTES = [
     "(the maintainer: run it on the MS-COCO 2014 multi-label split; the user then got 86.6); here the image set "
     "is built from instances_val2014.json and counted, every record carries the dataset fingerprint, and a run "
     "on anything but the full split is flagged and never counts as reproduced.",
-    "Nor from a wrong resolution: the same issue found TResNet-XL below 88.4 unless evaluated at 640 (their "
-    "script defaults to 448); here the resolution is the model entry's (no flag changes it), and a record at "
-    "another resolution or image set never counts as reproduced.",
+    "Nor from a wrong resolution: in the same thread TResNet-XL-640 scored below 88.4 and the maintainer's answer "
+    "was to check the input resolution (their script defaults to 448); here the resolution is the model entry's "
+    "(no flag changes it), and a record at another resolution or image set never counts as reproduced.",
     "Nor from a bad upload: ML-Decoder's issues #19 and #34 measured 85.57 for tresnet_l_COCO__448_90_0.pth "
     "until the authors re-uploaded it under the same URL; here every checkpoint loads strictly (a missing, "
     "unexpected or mis-shaped key stops the run; their factory's filtered non-strict load can drop weights "
