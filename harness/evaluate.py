@@ -1,11 +1,12 @@
 """Batched inference of one model on COCO val2014, written to a resumable run folder.
 
-Scores are fp32 sigmoid probabilities, written into a memory-mapped `scores.partial.npy` as they
-come; `progress.json` (rewritten atomically after each batch) says how many rows are done, so an
-interrupted run resumes losing at most one batch. When all rows are done the scores become
-`scores.npy`, the metrics are computed with the model's protocol and `record.json` is written;
-only then are the partial scores and the progress file removed, so a run interrupted while
-finishing resumes from its saved scores without running the model again.
+Scores are fp32 sigmoid probabilities (fp16 where the authors ran the model fp16-fused), written
+into a memory-mapped `scores.partial.npy` as they come; `progress.json` (rewritten atomically after
+each batch) says how many rows are done, so an interrupted run resumes losing at most one batch.
+When all rows are done the scores become `scores.npy`, the metrics are computed with the model's
+protocol and `record.json` is written; only then are the partial scores and the progress file
+removed, so a run interrupted while finishing resumes from its saved scores without running the
+model again.
 """
 import json
 import os
@@ -89,6 +90,8 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
 
     baseline_mib = nvml_baseline_mib(device)  # before the model reaches the GPU
     model, weights_info = _build_model(spec, weights, weights_dir, config, trust_checkpoint, device, seed)
+    precision, precision_source = _choose_precision(spec, amp, device)
+    model = _for_precision(model, precision)
     amp, amp_source = _choose_amp(spec, amp, weights_info.get("config"), device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     settings = {
@@ -96,13 +99,15 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
         "coco_root": str(Path(coco_root).resolve()), "image_set": spec.eval.image_set, "n_images": n_total,
         "batch_size": batch_size, "amp": amp or False, "resolution": spec.eval.resolution,
         "seed": weights_info.get("seed"),
+        **({"precision": precision} if precision != "fp32" else {}),  # older runs stay resumable
     }
     run_dir, done, held = _open_run(runs_root, spec.id, resume, settings, weights_info)
     with held:  # one process at a time scores this run
         return _score_and_finish(spec, coco_root, coco_labels, model, weights_info, settings, run_dir, done,
                                  dict(device=device, amp=amp, amp_dtype=amp_dtype, amp_source=amp_source,
                                       batch_size=batch_size, workers=workers, limit=limit, progress=progress,
-                                      baseline_mib=baseline_mib))
+                                      baseline_mib=baseline_mib, precision=precision,
+                                      precision_source=precision_source))
 
 
 def _score_and_finish(spec, coco_root, coco_labels, model, weights_info, settings, run_dir, done, opts):
@@ -113,7 +118,8 @@ def _score_and_finish(spec, coco_root, coco_labels, model, weights_info, setting
     if (run_dir / "scores.npy").exists():  # an earlier session scored every row, then was stopped while finishing
         scores = _load_saved_scores(run_dir, n_total, num_classes)
     else:
-        scores = _scores_memmap(run_dir, n_total, num_classes, fresh=done == 0)
+        scores = _scores_memmap(run_dir, n_total, num_classes, fresh=done == 0,
+                                dtype=np.float16 if opts["precision"] == "fp16-fused" else np.float32)
 
     started = _now()
     t0 = time.perf_counter()
@@ -121,7 +127,8 @@ def _score_and_finish(spec, coco_root, coco_labels, model, weights_info, setting
         if done < n_total:
             done = _infer(model, spec.id, coco_root, coco_labels, spec.eval, range(done, n_total), scores, run_dir,
                           device=device, amp=amp, amp_dtype=opts["amp_dtype"], batch_size=opts["batch_size"],
-                          workers=opts["workers"], measurement=measurement, progress=opts["progress"])
+                          workers=opts["workers"], measurement=measurement, progress=opts["progress"],
+                          half=opts["precision"] == "fp16-fused")
     if done != n_total:  # the loader ended early: a bug, never a result
         raise RuntimeError(f"{run_dir}: {done} of {n_total} rows scored; resume it with --resume {run_dir}")
     measured = measurement.result()
@@ -130,6 +137,7 @@ def _score_and_finish(spec, coco_root, coco_labels, model, weights_info, setting
                                  "record was written; its speed and memory were not kept")
     context = {"weights_info": weights_info, "settings": settings, "started": started, "device": device,
                "batch_size": opts["batch_size"], "amp": amp, "amp_source": opts["amp_source"], "limit": limit,
+               "precision": opts["precision"], "precision_source": opts["precision_source"],
                "wall_s": time.perf_counter() - t0, "measured": measured}
     final_scores = np.array(scores)
     del scores  # closes the memory map of the partial file
@@ -148,8 +156,10 @@ def _check_numbers(batch_size, workers, limit):
 
 
 def _infer(model, model_id, coco_root, coco_labels, eval_spec, rows, scores, run_dir, *, device, amp, amp_dtype,
-           batch_size, workers, measurement, progress):
-    """Score `rows` into `scores`, recording progress after each batch; returns the rows done."""
+           batch_size, workers, measurement, progress, half=False):
+    """Score `rows` into `scores`, recording progress after each batch; returns the rows done.
+    half: the model is in fp16 (fp16-fused): fp16 inputs, and the sigmoid of the fp16 logits kept
+    in fp16, as ML-Decoder's validate.py (`Sig(model(input.half()))`)."""
     import torch
 
     from harness.data.dataset import CocoImages, UnreadableImages, collate
@@ -166,12 +176,14 @@ def _infer(model, model_id, coco_root, coco_labels, eval_spec, rows, scores, run
             if isinstance(batch, UnreadableImages):
                 raise UserError(_unreadable_message(batch, coco_root, coco_labels, run_dir))
             images, index = batch
-            images = images.to(device, non_blocking=True)
+            images = images.to(device, dtype=torch.float16 if half else None, non_blocking=True)
             with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(images).float()
+                logits = model(images)
+                logits = logits if half else logits.float()
             if not bool(torch.isfinite(logits).all()):  # one sync per batch; .cpu() below syncs anyway
-                raise UserError(_non_finite_message(model_id, amp, index.tolist(), coco_labels.image_ids))
-            scores[index.numpy()] = torch.sigmoid(logits).cpu().numpy()  # fp32 sigmoid, as the authors
+                raise UserError(_non_finite_message(model_id, "fp16 (fp16-fused)" if half else amp, index.tolist(),
+                                                    coco_labels.image_ids))
+            scores[index.numpy()] = torch.sigmoid(logits).cpu().numpy()  # sigmoid in the logits' dtype, as the authors
             scores.flush()
             done = int(index[-1]) + 1
             _write_json_atomic(run_dir / PROGRESS, {"done": done, "updated_at": _now()})
@@ -194,7 +206,7 @@ def _non_finite_message(model_id, amp, rows, image_ids):
     """One line: which model, which images, and what to do (the batch is not saved)."""
     where = f"rows {rows[0]}-{rows[-1]}, COCO image ids {int(image_ids[rows[0]])}-{int(image_ids[rows[-1]])}"
     if amp:
-        fix = (f"{amp} autocast probably overflowed: run again with `--amp off` (fp32; a new run, since AMP is "
+        fix = (f"{amp} probably overflowed: run again with `--amp off` (fp32; a new run, since precision is "
                f"part of this run's settings)")
     else:
         fix = (f"it ran in fp32, so the checkpoint may be broken: check it against the manifest "
@@ -212,7 +224,8 @@ def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
     n_total = len(scores)
     labels = coco_labels.labels[:n_total]
     records.save_arrays(run_dir, scores, labels, coco_labels.image_ids[:n_total], keep_equal=True)
-    metrics = compute_metrics(scores, labels, spec.eval.protocol, class_names=coco_labels.category_names)
+    metrics = compute_metrics(scores, labels, spec.eval.protocol, class_names=coco_labels.category_names,
+                              f1=spec.eval.f1, threshold=spec.eval.threshold)
     weights_info, measured = ctx["weights_info"], ctx["measured"]
     reasons = _smoke_reasons(weights_info, coco_labels, ctx["limit"], is_smoke_root(coco_root))
     record = {
@@ -225,8 +238,9 @@ def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
             "name": "coco2014-val", "root": str(Path(coco_root).resolve()), "image_set": spec.eval.image_set,
             "n_images": n_total, "fingerprint": fingerprint(coco_labels), "smoke_subset": is_smoke_root(coco_root),
         },
-        "eval": {**asdict(spec.eval), "batch_size": ctx["batch_size"], "dtype": "float32", "amp": ctx["amp"] or False,
-                 "amp_source": ctx["amp_source"], "device": ctx["device"], "limit": ctx["limit"]},
+        "eval": {**asdict(spec.eval), "batch_size": ctx["batch_size"], "dtype": str(scores.dtype),
+                 "amp": ctx["amp"] or False, "amp_source": ctx["amp_source"], "precision": ctx["precision"],
+                 "precision_source": ctx["precision_source"], "device": ctx["device"], "limit": ctx["limit"]},
         "metrics": metrics,
         "timings": {"wall_s": ctx["wall_s"], "images_per_s": measured.get("images_per_s"),
                     "resumed_from_row": ctx["settings"].get("resumed_from_row", 0)},
@@ -266,6 +280,30 @@ def _choose_amp(spec, asked, config_path, device):
     if spec.eval.amp:
         return ("fp16" if device == "cuda" else False), "manifest eval.amp"
     return False, "fp32 (manifest)"
+
+
+def _choose_precision(spec, asked_amp, device):
+    """(precision, why): the manifest's. fp16-fused (ML-Decoder's validate.py: batch norm folded, then
+    `.half()`) is a CUDA path: on CPU the fused model runs in fp32 (`fp32-fused`, said and recorded);
+    `--amp` asks for the plain model under autocast (or in fp32 with `--amp off`) instead."""
+    if spec.eval.precision == "fp32":
+        return "fp32", "manifest"
+    if asked_amp is not None:
+        return "fp32", f"--amp {asked_amp} given: the unfused model, not the authors' fp16-fused run"
+    if device != "cuda":
+        print(f"{spec.id}: its authors ran it fp16-fused on a GPU; on CPU the fused model runs in fp32",
+              file=sys.stderr)
+        return "fp32-fused", "fp16-fused needs CUDA: on CPU the batch-norm-fused model ran in fp32"
+    return "fp16-fused", "manifest eval.precision (as the authors' validate.py)"
+
+
+def _for_precision(model, precision):
+    from harness.models.backbones.tresnet import fuse_bn
+
+    if precision == "fp32":
+        return model
+    model = fuse_bn(model)
+    return model.half() if precision == "fp16-fused" else model
 
 
 def _build_model(spec, weights, weights_dir, config, trust, device, seed):
@@ -320,10 +358,10 @@ def _rows_done(run_dir, n_total):
     return json.loads(progress.read_text())["done"]
 
 
-def _scores_memmap(run_dir, n, c, fresh):
+def _scores_memmap(run_dir, n, c, fresh, dtype=np.float32):
     path = run_dir / PARTIAL
     if fresh or not path.exists():
-        scores = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, c))
+        scores = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, c))
         scores[:] = np.nan  # unfinished rows stay visibly unscored
         return scores
     return np.load(path, mmap_mode="r+")

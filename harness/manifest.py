@@ -18,11 +18,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DATA = Path(__file__).resolve().parent / "_data"
 DEFAULT_MANIFEST = (PACKAGE_DATA / "weights_manifest.yaml").resolve()
 
-FAMILIES = ("q2l", "asl", "mlspl")
+FAMILIES = ("q2l", "asl", "mldecoder", "mlspl")
 PROTOCOLS = ("q2l", "asl", "mlspl")
 IMAGE_SETS = ("all", "annotated")
 NORMALIZATIONS = ("imagenet", "none")
 RESIZES = ("squish",)
+# fp32: as loaded. fp16-fused: batch norm folded into the convolutions, then the whole model and its
+# input in fp16 (`.half()`, not autocast), as ML-Decoder's validate.py runs it.
+PRECISIONS = ("fp32", "fp16-fused")
+F1_RULES = ("ml-gcn", "asl")  # see harness.metrics.f1_family and asl_f1_family
 SOURCE_TYPES = {
     "gdrive_folder": ("folder_id", "path"),
     "gdrive_file": ("file_id",),
@@ -48,6 +52,9 @@ class EvalSpec:
     protocol: str
     batch_size: int
     amp: bool = False
+    precision: str = "fp32"
+    f1: str = "ml-gcn"  # which F1 family definition, at `threshold` on the sigmoid scores
+    threshold: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,9 @@ class _Field:
         value = data[name]
         if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             self.fail(full, f"must be a positive integer (got {value!r})")
-        if kind is not int and not isinstance(value, kind):
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
+            self.fail(full, f"must be a number between 0 and 1 (got {value!r})")
+        if kind not in (int, float) and not isinstance(value, kind):
             self.fail(full, f"must be a {kind.__name__} (got {value!r})")
         if choices is not None and value not in choices:
             self.fail(full, f"must be one of {', '.join(choices)} (got {value!r})")
@@ -150,6 +159,9 @@ def _parse_entry(path, model_id, data):
         protocol=f.get(ev, "protocol", str, choices=PROTOCOLS, prefix="eval."),
         batch_size=f.get(ev, "batch_size", int, prefix="eval."),
         amp=f.get(ev, "amp", bool, required=False, default=False, prefix="eval."),
+        precision=f.get(ev, "precision", str, required=False, default="fp32", choices=PRECISIONS, prefix="eval."),
+        f1=f.get(ev, "f1", str, required=False, default="ml-gcn", choices=F1_RULES, prefix="eval."),
+        threshold=float(f.get(ev, "threshold", float, required=False, default=0.5, prefix="eval.")),
     )
     train = None
     if family == "mlspl":

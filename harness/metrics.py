@@ -18,13 +18,15 @@ numpy's default sort is not stable, and its order of ties can differ between num
 CPUs: `ties` therefore gives, per protocol, a tie-free AP (tied scores taken as one threshold
 step) and the count of tied scores, so a reader sees when ties could move a number.
 
-F1 family (no code published by the Q2L authors; the ML-GCN definition): predicted positive
+F1 family, `ml-gcn` (no code published by the Q2L authors; the ML-GCN definition): predicted positive
 when score >= 0.5; CP, CR = per-class precision and recall averaged over the classes with a
 positive (a class with nothing predicted has precision 0); CF1 = 2 CP CR / (CP + CR); OP, OR, OF1
 pooled over all (image, class) pairs, OP's denominator counting 1 for each class nothing was
 predicted for (ML-GCN's `Np[Np == 0] = 1`). `top3`: only each image's 3 highest scores may be
 positive, and they must also be >= 0.5 (ML-GCN's `overall_topk`, C-Tran); a tie at the third
 place goes to the lower class index.
+`asl`: ASL's validate.py (ML-Decoder's validate.py is the same code) at the model's threshold (0.8
+for ASL, 0.75 for ML-Decoder): see asl_f1_family. top3 is always ML-GCN's, at 0.5.
 
 Bootstrap: images resampled with replacement (fixed seed), the same protocol on each resample,
 95% percentile interval. Each class is sorted once; a resample is a vector of per-image counts,
@@ -47,6 +49,10 @@ PROTOCOL_DESCRIPTIONS = {
            "ties ordered by s.argsort()[::-1]",
     "mlspl": "MLSPL: scikit-learn average_precision_score (tied scores one step), AP 0 without positives",
 }
+F1_RULES = {"ml-gcn": "score >= threshold; CF1 = 2 CP CR / (CP + CR) over the classes with a positive "
+                       "(ML-GCN)",
+            "asl": "score > threshold in the scores' dtype; per-class P, R = 0 without a true positive; "
+                   "CF1 = mean of per-class F1 over all classes (ASL / ML-Decoder validate.py)"}
 TOP3_RULE = "top-3 scores of each image, and >= 0.5 (ML-GCN overall_topk); ties at 3rd place: lower class index"
 
 
@@ -207,6 +213,34 @@ def f1_family(scores, positives, threshold=THRESHOLD, top_k=None):
             "OP": 100 * op, "OR": 100 * orr, "OF1": 100 * f1(op, orr)}
 
 
+def asl_f1_family(scores, positives, threshold):
+    """CP, CR, CF1, OP, OR, OF1 in percent as ASL's validate.py prints them (P_C ... F_O).
+
+    Predicted positive when score > threshold, compared in the scores' own dtype (torch's `gt`
+    with a Python number: 0.8 is float32(0.8) for float32 scores). Per class, P and R are 0 when
+    the class has no true positive; CP, CR and CF1 (the mean of the per-class F1) are over all
+    classes, summed in order as their Python lists; OP, OR, OF1 pooled, in float32 as their
+    tensors. None where they divide 0 by 0 (nothing predicted, or no positive at all)."""
+    predicted = scores > scores.dtype.type(threshold)
+    tp = (predicted & positives).sum(0)
+    fp = (predicted & ~positives).sum(0)
+    fn = (~predicted & positives).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_c = [float(np.float32(t) / np.float32(t + f)) * 100.0 if t > 0 else 0.0 for t, f in zip(tp, fp)]
+        r_c = [float(np.float32(t) / np.float32(t + f)) * 100.0 if t > 0 else 0.0 for t, f in zip(tp, fn)]
+        f_c = [2 * p * r / (p + r) if t > 0 else 0.0 for p, r, t in zip(p_c, r_c, tp)]
+        p_o = np.float32(tp.sum()) / np.float32((tp + fp).sum()) * np.float32(100.0)
+        r_o = np.float32(tp.sum()) / np.float32((tp + fn).sum()) * np.float32(100.0)
+        f_o = np.float32(2) * p_o * r_o / (p_o + r_o)
+    n = len(tp)
+
+    def plain(v):
+        return None if np.isnan(v) else float(v)
+
+    return {"CP": sum(p_c) / n, "CR": sum(r_c) / n, "CF1": sum(f_c) / n,
+            "OP": plain(p_o), "OR": plain(r_o), "OF1": plain(f_o)}
+
+
 # ---------------------------------------------------------------- bootstrap
 
 def resample_counts(n_images, n_boot, seed=0):
@@ -331,9 +365,15 @@ def outside_ci(value, ci, tolerance=1e-9):
     return value < ci[0] - tolerance or value > ci[1] + tolerance
 
 
-def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, class_names=None):
-    """Every metric of one run as a JSON-serialisable dict (percentages)."""
+def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, class_names=None, f1="ml-gcn",
+                    threshold=THRESHOLD):
+    """Every metric of one run as a JSON-serialisable dict (percentages); `f1` and `threshold` pick
+    the F1 family's definition (F1_RULES) and threshold."""
     _check_protocol(protocol)
+    if f1 not in F1_RULES:
+        raise UserError(f"unknown F1 definition '{f1}'; use one of {', '.join(F1_RULES)}")
+    if not 0 < threshold < 1:
+        raise UserError(f"threshold {threshold} is not between 0 and 1; pass a probability such as 0.5")
     scores, positives = check_inputs(scores, labels)
     n_images, n_classes = scores.shape
     if class_names is not None and len(class_names) != n_classes:
@@ -368,8 +408,9 @@ def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, c
         "n_images": int(n_images),
         "n_classes": int(n_classes),
         "n_positives": int(n_true.sum()),
-        "threshold": THRESHOLD,
-        **f1_family(scores, positives),
+        "threshold": threshold,
+        "f1_rule": f1,
+        **(f1_family(scores, positives, threshold) if f1 == "ml-gcn" else asl_f1_family(scores, positives, threshold)),
         "top3": {**f1_family(scores, positives, top_k=TOP_K), "rule": TOP3_RULE},
         "ties": {
             "mAP_tie_free": mean_ap(ap_tie_free, protocol),

@@ -123,7 +123,8 @@ def write_new(path, write):
 
 
 def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False):
-    """scores.npy (float32), labels.npy (uint8), image_ids.npy (int64), checked for shape.
+    """scores.npy (float32, or float16 as an fp16 run scored them: ties then sort as the authors'),
+    labels.npy (uint8), image_ids.npy (int64), checked for shape.
 
     keep_equal=True (finishing an interrupted finish): a file already there is kept when it holds
     the same array, and refused otherwise; never overwritten either way."""
@@ -131,7 +132,7 @@ def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False):
     if scores.ndim != 2 or labels.shape != scores.shape or image_ids.shape != (scores.shape[0],):
         raise ValueError(f"shapes do not agree: scores {scores.shape}, labels {labels.shape}, "
                          f"image_ids {image_ids.shape}")
-    for name, array in (("scores.npy", scores.astype(np.float32)), ("labels.npy", (labels > 0).astype(np.uint8)),
+    for name, array in (("scores.npy", scores.astype(np.float16 if scores.dtype == np.float16 else np.float32)), ("labels.npy", (labels > 0).astype(np.uint8)),
                         ("image_ids.npy", image_ids.astype(np.int64))):
         path = Path(run_dir) / name
         if keep_equal and path.exists():

@@ -51,8 +51,9 @@ def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs",
     from harness.records import check_runs_root
 
     specs = load_manifest(manifest)
+    # default: the models of the Query2Label tables (its six and the ASL baseline it compares with)
     chosen = [resolve_id(m, specs) or m for m in models] if models else [
-        m for m, s in specs.items() if s.family in ("q2l", "asl")]
+        m for m, s in specs.items() if s.paper.get("csv", "").startswith("q2l_")]
     unknown = [m for m in chosen if m not in specs]
     if unknown:
         raise UserError(f"unknown model(s) {', '.join(unknown)}; `harness models` lists the known ones")

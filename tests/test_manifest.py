@@ -35,6 +35,20 @@ def test_q2l_entries_follow_the_authors_protocol():
     assert (asl.image_set, asl.protocol, asl.normalize) == ("annotated", "asl", "none")
 
 
+def test_asl_zoo_and_ml_decoder_entries_follow_their_validate_scripts():
+    specs = load_manifest()
+    for mid, precision, threshold in [("asl-tresnetm-224", "fp32", 0.8), ("asl-tresnetxl-640", "fp32", 0.8),
+                                      ("mldecoder-tresnetm-224", "fp16-fused", 0.75),
+                                      ("mldecoder-tresnetl-448", "fp16-fused", 0.75),
+                                      ("mldecoder-tresnetxl-640", "fp16-fused", 0.75)]:
+        ev = specs[mid].eval
+        assert (ev.image_set, ev.protocol, ev.normalize, ev.resize) == ("annotated", "asl", "none", "squish"), mid
+        assert (ev.precision, ev.f1, ev.threshold) == (precision, "asl", threshold), mid
+        assert ev.resolution == specs[mid].arch["img_size"] == int(mid.rsplit("-", 1)[1]), mid
+    old = specs["asl-tresnetl-448"].eval  # the entries written before these fields keep the defaults
+    assert (old.precision, old.f1, old.threshold) == ("fp32", "ml-gcn", 0.5)
+
+
 def _paper_rows(name):
     with open(PAPER / name) as f:
         return list(csv.DictReader(f))
@@ -50,6 +64,11 @@ def test_paper_metrics_equal_the_published_tables():
             row = [r for r in _paper_rows("mlspl_coco.csv") if (r["loss"], r["mode"]) == (loss, mode)]
             expected = float(row[0]["mAP"]) if row and row[0]["mAP"] else None
             assert spec.paper_map == expected, spec.id
+            continue
+        if spec.paper["csv"] in ("asl_model_zoo.csv", "ml_decoder_model_zoo.csv"):  # rows named by model id
+            row = [r for r in _paper_rows(spec.paper["csv"]) if r["model"] == spec.id]
+            assert len(row) == 1 and spec.paper["metrics"] == {"mAP": float(row[0]["mAP"])}, spec.id
+            assert spec.files["checkpoint"].sources[0]["url"] == row[0]["url"], spec.id
             continue
         method, _, pretrain, res = [p.strip() for p in spec.paper["row"].split("(")[0].split(",")]
         row = [r for r in q448 if (r["method"], r["pretrain"], r["resolution"]) == (method, pretrain, res)]
@@ -75,6 +94,9 @@ def _broken(tmp_path, mutate):
     (lambda m: m["q2l-cvtw24-384"]["paper"]["metrics"].update(mAP="91"), "q2l-cvtw24-384", "paper.metrics.mAP"),
     (lambda m: m["mlspl-role-linear"]["train"].update(mode="frozen"), "mlspl-role-linear", "train.mode"),
     (lambda m: m["q2l-r101-448"].update(family="detr"), "q2l-r101-448", "family"),
+    (lambda m: m["mldecoder-tresnetm-224"]["eval"].update(precision="fp8"), "mldecoder-tresnetm-224",
+     "eval.precision"),
+    (lambda m: m["asl-tresnetm-224"]["eval"].update(threshold=80), "asl-tresnetm-224", "eval.threshold"),
 ])
 def test_broken_manifest_names_entry_and_field(tmp_path, mutate, entry, field):
     with pytest.raises(UserError) as err:

@@ -11,11 +11,11 @@ from harness.errors import UserError
 
 DEFAULTS = {"cuda": {"iters": 50, "warmup": 10, "warmup_s": 2.0, "min_time_s": 5.0},
             "cpu": {"iters": 5, "warmup": 1, "warmup_s": 0.0, "min_time_s": 0.0}}
-BENCH_FAMILIES = ("q2l", "asl", "mlspl")
+BENCH_FAMILIES = ("q2l", "asl", "mldecoder", "mlspl")
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="a model id from `harness models`, or 'all' (every Q2L and ASL "
+    parser.add_argument("model", help="a model id from `harness models`, or 'all' (every Q2L, ASL and ML-Decoder "
                                       "model and the MLSPL ResNet-50, one per architecture)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="default: cuda when a GPU is visible, else cpu")

@@ -13,6 +13,10 @@ def add_arguments(parser):
     parser.add_argument("labels", help="labels.npy: images x classes, 1 positive, <= 0 negative")
     parser.add_argument("--protocol", required=True, choices=("q2l", "asl", "mlspl"),
                         help="whose mAP: q2l (VOC interpolated), asl (non-interpolated), mlspl (scikit-learn)")
+    parser.add_argument("--f1", choices=("ml-gcn", "asl"), default="ml-gcn",
+                        help="F1 family: ml-gcn (>= threshold, 2 CP CR / (CP + CR)) or asl (their validate.py)")
+    parser.add_argument("--threshold", type=float,
+                        help="F1 threshold on the sigmoid scores (default 0.5; 0.8 with --f1 asl, ASL's --thre)")
     parser.add_argument("--format", choices=("json", "text"), default="json")
     parser.add_argument("--no-ci", action="store_true", help="skip the bootstrap (mAP_ci95 is then null)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -55,7 +59,7 @@ def format_text(m):
              f"mAP {pct(m['mAP'])}" + (f"  95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "  (no CI)"),
              f"tie-free mAP {pct(m['ties']['mAP_tie_free'])}; {m['ties']['tied_scores_total']} tied scores, "
              f"{m['ties']['classes_with_mixed_ties']} classes with ties across positives and negatives"]
-    for name, row in (("all (>= 0.5)", m), ("top-3", m["top3"])):
+    for name, row in ((f"all ({m['f1_rule']} {m['threshold']:g})", m), ("top-3", m["top3"])):
         lines.append(f"{name:13s} " + "  ".join(f"{k} {pct(row[k])}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")))
     lines += [f"note: {n}" for n in m["notes"]]
     return "\n".join(lines)
@@ -72,6 +76,8 @@ def run(args):
         raise UserError("--n-boot must be at least 1 (or use --no-ci)")
     scores = load_array(args.scores, "scores")
     labels = load_array(args.labels, "labels")
+    threshold = args.threshold if args.threshold is not None else (0.8 if args.f1 == "asl" else 0.5)
     metrics = compute_metrics(scores, labels, args.protocol, ci=not args.no_ci, n_boot=args.n_boot,
-                              seed=args.seed, class_names=load_class_names(args.class_names))
+                              seed=args.seed, class_names=load_class_names(args.class_names), f1=args.f1,
+                              threshold=threshold)
     print_metrics(metrics, args.format)

@@ -1,9 +1,10 @@
 """List the models of the manifest: id, family, resolution, paper mAP, and what each needs."""
+from harness.manifest import FAMILIES
 
 
 def add_arguments(parser):
     parser.add_argument("--manifest", help="manifest file (default: weights_manifest.yaml of the repository)")
-    parser.add_argument("--family", choices=["q2l", "asl", "mlspl"], help="only this family")
+    parser.add_argument("--family", choices=FAMILIES, help="only this family")
     parser.add_argument("--format", choices=["table", "json"], default="table")
 
 
@@ -16,6 +17,7 @@ def rows(specs):
             "resolution": spec.eval.resolution,
             "protocol": spec.eval.protocol,
             "image_set": spec.eval.image_set,
+            "precision": spec.eval.precision,
             "paper_mAP": spec.paper_map,
             "weights": ("released, " + ("pinned" if pinned else "unpinned")) if spec.released
             else "trained here: no released weights",

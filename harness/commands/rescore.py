@@ -45,8 +45,10 @@ def run(args):
     protocol = args.protocol or record.get("eval", {}).get("protocol")
     if protocol is None:
         raise UserError(f"{run_dir}/record.json names no protocol; pass --protocol q2l|asl|mlspl")
+    ev = record.get("eval") or {}  # the run's own F1 definition and threshold (older records: ML-GCN at 0.5)
     metrics = compute_metrics(scores, labels, protocol, ci=not args.no_ci, n_boot=args.n_boot, seed=args.seed,
-                              class_names=recorded.get("class_names"))
+                              class_names=recorded.get("class_names"), f1=ev.get("f1", "ml-gcn"),
+                              threshold=ev.get("threshold", 0.5))
     print_metrics(metrics, args.format)
     out = {
         "rescored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

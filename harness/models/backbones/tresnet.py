@@ -155,11 +155,50 @@ class TResNet(nn.Module):
         return self.head(x.view(x.size(0), x.size(1), -1).mean(dim=2))
 
 
-def tresnet_l(num_classes=None):
-    """TResNet-L (ImageNet-1k): 2432 output channels."""
-    return TResNet([4, 5, 18, 3], [BasicBlock, BasicBlock, Bottleneck, Bottleneck], 1.2, num_classes)
+# The authors' sizes. `layers` and `width_factor` may be overridden (tests build tiny ones).
+BASIC2 = [BasicBlock, BasicBlock, Bottleneck, Bottleneck]
 
 
-def tresnet_l_v2(num_classes=None):
-    """TResNet-L v2 (the ImageNet-21k model of Q2L's `tresnet2`): all bottlenecks, 2048 channels."""
-    return TResNet([3, 4, 23, 3], [Bottleneck] * 4, 1.0, num_classes)
+def tresnet_m(num_classes=None, layers=(3, 4, 11, 3), width_factor=1.0):
+    """TResNet-M (ASL and ML-Decoder alike): 2048 output channels."""
+    return TResNet(list(layers), BASIC2, width_factor, num_classes)
+
+
+def tresnet_l(num_classes=None, layers=(4, 5, 18, 3), width_factor=1.2):
+    """TResNet-L (ImageNet-1k; ASL, Q2L `tresnetl`): 2432 output channels."""
+    return TResNet(list(layers), BASIC2, width_factor, num_classes)
+
+
+def tresnet_xl(num_classes=None, layers=(4, 5, 24, 3), width_factor=1.3):
+    """TResNet-XL of ASL: width 1.3, so int(64 * 1.3) = 83 planes and 2656 output channels."""
+    return TResNet(list(layers), BASIC2, width_factor, num_classes)
+
+
+def tresnet_l_v2(num_classes=None, layers=(3, 4, 23, 3), width_factor=1.0):
+    """TResNet-L v2: all bottlenecks, 2048 channels (Q2L's `tresnet2`, ML-Decoder's `tresnet_l`)."""
+    return TResNet(list(layers), [Bottleneck] * 4, width_factor, num_classes)
+
+
+def tresnet_xl_v2(num_classes=None, layers=(3, 8, 34, 5), width_factor=1.0):
+    """ML-Decoder's `tresnet_xl`: all bottlenecks, 2048 channels (not ASL's TResNet-XL)."""
+    return TResNet(list(layers), [Bottleneck] * 4, width_factor, num_classes)
+
+
+def fuse_bn(model):
+    """Fold each ABN into the convolution before it, in place, with the arithmetic of the authors'
+    fusion (ML-Decoder's validate.py: InPlaceABN -> ABN with weight |w| + eps, then
+    `fuse_bn_recursively`): the same ops in the same order, so the fused weights are theirs bit
+    for bit. Only for inference; the fused model has other keys and no longer loads checkpoints."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential) and len(m) == 2
+                and isinstance(m[0], nn.Conv2d) and isinstance(m[1], ABN)]:
+        conv, abn = seq[0], seq[1]
+        with torch.no_grad():
+            gamma = abn.weight.abs() + abn.eps
+            denom = torch.sqrt(abn.running_var + abn.eps)
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              groups=conv.groups, bias=True).to(conv.weight.device)
+            fused.weight.copy_(conv.weight * gamma.div(denom)[:, None, None, None])
+            fused.bias.copy_(abn.bias - gamma.mul(abn.running_mean).div(denom))
+        seq[0] = fused
+        seq[1] = nn.LeakyReLU(abn.slope) if abn.activation == "leaky_relu" else nn.Identity()
+    return model
