@@ -331,8 +331,11 @@ def outside_ci(value, ci, tolerance=1e-9):
     return value < ci[0] - tolerance or value > ci[1] + tolerance
 
 
-def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, class_names=None):
+def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, class_names=None, mask=None):
     """Every metric of one run as a JSON-serialisable dict (percentages)."""
+    if protocol == "ctran":  # C-Tran's own rules, with its known-label mask: harness/ctran/metrics.py
+        from harness.ctran.metrics import compute_ctran_metrics
+        return compute_ctran_metrics(scores, labels, mask)
     _check_protocol(protocol)
     scores, positives = check_inputs(scores, labels)
     n_images, n_classes = scores.shape
