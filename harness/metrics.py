@@ -46,6 +46,8 @@ PROTOCOL_DESCRIPTIONS = {
     "asl": "ASL mAP: non-interpolated AP (precision at each positive / (npos + 1e-8)), "
            "ties ordered by s.argsort()[::-1]",
     "mlspl": "MLSPL: scikit-learn average_precision_score (tied scores one step), AP 0 without positives",
+    "ctran": "C-Tran compute_metrics: sklearn AP per label over the images where it is unknown (macro AP when "
+             "none known), F1 family over all labels at 0.5 (harness/ctran/metrics.py)",
 }
 TOP3_RULE = "top-3 scores of each image, and >= 0.5 (ML-GCN overall_topk); ties at 3rd place: lower class index"
 

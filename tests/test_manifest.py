@@ -51,6 +51,14 @@ def test_paper_metrics_equal_the_published_tables():
             expected = float(row[0]["mAP"]) if row and row[0]["mAP"] else None
             assert spec.paper_map == expected, spec.id
             continue
+        if spec.family == "ctran":
+            lmt, known = spec.train["use_lmt"], spec.train["known"]
+            setting = ("regular" if known == 0 else "partial") if lmt else "no-LMT"
+            row = [r for r in _paper_rows("ctran_coco.csv") if (r["setting"], int(r["known_labels_pct"])) == (setting, known)]
+            assert len(row) == 1, spec.id
+            for key, value in spec.paper["metrics"].items():
+                assert value == float(row[0][key]), (spec.id, key)
+            continue
         method, _, pretrain, res = [p.strip() for p in spec.paper["row"].split("(")[0].split(",")]
         row = [r for r in q448 if (r["method"], r["pretrain"], r["resolution"]) == (method, pretrain, res)]
         assert len(row) == 1, spec.id
