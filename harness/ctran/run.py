@@ -166,6 +166,7 @@ def train(coco_root, *, use_lmt=True, selection="test", epochs=PAPER["epochs"], 
                 selection == "held-out" else None, "limit": limit, "n_train": len(train_rows), "n_val": len(val_rows)}
     run_dir = _open(runs_root, settings, resume)
 
+    torch.manual_seed(seed)  # the initial weights (their weights_init and torchvision's) are seeded too
     model = CTran(**{k: v for k, v in arch.items() if k not in ("name", "img_size")}).to(device)
     backbone_info = load_backbone_weights(model, backbone) if not (run_dir / STATE).exists() else None
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -307,9 +308,10 @@ def evaluate_checkpoint(weights, coco_root, model_ids, *, known_percents, draw="
     state, arch, meta = ckpt.read(weights)
     arch = arch or dict(specs[0].arch)
     if bool(arch.get("use_lmt", True)) != bool(specs[0].train["use_lmt"]):
-        raise UserError(f"{weights} is a C-Tran {'with' if arch.get('use_lmt', True) else 'without'} label-mask "
-                        f"training, {specs[0].id} is {'with' if specs[0].train['use_lmt'] else 'without'}; pass "
-                        f"the checkpoint of that model")
+        lmt = arch.get("use_lmt", True)
+        raise UserError(f"{weights} is a C-Tran trained {'with' if lmt else 'without'} label-mask training, but "
+                        f"{specs[0].id} is {'without' if lmt else 'with'} it; pass that model's checkpoint "
+                        f"(or evaluate {'ctran-r101-576' if lmt else 'ctran-r101-576-no-lmt'})")
     model = CTran(**{k: v for k, v in arch.items() if k not in ("name", "img_size")})
     ckpt.load_into(model, state, weights)
     model.to(device)
