@@ -29,7 +29,8 @@ def add_arguments(parser):
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--out", default="runs", help="runs folder (default: runs/)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
-                   help="continue after the last finished epoch (default: the newest unfinished run)")
+                   help="continue after the last finished epoch (default: the newest unfinished run; "
+                        "'auto': that run if its settings are these, else a new run)")
     p.add_argument("--no-progress", action="store_true")
 
 

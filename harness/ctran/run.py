@@ -226,6 +226,9 @@ def _open(runs_root, settings, resume):
     if resume:
         folder = Path(runs_root) / settings["model_id"]
         candidates = sorted(p for p in folder.glob("*") if (p / SETTINGS).is_file() and not (p / "record.json").exists())
+        if resume == "auto":  # the newest unfinished run with these settings, else a new run
+            same = [p for p in candidates if json.loads((p / SETTINGS).read_text()) == settings]
+            return same[-1] if same else _open(runs_root, settings, None)
         run_dir = Path(resume) if resume != "latest" else (candidates[-1] if candidates else None)
         if run_dir is None or not (run_dir / SETTINGS).is_file():
             raise UserError(f"nothing to resume for {settings['model_id']} under {runs_root}; run without --resume")
