@@ -58,3 +58,16 @@ def test_bad_mask_is_named(mask, words):
     model = CTran(num_labels=4, layers=1, blocks=(1, 1, 1, 1), block="basic")
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         model(torch.randn(2, 3, 64, 64), mask)
+
+
+def test_their_best_model_pt_loads_strictly(tmp_path):
+    """Their logger saves {'epoch', 'state_dict', 'valid_mAP' (numpy), ...}; DataParallel adds `module.`."""
+    from harness.ctran import checkpoint as ckpt
+    model = CTran(num_labels=4, layers=1, blocks=(1, 1, 1, 1), block="basic")
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 3, "state_dict": state, "valid_mAP": np.float64(0.5), "test_mAP": np.float64(0.5),
+                "valid_loss": 1.0, "test_loss": 1.0}, tmp_path / "best_model.pt")
+    read, arch, _ = ckpt.read(tmp_path / "best_model.pt")
+    other = CTran(num_labels=4, layers=1, blocks=(1, 1, 1, 1), block="basic")
+    ckpt.load_into(other, read, tmp_path / "best_model.pt")
+    assert arch is None and all(torch.equal(other.state_dict()[k], v) for k, v in model.state_dict().items())
