@@ -44,7 +44,8 @@ def run(args):
                             tiny=args.tiny, backbone=args.backbone, holdout=args.holdout, device=args.device,
                             workers=args.workers, runs_root=args.out, resume=args.resume, limit=args.limit,
                             progress=not args.no_progress)
-    _print(record, run_dir)
+    if record is not None:  # under torchrun only rank 0 has one
+        _print(record, run_dir)
 
 
 def _print(record, run_dir):

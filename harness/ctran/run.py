@@ -52,49 +52,71 @@ def split_rows(n, fraction, seed):
     return np.sort(perm[: n - n_val]), np.sort(perm[n - n_val:])
 
 
-def _loader(dataset, batch_size, workers, shuffle=False, seed=0):
+def _loader(dataset, batch_size, workers, shuffle=False, seed=0, size=1, rank=0, epoch=0):
+    """Their DataLoader (shuffled for training); with several processes, this process's shard."""
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, DistributedSampler
 
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g,
-                      persistent_workers=False)
+    if size == 1:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g)
+    sampler = DistributedSampler(dataset, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed)
+    sampler.set_epoch(epoch)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=g)
 
 
-def predict(model, loader, device, use_lmt, progress=False):
-    """(logits, masks, rows, summed unknown-entry loss / N) as their run_epoch in eval mode."""
-    import torch
+def unknown_loss(pred, labels, mask, use_lmt):
+    """Their loss_out: BCE with logits summed over the unknown entries (over all entries without LMT)."""
     import torch.nn.functional as F
+
+    loss = F.binary_cross_entropy_with_logits(pred, labels, reduction="none")
+    return ((mask == -1).float() * loss).sum() if use_lmt else loss.sum()
+
+
+def predict(model, loader, device, use_lmt, progress=False, size=1):
+    """(logits, masks, rows, summed unknown-entry loss / N) as their run_epoch in eval mode.
+
+    With several processes each scores its shard; the shards are gathered (rows a padded sampler
+    repeats are kept once) and every process returns the same arrays."""
+    import numpy as np
+    import torch
     from tqdm import tqdm
 
+    from harness.ctran.distributed import gather
+
     model.eval()
-    logits, all_masks, rows, loss_total = [], [], [], 0.0
+    logits, all_labels, all_masks, rows = [], [], [], []
     with torch.no_grad():
         for images, labels, mask, row in tqdm(loader, disable=not progress, leave=False, desc="eval"):
-            pred = model(images.to(device), mask.to(device)).cpu()
-            loss = F.binary_cross_entropy_with_logits(pred, labels, reduction="none")
-            loss_total += float(((mask == -1).float() * loss).sum() if use_lmt else loss.sum())
-            logits.append(pred)
+            logits.append(model(images.to(device), mask.to(device)).cpu())
+            all_labels.append(labels)
             all_masks.append(mask)
             rows.append(row)
-    n = sum(len(r) for r in rows)
-    return torch.cat(logits), torch.cat(all_masks), torch.cat(rows).numpy(), loss_total / max(n, 1)
+    logits, labels, masks_, rows = gather([torch.cat(x) for x in (logits, all_labels, all_masks, rows)], size)
+    _, first = np.unique(rows.numpy(), return_index=True)
+    keep = torch.as_tensor(np.sort(first))
+    logits, labels, masks_, rows = logits[keep], labels[keep], masks_[keep], rows[keep]
+    loss = float(unknown_loss(logits.double(), labels.double(), masks_, use_lmt))
+    return logits, masks_, rows.numpy(), loss / max(len(rows), 1)
 
 
-def train_epoch(model, loader, optimizer, device, use_lmt, progress=False):
-    import torch.nn.functional as F
+def train_step(model, optimizer, images, labels, mask, use_lmt, size=1):
+    """One optimizer step; the loss is scaled by the world size because DDP averages gradients."""
+    loss_out = unknown_loss(model(images, mask), labels, mask, use_lmt)
+    optimizer.zero_grad()
+    (loss_out * size).backward()
+    optimizer.step()
+    return float(loss_out.detach())
+
+
+def train_epoch(model, loader, optimizer, device, use_lmt, progress=False, size=1):
     from tqdm import tqdm
 
     model.train()
     total, n = 0.0, 0
     for images, labels, mask, _ in tqdm(loader, disable=not progress, leave=False, desc="train"):
-        pred = model(images.to(device), mask.to(device))
-        loss = F.binary_cross_entropy_with_logits(pred, labels.to(device), reduction="none")
-        loss_out = ((mask.to(device) == -1).float() * loss).sum() if use_lmt else loss.sum()
-        optimizer.zero_grad()
-        loss_out.backward()
-        optimizer.step()
-        total, n = total + float(loss_out.detach()), n + len(labels)
+        total += train_step(model, optimizer, images.to(device), labels.to(device), mask.to(device), use_lmt, size)
+        n += len(labels)
     return total / max(n, 1)
 
 
@@ -144,7 +166,11 @@ def train(coco_root, *, use_lmt=True, selection="test", epochs=PAPER["epochs"], 
     _check(epochs, batch_size, lr, workers, holdout)
     if selection not in SELECTIONS:
         raise UserError(f"--selection must be one of {', '.join(SELECTIONS)} (got {selection})")
-    device = pick_device(device)
+    from harness.ctran import distributed
+
+    rank, size, device = distributed.setup(pick_device(device))
+    if batch_size % size:
+        raise UserError(f"--batch-size {batch_size} does not split evenly over {size} processes; pass a multiple")
     root = Path(coco_root)
     train_labels, test_labels = load_labels(root, "train2014", "annotated"), load_labels(root, "val2014", "annotated")
     check_images(root, train_labels)
@@ -163,8 +189,15 @@ def train(coco_root, *, use_lmt=True, selection="test", epochs=PAPER["epochs"], 
     settings = {"model_id": base_id(use_lmt), "coco_root": str(root.resolve()), "use_lmt": use_lmt,
                 "selection": selection, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                 "scale": scale, "crop": crop, "arch": arch, "backbone": backbone, "holdout": holdout if
-                selection == "held-out" else None, "limit": limit, "n_train": len(train_rows), "n_val": len(val_rows)}
-    run_dir = _open(runs_root, settings, resume)
+                selection == "held-out" else None, "limit": limit, "n_train": len(train_rows), "n_val": len(val_rows),
+                "processes": size}
+    run_dir = _open(runs_root, settings, resume) if rank == 0 else None
+    if size > 1:  # every process reads the same run folder (resume state); only rank 0 writes
+        import torch.distributed as dist
+
+        shared = [run_dir]
+        dist.broadcast_object_list(shared, src=0)
+        run_dir = shared[0]
 
     torch.manual_seed(seed)  # the initial weights (their weights_init and torchvision's) are seeded too
     model = CTran(**{k: v for k, v in arch.items() if k not in ("name", "img_size")}).to(device)
@@ -179,7 +212,9 @@ def train(coco_root, *, use_lmt=True, selection="test", epochs=PAPER["epochs"], 
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         ckpt.load_into(model, ckpt.read(run_dir / LAST)[0], run_dir / LAST)
-        _say(f"resuming {run_dir} after epoch {state['epoch']}/{epochs}")
+        if rank == 0:
+            _say(f"resuming {run_dir} after epoch {state['epoch']}/{epochs}")
+    net = distributed.wrap(model, device, size)
 
     train_set = MaskedImages(root, train_labels, train_transform(scale, crop), training=True, use_lmt=use_lmt,
                              seed=seed, rows=train_rows)
@@ -188,26 +223,30 @@ def train(coco_root, *, use_lmt=True, selection="test", epochs=PAPER["epochs"], 
     train_reasons = smoke_reasons(root, arch, scale, crop, epochs, limit, backbone)  # the checkpoint carries them
     for epoch in range(state["epoch"] + 1, epochs + 1):
         t0 = time.perf_counter()
-        random.seed(f"ctran-epoch:{seed}:{epoch}")
-        torch.manual_seed(seed * 100003 + epoch)
+        random.seed(f"ctran-epoch:{seed}:{epoch}" + (f":{rank}" if size > 1 else ""))
+        torch.manual_seed(seed * 100003 + epoch + 7919 * rank)
         train_set.epoch = epoch
         lr_now = optimizer.param_groups[0]["lr"]
-        train_loss = train_epoch(model, _loader(train_set, batch_size, workers, True, seed * 100003 + epoch),
-                                 optimizer, device, use_lmt, progress)
-        logits, val_masks, rows, val_loss = predict(model, _loader(val_set, batch_size, workers), device, use_lmt,
-                                                    progress)
+        shown = progress and rank == 0
+        train_loss = train_epoch(net, _loader(train_set, batch_size // size, workers, True, seed * 100003 + epoch,
+                                              size, rank, epoch), optimizer, device, use_lmt, shown, size)
+        logits, val_masks, rows, val_loss = predict(net, _loader(val_set, batch_size // size, workers, size=size,
+                                                                 rank=rank), device, use_lmt, shown, size)
         from harness.ctran.metrics import compute_ctran_metrics
 
         val_map = compute_ctran_metrics(torch.sigmoid(logits).numpy(), val_coco.labels[rows], val_masks.numpy())["mAP"]
         scheduler.step(val_loss)
         if val_map is not None and val_map >= state["best_mAP"]:  # their >=: a tie goes to the later epoch
             state["best_mAP"], state["best_epoch"] = val_map, epoch
-            ckpt.save(run_dir / BEST, model, arch, {"epoch": epoch, "selection": selection, "val_mAP": val_map,
-                                                    "scale": scale, "crop": crop, "smoke_reasons": train_reasons})
+            if rank == 0:
+                ckpt.save(run_dir / BEST, model, arch, {"epoch": epoch, "selection": selection, "val_mAP": val_map,
+                                                        "scale": scale, "crop": crop, "smoke_reasons": train_reasons})
         state["epoch"] = epoch
         state["wall_s"] += time.perf_counter() - t0
         state["history"].append({"epoch": epoch, "lr": lr_now, "train_loss": train_loss, "val_loss": val_loss,
                                  "val_mAP": val_map})
+        if rank:
+            continue
         ckpt.save(run_dir / LAST, model, arch, {"epoch": epoch})
         tmp = run_dir / (STATE + ".tmp")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -217,6 +256,8 @@ def train(coco_root, *, use_lmt=True, selection="test", epochs=PAPER["epochs"], 
         _say(f"epoch {epoch}/{epochs}  train loss {train_loss:.3f}  val loss {val_loss:.3f}  val mAP "
              f"{val_map if val_map is None else round(val_map, 2)}  lr {lr_now:g}  ETA "
              f"{(epochs - epoch) * per_epoch / 60:.1f} min")
+    if rank:  # rank 0 scores the test set with the selected checkpoint and writes the record
+        return None, None
     return _finish_training(run_dir, root, settings, state, test_labels, test_rows, device, workers, batch_size)
 
 
