@@ -335,7 +335,7 @@ def outside_ci(value, ci, tolerance=1e-9):
 
 def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, class_names=None, mask=None):
     """Every metric of one run as a JSON-serialisable dict (percentages)."""
-    if protocol == "ctran":  # C-Tran's own rules, with its known-label mask: harness/ctran/metrics.py
+    if protocol in ("ctran", "ctran-id"):  # C-Tran's own rules, with its known-label mask: harness/ctran/metrics.py
         from harness.ctran.metrics import compute_ctran_metrics
         return compute_ctran_metrics(scores, labels, mask)
     _check_protocol(protocol)

@@ -64,8 +64,20 @@ def format_text(m):
     return "\n".join(lines)
 
 
+def format_ctran_text(m):
+    def pct(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    lines = [f"protocol {m['protocol']}: {m['protocol_description']}",
+             f"mAP {pct(m['mAP'])} ({m['known_labels_per_image']} known labels per image at most)"]
+    for name, row in (("all (>= 0.5)", m), ("top-3", m["top3"]), ("unknown only", m["unknown_only"])):
+        lines.append(f"{name:13s} " + "  ".join(f"{k} {pct(row[k])}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")))
+    return "\n".join(lines)
+
+
 def print_metrics(metrics, fmt):
-    print(json.dumps(metrics, indent=2) if fmt == "json" else format_text(metrics))
+    text = format_ctran_text if metrics.get("protocol") == "ctran" else format_text
+    print(json.dumps(metrics, indent=2) if fmt == "json" else text(metrics))
 
 
 def run(args):
@@ -88,12 +100,4 @@ def _run_ctran(args, scores, labels):
     if args.protocol != "ctran":
         raise UserError("--mask is for --protocol ctran only; drop it or use --protocol ctran")
     mask = load_array(args.mask, "mask") if args.mask else None
-    m = compute_ctran_metrics(scores, labels, mask)
-    if args.format == "json":
-        print(json.dumps(m, indent=2))
-        return
-    pct = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-    print(f"protocol ctran: {m['protocol_description']}\nmAP {pct(m['mAP'])} "
-          f"({m['known_labels_per_image']} known labels per image at most)")
-    for name, row in (("all (>= 0.5)", m), ("top-3", m["top3"]), ("unknown only", m["unknown_only"])):
-        print(f"{name:13s} " + "  ".join(f"{k} {pct(row[k])}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")))
+    print_metrics(compute_ctran_metrics(scores, labels, mask), args.format)

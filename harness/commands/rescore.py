@@ -11,7 +11,7 @@ from harness.errors import UserError
 
 def add_arguments(parser):
     parser.add_argument("run_dir", help="a run folder holding record.json, scores.npy and labels.npy")
-    parser.add_argument("--protocol", choices=("q2l", "asl", "mlspl"),
+    parser.add_argument("--protocol", choices=("q2l", "asl", "mlspl", "ctran"),
                         help="default: the protocol the run was evaluated with")
     parser.add_argument("--format", choices=("json", "text"), default="json")
     parser.add_argument("--no-ci", action="store_true", help="skip the bootstrap")
@@ -45,8 +45,12 @@ def run(args):
     protocol = args.protocol or record.get("eval", {}).get("protocol")
     if protocol is None:
         raise UserError(f"{run_dir}/record.json names no protocol; pass --protocol q2l|asl|mlspl")
+    extra = {}
+    if protocol.startswith("ctran"):  # C-Tran's AP needs the run's known-label mask (masks.npy)
+        mask_file = run_dir / files.get("masks", "masks.npy")
+        extra["mask"] = load_array(mask_file, "mask") if mask_file.exists() else None
     metrics = compute_metrics(scores, labels, protocol, ci=not args.no_ci, n_boot=args.n_boot, seed=args.seed,
-                              class_names=recorded.get("class_names"))
+                              class_names=recorded.get("class_names"), **extra)
     print_metrics(metrics, args.format)
     out = {
         "rescored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
