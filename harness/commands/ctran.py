@@ -68,6 +68,10 @@ def evaluate(args, spec):
     bad = [k for k in known if k not in KNOWN_PERCENTS]
     if bad:
         raise UserError(f"--known must be 0, 25, 50 or 75 (got {bad[0]}): the percentages the paper reports")
+    if args.amp not in (None, "off"):
+        raise UserError("C-Tran evaluates in fp32, as the authors' code; drop --amp")
+    if args.resume:
+        raise UserError("a C-Tran evaluation is not resumable (one pass per setting); run it without --resume")
     if args.draw not in DRAWS:
         raise UserError(f"--draw must be ctran or ctran-id (got {args.draw})")
     if not args.weights or args.weights == "random":

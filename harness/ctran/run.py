@@ -73,7 +73,7 @@ def unknown_loss(pred, labels, mask, use_lmt):
     return ((mask == -1).float() * loss).sum() if use_lmt else loss.sum()
 
 
-def predict(model, loader, device, use_lmt, progress=False, size=1):
+def predict(model, loader, device, use_lmt, progress=False, size=1, on_batch=None):
     """(logits, masks, rows, summed unknown-entry loss / N) as their run_epoch in eval mode.
 
     With several processes each scores its shard; the shards are gathered (rows a padded sampler
@@ -89,6 +89,8 @@ def predict(model, loader, device, use_lmt, progress=False, size=1):
     with torch.no_grad():
         for images, labels, mask, row in tqdm(loader, disable=not progress, leave=False, desc="eval"):
             logits.append(model(images.to(device), mask.to(device)).cpu())
+            if on_batch is not None:
+                on_batch(len(images))
             all_labels.append(labels)
             all_masks.append(mask)
             rows.append(row)
@@ -356,8 +358,12 @@ def evaluate_checkpoint(weights, coco_root, model_ids, *, known_percents, draw="
         raise UserError(f"{weights} is a C-Tran trained {'with' if lmt else 'without'} label-mask training, but "
                         f"{specs[0].id} is {'without' if lmt else 'with'} it; pass that model's checkpoint "
                         f"(or evaluate {'ctran-r101-576' if lmt else 'ctran-r101-576-no-lmt'})")
+    from harness.measure import EvalMeasurement
+    from harness.measure.measurement import nvml_baseline_mib
+
     model = CTran(**{k: v for k, v in arch.items() if k not in ("name", "img_size")})
     ckpt.load_into(model, state, weights)
+    baseline_mib = nvml_baseline_mib(device)  # before the model reaches the GPU
     model.to(device)
     scale, crop = meta.get("scale", PAPER["scale"]), meta.get("crop", PAPER["crop"])
     root = Path(coco_root)
@@ -368,14 +374,18 @@ def evaluate_checkpoint(weights, coco_root, model_ids, *, known_percents, draw="
     reasons = list(dict.fromkeys([*extra_reasons, *smoke_reasons(root, arch, scale, crop, limit=limit),
                                   *meta.get("smoke_reasons", [])]))
     selection = meta.get("selection") or (extra or {}).get("train", {}).get("selection")
-    t0 = time.perf_counter()
     out = []
     for spec, percent, run_dir in zip(specs, known_percents, run_dirs or [None] * len(specs)):
         known = masks.known_count(percent, 80)
         dataset = MaskedImages(root, labels, eval_transform(scale, crop), training=False, known=known, draw=draw,
                                rows=rows)
-        logits, mask, got_rows, loss = predict(model, _loader(dataset, batch_size, workers), device,
-                                               arch.get("use_lmt", True), progress)
+        t_setting = time.perf_counter()
+        with EvalMeasurement(device, baseline_mib=baseline_mib) as meter:
+            logits, mask, got_rows, loss = predict(model, _loader(dataset, batch_size, workers), device,
+                                                   arch.get("use_lmt", True), progress, on_batch=meter.count)
+        measured = meter.result()
+        if kind == "train":
+            measured["notes"].append("covers the final test pass only; the training's time is train_wall_s")
         scores = torch.sigmoid(logits).numpy()
         metrics = compute_ctran_metrics(scores, labels.labels[got_rows], mask.numpy())
         run_dir = run_dir or records.new_run_dir(runs_root, spec.id)
@@ -397,7 +407,8 @@ def evaluate_checkpoint(weights, coco_root, model_ids, *, known_percents, draw="
                               "ctran-id": "Random('coco-image:<id>'): another draw than theirs"}[draw]},
             "ctran": {"selection": selection, "selection_note": SELECTIONS.get(selection), "unknown_loss": loss},
             "metrics": metrics,
-            "timings": {"wall_s": time.perf_counter() - t0, "images_per_s": None},
+            "timings": {"wall_s": time.perf_counter() - t_setting, "images_per_s": measured.get("images_per_s")},
+            "measurement": measured,
             "environment": records.environment(),
             "started_at": (extra or {}).get("started_at") or _now(), "finished_at": _now(),
             "smoke": bool(reasons), "smoke_reasons": reasons,
