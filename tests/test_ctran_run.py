@@ -109,3 +109,9 @@ def test_rescore_uses_the_runs_mask(trained, capsys):
     capsys.readouterr()
     assert main(["rescore", str(run_dir), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["mAP"] == recorded["mAP"]
+
+
+def test_predict_refuses_ctran_in_one_line(smoke_root, capsys):
+    image = next((smoke_root / "val2014").iterdir())
+    assert main(["predict", "ctran-r101-576", str(image), "--weights", "random"]) == 2
+    assert "harness eval ctran-r101-576" in capsys.readouterr().err
