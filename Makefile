@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 COCO_ROOT ?= data/coco
 RUNS ?= runs
 
-.PHONY: install test check-install smoke bench reproduce-q2l reproduce-mlspl report clean-venv
+.PHONY: install test check-install smoke smoke-ctran bench reproduce-q2l reproduce-mlspl reproduce-ctran report clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,20 @@ reproduce-q2l: $(STAMP)
 reproduce-mlspl: $(STAMP)
 	$(BIN)/harness reproduce mlspl --coco-root $(COCO_ROOT) --out $(RUNS) --tables tables $(if $(ALL),--all,)
 
+# C-Tran: train (100 epochs, resumable: rerun the target to continue), then evaluate at 0/25/50/75% known,
+# with and without label-mask training. SELECTION=held-out for the protocol that does not choose on test.
+SELECTION ?= test
+# The checkpoint of the newest training run of model $(1) under runs folder $(2) with this selection.
+CTRAN_BEST = $$(dirname $$(grep -l '"selection": "$(SELECTION)"' $(2)/$(1)/*/settings.json | tail -n 1))/best.safetensors
+reproduce-ctran: $(STAMP)
+	$(BIN)/harness ctran train --coco-root $(COCO_ROOT) --out $(RUNS) --selection $(SELECTION) --resume auto
+	$(BIN)/harness eval ctran-r101-576 --coco-root $(COCO_ROOT) --out $(RUNS) --known 0 25 50 75 \
+		--weights $(call CTRAN_BEST,ctran-r101-576,$(RUNS))
+	$(BIN)/harness ctran train --coco-root $(COCO_ROOT) --out $(RUNS) --selection $(SELECTION) --resume auto --no-lmt
+	$(BIN)/harness eval ctran-r101-576-no-lmt --coco-root $(COCO_ROOT) --out $(RUNS) --known 0 50 \
+		--weights $(call CTRAN_BEST,ctran-r101-576-no-lmt,$(RUNS))
+	$(BIN)/harness report --runs $(RUNS) --format all --out tables
+
 # What every model costs on this machine (its GPU when one is visible): records in runs/, cost table printed.
 bench: $(STAMP)
 	$(BIN)/harness bench all --out $(RUNS)
@@ -50,3 +64,14 @@ smoke: $(STAMP)
 	$(BIN)/harness eval q2l-r101-448 --coco-root $(SMOKE_DIR)/data --weights random --out $(SMOKE_DIR)/runs --no-progress
 	$(BIN)/harness report --runs $(SMOKE_DIR)/runs --format markdown --out $(SMOKE_DIR)/report.md
 	@echo "smoke report: $(SMOKE_DIR)/report.md (html: $(BIN)/harness report --runs $(SMOKE_DIR)/runs --format html --out $(SMOKE_DIR)/report.html)"
+
+# C-Tran's pipeline on CPU in about a minute: tiny backbone, smoke subset (with train images), random
+# weights, flagged smoke; its own data, runs and report under $(SMOKE_DIR)/ctran.
+smoke-ctran: $(STAMP)
+	test -d $(SMOKE_DIR)/ctran/data || $(BIN)/harness data smoke --out $(SMOKE_DIR)/ctran/data
+	$(BIN)/harness ctran train --coco-root $(SMOKE_DIR)/ctran/data --out $(SMOKE_DIR)/ctran/runs --tiny --scale 80 \
+		--crop 64 --epochs 1 --limit 16 --batch-size 8 --backbone random --workers 0 --no-progress
+	$(BIN)/harness eval ctran-r101-576 --coco-root $(SMOKE_DIR)/ctran/data --out $(SMOKE_DIR)/ctran/runs \
+		--known 0 25 50 75 --limit 16 --no-progress --weights $(call CTRAN_BEST,ctran-r101-576,$(SMOKE_DIR)/ctran/runs)
+	$(BIN)/harness report --runs $(SMOKE_DIR)/ctran/runs --format markdown --out $(SMOKE_DIR)/ctran/report.md
+	@echo "C-Tran smoke report: $(SMOKE_DIR)/ctran/report.md"

@@ -22,6 +22,7 @@ COMMANDS = {
     "attention": "Query2Label's per-label cross-attention maps on your images (PNG + .npy).",
     "compare": "Paired comparison of two runs on the same images (bootstrap CI, permutation p).",
     "mlspl": "Single-positive-label (MLSPL) preparation, features and training.",
+    "ctran": "C-Tran: label-mask training (evaluation with partial labels: `harness eval --known`).",
 }
 
 

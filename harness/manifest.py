@@ -18,8 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DATA = Path(__file__).resolve().parent / "_data"
 DEFAULT_MANIFEST = (PACKAGE_DATA / "weights_manifest.yaml").resolve()
 
-FAMILIES = ("q2l", "asl", "mldecoder", "mlspl")
-PROTOCOLS = ("q2l", "asl", "mlspl")
+FAMILIES = ("q2l", "asl", "mldecoder", "mlspl", "ctran")
+PROTOCOLS = ("q2l", "asl", "mlspl", "ctran")
 IMAGE_SETS = ("all", "annotated")
 NORMALIZATIONS = ("imagenet", "none")
 RESIZES = ("squish",)
@@ -67,7 +67,7 @@ class ModelSpec:
     released: bool  # False: no released weights, trained here
     files: dict = field(default_factory=dict)  # role ("checkpoint", "config") -> WeightFile
     eval: EvalSpec = None
-    train: dict | None = None  # MLSPL: {"loss", "mode"}
+    train: dict | None = None  # MLSPL: {"loss", "mode"}; C-Tran: {"use_lmt", "known"}
     manifest_path: Path | None = None  # the file it came from (its lock file sits beside it)
 
     @property
@@ -168,6 +168,11 @@ def _parse_entry(path, model_id, data):
         train = f.get(data, "train", dict)
         f.get(train, "loss", str, prefix="train.")
         f.get(train, "mode", str, choices=MLSPL_MODES, prefix="train.")
+    if family == "ctran":  # which training (use_lmt) and which inference setting (known labels, percent)
+        train = f.get(data, "train", dict)
+        f.get(train, "use_lmt", bool, prefix="train.")
+        if train.get("known") not in (0, 25, 50, 75):
+            f.fail("train.known", f"must be 0, 25, 50 or 75 (got {train.get('known')!r})")
     return ModelSpec(
         id=model_id,
         family=family,

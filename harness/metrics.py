@@ -48,6 +48,8 @@ PROTOCOL_DESCRIPTIONS = {
     "asl": "ASL mAP: non-interpolated AP (precision at each positive / (npos + 1e-8)), "
            "ties ordered by s.argsort()[::-1]",
     "mlspl": "MLSPL: scikit-learn average_precision_score (tied scores one step), AP 0 without positives",
+    "ctran": "C-Tran compute_metrics: sklearn AP per label over the images where it is unknown (macro AP when "
+             "none known), F1 family over all labels at 0.5 (harness/ctran/metrics.py)",
 }
 F1_RULES = {"ml-gcn": "score >= threshold; CF1 = 2 CP CR / (CP + CR) over the classes with a positive "
                        "(ML-GCN)",
@@ -366,9 +368,12 @@ def outside_ci(value, ci, tolerance=1e-9):
 
 
 def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, class_names=None, f1="ml-gcn",
-                    threshold=THRESHOLD):
+                    threshold=THRESHOLD, mask=None):
     """Every metric of one run as a JSON-serialisable dict (percentages); `f1` and `threshold` pick
-    the F1 family's definition (F1_RULES) and threshold."""
+    the F1 family's definition (F1_RULES) and threshold; `mask` is C-Tran's known-label mask."""
+    if protocol in ("ctran", "ctran-id"):  # C-Tran's own rules, with its known-label mask: harness/ctran/metrics.py
+        from harness.ctran.metrics import compute_ctran_metrics
+        return compute_ctran_metrics(scores, labels, mask)
     _check_protocol(protocol)
     if f1 not in F1_RULES:
         raise UserError(f"unknown F1 definition '{f1}'; use one of {', '.join(F1_RULES)}")

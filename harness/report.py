@@ -20,7 +20,7 @@ from harness.report_files import HTML_MARK, MARK, check_target, mark, write_repo
 
 FORMATS = ("markdown", "csv", "latex", "json", "html")
 FAMILIES = {"q2l": "Query2Label", "asl": "ASL", "mldecoder": "ML-Decoder",
-            "mlspl": "MLSPL (single positive labels, trained here)"}
+            "mlspl": "MLSPL (single positive labels, trained here)", "ctran": "C-Tran (trained here)"}
 TOLERANCE = {True: 0.1, False: 1.0}  # |ours - paper| in mAP points: released checkpoint, trained here
 IMAGE_SETS = {"all": "all 40,504 COCO val2014 images (unannotated ones are all-negative rows)",
               "annotated": "the 40,137 annotated COCO val2014 images"}
@@ -136,6 +136,8 @@ def model_row(spec, record, tables):
     }
     if spec.family == "mlspl":
         row["paper_confidence"], row["reruns_by_others"] = _mlspl_context(spec, tables)
+    if spec.family == "ctran":
+        row["selection"] = ((record or {}).get("ctran") or {}).get("selection")
     return row
 
 
@@ -254,7 +256,10 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
         chosen = _latest([r for r in found if not r.get("smoke")]) or _latest(found)
         rows.append(model_row(spec, chosen, tables))
     cost = [bench_row(specs[key[0]], _latest(rs)) for key, rs in sorted(benches.items(), key=lambda kv: str(kv[0]))]
-    return {"models": rows, "cost": cost, "pick": pick_rows(rows, cost), "notes": notes}
+    from harness.ctran.report import partial_rows
+
+    return {"models": rows, "cost": cost, "pick": pick_rows(rows, cost), "notes": notes,
+            "ctran": partial_rows(evals, specs)}
 
 
 def pick_rows(rows, cost):
@@ -296,6 +301,7 @@ def display(row):
     ci = row["ci95"]
     status = row["status"] + (f" ({', '.join(row['smoke_reasons'])})" if row["status"] == "smoke" else "") \
         + (" (paper inside CI)" if row.get("reproduced_by") == "CI" else "")
+    status += " (selected on test)" if row.get("selection") == "test" else ""
     return {"model": row["model"], "resolution": row["resolution"], "paper_mAP": _num(row["paper_mAP"], 1),
             "mAP": _num(row["mAP"]), "difference": _num(row["difference"], signed=True),
             "ci95": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a", "status": status,
@@ -372,6 +378,9 @@ def footnotes(family, rows):
         f"(images resampled; such rows say 'paper inside CI'). Smoke runs (random weights, smoke subset, "
         f"--limit, unverified weights) never count.",
     ]
+    if family == "ctran":  # their F1 family, not ML-GCN's: harness/ctran/metrics.py
+        notes[2] = ("CF1 / OF1: C-Tran's (scikit-learn macro / micro precision and recall at 0.5 over all labels, "
+                    "known labels included); over unknown labels only in the partial-label table and the JSON.")
     for r in rows:
         missing = r["classes_without_positives"]
         if missing:
@@ -409,6 +418,9 @@ def _tables(data):
         if rows:
             out.append((title, [h for _, h in COLUMNS], [[display(r)[k] for k, _ in COLUMNS] for r in rows],
                         footnotes(family, rows)))
+    from harness.ctran.report import tables as ctran_tables
+
+    out += ctran_tables(data.get("ctran"))
     if data.get("pick"):
         out.append(("What a user would pick instead (COCO, by mAP)", [h for _, h in PICK_COLUMNS],
                     [[display_pick(r)[k] for k, _ in PICK_COLUMNS] for r in data["pick"]], PICK_NOTES))

@@ -70,6 +70,14 @@ def test_paper_metrics_equal_the_published_tables():
             assert len(row) == 1 and spec.paper["metrics"] == {"mAP": float(row[0]["mAP"])}, spec.id
             assert spec.files["checkpoint"].sources[0]["url"] == row[0]["url"], spec.id
             continue
+        if spec.family == "ctran":
+            lmt, known = spec.train["use_lmt"], spec.train["known"]
+            setting = ("regular" if known == 0 else "partial") if lmt else "no-LMT"
+            row = [r for r in _paper_rows("ctran_coco.csv") if (r["setting"], int(r["known_labels_pct"])) == (setting, known)]
+            assert len(row) == 1, spec.id
+            for key, value in spec.paper["metrics"].items():
+                assert value == float(row[0][key]), (spec.id, key)
+            continue
         method, _, pretrain, res = [p.strip() for p in spec.paper["row"].split("(")[0].split(",")]
         row = [r for r in q448 if (r["method"], r["pretrain"], r["resolution"]) == (method, pretrain, res)]
         assert len(row) == 1, spec.id

@@ -11,7 +11,7 @@ from harness.errors import UserError
 
 DEFAULTS = {"cuda": {"iters": 50, "warmup": 10, "warmup_s": 2.0, "min_time_s": 5.0},
             "cpu": {"iters": 5, "warmup": 1, "warmup_s": 0.0, "min_time_s": 0.0}}
-BENCH_FAMILIES = ("q2l", "asl", "mldecoder", "mlspl")
+BENCH_FAMILIES = ("q2l", "asl", "mldecoder", "mlspl", "ctran")
 
 
 def add_arguments(parser):
@@ -138,6 +138,9 @@ def bench_model(spec, device, args, settings, baseline_mib):
         model = create_model(spec.id, manifest=args.manifest).eval()
     except (KeyError, ImportError) as e:  # no builder yet, or a missing optional package
         raise CannotBuild(str(e)) from None
+    if spec.family == "ctran":  # its forward takes a label mask too: regular inference, every label unknown
+        from harness.models.ctran import AllUnknown
+        model = AllUnknown(model)
     params = count_params(model)
     model = model.to(device)
     if args.channels_last:
@@ -172,6 +175,9 @@ def bench_model(spec, device, args, settings, baseline_mib):
         measurement = {"batch_size": chosen, **measurements[chosen]}
     reasons = {"gflops": gflops_why} if gflops_why else {}
     notes = ["train fit: every parameter trained (full fine-tuning), the costliest mode"]
+    if spec.family == "ctran":
+        notes.append("C-Tran with every label unknown (regular inference); params include torchvision's unused "
+                     "fc (2.05 M), kept for the authors' checkpoint keys")
     if spec.family == "q2l":
         notes.append("transformer sizes as the manifest assumes; `harness eval` builds them from the released "
                      "checkpoint, which may differ (its record says so)")

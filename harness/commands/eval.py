@@ -26,16 +26,27 @@ def add_arguments(parser):
     parser.add_argument("--manifest", help="manifest file (default: weights_manifest.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0; recorded)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--known", type=int, nargs="+", metavar="PERCENT",
+                        help="C-Tran: labels known at inference, any of 0 25 50 75 (one record each)")
+    parser.add_argument("--draw", default="ctran", help="C-Tran: which labels are known: ctran (theirs: seeded by "
+                        "the image tensor's sha1) or ctran-id (seeded by image id; another protocol)")
 
 
 def run(args):
     import json
+
+    from harness.errors import UserError
 
     from harness.evaluate import evaluate
     from harness.manifest import get_spec
     from harness.metrics import OUTSIDE_CI_NOTE, outside_ci
 
     spec = get_spec(args.model, args.manifest)
+    if spec.family == "ctran":  # trained here, partial labels: harness/commands/ctran.py
+        from harness.commands.ctran import evaluate as evaluate_ctran
+        return evaluate_ctran(args, spec)
+    if args.known or args.draw != "ctran":
+        raise UserError(f"--known and --draw are for C-Tran models only; {spec.id} is {spec.family}")
     run_dir = evaluate(
         spec, args.coco_root, weights=args.weights, weights_dir=args.weights_dir, config=args.config,
         batch_size=args.batch_size, amp=args.amp, device=args.device, limit=args.limit, runs_root=args.out,

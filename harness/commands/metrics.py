@@ -11,12 +11,15 @@ from harness.errors import UserError
 def add_arguments(parser):
     parser.add_argument("scores", help="scores.npy: images x classes sigmoid probabilities")
     parser.add_argument("labels", help="labels.npy: images x classes, 1 positive, <= 0 negative")
-    parser.add_argument("--protocol", required=True, choices=("q2l", "asl", "mlspl"),
-                        help="whose mAP: q2l (VOC interpolated), asl (non-interpolated), mlspl (scikit-learn)")
+    parser.add_argument("--protocol", required=True, choices=("q2l", "asl", "mlspl", "ctran"),
+                        help="whose mAP: q2l (VOC interpolated), asl (non-interpolated), mlspl (scikit-learn), "
+                             "ctran (C-Tran: AP over unknown labels, needs --mask with partial labels)")
     parser.add_argument("--f1", choices=("ml-gcn", "asl"), default="ml-gcn",
                         help="F1 family: ml-gcn (>= threshold, 2 CP CR / (CP + CR)) or asl (their validate.py)")
     parser.add_argument("--threshold", type=float,
                         help="F1 threshold on the sigmoid scores (default 0.5; 0.8 with --f1 asl, ASL's --thre)")
+    parser.add_argument("--mask", metavar="MASKS.npy",
+                        help="ctran only: images x classes, -1 unknown, 0/1 known label (default: all unknown)")
     parser.add_argument("--format", choices=("json", "text"), default="json")
     parser.add_argument("--no-ci", action="store_true", help="skip the bootstrap (mAP_ci95 is then null)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -65,8 +68,20 @@ def format_text(m):
     return "\n".join(lines)
 
 
+def format_ctran_text(m):
+    def pct(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    lines = [f"protocol {m['protocol']}: {m['protocol_description']}",
+             f"mAP {pct(m['mAP'])} ({m['known_labels_per_image']} known labels per image at most)"]
+    for name, row in (("all (>= 0.5)", m), ("top-3", m["top3"]), ("unknown only", m["unknown_only"])):
+        lines.append(f"{name:13s} " + "  ".join(f"{k} {pct(row[k])}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")))
+    return "\n".join(lines)
+
+
 def print_metrics(metrics, fmt):
-    print(json.dumps(metrics, indent=2) if fmt == "json" else format_text(metrics))
+    text = format_ctran_text if metrics.get("protocol") == "ctran" else format_text
+    print(json.dumps(metrics, indent=2) if fmt == "json" else text(metrics))
 
 
 def run(args):
@@ -76,8 +91,19 @@ def run(args):
         raise UserError("--n-boot must be at least 1 (or use --no-ci)")
     scores = load_array(args.scores, "scores")
     labels = load_array(args.labels, "labels")
+    if args.protocol == "ctran" or args.mask:
+        return _run_ctran(args, scores, labels)
     threshold = args.threshold if args.threshold is not None else (0.8 if args.f1 == "asl" else 0.5)
     metrics = compute_metrics(scores, labels, args.protocol, ci=not args.no_ci, n_boot=args.n_boot,
                               seed=args.seed, class_names=load_class_names(args.class_names), f1=args.f1,
                               threshold=threshold)
     print_metrics(metrics, args.format)
+
+
+def _run_ctran(args, scores, labels):
+    from harness.ctran.metrics import compute_ctran_metrics
+
+    if args.protocol != "ctran":
+        raise UserError("--mask is for --protocol ctran only; drop it or use --protocol ctran")
+    mask = load_array(args.mask, "mask") if args.mask else None
+    print_metrics(compute_ctran_metrics(scores, labels, mask), args.format)

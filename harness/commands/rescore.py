@@ -11,7 +11,7 @@ from harness.errors import UserError
 
 def add_arguments(parser):
     parser.add_argument("run_dir", help="a run folder holding record.json, scores.npy and labels.npy")
-    parser.add_argument("--protocol", choices=("q2l", "asl", "mlspl"),
+    parser.add_argument("--protocol", choices=("q2l", "asl", "mlspl", "ctran"),
                         help="default: the protocol the run was evaluated with")
     parser.add_argument("--format", choices=("json", "text"), default="json")
     parser.add_argument("--no-ci", action="store_true", help="skip the bootstrap")
@@ -46,9 +46,13 @@ def run(args):
     if protocol is None:
         raise UserError(f"{run_dir}/record.json names no protocol; pass --protocol q2l|asl|mlspl")
     ev = record.get("eval") or {}  # the run's own F1 definition and threshold (older records: ML-GCN at 0.5)
+    extra = {}
+    if protocol.startswith("ctran"):  # C-Tran's AP needs the run's known-label mask (masks.npy)
+        mask_file = run_dir / files.get("masks", "masks.npy")
+        extra["mask"] = load_array(mask_file, "mask") if mask_file.exists() else None
     metrics = compute_metrics(scores, labels, protocol, ci=not args.no_ci, n_boot=args.n_boot, seed=args.seed,
                               class_names=recorded.get("class_names"), f1=ev.get("f1", "ml-gcn"),
-                              threshold=ev.get("threshold", 0.5))
+                              threshold=ev.get("threshold", 0.5), **extra)
     print_metrics(metrics, args.format)
     out = {
         "rescored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

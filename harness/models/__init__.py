@@ -8,7 +8,8 @@ import importlib
 
 _BUILDERS = {}
 # Modules whose import registers builders; imported on first use so `harness --help` stays fast.
-_BUILDER_MODULES = ("harness.models.q2l", "harness.models.asl", "harness.models.ml_decoder", "harness.models.mlspl")
+_BUILDER_MODULES = ("harness.models.q2l", "harness.models.asl", "harness.models.ml_decoder", "harness.models.mlspl",
+                    "harness.models.ctran")
 
 
 def register_model(fn):
