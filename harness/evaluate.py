@@ -309,7 +309,7 @@ def _for_precision(model, precision):
 def _build_model(spec, weights, weights_dir, config, trust, device, seed):
     import torch
 
-    from harness.checkpoints import build_pretrained
+    from harness.pretrained import build_pretrained
     from harness.models import build_from_arch
 
     if weights == "random":  # seeded, so a smoke run is repeatable and a resume continues the same model

@@ -91,7 +91,7 @@ def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs",
 
 def _missing_weights(specs, weights_dir):
     """{model id: UserError} for the models whose release cannot be had (fetched now when it can)."""
-    from harness.checkpoints import release_files
+    from harness.pretrained import release_files
 
     missing = {}
     for spec in specs:

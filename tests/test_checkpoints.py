@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from harness import checkpoints
-from harness.checkpoints import build_pretrained, load_checkpoint_into, read_config, read_pickle
+from harness.checkpoints import load_checkpoint_into, read_config, read_pickle
+from harness.pretrained import build_pretrained
 from harness.download.verify import file_digest
 from harness.errors import UserError
 from harness.manifest import get_spec
@@ -231,7 +232,7 @@ def test_missing_file_is_a_user_error(tmp_path):
 def test_weights_given_by_path_count_only_when_they_are_the_release(tmp_path, monkeypatch):
     import dataclasses
 
-    from harness.checkpoints import unverified_reason
+    from harness.pretrained import unverified_reason
     from harness.download.lock import record_lock
     from harness.manifest import DEFAULT_MANIFEST, get_spec
 

@@ -96,6 +96,6 @@ def run(args):
 
 def _load_to_lock(spec, args):
     """Read the fetched release safely and strictly into its model; that locks its unpinned hashes."""
-    from harness.checkpoints import build_pretrained
+    from harness.pretrained import build_pretrained
 
     build_pretrained(spec, weights_dir=args.weights_dir, cache_dir=args.cache)

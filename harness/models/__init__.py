@@ -2,7 +2,7 @@
 
 `create_model("q2l-r101-448")` reads the entry's `arch` from weights_manifest.yaml and calls
 the builder registered under `arch["name"]` with the remaining fields as keyword arguments.
-Nothing here downloads anything: weights are loaded by harness.checkpoints.
+Nothing here knows of files or downloads: released weights are loaded by harness.pretrained.
 """
 import importlib
 
@@ -27,11 +27,6 @@ def _load_builders():
                 raise
 
 
-def list_architectures():
-    _load_builders()
-    return sorted(_BUILDERS)
-
-
 def build_from_arch(arch, **overrides):
     """Build a model from an `arch` mapping (manifest format) with random weights."""
     _load_builders()
@@ -42,19 +37,8 @@ def build_from_arch(arch, **overrides):
     return _BUILDERS[arch["name"]](**params)
 
 
-def create_model(name, pretrained=False, manifest=None, load_options=None, **overrides):
-    """Build manifest model `name`; with pretrained=True load its verified released weights.
-
-    load_options go to harness.checkpoints.build_pretrained (cache_dir, weights_dir, trust);
-    what it reports (sha256, epoch, ...) is kept as `model.checkpoint_info`.
-    """
+def create_model(name, manifest=None, **overrides):
+    """Build manifest model `name` with random weights (harness.pretrained loads released ones)."""
     from harness.manifest import get_spec
 
-    spec = get_spec(name, manifest)
-    if not pretrained:
-        return build_from_arch(spec.arch, **overrides)
-    from harness.checkpoints import build_pretrained
-
-    model, info = build_pretrained(spec, **(load_options or {}), **overrides)
-    model.checkpoint_info = info
-    return model
+    return build_from_arch(get_spec(name, manifest).arch, **overrides)

@@ -101,3 +101,64 @@ def q2l(backbone, hidden_dim, dim_feedforward, enc_layers, dec_layers, nheads, n
                       enc_layers=enc_layers, dec_layers=dec_layers, nheads=nheads, num_class=num_classes,
                       img_size=img_size, pre_norm=pre_norm)
     return model
+
+
+# ---------------------------------------------------------------- the checkpoint's keys (as timm's checkpoint_filter_fn)
+
+SIZES_FROM_CHECKPOINT = ("dim_feedforward", "enc_layers", "dec_layers")  # the manifest's are assumptions until pinned
+
+
+def checkpoint_sizes(state_dict):
+    """Sizes a Q2L state dict fixes: hidden_dim, dim_feedforward, layer counts, classes, grid."""
+    def count(part):
+        prefix = f"transformer.{part}.layers."
+        found = {int(k[len(prefix):].split(".")[0]) for k in state_dict if k.startswith(prefix)}
+        return max(found) + 1 if found else 0
+
+    sizes = {"enc_layers": count("encoder"), "dec_layers": count("decoder")}
+    for key in ("transformer.decoder.layers.0.linear1.weight", "transformer.encoder.layers.0.linear1.weight"):
+        if key in state_dict:
+            sizes["dim_feedforward"] = state_dict[key].shape[0]
+            break
+    if "query_embed.weight" in state_dict:
+        sizes["num_class"], sizes["hidden_dim"] = state_dict["query_embed.weight"].shape
+    if "backbone.1.pe" in state_dict:
+        sizes["grid"] = tuple(state_dict["backbone.1.pe"].shape[-2:])
+    return sizes
+
+
+def _same(value, expected):
+    if isinstance(expected, bool):
+        return value is expected
+    if isinstance(expected, int):
+        try:
+            return int(value) == expected
+        except (TypeError, ValueError):
+            return False
+    return value == expected
+
+
+def config_problems(config, model, ckpt_sizes, eval_spec=None):
+    """Problems between config_new.json, the checkpoint's weights and the model built here."""
+    problems = []
+    for key, value in sorted(ckpt_sizes.items()):
+        if key in config and key != "grid" and not _same(config[key], value):
+            problems.append(f"config says {key}={config[key]} but the checkpoint's weights have {value} "
+                            f"(the two files do not belong together)")
+    for key, value in model.arch.items():
+        if key in config and not _same(config[key], value):
+            problems.append(f"config says {key}={config[key]} but the model is built with {value} "
+                            f"(fix arch.{key} in the manifest)")
+    for flag in ("keep_other_self_attn_dec", "keep_first_self_attn_dec", "keep_input_proj"):
+        if config.get(flag) is True:
+            problems.append(f"config sets {flag}, which the released-model architecture here does not have")
+    if config.get("position_embedding", "sine") not in ("sine", "v2"):
+        problems.append(f"config uses position_embedding={config['position_embedding']}; only 'sine' is built here")
+    if eval_spec is not None:
+        if "orid_norm" in config and config["orid_norm"] != (eval_spec.normalize == "none"):
+            problems.append(f"config says orid_norm={config['orid_norm']} but the manifest's eval.normalize "
+                            f"is {eval_spec.normalize}")
+        if "img_size" in config and not _same(config["img_size"], eval_spec.resolution):
+            problems.append(f"config says img_size={config['img_size']} but the manifest's eval.resolution "
+                            f"is {eval_spec.resolution}")
+    return problems
