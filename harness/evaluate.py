@@ -116,6 +116,7 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
 
 def _score_and_finish(spec, coco_root, coco_labels, model, weights_info, settings, run_dir, done, opts):
     from harness.measure import EvalMeasurement
+    from harness.models.backbones.tresnet import batch_norm_used
 
     device, amp, limit, n_total = opts["device"], opts["amp"], opts["limit"], settings["n_images"]
     num_classes = coco_labels.labels.shape[1]
@@ -143,7 +144,7 @@ def _score_and_finish(spec, coco_root, coco_labels, model, weights_info, setting
                "batch_size": opts["batch_size"], "batch_size_source": opts["batch_size_source"],
                "deviations": opts["deviations"], "amp": amp, "amp_source": opts["amp_source"], "limit": limit,
                "precision": opts["precision"], "precision_source": opts["precision_source"],
-               "labels": opts["labels"],
+               "labels": opts["labels"], "batch_norm": batch_norm_used(model, device),
                "wall_s": time.perf_counter() - t0, "measured": measured}
     final_scores = np.array(scores)
     del scores  # closes the memory map of the partial file
@@ -247,7 +248,8 @@ def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
         "eval": {**asdict(spec.eval), "batch_size": ctx["batch_size"], "batch_size_source": ctx["batch_size_source"],
                  "deviations": ctx["deviations"], "dtype": str(scores.dtype),
                  "amp": ctx["amp"] or False, "amp_source": ctx["amp_source"], "precision": ctx["precision"],
-                 "precision_source": ctx["precision_source"], "device": ctx["device"], "limit": ctx["limit"]},
+                 "precision_source": ctx["precision_source"], "device": ctx["device"], "limit": ctx["limit"],
+                 **({"batch_norm": ctx["batch_norm"]} if ctx["batch_norm"] else {})},
         "metrics": metrics,
         "labels": ctx["labels"].summary(scores, spec.eval.protocol),
         "timings": {"wall_s": ctx["wall_s"], "images_per_s": measured.get("images_per_s"),
