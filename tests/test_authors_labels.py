@@ -1,6 +1,7 @@
 """The authors' label file (Query2Label reads it instead of the json): fetched from its repository and
 verified (git object id, then sha256 locked), compared with the json labels on every run, and used
 for the metrics where it differs, with the json-label mAP beside it."""
+import hashlib
 import io
 import json
 import shutil
@@ -121,3 +122,17 @@ def test_git_blob_id_is_gits(tmp_path):
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("git is not installed")
     assert git_blob_id(path) == theirs.strip()
+
+
+def test_download_fetches_it_by_name_and_with_each_q2l_model(tmp_path, server, capsys):
+    body = as_authors_saved(np.eye(4, 80))
+    manifest = setup(tmp_path, server, body)
+    data = yaml.safe_load(manifest.read_text())
+    for wfile in data["models"]["tiny-q2l"]["files"].values():
+        wfile["sources"] = [{"type": "http", "url": server.url + "/missing"}]
+    manifest.write_text(yaml.safe_dump(data))
+    assert main(["download", "q2l-val-labels", "--manifest", str(manifest), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "q2l-val-labels  labels" in out and f"sha256 {hashlib.sha256(body).hexdigest()}" in out
+    assert main(["download", "tiny-q2l", "--manifest", str(manifest), "-q"]) == 2  # its checkpoint has no server
+    assert "q2l-val-labels  labels" in capsys.readouterr().out  # but the label file came with it
