@@ -29,7 +29,7 @@ def _inplace_abn_kernel(device_type):
 
             probe = torch.ones(1, 1, 1, 1, device=device_type)
             one, zero = torch.ones(1, device=device_type), torch.zeros(1, device=device_type)
-            with torch.no_grad():
+            with torch.inference_mode():  # as evaluation runs it
                 inplace_abn(probe, one, zero, zero.clone(), one.clone(), False, 0.0, 1e-5, "identity", 0.0)
             _KERNEL_WORKS[device_type] = inplace_abn
         except Exception:  # not installed, or built without this device's kernels
