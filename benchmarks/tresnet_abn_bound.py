@@ -5,9 +5,10 @@ running statistics. Needs inplace_abn 1.1.0 importable; not run in CI.
 
 The authors' TResNet-L (`lib/models/tresnet/tresnet_sync.py`, with InPlaceABNSync) is built from
 their checkout without importing the rest of their model package. Their one CUDA-only line (the
-anti-alias filter's `.cuda().half()`) must be removed in that checkout first (the filter is cast to
-the input's dtype anyway). The harness model gets random weights (batch-norm scales of both signs),
-running statistics measured on real-looking inputs, and the authors' model the same state dict.
+anti-alias filter's `.cuda().half()`) must be removed in that checkout first (their code casts the
+filter to float for fp32 inputs anyway). The harness model gets random weights (batch-norm scales of both signs),
+running statistics measured on a batch of random images (not random statistics), and the authors'
+model the same state dict.
 Printed: max |logit difference| of the harness (plain torch, and with the inplace_abn kernel) against
 theirs, for TResNet-L + linear head (the ASL model) and the body's feature map.
 """

@@ -25,7 +25,7 @@ def _inplace_abn_kernel(device_type):
         return None
     if device_type not in _KERNEL_WORKS:
         try:
-            from inplace_abn import inplace_abn
+            from inplace_abn.functions import inplace_abn
 
             probe = torch.ones(1, 1, 1, 1, device=device_type)
             one, zero = torch.ones(1, device=device_type), torch.zeros(1, device=device_type)
