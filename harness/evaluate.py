@@ -73,6 +73,8 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
     """Evaluate `spec` (a manifest ModelSpec) and return the finished run folder."""
     import torch
 
+    from harness.batch_size import choose_batch_size
+    from harness.data.authors_labels import choose_labels
     from harness.data.coco import check_images, load_labels
     from harness.measure.measurement import nvml_baseline_mib
 
@@ -83,16 +85,17 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
     device = pick_device(device)
     if amp not in (None, "off") and device != "cuda":
         raise UserError("--amp needs a CUDA GPU; drop --amp to run in fp32 on CPU")
-    batch_size = spec.eval.batch_size if batch_size is None else batch_size
     coco_labels = load_labels(coco_root, "val2014", spec.eval.image_set)
     n_total = min(limit, len(coco_labels)) if limit else len(coco_labels)
     check_images(coco_root, coco_labels)
+    label_choice = choose_labels(spec, coco_root, coco_labels, weights_dir=weights_dir)
 
     baseline_mib = nvml_baseline_mib(device)  # before the model reaches the GPU
     model, weights_info = _build_model(spec, weights, weights_dir, config, trust_checkpoint, device, seed)
     precision, precision_source = _choose_precision(spec, amp, device)
     model = _for_precision(model, precision)
     amp, amp_source = _choose_amp(spec, amp, weights_info.get("config"), device)
+    batch_size, batch_source, deviations = choose_batch_size(spec, batch_size, weights_info.get("config"))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     settings = {
         "model_id": spec.id, "weights_sha256": weights_info["sha256"], "random_weights": weights_info["random_weights"],
@@ -107,11 +110,13 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
                                  dict(device=device, amp=amp, amp_dtype=amp_dtype, amp_source=amp_source,
                                       batch_size=batch_size, workers=workers, limit=limit, progress=progress,
                                       baseline_mib=baseline_mib, precision=precision,
-                                      precision_source=precision_source))
+                                      precision_source=precision_source, batch_size_source=batch_source,
+                                      deviations=deviations, labels=label_choice))
 
 
 def _score_and_finish(spec, coco_root, coco_labels, model, weights_info, settings, run_dir, done, opts):
     from harness.measure import EvalMeasurement
+    from harness.models.backbones.tresnet import batch_norm_used
 
     device, amp, limit, n_total = opts["device"], opts["amp"], opts["limit"], settings["n_images"]
     num_classes = coco_labels.labels.shape[1]
@@ -136,8 +141,10 @@ def _score_and_finish(spec, coco_root, coco_labels, model, weights_info, setting
         measured["notes"].append("every row was scored by an earlier session that was stopped before its "
                                  "record was written; its speed and memory were not kept")
     context = {"weights_info": weights_info, "settings": settings, "started": started, "device": device,
-               "batch_size": opts["batch_size"], "amp": amp, "amp_source": opts["amp_source"], "limit": limit,
+               "batch_size": opts["batch_size"], "batch_size_source": opts["batch_size_source"],
+               "deviations": opts["deviations"], "amp": amp, "amp_source": opts["amp_source"], "limit": limit,
                "precision": opts["precision"], "precision_source": opts["precision_source"],
+               "labels": opts["labels"], "batch_norm": batch_norm_used(model, device),
                "wall_s": time.perf_counter() - t0, "measured": measured}
     final_scores = np.array(scores)
     del scores  # closes the memory map of the partial file
@@ -222,7 +229,7 @@ def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
     from harness.metrics import compute_metrics
 
     n_total = len(scores)
-    labels = coco_labels.labels[:n_total]
+    labels = ctx["labels"].labels[:n_total]  # the authors' label file where it differs from the json
     records.save_arrays(run_dir, scores, labels, coco_labels.image_ids[:n_total], keep_equal=True)
     metrics = compute_metrics(scores, labels, spec.eval.protocol, class_names=coco_labels.category_names,
                               f1=spec.eval.f1, threshold=spec.eval.threshold)
@@ -238,10 +245,13 @@ def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
             "name": "coco2014-val", "root": str(Path(coco_root).resolve()), "image_set": spec.eval.image_set,
             "n_images": n_total, "fingerprint": fingerprint(coco_labels), "smoke_subset": is_smoke_root(coco_root),
         },
-        "eval": {**asdict(spec.eval), "batch_size": ctx["batch_size"], "dtype": str(scores.dtype),
+        "eval": {**asdict(spec.eval), "batch_size": ctx["batch_size"], "batch_size_source": ctx["batch_size_source"],
+                 "deviations": ctx["deviations"], "dtype": str(scores.dtype),
                  "amp": ctx["amp"] or False, "amp_source": ctx["amp_source"], "precision": ctx["precision"],
-                 "precision_source": ctx["precision_source"], "device": ctx["device"], "limit": ctx["limit"]},
+                 "precision_source": ctx["precision_source"], "device": ctx["device"], "limit": ctx["limit"],
+                 **({"batch_norm": ctx["batch_norm"]} if ctx["batch_norm"] else {})},
         "metrics": metrics,
+        "labels": ctx["labels"].summary(scores, spec.eval.protocol),
         "timings": {"wall_s": ctx["wall_s"], "images_per_s": measured.get("images_per_s"),
                     "resumed_from_row": ctx["settings"].get("resumed_from_row", 0)},
         "measurement": measured,

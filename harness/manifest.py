@@ -41,6 +41,7 @@ class WeightFile:
     filename: str
     sha256: str | None  # None: unpinned (see weights_manifest.lock.yaml)
     sources: tuple  # of dicts, tried in order
+    git_blob: str | None = None  # a file of a git repository: its object id there, checked before the first lock
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class EvalSpec:
     precision: str = "fp32"
     f1: str = "ml-gcn"  # which F1 family definition, at `threshold` on the sigmoid scores
     threshold: float = 0.5
+    authors_labels: str | None = None  # a reference_files id: the label file the authors' evaluation read
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class ModelSpec:
     eval: EvalSpec = None
     train: dict | None = None  # MLSPL: {"loss", "mode"}; C-Tran: {"use_lmt", "known"}
     manifest_path: Path | None = None  # the file it came from (its lock file sits beside it)
+    references: dict = field(default_factory=dict)  # reference_files id -> WeightFile, those eval names
 
     @property
     def paper_map(self):
@@ -124,15 +127,20 @@ def _parse_files(f, files):
         sha = spec.get("sha256")
         if sha is not None and (not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
             f.fail(prefix + "sha256", f"must be 64 lowercase hex digits or null (got {sha!r})")
+        blob = spec.get("git_blob")
+        if blob is not None and (not isinstance(blob, str) or len(blob) != 40
+                                 or any(c not in "0123456789abcdef" for c in blob)):
+            f.fail(prefix + "git_blob", f"must be 40 lowercase hex digits (a git object id) or absent (got {blob!r})")
         out[role] = WeightFile(
             filename=f.get(spec, "filename", str, prefix=prefix),
             sha256=sha,
             sources=_parse_sources(f, spec.get("sources"), prefix + "sources"),
+            git_blob=blob,
         )
     return out
 
 
-def _parse_entry(path, model_id, data):
+def _parse_entry(path, model_id, data, references=None):
     f = _Field(path.name, model_id)
     if not isinstance(data, dict):
         f.fail("(entry)", "must be a mapping")
@@ -162,7 +170,13 @@ def _parse_entry(path, model_id, data):
         precision=f.get(ev, "precision", str, required=False, default="fp32", choices=PRECISIONS, prefix="eval."),
         f1=f.get(ev, "f1", str, required=False, default="ml-gcn", choices=F1_RULES, prefix="eval."),
         threshold=float(f.get(ev, "threshold", float, required=False, default=0.5, prefix="eval.")),
+        authors_labels=f.get(ev, "authors_labels", str, required=False, prefix="eval."),
     )
+    refs = {}
+    if spec.authors_labels is not None:
+        if spec.authors_labels not in (references or {}):
+            f.fail("eval.authors_labels", f"names '{spec.authors_labels}', which is not under reference_files")
+        refs[spec.authors_labels] = references[spec.authors_labels]
     train = None
     if family == "mlspl":
         train = f.get(data, "train", dict)
@@ -184,6 +198,7 @@ def _parse_entry(path, model_id, data):
         eval=spec,
         train=train,
         manifest_path=path.resolve(),
+        references=refs,
     )
 
 
@@ -207,7 +222,16 @@ def load_manifest(path=None):
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the file")
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise UserError(f"{path}: expected a top-level 'models:' mapping")
-    return {mid: _parse_entry(path, mid, entry) for mid, entry in data["models"].items()}
+    references = _parse_references(path, data.get("reference_files") or {})
+    return {mid: _parse_entry(path, mid, entry, references) for mid, entry in data["models"].items()}
+
+
+def _parse_references(path, data):
+    """reference_files: {id: {filename, sha256, sources, git_blob}}: files of the authors' repositories
+    that their evaluation read (not weights), fetched and verified as weights are."""
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: 'reference_files' must map ids to files")
+    return {ref: _parse_files(_Field(path.name, ref), {"file": spec})["file"] for ref, spec in data.items()}
 
 
 def get_spec(model_id, path=None):

@@ -326,6 +326,24 @@ def matching_environment_file(python_version, torch_version, folder=None):
     return None
 
 
+def image_libraries():
+    """Pillow and its JPEG decoder: resize and decode differ by +-1/255 on some JPEGs between versions."""
+    try:
+        import PIL
+        from PIL import features
+    except ImportError:
+        return {"pillow": None, "libjpeg_turbo": None, "libjpeg": None}
+
+    def version(get, name):
+        try:
+            return get(name)
+        except Exception:  # an old Pillow without version reporting
+            return None
+
+    return {"pillow": PIL.__version__, "libjpeg_turbo": version(features.version_feature, "libjpeg_turbo"),
+            "libjpeg": version(features.version_codec, "jpg")}
+
+
 def environment(device_index=0):
     """Library versions, hardware and code version of this process, for a record."""
     try:
@@ -347,6 +365,7 @@ def environment(device_index=0):
         "torchvision": _version("torchvision"),
         "timm": _version("timm"),
         "numpy": np.__version__,
+        **image_libraries(),
         "cuda": torch.version.cuda if torch is not None else None,
         "cudnn": cudnn,
         "gpu": _gpu(torch, device_index),

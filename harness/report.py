@@ -108,6 +108,8 @@ def _mlspl_context(spec, tables):
 
 
 def model_row(spec, record, tables):
+    from harness.fidelity_notes import record_notes
+
     m = (record or {}).get("metrics") or {}
     paper = spec.paper.get("metrics", {})
     measurement = (record or {}).get("measurement") or {}
@@ -133,6 +135,7 @@ def model_row(spec, record, tables):
         "f1_rule": m.get("f1_rule", spec.eval.f1), "threshold": m.get("threshold", spec.eval.threshold),
         "precision": ((record or {}).get("eval") or {}).get("precision", spec.eval.precision),
         "batch_size": ((record or {}).get("eval") or {}).get("batch_size"),
+        "fidelity_notes": record_notes(record),
     }
     if spec.family == "mlspl":
         row["paper_confidence"], row["reruns_by_others"] = _mlspl_context(spec, tables)
@@ -385,6 +388,7 @@ def footnotes(family, rows):
         missing = r["classes_without_positives"]
         if missing:
             notes.append(f"{r['model']}: classes without positives: {', '.join(map(str, missing))}.")
+        notes += [f"{r['model']}: {n}." for n in r.get("fidelity_notes") or []]
         if r.get("reruns_by_others"):
             confidence = f"; paper value confidence: {r['paper_confidence']}" if r.get("paper_confidence") else ""
             notes.append(f"{r['model']}: re-runs by others: {r['reruns_by_others']}{confidence}.")

@@ -22,8 +22,9 @@ def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
         ev = record.get("eval", {})
         same_amp = (ev.get("amp_source") != "--amp" if amp is None  # the paper's choice, not a forced one
                     else ev.get("amp", False) == (False if amp == "off" else amp))
-        if record.get("kind") == kind and not record.get("smoke") \
-                and (batch_size is None or ev.get("batch_size") == batch_size) and same_amp:
+        same_batch = (ev.get("batch_size_source") != "--batch-size" if batch_size is None  # the authors' choice
+                      else ev.get("batch_size") == batch_size)
+        if record.get("kind") == kind and not record.get("smoke") and same_batch and same_amp:
             found.append(record_file.parent)
     return max(found, key=lambda p: p.name) if found else None
 
@@ -65,7 +66,7 @@ def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs",
     device = pick_device(device)
 
     def existing_run(spec):
-        return None if force else complete_run(runs_root, spec.id, batch_size or spec.eval.batch_size, amp)
+        return None if force else complete_run(runs_root, spec.id, batch_size, amp)
 
     to_run = [specs[mid] for mid in chosen if not existing_run(specs[mid])]
     missing = _missing_weights(to_run, weights_dir)  # every input checked before any model is built

@@ -1,7 +1,8 @@
 """Fetch and verify released checkpoints (and the MLSPL features) into the cache.
 
-TARGET is a model id, `all` (every model with released weights) or `mlspl-features`
-(the MLSPL authors' pre-extracted COCO features, Zenodo record 10162606). Files go to
+TARGET is a model id, `all` (every model with released weights), `mlspl-features`
+(the MLSPL authors' pre-extracted COCO features, Zenodo record 10162606) or a reference file
+(`q2l-val-labels`: the label file Query2Label's evaluation read; fetched with each Q2L model). Files go to
 <cache>/weights/<model id>/<filename> and <cache>/features/mlspl/; the cache is --cache,
 else $HARNESS_HOME, else ~/.cache/harness. Each file is checked against the sha256 pinned
 in the manifest or, if unpinned, the one recorded in weights_manifest.lock.yaml at its
@@ -40,6 +41,10 @@ def _choose(specs, targets):
             chosen += [s for s in specs.values() if s.released]
         elif resolve_id(target, specs):
             chosen.append(specs[resolve_id(target, specs)])
+        elif any(target in s.references for s in specs.values()):  # a file the authors' evaluation read
+            from harness.data.authors_labels import reference_spec
+
+            chosen.append(reference_spec(next(s for s in specs.values() if target in s.references), target))
         else:
             close = difflib.get_close_matches(target.lower(), list(specs), n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'? " if close else ""
@@ -50,6 +55,7 @@ def _choose(specs, targets):
 
 
 def run(args):
+    from harness.data.authors_labels import reference_spec
     from harness.download import fetch, fetch_mlspl_features
     from harness.download.lock import lock_entry
     from harness.download.settings import lock_file_for
@@ -68,24 +74,30 @@ def run(args):
         n = sum(not s.released for s in specs.values())
         print(f"{n} models are trained here: no released weights (see harness mlspl)")
     failures, count = [], 0
+    jobs = []
     for spec in chosen:
         if not spec.released:
             print(f"{spec.id}: trained here: no released weights (see harness mlspl)")
             continue
-        for role, wfile in spec.files.items():
-            count += 1
-            try:
-                path = fetch(spec, role, cache_dir=args.cache, weights_dir=args.weights_dir,
-                             verify=args.verify, offline=offline, lock_file=lock_file, quiet=args.quiet,
-                             lock=False)
-                if not (wfile.sha256 or lock_entry(lock_file, spec.id, role)):
-                    _load_to_lock(spec, args)  # a first hash is locked only once the file loads into its model
-            except UserError as e:
-                failures.append(f"{spec.id} {role}: {e}")
-                print(f"{spec.id} {role}: error: {e}", file=sys.stderr)
-                continue
-            sha = wfile.sha256 or (lock_entry(lock_file, spec.id, role) or {}).get("sha256")
-            print(f"{spec.id}  {role}  {path}  sha256 {sha}")
+        jobs += [(spec, role) for role in spec.files if (spec.id, role) not in {(s.id, r) for s, r in jobs}]
+        if spec.eval and spec.eval.authors_labels and all(s.id != spec.eval.authors_labels for s, _ in jobs):
+            jobs.append((reference_spec(spec, spec.eval.authors_labels), "labels"))  # their evaluation reads it
+    for spec, role in jobs:
+        wfile = spec.files[role]
+        count += 1
+        weights = role != "labels"  # a label file is checked by its content and git object id, then locked
+        try:
+            path = fetch(spec, role, cache_dir=args.cache, weights_dir=args.weights_dir,
+                         verify=args.verify, offline=offline, lock_file=lock_file, quiet=args.quiet,
+                         lock=not weights)
+            if weights and not (wfile.sha256 or lock_entry(lock_file, spec.id, role)):
+                _load_to_lock(spec, args)  # a first hash is locked only once the file loads into its model
+        except UserError as e:
+            failures.append(f"{spec.id} {role}: {e}")
+            print(f"{spec.id} {role}: error: {e}", file=sys.stderr)
+            continue
+        sha = wfile.sha256 or (lock_entry(lock_file, spec.id, role) or {}).get("sha256")
+        print(f"{spec.id}  {role}  {path}  sha256 {sha}")
     if features:
         for path in fetch_mlspl_features(args.cache, verify=args.verify, offline=offline, quiet=args.quiet):
             print(f"{FEATURES}  {path.name}  {path}  sha256 {(read_record(path) or {}).get('sha256')}")

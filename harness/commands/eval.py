@@ -13,7 +13,8 @@ def add_arguments(parser):
     parser.add_argument("--weights-dir", help="folder of checkpoints placed by hand")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow unpickling beyond plain tensors, only for a file whose sha256 is pinned")
-    parser.add_argument("--batch-size", type=int, help="at least 1; default: the paper's (manifest)")
+    parser.add_argument("--batch-size", type=int, help="at least 1; default: the authors' config_new.json batch_size (their "
+                        "q2l_infer.py applied it), else the manifest's; another value is recorded as a deviation")
     parser.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16", "off"],
                         help="autocast (GPU only; recorded). Default: as the authors' config_new.json "
                              "says (their inference used fp16 autocast when its amp was set), else fp32")

@@ -62,7 +62,10 @@ def format_text(m):
              f"mAP {pct(m['mAP'])}" + (f"  95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "  (no CI)"),
              f"tie-free mAP {pct(m['ties']['mAP_tie_free'])}; {m['ties']['tied_scores_total']} tied scores, "
              f"{m['ties']['classes_with_mixed_ties']} classes with ties across positives and negatives"]
-    for name, row in ((f"all ({m['f1_rule']} {m['threshold']:g})", m), ("top-3", m["top3"])):
+    rows = [(f"all ({m['f1_rule']} {m['threshold']:g})", m), ("top-3", m["top3"])]
+    if m.get("f1_asl_validate"):  # ASL validate.py's own definition beside (threshold 0.8, CF1 = mean per-class F1)
+        rows.append(("asl 0.8", m["f1_asl_validate"]))
+    for name, row in rows:
         lines.append(f"{name:13s} " + "  ".join(f"{k} {pct(row[k])}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")))
     lines += [f"note: {n}" for n in m["notes"]]
     return "\n".join(lines)

@@ -17,12 +17,15 @@ def add_arguments(parser):
     parser.add_argument("--no-ci", action="store_true", help="skip the bootstrap")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--emulate-ranks", type=int, metavar="W",
+                        help="the number Query2Label's q2l_infer.py would have printed on W GPUs "
+                             "(DistributedSampler row order and padding)")
 
 
-def output_path(run_dir, protocol):
+def output_path(run_dir, protocol, ranks=None):
     from harness.records import new_run_id
 
-    path = run_dir / f"rescore-{protocol}.json"
+    path = run_dir / f"rescore-{protocol}{f'-ranks{ranks}' if ranks else ''}.json"
     if path.exists():  # never replace an earlier result: add the time and a random tag
         path = run_dir / f"rescore-{protocol}-{new_run_id()}.json"
     return path
@@ -50,6 +53,14 @@ def run(args):
     if protocol.startswith("ctran"):  # C-Tran's AP needs the run's known-label mask (masks.npy)
         mask_file = run_dir / files.get("masks", "masks.npy")
         extra["mask"] = load_array(mask_file, "mask") if mask_file.exists() else None
+    ranks_note = None
+    if args.emulate_ranks is not None:
+        if extra:
+            raise UserError("--emulate-ranks replays Query2Label's multi-GPU script; a C-Tran run has no such "
+                            "script: leave it out")
+        from harness.ranks import as_ranks_wrote
+
+        scores, labels, ranks_note = as_ranks_wrote(scores, labels, args.emulate_ranks)
     metrics = compute_metrics(scores, labels, protocol, ci=not args.no_ci, n_boot=args.n_boot, seed=args.seed,
                               class_names=recorded.get("class_names"), f1=ev.get("f1", "ml-gcn"),
                               threshold=ev.get("threshold", 0.5), **extra)
@@ -59,7 +70,8 @@ def run(args):
         "run_id": record["run_id"], "model_id": record["model"]["id"], "protocol": protocol,
         "recorded_protocol": record.get("eval", {}).get("protocol"), "recorded_mAP": recorded.get("mAP"),
         "smoke": record.get("smoke"), "environment": records.environment(), "metrics": metrics,
+        "emulated_ranks": args.emulate_ranks, "emulation": ranks_note,
     }
-    path = output_path(run_dir, protocol)
+    path = output_path(run_dir, protocol, args.emulate_ranks)
     records.write_new(path, lambda f: f.write((json.dumps(out, indent=2) + "\n").encode()))
     print(f"written: {path}", file=sys.stderr)

@@ -19,10 +19,26 @@ def file_digest(path, algorithm="sha256"):
     return h.hexdigest()
 
 
-def content_problem(path, role):
+def git_blob_id(path):
+    """The file's git object id (sha1 of "blob <size>\\0" + content): what a repository's tree names it by."""
+    h = hashlib.sha1(b"blob %d\0" % Path(path).stat().st_size)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_problem(path, role, git_blob=None):
     """Why `path` cannot be the file its role needs (None when it can). Cheap: reads magic bytes, or
-    parses a small JSON; it guards the first hash written to the lock file, which is trusted from then on."""
+    parses a small JSON; it guards the first hash written to the lock file, which is trusted from then on.
+    A file known by its git object id (`git_blob`) must have exactly that one."""
     path = Path(path)
+    if git_blob is not None and git_blob_id(path) != git_blob:
+        return f"is not the file of the authors' repository (its git object id is not {git_blob})"
+    if role == "labels":
+        with open(path, "rb") as f:
+            head = f.read(6)
+        return None if head == b"\x93NUMPY" else f"is not a .npy file (it starts with {head!r}: an error page?)"
     if role == "checkpoint":
         with open(path, "rb") as f:
             head = f.read(4)

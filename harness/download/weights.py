@@ -70,7 +70,7 @@ class _Expected:
         has been read safely into its model. Raises SourceError ("content" or "mismatch")."""
         if self.sha256 is not None:
             return
-        problem = content_problem(path, self.role)
+        problem = content_problem(path, self.role, self.spec.files[self.role].git_blob)
         if problem:
             raise SourceError("content", f"the file {problem}")
         if not lock:

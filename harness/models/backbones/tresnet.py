@@ -1,15 +1,55 @@
-"""TResNet (Ridnik et al.) as in the Q2L and ASL checkpoints, without the inplace_abn package.
+"""TResNet (Ridnik et al.) as in the Q2L and ASL checkpoints, with or without the inplace_abn package.
 
 The authors' layers are InPlaceABN(Sync): BatchNorm whose scale is |weight| + eps, then
-leaky-ReLU (slope 1e-2 in the stem, 1e-3 in the blocks) or identity. `ABN` below is that
-maths on plain torch (CPU or GPU), with the same parameter names, so their state dicts load
-unchanged (no weight conversion). Keys follow theirs: body.{conv1, layer1..4}, head.fc.
+leaky-ReLU (slope 1e-2 in the stem, 1e-3 in the blocks) or identity. `ABN` below runs, in eval
+mode, inplace_abn's own kernel when that package is importable (and works on the input's device),
+as the authors' code did; else the same maths on plain torch (CPU or GPU), whose rounding differs
+from the kernel's (logits up to a few 1e-5 apart with realistic running statistics; see README).
+`HARNESS_TRESNET_BN=torch` forces plain torch. Same parameter names either way, so their state
+dicts load unchanged. Keys follow theirs: body.{conv1, layer1..4}, head.fc.
 """
+import os
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+_KERNEL_WORKS = {}  # device type -> inplace_abn's function, or None where it cannot run
+
+
+def _inplace_abn_kernel(device_type):
+    """inplace_abn's function when it is importable and runs on this device (probed once), else None."""
+    if os.environ.get("HARNESS_TRESNET_BN") == "torch":
+        return None
+    if device_type not in _KERNEL_WORKS:
+        try:
+            from inplace_abn.functions import inplace_abn
+
+            probe = torch.ones(1, 1, 1, 1, device=device_type)
+            one, zero = torch.ones(1, device=device_type), torch.zeros(1, device=device_type)
+            with torch.inference_mode():  # as evaluation runs it
+                inplace_abn(probe, one, zero, zero.clone(), one.clone(), False, 0.0, 1e-5, "identity", 0.0)
+            _KERNEL_WORKS[device_type] = inplace_abn
+        except Exception:  # not installed, or built without this device's kernels
+            _KERNEL_WORKS[device_type] = None
+    return _KERNEL_WORKS[device_type]
+
+
+def batch_norm_used(model, device):
+    """What computes the TResNet batch norm of `model` in eval mode on `device` (None: no TResNet)."""
+    if not any(isinstance(m, ABN) for m in model.modules()):
+        return None
+    if _inplace_abn_kernel(torch.device(device).type) is not None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("inplace-abn")
+        except PackageNotFoundError:
+            found = "(version unknown)"
+        return f"inplace_abn {found} kernel (as the authors' InPlaceABN)"
+    return "plain torch batch_norm with weight |w| + eps (inplace_abn not importable or not on this device)"
 
 
 class ABN(nn.BatchNorm2d):
@@ -20,6 +60,10 @@ class ABN(nn.BatchNorm2d):
         self.activation, self.slope = activation, slope
 
     def forward(self, x):
+        kernel = None if self.training else _inplace_abn_kernel(x.device.type)
+        if kernel is not None:  # their kernel, in place on x (a convolution's output, used nowhere else)
+            return kernel(x, self.weight, self.bias, self.running_mean, self.running_var, False, 0.0, self.eps,
+                          self.activation, self.slope)
         if self.training and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
         x = F.batch_norm(x, self.running_mean, self.running_var, self.weight.abs() + self.eps, self.bias,

@@ -1,0 +1,114 @@
+"""The label file the authors' evaluation read, checked against the labels built from the json.
+
+Query2Label's loader reads `data/coco/val_label_vectors_coco14.npy` (committed in their repository,
+binarised with `> 0`) whenever it exists, and builds labels from instances_val2014.json only when it
+does not: their published mAP was computed against that file. So on every run of a model whose
+manifest entry names such a file (`eval.authors_labels`) it is fetched (verified like the weights)
+and compared with the json labels: rows, order and values. When they differ, the metrics use the
+authors' file (that is what their number means) and the record gives the json-label mAP beside it.
+The smoke subset is not checked (the file is for the real val2014).
+"""
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.errors import UserError
+
+
+@dataclass
+class LabelChoice:
+    labels: np.ndarray  # uint8 N x C: the labels the metrics use
+    record: dict  # the run record's `labels` section
+    json_labels: np.ndarray = field(repr=False, default=None)
+
+    def summary(self, scores, protocol):
+        """The record section; with the json-label mAP when the labels used differ from the json's."""
+        from harness.metrics import compute_metrics
+
+        out = dict(self.record)
+        n = len(scores)
+        if self.record["used"] == "authors' file" and not np.array_equal(self.labels[:n], self.json_labels[:n]):
+            out["json_labels_mAP"] = compute_metrics(scores, self.json_labels[:n], protocol, ci=False)["mAP"]
+        return out
+
+
+def reference_spec(spec, ref_id):
+    """A manifest-like entry for one reference file, so that it is fetched, cached and locked as weights are."""
+    from harness.manifest import ModelSpec
+
+    return ModelSpec(id=ref_id, family=spec.family, description="", arch={}, paper={}, released=True,
+                     files={"labels": spec.references[ref_id]}, eval=None, manifest_path=spec.manifest_path)
+
+
+def fetch_authors_labels(spec, **options):
+    """The verified local path of the label file `spec` names (options: those of download.fetch)."""
+    from harness.download import fetch
+
+    return fetch(reference_spec(spec, spec.eval.authors_labels), "labels", **options)
+
+
+def read_label_file(path):
+    """The authors' label matrix as their loader reads it: `np.load(...) > 0`."""
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable .npy label file ({e}); delete it and run again")
+    if values.ndim != 2:
+        raise UserError(f"{path} holds an array of shape {values.shape}, not images x classes; delete it and run again")
+    return (values > 0).astype(np.uint8)
+
+
+def compare(authors, json_labels):
+    """Rows, order and values of the authors' labels against the json's: the record's `check`."""
+    check = {"rows_authors_file": int(authors.shape[0]), "rows_json": int(json_labels.shape[0])}
+    if authors.shape != json_labels.shape:
+        return {**check, "status": "shape differs",
+                "message": f"the authors' label file is {authors.shape[0]} x {authors.shape[1]}, the json labels "
+                           f"{json_labels.shape[0]} x {json_labels.shape[1]}: not comparable, json labels used"}
+    differ = np.flatnonzero((authors != json_labels).any(1))
+    check["rows_differ"] = int(len(differ))
+    check["first_rows_differ"] = differ[:10].tolist()
+    if not len(differ):
+        return {**check, "status": "equal", "message": "labels equal to the authors' file"}
+    rows_a, rows_j = (np.unique(x, axis=0, return_counts=True) for x in (authors, json_labels))
+    reordered = all(np.array_equal(a, j) for a, j in zip(rows_a, rows_j))  # the same rows, as often each
+    check["same_rows_other_order"] = bool(reordered)
+    how = "the same rows in another order" if reordered else "other values"
+    return {**check, "status": "differ",
+            "message": f"{len(differ)} of {len(authors)} label rows differ from the authors' file ({how}); "
+                       f"metrics use the authors' file, the json-label mAP is given beside it"}
+
+
+def choose_labels(spec, coco_root, coco_labels, *, weights_dir=None, cache_dir=None):
+    """The labels this run's metrics use, and what the record says about them."""
+    from harness.data.smoke import is_smoke_root
+
+    json_labels = coco_labels.labels
+    plain = {"used": "instances json"}
+    ref_id = spec.eval.authors_labels
+    if ref_id is None:
+        return LabelChoice(json_labels, {**plain, "check": None}, json_labels)
+    source = {"id": ref_id, "git_blob": spec.references[ref_id].git_blob,
+              "sources": [s.get("url") or str(s) for s in spec.references[ref_id].sources]}
+    if is_smoke_root(coco_root):
+        return LabelChoice(json_labels, {**plain, "authors_file": source, "check": {
+            "status": "skipped", "message": "smoke subset: not compared with the authors' label file"}}, json_labels)
+    try:
+        path = fetch_authors_labels(spec, weights_dir=weights_dir, cache_dir=cache_dir, quiet=True)
+        authors = read_label_file(path)
+    except UserError as e:
+        print(f"warning: {spec.id}: the authors' label file could not be had, so the labels were not checked "
+              f"against it: {e}", file=sys.stderr)
+        return LabelChoice(json_labels, {**plain, "authors_file": source, "check": {
+            "status": "unavailable", "message": f"labels not checked against the authors' file: {e}"}}, json_labels)
+    from harness.download.verify import file_digest, read_record, unchanged_since
+
+    cached = read_record(path)
+    sha = cached["sha256"] if cached and unchanged_since(path, cached) else file_digest(path)
+    source.update(path=str(path), sha256=sha)
+    check = compare(authors, json_labels)
+    if check["status"] != "differ":
+        return LabelChoice(json_labels, {**plain, "authors_file": source, "check": check}, json_labels)
+    print(f"{spec.id}: {check['message']}", file=sys.stderr)
+    return LabelChoice(authors, {"used": "authors' file", "authors_file": source, "check": check}, json_labels)

@@ -1,0 +1,29 @@
+"""The row order of Query2Label's saved scores when their `q2l_infer.py` ran on W GPUs.
+
+Their loader used `DistributedSampler(shuffle=False)`: the index list is padded to a multiple of W
+by repeating its first images, rank r scores indices r, r + W, r + 2W, ..., and `voc_mAP` reads
+the rank files one after another (rank 0 first). So the same scores reach their mAP in another
+order (which reorders tied scores) and, when W does not divide the image count, with a few
+images counted twice.
+"""
+import numpy as np
+
+from harness.errors import UserError
+
+
+def distributed_order(n_rows, world_size):
+    """Indices into the harness's rows, in the order their W rank files hold them (padding included)."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise UserError(f"--emulate-ranks must be a whole number of GPUs, at least 1 (got {world_size!r})")
+    total = -(-n_rows // world_size) * world_size
+    padded = np.arange(total) % n_rows  # the sampler repeats the list's start to fill the last round
+    return np.concatenate([padded[rank::world_size] for rank in range(world_size)])
+
+
+def as_ranks_wrote(scores, labels, world_size):
+    """(scores, labels, note) as their script would have passed them to voc_mAP on `world_size` GPUs."""
+    order = distributed_order(len(scores), world_size)
+    repeated = len(order) - len(scores)
+    note = (f"rows in the order of {world_size} DistributedSampler ranks (shuffle=False), rank files "
+            f"concatenated; {repeated} padding rows repeat the first images")
+    return np.asarray(scores)[order], np.asarray(labels)[order], note

@@ -1,0 +1,69 @@
+"""TResNet batch norm: inplace_abn's own kernel when it is importable (as the authors' InPlaceABN),
+plain torch otherwise, and the record says which. The kernel tests skip where inplace_abn is absent."""
+import pytest
+import torch
+from torch import nn
+
+from harness.models.backbones.tresnet import ABN, BasicBlock, Bottleneck, TResNet, batch_norm_used
+
+
+def tiny_tresnet(seed=0):
+    """A TResNet with the real block types, narrow and shallow, with calibrated running statistics."""
+    torch.manual_seed(seed)
+    model = TResNet([1, 1, 1, 1], [BasicBlock, BasicBlock, Bottleneck, Bottleneck], 0.25, num_classes=5)
+    for m in model.modules():
+        if isinstance(m, ABN):
+            nn.init.uniform_(m.weight, -1.5, 1.5)  # negative weights too: |w| + eps matters
+            nn.init.normal_(m.bias, 0, 0.2)
+            m.momentum = 1.0  # running statistics := those of the batch below (realistic, not random)
+    model.train()
+    with torch.no_grad(), _plain_torch():
+        model(torch.rand(8, 3, 64, 64))
+    return model.eval()
+
+
+class _plain_torch:
+    def __enter__(self):
+        self.patch = pytest.MonkeyPatch()
+        self.patch.setenv("HARNESS_TRESNET_BN", "torch")
+
+    def __exit__(self, *exc):
+        self.patch.undo()
+
+
+def test_without_the_kernel_plain_torch_runs_and_is_recorded(monkeypatch):
+    monkeypatch.setenv("HARNESS_TRESNET_BN", "torch")
+    model = tiny_tresnet()
+    assert batch_norm_used(model, "cpu").startswith("plain torch")
+    assert batch_norm_used(nn.Linear(2, 2), "cpu") is None  # no TResNet: nothing to say
+
+
+def as_authors_layers(model):
+    """A copy of `model` whose every ABN is the real inplace_abn.InPlaceABN with the same state."""
+    import copy
+
+    from inplace_abn import InPlaceABN
+
+    theirs = copy.deepcopy(model)
+    for name, module in list(theirs.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, ABN):
+                layer = InPlaceABN(child.num_features, activation=child.activation, activation_param=child.slope)
+                layer.load_state_dict(child.state_dict())
+                setattr(module, child_name, layer.eval())
+    return theirs
+
+
+def test_the_kernel_runs_when_installed_and_equals_the_authors_layers():
+    pytest.importorskip("inplace_abn")
+    model = tiny_tresnet()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        ours = model(x.clone())
+        theirs = as_authors_layers(model)(x.clone())
+        with _plain_torch():
+            plain = model(x.clone())
+    assert batch_norm_used(model, "cpu").startswith("inplace_abn")
+    assert torch.equal(ours, theirs)  # bit for bit: the same kernel
+    assert not torch.equal(ours, plain)  # and it is not plain torch that ran
+    torch.testing.assert_close(ours, plain, rtol=0, atol=1e-4)
