@@ -8,7 +8,8 @@
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="data_command", metavar="WHAT", required=True)
     coco = sub.add_parser("coco", help="Check the COCO 2014 layout under --root (and download what is missing).")
-    coco.add_argument("--root", required=True, help="COCO root holding annotations/, val2014/ (and train2014/)")
+    coco.add_argument("--coco-root", "--root", dest="root", required=True,
+                      help="COCO root holding annotations/, val2014/ (and train2014/); --root is the old spelling")
     coco.add_argument("--download", action="store_true", help="fetch and unpack what is missing (needs internet)")
     coco.add_argument("--splits", nargs="+", default=["val2014"], choices=["val2014", "train2014"],
                       help="image folders to check or fetch (default: val2014; MLSPL also needs train2014)")
