@@ -55,7 +55,9 @@ def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False
         # random weights: seed 0, as `harness eval --weights random`, so all three show the same model
         model, info = _build_model(spec, weights, weights_dir, config, trust, device, 0)
     amp, _ = _choose_amp(spec, amp, info.get("config"), device)
-    return model, info, device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    from harness.measure.throughput import AMP_DTYPES
+
+    return model, info, device, AMP_DTYPES.get(amp)
 
 
 def mlspl_run_model(spec, run_dir, device):

@@ -49,6 +49,11 @@ REQUIRED = ("schema", "kind", "run_id", "model", "started_at", "finished_at", "s
 REQUIRED_BY_KIND = {"eval": ("dataset", "eval", "metrics", "files"), "bench": ("bench",), "train": ()}
 
 
+def utc_now():
+    """The time stamps of records: UTC, to the second, ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def new_run_id(now=None):
     now = now or datetime.now(timezone.utc)
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(2)}"

@@ -5,7 +5,6 @@ Writes one record of kind "bench" per model under --out; `harness report` shows 
 import json
 import sys
 import time
-from datetime import datetime, timezone
 
 from harness.errors import UserError
 
@@ -41,10 +40,6 @@ def add_arguments(parser):
 
 class CannotBuild(Exception):
     """The model has no builder here (or needs a package that is missing)."""
-
-
-def _now():
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _check_args(args):
@@ -130,7 +125,9 @@ def bench_model(spec, device, args, settings, baseline_mib):
     from harness.measure.throughput import sweep_batch_sizes, time_model
     from harness.models import create_model
 
-    started = _now()
+    from harness.records import utc_now
+
+    started = utc_now()
     resolution = spec.eval.resolution
     say = _stage_printer(spec.id)
     say("building the model (random weights)")
@@ -203,7 +200,7 @@ def bench_model(spec, device, args, settings, baseline_mib):
         },
         "measurement": measurement,
         "started_at": started,
-        "finished_at": _now(),
+        "finished_at": utc_now(),
         "smoke": True,
         "smoke_reasons": ["random weights"],
     }

@@ -22,6 +22,7 @@ import numpy as np
 from harness.ctran import checkpoint as ckpt
 from harness.ctran import masks
 from harness.errors import UserError
+from harness.records import utc_now
 
 PAPER = {"epochs": 100, "batch_size": 16, "lr": 1e-5, "scale": 640, "crop": 576}
 TINY = {"blocks": [1, 1, 1, 1], "block": "basic", "layers": 1}  # smoke runs only
@@ -29,12 +30,6 @@ PAPER_ARCH = {"blocks": [3, 4, 23, 3], "block": "bottleneck", "layers": 3, "head
 SELECTIONS = {"test": "selected on test (the authors' protocol: their validation loader is val2014)",
               "held-out": "selected on a held-out part of train2014"}
 STATE, LAST, BEST, SETTINGS = "state.pt", "last.safetensors", "best.safetensors", "settings.json"
-
-
-def _now():
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _say(text):
@@ -207,7 +202,7 @@ def train(coco_root, *, use_lmt=True, selection="test", epochs=PAPER["epochs"], 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=5)
     state = {"epoch": 0, "best_mAP": 0.0, "best_epoch": None, "history": [], "backbone": backbone_info,
-             "started_at": _now(), "wall_s": 0.0}
+             "started_at": utc_now(), "wall_s": 0.0}
     if (run_dir / STATE).exists():  # resume after the last finished epoch
         saved = torch.load(run_dir / STATE, map_location="cpu", weights_only=True)
         state = json.loads(saved["state_json"])
@@ -410,7 +405,7 @@ def evaluate_checkpoint(weights, coco_root, model_ids, *, known_percents, draw="
             "timings": {"wall_s": time.perf_counter() - t_setting, "images_per_s": measured.get("images_per_s")},
             "measurement": measured,
             "environment": records.environment(),
-            "started_at": (extra or {}).get("started_at") or _now(), "finished_at": _now(),
+            "started_at": (extra or {}).get("started_at") or utc_now(), "finished_at": utc_now(),
             "smoke": bool(reasons), "smoke_reasons": reasons,
             "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy",
                       "masks": "masks.npy"},

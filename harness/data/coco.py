@@ -41,11 +41,11 @@ def annotation_path(root, split="val2014"):
     return Path(root) / "annotations" / f"instances_{split}.json"
 
 
-def sha256_file(path, chunk=1 << 20):
+def labels_sha256(image_ids, labels):
+    """sha256 of the int64 image ids, then the uint8 label matrix: what a run's rows were."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
+    h.update(np.asarray(image_ids).astype("<i8").tobytes())
+    h.update(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
     return h.hexdigest()
 
 
@@ -141,13 +141,12 @@ def load_labels(root, split="val2014", image_set="all"):
 
 def fingerprint(coco_labels):
     """What identifies the evaluated data: annotation file hash, image count, label-matrix hash."""
-    h = hashlib.sha256()
-    h.update(coco_labels.image_ids.astype("<i8").tobytes())
-    h.update(np.ascontiguousarray(coco_labels.labels, dtype=np.uint8).tobytes())
+    from harness.download.verify import file_digest
+
     return {
-        "annotations_sha256": sha256_file(coco_labels.annotation_file),
+        "annotations_sha256": file_digest(coco_labels.annotation_file),
         "n_images": len(coco_labels),
-        "labels_sha256": h.hexdigest(),
+        "labels_sha256": labels_sha256(coco_labels.image_ids, coco_labels.labels),
     }
 
 

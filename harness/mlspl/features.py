@@ -184,9 +184,9 @@ def extract_features(data_dir, coco_root, out_dir, *, resolution=448, batch_size
 
 
 def _write_json(path, data):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    from harness.download.verify import write_atomically
+
+    write_atomically(path, json.dumps(data))
 
 
 def compare_features(ours_dir, theirs_dir, sample=1000, seed=0):

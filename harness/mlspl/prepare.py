@@ -7,7 +7,6 @@ Their `preproc/format_coco.py` writes `formatted_{train,val}_{images,labels}.npy
 images are unicode path strings 'train2014/COCO_train2014_<id:012d>.jpg' (dtype <U41 / <U37),
 labels and observed labels are float64 0/1 matrices, all saved with plain `np.save`.
 """
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.smoke import is_smoke_root
+from harness.download.verify import file_digest as file_sha256
 from harness.errors import UserError
 
 SEED = 1200  # their seed for the single positives and for the split
@@ -67,12 +67,6 @@ def split_train_val(n, frac=VAL_FRAC, seed=SEED):
     return np.sort(order[: n - n_val]), np.sort(order[n - n_val:])
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_instances(coco_root, split):

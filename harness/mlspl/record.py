@@ -6,18 +6,15 @@ Checkpoints (safetensors, in the run folder):
   label_estimator.safetensors  ROLE only: `logits` (training rows, C), sigmoid = label estimates,
                                rows in the order of the train split (formatted_train rows `rows`).
 """
-import hashlib
-from datetime import datetime, timezone
 
 import numpy as np
 
-from harness.mlspl.prepare import file_sha256
+from harness.data.coco import labels_sha256
+from harness.download.verify import file_digest as file_sha256
 
 CLASSIFIER, ESTIMATOR = "classifier.safetensors", "label_estimator.safetensors"
 
 
-def now():
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def save_checkpoints(run_dir, point, train_rows):
@@ -41,12 +38,6 @@ def compute_test_metrics(scores, labels, class_names):
     return compute_metrics(scores, labels, "mlspl", class_names=class_names)
 
 
-def labels_sha256(image_ids, labels):
-    """As harness.data.coco.fingerprint: sha256 of the int64 image ids, then the uint8 labels."""
-    h = hashlib.sha256()
-    h.update(np.asarray(image_ids).astype("<i8").tobytes())
-    h.update(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
-    return h.hexdigest()
 
 
 def checkpoint_info(paths, random_weights):

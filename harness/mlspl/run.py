@@ -184,7 +184,7 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
                 "max_steps": max_steps, "init_point": init_point, "features": str(features_dir),
                 "semantics": semantics}
     work = _work_dir(runs_root, mid, settings)
-    started, t0 = rec.now(), time.perf_counter()
+    started, t0 = records.utc_now(), time.perf_counter()
 
     from harness.measure import EvalMeasurement
     from harness.measure.measurement import nvml_baseline_mib
@@ -344,7 +344,7 @@ def _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, p
         "measurement": measured,
         "environment": records.environment(),
         "started_at": started,
-        "finished_at": rec.now(),
+        "finished_at": records.utc_now(),
         "smoke": bool(reasons),
         "smoke_reasons": reasons,
         "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
