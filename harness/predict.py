@@ -39,8 +39,6 @@ def image_paths(items):
 
 def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False, device=None, amp=None):
     """(model, weights info, device, autocast dtype or None), chosen as `harness eval` chooses them."""
-    import torch
-
     from harness.evaluate import _build_model, _choose_amp, pick_device
 
     if spec.family == "ctran":  # its forward needs a label-state mask: not wired here yet

@@ -6,10 +6,6 @@ Checkpoints (safetensors, in the run folder):
   label_estimator.safetensors  ROLE only: `logits` (training rows, C), sigmoid = label estimates,
                                rows in the order of the train split (formatted_train rows `rows`).
 """
-
-import numpy as np
-
-from harness.data.coco import labels_sha256
 from harness.download.verify import file_digest as file_sha256
 
 CLASSIFIER, ESTIMATOR = "classifier.safetensors", "label_estimator.safetensors"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import records
+from harness.data.coco import labels_sha256
 from harness.errors import UserError
 from harness.mlspl import checks
 from harness.mlspl import record as rec
@@ -317,7 +318,7 @@ def _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, p
             "name": "coco2014-val", "root": str(Path(root).resolve()), "image_set": "annotated",
             "n_images": n_scored, "n_images_total": len(data["test"].images),
             "fingerprint": {"annotations_sha256": (prep.get("annotations_sha256") or {}).get("val"),
-                            "n_images": n_scored, "labels_sha256": rec.labels_sha256(data["test"].image_ids[:n_scored], labels)},
+                            "n_images": n_scored, "labels_sha256": labels_sha256(data["test"].image_ids[:n_scored], labels)},
             "smoke_subset": bool(prep.get("smoke_subset")),
         },
         "eval": {"protocol": "mlspl", "resolution": resolution, "resize": "squish", "normalize": "imagenet",

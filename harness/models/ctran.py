@@ -14,11 +14,11 @@ BatchNorm. `blocks`/`block` shrink the ResNet for tests and smoke runs; the defa
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from harness.models import register_model
+from harness.models.transformer import EncoderLayer  # their TransformerEncoderLayer: the same keys and maths
 
 RESNET101_BLOCKS = (3, 4, 23, 3)
 STATE_UNKNOWN, STATE_NEGATIVE, STATE_POSITIVE = 0, 1, 2
@@ -35,25 +35,6 @@ class Backbone(nn.Module):
         n = self.base_network
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))
-
-
-class EncoderLayer(nn.Module):
-    """Post-norm self-attention layer; their TransformerEncoderLayer (keys under `transformer_layer`)."""
-
-    def __init__(self, d_model, nhead, dim_feedforward, dropout):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-
-    def forward(self, src):  # src: (S, B, D)
-        src = self.norm1(src + self.dropout1(self.self_attn(src, src, src)[0]))
-        return self.norm2(src + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(src))))))
 
 
 class SelfAttnLayer(nn.Module):

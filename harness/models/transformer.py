@@ -24,8 +24,8 @@ class EncoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
-    def forward(self, src, pos):
-        q = k = src + pos
+    def forward(self, src, pos=None):  # C-Tran's layer is this one without positions
+        q = k = src if pos is None else src + pos
         src = self.norm1(src + self.dropout1(self.self_attn(q, k, value=src)[0]))
         src2 = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout2(src2))
