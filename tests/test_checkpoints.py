@@ -19,8 +19,10 @@ from harness.models import build_from_arch
 
 # A Q2L with the released TResNet-L v2 backbone but a tiny transformer and a 64 x 64 input:
 # the real file format, at a size a test can save and load in seconds.
+# A Q2L-TResNet with one block per backbone stage: the authors' key layout and the release's loading
+# path, at a fraction of TResNet-L's build time (the full layout is tested in test_q2l_models.py).
 SMALL = dict(name="q2l", backbone="tresnetl_v2", hidden_dim=2048, dim_feedforward=32, enc_layers=1,
-             dec_layers=2, nheads=4, num_classes=80, img_size=64)
+             dec_layers=2, nheads=4, num_classes=80, img_size=64, backbone_layers=[1, 1, 1, 1])
 
 
 def randomised(arch, seed):

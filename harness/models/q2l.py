@@ -17,7 +17,7 @@ from harness.models.transformer import Transformer
 BACKBONE_STRIDES = {"resnet101": 32, "tresnetl": 32, "tresnetl_v2": 32, "swin_L_384_22k": 32, "CvT_w24": 16}
 
 
-def build_backbone(name, img_size):
+def build_backbone(name, img_size, layers=None):
     """The module at `backbone.0`. The authors wrap CNNs in a `body` holder (keys
     `backbone.0.body.*`) but use Swin and CvT as they are (keys `backbone.0.*`).
     Imports inside: each backbone file is loaded only when its model is built."""
@@ -26,10 +26,10 @@ def build_backbone(name, img_size):
         return Backbone(build_resnet101())
     if name == "tresnetl":
         from harness.models.backbones.tresnet import tresnet_l
-        return Backbone(tresnet_l())
+        return Backbone(tresnet_l(**({"layers": layers} if layers else {})))
     if name == "tresnetl_v2":
         from harness.models.backbones.tresnet import tresnet_l_v2
-        return Backbone(tresnet_l_v2())
+        return Backbone(tresnet_l_v2(**({"layers": layers} if layers else {})))
     if name == "swin_L_384_22k":
         from harness.models.backbones.swin import build_swin_l_384
         return build_swin_l_384(img_size=img_size)
@@ -89,11 +89,13 @@ class Query2Label(nn.Module):
 
 @register_model
 def q2l(backbone, hidden_dim, dim_feedforward, enc_layers, dec_layers, nheads, num_classes, img_size,
-        release_folder=None, dropout=0.1, pre_norm=False):
-    """Query2Label with random weights; `release_folder` only names the authors' download folder."""
+        release_folder=None, dropout=0.1, pre_norm=False, backbone_layers=None):
+    """Query2Label with random weights; `release_folder` only names the authors' download folder.
+    `backbone_layers` (TResNet blocks per stage) builds a shallow backbone for tests; released models
+    never set it."""
     if backbone not in BACKBONE_STRIDES:
         raise ValueError(f"unknown Q2L backbone '{backbone}' (known: {', '.join(BACKBONE_STRIDES)})")
-    features = build_backbone(backbone, img_size)
+    features = build_backbone(backbone, img_size, backbone_layers)
     transformer = Transformer(hidden_dim, nheads, enc_layers, dec_layers, dim_feedforward, dropout, pre_norm)
     model = Query2Label(features, transformer, num_classes, img_size, BACKBONE_STRIDES[backbone])
     # The authors' names for these settings, checked against their config_new.json on load.
