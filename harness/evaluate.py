@@ -169,13 +169,12 @@ def _infer(model, model_id, coco_root, coco_labels, eval_spec, rows, scores, run
     in fp16, as ML-Decoder's validate.py (`Sig(model(input.half()))`)."""
     import torch
 
-    from harness.data.dataset import CocoImages, UnreadableImages, collate
-    from harness.data.transforms import eval_transform
+    from harness.data.dataset import CocoImages, UnreadableImages
+    from harness.data.loader import make_loader
+    from harness.data.transforms import resize_uint8, to_model_input
 
-    dataset = CocoImages(coco_root, coco_labels, eval_transform(eval_spec), indices=rows)
-    workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         pin_memory=device == "cuda", collate_fn=collate)
+    dataset = CocoImages(coco_root, coco_labels, resize_uint8(eval_spec.resolution), indices=rows)
+    loader = make_loader(dataset, batch_size, device, workers)
     done = rows.start
     bar = _progress_bar(len(scores), done, model_id, progress)
     with torch.inference_mode(), bar:
@@ -183,7 +182,8 @@ def _infer(model, model_id, coco_root, coco_labels, eval_spec, rows, scores, run
             if isinstance(batch, UnreadableImages):
                 raise UserError(_unreadable_message(batch, coco_root, coco_labels, run_dir))
             images, index = batch
-            images = images.to(device, dtype=torch.float16 if half else None, non_blocking=True)
+            images = to_model_input(images.to(device, non_blocking=True), eval_spec.normalize)
+            images = images.half() if half else images  # fp16-fused: the normalised float32, rounded once
             with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(images)
                 logits = logits if half else logits.float()

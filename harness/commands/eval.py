@@ -20,7 +20,7 @@ def add_arguments(parser):
                              "says (their inference used fp16 autocast when its amp was set), else fp32")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     parser.add_argument("--limit", type=int, help="only the first N images (the run is flagged smoke)")
-    parser.add_argument("--workers", type=int, help="data-loading processes (default: min(8, CPUs))")
+    parser.add_argument("--workers", type=int, help="data-loading processes (default: every core this process may use)")
     parser.add_argument("--out", default="runs", help="runs folder (default: runs/)")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                         help="continue an interrupted run (default: this model's newest unfinished one)")

@@ -1,14 +1,46 @@
-"""Each model's own evaluation transform: square resize (bilinear, PIL), ToTensor, normalisation."""
+"""Each model's own evaluation transform: square resize (bilinear, PIL), ToTensor, normalisation.
+
+The loader ships the resize output as it is, uint8 (a quarter of the bytes of float32), and the
+rest runs where the model runs: `to_model_input` is ToTensor's `.float().div(255)` and
+Normalize's `.sub(mean).div(std)` as the same separate float32 operations, each exactly rounded
+on CPU and GPU alike, so it gives the very bits of `eval_transform` (tests/test_loader.py).
+"""
+import torch
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def eval_transform(eval_spec):
-    """Resize((S, S)) squish as the authors do, then [0, 1] tensors, then the spec's normalisation."""
+def _resize(resolution):
     from torchvision import transforms as T
 
-    steps = [T.Resize((eval_spec.resolution, eval_spec.resolution), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor()]
+    return T.Resize((resolution, resolution), interpolation=T.InterpolationMode.BILINEAR)
+
+
+def eval_transform(eval_spec):
+    """Resize((S, S)) squish as the authors do, then [0, 1] tensors, then the spec's normalisation
+    (the authors' CPU path: the reference that `resize_uint8` + `to_model_input` reproduce)."""
+    from torchvision import transforms as T
+
+    steps = [_resize(eval_spec.resolution), T.ToTensor()]
     if eval_spec.normalize == "imagenet":
         steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
     # "none": TResNet models take inputs in [0, 1] (the authors' mean 0 / std 1).
     return T.Compose(steps)
+
+
+def resize_uint8(resolution):
+    """The same PIL resize, kept as a uint8 (3, S, S) tensor: what the loader ships."""
+    from torchvision import transforms as T
+
+    return T.Compose([_resize(resolution), T.PILToTensor()])
+
+
+def to_model_input(images, normalize):
+    """uint8 (B, 3, S, S) on the model's device -> the float32 input `eval_transform` would give."""
+    x = images.float().div(255)
+    if normalize == "imagenet":
+        mean = torch.as_tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.as_tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        x = x.sub(mean).div(std)
+    return x
