@@ -8,6 +8,7 @@ protocol and `record.json` is written; only then are the partial scores and the 
 removed, so a run interrupted while finishing resumes from its saved scores without running the
 model again.
 """
+import contextlib
 import json
 import os
 import sys
@@ -67,31 +68,246 @@ def find_resumable(runs_root, model_id):
     return max(candidates, key=lambda p: p.name) if candidates else None
 
 
-def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, batch_size=None, amp=None,
-             device=None, limit=None, runs_root="runs", resume=None, workers=None, trust_checkpoint=False,
-             progress=True, seed=0):
+def evaluate(spec, coco_root, **options):
     """Evaluate `spec` (a manifest ModelSpec) and return the finished run folder."""
+    return evaluate_many([spec], coco_root, **options)[0]
+
+
+def evaluate_many(specs, coco_root, *, weights=None, weights_dir=None, config=None, batch_size=None, amp=None,
+                  device=None, limit=None, runs_root="runs", resume=None, workers=None, trust_checkpoint=False,
+                  progress=True, seed=0, keep_cache=False):
+    """Evaluate several models, one decode of the images per resolution (harness.eval_pass); each
+    model gets its own run folder and record. Returns, per spec, its run folder, or (several models
+    only) the exception that stopped it: one model's failure does not stop the others."""
+    from harness.records import check_runs_root
+
+    _check_numbers(batch_size, workers, limit)
+    ids = [spec.id for spec in specs]
+    if len(set(ids)) < len(ids):
+        raise UserError(f"a model is named twice ({', '.join(ids)}); name each once")
+    if len(specs) > 1 and (weights not in (None, "random") or config or resume not in (None, "latest")):
+        raise UserError("--weights FILE, --config and --resume RUN_DIR name one model's files; evaluate that "
+                        "model alone, or use --weights-dir / --weights random / --resume")
+    check_runs_root(runs_root)
+    device = pick_device(device)
+    if amp not in (None, "off") and device != "cuda":
+        raise UserError("--amp needs a CUDA GPU; drop --amp to run in fp32 on CPU")
+    options = dict(coco_root=coco_root, weights=weights, weights_dir=weights_dir, config=config,
+                   batch_size=batch_size, amp=amp, device=device, limit=limit, runs_root=runs_root, resume=resume,
+                   workers=workers, trust_checkpoint=trust_checkpoint, progress=progress, seed=seed,
+                   keep_cache=keep_cache, single=len(specs) == 1)
+    results = {}
+    for resolution in dict.fromkeys(spec.eval.resolution for spec in specs):
+        results.update(_evaluate_resolution([spec for spec in specs if spec.eval.resolution == resolution], options))
+    return [results[spec.id] for spec in specs]
+
+
+def _attempt(results, key, single, work):
+    """Run work(); for one model let its error through, for several keep it as that model's result."""
+    if single:
+        return work()
+    try:
+        return work()
+    except Exception as e:
+        _record_failure(results, key, e)
+        return None
+
+
+def _record_failure(results, key, error):
+    results[key] = error
+    print(f"{key}: FAILED: {error if isinstance(error, UserError) else f'{type(error).__name__}: {error}'}",
+          file=sys.stderr)
+
+
+def _evaluate_resolution(specs, opts):
+    """The models of one resolution: those of the most common image order ride one pass; the others
+    (and any that do not fit beside them) run in turn over the cache it wrote."""
+    from harness.eval_pass import ride_together
+    from harness.measure.measurement import nvml_baseline_mib
+
+    results = {}
+    baseline_mib = nvml_baseline_mib(opts["device"])  # before any model reaches the GPU
+    jobs = [job for job in (_attempt(results, spec.id, opts["single"], lambda spec=spec: _prepare(spec, opts))
+                            for spec in specs) if job is not None]
+    if not jobs:
+        return results
+    sets = [job.spec.eval.image_set for job in jobs]
+    master_set = max(dict.fromkeys(sets), key=sets.count)  # ties: the first named
+    riders, later = ride_together([job for job in jobs if job.spec.eval.image_set == master_set], opts["device"])
+    later += [job for job in jobs if job.spec.eval.image_set != master_set]
+    with contextlib.ExitStack() as stack:
+        for job in jobs:
+            stack.callback(job.release)
+        plan = _DecodePlan(opts, riders, later)
+        if plan.cache is not None and not opts["keep_cache"]:
+            stack.callback(plan.cache.delete)
+        shared = [job.spec.id for job in jobs] if len(jobs) > 1 else None
+        _score_jobs(riders, plan.rider_loader(riders) if riders else [], opts, baseline_mib, results, shared, "decoded")
+        for job in later:
+            _score_jobs([job], plan.later_loader(job), opts, baseline_mib, results, shared,
+                        "cache" if plan.cache is not None else "decoded")
+    return results
+
+
+class _DecodePlan:
+    """Which images the pass decodes (the riders' rows, then the rows only later models need) and
+    the loaders that feed them; a cache when some model runs later, or --keep-cache."""
+
+    def __init__(self, opts, riders, later):
+        from harness.data.cache import DecodeCache
+
+        self.opts = opts
+        some = (riders or later)[0]
+        self.folder = Path(opts["coco_root"]) / some.coco_labels.split
+        self.resolution = some.spec.eval.resolution
+        master = riders[0].coco_labels if riders else None
+        self.start = min((job.done for job in riders), default=0)
+        self.stop = max((job.rows.stop for job in riders), default=0)
+        self.names = list(master.file_names[self.start:self.stop]) if master else []
+        self.position = {name: k for k, name in enumerate(self.names)}
+        for job in later:
+            for name in job.coco_labels.file_names[job.done:job.rows.stop]:
+                self.position.setdefault(name, len(self.names))
+                if self.position[name] == len(self.names):
+                    self.names.append(name)
+        self.cache = None
+        if (later or opts["keep_cache"]) and self.names:
+            self.cache = DecodeCache.open(Path(opts["runs_root"]) / ".decode-cache", self.folder, self.names,
+                                          self.resolution)
+            if self.cache is None:
+                print(f"no room on disk for the {self.resolution}px image cache: the models after the first pass "
+                      f"decode the images again", file=sys.stderr)
+
+    def _loader(self, items, batch_size):
+        from harness.data.cache import PassImages
+        from harness.data.loader import make_loader
+        from harness.data.transforms import resize_uint8
+
+        dataset = PassImages(self.folder, self.names, resize_uint8(self.resolution), items, self.cache)
+        return make_loader(dataset, batch_size, self.opts["device"], self.opts["workers"])
+
+    def rider_loader(self, riders):
+        """Rows in the riders' order; each batch goes to every rider (each cuts its own batches)."""
+        items = [(k, self.start + k) for k in range(self.stop - self.start)]
+        return self._loader(items, max(job.batch_size for job in riders)) if items else []
+
+    def later_loader(self, job):
+        names = job.coco_labels.file_names
+        items = [(self.position[names[row]], row) for row in range(job.done, job.rows.stop)]
+        return self._loader(items, job.batch_size) if items else []
+
+
+def _score_jobs(jobs, loader, opts, baseline_mib, results, shared, source):
+    """Score `jobs` from one loader, each inside its own measurement, then finish each."""
+    from harness.eval_pass import Scorer, UnreadableError, run_pass
+    from harness.measure import EvalMeasurement
+
+    if not jobs:
+        return
+    jobs = [job for job in jobs if job.spec.id not in results]
+    with contextlib.ExitStack() as stack:
+        started, scorers = _now(), []
+        for k, job in enumerate(jobs):
+            job.to_device()
+            job.measurement = stack.enter_context(EvalMeasurement(opts["device"], baseline_mib=baseline_mib))
+            job.t0 = time.perf_counter()
+            scorers.append(Scorer(job, opts["device"], bar_position=k))
+
+        def on_failure(scorer, error):
+            if opts["single"]:
+                raise error
+            _record_failure(results, scorer.job.spec.id, error)
+            scorer.job.release()
+
+        try:
+            run_pass(scorers, loader, opts["device"], on_failure)
+        except UnreadableError as e:
+            job = jobs[0]
+            raise UserError(_unreadable_message(e.bad, opts["coco_root"], job.coco_labels,
+                                                job.run_dir if opts["single"] else None)) from None
+    for job in jobs:
+        if job.spec.id in results:
+            continue
+        notes = [f"decode shared by {', '.join(shared)} (one pass per resolution); images from the {source} "
+                 f"pass; wall time, memory and energy are those of the span this model was scored in"] if shared else []
+        run_dir = _attempt(results, job.spec.id, opts["single"], lambda job=job: _finish_job(job, started, notes))
+        if run_dir is not None:
+            results[job.spec.id] = run_dir
+        job.release()
+
+
+class _Job:
+    """One model's run: built, its run folder opened and locked, its rows (a shard under torchrun)."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+        self.measurement = None
+        self.scores = None
+
+    @property
+    def half(self):
+        return self.precision == "fp16-fused"
+
+    def to_device(self):
+        from harness.models.backbones.tresnet import batch_norm_used
+
+        self.model = self.model.to(self.device)
+        self.batch_norm = batch_norm_used(self.model, self.device)
+        n, c = self.settings["n_images"], self.coco_labels.labels.shape[1]
+        if (self.run_dir / "scores.npy").exists():  # an earlier session scored every row, then was stopped while finishing
+            self.scores = _load_saved_scores(self.run_dir, n, c)
+            self.done = self.rows.stop
+        else:
+            self.scores = _scores_memmap(self.run_dir, n, c, fresh=self.done == 0,
+                                         dtype=np.float16 if self.half else np.float32)
+
+    def progress_bar(self, position):
+        return _progress_bar(self.settings["n_images"], self.done, self.spec.id, self.progress, position)
+
+    def score_batch(self, rows, images):
+        import torch
+
+        from harness.data.transforms import to_model_input
+
+        x = to_model_input(images, self.spec.eval.normalize)  # on the device, this model's normalisation
+        x = x.half() if self.half else x  # fp16-fused: fp16 inputs, as ML-Decoder's validate.py
+        with torch.autocast(device_type=self.device, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.model(x)
+            logits = logits if self.half else logits.float()
+        if not bool(torch.isfinite(logits).all()):  # one sync per batch; .cpu() below syncs anyway
+            raise UserError(_non_finite_message(self.spec.id, "fp16 (fp16-fused)" if self.half else self.amp,
+                                                rows.tolist(), self.coco_labels.image_ids))
+        self.scores[rows] = torch.sigmoid(logits).cpu().numpy()  # sigmoid in the logits' dtype, as the authors
+        self.scores.flush()
+        self.done = int(rows[-1]) + 1
+        _write_json_atomic(self.run_dir / PROGRESS, {"done": self.done, "updated_at": _now()})
+        self.measurement.count(len(rows))
+
+    def release(self):
+        """Free the model (its device memory goes with it) and the run's lock."""
+        self.model = None
+        self.held.close()
+        if self.device == "cuda":
+            import torch
+            torch.cuda.empty_cache()
+
+
+def _prepare(spec, o):
+    """Check the inputs, build the model (on the CPU until its turn) and open or resume its run."""
     import torch
 
     from harness.batch_size import choose_batch_size
     from harness.data.authors_labels import choose_labels
     from harness.data.coco import check_images, load_labels
-    from harness.measure.measurement import nvml_baseline_mib
 
-    from harness.records import check_runs_root
-
-    _check_numbers(batch_size, workers, limit)
-    check_runs_root(runs_root)
-    device = pick_device(device)
-    if amp not in (None, "off") and device != "cuda":
-        raise UserError("--amp needs a CUDA GPU; drop --amp to run in fp32 on CPU")
-    coco_labels = load_labels(coco_root, "val2014", spec.eval.image_set)
+    device, amp, batch_size, limit = o["device"], o["amp"], o["batch_size"], o["limit"]
+    coco_labels = load_labels(o["coco_root"], "val2014", spec.eval.image_set)
     n_total = min(limit, len(coco_labels)) if limit else len(coco_labels)
-    check_images(coco_root, coco_labels)
-    label_choice = choose_labels(spec, coco_root, coco_labels, weights_dir=weights_dir)
+    check_images(o["coco_root"], coco_labels)
+    label_choice = choose_labels(spec, o["coco_root"], coco_labels, weights_dir=o["weights_dir"])
 
-    baseline_mib = nvml_baseline_mib(device)  # before the model reaches the GPU
-    model, weights_info = _build_model(spec, weights, weights_dir, config, trust_checkpoint, device, seed)
+    model, weights_info = _build_model(spec, o["weights"], o["weights_dir"], o["config"], o["trust_checkpoint"],
+                                       "cpu", o["seed"])
     precision, precision_source = _choose_precision(spec, amp, device)
     model = _for_precision(model, precision)
     amp, amp_source = _choose_amp(spec, amp, weights_info.get("config"), device)
@@ -99,57 +315,39 @@ def evaluate(spec, coco_root, *, weights=None, weights_dir=None, config=None, ba
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     settings = {
         "model_id": spec.id, "weights_sha256": weights_info["sha256"], "random_weights": weights_info["random_weights"],
-        "coco_root": str(Path(coco_root).resolve()), "image_set": spec.eval.image_set, "n_images": n_total,
+        "coco_root": str(Path(o["coco_root"]).resolve()), "image_set": spec.eval.image_set, "n_images": n_total,
         "batch_size": batch_size, "amp": amp or False, "resolution": spec.eval.resolution,
         "seed": weights_info.get("seed"),
         **({"precision": precision} if precision != "fp32" else {}),  # older runs stay resumable
     }
-    run_dir, done, held = _open_run(runs_root, spec.id, resume, settings, weights_info)
-    with held:  # one process at a time scores this run
-        return _score_and_finish(spec, coco_root, coco_labels, model, weights_info, settings, run_dir, done,
-                                 dict(device=device, amp=amp, amp_dtype=amp_dtype, amp_source=amp_source,
-                                      batch_size=batch_size, workers=workers, limit=limit, progress=progress,
-                                      baseline_mib=baseline_mib, precision=precision,
-                                      precision_source=precision_source, batch_size_source=batch_source,
-                                      deviations=deviations, labels=label_choice))
+    run_dir, done, held = _open_run(o["runs_root"], spec.id, o["resume"], settings, weights_info)
+    return _Job(spec=spec, coco_root=o["coco_root"], coco_labels=coco_labels, model=model, weights_info=weights_info, settings=settings,
+                run_dir=run_dir, done=done, held=held, rows=range(0, n_total), device=device, amp=amp,
+                amp_dtype=amp_dtype, amp_source=amp_source, batch_size=batch_size, limit=limit,
+                progress=o["progress"], precision=precision, precision_source=precision_source,
+                batch_size_source=batch_source, deviations=deviations, labels=label_choice)
 
 
-def _score_and_finish(spec, coco_root, coco_labels, model, weights_info, settings, run_dir, done, opts):
-    from harness.measure import EvalMeasurement
-    from harness.models.backbones.tresnet import batch_norm_used
-
-    device, amp, limit, n_total = opts["device"], opts["amp"], opts["limit"], settings["n_images"]
-    num_classes = coco_labels.labels.shape[1]
-    if (run_dir / "scores.npy").exists():  # an earlier session scored every row, then was stopped while finishing
-        scores = _load_saved_scores(run_dir, n_total, num_classes)
-    else:
-        scores = _scores_memmap(run_dir, n_total, num_classes, fresh=done == 0,
-                                dtype=np.float16 if opts["precision"] == "fp16-fused" else np.float32)
-
-    started = _now()
-    t0 = time.perf_counter()
-    with EvalMeasurement(device, baseline_mib=opts["baseline_mib"]) as measurement:
-        if done < n_total:
-            done = _infer(model, spec.id, coco_root, coco_labels, spec.eval, range(done, n_total), scores, run_dir,
-                          device=device, amp=amp, amp_dtype=opts["amp_dtype"], batch_size=opts["batch_size"],
-                          workers=opts["workers"], measurement=measurement, progress=opts["progress"],
-                          half=opts["precision"] == "fp16-fused")
-    if done != n_total:  # the loader ended early: a bug, never a result
-        raise RuntimeError(f"{run_dir}: {done} of {n_total} rows scored; resume it with --resume {run_dir}")
-    measured = measurement.result()
-    if measurement.n_images == 0:
+def _finish_job(job, started, notes):
+    """The scored job's record (and metrics): as a run of its own writes it."""
+    n_total = job.settings["n_images"]
+    if job.done != n_total:  # the loader ended early: a bug, never a result
+        raise RuntimeError(f"{job.run_dir}: {job.done} of {n_total} rows scored; resume it with --resume {job.run_dir}")
+    measured = job.measurement.result()
+    measured["notes"] += notes
+    if job.measurement.n_images == 0:
         measured["notes"].append("every row was scored by an earlier session that was stopped before its "
                                  "record was written; its speed and memory were not kept")
-    context = {"weights_info": weights_info, "settings": settings, "started": started, "device": device,
-               "batch_size": opts["batch_size"], "batch_size_source": opts["batch_size_source"],
-               "deviations": opts["deviations"], "amp": amp, "amp_source": opts["amp_source"], "limit": limit,
-               "precision": opts["precision"], "precision_source": opts["precision_source"],
-               "labels": opts["labels"], "batch_norm": batch_norm_used(model, device),
-               "wall_s": time.perf_counter() - t0, "measured": measured}
-    final_scores = np.array(scores)
-    del scores  # closes the memory map of the partial file
-    _finish(spec, coco_root, coco_labels, final_scores, run_dir, context)
-    return run_dir
+    context = {"weights_info": job.weights_info, "settings": job.settings, "started": started, "device": job.device,
+               "batch_size": job.batch_size, "batch_size_source": job.batch_size_source,
+               "deviations": job.deviations, "amp": job.amp, "amp_source": job.amp_source, "limit": job.limit,
+               "precision": job.precision, "precision_source": job.precision_source,
+               "labels": job.labels, "batch_norm": job.batch_norm,
+               "wall_s": time.perf_counter() - job.t0, "measured": measured}
+    final_scores = np.array(job.scores)
+    job.scores = None  # closes the memory map of the partial file
+    _finish(job.spec, job.coco_root, job.coco_labels, final_scores, job.run_dir, context)
+    return job.run_dir
 
 
 def _check_numbers(batch_size, workers, limit):
@@ -162,43 +360,6 @@ def _check_numbers(batch_size, workers, limit):
         raise UserError("--limit must be a positive number of images")
 
 
-def _infer(model, model_id, coco_root, coco_labels, eval_spec, rows, scores, run_dir, *, device, amp, amp_dtype,
-           batch_size, workers, measurement, progress, half=False):
-    """Score `rows` into `scores`, recording progress after each batch; returns the rows done.
-    half: the model is in fp16 (fp16-fused): fp16 inputs, and the sigmoid of the fp16 logits kept
-    in fp16, as ML-Decoder's validate.py (`Sig(model(input.half()))`)."""
-    import torch
-
-    from harness.data.dataset import CocoImages, UnreadableImages
-    from harness.data.loader import make_loader
-    from harness.data.transforms import resize_uint8, to_model_input
-
-    dataset = CocoImages(coco_root, coco_labels, resize_uint8(eval_spec.resolution), indices=rows)
-    loader = make_loader(dataset, batch_size, device, workers)
-    done = rows.start
-    bar = _progress_bar(len(scores), done, model_id, progress)
-    with torch.inference_mode(), bar:
-        for batch in loader:
-            if isinstance(batch, UnreadableImages):
-                raise UserError(_unreadable_message(batch, coco_root, coco_labels, run_dir))
-            images, index = batch
-            images = to_model_input(images.to(device, non_blocking=True), eval_spec.normalize)
-            images = images.half() if half else images  # fp16-fused: the normalised float32, rounded once
-            with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(images)
-                logits = logits if half else logits.float()
-            if not bool(torch.isfinite(logits).all()):  # one sync per batch; .cpu() below syncs anyway
-                raise UserError(_non_finite_message(model_id, "fp16 (fp16-fused)" if half else amp, index.tolist(),
-                                                    coco_labels.image_ids))
-            scores[index.numpy()] = torch.sigmoid(logits).cpu().numpy()  # sigmoid in the logits' dtype, as the authors
-            scores.flush()
-            done = int(index[-1]) + 1
-            _write_json_atomic(run_dir / PROGRESS, {"done": done, "updated_at": _now()})
-            measurement.count(len(index))
-            bar.update(len(index))
-    return done
-
-
 def _unreadable_message(bad, coco_root, coco_labels, run_dir):
     """One line: which images, why, how to get them again, and that the run resumes."""
     folder = Path(coco_root) / coco_labels.split
@@ -206,7 +367,7 @@ def _unreadable_message(bad, coco_root, coco_labels, run_dir):
                       for row, name, why in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
     return (f"{len(bad)} image(s) cannot be decoded: {named}; delete them and run `harness data coco --root "
             f"{coco_root} --download` to get them again (`--verify-images` checks every file), then continue "
-            f"with `--resume {run_dir}`")
+            f"with `--resume{f' {run_dir}' if run_dir else ''}`")
 
 
 def _non_finite_message(model_id, amp, rows, image_ids):
@@ -377,7 +538,8 @@ def _scores_memmap(run_dir, n, c, fresh, dtype=np.float32):
     return np.load(path, mmap_mode="r+")
 
 
-def _progress_bar(total, done, name, enabled):
+def _progress_bar(total, done, name, enabled, position=0):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, desc=name, unit="img", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, initial=done, desc=name, unit="img", disable=not enabled, dynamic_ncols=True,
+                position=position)

@@ -45,9 +45,10 @@ def estimate_cpu_hours(spec, n_images, batch_size):
 
 
 def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs", tables_dir="tables",
-                  device=None, batch_size=None, amp=None, manifest=None, force=False, limit=None):
+                  device=None, batch_size=None, amp=None, manifest=None, force=False, limit=None,
+                  keep_cache=False):
     from harness.data.coco import annotation_path, check_images, load_labels
-    from harness.evaluate import evaluate, pick_device
+    from harness.evaluate import evaluate_many, pick_device
     from harness.manifest import load_manifest, resolve_id
     from harness.records import check_runs_root
 
@@ -77,15 +78,26 @@ def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs",
                 n = limit or {"all": 40504, "annotated": 40137}[spec.eval.image_set]
                 print(f"  {spec.id}: about {_hours(estimate_cpu_hours(spec, n, batch_size or spec.eval.batch_size))}")
 
+    runnable = [spec for spec in to_run if spec.id not in missing]
+    results = {}
+    if runnable:  # one decode of the images per resolution for all of them
+        try:
+            results = dict(zip([s.id for s in runnable], evaluate_many(
+                runnable, coco_root, weights_dir=weights_dir, batch_size=batch_size, amp=amp, device=device,
+                runs_root=runs_root, limit=limit, keep_cache=keep_cache)))
+        except Exception as e:  # one model alone raises its error: it is that model's failure
+            results = {runnable[0].id: e} if len(runnable) == 1 else {s.id: e for s in runnable}
+
     def job(spec):
         existing = existing_run(spec)
-        if existing:
+        if existing and spec.id not in results:
             print(f"{spec.id}: complete run exists ({existing}); skipped (use --force to run again)")
             return existing
         if spec.id in missing:
             raise missing[spec.id]
-        return evaluate(spec, coco_root, weights_dir=weights_dir, batch_size=batch_size, amp=amp,
-                        device=device, runs_root=runs_root, limit=limit)
+        if isinstance(results[spec.id], BaseException):
+            raise results[spec.id]
+        return results[spec.id]
 
     return run_each([(mid, lambda spec=specs[mid]: job(spec)) for mid in chosen], runs_root, tables_dir, manifest)
 

@@ -1,12 +1,13 @@
-"""Evaluate one model on COCO val2014 with its own transform, image set and metric protocol.
+"""Evaluate models on COCO val2014, each with its own transform, image set and metric protocol.
 
-Writes a run folder (record.json, scores.npy, labels.npy, image_ids.npy) under --out.
+Writes a run folder per model (record.json, scores.npy, labels.npy, image_ids.npy) under --out.
+Several models of one resolution are scored from one decode of the images.
 `--weights random` runs the real pipeline on random weights: the record is flagged smoke.
 """
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="model id from `harness models`")
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="model id(s) from `harness models`")
     parser.add_argument("--coco-root", required=True, help="COCO 2014 root (annotations/, val2014/)")
     parser.add_argument("--weights", help="checkpoint file, or 'random' (default: the cached/downloaded release)")
     parser.add_argument("--config", help="the model's config_new.json (Q2L; default: beside the checkpoint)")
@@ -31,29 +32,46 @@ def add_arguments(parser):
                         help="C-Tran: labels known at inference, any of 0 25 50 75 (one record each)")
     parser.add_argument("--draw", default="ctran", help="C-Tran: which labels are known: ctran (theirs: seeded by "
                         "the image tensor's sha1) or ctran-id (seeded by image id; another protocol)")
+    parser.add_argument("--keep-cache", action="store_true",
+                        help="keep the uint8 cache of resized images (under OUT/.decode-cache) for a later run")
 
 
 def run(args):
-    import json
-
     from harness.errors import UserError
 
-    from harness.evaluate import evaluate
+    from harness.evaluate import evaluate_many
     from harness.manifest import get_spec
-    from harness.metrics import OUTSIDE_CI_NOTE, outside_ci
 
-    spec = get_spec(args.model, args.manifest)
-    if spec.family == "ctran":  # trained here, partial labels: harness/commands/ctran.py
+    specs = [get_spec(model, args.manifest) for model in args.models]
+    ctran = [spec for spec in specs if spec.family == "ctran"]
+    if ctran:  # trained here, partial labels: harness/commands/ctran.py
+        if len(specs) > 1:
+            raise UserError(f"{ctran[0].id} is a C-Tran model: evaluate it alone (`harness eval {ctran[0].id} ...`)")
         from harness.commands.ctran import evaluate as evaluate_ctran
-        return evaluate_ctran(args, spec)
+        args.model = specs[0].id
+        return evaluate_ctran(args, specs[0])
     if args.known or args.draw != "ctran":
-        raise UserError(f"--known and --draw are for C-Tran models only; {spec.id} is {spec.family}")
-    run_dir = evaluate(
-        spec, args.coco_root, weights=args.weights, weights_dir=args.weights_dir, config=args.config,
+        raise UserError(f"--known and --draw are for C-Tran models only; {specs[0].id} is {specs[0].family}")
+    results = evaluate_many(
+        specs, args.coco_root, weights=args.weights, weights_dir=args.weights_dir, config=args.config,
         batch_size=args.batch_size, amp=args.amp, device=args.device, limit=args.limit, runs_root=args.out,
         resume=args.resume, workers=args.workers, trust_checkpoint=args.trust_checkpoint,
-        progress=not args.no_progress, seed=args.seed,
+        progress=not args.no_progress, seed=args.seed, keep_cache=args.keep_cache,
     )
+    failed = [spec.id for spec, result in zip(specs, results) if isinstance(result, BaseException)]
+    for spec, result in zip(specs, results):
+        if not isinstance(result, BaseException):
+            _print_result(spec, result)
+    if failed:  # each failure was said in one line as it happened
+        print(f"{len(failed)} of {len(specs)} models failed: {', '.join(failed)}")
+        return 2
+
+
+def _print_result(spec, run_dir):
+    import json
+
+    from harness.metrics import OUTSIDE_CI_NOTE, outside_ci
+
     record = json.loads((run_dir / "record.json").read_text())
     m = record["metrics"]
     ci = m.get("mAP_ci95")

@@ -1,0 +1,125 @@
+"""Decode once per resolution: several models from one pass score as each does alone, bit for bit."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import harness.data.cache
+from harness.cli import main
+from harness.evaluate import evaluate, evaluate_many
+from harness.manifest import DEFAULT_MANIFEST, get_spec
+from harness.models import register_model
+
+# id: (resolution, image set, normalisation, batch size, width)
+MODELS = {"sd-a": (32, "all", "imagenet", 4, 4), "sd-b": (32, "all", "none", 5, 3),
+          "sd-c": (32, "annotated", "none", 3, 2), "sd-d": (32, "annotated", "imagenet", 4, 5),
+          "sd-e": (24, "all", "imagenet", 4, 4)}
+
+
+class TinyShared(torch.nn.Module):
+    def __init__(self, num_classes=80, width=4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, width, 3, stride=2)
+        self.fc = torch.nn.Linear(width * 4, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
+@register_model
+def tiny_shared_net(num_classes=80, width=4, **_):
+    return TinyShared(num_classes, width)
+
+
+@pytest.fixture()
+def manifest(tmp_path):
+    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    base, models = data["models"]["q2l-r101-448"], {}
+    for mid, (res, image_set, norm, bs, width) in MODELS.items():
+        entry = json.loads(json.dumps(base))
+        entry["arch"] = {"name": "tiny_shared_net", "num_classes": 80, "width": width}
+        entry["eval"].update(resolution=res, image_set=image_set, normalize=norm, batch_size=bs)
+        models[mid] = entry
+    data["models"] = models
+    path = tmp_path / "manifest.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture()
+def decodes(monkeypatch):
+    seen = []
+    real = harness.data.cache.load_rgb
+    monkeypatch.setattr(harness.data.cache, "load_rgb", lambda path: seen.append(path.name) or real(path))
+    return seen
+
+
+def _record(run_dir):
+    record = json.loads((run_dir / "record.json").read_text())
+    return {k: record[k] for k in ("kind", "model", "checkpoint", "dataset", "eval", "metrics", "smoke_reasons")}
+
+
+def test_shared_decode_scores_equal_each_model_alone(manifest, smoke_root, tmp_path, decodes):
+    specs = [get_spec(mid, manifest) for mid in MODELS]
+    shared = evaluate_many(specs, smoke_root, weights="random", runs_root=tmp_path / "shared", workers=0,
+                           progress=False)
+    assert len(decodes) == 24 + 24  # each image once per resolution: the annotated models read the cache
+    assert not any((tmp_path / "shared" / ".decode-cache").iterdir())  # deleted at the end
+    decodes.clear()
+    for spec, run_dir in zip(specs, shared):
+        alone = evaluate(spec, smoke_root, weights="random", runs_root=tmp_path / "alone", workers=0, progress=False)
+        assert np.array_equal(np.load(run_dir / "scores.npy"), np.load(alone / "scores.npy")), spec.id
+        assert np.array_equal(np.load(run_dir / "image_ids.npy"), np.load(alone / "image_ids.npy"))
+        assert _record(run_dir) == _record(alone)
+        notes = json.loads((run_dir / "record.json").read_text())["measurement"]["notes"]
+        assert any("decode shared by sd-a, sd-b, sd-c, sd-d" in n for n in notes) or spec.id == "sd-e"
+    assert len(decodes) > 100  # alone, every model decodes its own images
+
+
+def test_kept_cache_is_reused_and_a_damaged_image_in_it_is_decoded_again(manifest, smoke_root, tmp_path, decodes):
+    specs = [get_spec(mid, manifest) for mid in ("sd-a", "sd-c")]
+    first = evaluate_many(specs, smoke_root, weights="random", runs_root=tmp_path / "r", workers=0, progress=False,
+                          keep_cache=True)
+    [cache] = (tmp_path / "r" / ".decode-cache").iterdir()
+    images = np.load(cache / "images.npy", mmap_mode="r+")
+    images[3, 0, 0, 0] ^= 0xFF  # one flipped byte: its checksum no longer matches
+    images.flush()
+    del images
+    decodes.clear()
+    again = evaluate_many(specs, smoke_root, weights="random", runs_root=tmp_path / "r", workers=0, progress=False)
+    assert len(decodes) == 1 and not cache.exists()
+    for a, b in zip(first, again):
+        assert a != b and np.array_equal(np.load(a / "scores.npy"), np.load(b / "scores.npy"))
+
+
+def test_cli_eval_of_several_models_writes_a_record_each(manifest, smoke_root, tmp_path, capsys):
+    code = main(["eval", "sd-a", "sd-c", "--coco-root", str(smoke_root), "--manifest", str(manifest), "--weights",
+                 "random", "--workers", "1", "--out", str(tmp_path / "runs"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("record:") == 2
+    assert main(["eval", "sd-a", "sd-a", "--coco-root", str(smoke_root), "--manifest", str(manifest)]) == 2
+    assert "named twice" in capsys.readouterr().err
+
+
+class NanNet(TinyShared):
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+@register_model
+def tiny_nan_net(num_classes=80, **_):
+    return NanNet(num_classes)
+
+
+def test_one_failing_model_does_not_stop_the_others(manifest, smoke_root, tmp_path, capsys):
+    data = yaml.safe_load(manifest.read_text())
+    data["models"]["sd-nan"] = json.loads(json.dumps(data["models"]["sd-b"]))
+    data["models"]["sd-nan"]["arch"] = {"name": "tiny_nan_net", "num_classes": 80}
+    manifest.write_text(yaml.safe_dump(data))
+    specs = [get_spec(mid, manifest) for mid in ("sd-nan", "sd-a")]
+    failed, done = evaluate_many(specs, smoke_root, weights="random", runs_root=tmp_path / "r", workers=0,
+                                 progress=False)
+    assert "NaN" in str(failed) and (done / "record.json").is_file()
+    assert "sd-nan: FAILED" in capsys.readouterr().err
