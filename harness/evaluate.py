@@ -75,7 +75,7 @@ def evaluate(spec, coco_root, **options):
 
 def evaluate_many(specs, coco_root, *, weights=None, weights_dir=None, config=None, batch_size=None, amp=None,
                   device=None, limit=None, runs_root="runs", resume=None, workers=None, trust_checkpoint=False,
-                  progress=True, seed=0, keep_cache=False):
+                  progress=True, seed=0, keep_cache=False, tf32="off"):
     """Evaluate several models, one decode of the images per resolution (harness.eval_pass); each
     model gets its own run folder and record. Returns, per spec, its run folder, or (several models
     only) the exception that stopped it: one model's failure does not stop the others."""
@@ -96,9 +96,13 @@ def evaluate_many(specs, coco_root, *, weights=None, weights_dir=None, config=No
                    batch_size=batch_size, amp=amp, device=device, limit=limit, runs_root=runs_root, resume=resume,
                    workers=workers, trust_checkpoint=trust_checkpoint, progress=progress, seed=seed,
                    keep_cache=keep_cache, single=len(specs) == 1)
+    from harness.numerics import tf32_mode
+
     results = {}
-    for resolution in dict.fromkeys(spec.eval.resolution for spec in specs):
-        results.update(_evaluate_resolution([spec for spec in specs if spec.eval.resolution == resolution], options))
+    with tf32_mode(tf32) as options["numerics"]:
+        for resolution in dict.fromkeys(spec.eval.resolution for spec in specs):
+            results.update(_evaluate_resolution([spec for spec in specs if spec.eval.resolution == resolution],
+                                                options))
     return [results[spec.id] for spec in specs]
 
 
@@ -320,12 +324,15 @@ def _prepare(spec, o):
         "seed": weights_info.get("seed"),
         **({"precision": precision} if precision != "fp32" else {}),  # older runs stay resumable
     }
+    if device == "cuda":  # TF32 changes GPU results only: a resume must keep it
+        settings["tf32"] = o["numerics"]["tf32"]
     run_dir, done, held = _open_run(o["runs_root"], spec.id, o["resume"], settings, weights_info)
     return _Job(spec=spec, coco_root=o["coco_root"], coco_labels=coco_labels, model=model, weights_info=weights_info, settings=settings,
                 run_dir=run_dir, done=done, held=held, rows=range(0, n_total), device=device, amp=amp,
                 amp_dtype=amp_dtype, amp_source=amp_source, batch_size=batch_size, limit=limit,
                 progress=o["progress"], precision=precision, precision_source=precision_source,
-                batch_size_source=batch_source, deviations=deviations, labels=label_choice)
+                batch_size_source=batch_source, deviations=deviations, labels=label_choice,
+                numerics=o["numerics"])
 
 
 def _finish_job(job, started, notes):
@@ -343,7 +350,7 @@ def _finish_job(job, started, notes):
                "deviations": job.deviations, "amp": job.amp, "amp_source": job.amp_source, "limit": job.limit,
                "precision": job.precision, "precision_source": job.precision_source,
                "labels": job.labels, "batch_norm": job.batch_norm,
-               "wall_s": time.perf_counter() - job.t0, "measured": measured}
+               "wall_s": time.perf_counter() - job.t0, "measured": measured, "numerics": job.numerics}
     final_scores = np.array(job.scores)
     job.scores = None  # closes the memory map of the partial file
     _finish(job.spec, job.coco_root, job.coco_labels, final_scores, job.run_dir, context)
@@ -410,7 +417,8 @@ def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
                  "deviations": ctx["deviations"], "dtype": str(scores.dtype),
                  "amp": ctx["amp"] or False, "amp_source": ctx["amp_source"], "precision": ctx["precision"],
                  "precision_source": ctx["precision_source"], "device": ctx["device"], "limit": ctx["limit"],
-                 **({"batch_norm": ctx["batch_norm"]} if ctx["batch_norm"] else {})},
+                 **({"batch_norm": ctx["batch_norm"]} if ctx["batch_norm"] else {}),
+                 "numerics": ctx.get("numerics")},
         "metrics": metrics,
         "labels": ctx["labels"].summary(scores, spec.eval.protocol),
         "timings": {"wall_s": ctx["wall_s"], "images_per_s": measured.get("images_per_s"),

@@ -131,6 +131,7 @@ def model_row(spec, record, tables):
         "n_images": m.get("n_images"), "run_id": (record or {}).get("run_id"),
         "smoke_reasons": smoke_reasons(spec, record) if record else [], "reproduced_by": rule,
         "paper_row": spec.paper.get("row"),
+        "tf32": (((record or {}).get("eval") or {}).get("numerics") or {}).get("tf32"),
         "classes_without_positives": m.get("classes_without_positives") or [],
         "f1_rule": m.get("f1_rule", spec.eval.f1), "threshold": m.get("threshold", spec.eval.threshold),
         "precision": ((record or {}).get("eval") or {}).get("precision", spec.eval.precision),
@@ -384,6 +385,7 @@ def footnotes(family, rows):
     if family == "ctran":  # their F1 family, not ML-GCN's: harness/ctran/metrics.py
         notes[2] = ("CF1 / OF1: C-Tran's (scikit-learn macro / micro precision and recall at 0.5 over all labels, "
                     "known labels included); over unknown labels only in the partial-label table and the JSON.")
+    notes += _tf32_note(rows)
     for r in rows:
         missing = r["classes_without_positives"]
         if missing:
@@ -393,6 +395,19 @@ def footnotes(family, rows):
             confidence = f"; paper value confidence: {r['paper_confidence']}" if r.get("paper_confidence") else ""
             notes.append(f"{r['model']}: re-runs by others: {r['reruns_by_others']}{confidence}.")
     return notes
+
+
+def _tf32_note(rows):
+    """Which runs had TF32 on: it changes GPU float32 results (harness.numerics)."""
+    gpu = [r for r in rows if r.get("run_id") and r.get("gpu") not in (None, "cpu")]
+    if not gpu:
+        return []
+    modes = {}
+    for r in gpu:
+        modes.setdefault(r.get("tf32") or "not recorded", []).append(r["model"])
+    said = "; ".join(f"{mode} for {', '.join(models)}" for mode, models in modes.items())
+    return [f"TF32 on the GPU: {said} (off: the float32 reference; on: TF32 matmuls and convolutions, as the "
+            f"authors' torch 1.9 ran matmuls on Ampere GPUs; each record's eval.numerics has every switch)."]
 
 
 def cost_footnotes(rows):

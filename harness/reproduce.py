@@ -46,7 +46,7 @@ def estimate_cpu_hours(spec, n_images, batch_size):
 
 def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs", tables_dir="tables",
                   device=None, batch_size=None, amp=None, manifest=None, force=False, limit=None,
-                  keep_cache=False):
+                  keep_cache=False, tf32="off"):
     from harness.data.coco import annotation_path, check_images, load_labels
     from harness.evaluate import evaluate_many, pick_device
     from harness.manifest import load_manifest, resolve_id
@@ -84,7 +84,7 @@ def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs",
         try:
             results = dict(zip([s.id for s in runnable], evaluate_many(
                 runnable, coco_root, weights_dir=weights_dir, batch_size=batch_size, amp=amp, device=device,
-                runs_root=runs_root, limit=limit, keep_cache=keep_cache)))
+                runs_root=runs_root, limit=limit, keep_cache=keep_cache, tf32=tf32)))
         except Exception as e:  # one model alone raises its error: it is that model's failure
             results = {runnable[0].id: e} if len(runnable) == 1 else {s.id: e for s in runnable}
 

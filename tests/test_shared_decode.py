@@ -123,3 +123,18 @@ def test_one_failing_model_does_not_stop_the_others(manifest, smoke_root, tmp_pa
                                  progress=False)
     assert "NaN" in str(failed) and (done / "record.json").is_file()
     assert "sd-nan: FAILED" in capsys.readouterr().err
+
+
+def test_tf32_switches_are_recorded_restored_and_said_in_the_report(manifest, smoke_root, tmp_path):
+    from harness.report import footnotes
+
+    before = torch.backends.cudnn.allow_tf32
+    [run_dir] = evaluate_many([get_spec("sd-a", manifest)], smoke_root, weights="random", runs_root=tmp_path / "r",
+                              workers=0, progress=False, tf32="on")
+    numerics = json.loads((run_dir / "record.json").read_text())["eval"]["numerics"]
+    assert numerics["tf32"] == "on" and numerics["matmul_allow_tf32"] and numerics["cudnn_allow_tf32"]
+    assert numerics["float32_matmul_precision"] == "high" and numerics["cudnn_deterministic"]
+    assert torch.backends.cudnn.allow_tf32 == before and torch.get_float32_matmul_precision() == "highest"
+    row = {"run_id": "x", "gpu": "NVIDIA H200", "tf32": "on", "model": "sd-a", "classes_without_positives": [],
+           "tolerance": 0.1, "image_set": "all", "n_images": 24}
+    assert any("TF32 on the GPU: on for sd-a" in n for n in footnotes("q2l", [row]))

@@ -32,6 +32,9 @@ def add_arguments(parser):
                         help="C-Tran: labels known at inference, any of 0 25 50 75 (one record each)")
     parser.add_argument("--draw", default="ctran", help="C-Tran: which labels are known: ctran (theirs: seeded by "
                         "the image tensor's sha1) or ctran-id (seeded by image id; another protocol)")
+    parser.add_argument("--tf32", choices=["on", "off"], default="off",
+                        help="TF32 matmuls and convolutions on a GPU (default off: the float32 reference; the "
+                             "authors' torch 1.9 had matmul TF32 on); recorded")
     parser.add_argument("--keep-cache", action="store_true",
                         help="keep the uint8 cache of resized images (under OUT/.decode-cache) for a later run")
 
@@ -56,7 +59,7 @@ def run(args):
         specs, args.coco_root, weights=args.weights, weights_dir=args.weights_dir, config=args.config,
         batch_size=args.batch_size, amp=args.amp, device=args.device, limit=args.limit, runs_root=args.out,
         resume=args.resume, workers=args.workers, trust_checkpoint=args.trust_checkpoint,
-        progress=not args.no_progress, seed=args.seed, keep_cache=args.keep_cache,
+        progress=not args.no_progress, seed=args.seed, keep_cache=args.keep_cache, tf32=args.tf32,
     )
     failed = [spec.id for spec, result in zip(specs, results) if isinstance(result, BaseException)]
     for spec, result in zip(specs, results):

@@ -23,6 +23,8 @@ def add_arguments(parser):
     parser.add_argument("--all", action="store_true", help="mlspl: every loss and mode (default: ROLE linear + fine-tuned)")
     parser.add_argument("--mlspl-data", default="data/mlspl",
                         help="mlspl: where the prepared label files and features go (default: data/mlspl)")
+    parser.add_argument("--tf32", choices=["on", "off"], default="off",
+                        help="q2l: TF32 on a GPU (default off, the float32 reference; recorded)")
     parser.add_argument("--keep-cache", action="store_true",
                         help="q2l: keep the uint8 cache of resized images (under OUT/.decode-cache)")
     parser.add_argument("--manifest")
@@ -35,7 +37,7 @@ def run(args):
         return reproduce_q2l(args.coco_root, models=args.models, weights_dir=args.weights_dir, runs_root=args.out,
                              tables_dir=args.tables, device=args.device, batch_size=args.batch_size, amp=args.amp,
                              manifest=args.manifest, force=args.force, limit=args.limit,
-                             keep_cache=args.keep_cache)
+                             keep_cache=args.keep_cache, tf32=args.tf32)
     from harness.mlspl.reproduce import reproduce_mlspl
 
     return reproduce_mlspl(args.coco_root, models=args.models, every=args.all, runs_root=args.out,
