@@ -96,8 +96,11 @@ def evaluate_many(specs, coco_root, *, weights=None, weights_dir=None, config=No
                    batch_size=batch_size, amp=amp, device=device, limit=limit, runs_root=runs_root, resume=resume,
                    workers=workers, trust_checkpoint=trust_checkpoint, progress=progress, seed=seed,
                    keep_cache=keep_cache, single=len(specs) == 1)
+    from harness.distributed import World
     from harness.numerics import tf32_mode
 
+    options["world"] = world = World.from_env(device)
+    options["progress"] = progress and world.main
     results = {}
     with tf32_mode(tf32) as options["numerics"]:
         for resolution in dict.fromkeys(spec.eval.resolution for spec in specs):
@@ -119,8 +122,8 @@ def _attempt(results, key, single, work):
 
 def _record_failure(results, key, error):
     results[key] = error
-    print(f"{key}: FAILED: {error if isinstance(error, UserError) else f'{type(error).__name__}: {error}'}",
-          file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says every rank's failures
+        print(f"{key}: FAILED: {_line(error)}", file=sys.stderr)
 
 
 def _evaluate_resolution(specs, opts):
@@ -223,12 +226,18 @@ def _score_jobs(jobs, loader, opts, baseline_mib, results, shared, source):
             _record_failure(results, scorer.job.spec.id, error)
             scorer.job.release()
 
+        error = None
         try:
             run_pass(scorers, loader, opts["device"], on_failure)
         except UnreadableError as e:
             job = jobs[0]
-            raise UserError(_unreadable_message(e.bad, opts["coco_root"], job.coco_labels,
-                                                job.run_dir if opts["single"] else None)) from None
+            error = UserError(_unreadable_message(e.bad, opts["coco_root"], job.coco_labels,
+                                                  job.run_dir if opts["single"] else None))
+        except Exception as e:
+            if opts["world"].size == 1:
+                raise
+            error = e
+        _agree(opts["world"], jobs, results, error)
     for job in jobs:
         if job.spec.id in results:
             continue
@@ -238,6 +247,32 @@ def _score_jobs(jobs, loader, opts, baseline_mib, results, shared, source):
         if run_dir is not None:
             results[job.spec.id] = run_dir
         job.release()
+
+
+def _agree(world, jobs, results, error):
+    """Under torchrun, every rank learns which ranks failed: a failure of the whole pass stops every
+    rank with the same one line; a model that failed on one rank has failed on all."""
+    if world.size == 1:
+        if error is not None:
+            raise error
+        return
+    failed = {job.spec.id: _line(results[job.spec.id]) for job in jobs if job.spec.id in results}
+    if error is not None:
+        failed["*"] = _line(error)
+    every = world.gather(failed)
+    for rank, theirs in enumerate(every):
+        if "*" in theirs:
+            raise UserError(f"rank {rank} of {world.size} failed: {theirs['*']}")
+    for rank, theirs in enumerate(every):
+        for job in jobs:
+            if job.spec.id in theirs and job.spec.id not in results:
+                _record_failure(results, job.spec.id,
+                                UserError(f"rank {rank} of {world.size} failed: {theirs[job.spec.id]}"))
+                job.release()
+
+
+def _line(error):
+    return str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
 
 
 class _Job:
@@ -254,6 +289,7 @@ class _Job:
 
     def to_device(self):
         from harness.models.backbones.tresnet import batch_norm_used
+        from harness.distributed import partial_name
 
         self.model = self.model.to(self.device)
         self.batch_norm = batch_norm_used(self.model, self.device)
@@ -261,17 +297,19 @@ class _Job:
         if (self.run_dir / "scores.npy").exists():  # an earlier session scored every row, then was stopped while finishing
             self.scores = _load_saved_scores(self.run_dir, n, c)
             self.done = self.rows.stop
-        else:
-            self.scores = _scores_memmap(self.run_dir, n, c, fresh=self.done == 0,
+        else:  # this rank's rows only
+            self.scores = _scores_memmap(self.run_dir / partial_name(self.world), len(self.rows), c,
+                                         fresh=self.done == self.rows.start,
                                          dtype=np.float16 if self.half else np.float32)
 
     def progress_bar(self, position):
-        return _progress_bar(self.settings["n_images"], self.done, self.spec.id, self.progress, position)
+        return _progress_bar(len(self.rows), self.done - self.rows.start, self.spec.id, self.progress, position)
 
     def score_batch(self, rows, images):
         import torch
 
         from harness.data.transforms import to_model_input
+        from harness.distributed import progress_name
 
         x = to_model_input(images, self.spec.eval.normalize)  # on the device, this model's normalisation
         x = x.half() if self.half else x  # fp16-fused: fp16 inputs, as ML-Decoder's validate.py
@@ -281,10 +319,10 @@ class _Job:
         if not bool(torch.isfinite(logits).all()):  # one sync per batch; .cpu() below syncs anyway
             raise UserError(_non_finite_message(self.spec.id, "fp16 (fp16-fused)" if self.half else self.amp,
                                                 rows.tolist(), self.coco_labels.image_ids))
-        self.scores[rows] = torch.sigmoid(logits).cpu().numpy()  # sigmoid in the logits' dtype, as the authors
+        self.scores[rows - self.rows.start] = torch.sigmoid(logits).cpu().numpy()  # sigmoid in the logits' dtype, as the authors
         self.scores.flush()
         self.done = int(rows[-1]) + 1
-        _write_json_atomic(self.run_dir / PROGRESS, {"done": self.done, "updated_at": _now()})
+        _write_json_atomic(self.run_dir / progress_name(self.world), {"done": self.done, "updated_at": _now()})
         self.measurement.count(len(rows))
 
     def release(self):
@@ -326,21 +364,60 @@ def _prepare(spec, o):
     }
     if device == "cuda":  # TF32 changes GPU results only: a resume must keep it
         settings["tf32"] = o["numerics"]["tf32"]
-    run_dir, done, held = _open_run(o["runs_root"], spec.id, o["resume"], settings, weights_info)
-    return _Job(spec=spec, coco_root=o["coco_root"], coco_labels=coco_labels, model=model, weights_info=weights_info, settings=settings,
-                run_dir=run_dir, done=done, held=held, rows=range(0, n_total), device=device, amp=amp,
+    world = o["world"]
+    if world.size > 1:  # the shards are whole batches of this many ranks: a resume needs the same
+        settings["world_size"] = world.size
+    rows = world.shard(n_total, batch_size)
+    if world.size == 1:
+        run_dir, done, held = _open_run(o["runs_root"], spec.id, o["resume"], settings, weights_info, world, rows)
+    else:
+        run_dir, done, held = _open_run_together(world, o, spec, settings, weights_info, rows)
+    return _Job(coco_root=o["coco_root"], spec=spec, coco_labels=coco_labels, model=model, weights_info=weights_info,
+                settings=settings, run_dir=run_dir, done=done, held=held, rows=rows, device=device, amp=amp,
                 amp_dtype=amp_dtype, amp_source=amp_source, batch_size=batch_size, limit=limit,
                 progress=o["progress"], precision=precision, precision_source=precision_source,
                 batch_size_source=batch_source, deviations=deviations, labels=label_choice,
-                numerics=o["numerics"])
+                numerics=o["numerics"], world=world)
+
+
+def _open_run_together(world, o, spec, settings, weights_info, rows):
+    """Rank 0 opens (and locks) the run folder; every rank learns it, or the one line why not."""
+    opened, problem = None, None
+    if world.main:
+        try:
+            opened = _open_run(o["runs_root"], spec.id, o["resume"], settings, weights_info, world, rows)
+        except UserError as e:
+            problem = str(e)
+    run_dir, problem = world.broadcast((str(opened[0]) if opened else None, problem))
+    if problem:
+        raise UserError(problem)
+    if world.main:
+        return opened
+    return Path(run_dir), _rows_done(Path(run_dir), rows, world), _NoLock()
+
+
+class _NoLock:
+    """The other ranks' stand-in for rank 0's lock on the run folder."""
+
+    def close(self):
+        pass
 
 
 def _finish_job(job, started, notes):
     """The scored job's record (and metrics): as a run of its own writes it."""
     n_total = job.settings["n_images"]
-    if job.done != n_total:  # the loader ended early: a bug, never a result
+    if job.done != job.rows.stop:  # the loader ended early: a bug, never a result
         raise RuntimeError(f"{job.run_dir}: {job.done} of {n_total} rows scored; resume it with --resume {job.run_dir}")
     measured = job.measurement.result()
+    world = None
+    if job.world.size > 1:
+        ranks = job.world.gather({**job.world.describe(job.device), "rows": [job.rows.start, job.rows.stop],
+                                  "measurement": measured})
+        if not job.world.main:  # rank 0 writes the record
+            job.scores = None
+            return job.run_dir
+        world = {"world_size": job.world.size, "backend": job.world.backend, "ranks": ranks}
+        measured = _merge_measurements(ranks, n_total)
     measured["notes"] += notes
     if job.measurement.n_images == 0:
         measured["notes"].append("every row was scored by an earlier session that was stopped before its "
@@ -350,11 +427,42 @@ def _finish_job(job, started, notes):
                "deviations": job.deviations, "amp": job.amp, "amp_source": job.amp_source, "limit": job.limit,
                "precision": job.precision, "precision_source": job.precision_source,
                "labels": job.labels, "batch_norm": job.batch_norm,
-               "wall_s": time.perf_counter() - job.t0, "measured": measured, "numerics": job.numerics}
-    final_scores = np.array(job.scores)
+               "wall_s": time.perf_counter() - job.t0, "measured": measured, "numerics": job.numerics,
+               **({"world": world} if world else {})}
+    final_scores = _all_scores(job)
     job.scores = None  # closes the memory map of the partial file
     _finish(job.spec, job.coco_root, job.coco_labels, final_scores, job.run_dir, context)
     return job.run_dir
+
+
+def _all_scores(job):
+    """Every row's scores: this process's, or (rank 0 under torchrun) each rank's part in row order."""
+    from harness.distributed import World, partial_name
+
+    if job.world.size == 1 or len(job.scores) == job.settings["n_images"]:
+        return np.array(job.scores)
+    parts = [np.load(job.run_dir / partial_name(World(k, job.world.size)), mmap_mode="r")
+             for k in range(job.world.size)]
+    return np.concatenate(parts)
+
+
+def _merge_measurements(ranks, n_total):
+    """Rank 0's measurement, with every rank's figures, the peak per device and the total energy."""
+    measured = dict(ranks[0]["measurement"])
+    wall = max(r["measurement"]["wall_s"] for r in ranks)
+    counted = sum(r["measurement"]["n_images"] for r in ranks)
+    energy = [r["measurement"].get("energy_j_per_image") for r in ranks]
+    measured.update(n_images=counted, wall_s=wall, images_per_s=counted / wall if counted and wall > 0 else None)
+    measured["peak_vram_mib"] = max((r["measurement"].get("peak_vram_mib") or 0 for r in ranks), default=None) or None
+    measured["total_energy_j"] = (sum(e * r["measurement"]["n_images"] for e, r in zip(energy, ranks))
+                                  if all(e is not None for e in energy) else None)
+    measured["per_rank"] = [{"rank": r["rank"], "host": r["host"], "device": r.get("gpu") or r["device"],
+                             "uuid": r.get("uuid"), **{k: r["measurement"].get(k) for k in (
+                                 "n_images", "wall_s", "images_per_s", "peak_vram_mib", "energy_j_per_image")}}
+                            for r in ranks]
+    measured["notes"] = measured.get("notes", []) + [f"{len(ranks)} ranks (torchrun): peak_vram_mib is the largest "
+                                                     f"of the devices; per_rank has each"]
+    return measured
 
 
 def _check_numbers(batch_size, workers, limit):
@@ -424,6 +532,7 @@ def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
         "timings": {"wall_s": ctx["wall_s"], "images_per_s": measured.get("images_per_s"),
                     "resumed_from_row": ctx["settings"].get("resumed_from_row", 0)},
         "measurement": measured,
+        **({"distributed": ctx["world"]} if ctx.get("world") else {}),
         "environment": records.environment(),
         "started_at": json.loads((run_dir / SETTINGS).read_text()).get("started_at", ctx["started"]),
         "finished_at": _now(),
@@ -432,7 +541,8 @@ def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
         "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
     }
     records.write_record(run_dir, record)
-    for leftover in (PARTIAL, PROGRESS, ".in-progress"):  # the lock file goes too: the record now refuses a resume
+    ranks = [*run_dir.glob("scores.rank*-of-*.partial.npy"), *run_dir.glob("progress.rank*-of-*.json")]
+    for leftover in (PARTIAL, PROGRESS, *ranks, ".in-progress"):  # the lock file goes too: the record now refuses a resume
         (run_dir / leftover).unlink(missing_ok=True)
 
 
@@ -501,7 +611,7 @@ def _build_model(spec, weights, weights_dir, config, trust, device, seed):
     return model.eval().to(device), info
 
 
-def _open_run(runs_root, model_id, resume, settings, weights_info):
+def _open_run(runs_root, model_id, resume, settings, weights_info, world, rows):
     """(run folder, its count of finished rows, its held lock): a new folder, or the one to resume."""
     from harness import records
 
@@ -519,26 +629,28 @@ def _open_run(runs_root, model_id, resume, settings, weights_info):
             held.close()
             raise UserError(f"cannot resume {run_dir}: {', '.join(changed)} differ from the interrupted run; "
                             f"use the same settings or start a new run")
-        settings["resumed_from_row"] = done = _rows_done(run_dir, settings["n_images"])
+        settings["resumed_from_row"] = done = _rows_done(run_dir, rows, world)
         return run_dir, done, held
     run_dir = records.new_run_dir(runs_root, model_id)
     held = records.hold_run(run_dir)
     _write_json_atomic(run_dir / SETTINGS, {**settings, "started_at": _now()})
-    return run_dir, 0, held
+    return run_dir, rows.start, held
 
 
-def _rows_done(run_dir, n_total):
-    """Finished rows, as progress.json counts them; they exist only while their scores do."""
+def _rows_done(run_dir, rows, world):
+    """The first of `rows` (this rank's) not yet scored, as its progress file says; rows count as
+    finished only while their scores exist."""
+    from harness.distributed import partial_name, progress_name
+
     if (run_dir / "scores.npy").exists():  # every row was scored, then the finish was interrupted
-        return n_total
-    progress = run_dir / PROGRESS
-    if not (progress.is_file() and (run_dir / PARTIAL).is_file()):
-        return 0
+        return rows.stop
+    progress = run_dir / progress_name(world)
+    if not (progress.is_file() and (run_dir / partial_name(world)).is_file()):
+        return rows.start
     return json.loads(progress.read_text())["done"]
 
 
-def _scores_memmap(run_dir, n, c, fresh, dtype=np.float32):
-    path = run_dir / PARTIAL
+def _scores_memmap(path, n, c, fresh, dtype=np.float32):
     if fresh or not path.exists():
         scores = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, c))
         scores[:] = np.nan  # unfinished rows stay visibly unscored

@@ -40,8 +40,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    from harness.errors import UserError
+    import os
 
+    from harness.errors import UserError
     from harness.evaluate import evaluate_many
     from harness.manifest import get_spec
 
@@ -55,12 +56,13 @@ def run(args):
         return evaluate_ctran(args, specs[0])
     if args.known or args.draw != "ctran":
         raise UserError(f"--known and --draw are for C-Tran models only; {specs[0].id} is {specs[0].family}")
-    results = evaluate_many(
-        specs, args.coco_root, weights=args.weights, weights_dir=args.weights_dir, config=args.config,
-        batch_size=args.batch_size, amp=args.amp, device=args.device, limit=args.limit, runs_root=args.out,
-        resume=args.resume, workers=args.workers, trust_checkpoint=args.trust_checkpoint,
-        progress=not args.no_progress, seed=args.seed, keep_cache=args.keep_cache, tf32=args.tf32,
-    )
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 says the results (and any failure, once)
+        try:
+            evaluate_many(specs, args.coco_root, **_options(args))
+        except UserError:
+            return 2
+        return 0
+    results = evaluate_many(specs, args.coco_root, **_options(args))
     failed = [spec.id for spec, result in zip(specs, results) if isinstance(result, BaseException)]
     for spec, result in zip(specs, results):
         if not isinstance(result, BaseException):
@@ -68,6 +70,13 @@ def run(args):
     if failed:  # each failure was said in one line as it happened
         print(f"{len(failed)} of {len(specs)} models failed: {', '.join(failed)}")
         return 2
+
+
+def _options(args):
+    return dict(weights=args.weights, weights_dir=args.weights_dir, config=args.config, batch_size=args.batch_size,
+                amp=args.amp, device=args.device, limit=args.limit, runs_root=args.out, resume=args.resume,
+                workers=args.workers, trust_checkpoint=args.trust_checkpoint, progress=not args.no_progress,
+                seed=args.seed, keep_cache=args.keep_cache, tf32=args.tf32)
 
 
 def _print_result(spec, run_dir):

@@ -14,10 +14,12 @@ PREFETCH = 4  # batches per worker: enough to hide a slow JPEG without holding m
 
 
 def usable_cores():
+    """The cores this process may use, shared with the other ranks torchrun started on this machine."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def make_loader(dataset, batch_size, device, workers=None):

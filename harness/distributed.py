@@ -1,0 +1,80 @@
+"""Several processes (torchrun), one run: each rank scores a contiguous shard of the rows.
+
+    torchrun --nproc_per_node 4 -m harness eval MODEL --coco-root DIR
+
+A shard is a whole number of the model's batches, so every batch holds the very rows it holds in
+one process and the scores are the same bits. Each rank writes its own partial scores and
+progress in the shared run folder (and resumes from them); rank 0 merges them in row order,
+computes the metrics and writes the record, naming every rank's device. A rank that fails makes
+every rank stop with the same one line. Without torchrun (WORLD_SIZE unset or 1) nothing changes.
+"""
+import os
+import socket
+
+import torch
+
+
+class World:
+    def __init__(self, rank=0, size=1, local_rank=0, backend=None):
+        self.rank, self.size, self.local_rank, self.backend = rank, size, local_rank, backend
+
+    @classmethod
+    def from_env(cls, device):
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        if size < 2:
+            return cls()
+        import torch.distributed as dist
+
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "cuda":
+            torch.cuda.set_device(local_rank)  # "cuda" is this rank's GPU from here on
+        backend = "nccl" if device == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def shard(self, n, batch_size):
+        """This rank's rows of range(n): contiguous, whole batches."""
+        n_batches = -(-n // batch_size)
+        first, last = self.rank * n_batches // self.size, (self.rank + 1) * n_batches // self.size
+        return range(min(first * batch_size, n), min(last * batch_size, n))
+
+    def gather(self, value):
+        """Every rank's value, in rank order (a barrier too)."""
+        if self.size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        out = [None] * self.size
+        dist.all_gather_object(out, value)
+        return out
+
+    def broadcast(self, value):
+        """Rank 0's value on every rank."""
+        if self.size == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def describe(self, device):
+        """This rank's place and device, for the record."""
+        where = {"rank": self.rank, "host": socket.gethostname(), "device": device}
+        if device == "cuda":
+            props = torch.cuda.get_device_properties(torch.cuda.current_device())
+            where.update(gpu=props.name, uuid=str(props.uuid), index=torch.cuda.current_device())
+        return where
+
+
+def partial_name(world):
+    return "scores.partial.npy" if world.size == 1 else f"scores.rank{world.rank}-of-{world.size}.partial.npy"
+
+
+def progress_name(world):
+    return "progress.json" if world.size == 1 else f"progress.rank{world.rank}-of-{world.size}.json"
