@@ -4,6 +4,7 @@ Models whose complete, non-smoke run already exists are skipped; a model that fa
 stop the others, and every failure is listed at the end with its reason.
 """
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,6 +88,9 @@ def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs",
                 runs_root=runs_root, limit=limit, keep_cache=keep_cache, tf32=tf32)))
         except Exception as e:  # one model alone raises its error: it is that model's failure
             results = {runnable[0].id: e} if len(runnable) == 1 else {s.id: e for s in runnable}
+
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports (every rank scored its shard)
+        return 1 if any(isinstance(r, BaseException) for r in results.values()) else 0
 
     def job(spec):
         existing = existing_run(spec)
