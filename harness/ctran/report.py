@@ -55,7 +55,7 @@ def _f1(c):
 
 
 def tables(rows):
-    """[(title, headers, cells, notes)] as harness.report._tables expects; [] without C-Tran entries."""
+    """[(title, headers, cells, notes)] as harness.report.render._tables expects; [] without C-Tran entries."""
     if not rows:
         return []
     headers = ["training", "selection", *[f"{k}% known: ours / paper" for k in KNOWN], "CF1/OF1 at 50% known"]

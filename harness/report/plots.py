@@ -1,0 +1,56 @@
+"""The report's plots as PNG bytes: paper vs ours, and peak VRAM vs images/s (left out when empty)."""
+import io
+
+
+from harness.report.rows import BUDGET_MIB
+
+def plots(data):
+    """{name: PNG bytes}: paper vs ours mAP, and peak VRAM vs images/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = {}
+    done = [r for r in data["models"] if r["mAP"] is not None and r["paper_mAP"] is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for r in done:
+        ci = r["ci95"] or [r["mAP"], r["mAP"]]
+        # an estimate outside its own interval (tiny sets) gets no negative bar: the interval is drawn as it is
+        ax.errorbar(r["paper_mAP"], r["mAP"], yerr=[[max(r["mAP"] - ci[0], 0)], [max(ci[1] - r["mAP"], 0)]], fmt="o",
+                    color="grey" if r["status"] == "smoke" else ("tab:green" if r["status"] == "reproduced"
+                                                                 else "tab:red"), capsize=3)
+        label = r["model"] + (" (smoke)" if r["status"] == "smoke" else "")
+        ax.annotate(label, (r["paper_mAP"], r["mAP"]), fontsize=7, xytext=(4, -3), textcoords="offset points")
+    values = [v for r in done for v in (r["paper_mAP"], r["mAP"])] or [0, 100]
+    low, high = min(values) - 1, max(values) + 1
+    ax.plot([low, high], [low, high], "k--", lw=0.8, label="ours = paper")
+    ax.set(xlabel="paper mAP", ylabel="our mAP", title="Paper vs ours (green reproduced, red not, grey smoke)")
+    ax.legend(loc="upper left", fontsize=8)
+    images["paper_vs_ours"] = _png(fig)
+
+    points = [(r["peak_vram_mib"], r["images_per_s"], r["model"]) for r in data["models"]
+              if r["peak_vram_mib"] and r["images_per_s"]]
+    for r in data["cost"]:  # memory and speed at the same (fastest) batch size
+        if r["vram_at_best"] and r["images_per_s"]:
+            points.append((r["vram_at_best"], r["images_per_s"], f"{r['model']} (bench, batch {r['best_batch']})"))
+    if not points:  # no GPU measurement (CPU only): no empty plot
+        plt.close("all")
+        return images
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for vram, ips, name in points:
+        ax.scatter(vram, ips)
+        ax.annotate(name, (vram, ips), fontsize=7, xytext=(4, -3), textcoords="offset points")
+    ax.axvline(BUDGET_MIB, color="k", ls="--", lw=0.8, label="12 GiB")
+    ax.set(xlabel="peak VRAM (MiB)", ylabel="images/s", title="Memory vs speed")
+    ax.legend(fontsize=8)
+    images["vram_vs_speed"] = _png(fig)
+    plt.close("all")
+    return images
+
+
+def _png(fig):
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
