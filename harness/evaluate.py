@@ -14,24 +14,19 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from harness.download.verify import write_atomically
 from harness.errors import UserError
+from harness.records import utc_now
 
 PARTIAL, PROGRESS, SETTINGS = "scores.partial.npy", "progress.json", "settings.json"
 
 
-def _now():
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _write_json_atomic(path, data):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=2))
 
 
 def pick_device(requested=None):
@@ -213,7 +208,7 @@ def _score_jobs(jobs, loader, opts, baseline_mib, results, shared, source):
         return
     jobs = [job for job in jobs if job.spec.id not in results]
     with contextlib.ExitStack() as stack:
-        started, scorers = _now(), []
+        started, scorers = utc_now(), []
         for k, job in enumerate(jobs):
             job.to_device()
             job.measurement = stack.enter_context(EvalMeasurement(opts["device"], baseline_mib=baseline_mib))
@@ -322,7 +317,7 @@ class _Job:
         self.scores[rows - self.rows.start] = torch.sigmoid(logits).cpu().numpy()  # sigmoid in the logits' dtype, as the authors
         self.scores.flush()
         self.done = int(rows[-1]) + 1
-        _write_json_atomic(self.run_dir / progress_name(self.world), {"done": self.done, "updated_at": _now()})
+        _write_json_atomic(self.run_dir / progress_name(self.world), {"done": self.done, "updated_at": utc_now()})
         self.measurement.count(len(rows))
 
     def release(self):
@@ -535,7 +530,7 @@ def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
         **({"distributed": ctx["world"]} if ctx.get("world") else {}),
         "environment": records.environment(),
         "started_at": json.loads((run_dir / SETTINGS).read_text()).get("started_at", ctx["started"]),
-        "finished_at": _now(),
+        "finished_at": utc_now(),
         "smoke": bool(reasons),
         "smoke_reasons": reasons,
         "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
@@ -633,7 +628,7 @@ def _open_run(runs_root, model_id, resume, settings, weights_info, world, rows):
         return run_dir, done, held
     run_dir = records.new_run_dir(runs_root, model_id)
     held = records.hold_run(run_dir)
-    _write_json_atomic(run_dir / SETTINGS, {**settings, "started_at": _now()})
+    _write_json_atomic(run_dir / SETTINGS, {**settings, "started_at": utc_now()})
     return run_dir, rows.start, held
 
 

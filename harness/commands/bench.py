@@ -16,7 +16,7 @@ BENCH_FAMILIES = ("q2l", "asl", "mldecoder", "mlspl", "ctran")
 def add_arguments(parser):
     parser.add_argument("model", help="a model id from `harness models`, or 'all' (every Q2L, ASL and ML-Decoder "
                                       "model and the MLSPL ResNet-50, one per architecture)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="default: cuda when a GPU is visible, else cpu")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[1, 16], metavar="N",
                         help="batch sizes to time (default: 1 16)")
@@ -64,14 +64,6 @@ def _check_writable(folder):
         raise UserError(f"--out {folder}: not writable; pass a folder you can write to")
 
 
-def _pick_device(requested):
-    import torch
-
-    if requested is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return requested
 
 
 def models_to_run(name, manifest=None):
@@ -212,7 +204,9 @@ def run(args):
 
     parse_size_mib(args.vram_budget)  # a bad budget fails before any model is built
     specs = models_to_run(args.model, args.manifest)
-    device = _pick_device(args.device)
+    from harness.evaluate import pick_device
+
+    device = pick_device(args.device)
     _check_writable(args.out)  # before minutes of measuring, not after
 
     from tabulate import tabulate

@@ -25,7 +25,7 @@ def add_arguments(parser):
     p.add_argument("--scale", type=int, default=640, help="squish size before the crop (smoke runs: smaller)")
     p.add_argument("--crop", type=int, default=576, help="crop / model input size")
     p.add_argument("--limit", type=int, help="only the first N training and validation images (flagged smoke)")
-    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--out", default="runs", help="runs folder (default: runs/)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",

@@ -19,7 +19,7 @@ def add_arguments(parser):
     parser.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16", "off"],
                         help="autocast (GPU only; recorded). Default: as the authors' config_new.json "
                              "says (their inference used fp16 autocast when its amp was set), else fp32")
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default (auto): cuda when available")
     parser.add_argument("--limit", type=int, help="only the first N images (the run is flagged smoke)")
     parser.add_argument("--workers", type=int, help="data-loading processes (default: every core this process may use)")
     parser.add_argument("--out", default="runs", help="runs folder (default: runs/)")

@@ -19,7 +19,7 @@ def add_model_arguments(parser):
                         help="allow unpickling beyond plain tensors, only for a file whose sha256 is pinned")
     parser.add_argument("--threshold", type=float, default=0.5, help="a label is predicted at score >= this (0.5)")
     parser.add_argument("--batch-size", type=int, help="default: the paper's (manifest), as `harness eval`")
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default (auto): cuda when available")
     parser.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16", "off"],
                         help="autocast (GPU only); default as `harness eval` chooses")
     parser.add_argument("--manifest", help="manifest file (default: weights_manifest.yaml)")

@@ -14,7 +14,7 @@ def add_arguments(parser):
     parser.add_argument("--weights-dir", help="folder of checkpoints placed by hand")
     parser.add_argument("--out", default="runs", help="runs folder (default: runs/)")
     parser.add_argument("--tables", default="tables", help="where the report goes (default: tables/)")
-    parser.add_argument("--device", choices=["cpu", "cuda"])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default (auto): cuda when available")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16", "off"],
                         help="default: as each model's config_new.json says, else fp32")
