@@ -1,4 +1,5 @@
 import pytest
+import torch
 import yaml
 
 from harness.data.smoke import make_smoke
@@ -22,3 +23,17 @@ def tiny_manifest(folder, model_id, arch, base="q2l-r101-448", **eval_overrides)
     path = folder / "manifest.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+class TinyConvNet(torch.nn.Module):
+    """A conv over the normalised pixels, pooled to pool x pool: any bit of difference in the input
+    shows in its scores."""
+
+    def __init__(self, num_classes=80, width=4, pool=4):
+        super().__init__()
+        self.pool = pool
+        self.conv = torch.nn.Conv2d(3, width, 3, stride=2)
+        self.fc = torch.nn.Linear(width * pool * pool, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), self.pool).flatten(1))

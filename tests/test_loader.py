@@ -2,11 +2,10 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_manifest
+from conftest import TinyConvNet, tiny_manifest
 from harness.data.coco import load_labels
 from harness.data.dataset import CocoImages, load_rgb
 from harness.data.loader import make_loader, usable_cores
@@ -16,21 +15,9 @@ from harness.manifest import EvalSpec, get_spec
 from harness.models import register_model
 
 
-class TinyConvNet(torch.nn.Module):
-    """A conv over the normalised pixels: any bit of difference in the input shows in its scores."""
-
-    def __init__(self, num_classes=80, width=4):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, width, 3, stride=2)
-        self.fc = torch.nn.Linear(width * 16, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 4).flatten(1))
-
-
 @register_model
 def tiny_loader_net(num_classes=80, width=4, **_):
-    return TinyConvNet(num_classes, width)
+    return TinyConvNet(num_classes, width, pool=4)
 
 
 def _spec(normalize, resolution):

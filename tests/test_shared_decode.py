@@ -7,6 +7,7 @@ import torch
 import yaml
 
 import harness.data.cache
+from conftest import TinyConvNet
 from harness.cli import main
 from harness.evaluate import evaluate, evaluate_many
 from harness.manifest import DEFAULT_MANIFEST, get_spec
@@ -18,19 +19,9 @@ MODELS = {"sd-a": (32, "all", "imagenet", 4, 4), "sd-b": (32, "all", "none", 5, 
           "sd-e": (24, "all", "imagenet", 4, 4)}
 
 
-class TinyShared(torch.nn.Module):
-    def __init__(self, num_classes=80, width=4):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, width, 3, stride=2)
-        self.fc = torch.nn.Linear(width * 4, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
-
-
 @register_model
 def tiny_shared_net(num_classes=80, width=4, **_):
-    return TinyShared(num_classes, width)
+    return TinyConvNet(num_classes, width, pool=2)
 
 
 @pytest.fixture()
@@ -103,14 +94,14 @@ def test_cli_eval_of_several_models_writes_a_record_each(manifest, smoke_root, t
     assert "named twice" in capsys.readouterr().err
 
 
-class NanNet(TinyShared):
+class NanNet(TinyConvNet):
     def forward(self, x):
         return super().forward(x) * float("nan")
 
 
 @register_model
 def tiny_nan_net(num_classes=80, **_):
-    return NanNet(num_classes)
+    return NanNet(num_classes, pool=2)
 
 
 def test_one_failing_model_does_not_stop_the_others(manifest, smoke_root, tmp_path, capsys):

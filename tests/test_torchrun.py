@@ -17,15 +17,15 @@ from test_shared_decode import manifest  # noqa: F401  (fixture)
 RUNNER = """
 import os, sys
 sys.path.insert(0, {tests!r})
-import torch, test_shared_decode
-forward = test_shared_decode.TinyShared.forward
+import torch, conftest, test_shared_decode
+forward = conftest.TinyConvNet.forward
 calls = []
 def failing(self, x):  # sd-a only (width 4)
     calls.append(self.conv.out_channels == 4)
     after = os.environ.get("NAN_ON_RANK1_AFTER")
     out = forward(self, x)
     return out * float("nan") if after and os.environ["RANK"] == "1" and sum(calls) > int(after) else out
-test_shared_decode.TinyShared.forward = failing
+conftest.TinyConvNet.forward = failing
 from harness.cli import main
 sys.exit(main(sys.argv[1:]))
 """
