@@ -82,13 +82,11 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from PIL import UnidentifiedImageError
-
         from harness.errors import UserError
 
         try:
             image = load_rgb(self.paths[i])
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise UserError(f"cannot decode image {self.paths[i]} ({e}); pass JPEG/PNG files that open in an "
-                            f"image viewer, or leave this one out") from None
+        except DECODE_ERRORS as e:
+            raise UserError(f"cannot decode image {self.paths[i]} ({reason(e)}); pass JPEG/PNG files that open in "
+                            f"an image viewer, or leave this one out") from None
         return self.transform(image), i
