@@ -64,8 +64,6 @@ def _check_writable(folder):
         raise UserError(f"--out {folder}: not writable; pass a folder you can write to")
 
 
-
-
 def models_to_run(name, manifest=None):
     """[spec]: one model, or for 'all' one entry per distinct architecture of the benched families."""
     from harness.manifest import get_spec, load_manifest

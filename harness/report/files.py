@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from harness.download.verify import write_atomically
 from harness.errors import UserError
 
 MARK = "written by harness report"
@@ -50,9 +51,7 @@ def write_report_file(path, text):
     path = Path(path)
     check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, text)
     return path
 
 
