@@ -83,11 +83,12 @@ def time_model(model, spec, n, device, batch_size):
 
 
 def time_e2e(spec, root, runs, device, workers, batch_size):
+    from harness.eval_config import EvalConfig
     from harness.evaluate import evaluate
 
-    run_dir = evaluate(spec, root, weights="random", runs_root=runs, device=device, workers=workers,
-                       batch_size=batch_size, progress=False)
-    return json.loads((run_dir / "record.json").read_text())["timings"]["images_per_s"]
+    config = EvalConfig(coco_root=str(root), weights="random", runs_root=str(runs), device=device, workers=workers,
+                        batch_size=batch_size, progress=False)
+    return evaluate(spec, config).record.timings["images_per_s"]
 
 
 class AuthorsImages(torch.utils.data.Dataset):

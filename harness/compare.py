@@ -12,6 +12,8 @@ Both runs are scored with the same protocol's AP (harness.metrics, ties as the a
   "not distinguishable at 95%".
 Numpy only (no torch): `harness report` calls it too.
 """
+import dataclasses
+
 import numpy as np
 
 from harness import metrics
@@ -31,23 +33,22 @@ def load_run(run_dir):
 
     run_dir = Path(run_dir)
     record = read_record(run_dir)
-    if record["kind"] not in ("eval", "train"):
-        raise UserError(f"{run_dir} is a '{record['kind']}' run: it has no scores; pass an evaluation run folder")
-    files = record.get("files") or {}
+    if record.kind not in ("eval", "train"):
+        raise UserError(f"{run_dir} is a '{record.kind}' run: it has no scores; pass an evaluation run folder")
+    files = record.files
     arrays = {name: load_array(run_dir / files.get(name, f"{name}.npy"), name)
               for name in ("scores", "labels", "image_ids")}
     return {"dir": run_dir, "record": record, **arrays}
 
 
 def _describe(run):
-    d = run["record"].get("dataset") or {}
+    d = run["record"].dataset
     return f"{len(run['image_ids'])} images, image set {d.get('image_set', '?')}"
 
 
 def check_same_images(a, b):
     """One line when the two runs were not scored on the same images with the same labels."""
-    fa = (a["record"].get("dataset") or {}).get("fingerprint")
-    fb = (b["record"].get("dataset") or {}).get("fingerprint")
+    fa, fb = (r["record"].dataset.get("fingerprint") for r in (a, b))
     same = (fa == fb if fa and fb else True) and np.array_equal(a["image_ids"], b["image_ids"]) and \
         a["labels"].shape == b["labels"].shape and np.array_equal(a["labels"] > 0, b["labels"] > 0)
     if not same:
@@ -62,7 +63,7 @@ def check_same_images(a, b):
 def restrict_to_common(a, b):
     """Both runs on the images they share, in A's order (e.g. Q2L's 40,504 and ASL's 40,137:
     the 40,137 annotated ones), when they come from one annotation file and agree on those labels."""
-    fa, fb = ((r["record"].get("dataset") or {}).get("fingerprint") or {} for r in (a, b))
+    fa, fb = (r["record"].dataset.get("fingerprint") or {} for r in (a, b))
     if fa.get("annotations_sha256") != fb.get("annotations_sha256"):
         raise UserError(f"{a['dir']} and {b['dir']} were scored against different annotation files; "
                         f"--common-images needs both from the same instances json")
@@ -75,7 +76,7 @@ def restrict_to_common(a, b):
     note = (f"restricted to the {len(rows_a)} images both runs scored (A {len(a['image_ids'])}, "
             f"B {len(b['image_ids'])}), in A's order")
     pick = [{**r, "scores": r["scores"][rows], "labels": r["labels"][rows], "image_ids": r["image_ids"][rows],
-             "record": {**r["record"], "dataset": {**(r["record"].get("dataset") or {}), "fingerprint": None}}}
+             "record": dataclasses.replace(r["record"], dataset={**r["record"].dataset, "fingerprint": None})}
             for r, rows in ((a, rows_a), (b, rows_b))]
     return pick[0], pick[1], note
 
@@ -83,7 +84,7 @@ def restrict_to_common(a, b):
 def protocol_of(a, b, protocol=None):
     if protocol:
         return protocol
-    pa, pb = ((r["record"].get("eval") or {}).get("protocol") for r in (a, b))
+    pa, pb = (r["record"].eval.get("protocol") for r in (a, b))
     if pa != pb:
         raise UserError(f"the runs were scored with different protocols ({pa} and {pb}); pass --protocol "
                         f"q2l|asl|mlspl to score both with one")
@@ -158,16 +159,15 @@ def compare_runs(a, b, *, protocol=None, n_boot=1000, n_perm=1000, seed=0, commo
     if progress:
         progress(f"permutation test: {n_perm} permutations of {len(positives)} images")
     observed, p = permutation_p(scores_a, scores_b, positives, protocol, n_perm, seed)
-    names = (a["record"].get("metrics") or {}).get("class_names") or [str(c) for c in range(len(ap_a))]
+    names = a["record"].metrics.get("class_names") or [str(c) for c in range(len(ap_a))]
     per_class = sorted(({"class": n, "A": float(x), "B": float(y), "difference": float(x - y)}
                         for n, x, y in zip(names, ap_a, ap_b) if not (np.isnan(x) or np.isnan(y))),
                        key=lambda r: -r["difference"])
 
     def side(run, ap):
         r = run["record"]
-        return {"dir": str(run["dir"]), "model": r["model"]["id"], "run_id": r["run_id"],
-                "mAP": metrics.mean_ap(ap / 100, protocol), "smoke": bool(r.get("smoke")),
-                "smoke_reasons": r.get("smoke_reasons") or []}
+        return {"dir": str(run["dir"]), "model": r.model_id, "run_id": r.run_id,
+                "mAP": metrics.mean_ap(ap / 100, protocol), "smoke": r.smoke, "smoke_reasons": r.smoke_reasons}
 
     return {"A": side(a, ap_a), "B": side(b, ap_b), "protocol": protocol, "n_images": int(len(positives)),
             "difference": float(observed), "ci95": ci, "p_value": float(p), "verdict": verdict(ci),
@@ -244,8 +244,8 @@ def find_run(runs_root, name):
 
     if (Path(name) / "record.json").is_file():
         return Path(name)
-    found = [(r.get("smoke", False), r.get("finished_at") or "", r["run_id"], d) for d, r in iter_records(runs_root)
-             if r["model"]["id"] == name and r["kind"] in ("eval", "train")]
+    found = [(r.smoke, r.finished_at or "", r.run_id, d) for d, r in iter_records(runs_root)
+             if r.model_id == name and r.kind in ("eval", "train")]
     if not found:
         raise UserError(f"--compare {name}: no finished run of that model under {runs_root} (nor a run folder of "
                         f"that name); run `harness eval {name}` first, or pass a run folder")

@@ -13,13 +13,15 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from harness.download.verify import write_atomically
 from harness.errors import UserError
+from harness.eval_config import EvalConfig
 from harness.records import utc_now
 
 PARTIAL, PROGRESS, SETTINGS = "scores.partial.npy", "progress.json", "settings.json"
@@ -63,44 +65,54 @@ def find_resumable(runs_root, model_id):
     return max(candidates, key=lambda p: p.name) if candidates else None
 
 
-def evaluate(spec, coco_root, **options):
-    """Evaluate `spec` (a manifest ModelSpec) and return the finished run folder."""
-    return evaluate_many([spec], coco_root, **options)[0]
+class EvalRun(NamedTuple):
+    """A finished evaluation: its run folder and its record (None on the ranks other than 0)."""
+    run_dir: Path
+    record: object  # harness.records.Record
 
 
-def evaluate_many(specs, coco_root, *, weights=None, weights_dir=None, config=None, batch_size=None, amp=None,
-                  device=None, limit=None, runs_root="runs", resume=None, workers=None, trust_checkpoint=False,
-                  progress=True, seed=0, keep_cache=False, tf32="off"):
+@dataclass(frozen=True)
+class _Session:
+    """One `evaluate_many` call: what it was asked (config) and what that resolved to here."""
+    config: EvalConfig
+    device: str
+    world: object      # harness.distributed.World
+    numerics: dict     # the GPU flags that change results (TF32, cuDNN)
+    single: bool       # one model: its error is raised, not kept as its result
+    progress: bool     # rank 0 only under torchrun
+
+
+def evaluate(spec, config):
+    """Evaluate `spec` (a manifest ModelSpec) as `config` (an EvalConfig) asks; its finished run."""
+    return evaluate_many([spec], config)[0]
+
+
+def evaluate_many(specs, config):
     """Evaluate several models, one decode of the images per resolution (harness.eval_pass); each
-    model gets its own run folder and record. Returns, per spec, its run folder, or (several models
+    model gets its own run folder and record. Returns, per spec, its EvalRun, or (several models
     only) the exception that stopped it: one model's failure does not stop the others."""
+    from harness.distributed import World
+    from harness.numerics import tf32_mode
     from harness.records import check_runs_root
 
-    _check_numbers(batch_size, workers, limit)
     ids = [spec.id for spec in specs]
     if len(set(ids)) < len(ids):
         raise UserError(f"a model is named twice ({', '.join(ids)}); name each once")
-    if len(specs) > 1 and (weights not in (None, "random") or config or resume not in (None, "latest")):
+    if len(specs) > 1 and config.names_one_model():
         raise UserError("--weights FILE, --config and --resume RUN_DIR name one model's files; evaluate that "
                         "model alone, or use --weights-dir / --weights random / --resume")
-    check_runs_root(runs_root)
-    device = pick_device(device)
-    if amp not in (None, "off") and device != "cuda":
+    check_runs_root(config.runs_root)
+    device = pick_device(config.device)
+    if config.amp not in (None, "off") and device != "cuda":
         raise UserError("--amp needs a CUDA GPU; drop --amp to run in fp32 on CPU")
-    options = dict(coco_root=coco_root, weights=weights, weights_dir=weights_dir, config=config,
-                   batch_size=batch_size, amp=amp, device=device, limit=limit, runs_root=runs_root, resume=resume,
-                   workers=workers, trust_checkpoint=trust_checkpoint, progress=progress, seed=seed,
-                   keep_cache=keep_cache, single=len(specs) == 1)
-    from harness.distributed import World
-    from harness.numerics import tf32_mode
-
-    options["world"] = world = World.from_env(device)
-    options["progress"] = progress and world.main
+    world = World.from_env(device)
     results = {}
-    with tf32_mode(tf32) as options["numerics"]:
+    with tf32_mode(config.tf32) as numerics:
+        session = _Session(config, device, world, numerics, single=len(specs) == 1,
+                           progress=config.progress and world.main)
         for resolution in dict.fromkeys(spec.eval.resolution for spec in specs):
             results.update(_evaluate_resolution([spec for spec in specs if spec.eval.resolution == resolution],
-                                                options))
+                                                session))
     return [results[spec.id] for spec in specs]
 
 
@@ -121,32 +133,32 @@ def _record_failure(results, key, error):
         print(f"{key}: FAILED: {_line(error)}", file=sys.stderr)
 
 
-def _evaluate_resolution(specs, opts):
+def _evaluate_resolution(specs, session):
     """The models of one resolution: those of the most common image order ride one pass; the others
     (and any that do not fit beside them) run in turn over the cache it wrote."""
     from harness.eval_pass import ride_together
     from harness.measure.measurement import nvml_baseline_mib
 
     results = {}
-    baseline_mib = nvml_baseline_mib(opts["device"])  # before any model reaches the GPU
-    jobs = [job for job in (_attempt(results, spec.id, opts["single"], lambda spec=spec: _prepare(spec, opts))
+    baseline_mib = nvml_baseline_mib(session.device)  # before any model reaches the GPU
+    jobs = [job for job in (_attempt(results, spec.id, session.single, lambda spec=spec: _prepare(spec, session))
                             for spec in specs) if job is not None]
     if not jobs:
         return results
     sets = [job.spec.eval.image_set for job in jobs]
     master_set = max(dict.fromkeys(sets), key=sets.count)  # ties: the first named
-    riders, later = ride_together([job for job in jobs if job.spec.eval.image_set == master_set], opts["device"])
+    riders, later = ride_together([job for job in jobs if job.spec.eval.image_set == master_set], session.device)
     later += [job for job in jobs if job.spec.eval.image_set != master_set]
     with contextlib.ExitStack() as stack:
         for job in jobs:
             stack.callback(job.release)
-        plan = _DecodePlan(opts, riders, later)
-        if plan.cache is not None and not opts["keep_cache"]:
+        plan = _DecodePlan(session, riders, later)
+        if plan.cache is not None and not session.config.keep_cache:
             stack.callback(plan.cache.delete)
         shared = [job.spec.id for job in jobs] if len(jobs) > 1 else None
-        _score_jobs(riders, plan.rider_loader(riders) if riders else [], opts, baseline_mib, results, shared, "decoded")
+        _score_jobs(riders, plan.rider_loader(riders) if riders else [], session, baseline_mib, results, shared, "decoded")
         for job in later:
-            _score_jobs([job], plan.later_loader(job), opts, baseline_mib, results, shared,
+            _score_jobs([job], plan.later_loader(job), session, baseline_mib, results, shared,
                         "cache" if plan.cache is not None else "decoded")
     return results
 
@@ -155,12 +167,12 @@ class _DecodePlan:
     """Which images the pass decodes (the riders' rows, then the rows only later models need) and
     the loaders that feed them; a cache when some model runs later, or --keep-cache."""
 
-    def __init__(self, opts, riders, later):
+    def __init__(self, session, riders, later):
         from harness.data.cache import DecodeCache
 
-        self.opts = opts
+        self.session = session
         some = (riders or later)[0]
-        self.folder = Path(opts["coco_root"]) / some.coco_labels.split
+        self.folder = Path(session.config.coco_root) / some.coco_labels.split
         self.resolution = some.spec.eval.resolution
         master = riders[0].coco_labels if riders else None
         self.start = min((job.done for job in riders), default=0)
@@ -173,8 +185,8 @@ class _DecodePlan:
                 if self.position[name] == len(self.names):
                     self.names.append(name)
         self.cache = None
-        if (later or opts["keep_cache"]) and self.names:
-            self.cache = DecodeCache.open(Path(opts["runs_root"]) / ".decode-cache", self.folder, self.names,
+        if (later or session.config.keep_cache) and self.names:
+            self.cache = DecodeCache.open(Path(session.config.runs_root) / ".decode-cache", self.folder, self.names,
                                           self.resolution)
             if self.cache is None:
                 print(f"no room on disk for the {self.resolution}px image cache: the models after the first pass "
@@ -186,7 +198,7 @@ class _DecodePlan:
         from harness.data.transforms import resize_uint8
 
         dataset = PassImages(self.folder, self.names, resize_uint8(self.resolution), items, self.cache)
-        return make_loader(dataset, batch_size, self.opts["device"], self.opts["workers"])
+        return make_loader(dataset, batch_size, self.session.device, self.session.config.workers)
 
     def rider_loader(self, riders):
         """Rows in the riders' order; each batch goes to every rider (each cuts its own batches)."""
@@ -199,7 +211,7 @@ class _DecodePlan:
         return self._loader(items, job.batch_size) if items else []
 
 
-def _score_jobs(jobs, loader, opts, baseline_mib, results, shared, source):
+def _score_jobs(jobs, loader, session, baseline_mib, results, shared, source):
     """Score `jobs` from one loader, each inside its own measurement, then finish each."""
     from harness.eval_pass import Scorer, UnreadableError, run_pass
     from harness.measure import EvalMeasurement
@@ -211,36 +223,36 @@ def _score_jobs(jobs, loader, opts, baseline_mib, results, shared, source):
         started, scorers = utc_now(), []
         for k, job in enumerate(jobs):
             job.to_device()
-            job.measurement = stack.enter_context(EvalMeasurement(opts["device"], baseline_mib=baseline_mib))
+            job.measurement = stack.enter_context(EvalMeasurement(session.device, baseline_mib=baseline_mib))
             job.t0 = time.perf_counter()
-            scorers.append(Scorer(job, opts["device"], bar_position=k))
+            scorers.append(Scorer(job, session.device, bar_position=k))
 
         def on_failure(scorer, error):
-            if opts["single"]:
+            if session.single:
                 raise error
             _record_failure(results, scorer.job.spec.id, error)
             scorer.job.release()
 
         error = None
         try:
-            run_pass(scorers, loader, opts["device"], on_failure)
+            run_pass(scorers, loader, session.device, on_failure)
         except UnreadableError as e:
             job = jobs[0]
-            error = UserError(_unreadable_message(e.bad, opts["coco_root"], job.coco_labels,
-                                                  job.run_dir if opts["single"] else None))
+            error = UserError(_unreadable_message(e.bad, session.config.coco_root, job.coco_labels,
+                                                  job.run_dir if session.single else None))
         except Exception as e:
-            if opts["world"].size == 1:
+            if session.world.size == 1:
                 raise
             error = e
-        _agree(opts["world"], jobs, results, error)
+        _agree(session.world, jobs, results, error)
     for job in jobs:
         if job.spec.id in results:
             continue
         notes = [f"decode shared by {', '.join(shared)} (one pass per resolution); images from the {source} "
                  f"pass; wall time, memory and energy are those of the span this model was scored in"] if shared else []
-        run_dir = _attempt(results, job.spec.id, opts["single"], lambda job=job: _finish_job(job, started, notes))
-        if run_dir is not None:
-            results[job.spec.id] = run_dir
+        finished = _attempt(results, job.spec.id, session.single, lambda job=job: _finish_job(job, started, notes))
+        if finished is not None:
+            results[job.spec.id] = finished
         job.release()
 
 
@@ -298,7 +310,7 @@ class _Job:
                                          dtype=np.float16 if self.half else np.float32)
 
     def progress_bar(self, position):
-        return _progress_bar(len(self.rows), self.done - self.rows.start, self.spec.id, self.progress, position)
+        return _progress_bar(len(self.rows), self.done - self.rows.start, self.spec.id, self.session.progress, position)
 
     def score_batch(self, rows, images):
         import torch
@@ -329,7 +341,7 @@ class _Job:
             torch.cuda.empty_cache()
 
 
-def _prepare(spec, o):
+def _prepare(spec, session):
     """Check the inputs, build the model (on the CPU until its turn) and open or resume its run."""
     import torch
 
@@ -337,50 +349,46 @@ def _prepare(spec, o):
     from harness.data.authors_labels import choose_labels
     from harness.data.coco import check_images, load_labels
 
-    device, amp, batch_size, limit = o["device"], o["amp"], o["batch_size"], o["limit"]
-    coco_labels = load_labels(o["coco_root"], "val2014", spec.eval.image_set)
-    n_total = min(limit, len(coco_labels)) if limit else len(coco_labels)
-    check_images(o["coco_root"], coco_labels)
-    label_choice = choose_labels(spec, o["coco_root"], coco_labels, weights_dir=o["weights_dir"])
+    config, device, world = session.config, session.device, session.world
+    coco_labels = load_labels(config.coco_root, "val2014", spec.eval.image_set)
+    n_total = min(config.limit, len(coco_labels)) if config.limit else len(coco_labels)
+    check_images(config.coco_root, coco_labels)
+    label_choice = choose_labels(spec, config.coco_root, coco_labels, weights_dir=config.weights_dir)
 
-    model, weights_info = _build_model(spec, o["weights"], o["weights_dir"], o["config"], o["trust_checkpoint"],
-                                       "cpu", o["seed"])
-    precision, precision_source = _choose_precision(spec, amp, device)
+    model, weights_info = _build_model(spec, config, "cpu")
+    precision, precision_source = _choose_precision(spec, config.amp, device)
     model = _for_precision(model, precision)
-    amp, amp_source = _choose_amp(spec, amp, weights_info.get("config"), device)
-    batch_size, batch_source, deviations = choose_batch_size(spec, batch_size, weights_info.get("config"))
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    amp, amp_source = _choose_amp(spec, config.amp, weights_info.get("config"), device)
+    batch_size, batch_source, deviations = choose_batch_size(spec, config.batch_size, weights_info.get("config"))
     settings = {
         "model_id": spec.id, "weights_sha256": weights_info["sha256"], "random_weights": weights_info["random_weights"],
-        "coco_root": str(Path(o["coco_root"]).resolve()), "image_set": spec.eval.image_set, "n_images": n_total,
+        "coco_root": str(Path(config.coco_root).resolve()), "image_set": spec.eval.image_set, "n_images": n_total,
         "batch_size": batch_size, "amp": amp or False, "resolution": spec.eval.resolution,
         "seed": weights_info.get("seed"),
         **({"precision": precision} if precision != "fp32" else {}),  # older runs stay resumable
     }
     if device == "cuda":  # TF32 changes GPU results only: a resume must keep it
-        settings["tf32"] = o["numerics"]["tf32"]
-    world = o["world"]
+        settings["tf32"] = session.numerics["tf32"]
     if world.size > 1:  # the shards are whole batches of this many ranks: a resume needs the same
         settings["world_size"] = world.size
     rows = world.shard(n_total, batch_size)
     if world.size == 1:
-        run_dir, done, held = _open_run(o["runs_root"], spec.id, o["resume"], settings, weights_info, world, rows)
+        run_dir, done, held = _open_run(config.runs_root, spec.id, config.resume, settings, world, rows)
     else:
-        run_dir, done, held = _open_run_together(world, o, spec, settings, weights_info, rows)
-    return _Job(coco_root=o["coco_root"], spec=spec, coco_labels=coco_labels, model=model, weights_info=weights_info,
+        run_dir, done, held = _open_run_together(session, spec, settings, rows)
+    return _Job(session=session, spec=spec, coco_labels=coco_labels, model=model, weights_info=weights_info,
                 settings=settings, run_dir=run_dir, done=done, held=held, rows=rows, device=device, amp=amp,
-                amp_dtype=amp_dtype, amp_source=amp_source, batch_size=batch_size, limit=limit,
-                progress=o["progress"], precision=precision, precision_source=precision_source,
-                batch_size_source=batch_source, deviations=deviations, labels=label_choice,
-                numerics=o["numerics"], world=world)
+                amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp), amp_source=amp_source,
+                batch_size=batch_size, batch_size_source=batch_source, deviations=deviations,
+                precision=precision, precision_source=precision_source, labels=label_choice, world=world)
 
 
-def _open_run_together(world, o, spec, settings, weights_info, rows):
+def _open_run_together(session, spec, settings, rows):
     """Rank 0 opens (and locks) the run folder; every rank learns it, or the one line why not."""
-    opened, problem = None, None
+    world, opened, problem = session.world, None, None
     if world.main:
         try:
-            opened = _open_run(o["runs_root"], spec.id, o["resume"], settings, weights_info, world, rows)
+            opened = _open_run(session.config.runs_root, spec.id, session.config.resume, settings, world, rows)
         except UserError as e:
             problem = str(e)
     run_dir, problem = world.broadcast((str(opened[0]) if opened else None, problem))
@@ -399,35 +407,29 @@ class _NoLock:
 
 
 def _finish_job(job, started, notes):
-    """The scored job's record (and metrics): as a run of its own writes it."""
+    """The scored job's EvalRun (metrics and record), as a run of its own finishes; under torchrun
+    rank 0 writes the record and the other ranks return their run folder only."""
     n_total = job.settings["n_images"]
     if job.done != job.rows.stop:  # the loader ended early: a bug, never a result
         raise RuntimeError(f"{job.run_dir}: {job.done} of {n_total} rows scored; resume it with --resume {job.run_dir}")
+    job.wall_s, job.started, job.distributed = time.perf_counter() - job.t0, started, {}
     measured = job.measurement.result()
-    world = None
     if job.world.size > 1:
         ranks = job.world.gather({**job.world.describe(job.device), "rows": [job.rows.start, job.rows.stop],
                                   "measurement": measured})
         if not job.world.main:  # rank 0 writes the record
             job.scores = None
-            return job.run_dir
-        world = {"world_size": job.world.size, "backend": job.world.backend, "ranks": ranks}
+            return EvalRun(job.run_dir, None)
+        job.distributed = {"world_size": job.world.size, "backend": job.world.backend, "ranks": ranks}
         measured = _merge_measurements(ranks, n_total)
     measured["notes"] += notes
     if job.measurement.n_images == 0:
         measured["notes"].append("every row was scored by an earlier session that was stopped before its "
                                  "record was written; its speed and memory were not kept")
-    context = {"weights_info": job.weights_info, "settings": job.settings, "started": started, "device": job.device,
-               "batch_size": job.batch_size, "batch_size_source": job.batch_size_source,
-               "deviations": job.deviations, "amp": job.amp, "amp_source": job.amp_source, "limit": job.limit,
-               "precision": job.precision, "precision_source": job.precision_source,
-               "labels": job.labels, "batch_norm": job.batch_norm,
-               "wall_s": time.perf_counter() - job.t0, "measured": measured, "numerics": job.numerics,
-               **({"world": world} if world else {})}
+    job.measured = measured
     final_scores = _all_scores(job)
     job.scores = None  # closes the memory map of the partial file
-    _finish(job.spec, job.coco_root, job.coco_labels, final_scores, job.run_dir, context)
-    return job.run_dir
+    return EvalRun(job.run_dir, _finish(job, final_scores))
 
 
 def _all_scores(job):
@@ -460,16 +462,6 @@ def _merge_measurements(ranks, n_total):
     return measured
 
 
-def _check_numbers(batch_size, workers, limit):
-    """Numbers from the command line that the loader would reject with a traceback, or misread."""
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1 (got {batch_size}); leave it out for the paper's")
-    if workers is not None and workers < 0:
-        raise UserError(f"--workers must be 0 or more (got {workers}); 0 loads images in the main process")
-    if limit is not None and limit < 1:
-        raise UserError("--limit must be a positive number of images")
-
-
 def _unreadable_message(bad, coco_root, coco_labels, run_dir):
     """One line: which images, why, how to get them again, and that the run resumes."""
     folder = Path(coco_root) / coco_labels.split
@@ -492,53 +484,49 @@ def _non_finite_message(model_id, amp, rows, image_ids):
     return f"{model_id} returned NaN or inf scores for the batch of {where}; {fix}"
 
 
-def _finish(spec, coco_root, coco_labels, scores, run_dir, ctx):
+def _finish(job, scores):
     """Saved arrays, metrics, record; the partial scores go only once the record is written."""
     from harness import records
-    from harness.data.coco import fingerprint
-    from harness.data.smoke import is_smoke_root
     from harness.metrics import compute_metrics
 
-    n_total = len(scores)
-    labels = ctx["labels"].labels[:n_total]  # the authors' label file where it differs from the json
-    records.save_arrays(run_dir, scores, labels, coco_labels.image_ids[:n_total], keep_equal=True)
-    metrics = compute_metrics(scores, labels, spec.eval.protocol, class_names=coco_labels.category_names,
+    spec, run_dir = job.spec, job.run_dir
+    labels = job.labels.labels[:len(scores)]  # the authors' label file where it differs from the json
+    records.save_arrays(run_dir, scores, labels, job.coco_labels.image_ids[:len(scores)], keep_equal=True)
+    metrics = compute_metrics(scores, labels, spec.eval.protocol, class_names=job.coco_labels.category_names,
                               f1=spec.eval.f1, threshold=spec.eval.threshold)
-    weights_info, measured = ctx["weights_info"], ctx["measured"]
-    reasons = _smoke_reasons(weights_info, coco_labels, ctx["limit"], is_smoke_root(coco_root))
-    record = {
-        "schema": 1,
-        "kind": "eval",
-        "run_id": run_dir.name,
-        "model": {"id": spec.id, "family": spec.family, "arch": spec.arch, "paper": spec.paper},
-        "checkpoint": weights_info,
-        "dataset": {
-            "name": "coco2014-val", "root": str(Path(coco_root).resolve()), "image_set": spec.eval.image_set,
-            "n_images": n_total, "fingerprint": fingerprint(coco_labels), "smoke_subset": is_smoke_root(coco_root),
-        },
-        "eval": {**asdict(spec.eval), "batch_size": ctx["batch_size"], "batch_size_source": ctx["batch_size_source"],
-                 "deviations": ctx["deviations"], "dtype": str(scores.dtype),
-                 "amp": ctx["amp"] or False, "amp_source": ctx["amp_source"], "precision": ctx["precision"],
-                 "precision_source": ctx["precision_source"], "device": ctx["device"], "limit": ctx["limit"],
-                 **({"batch_norm": ctx["batch_norm"]} if ctx["batch_norm"] else {}),
-                 "numerics": ctx.get("numerics")},
-        "metrics": metrics,
-        "labels": ctx["labels"].summary(scores, spec.eval.protocol),
-        "timings": {"wall_s": ctx["wall_s"], "images_per_s": measured.get("images_per_s"),
-                    "resumed_from_row": ctx["settings"].get("resumed_from_row", 0)},
-        "measurement": measured,
-        **({"distributed": ctx["world"]} if ctx.get("world") else {}),
-        "environment": records.environment(),
-        "started_at": json.loads((run_dir / SETTINGS).read_text()).get("started_at", ctx["started"]),
-        "finished_at": utc_now(),
-        "smoke": bool(reasons),
-        "smoke_reasons": reasons,
-        "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
-    }
+    record = _eval_record(job, scores, metrics)
     records.write_record(run_dir, record)
     ranks = [*run_dir.glob("scores.rank*-of-*.partial.npy"), *run_dir.glob("progress.rank*-of-*.json")]
     for leftover in (PARTIAL, PROGRESS, *ranks, ".in-progress"):  # the lock file goes too: the record now refuses a resume
         (run_dir / leftover).unlink(missing_ok=True)
+    return record
+
+
+def _eval_record(job, scores, metrics):
+    from harness.data.coco import fingerprint
+    from harness.data.smoke import is_smoke_root
+    from harness.records import SCORE_FILES, Record, environment, model_section
+
+    spec, config = job.spec, job.session.config
+    smoke_root = is_smoke_root(config.coco_root)
+    return Record(
+        kind="eval", run_id=job.run_dir.name, model=model_section(spec), checkpoint=job.weights_info,
+        config=config.as_record(),
+        dataset={"name": "coco2014-val", "root": str(Path(config.coco_root).resolve()),
+                 "image_set": spec.eval.image_set, "n_images": len(scores),
+                 "fingerprint": fingerprint(job.coco_labels), "smoke_subset": smoke_root},
+        eval={**asdict(spec.eval), "batch_size": job.batch_size, "batch_size_source": job.batch_size_source,
+              "deviations": job.deviations, "dtype": str(scores.dtype), "amp": job.amp or False,
+              "amp_source": job.amp_source, "precision": job.precision, "precision_source": job.precision_source,
+              "device": job.device, "limit": config.limit, **({"batch_norm": job.batch_norm} if job.batch_norm else {}),
+              "numerics": job.session.numerics},
+        metrics=metrics, labels=job.labels.summary(scores, spec.eval.protocol),
+        timings={"wall_s": job.wall_s, "images_per_s": job.measured.get("images_per_s"),
+                 "resumed_from_row": job.settings.get("resumed_from_row", 0)},
+        measurement=job.measured, distributed=job.distributed, environment=environment(),
+        started_at=json.loads((job.run_dir / SETTINGS).read_text()).get("started_at", job.started),
+        finished_at=utc_now(), smoke_reasons=_smoke_reasons(job.weights_info, job.coco_labels, config.limit, smoke_root),
+        files=dict(SCORE_FILES))
 
 
 def _load_saved_scores(run_dir, n, c):
@@ -590,23 +578,24 @@ def _for_precision(model, precision):
     return model.half() if precision == "fp16-fused" else model
 
 
-def _build_model(spec, weights, weights_dir, config, trust, device, seed):
+def _build_model(spec, config, device):
     import torch
 
     from harness.pretrained import build_pretrained
     from harness.models import build_from_arch
 
-    if weights == "random":  # seeded, so a smoke run is repeatable and a resume continues the same model
-        info = {"path": None, "sha256": None, "pinned": False, "random_weights": True, "seed": seed}
+    if config.weights == "random":  # seeded, so a smoke run is repeatable and a resume continues the same model
+        info = {"path": None, "sha256": None, "pinned": False, "random_weights": True, "seed": config.seed}
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(config.seed)
             model = build_from_arch(spec.arch)
         return model.eval().to(device), info
-    model, info = build_pretrained(spec, weights, config, weights_dir=weights_dir, trust=trust)
+    model, info = build_pretrained(spec, config.weights, config.checkpoint_config, weights_dir=config.weights_dir,
+                                   trust=config.trust_checkpoint)
     return model.eval().to(device), info
 
 
-def _open_run(runs_root, model_id, resume, settings, weights_info, world, rows):
+def _open_run(runs_root, model_id, resume, settings, world, rows):
     """(run folder, its count of finished rows, its held lock): a new folder, or the one to resume."""
     from harness import records
 

@@ -8,20 +8,21 @@ def _number(value):
 
 
 def record_notes(record):
-    record = record or {}
+    if record is None:
+        return []
     notes = []
-    check = (record.get("labels") or {}).get("check")
+    check = record.labels.get("check")
     if check:
         text = check["message"]
-        if "json_labels_mAP" in record["labels"]:
-            text += f" (mAP {_number(record['metrics'].get('mAP'))} with the authors' labels, " \
-                    f"{_number(record['labels']['json_labels_mAP'])} with the json labels)"
+        if "json_labels_mAP" in record.labels:
+            text += f" (mAP {_number(record.metrics.get('mAP'))} with the authors' labels, " \
+                    f"{_number(record.labels['json_labels_mAP'])} with the json labels)"
         notes.append(text)
-    ev = record.get("eval") or {}
+    ev = record.eval
     notes += [f"deviation: {d}" for d in ev.get("deviations") or []]
     if ev.get("batch_norm"):
         notes.append(f"TResNet batch norm: {ev['batch_norm']}")
-    asl = (record.get("metrics") or {}).get("f1_asl_validate")
+    asl = record.metrics.get("f1_asl_validate")
     if asl:
         notes.append(f"ASL validate.py's own F1 family (threshold {asl['threshold']:g}, CF1 = mean of per-class F1): "
                      f"CP {_number(asl['CP'])}, CR {_number(asl['CR'])}, CF1 {_number(asl['CF1'])}, "

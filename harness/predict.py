@@ -51,7 +51,11 @@ def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False
         model, info = mlspl_run_model(spec, Path(weights), device)
     else:
         # random weights: seed 0, as `harness eval --weights random`, so all three show the same model
-        model, info = _build_model(spec, weights, weights_dir, config, trust, device, 0)
+        from harness.eval_config import EvalConfig
+
+        asked = EvalConfig(coco_root="", weights=weights, weights_dir=weights_dir, checkpoint_config=config,
+                           trust_checkpoint=trust)
+        model, info = _build_model(spec, asked, device)
     amp, _ = _choose_amp(spec, amp, info.get("config"), device)
     from harness.measure.throughput import AMP_DTYPES
 
@@ -70,8 +74,8 @@ def mlspl_run_model(spec, run_dir, device):
     from harness.records import read_record
 
     record = read_record(run_dir)
-    if record["model"]["id"] != spec.id:
-        raise UserError(f"--weights {run_dir} is a run of {record['model']['id']}, not {spec.id}; pass that model id")
+    if record.model_id != spec.id:
+        raise UserError(f"--weights {run_dir} is a run of {record.model_id}, not {spec.id}; pass that model id")
     path = run_dir / CLASSIFIER
     if not path.is_file():
         raise UserError(f"{run_dir} has no {CLASSIFIER}; pass the folder of a finished `harness mlspl train` run")
@@ -82,7 +86,7 @@ def mlspl_run_model(spec, run_dir, device):
         state = {**{f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}, **state}
     load_state_dict_strict(model, state, source=str(path))
     info = {"path": str(path), "sha256": sha256_of(path), "pinned": False, "run": str(run_dir),
-            "random_weights": bool((record.get("checkpoint") or {}).get("random_weights"))}
+            "random_weights": bool(record.checkpoint.get("random_weights"))}
     return model.eval().to(device), info
 
 

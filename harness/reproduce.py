@@ -3,7 +3,6 @@
 Models whose complete, non-smoke run already exists are skipped; a model that fails does not
 stop the others, and every failure is listed at the end with its reason.
 """
-import json
 import os
 import sys
 import time
@@ -14,18 +13,20 @@ from harness.errors import UserError
 
 def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
     """The newest finished, non-smoke run of this kind and model with these settings, or None."""
+    from harness.records import read_record
+
     found = []
     for record_file in (Path(runs_root) / model_id).glob("*/record.json"):
         try:
-            record = json.loads(record_file.read_text())
-        except (OSError, json.JSONDecodeError):
+            record = read_record(record_file.parent)
+        except UserError:  # a damaged record is no complete run
             continue
-        ev = record.get("eval", {})
+        ev = record.eval
         same_amp = (ev.get("amp_source") != "--amp" if amp is None  # the paper's choice, not a forced one
                     else ev.get("amp", False) == (False if amp == "off" else amp))
         same_batch = (ev.get("batch_size_source") != "--batch-size" if batch_size is None  # the authors' choice
                       else ev.get("batch_size") == batch_size)
-        if record.get("kind") == kind and not record.get("smoke") and same_batch and same_amp:
+        if record.kind == kind and not record.smoke and same_batch and same_amp:
             found.append(record_file.parent)
     return max(found, key=lambda p: p.name) if found else None
 
@@ -45,47 +46,45 @@ def estimate_cpu_hours(spec, n_images, batch_size):
     return per_image * n_images / 3600
 
 
-def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs", tables_dir="tables",
-                  device=None, batch_size=None, amp=None, manifest=None, force=False, limit=None,
-                  keep_cache=False, tf32="off"):
+def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, force=False):
+    """Every chosen model (default: the Query2Label tables' six and the ASL baseline) evaluated as
+    `config` (an EvalConfig) asks, complete runs skipped unless `force`; then the report."""
     from harness.data.coco import annotation_path, check_images, load_labels
     from harness.evaluate import evaluate_many, pick_device
     from harness.manifest import load_manifest, resolve_id
     from harness.records import check_runs_root
 
     specs = load_manifest(manifest)
-    # default: the models of the Query2Label tables (its six and the ASL baseline it compares with)
     chosen = [resolve_id(m, specs) or m for m in models] if models else [
         m for m, s in specs.items() if s.paper.get("csv", "").startswith("q2l_")]
     unknown = [m for m in chosen if m not in specs]
     if unknown:
         raise UserError(f"unknown model(s) {', '.join(unknown)}; `harness models` lists the known ones")
+    coco_root, runs_root = config.coco_root, config.runs_root
     if not annotation_path(coco_root).is_file():
         raise UserError(f"COCO val2014 is not under {coco_root}; get it with "
                         f"`harness data coco --root {coco_root} --download` (or set COCO_ROOT=DIR)")
     check_images(coco_root, load_labels(coco_root, "val2014", "all"))
     check_runs_root(runs_root)
-    device = pick_device(device)
+    device = pick_device(config.device)
 
     def existing_run(spec):
-        return None if force else complete_run(runs_root, spec.id, batch_size, amp)
+        return None if force else complete_run(runs_root, spec.id, config.batch_size, config.amp)
 
     to_run = [specs[mid] for mid in chosen if not existing_run(specs[mid])]
-    missing = _missing_weights(to_run, weights_dir)  # every input checked before any model is built
+    missing = _missing_weights(to_run, config.weights_dir)  # every input checked before any model is built
     if device == "cpu" and len(missing) < len(to_run):
         print("No CUDA GPU visible: running on CPU. Estimated time per model (one synthetic batch, extrapolated):")
         for spec in to_run:
             if spec.id not in missing:
-                n = limit or {"all": 40504, "annotated": 40137}[spec.eval.image_set]
-                print(f"  {spec.id}: about {_hours(estimate_cpu_hours(spec, n, batch_size or spec.eval.batch_size))}")
+                n = config.limit or {"all": 40504, "annotated": 40137}[spec.eval.image_set]
+                print(f"  {spec.id}: about {_hours(estimate_cpu_hours(spec, n, config.batch_size or spec.eval.batch_size))}")
 
     runnable = [spec for spec in to_run if spec.id not in missing]
     results = {}
     if runnable:  # one decode of the images per resolution for all of them
         try:
-            results = dict(zip([s.id for s in runnable], evaluate_many(
-                runnable, coco_root, weights_dir=weights_dir, batch_size=batch_size, amp=amp, device=device,
-                runs_root=runs_root, limit=limit, keep_cache=keep_cache, tf32=tf32)))
+            results = dict(zip([s.id for s in runnable], evaluate_many(runnable, config)))
         except Exception as e:  # one model alone raises its error: it is that model's failure
             results = {runnable[0].id: e} if len(runnable) == 1 else {s.id: e for s in runnable}
 
@@ -101,7 +100,7 @@ def reproduce_q2l(coco_root, *, models=None, weights_dir=None, runs_root="runs",
             raise missing[spec.id]
         if isinstance(results[spec.id], BaseException):
             raise results[spec.id]
-        return results[spec.id]
+        return results[spec.id].run_dir
 
     return run_each([(mid, lambda spec=specs[mid]: job(spec)) for mid in chosen], runs_root, tables_dir, manifest)
 

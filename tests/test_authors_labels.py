@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from download_helpers import isolated, server  # noqa: F401  (fixtures: loopback server, fresh cache)
+from harness import records
 from harness.cli import main
 from harness.data.authors_labels import compare
 from harness.data.coco import load_labels
@@ -83,7 +84,7 @@ def test_one_changed_row_is_reported_and_the_authors_file_scores(tmp_path, serve
     from harness.manifest import load_manifest
     from harness.report import footnotes, model_row
 
-    row = model_row(load_manifest(manifest)["tiny-q2l"], record, {})
+    row = model_row(load_manifest(manifest)["tiny-q2l"], records.read_record(run_dir), {})
     assert any("1 of 24 label rows differ" in n for n in footnotes("q2l", [row]))
 
 

@@ -12,6 +12,7 @@ from conftest import tiny_manifest
 from harness.cli import main
 from harness.errors import UserError
 from harness.data.coco import load_labels
+from harness.eval_config import EvalConfig
 from harness.evaluate import _non_finite_message, _smoke_reasons, evaluate
 from harness.manifest import get_spec
 from harness.models import register_model
@@ -52,7 +53,8 @@ def manifest(tmp_path):
 
 
 def _eval(spec, smoke_root, runs, **kw):
-    return evaluate(spec, smoke_root, weights="random", runs_root=runs, workers=0, progress=False, **kw)
+    return evaluate(spec, EvalConfig(coco_root=smoke_root, weights="random", runs_root=runs, workers=0, progress=False,
+                                     **kw)).run_dir
 
 
 def _interrupted(spec, smoke_root, runs, after_batches):
@@ -215,8 +217,8 @@ def test_non_finite_message_under_amp_names_the_fp32_fix():
 def test_bad_numbers_are_user_errors_before_any_run_folder(manifest, smoke_root, tmp_path, kw, option):
     spec = get_spec("tiny-q2l", manifest)
     with pytest.raises(UserError, match=option):
-        evaluate(spec, smoke_root, weights="random", runs_root=tmp_path / "runs", progress=False,
-                 **{"workers": 0, **kw})
+        evaluate(spec, EvalConfig(coco_root=smoke_root, weights="random", runs_root=tmp_path / "runs", progress=False,
+                                  **{"workers": 0, **kw}))
     assert not (tmp_path / "runs").exists()
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from conftest import tiny_manifest
 from harness import records
 from harness.cli import main, os_error_line
+from harness.eval_config import EvalConfig
 from harness.evaluate import evaluate
 from harness.manifest import get_spec
 from harness.models import register_model
@@ -146,7 +147,8 @@ def test_random_weights_are_seeded_and_a_resume_refuses_another_seed(manifest, s
     spec = get_spec("tiny-q2l", manifest)
 
     def scores(seed, runs):
-        run = evaluate(spec, smoke_root, weights="random", runs_root=runs, workers=0, progress=False, seed=seed)
+        run = evaluate(spec, EvalConfig(coco_root=smoke_root, weights="random", runs_root=runs, workers=0,
+                                        progress=False, seed=seed)).run_dir
         return np.load(run / "scores.npy"), json.loads((run / "record.json").read_text())
 
     a, record = scores(0, tmp_path / "a")

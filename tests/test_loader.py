@@ -10,6 +10,7 @@ from harness.data.coco import load_labels
 from harness.data.dataset import CocoImages, load_rgb
 from harness.data.loader import make_loader, usable_cores
 from harness.data.transforms import eval_transform, resize_uint8, to_model_input
+from harness.eval_config import EvalConfig
 from harness.evaluate import evaluate
 from harness.manifest import EvalSpec, get_spec
 from harness.models import register_model
@@ -69,11 +70,12 @@ def test_eval_scores_equal_the_float_cpu_path_bit_for_bit(smoke_root, tmp_path):
     manifest = tiny_manifest(tmp_path, "tiny-norm", {"name": "tiny_loader_net", "num_classes": 80},
                              resolution=32, batch_size=5)
     spec = get_spec("tiny-norm", manifest)
-    run_dir = evaluate(spec, smoke_root, weights="random", runs_root=tmp_path / "runs", workers=0, progress=False)
+    run_dir = evaluate(spec, EvalConfig(coco_root=smoke_root, weights="random", runs_root=tmp_path / "runs", workers=0,
+                                        progress=False)).run_dir
     scores = np.load(run_dir / "scores.npy")
 
     from harness.evaluate import _build_model
-    model, _ = _build_model(spec, "random", None, None, False, "cpu", 0)
+    model, _ = _build_model(spec, EvalConfig(coco_root=smoke_root, weights="random"), "cpu")
     labels = load_labels(smoke_root, "val2014", "all")
     ds = CocoImages(smoke_root, labels, eval_transform(spec.eval))
     with torch.inference_mode():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from harness import __version__, records
+from harness.records import machine
 from harness.cli import main
 from harness.errors import UserError
 from harness.metrics import compute_metrics
@@ -62,7 +63,7 @@ def test_arrays_and_record_are_written_once(tmp_path):
         records.save_arrays(run_dir, scores, labels, np.arange(len(scores)))
     path = records.write_record(run_dir, record)
     assert json.loads(path.read_text()) == json.loads(json.dumps(record))
-    assert records.read_record(run_dir)["metrics"]["mAP"] == record["metrics"]["mAP"]
+    assert records.read_record(run_dir).metrics["mAP"] == record["metrics"]["mAP"]
     before = path.read_bytes()
     with pytest.raises(FileExistsError):
         records.write_record(run_dir, {**record, "smoke": True})
@@ -130,10 +131,10 @@ def test_environment_names_torchs_gpu_by_uuid_and_a_commit_without_git(monkeypat
     monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", lambda h: types.SimpleNamespace(total=80 * 2**30))
     cuda = types.SimpleNamespace(is_available=lambda: True,
                                  get_device_properties=lambda i: types.SimpleNamespace(uuid="bbb"))
-    gpu = records._gpu(types.SimpleNamespace(cuda=cuda), 0)
+    gpu = machine._gpu(types.SimpleNamespace(cuda=cuda), 0)
     assert gpu == {"name": "second gpu", "driver": "580.1", "uuid": "GPU-bbb", "memory_total_mib": 80 * 1024}
 
-    monkeypatch.setattr(records, "_git", lambda *args: None)  # a copy of the tree without .git
+    monkeypatch.setattr(machine, "_git", lambda *args: None)  # a copy of the tree without .git
     monkeypatch.setenv("HARNESS_GIT_COMMIT", "f" * 40)
     env = records.environment()
     assert env["git_commit"] == "f" * 40 and env["git_dirty"] is None

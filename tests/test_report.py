@@ -1,5 +1,6 @@
 """harness report: status rules, the choice of record per model, every format, no torch."""
 import csv
+import dataclasses
 import io
 import json
 import subprocess
@@ -17,8 +18,8 @@ SPECS = load_manifest()
 RELEASED, TRAINED = SPECS["q2l-r101-448"], SPECS["mlspl-an-fine-tuned"]  # paper 84.9 / 64.1
 
 
-def record_with(mAP, ci=None, smoke=False):
-    return {"smoke": smoke, "metrics": {"mAP": mAP, "mAP_ci95": ci}}
+def record_with(mAP, ci=None, smoke=False, **sections):
+    return records.Record(kind="eval", model={"id": "m"}, smoke=smoke, metrics={"mAP": mAP, "mAP_ci95": ci}, **sections)
 
 
 @pytest.mark.parametrize("spec, mAP, ci, smoke, status", [
@@ -31,11 +32,11 @@ def record_with(mAP, ci=None, smoke=False):
     (SPECS["mlspl-wan-linear"], 60.0, None, False, "no paper value"),
 ])
 def test_status_rules(spec, mAP, ci, smoke, status):
-    assert report.judge(spec, record_with(mAP, ci, smoke))[0] == status
+    assert report.status_of(spec, record_with(mAP, ci, smoke))[0] == status
 
 
 def test_no_record_is_no_run_yet():
-    assert report.judge(RELEASED, None)[0] == "no run yet"
+    assert report.status_of(RELEASED, None)[0] == "no run yet"
 
 
 def write_run(runs, model_id, smoke, finished_at, seed=0, protocol=None):
@@ -234,9 +235,9 @@ def test_bench_row_reads_batch_1_16_oom_and_fit_reasons():
                 "energy_j_per_image": None if oom else 0.5, "peak_rss_mib": None if oom else 900.0}
 
     def record(device, results, fits):
-        return {"model": {"id": "m"}, "bench": {
+        return records.Record(kind="bench", model={"id": "m"}, bench={
             "resolution": 224, "params": 25_500_000, "gflops": 8.2, "device": device,
-            "options": {"amp": "bf16", "channels_last": True, "compile": False}, "results": results, "fits": fits}}
+            "options": {"amp": "bf16", "channels_last": True, "compile": False}, "results": results, "fits": fits})
 
     fits = {"budget_mib": 12288.0, "inference_max_batch": 256, "train_max_batch": 12,
             "reasons": {"inference_max_batch": "fits at the search cap 256; larger not tried"}}
@@ -255,19 +256,18 @@ def test_bench_row_reads_batch_1_16_oom_and_fit_reasons():
 
 
 def test_the_report_rechecks_what_a_record_says_about_itself():
-    import dataclasses
 
-    clean = {"smoke": False, "metrics": {"mAP": 84.9, "mAP_ci95": [84.0, 85.5]}}
-    assert report.judge(RELEASED, clean)[0] == "reproduced"
+    clean = record_with(84.9, [84.0, 85.5])
+    assert report.status_of(RELEASED, clean)[0] == "reproduced"
     for extra, reason in (({"checkpoint": {"random_weights": True}}, "random weights"),
                           ({"eval": {"limit": 100}}, "--limit 100"),
                           ({"dataset": {"smoke_subset": True}}, "smoke subset")):
-        record = {**clean, **extra}  # an older record that forgot to flag itself
-        assert report.judge(RELEASED, record)[0] == "smoke" and report.smoke_reasons(RELEASED, record) == [reason]
+        record = dataclasses.replace(clean, **extra)  # an older record that forgot to flag itself
+        assert report.status_of(RELEASED, record)[0] == "smoke" and report.smoke_reasons(RELEASED, record) == [reason]
     pinned = dataclasses.replace(RELEASED.files["checkpoint"], sha256="a" * 64)
     spec = dataclasses.replace(RELEASED, files={**RELEASED.files, "checkpoint": pinned})
-    assert report.judge(spec, {**clean, "checkpoint": {"sha256": "a" * 64}})[0] == "reproduced"
-    assert report.judge(spec, {**clean, "checkpoint": {"sha256": "b" * 64}})[0] == "smoke"
+    assert report.status_of(spec, dataclasses.replace(clean, checkpoint={"sha256": "a" * 64}))[0] == "reproduced"
+    assert report.status_of(spec, dataclasses.replace(clean, checkpoint={"sha256": "b" * 64}))[0] == "smoke"
 
 
 def test_a_status_reached_through_the_ci_says_so():

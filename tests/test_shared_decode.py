@@ -9,6 +9,7 @@ import yaml
 import harness.data.cache
 from conftest import TinyConvNet
 from harness.cli import main
+from harness.eval_config import EvalConfig
 from harness.evaluate import evaluate, evaluate_many
 from harness.manifest import DEFAULT_MANIFEST, get_spec
 from harness.models import register_model
@@ -47,6 +48,14 @@ def decodes(monkeypatch):
     return seen
 
 
+def config(smoke_root, runs, **kw):
+    return EvalConfig(coco_root=smoke_root, weights="random", runs_root=runs, workers=0, progress=False, **kw)
+
+
+def run_dirs(results):
+    return [result.run_dir for result in results]
+
+
 def _record(run_dir):
     record = json.loads((run_dir / "record.json").read_text())
     return {k: record[k] for k in ("kind", "model", "checkpoint", "dataset", "eval", "metrics", "smoke_reasons")}
@@ -54,13 +63,12 @@ def _record(run_dir):
 
 def test_shared_decode_scores_equal_each_model_alone(manifest, smoke_root, tmp_path, decodes):
     specs = [get_spec(mid, manifest) for mid in MODELS]
-    shared = evaluate_many(specs, smoke_root, weights="random", runs_root=tmp_path / "shared", workers=0,
-                           progress=False)
+    shared = run_dirs(evaluate_many(specs, config(smoke_root, tmp_path / "shared")))
     assert len(decodes) == 24 + 24  # each image once per resolution: the annotated models read the cache
     assert not any((tmp_path / "shared" / ".decode-cache").iterdir())  # deleted at the end
     decodes.clear()
     for spec, run_dir in zip(specs, shared):
-        alone = evaluate(spec, smoke_root, weights="random", runs_root=tmp_path / "alone", workers=0, progress=False)
+        alone = evaluate(spec, config(smoke_root, tmp_path / "alone")).run_dir
         assert np.array_equal(np.load(run_dir / "scores.npy"), np.load(alone / "scores.npy")), spec.id
         assert np.array_equal(np.load(run_dir / "image_ids.npy"), np.load(alone / "image_ids.npy"))
         assert _record(run_dir) == _record(alone)
@@ -71,15 +79,14 @@ def test_shared_decode_scores_equal_each_model_alone(manifest, smoke_root, tmp_p
 
 def test_kept_cache_is_reused_and_a_damaged_image_in_it_is_decoded_again(manifest, smoke_root, tmp_path, decodes):
     specs = [get_spec(mid, manifest) for mid in ("sd-a", "sd-c")]
-    first = evaluate_many(specs, smoke_root, weights="random", runs_root=tmp_path / "r", workers=0, progress=False,
-                          keep_cache=True)
+    first = run_dirs(evaluate_many(specs, config(smoke_root, tmp_path / "r", keep_cache=True)))
     [cache] = (tmp_path / "r" / ".decode-cache").iterdir()
     images = np.load(cache / "images.npy", mmap_mode="r+")
     images[3, 0, 0, 0] ^= 0xFF  # one flipped byte: its checksum no longer matches
     images.flush()
     del images
     decodes.clear()
-    again = evaluate_many(specs, smoke_root, weights="random", runs_root=tmp_path / "r", workers=0, progress=False)
+    again = run_dirs(evaluate_many(specs, config(smoke_root, tmp_path / "r")))
     assert len(decodes) == 1 and not cache.exists()
     for a, b in zip(first, again):
         assert a != b and np.array_equal(np.load(a / "scores.npy"), np.load(b / "scores.npy"))
@@ -110,9 +117,8 @@ def test_one_failing_model_does_not_stop_the_others(manifest, smoke_root, tmp_pa
     data["models"]["sd-nan"]["arch"] = {"name": "tiny_nan_net", "num_classes": 80}
     manifest.write_text(yaml.safe_dump(data))
     specs = [get_spec(mid, manifest) for mid in ("sd-nan", "sd-a")]
-    failed, done = evaluate_many(specs, smoke_root, weights="random", runs_root=tmp_path / "r", workers=0,
-                                 progress=False)
-    assert "NaN" in str(failed) and (done / "record.json").is_file()
+    failed, done = evaluate_many(specs, config(smoke_root, tmp_path / "r"))
+    assert "NaN" in str(failed) and (done.run_dir / "record.json").is_file()
     assert "sd-nan: FAILED" in capsys.readouterr().err
 
 
@@ -120,8 +126,7 @@ def test_tf32_switches_are_recorded_restored_and_said_in_the_report(manifest, sm
     from harness.report import footnotes
 
     before = torch.backends.cudnn.allow_tf32
-    [run_dir] = evaluate_many([get_spec("sd-a", manifest)], smoke_root, weights="random", runs_root=tmp_path / "r",
-                              workers=0, progress=False, tf32="on")
+    [(run_dir, _)] = evaluate_many([get_spec("sd-a", manifest)], config(smoke_root, tmp_path / "r", tf32="on"))
     numerics = json.loads((run_dir / "record.json").read_text())["eval"]["numerics"]
     assert numerics["tf32"] == "on" and numerics["matmul_allow_tf32"] and numerics["cudnn_allow_tf32"]
     assert numerics["float32_matmul_precision"] == "high" and numerics["cudnn_deterministic"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.eval_config import EvalConfig
 from harness.evaluate import evaluate
 from harness.manifest import get_spec
 from test_shared_decode import manifest  # noqa: F401  (fixture)
@@ -54,8 +55,8 @@ def test_two_ranks_score_as_one_process_and_resume_after_a_failing_rank(manifest
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for mid in ("sd-a", "sd-c"):
         [run_dir] = (tmp_path / "runs" / mid).iterdir()
-        alone = evaluate(get_spec(mid, manifest), smoke_root, weights="random", runs_root=tmp_path / "one",
-                         workers=0, progress=False)
+        alone = evaluate(get_spec(mid, manifest), EvalConfig(coco_root=smoke_root, weights="random",
+                                                             runs_root=tmp_path / "one", workers=0, progress=False)).run_dir
         assert np.array_equal(np.load(run_dir / "scores.npy"), np.load(alone / "scores.npy")), mid
         record = json.loads((run_dir / "record.json").read_text())
         assert record["metrics"] == json.loads((alone / "record.json").read_text())["metrics"]

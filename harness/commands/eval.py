@@ -56,42 +56,43 @@ def run(args):
         return evaluate_ctran(args, specs[0])
     if args.known or args.draw != "ctran":
         raise UserError(f"--known and --draw are for C-Tran models only; {specs[0].id} is {specs[0].family}")
+    config = eval_config(args)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 says the results (and any failure, once)
         try:
-            evaluate_many(specs, args.coco_root, **_options(args))
+            evaluate_many(specs, config)
         except UserError:
             return 2
         return 0
-    results = evaluate_many(specs, args.coco_root, **_options(args))
+    results = evaluate_many(specs, config)
     failed = [spec.id for spec, result in zip(specs, results) if isinstance(result, BaseException)]
     for spec, result in zip(specs, results):
         if not isinstance(result, BaseException):
-            _print_result(spec, result)
+            _print_result(spec, *result)
     if failed:  # each failure was said in one line as it happened
         print(f"{len(failed)} of {len(specs)} models failed: {', '.join(failed)}")
         return 2
 
 
-def _options(args):
-    return dict(weights=args.weights, weights_dir=args.weights_dir, config=args.config, batch_size=args.batch_size,
-                amp=args.amp, device=args.device, limit=args.limit, runs_root=args.out, resume=args.resume,
-                workers=args.workers, trust_checkpoint=args.trust_checkpoint, progress=not args.no_progress,
-                seed=args.seed, keep_cache=args.keep_cache, tf32=args.tf32)
+def eval_config(args):
+    from harness.eval_config import EvalConfig
+
+    return EvalConfig(coco_root=args.coco_root, weights=args.weights, weights_dir=args.weights_dir,
+                      checkpoint_config=args.config, trust_checkpoint=args.trust_checkpoint,
+                      batch_size=args.batch_size, amp=args.amp, device=args.device, tf32=args.tf32, limit=args.limit,
+                      workers=args.workers, seed=args.seed, runs_root=args.out, resume=args.resume,
+                      keep_cache=args.keep_cache, progress=not args.no_progress)
 
 
-def _print_result(spec, run_dir):
-    import json
-
+def _print_result(spec, run_dir, record):
     from harness.metrics import OUTSIDE_CI_NOTE, outside_ci
 
-    record = json.loads((run_dir / "record.json").read_text())
-    m = record["metrics"]
+    m = record.metrics
     ci = m.get("mAP_ci95")
     ci_text = f"{_number(ci[0])}-{_number(ci[1])}" if ci else "n/a"
-    speed = record["timings"]["images_per_s"]
-    flag = f"  SMOKE ({', '.join(record['smoke_reasons'])}): never counts" if record["smoke"] else ""
+    speed = record.timings["images_per_s"]
+    flag = f"  SMOKE ({', '.join(record.smoke_reasons)}): never counts" if record.smoke else ""
     print(f"{spec.id}: mAP {_number(m['mAP'])} (95% CI {ci_text}; paper {spec.paper_map}) "
-          f"on {record['dataset']['n_images']} images, {_number(speed, '.1f')} img/s{flag}")
+          f"on {record.dataset['n_images']} images, {_number(speed, '.1f')} img/s{flag}")
     if outside_ci(m["mAP"], ci):
         print(f"note: {OUTSIDE_CI_NOTE}")
     print(f"record: {run_dir / 'record.json'}")

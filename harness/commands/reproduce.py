@@ -32,12 +32,14 @@ def add_arguments(parser):
 
 def run(args):
     if args.family == "q2l":
+        from harness.eval_config import EvalConfig
         from harness.reproduce import reproduce_q2l
 
-        return reproduce_q2l(args.coco_root, models=args.models, weights_dir=args.weights_dir, runs_root=args.out,
-                             tables_dir=args.tables, device=args.device, batch_size=args.batch_size, amp=args.amp,
-                             manifest=args.manifest, force=args.force, limit=args.limit,
-                             keep_cache=args.keep_cache, tf32=args.tf32)
+        config = EvalConfig(coco_root=args.coco_root, weights_dir=args.weights_dir, batch_size=args.batch_size,
+                            amp=args.amp, device=args.device, tf32=args.tf32, limit=args.limit, runs_root=args.out,
+                            keep_cache=args.keep_cache)
+        return reproduce_q2l(config, models=args.models, tables_dir=args.tables, manifest=args.manifest,
+                             force=args.force)
     from harness.mlspl.reproduce import reproduce_mlspl
 
     return reproduce_mlspl(args.coco_root, models=args.models, every=args.all, runs_root=args.out,

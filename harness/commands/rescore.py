@@ -38,17 +38,17 @@ def run(args):
 
     run_dir = Path(args.run_dir)
     record = records.read_record(run_dir)
-    if record["kind"] not in ("eval", "train"):
-        raise UserError(f"{run_dir} is a '{record['kind']}' run; only evaluation and training runs have scores "
+    if record.kind not in ("eval", "train"):
+        raise UserError(f"{run_dir} is a '{record.kind}' run; only evaluation and training runs have scores "
                         "to rescore")
-    files = record.get("files") or {}
+    files = record.files
     scores = load_array(run_dir / files.get("scores", "scores.npy"), "scores")
     labels = load_array(run_dir / files.get("labels", "labels.npy"), "labels")
-    recorded = record.get("metrics") or {}
-    protocol = args.protocol or record.get("eval", {}).get("protocol")
+    recorded = record.metrics
+    protocol = args.protocol or record.eval.get("protocol")
     if protocol is None:
         raise UserError(f"{run_dir}/record.json names no protocol; pass --protocol q2l|asl|mlspl")
-    ev = record.get("eval") or {}  # the run's own F1 definition and threshold (older records: ML-GCN at 0.5)
+    ev = record.eval  # the run's own F1 definition and threshold (older records: ML-GCN at 0.5)
     extra = {}
     if protocol.startswith("ctran"):  # C-Tran's AP needs the run's known-label mask (masks.npy)
         mask_file = run_dir / files.get("masks", "masks.npy")
@@ -67,9 +67,9 @@ def run(args):
     print_metrics(metrics, args.format)
     out = {
         "rescored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_id": record["run_id"], "model_id": record["model"]["id"], "protocol": protocol,
-        "recorded_protocol": record.get("eval", {}).get("protocol"), "recorded_mAP": recorded.get("mAP"),
-        "smoke": record.get("smoke"), "environment": records.environment(), "metrics": metrics,
+        "run_id": record.run_id, "model_id": record.model_id, "protocol": protocol,
+        "recorded_protocol": record.eval.get("protocol"), "recorded_mAP": recorded.get("mAP"),
+        "smoke": record.smoke, "environment": records.environment(), "metrics": metrics,
         "emulated_ranks": args.emulate_ranks, "emulation": ranks_note,
     }
     path = output_path(run_dir, protocol, args.emulate_ranks)

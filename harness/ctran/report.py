@@ -15,8 +15,8 @@ def _num(v, digits=1):
 
 
 def _pick(records):
-    done = [r for r in records if not r.get("smoke")]
-    return max(done or records, key=lambda r: (r.get("finished_at") or "", r.get("run_id") or ""), default=None)
+    done = [r for r in records if not r.smoke]
+    return max(done or records, key=lambda r: (r.finished_at or "", r.run_id or ""), default=None)
 
 
 def partial_rows(evals, specs):
@@ -29,14 +29,14 @@ def partial_rows(evals, specs):
         for selection in SELECTION_TEXT:
             cells = {}
             for known, spec in entries.items():
-                found = [r for r in evals.get(spec.id, []) if (r.get("ctran") or {}).get("selection") == selection]
+                found = [r for r in evals.get(spec.id, []) if r.ctran.get("selection") == selection]
                 r = _pick(found)
-                m = (r or {}).get("metrics") or {}
+                m = r.metrics if r else {}
                 cells[known] = {"model": spec.id, "paper_mAP": spec.paper_map, "mAP": m.get("mAP"),
                                 "CF1": m.get("CF1"), "OF1": m.get("OF1"),
                                 "unknown_CF1": (m.get("unknown_only") or {}).get("CF1"),
                                 "unknown_OF1": (m.get("unknown_only") or {}).get("OF1"),
-                                "smoke": bool(r and r.get("smoke")), "run_id": (r or {}).get("run_id")}
+                                "smoke": bool(r and r.smoke), "run_id": r.run_id if r else None}
             out.append({"training": "LMT" if use_lmt else "no LMT", "selection": selection, "known": cells})
     return out
 

@@ -12,7 +12,7 @@ which never counts as reproduced.
     files.py   writing only new files or earlier reports
 """
 from harness.report.files import write_report_file, write_report_png
-from harness.report.judge import STATUSES, judge, smoke_reasons
+from harness.report.judge import STATUSES, smoke_reasons, status_of
 from harness.report.plots import plots
 from harness.report.render import (EXTENSIONS, FORMATS, display, display_cost, footnotes, render, to_json,
                                    write_all)
@@ -20,5 +20,5 @@ from harness.report.rows import (COST_COLUMNS, DEFAULT_MEASURED, bench_row, coll
                                  model_row)
 
 __all__ = ["COST_COLUMNS", "DEFAULT_MEASURED", "EXTENSIONS", "FORMATS", "STATUSES", "bench_row", "collect",
-           "display", "display_cost", "footnotes", "judge", "load_paper_tables", "model_row", "plots", "render",
-           "smoke_reasons", "to_json", "write_all", "write_report_file", "write_report_png"]
+           "display", "display_cost", "footnotes", "load_paper_tables", "model_row", "plots", "render",
+           "smoke_reasons", "status_of", "to_json", "write_all", "write_report_file", "write_report_png"]

@@ -10,8 +10,8 @@ STATUSES = ("reproduced", "not reproduced", "no paper value", "smoke", "no run y
 def smoke_reasons(spec, record):
     """Why a record cannot count: its own smoke reasons, and what the report re-checks itself (a
     record from an older harness, or a pin added after the run, must not slip through)."""
-    reasons = list(record.get("smoke_reasons") or (["flagged smoke"] if record.get("smoke") else []))
-    checkpoint, ev, dataset = (record.get(k) or {} for k in ("checkpoint", "eval", "dataset"))
+    reasons = list(record.smoke_reasons or (["flagged smoke"] if record.smoke else []))
+    checkpoint, ev, dataset = record.checkpoint, record.eval, record.dataset
     derived = [("random weights", checkpoint.get("random_weights")),
                (f"--limit {ev.get('limit')}", ev.get("limit")),
                ("smoke subset", dataset.get("smoke_subset")),
@@ -27,11 +27,6 @@ def smoke_reasons(spec, record):
     return reasons
 
 
-def judge(spec, record):
-    """(status, tolerance) of one model's chosen record; see STATUSES."""
-    return status_of(spec, record)[:2]
-
-
 def status_of(spec, record):
     """(status, tolerance, rule): rule says what made it "reproduced" ("tolerance" or "CI")."""
     tolerance = TOLERANCE[bool(spec.released)]
@@ -39,14 +34,14 @@ def status_of(spec, record):
         return "no run yet", tolerance, None
     if smoke_reasons(spec, record):
         return "smoke", tolerance, None
-    paper, ours = spec.paper_map, (record.get("metrics") or {}).get("mAP")
+    paper, ours = spec.paper_map, record.metrics.get("mAP")
     if paper is None:
         return "no paper value", tolerance, None
     if ours is None:
         return "not reproduced", tolerance, None
     if abs(ours - paper) <= tolerance + 1e-9:
         return "reproduced", tolerance, "tolerance"
-    ci = (record.get("metrics") or {}).get("mAP_ci95")
+    ci = record.metrics.get("mAP_ci95")
     if ci is not None and ci[0] <= paper <= ci[1]:
         return "reproduced", tolerance, "CI"
     return "not reproduced", tolerance, None

@@ -1,11 +1,11 @@
 """Rows of the report from the run records: one per manifest model (the latest complete non-smoke
 run wins), one per bench (model, device, precision), and the "what a user would pick instead" rows."""
 import csv
+import dataclasses
 from pathlib import Path
 
-
 from harness.manifest import PACKAGE_DATA
-from harness.records import iter_records
+from harness.records import Record, iter_records
 from harness.report.judge import status_of, smoke_reasons
 
 FAMILIES = {"q2l": "Query2Label", "asl": "ASL", "mldecoder": "ML-Decoder",
@@ -30,7 +30,7 @@ COST_COLUMNS = [("model", "model"), ("resolution", "resolution"), ("params_m", "
 # ---------------------------------------------------------------- data
 
 def _latest(records):
-    return max(records, key=lambda r: (r.get("finished_at") or "", r.get("run_id") or ""), default=None)
+    return max(records, key=lambda r: (r.finished_at or "", r.run_id or ""), default=None)
 
 
 def load_paper_tables(tables_dir=None):
@@ -53,11 +53,12 @@ def _mlspl_context(spec, tables):
 def model_row(spec, record, tables):
     from harness.fidelity_notes import record_notes
 
-    m = (record or {}).get("metrics") or {}
-    paper = spec.paper.get("metrics", {})
-    measurement = (record or {}).get("measurement") or {}
-    gpu = (((record or {}).get("environment") or {}).get("gpu") or {}).get("name")
     status, tolerance, rule = status_of(spec, record)
+    reasons = smoke_reasons(spec, record) if record else []
+    record = record or Record(kind="eval", model={"id": spec.id})  # no run yet: every section empty
+    m, ev = record.metrics, record.eval
+    paper = spec.paper.get("metrics", {})
+    gpu = (record.environment.get("gpu") or {}).get("name")
     ours = m.get("mAP")
     row = {
         "family": spec.family, "model": spec.id, "resolution": spec.eval.resolution,
@@ -67,24 +68,24 @@ def model_row(spec, record, tables):
         "CF1": m.get("CF1"), "paper_CF1": paper.get("CF1"), "OF1": m.get("OF1"), "paper_OF1": paper.get("OF1"),
         "top3_CF1": (m.get("top3") or {}).get("CF1"), "paper_top3_CF1": paper.get("top3_CF1"),
         "top3_OF1": (m.get("top3") or {}).get("OF1"), "paper_top3_OF1": paper.get("top3_OF1"),
-        "peak_vram_mib": measurement.get("peak_vram_mib"),
-        "images_per_s": ((record or {}).get("timings") or {}).get("images_per_s"),
-        "gpu": "cpu" if record and (record.get("eval") or {}).get("device") == "cpu" else gpu,
+        "peak_vram_mib": record.measurement.get("peak_vram_mib"),
+        "images_per_s": record.timings.get("images_per_s"),
+        "gpu": "cpu" if ev.get("device") == "cpu" else gpu,
         "protocol": m.get("protocol", spec.eval.protocol), "image_set": spec.eval.image_set,
-        "n_images": m.get("n_images"), "run_id": (record or {}).get("run_id"),
-        "smoke_reasons": smoke_reasons(spec, record) if record else [], "reproduced_by": rule,
+        "n_images": m.get("n_images"), "run_id": record.run_id,
+        "smoke_reasons": reasons, "reproduced_by": rule,
         "paper_row": spec.paper.get("row"),
-        "tf32": (((record or {}).get("eval") or {}).get("numerics") or {}).get("tf32"),
+        "tf32": (ev.get("numerics") or {}).get("tf32"),
         "classes_without_positives": m.get("classes_without_positives") or [],
         "f1_rule": m.get("f1_rule", spec.eval.f1), "threshold": m.get("threshold", spec.eval.threshold),
-        "precision": ((record or {}).get("eval") or {}).get("precision", spec.eval.precision),
-        "batch_size": ((record or {}).get("eval") or {}).get("batch_size"),
+        "precision": ev.get("precision", spec.eval.precision),
+        "batch_size": ev.get("batch_size"),
         "fidelity_notes": record_notes(record),
     }
     if spec.family == "mlspl":
         row["paper_confidence"], row["reruns_by_others"] = _mlspl_context(spec, tables)
     if spec.family == "ctran":
-        row["selection"] = ((record or {}).get("ctran") or {}).get("selection")
+        row["selection"] = record.ctran.get("selection")
     return row
 
 
@@ -108,8 +109,8 @@ def _fits_text(fits):
 
 def _bench_device(record):
     """The device a bench ran on, by name (older records name only the environment's GPU)."""
-    device = ((record.get("bench") or {}).get("device") or {}).get("name")
-    return device or (((record.get("environment") or {}).get("gpu")) or {}).get("name")
+    device = (record.bench.get("device") or {}).get("name")
+    return device or (record.environment.get("gpu") or {}).get("name")
 
 
 def _memory_checks(results):
@@ -121,13 +122,13 @@ def _memory_checks(results):
 
 
 def bench_row(spec_or_id, record):
-    bench = record.get("bench") or {}
+    bench = record.bench
     results = [r for r in bench.get("results") or [] if isinstance(r, dict)]
     by_batch = {r.get("batch_size"): r for r in results}
     fastest = max((r for r in results if r.get("images_per_s")), key=lambda r: r["images_per_s"], default={})
     params = bench.get("params")
     spec = spec_or_id if not isinstance(spec_or_id, str) else None
-    environment = record.get("environment") or {}
+    environment = record.environment
     return {
         "model": spec.id if spec else spec_or_id,
         "resolution": bench.get("resolution") or (spec.eval.resolution if spec else None),
@@ -142,8 +143,8 @@ def bench_row(spec_or_id, record):
         "fits": _fits_text(bench.get("fits") or {}),
         "device": _bench_device(record),
         "memory_check": _memory_checks(results),
-        "measured_on": _provenance(environment, bench.get("device") or {}), "source": record.get("_source", "runs"),
-        "run_id": record.get("run_id"), "finished_at": record.get("finished_at"),
+        "measured_on": _provenance(environment, bench.get("device") or {}), "source": record.found_in,
+        "run_id": record.run_id, "finished_at": record.finished_at,
     }
 
 
@@ -171,8 +172,7 @@ def _records(roots, on_problem):
             continue
         seen.add(Path(root).resolve())
         for _, record in iter_records(root, **kwargs):
-            record["_source"] = source
-            yield record
+            yield dataclasses.replace(record, found_in=source)
 
 
 def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEASURED):
@@ -183,24 +183,24 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
     """
     evals, benches, notes = {}, {}, []
     for record in _records([(runs_root, "runs"), (measured_root, "tables/measured")], on_problem):
-        model_id = (record.get("model") or {}).get("id")
+        model_id = record.model_id
         if model_id not in specs:
-            notes.append(f"run {record.get('run_id')} of '{model_id}' is not in the manifest: not shown")
+            notes.append(f"run {record.run_id} of '{model_id}' is not in the manifest: not shown")
             continue
-        if record["kind"] == "bench":
-            key = (model_id, _bench_device(record), _options_text((record.get("bench") or {}).get("options")))
+        if record.kind == "bench":
+            key = (model_id, _bench_device(record), _options_text(record.bench.get("options")))
             benches.setdefault(key, []).append(record)
-        elif record["kind"] in ("eval", "train"):  # a train record holds its test evaluation
-            protocol = (record.get("eval") or {}).get("protocol")
+        elif record.kind in ("eval", "train"):  # a train record holds its test evaluation
+            protocol = record.eval.get("protocol")
             if protocol != specs[model_id].eval.protocol:
-                notes.append(f"run {record['run_id']} of {model_id} used protocol {protocol}, not the paper's "
+                notes.append(f"run {record.run_id} of {model_id} used protocol {protocol}, not the paper's "
                              f"{specs[model_id].eval.protocol}: not compared")
                 continue
             evals.setdefault(model_id, []).append(record)
     rows = []
     for model_id, spec in specs.items():
         found = evals.get(model_id, [])
-        chosen = _latest([r for r in found if not r.get("smoke")]) or _latest(found)
+        chosen = _latest([r for r in found if not r.smoke]) or _latest(found)
         rows.append(model_row(spec, chosen, tables))
     cost = [bench_row(specs[key[0]], _latest(rs)) for key, rs in sorted(benches.items(), key=lambda kv: str(kv[0]))]
     from harness.ctran.report import partial_rows

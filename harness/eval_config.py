@@ -1,0 +1,43 @@
+"""What an evaluation is asked to do: one typed value built from the command line (or a test),
+passed down whole and embedded in each record as its `config` section."""
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    coco_root: str
+    weights: str | None = None            # a checkpoint file, "random", or None: the release
+    weights_dir: str | None = None        # checkpoints placed by hand
+    checkpoint_config: str | None = None  # the authors' config_new.json (Q2L), default beside the checkpoint
+    trust_checkpoint: bool = False
+    batch_size: int | None = None         # None: the authors' config, else the manifest's
+    amp: str | None = None                # fp16 | bf16 | off; None: as the authors ran it
+    device: str | None = None             # cpu | cuda | auto (None)
+    tf32: str = "off"
+    limit: int | None = None
+    workers: int | None = None            # None: every core this process may use
+    seed: int = 0                         # of --weights random
+    runs_root: str = "runs"
+    resume: str | None = None             # a run folder, "latest", or None
+    keep_cache: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1 (got {self.batch_size}); leave it out for the paper's")
+        if self.workers is not None and self.workers < 0:
+            raise UserError(f"--workers must be 0 or more (got {self.workers}); 0 loads images in the main process")
+        if self.limit is not None and self.limit < 1:
+            raise UserError("--limit must be a positive number of images")
+
+    def names_one_model(self):
+        """Whether these settings name one model's files (a checkpoint, a config, a run to resume)."""
+        return self.weights not in (None, "random") or bool(self.checkpoint_config) or \
+            self.resume not in (None, "latest")
+
+    def as_record(self):
+        """The record's `config` section: every field, paths as text."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -1,0 +1,13 @@
+"""Run records: the schema (schema.py), the run folders that hold them (store.py) and what a record
+says of the machine (machine.py). Everything that writes or reads a record.json goes through here."""
+from harness.records.machine import (cpu_name, environment, image_libraries,
+                                     matching_environment_file)
+from harness.records.schema import (KINDS, SCHEMA, SCORE_FILES, Record, model_section,
+                                    validate_record)
+from harness.records.store import (RECORD, check_runs_root, hold_run, iter_records, new_run_dir,
+                                   new_run_id, read_record, save_arrays, utc_now, write_new, write_record)
+
+__all__ = ["KINDS", "RECORD", "SCHEMA", "SCORE_FILES", "Record", "check_runs_root", "cpu_name", "environment",
+           "hold_run", "image_libraries", "iter_records", "matching_environment_file", "model_section",
+           "new_run_dir", "new_run_id", "read_record", "save_arrays", "utc_now", "validate_record", "write_new",
+           "write_record"]

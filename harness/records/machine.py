@@ -1,0 +1,139 @@
+"""What a record says of the machine and code that made it: library versions, GPU, CPU, commit."""
+import os
+import platform
+import re
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from harness import __version__
+from harness.manifest import PACKAGE_DATA, REPO_ROOT
+
+
+def _version(package):
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args):
+    try:
+        out = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO_ROOT), *args],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _gpu(torch, device_index):
+    """Name, driver, uuid and memory of torch's GPU `device_index`, from NVML (asked by UUID:
+    CUDA_VISIBLE_DEVICES renumbers indices), else from torch, else None."""
+    uuid = None
+    if torch is not None and torch.cuda.is_available():
+        uuid = torch.cuda.get_device_properties(device_index).uuid
+    try:
+        import pynvml
+
+        from harness.measure.nvml import handle_by_uuid
+
+        pynvml.nvmlInit()
+        try:
+            handle = handle_by_uuid(uuid)[0] if uuid else pynvml.nvmlDeviceGetHandleByIndex(device_index)
+            return {"name": _text(pynvml.nvmlDeviceGetName(handle)),
+                    "driver": _text(pynvml.nvmlSystemGetDriverVersion()),
+                    "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
+                    "memory_total_mib": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20)}
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML library or no GPU: fall back to torch
+        pass
+    if torch is not None and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(device_index)
+        return {"name": props.name, "driver": None, "uuid": str(getattr(props, "uuid", "")) or None,
+                "memory_total_mib": int(props.total_memory // 2**20)}
+    return None
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def matching_environment_file(python_version, torch_version, folder=None):
+    """The first environments/*.txt|*.yml|*.yaml naming this torch and Python version, else None."""
+    folder = Path(folder) if folder else (PACKAGE_DATA / "environments").resolve()
+    if not torch_version or not folder.is_dir():
+        return None
+    torch_base = torch_version.split("+")[0]
+    py_minor = ".".join(python_version.split(".")[:2])
+    torch_re = re.compile(rf"\btorch\s*(==|=|:|\s)\s*{re.escape(torch_base)}(?![\d.])", re.I)
+    python_re = re.compile(rf"\bpython\s*(==|=|:|\s)\s*{re.escape(py_minor)}(?!\d)", re.I)
+    for path in sorted(p for ext in ("*.txt", "*.yml", "*.yaml") for p in folder.glob(ext)):
+        text = path.read_text(errors="replace")
+        if torch_re.search(text) and python_re.search(text):
+            return f"environments/{path.name}"
+    return None
+
+
+def image_libraries():
+    """Pillow and its JPEG decoder: resize and decode differ by +-1/255 on some JPEGs between versions."""
+    try:
+        import PIL
+        from PIL import features
+    except ImportError:
+        return {"pillow": None, "libjpeg_turbo": None, "libjpeg": None}
+
+    def version(get, name):
+        try:
+            return get(name)
+        except Exception:  # an old Pillow without version reporting
+            return None
+
+    return {"pillow": PIL.__version__, "libjpeg_turbo": version(features.version_feature, "libjpeg_turbo"),
+            "libjpeg": version(features.version_codec, "jpg")}
+
+
+def environment(device_index=0):
+    """Library versions, hardware and code version of this process, for a record."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
+        commit = os.environ.get("HARNESS_GIT_COMMIT") or None
+    python = platform.python_version()
+    torch_version = torch.__version__ if torch is not None else None
+    cudnn = None
+    if torch is not None and torch.backends.cudnn.is_available():
+        cudnn = torch.backends.cudnn.version()
+    return {
+        "python": python,
+        "torch": torch_version,
+        "torchvision": _version("torchvision"),
+        "timm": _version("timm"),
+        "numpy": np.__version__,
+        **image_libraries(),
+        "cuda": torch.version.cuda if torch is not None else None,
+        "cudnn": cudnn,
+        "gpu": _gpu(torch, device_index),
+        "cpu": cpu_name(),
+        "platform": platform.platform(),
+        "harness": __version__,
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+        "matches_environment_file": matching_environment_file(python, torch_version),
+    }

@@ -1,0 +1,142 @@
+"""The one record schema (version 1), as lm-eval keeps its results schema: every kind of run
+(eval, bench, train) writes and reads its record.json through `Record`.
+
+    schema 1; kind: eval | bench | train; run_id "20261122T010203Z-3f9a"
+    model:       {id, family, arch, paper (the manifest's paper dict)}       (model_section)
+    checkpoint:  {path, sha256, pinned, random_weights, ...}
+    config:      what the run was asked to do (EvalConfig / TrainConfig / BenchConfig, as a dict)
+    dataset:     {name, root, image_set: all|annotated, n_images, fingerprint
+                  {annotations_sha256, n_images, labels_sha256}, smoke_subset}
+    eval:        {protocol, resolution, resize, normalize, batch_size, dtype, amp, device, limit, ...}
+    metrics:     exactly what harness.metrics.compute_metrics returns (or the protocol's own)
+    labels:      which label source the metrics used (eval)
+    timings:     {wall_s, images_per_s, ...}
+    measurement: {peak_vram_mib, energy_j_per_image, gpu_util_mean, power_w_mean, torch_max_allocated_mib,
+                  torch_max_reserved_mib, peak_rss_mib, reasons: {field: why it is null}, notes, ...}
+    distributed: {world_size, backend, ranks} under torchrun (eval)
+    bench:       the cost measurement (bench); train: the training (MLSPL); ctran: C-Tran's selection
+    environment: harness.records.machine.environment()
+    started_at, finished_at (ISO-8601 UTC); smoke: bool; smoke_reasons: [...]
+    files:       {scores: scores.npy, labels: labels.npy, image_ids: image_ids.npy, ...}
+
+A section a record does not have reads as {}: readers write `record.measurement.get("peak_vram_mib")`.
+"""
+from dataclasses import dataclass, field, fields
+
+SCHEMA = 1
+KINDS = ("eval", "bench", "train")
+REQUIRED = ("schema", "kind", "run_id", "model", "started_at", "finished_at", "smoke")
+REQUIRED_BY_KIND = {"eval": ("dataset", "eval", "metrics", "files"), "bench": ("bench",), "train": ()}
+SECTIONS = ("model", "checkpoint", "config", "dataset", "eval", "metrics", "labels", "timings", "measurement",
+            "distributed", "bench", "train", "ctran", "environment", "files")
+TEXTS = ("run_id", "started_at", "finished_at")
+NUMERIC_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3_CP", "top3_CR", "top3_CF1", "top3_OP",
+                   "top3_OR", "top3_OF1")
+SCORE_FILES = {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"}
+
+
+def _section():
+    return field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One run's record. Sections are dicts (their contents are each producer's, documented above);
+    `extra` keeps keys this version does not know, so a record read and written again loses nothing."""
+    kind: str
+    model: dict
+    run_id: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    smoke_reasons: list = field(default_factory=list)
+    smoke: bool | None = None  # None: smoke exactly when there is a reason
+    checkpoint: dict = _section()
+    config: dict = _section()
+    dataset: dict = _section()
+    eval: dict = _section()
+    metrics: dict = _section()
+    labels: dict = _section()
+    timings: dict = _section()
+    measurement: dict = _section()
+    distributed: dict = _section()
+    bench: dict = _section()
+    train: dict = _section()
+    ctran: dict = _section()
+    environment: dict = _section()
+    files: dict = _section()
+    extra: dict = _section()
+    found_in: str = field(default="runs", compare=False)  # where a report found it; never written
+
+    def __post_init__(self):
+        if self.smoke is None:
+            object.__setattr__(self, "smoke", bool(self.smoke_reasons))
+
+    @property
+    def model_id(self):
+        return self.model.get("id")
+
+    def to_json(self):
+        """The dict written as record.json (checked against the schema first)."""
+        data = {"schema": SCHEMA, "kind": self.kind, "run_id": self.run_id, "model": self.model}
+        data.update({name: getattr(self, name) for name in SECTIONS[1:]
+                     if getattr(self, name) or name in REQUIRED_BY_KIND.get(self.kind, ())})
+        data.update(started_at=self.started_at, finished_at=self.finished_at, smoke=self.smoke,
+                    smoke_reasons=list(self.smoke_reasons), **self.extra)
+        validate_record(data)
+        return data
+
+    @classmethod
+    def from_json(cls, data):
+        """A Record from a record.json's dict; ValueError naming what is wrong with it."""
+        validate_record(data)
+        known = {f.name for f in fields(cls)} - {"extra", "found_in"}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        extra = {k: v for k, v in data.items() if k not in known and k != "schema"}
+        return cls(**values, extra=extra)
+
+
+def model_section(spec):
+    """The record's model section for a manifest entry."""
+    return {"id": spec.id, "family": spec.family, "arch": spec.arch, "paper": spec.paper}
+
+
+def validate_record(record):
+    """Raise ValueError naming what a record lacks or has of the wrong type."""
+    if not isinstance(record, dict):
+        raise ValueError("a record must be a dict")
+    missing = [k for k in REQUIRED if k not in record]
+    if record.get("kind") not in KINDS:
+        raise ValueError(f"record kind must be one of {KINDS} (got {record.get('kind')!r})")
+    missing += [k for k in REQUIRED_BY_KIND[record["kind"]] if k not in record]
+    if missing:
+        raise ValueError(f"record lacks {', '.join(missing)}")
+    if record["schema"] != SCHEMA:
+        raise ValueError(f"record schema {record['schema']!r}; this harness writes schema {SCHEMA}")
+    if not isinstance(record["model"], dict) or "id" not in record["model"]:
+        raise ValueError("record model must be a dict with an 'id'")
+    problem = _type_problem(record)
+    if problem:
+        raise ValueError(problem)
+
+
+def _is_number(value):
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _type_problem(record):
+    """What in a record has the wrong type for the code that reads it (a damaged or hand-edited file)."""
+    for key in SECTIONS:
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            return f"'{key}' must be an object, not {type(record[key]).__name__}"
+    for key in TEXTS:
+        if not isinstance(record.get(key), (str, type(None))):
+            return f"'{key}' must be text"
+    if not isinstance(record["smoke"], bool) or not isinstance(record.get("smoke_reasons") or [], list):
+        return "'smoke' must be true/false and 'smoke_reasons' a list"
+    for key, value in (record.get("metrics") or {}).items():
+        if key.endswith("_ci95"):
+            if value is not None and not (isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))):
+                return f"metrics '{key}' must be a pair of numbers"
+        elif key in NUMERIC_METRICS and not _is_number(value):
+            return f"metrics '{key}' must be a number, not {type(value).__name__}"
+    return None

@@ -1,0 +1,177 @@
+"""Run folders: one per run, never reused, never overwritten; record.json written and read here only.
+
+    <runs>/<model_id>/<run_id>/   record.json, scores.npy (float32 N x C sigmoid probabilities),
+                                  labels.npy (uint8 N x C), image_ids.npy (int64 N)
+record.json is written last and atomically; a folder without it is an unfinished run. Its contents:
+harness.records.schema. A record can be re-scored from its saved scores without a GPU.
+"""
+import json
+import os
+import secrets
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import UserError
+from harness.records.schema import Record
+
+RECORD = "record.json"
+
+
+def utc_now():
+    """The time stamps of records: UTC, to the second, ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id(now=None):
+    now = now or datetime.now(timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(2)}"
+
+
+def new_run_dir(runs_root, model_id):
+    """Create <runs_root>/<model_id>/<run_id>/ exclusively and return it."""
+    if not model_id or "/" in model_id or model_id.startswith("."):
+        raise UserError(f"bad model id for a run folder: {model_id!r}")
+    parent = Path(runs_root) / model_id
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        run_dir = parent / new_run_id()
+        try:
+            run_dir.mkdir()  # fails if it exists: a folder is never reused
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run folder under {parent}")
+
+
+def check_runs_root(runs_root, flag="--out"):
+    """Before any model is built: the runs folder is a folder, or can be made one."""
+    root = Path(runs_root)
+    existing = next((p for p in [root, *root.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"{flag} {runs_root}: {existing} is a file, not a folder; pass a runs folder, e.g. {flag} runs")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {runs_root}: {existing} is not writable; pass a folder you can write to")
+
+
+def hold_run(run_dir):
+    """An exclusive lock on a run folder while it is evaluated (an open file: closing it releases the
+    lock, and so does the end of the process). A second process gets one line naming the holder."""
+    import fcntl
+
+    handle = open(Path(run_dir) / ".in-progress", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        raise UserError(f"run {run_dir} is in progress (pid {pid}); wait for it to finish, or stop that "
+                        f"process and resume with --resume {run_dir}")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def write_new(path, write):
+    """Write through a temporary file, then link it into place: never replaces an existing file."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; results are never overwritten (start a new run)")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic and fails if `path` appeared meanwhile
+        except OSError as e:
+            if isinstance(e, FileExistsError):
+                raise FileExistsError(f"{path} exists; results are never overwritten (start a new run)")
+            os.replace(tmp, path)  # a filesystem without hard links
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False):
+    """scores.npy (float32, or float16 as an fp16 run scored them: ties then sort as the authors'),
+    labels.npy (uint8), image_ids.npy (int64), checked for shape.
+
+    keep_equal=True (finishing an interrupted finish): a file already there is kept when it holds
+    the same array, and refused otherwise; never overwritten either way."""
+    scores, labels, image_ids = np.asarray(scores), np.asarray(labels), np.asarray(image_ids)
+    if scores.ndim != 2 or labels.shape != scores.shape or image_ids.shape != (scores.shape[0],):
+        raise ValueError(f"shapes do not agree: scores {scores.shape}, labels {labels.shape}, "
+                         f"image_ids {image_ids.shape}")
+    for name, array in (("scores.npy", scores.astype(np.float16 if scores.dtype == np.float16 else np.float32)), ("labels.npy", (labels > 0).astype(np.uint8)),
+                        ("image_ids.npy", image_ids.astype(np.int64))):
+        path = Path(run_dir) / name
+        if keep_equal and path.exists():
+            if not np.array_equal(np.load(path), array):
+                raise UserError(f"{path} does not match this run's data (did the annotations change?); "
+                                "start a new run")
+            continue
+        write_new(path, lambda f, a=array: np.save(f, a))
+
+
+def write_record(run_dir, record):
+    """Write a Record (or a record's dict, checked against the schema) as record.json, atomically;
+    refuse if the folder already has one."""
+    data = record.to_json() if isinstance(record, Record) else Record.from_json(record).to_json()
+    text = json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n"
+    write_new(Path(run_dir) / RECORD, lambda f: f.write(text.encode()))
+    return Path(run_dir) / RECORD
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def read_record(run_dir):
+    """The Record of a finished run folder; one line naming the problem when it cannot be read."""
+    path = Path(run_dir) / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} has no {RECORD} (an unfinished run?); pass a finished run folder")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); the record is damaged")
+    except OSError as e:  # e.g. a folder named record.json
+        raise UserError(f"{path} cannot be read ({e.strerror}); the record is damaged")
+    try:
+        return Record.from_json(record)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: {e}")
+
+
+def _warn(message):
+    print(f"harness: {message}", file=sys.stderr)
+
+
+def iter_records(runs_root, on_problem=_warn):
+    """Yield (run_dir, record) for every finished run under runs_root, oldest first.
+
+    Folders without record.json (unfinished runs) are skipped quietly; a record that cannot be
+    read is skipped and reported through on_problem(message).
+    """
+    root = Path(runs_root)
+    if not root.is_dir():
+        return
+    for path in sorted(root.glob(f"*/*/{RECORD}")):
+        try:
+            yield path.parent, read_record(path.parent)
+        except UserError as e:
+            on_problem(f"skipping {path.parent}: {e}")
+
+
