@@ -26,7 +26,7 @@ if not torch.cuda.is_available():
     sys.exit("measure_gpu.sh: no CUDA GPU visible")
 PY
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-models=$("$python" -c 'from harness.commands.bench import models_to_run; print(" ".join(s.id for s in models_to_run("all")))')
+models=$("$python" -c 'from harness.measure.bench import models_to_run; print(" ".join(s.id for s in models_to_run("all")))')
 failed=""
 for amp in "" fp16; do
   for model in $models; do

@@ -214,7 +214,7 @@ class _DecodePlan:
 def _score_jobs(jobs, loader, session, baseline_mib, results, shared, source):
     """Score `jobs` from one loader, each inside its own measurement, then finish each."""
     from harness.eval_pass import Scorer, UnreadableError, run_pass
-    from harness.measure import EvalMeasurement
+    from harness.measure.measurement import SpanMeasurement
 
     if not jobs:
         return
@@ -223,7 +223,7 @@ def _score_jobs(jobs, loader, session, baseline_mib, results, shared, source):
         started, scorers = utc_now(), []
         for k, job in enumerate(jobs):
             job.to_device()
-            job.measurement = stack.enter_context(EvalMeasurement(session.device, baseline_mib=baseline_mib))
+            job.measurement = stack.enter_context(SpanMeasurement(session.device, baseline_mib=baseline_mib))
             job.t0 = time.perf_counter()
             scorers.append(Scorer(job, session.device, bar_position=k))
 

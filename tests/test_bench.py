@@ -131,14 +131,14 @@ def test_bench_options_are_recorded(manifest, tmp_path):
     assert bench["fits"]["budget_mib"] == 8000
 
 
-def test_bench_all_one_per_architecture_and_skips_unbuildable(manifest, tmp_path, capsys):
+def test_bench_all_one_per_architecture_and_goes_on_after_failures(manifest, tmp_path, capsys):
     out = tmp_path / "runs"
     assert _bench(manifest, out, "all", "--batch-size", "1") == 0
     assert sorted(_records(out)) == ["tiny-a", "tiny-oom"]  # tiny-same-arch shares tiny-a's arch
     captured = capsys.readouterr()
-    assert "skipped tiny-unbuilt" in captured.err
+    assert "tiny-unbuilt failed, going on" in captured.err  # an architecture with no builder: a failure as any
     assert "tiny-broken failed, going on: RuntimeError" in captured.err  # one failure does not stop the rest
-    assert "not measured: " in captured.out and "tiny-unbuilt (cannot build" in captured.out
+    assert "not measured: " in captured.out and "tiny-unbuilt (failed" in captured.out
     assert "tiny-broken (failed: RuntimeError" in captured.out
 
 
@@ -146,7 +146,7 @@ def test_bench_all_one_per_architecture_and_skips_unbuildable(manifest, tmp_path
     (["tiny-a", "--vram-budget", "12XB"], "VRAM budget"),
     (["tiny-a", "--batch-size", "0"], "batch sizes"),
     (["no-such-model"], "unknown model"),
-    (["tiny-unbuilt"], "cannot build tiny-unbuilt"),
+    (["tiny-unbuilt"], "no builder for architecture"),
     (["tiny-a", "--min-time-s", "-1"], "--min-time-s"),
 ])
 def test_bench_user_errors_exit_2(manifest, tmp_path, capsys, argv, words):

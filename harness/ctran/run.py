@@ -353,7 +353,7 @@ def evaluate_checkpoint(weights, coco_root, model_ids, *, known_percents, draw="
         raise UserError(f"{weights} is a C-Tran trained {'with' if lmt else 'without'} label-mask training, but "
                         f"{specs[0].id} is {'without' if lmt else 'with'} it; pass that model's checkpoint "
                         f"(or evaluate {'ctran-r101-576' if lmt else 'ctran-r101-576-no-lmt'})")
-    from harness.measure import EvalMeasurement
+    from harness.measure.measurement import SpanMeasurement
     from harness.measure.measurement import nvml_baseline_mib
 
     model = CTran(**{k: v for k, v in arch.items() if k not in ("name", "img_size")})
@@ -375,7 +375,7 @@ def evaluate_checkpoint(weights, coco_root, model_ids, *, known_percents, draw="
         dataset = MaskedImages(root, labels, eval_transform(scale, crop), training=False, known=known, draw=draw,
                                rows=rows)
         t_setting = time.perf_counter()
-        with EvalMeasurement(device, baseline_mib=baseline_mib) as meter:
+        with SpanMeasurement(device, baseline_mib=baseline_mib) as meter:
             logits, mask, got_rows, loss = predict(model, _loader(dataset, batch_size, workers), device,
                                                    arch.get("use_lmt", True), progress, on_batch=meter.count)
         measured = meter.result()

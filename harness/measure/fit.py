@@ -14,7 +14,7 @@ import re
 import torch
 
 from harness.errors import UserError
-from harness.measure.measurement import EvalMeasurement, own_peak_vram
+from harness.measure.measurement import SpanMeasurement, own_peak_vram
 from harness.measure.throughput import autocast, free_memory, synthetic_batch
 
 UNITS_MIB = {"": 1024, "g": 1024, "gb": 1024, "gib": 1024, "m": 1, "mb": 1, "mib": 1}
@@ -79,7 +79,7 @@ def train_work(model, resolution, device, amp=None, channels_last=False, steps=2
 
 def footprint_mib(work, batch_size, device, baseline_mib=None):
     """(MiB, source) of one call of work(batch_size) on the GPU."""
-    with EvalMeasurement(device, baseline_mib=baseline_mib) as m:
+    with SpanMeasurement(device, baseline_mib=baseline_mib) as m:
         work(batch_size)
     result = m.result()
     mib, source = own_peak_vram(result)
@@ -117,9 +117,9 @@ def search(work, device, budget_mib, max_batch, baseline_mib=None, measure=footp
     return best, capped, trials
 
 
-def find_fits(model, resolution, device, budget_mib, *, amp=None, channels_last=False,
-              max_batch=256, baseline_mib=None, measure=footprint_mib):
-    """The record's bench["fits"]: largest inference and training batch within budget_mib."""
+def find_fits(model, device, budget_mib, inputs, *, max_batch=256, baseline_mib=None, measure=footprint_mib):
+    """The record's bench["fits"]: largest inference and training batch within budget_mib, fed
+    `inputs` (a SyntheticInput)."""
     out = {"budget_mib": budget_mib, "inference_max_batch": None, "train_max_batch": None,
            "max_batch_searched": max_batch, "reasons": {}}
     if budget_mib is None:
@@ -130,7 +130,7 @@ def find_fits(model, resolution, device, budget_mib, *, amp=None, channels_last=
         return out
     for key, work in (("inference", inference_work), ("train", train_work)):
         try:
-            best, capped, trials = search(work(model, resolution, device, amp, channels_last), device,
+            best, capped, trials = search(work(model, inputs.resolution, device, inputs.amp, inputs.channels_last), device,
                                           budget_mib, max_batch, baseline_mib, measure)
         except TrialFailed as e:
             free_memory(device, collect=True)

@@ -1,6 +1,6 @@
-"""EvalMeasurement: time, memory and energy of a span of work, as record["measurement"].
+"""SpanMeasurement: time, memory and energy of a span of work, as record["measurement"].
 
-    with EvalMeasurement(device) as m:       # enter before the model goes to the GPU: baseline
+    with SpanMeasurement(device) as m:       # enter before the model goes to the GPU: baseline
         model.to(device)                     # (or pass baseline_mib=nvml_baseline_mib(device) taken then)
         m.start_clock()                      # optional: images/s from here, not from entering
         for images, labels in loader:
@@ -36,7 +36,7 @@ def cuda_uuid(device):
 
 def nvml_baseline_mib(device):
     """NVML device memory used now: call before this process puts anything on the GPU (the model,
-    a first tensor), then pass it as EvalMeasurement(baseline_mib=...). None without NVML."""
+    a first tensor), then pass it as SpanMeasurement(baseline_mib=...). None without NVML."""
     if torch.device(device).type != "cuda":
         return None
     sampler = NvmlSampler(cuda_uuid(device), background=False).start()
@@ -59,7 +59,7 @@ def own_peak_vram(nvml):
     return None, nvml["reasons"].get("device_peak_used_mib") or nvml["reasons"].get("device_baseline_used_mib")
 
 
-class EvalMeasurement:
+class SpanMeasurement:
     """Context manager measuring the work inside it; count(n) the images it processed."""
 
     def __init__(self, device, interval_s=0.01, baseline_mib=None):
@@ -103,7 +103,7 @@ class EvalMeasurement:
 
     def result(self):
         if self._result is None:
-            raise RuntimeError("EvalMeasurement.result() is available once the `with` block has ended")
+            raise RuntimeError("SpanMeasurement.result() is available once the `with` block has ended")
         return self._result
 
     def _collect(self):

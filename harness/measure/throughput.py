@@ -3,21 +3,40 @@
 For one batch size: warm-up (at least `warmup` calls AND at least `warmup_s` seconds, so lazy
 initialisation, cuDNN autotuning and torch.compile are done before timing), then `iters` timed
 calls, each closed by a synchronisation: latency percentiles per batch and images/s. Memory and
-energy come from an EvalMeasurement around the timed calls only.
+energy come from an SpanMeasurement around the timed calls only.
 A batch-size sweep records an out-of-memory as such, frees the memory and goes on.
 """
 import contextlib
 import gc
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from harness.measure.measurement import EvalMeasurement, synchronize
+from harness.measure.measurement import SpanMeasurement, synchronize
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 RESULT_KEYS = ("peak_vram_mib", "torch_max_allocated_mib", "torch_max_reserved_mib",
                "energy_j_per_image", "peak_rss_mib", "gpu_util_mean", "power_w_mean")
+
+
+@dataclass(frozen=True)
+class SyntheticInput:
+    """What the model is fed: torch.randn batches at this resolution, in this precision and layout."""
+    resolution: int
+    amp: str | None = None        # None (fp32), "bf16" or "fp16" autocast
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long to time: at least `iters` calls AND `min_time_s` seconds, after at least `warmup`
+    calls AND `warmup_s` seconds of warm-up."""
+    iters: int
+    warmup: int
+    warmup_s: float = 0.0
+    min_time_s: float = 0.0
 
 
 def autocast(device, amp):
@@ -44,26 +63,26 @@ def free_memory(device, collect=False):
         torch.cuda.empty_cache()
 
 
-def time_model(model, batch_size, resolution, device, *, iters, warmup, warmup_s=0.0, min_time_s=0.0,
-               amp=None, channels_last=False, baseline_mib=None):
-    """Time `model` on one synthetic batch; return (results row, full measurement dict).
+def time_model(model, batch_size, device, inputs, timing, baseline_mib=None):
+    """Time `model` on one synthetic batch (`inputs`, a SyntheticInput) as `timing` says; return
+    (results row, full measurement dict).
 
     The timed span runs at least `iters` calls AND at least `min_time_s` seconds: NVML's power
     and energy readings are averaged over about a second, so a short span would mostly measure
     what came before it."""
-    x = synthetic_batch(batch_size, resolution, device, channels_last)
+    x = synthetic_batch(batch_size, inputs.resolution, device, inputs.channels_last)
     latencies = []
-    with torch.inference_mode(), autocast(device, amp):
+    with torch.inference_mode(), autocast(device, inputs.amp):
         start, n, first_call_s = time.perf_counter(), 0, None
-        while n < warmup or time.perf_counter() - start < warmup_s:
+        while n < timing.warmup or time.perf_counter() - start < timing.warmup_s:
             model(x)
             synchronize(device)
             n += 1
             if first_call_s is None:  # holds compilation, autotuning and lazy initialisation
                 first_call_s = time.perf_counter() - start
-        with EvalMeasurement(device, baseline_mib=baseline_mib) as m:
+        with SpanMeasurement(device, baseline_mib=baseline_mib) as m:
             span_start = time.perf_counter()
-            while len(latencies) < iters or time.perf_counter() - span_start < min_time_s:
+            while len(latencies) < timing.iters or time.perf_counter() - span_start < timing.min_time_s:
                 t = time.perf_counter()
                 model(x)
                 synchronize(device)

@@ -187,11 +187,11 @@ def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=Non
     work = _work_dir(runs_root, mid, settings)
     started, t0 = records.utc_now(), time.perf_counter()
 
-    from harness.measure import EvalMeasurement
+    from harness.measure.measurement import SpanMeasurement
     from harness.measure.measurement import nvml_baseline_mib
 
     baseline_mib = nvml_baseline_mib(device)  # before features or a model reach the GPU
-    with EvalMeasurement(device, baseline_mib=baseline_mib) as measurement:
+    with SpanMeasurement(device, baseline_mib=baseline_mib) as measurement:
         feats, features_info, linear_phase, weights_info = None, None, None, None
         if features_dir:
             feats, features_info = _load_features(features_dir, data)
@@ -294,7 +294,7 @@ def _model_entry(mid):
 
 
 def _training_measurement(measured):
-    """EvalMeasurement's figures for a whole training (every grid point, epoch, val and test pass)."""
+    """SpanMeasurement's figures for a whole training (every grid point, epoch, val and test pass)."""
     measured["notes"].append("spans the whole training of this session: every grid point and epoch, with the "
                              "val and test scoring (a resumed training measures only what this session ran)")
     measured["reasons"]["images_per_s"] = "a training over a grid has no single images/s (see timings.wall_s)"

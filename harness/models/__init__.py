@@ -6,6 +6,8 @@ Nothing here knows of files or downloads: released weights are loaded by harness
 """
 import importlib
 
+from harness.errors import UserError
+
 _BUILDERS = {}
 # Modules whose import registers builders; imported on first use so `harness --help` stays fast.
 _BUILDER_MODULES = ("harness.models.q2l", "harness.models.asl", "harness.models.ml_decoder", "harness.models.mlspl",
@@ -33,7 +35,8 @@ def build_from_arch(arch, **overrides):
     params = {k: v for k, v in arch.items() if k != "name"}
     params.update(overrides)
     if arch["name"] not in _BUILDERS:
-        raise KeyError(f"no builder registered for architecture '{arch['name']}'")
+        raise UserError(f"no builder for architecture '{arch['name']}' (known: {', '.join(sorted(_BUILDERS))}); "
+                        f"fix the manifest entry's arch.name")
     return _BUILDERS[arch["name"]](**params)
 
 
