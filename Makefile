@@ -28,11 +28,11 @@ clean-venv:
 
 # The main job: every Q2L model + the ASL baseline on COCO val2014, then the report in tables/.
 reproduce-q2l: $(STAMP)
-	$(BIN)/harness reproduce q2l --coco-root $(COCO_ROOT) --out $(RUNS) --tables tables
+	$(BIN)/harness reproduce q2l --coco-root $(COCO_ROOT) --runs $(RUNS) --tables tables
 
 # MLSPL: ROLE linear + fine-tuned by default; ALL=1 for every loss and mode.
 reproduce-mlspl: $(STAMP)
-	$(BIN)/harness reproduce mlspl --coco-root $(COCO_ROOT) --out $(RUNS) --tables tables $(if $(ALL),--all,)
+	$(BIN)/harness reproduce mlspl --coco-root $(COCO_ROOT) --runs $(RUNS) --tables tables $(if $(ALL),--all,)
 
 # C-Tran: train (100 epochs, resumable: rerun the target to continue), then evaluate at 0/25/50/75% known,
 # with and without label-mask training. SELECTION=held-out for the protocol that does not choose on test.
@@ -40,17 +40,17 @@ SELECTION ?= test
 # The checkpoint of the newest training run of model $(1) under runs folder $(2) with this selection.
 CTRAN_BEST = $$(dirname $$(grep -l '"selection": "$(SELECTION)"' $(2)/$(1)/*/settings.json | tail -n 1))/best.safetensors
 reproduce-ctran: $(STAMP)
-	$(BIN)/harness ctran train --coco-root $(COCO_ROOT) --out $(RUNS) --selection $(SELECTION) --resume auto
-	$(BIN)/harness eval ctran-r101-576 --coco-root $(COCO_ROOT) --out $(RUNS) --known 0 25 50 75 \
+	$(BIN)/harness ctran train --coco-root $(COCO_ROOT) --runs $(RUNS) --selection $(SELECTION) --resume auto
+	$(BIN)/harness eval ctran-r101-576 --coco-root $(COCO_ROOT) --runs $(RUNS) --known 0 25 50 75 \
 		--weights $(call CTRAN_BEST,ctran-r101-576,$(RUNS))
-	$(BIN)/harness ctran train --coco-root $(COCO_ROOT) --out $(RUNS) --selection $(SELECTION) --resume auto --no-lmt
-	$(BIN)/harness eval ctran-r101-576-no-lmt --coco-root $(COCO_ROOT) --out $(RUNS) --known 0 50 \
+	$(BIN)/harness ctran train --coco-root $(COCO_ROOT) --runs $(RUNS) --selection $(SELECTION) --resume auto --no-lmt
+	$(BIN)/harness eval ctran-r101-576-no-lmt --coco-root $(COCO_ROOT) --runs $(RUNS) --known 0 50 \
 		--weights $(call CTRAN_BEST,ctran-r101-576-no-lmt,$(RUNS))
 	$(BIN)/harness report --runs $(RUNS) --format all --out tables
 
 # What every model costs on this machine (its GPU when one is visible): records in runs/, cost table printed.
 bench: $(STAMP)
-	$(BIN)/harness bench all --out $(RUNS)
+	$(BIN)/harness bench all --runs $(RUNS)
 
 # Every format (markdown, csv, latex, json, html with plots) into tables/.
 report: $(STAMP)
@@ -61,7 +61,7 @@ report: $(STAMP)
 SMOKE_DIR ?= runs/smoke
 smoke: $(STAMP)
 	test -d $(SMOKE_DIR)/data || $(BIN)/harness data smoke --out $(SMOKE_DIR)/data --images 16 --train-images 0
-	$(BIN)/harness eval q2l-r101-448 --coco-root $(SMOKE_DIR)/data --weights random --out $(SMOKE_DIR)/runs --no-progress
+	$(BIN)/harness eval q2l-r101-448 --coco-root $(SMOKE_DIR)/data --weights random --runs $(SMOKE_DIR)/runs --no-progress
 	$(BIN)/harness report --runs $(SMOKE_DIR)/runs --format markdown --out $(SMOKE_DIR)/report.md
 	@echo "smoke report: $(SMOKE_DIR)/report.md (html: $(BIN)/harness report --runs $(SMOKE_DIR)/runs --format html --out $(SMOKE_DIR)/report.html)"
 
@@ -69,9 +69,9 @@ smoke: $(STAMP)
 # weights, flagged smoke; its own data, runs and report under $(SMOKE_DIR)/ctran.
 smoke-ctran: $(STAMP)
 	test -d $(SMOKE_DIR)/ctran/data || $(BIN)/harness data smoke --out $(SMOKE_DIR)/ctran/data
-	$(BIN)/harness ctran train --coco-root $(SMOKE_DIR)/ctran/data --out $(SMOKE_DIR)/ctran/runs --tiny --scale 80 \
+	$(BIN)/harness ctran train --coco-root $(SMOKE_DIR)/ctran/data --runs $(SMOKE_DIR)/ctran/runs --tiny --scale 80 \
 		--crop 64 --epochs 1 --limit 16 --batch-size 8 --backbone random --workers 0 --no-progress
-	$(BIN)/harness eval ctran-r101-576 --coco-root $(SMOKE_DIR)/ctran/data --out $(SMOKE_DIR)/ctran/runs \
+	$(BIN)/harness eval ctran-r101-576 --coco-root $(SMOKE_DIR)/ctran/data --runs $(SMOKE_DIR)/ctran/runs \
 		--known 0 25 50 75 --limit 16 --no-progress --weights $(call CTRAN_BEST,ctran-r101-576,$(SMOKE_DIR)/ctran/runs)
 	$(BIN)/harness report --runs $(SMOKE_DIR)/ctran/runs --format markdown --out $(SMOKE_DIR)/ctran/report.md
 	@echo "C-Tran smoke report: $(SMOKE_DIR)/ctran/report.md"

@@ -188,4 +188,4 @@ def test_bench_checks_out_before_measuring(manifest, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert _bench(manifest, blocker / "runs", "tiny-a") == 2
-    assert "--out" in capsys.readouterr().err
+    assert "--runs" in capsys.readouterr().err

@@ -1,9 +1,10 @@
 """Measure what a model costs on synthetic input: parameters, GFLOPs, images/s, latency, peak
 memory and energy per batch size, and the largest batch that fits a VRAM budget (inference and
 one AdamW training step). Models get random weights: bench measures cost, never accuracy.
-Writes one record of kind "bench" per model under --out; `harness report` shows them."""
+Writes one record of kind "bench" per model under --runs; `harness report` shows them."""
 import sys
 
+from harness.commands import add_runs_argument
 from harness.errors import UserError
 
 
@@ -28,7 +29,7 @@ def add_arguments(parser):
     parser.add_argument("--min-time-s", type=float, default=None, metavar="S",
                         help="timed calls last at least this long, for steady power and energy readings "
                              "(default 5 GPU, 0 CPU)")
-    parser.add_argument("--out", default="runs", metavar="DIR", help="runs folder (default: runs/)")
+    add_runs_argument(parser)
     parser.add_argument("--manifest", default=None, metavar="FILE", help="model manifest (default: weights_manifest.yaml)")
 
 
@@ -49,9 +50,9 @@ def _check_writable(folder):
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {folder}: cannot create it ({e.strerror}); pass a folder you can write to")
+        raise UserError(f"--runs {folder}: cannot create it ({e.strerror}); pass a folder you can write to")
     if not os.access(folder, os.W_OK):
-        raise UserError(f"--out {folder}: not writable; pass a folder you can write to")
+        raise UserError(f"--runs {folder}: not writable; pass a folder you can write to")
 
 
 def bench_config(args):
@@ -75,7 +76,7 @@ def run(args):
     config = bench_config(args)
     specs = models_to_run(args.model, args.manifest)
     device = pick_device(args.device)
-    _check_writable(args.out)  # before minutes of measuring, not after
+    _check_writable(args.runs)  # before minutes of measuring, not after
 
     from tabulate import tabulate
 
@@ -104,7 +105,7 @@ def run(args):
             free_memory(device, collect=True)
             continue
         free_memory(device, collect=True)  # the model is gone: give its memory back before the next
-        run_dir = new_run_dir(args.out, spec.id)
+        run_dir = new_run_dir(args.runs, spec.id)
         record = dataclasses.replace(record, run_id=run_dir.name, environment=env)
         write_record(run_dir, record)
         print(f"{spec.id}: wrote {run_dir}/record.json", flush=True)

@@ -3,6 +3,7 @@
 Evaluation at 0/25/50/75% known labels is `harness eval ctran-r101-576 --weights RUN/best.safetensors
 --known 0 25 50 75`: one record per setting, each under its manifest entry.
 """
+from harness.commands import add_runs_argument
 from harness.errors import UserError
 
 
@@ -27,7 +28,7 @@ def add_arguments(parser):
     p.add_argument("--limit", type=int, help="only the first N training and validation images (flagged smoke)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--out", default="runs", help="runs folder (default: runs/)")
+    add_runs_argument(p)
     p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                    help="continue after the last finished epoch (default: the newest unfinished run; "
                         "'auto': that run if its settings are these, else a new run)")
@@ -42,7 +43,7 @@ def run(args):
     run_dir, record = train(args.coco_root, use_lmt=not args.no_lmt, selection=args.selection, epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, scale=args.scale, crop=args.crop,
                             tiny=args.tiny, backbone=args.backbone, holdout=args.holdout, device=args.device,
-                            workers=args.workers, runs_root=args.out, resume=args.resume, limit=args.limit,
+                            workers=args.workers, runs_root=args.runs, resume=args.resume, limit=args.limit,
                             progress=not args.no_progress)
     if record is not None:  # under torchrun only rank 0 has one
         _print(record, run_dir)
@@ -89,9 +90,9 @@ def evaluate(args, spec):
         raise UserError("--limit must be a positive number of images")
     records = evaluate_checkpoint(args.weights, args.coco_root, [siblings[k] for k in known], known_percents=known,
                                   draw=args.draw, device=args.device, workers=args.workers or 0,
-                                  batch_size=args.batch_size or spec.eval.batch_size, runs_root=args.out,
+                                  batch_size=args.batch_size or spec.eval.batch_size, runs_root=args.runs,
                                   manifest=args.manifest, limit=args.limit, progress=not args.no_progress)
     from pathlib import Path
 
     for r in records:
-        _print(r, Path(args.out) / r["model"]["id"] / r["run_id"])
+        _print(r, Path(args.runs) / r["model"]["id"] / r["run_id"])

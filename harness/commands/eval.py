@@ -6,6 +6,9 @@ Several models of one resolution are scored from one decode of the images.
 """
 
 
+from harness.commands import add_runs_argument
+
+
 def add_arguments(parser):
     parser.add_argument("models", nargs="+", metavar="MODEL", help="model id(s) from `harness models`")
     parser.add_argument("--coco-root", required=True, help="COCO 2014 root (annotations/, val2014/)")
@@ -22,7 +25,7 @@ def add_arguments(parser):
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default (auto): cuda when available")
     parser.add_argument("--limit", type=int, help="only the first N images (the run is flagged smoke)")
     parser.add_argument("--workers", type=int, help="data-loading processes (default: every core this process may use)")
-    parser.add_argument("--out", default="runs", help="runs folder (default: runs/)")
+    add_runs_argument(parser)
     parser.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                         help="continue an interrupted run (default: this model's newest unfinished one)")
     parser.add_argument("--manifest", help="manifest file (default: weights_manifest.yaml)")
@@ -79,7 +82,7 @@ def eval_config(args):
     return EvalConfig(coco_root=args.coco_root, weights=args.weights, weights_dir=args.weights_dir,
                       checkpoint_config=args.config, trust_checkpoint=args.trust_checkpoint,
                       batch_size=args.batch_size, amp=args.amp, device=args.device, tf32=args.tf32, limit=args.limit,
-                      workers=args.workers, seed=args.seed, runs_root=args.out, resume=args.resume,
+                      workers=args.workers, seed=args.seed, runs_root=args.runs, resume=args.resume,
                       keep_cache=args.keep_cache, progress=not args.no_progress)
 
 

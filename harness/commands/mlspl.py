@@ -1,6 +1,8 @@
 """Single-positive-label (MLSPL, Cole et al. 2021): prepare the authors' data, get features, train and evaluate."""
 import json
 
+from harness.commands import add_runs_argument
+
 
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -53,7 +55,7 @@ def add_arguments(parser):
                    help="which torch's DataLoader(shuffle=True) draws to replay (their requirements.txt: torch 1.7.0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--out", default="runs", help="runs folder (default: runs)")
+    add_runs_argument(p)
 
 
 def run(args):
@@ -94,7 +96,7 @@ def run(args):
         points = [(args.batch_size, args.lr)] if args.lr is not None else None
         init = (args.init_lr, args.init_batch_size) if args.init_lr is not None else None
         run_dir = train_and_evaluate(args.data, args.loss, args.mode, features_dir=args.features,
-                                     coco_root=args.coco_root, points=points, runs_root=args.out, device=args.device,
+                                     coco_root=args.coco_root, points=points, runs_root=args.runs, device=args.device,
                                      seed=args.seed, epochs=args.epochs, resolution=args.resolution,
                                      random_weights=args.random_weights, workers=args.workers, init_point=init,
                                      semantics=args.dataloader_semantics)

@@ -15,7 +15,8 @@ def add_arguments(parser):
     parser.add_argument("--measured", metavar="DIR", default=None,
                         help="measured records committed with the code, also read (default: tables/measured of "
                              "the repository; 'none' to leave them out)")
-    parser.add_argument("--tables", metavar="DIR", help="the paper tables (default: tables/paper of the repository)")
+    parser.add_argument("--paper-tables", "--tables", dest="paper_tables", metavar="DIR",
+                        help="the paper tables (default: tables/paper of the repository; --tables is the old spelling)")
     parser.add_argument("--manifest", metavar="FILE", help="the model manifest (default: weights_manifest.yaml)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
                         help="add a paired comparison of two models' latest runs (or two run folders), as "
@@ -30,8 +31,8 @@ def run(args):
     from harness import report
     from harness.manifest import load_manifest
 
-    if args.tables and not Path(args.tables).is_dir():
-        raise UserError(f"paper tables folder not found: {args.tables}; pass --tables DIR with the *.csv files")
+    if args.paper_tables and not Path(args.paper_tables).is_dir():
+        raise UserError(f"paper tables folder not found: {args.paper_tables}; pass --paper-tables DIR with the *.csv files")
     if not Path(args.runs).is_dir():
         print(f"harness report: no runs folder {args.runs}: every model shows 'no run yet'", file=sys.stderr)
     measured = report.DEFAULT_MEASURED if args.measured is None else (
@@ -49,11 +50,11 @@ def run(args):
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
             raise UserError(f"--format all writes five files into a folder, but --out {args.out} is a file; "
                             f"pass a folder, e.g. --out tables")
-        for path in report.write_all(args.runs, args.out or "tables", args.manifest, args.tables,
+        for path in report.write_all(args.runs, args.out or "tables", args.manifest, args.paper_tables,
                                      measured_root=measured, compare=compare):
             print(f"written: {path}", file=sys.stderr)
         return
-    data = report.collect(args.runs, load_manifest(args.manifest), report.load_paper_tables(args.tables),
+    data = report.collect(args.runs, load_manifest(args.manifest), report.load_paper_tables(args.paper_tables),
                           measured_root=measured)
     if compare:
         data["compare"] = compare

@@ -7,12 +7,15 @@ Complete runs are kept and skipped; one model failing does not stop the others.
 """
 
 
+from harness.commands import add_runs_argument
+
+
 def add_arguments(parser):
     parser.add_argument("family", choices=["q2l", "mlspl"])
     parser.add_argument("--coco-root", required=True, help="COCO 2014 root")
     parser.add_argument("--models", nargs="+", help="only these model ids (default: the whole family)")
     parser.add_argument("--weights-dir", help="folder of checkpoints placed by hand")
-    parser.add_argument("--out", default="runs", help="runs folder (default: runs/)")
+    add_runs_argument(parser)
     parser.add_argument("--tables", default="tables", help="where the report goes (default: tables/)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default (auto): cuda when available")
     parser.add_argument("--batch-size", type=int)
@@ -36,12 +39,12 @@ def run(args):
         from harness.reproduce import reproduce_q2l
 
         config = EvalConfig(coco_root=args.coco_root, weights_dir=args.weights_dir, batch_size=args.batch_size,
-                            amp=args.amp, device=args.device, tf32=args.tf32, limit=args.limit, runs_root=args.out,
+                            amp=args.amp, device=args.device, tf32=args.tf32, limit=args.limit, runs_root=args.runs,
                             keep_cache=args.keep_cache)
         return reproduce_q2l(config, models=args.models, tables_dir=args.tables, manifest=args.manifest,
                              force=args.force)
     from harness.mlspl.reproduce import reproduce_mlspl
 
-    return reproduce_mlspl(args.coco_root, models=args.models, every=args.all, runs_root=args.out,
+    return reproduce_mlspl(args.coco_root, models=args.models, every=args.all, runs_root=args.runs,
                            tables_dir=args.tables, device=args.device, force=args.force, data_dir=args.mlspl_data,
                            manifest=args.manifest)

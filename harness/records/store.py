@@ -46,7 +46,7 @@ def new_run_dir(runs_root, model_id):
     raise RuntimeError(f"could not create a fresh run folder under {parent}")
 
 
-def check_runs_root(runs_root, flag="--out"):
+def check_runs_root(runs_root, flag="--runs"):
     """Before any model is built: the runs folder is a folder, or can be made one."""
     root = Path(runs_root)
     existing = next((p for p in [root, *root.parents] if p.exists()), None)
