@@ -231,7 +231,7 @@ def check_config(model, state, config, eval_spec=None):
 
 
 def load_checkpoint_into(model, path, config_path=None, *, trust=False, pinned_sha256=None,
-                         cache_dir=None, name=None, eval_spec=None, sha256=None):
+                         cache_dir=None, name=None, eval_spec=None):
     """Load checkpoint `path` into `model` (strict); return what a run record needs to know.
 
     config_path: the authors' config_new.json, cross-checked (never applied).
@@ -241,7 +241,7 @@ def load_checkpoint_into(model, path, config_path=None, *, trust=False, pinned_s
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; check the path or run `harness download`")
-    sha = sha256 or sha256_of(path)
+    sha = sha256_of(path)
     state, info, loaded_from = read_state(path, sha256=sha, cache_dir=cache_dir, name=name, trust=trust,
                                           pinned_sha256=pinned_sha256)
     check_config(model, state, read_config(config_path) if config_path else None, eval_spec)

@@ -35,6 +35,8 @@ Bootstrap: images resampled with replacement (fixed seed), the same protocol on 
 and its AP is computed from counts summed between the positives (copies of an image sit
 together in the sorted order), so 1,000 resamples of 40,504 x 80 take seconds.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse
 
@@ -370,10 +372,19 @@ def outside_ci(value, ci, tolerance=1e-9):
     return value < ci[0] - tolerance or value > ci[1] + tolerance
 
 
-def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, class_names=None, f1="ml-gcn",
-                    threshold=THRESHOLD, mask=None):
-    """Every metric of one run as a JSON-serialisable dict (percentages); `f1` and `threshold` pick
-    the F1 family's definition (F1_RULES) and threshold; `mask` is C-Tran's known-label mask."""
+@dataclass(frozen=True)
+class Bootstrap:
+    """The mAP confidence interval's bootstrap: this many resamples of the images, this seed."""
+    n_resamples: int = 1000
+    seed: int = 0
+
+
+def compute_metrics(scores, labels, protocol, *, ci=True, class_names=None, f1="ml-gcn", threshold=THRESHOLD,
+                    mask=None):
+    """Every metric of one run as a JSON-serialisable dict (percentages). `ci`: a Bootstrap, True
+    (the default one) or False (no interval); `f1` and `threshold` pick the F1 family's definition
+    (F1_RULES) and threshold; `mask` is C-Tran's known-label mask."""
+    ci = Bootstrap() if ci is True else ci
     if protocol in ("ctran", "ctran-id"):  # C-Tran's own rules, with its known-label mask: harness/ctran/metrics.py
         from harness.ctran.metrics import compute_ctran_metrics
         return compute_ctran_metrics(scores, labels, mask)
@@ -439,13 +450,13 @@ def compute_metrics(scores, labels, protocol, *, ci=True, n_boot=1000, seed=0, c
         result["f1_asl_validate"] = {**asl_f1_family(scores, positives, ASL_VALIDATE_THRESHOLD),
                                      "threshold": ASL_VALIDATE_THRESHOLD, "definition": F1_RULES["asl"]}
     if ci:
-        maps = bootstrap_map(orders, resample_counts(n_images, n_boot, seed), protocol)
+        maps = bootstrap_map(orders, resample_counts(n_images, ci.n_resamples, ci.seed), protocol)
         maps = maps[~np.isnan(maps)]
         if len(maps):
             low, high = np.percentile(maps, [2.5, 97.5])
             result["mAP_ci95"] = [float(low), float(high)]
             if outside_ci(result["mAP"], result["mAP_ci95"]):  # small sets: rare classes vanish from resamples
                 notes.append(OUTSIDE_CI_NOTE)
-        result["bootstrap"] = {"n_resamples": int(n_boot), "seed": int(seed), "std": float(np.std(maps)) if len(maps)
+        result["bootstrap"] = {"n_resamples": int(ci.n_resamples), "seed": int(ci.seed), "std": float(np.std(maps)) if len(maps)
                                else None, "method": "percentile; images resampled with replacement, same protocol"}
     return result

@@ -134,7 +134,7 @@ def test_edge_cases_per_protocol():
 
 def test_single_image_and_all_positive():
     for protocol in M.PROTOCOLS:
-        m = M.compute_metrics(np.array([[0.7, 0.2]]), np.array([[1, 1]]), protocol, ci=True, n_boot=20)
+        m = M.compute_metrics(np.array([[0.7, 0.2]]), np.array([[1, 1]]), protocol, ci=M.Bootstrap(20))
         assert m["mAP"] == pytest.approx(100.0, abs=1e-5)
         assert m["mAP_ci95"][0] == pytest.approx(100.0, abs=1e-5)
 
@@ -214,11 +214,11 @@ def test_ci_is_deterministic_contains_the_estimate_and_narrows_with_more_images(
     widths = []
     for n in (300, 3000):
         scores, labels = random_problem(n, 5, seed=4)
-        m = M.compute_metrics(scores, labels, "q2l", n_boot=300, seed=7)
+        m = M.compute_metrics(scores, labels, "q2l", ci=M.Bootstrap(300, seed=7))
         low, high = m["mAP_ci95"]
         assert low < m["mAP"] < high
         assert m["bootstrap"]["n_resamples"] == 300
-        assert M.compute_metrics(scores, labels, "q2l", n_boot=300, seed=7)["mAP_ci95"] == [low, high]
+        assert M.compute_metrics(scores, labels, "q2l", ci=M.Bootstrap(300, seed=7))["mAP_ci95"] == [low, high]
         widths.append(high - low)
     assert widths[1] < widths[0] * 0.6  # about 1/sqrt(10)
 

@@ -3,7 +3,7 @@ import numpy as np
 
 from harness import records, report
 from harness.manifest import load_manifest
-from harness.metrics import compute_metrics
+from harness.metrics import Bootstrap, compute_metrics
 from test_records import eval_record, problem
 
 SPECS = load_manifest()
@@ -17,7 +17,7 @@ def write_eval(runs, model_id, *, mAP_shift=0.0, smoke=False, resolution=None, p
     rec = eval_record(run_dir, scores, labels, model_id=model_id, protocol=spec.eval.protocol, smoke=smoke)
     rec["eval"].update(resolution=resolution or spec.eval.resolution, batch_size=32, precision=spec.eval.precision)
     rec["dataset"]["image_set"] = spec.eval.image_set
-    rec["metrics"] = compute_metrics(scores, labels, spec.eval.protocol, n_boot=50, f1=spec.eval.f1,
+    rec["metrics"] = compute_metrics(scores, labels, spec.eval.protocol, ci=Bootstrap(50), f1=spec.eval.f1,
                                      threshold=spec.eval.threshold)
     rec["measurement"]["peak_vram_mib"] = peak
     records.write_record(run_dir, rec)

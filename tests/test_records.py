@@ -9,7 +9,7 @@ from harness import __version__, records
 from harness.records import machine
 from harness.cli import main
 from harness.errors import UserError
-from harness.metrics import compute_metrics
+from harness.metrics import Bootstrap, compute_metrics
 
 
 def eval_record(run_dir, scores, labels, *, model_id="q2l-r101-448", protocol="q2l", smoke=False,
@@ -25,7 +25,7 @@ def eval_record(run_dir, scores, labels, *, model_id="q2l-r101-448", protocol="q
                     "smoke_subset": smoke},
         "eval": {"protocol": protocol, "resolution": 448, "resize": "squish", "normalize": "imagenet",
                  "batch_size": 16, "dtype": "float32", "amp": False, "device": "cuda", "limit": None},
-        "metrics": compute_metrics(scores, labels, protocol, n_boot=n_boot, class_names=[f"c{i}" for i in
+        "metrics": compute_metrics(scores, labels, protocol, ci=Bootstrap(n_boot), class_names=[f"c{i}" for i in
                                                                                          range(scores.shape[1])]),
         "timings": {"wall_s": 100.0, "images_per_s": 405.0},
         "measurement": {"peak_vram_mib": 3500.0, "energy_j_per_image": 0.5, "reasons": {}},

@@ -64,7 +64,6 @@ def run(args):
     from harness.manifest import load_manifest
 
     specs = load_manifest(args.manifest)
-    lock_file = lock_file_for(args.manifest)
     chosen, features = _choose(specs, args.targets)
     features = features or args.features
     if not chosen and not features:
@@ -85,11 +84,11 @@ def run(args):
     for spec, role in jobs:
         wfile = spec.files[role]
         count += 1
+        lock_file = lock_file_for(spec.manifest_path)  # as fetch finds it: beside the entry's manifest
         weights = role != "labels"  # a label file is checked by its content and git object id, then locked
         try:
             path = fetch(spec, role, cache_dir=args.cache, weights_dir=args.weights_dir,
-                         verify=args.verify, offline=offline, lock_file=lock_file, quiet=args.quiet,
-                         lock=not weights)
+                         verify=args.verify, offline=offline, quiet=args.quiet, lock=not weights)
             if weights and not (wfile.sha256 or lock_entry(lock_file, spec.id, role)):
                 _load_to_lock(spec, args)  # a first hash is locked only once the file loads into its model
         except UserError as e:

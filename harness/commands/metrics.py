@@ -88,7 +88,7 @@ def print_metrics(metrics, fmt):
 
 
 def run(args):
-    from harness.metrics import compute_metrics
+    from harness.metrics import Bootstrap, compute_metrics
 
     if args.n_boot < 1:
         raise UserError("--n-boot must be at least 1 (or use --no-ci)")
@@ -97,8 +97,8 @@ def run(args):
     if args.protocol == "ctran" or args.mask:
         return _run_ctran(args, scores, labels)
     threshold = args.threshold if args.threshold is not None else (0.8 if args.f1 == "asl" else 0.5)
-    metrics = compute_metrics(scores, labels, args.protocol, ci=not args.no_ci, n_boot=args.n_boot,
-                              seed=args.seed, class_names=load_class_names(args.class_names), f1=args.f1,
+    metrics = compute_metrics(scores, labels, args.protocol, ci=not args.no_ci and Bootstrap(args.n_boot, args.seed),
+                              class_names=load_class_names(args.class_names), f1=args.f1,
                               threshold=threshold)
     print_metrics(metrics, args.format)
 

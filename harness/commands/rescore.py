@@ -34,7 +34,7 @@ def output_path(run_dir, protocol, ranks=None):
 def run(args):
     from harness import records
     from harness.commands.metrics import load_array, print_metrics
-    from harness.metrics import compute_metrics
+    from harness.metrics import Bootstrap, compute_metrics
 
     run_dir = Path(args.run_dir)
     record = records.read_record(run_dir)
@@ -61,7 +61,7 @@ def run(args):
         from harness.ranks import as_ranks_wrote
 
         scores, labels, ranks_note = as_ranks_wrote(scores, labels, args.emulate_ranks)
-    metrics = compute_metrics(scores, labels, protocol, ci=not args.no_ci, n_boot=args.n_boot, seed=args.seed,
+    metrics = compute_metrics(scores, labels, protocol, ci=not args.no_ci and Bootstrap(args.n_boot, args.seed),
                               class_names=recorded.get("class_names"), f1=ev.get("f1", "ml-gcn"),
                               threshold=ev.get("threshold", 0.5), **extra)
     print_metrics(metrics, args.format)

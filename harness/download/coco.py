@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.download.errors import disk_full
 from harness.download.settings import COCO_URL, base_url, is_offline
-from harness.download.url import fetch_url
+from harness.download.url import Published, fetch_url
 from harness.download.verify import move_aside
 from harness.errors import UserError
 
@@ -135,7 +135,7 @@ def _fetch_and_unpack(root, part, offline, quiet):
                         f"place {Path(remote).name} there by hand, or unset HARNESS_OFFLINE")
     url = f"{base_url('HARNESS_COCO_URL', COCO_URL)}/{remote}"
     archive.parent.mkdir(parents=True, exist_ok=True)
-    fetch_url(url, archive, md5=md5, offline=offline, quiet=quiet)
+    fetch_url(url, archive, Published(md5=md5), offline=offline, quiet=quiet)
     _say(quiet, f"unpacking {archive.name} into {root}")
     try:
         with zipfile.ZipFile(archive) as z:  # members are annotations/..., val2014/..., train2014/...

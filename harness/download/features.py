@@ -14,7 +14,7 @@ from pathlib import Path
 from harness.download import zenodo
 from harness.download.errors import SourceError, disk_full
 from harness.download.settings import harness_home, is_offline
-from harness.download.url import fetch_url
+from harness.download.url import Published, fetch_url
 from harness.download.verify import write_atomically
 from harness.errors import UserError
 
@@ -44,7 +44,7 @@ def fetch_mlspl_features(cache_dir=None, *, match="coco", verify=False, offline=
         files = _list_online(root, listing)
     paths = []
     for f in _choose(files, match):
-        path = fetch_url(f.url, root / Path(f.key).name, md5=f.md5, size=f.size, verify=verify,
+        path = fetch_url(f.url, root / Path(f.key).name, Published(md5=f.md5, size=f.size), verify=verify,
                          offline=offline, quiet=quiet)
         _unpack_once(path)
         paths.append(path)
@@ -94,7 +94,7 @@ def _all_in_place(root, chosen, verify):
         if not path.is_file():
             return None
         try:  # offline=True: checks the copy in place (a bad one is moved aside), never downloads
-            fetch_url(f.url, path, md5=f.md5, size=f.size, verify=verify, offline=True, quiet=True)
+            fetch_url(f.url, path, Published(md5=f.md5, size=f.size), verify=verify, offline=True, quiet=True)
         except UserError:
             return None
         _unpack_once(path)

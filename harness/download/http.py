@@ -2,6 +2,7 @@
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,6 +14,16 @@ from harness.download.errors import SourceError, disk_full
 from harness.download.settings import Patience
 
 CHUNK = 1 << 16  # small: a dropped connection loses at most this much
+
+
+@dataclass(frozen=True)
+class _Transfer:
+    """One download: from `url` into the partial file `part`, under a progress bar named `desc`."""
+    url: str
+    part: Path
+    desc: str
+    expect_binary: bool
+    quiet: bool
 
 
 class _Retry(Exception):
@@ -52,6 +63,7 @@ def download(url, part, *, patience=None, desc=None, expect_binary=True, quiet=F
     part = Path(part)
     part.parent.mkdir(parents=True, exist_ok=True)
     last, failures = None, 0
+    transfer = _Transfer(url, part, desc or part.name, expect_binary, quiet)
     with requests.Session() as session:
         session.headers.update({"User-Agent": f"harness/{__version__}", "Accept-Encoding": "identity"})
         while failures <= patience.retries:
@@ -59,7 +71,7 @@ def download(url, part, *, patience=None, desc=None, expect_binary=True, quiet=F
                 time.sleep(patience.delay(failures - 1))
             before = part.stat().st_size if part.exists() else 0
             try:
-                _attempt(session, url, part, patience, desc or part.name, expect_binary, quiet)
+                _attempt(session, transfer, patience)
                 return
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError, _Retry) as e:
@@ -83,7 +95,8 @@ def _total_from_content_range(value):
     return start, total
 
 
-def _attempt(session, url, part, patience, desc, expect_binary, quiet):
+def _attempt(session, transfer, patience):
+    url, part = transfer.url, transfer.part
     offset = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     timeout = (patience.connect_timeout, patience.read_timeout)
@@ -108,7 +121,7 @@ def _attempt(session, url, part, patience, desc, expect_binary, quiet):
             offset, mode = 0, "wb"
             length = r.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-        _write_body(r, part, mode, offset, total, desc, expect_binary, quiet, url)
+        _write_body(r, transfer, mode, offset, total)
     size = part.stat().st_size
     if total is not None and size > total:  # e.g. another writer appended to the same partial file
         raise SourceError("mismatch", f"{part.name} has {size} bytes, more than the {total} that "
@@ -117,14 +130,15 @@ def _attempt(session, url, part, patience, desc, expect_binary, quiet):
         raise _Retry(f"connection dropped at {size} of {total} bytes")
 
 
-def _write_body(r, part, mode, offset, total, desc, expect_binary, quiet, url):
+def _write_body(r, transfer, mode, offset, total):
+    url, part = transfer.url, transfer.part
     chunks = r.iter_content(CHUNK)
     first = next(chunks, b"")
-    if expect_binary and offset == 0 and looks_like_html(r, first):
+    if transfer.expect_binary and offset == 0 and looks_like_html(r, first):
         raise SourceError("html", f"{host_of(url)} sent an HTML page instead of the file "
                                   f"(an error, login or quota page): {url}")
     bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-               desc=desc, disable=True if quiet else None, file=sys.stderr, mininterval=0.5)
+               desc=transfer.desc, disable=True if transfer.quiet else None, file=sys.stderr, mininterval=0.5)
     size = offset
     try:
         with open(part, mode) as f:

@@ -1,6 +1,7 @@
 """fetch_url: one file from one URL into a given place, verified against published checksums."""
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.download import http
@@ -12,8 +13,15 @@ from harness.download.verify import file_digest, move_aside, read_record, unchan
 from harness.errors import UserError
 
 
-def fetch_url(url, dest, *, sha256=None, md5=None, size=None, verify=False, offline=None,
-              quiet=False, patience=None):
+@dataclass(frozen=True)
+class Published:
+    """What a source publishes of a file, to check a download against (None: not published)."""
+    sha256: str | None = None
+    md5: str | None = None
+    size: int | None = None
+
+
+def fetch_url(url, dest, published=Published(), *, verify=False, offline=None, quiet=False, patience=None):
     """Return `dest`, downloading `url` there first unless a good copy is already in place.
 
     The body collects in <dest>.part (resumed on the next call after an interruption), is
@@ -23,19 +31,20 @@ def fetch_url(url, dest, *, sha256=None, md5=None, size=None, verify=False, offl
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(dest, quiet=quiet):  # one writer per file: a second run waits, then finds it in place
-        return _fetch_locked(url, dest, sha256, md5, size, verify, offline, quiet, patience)
+        if dest.is_file() and _good_in_place(dest, published, verify):
+            return dest
+        if is_offline(offline):
+            raise UserError(f"offline: {dest} is missing; place it there by hand (from {url}), "
+                            "or unset HARNESS_OFFLINE")
+        return _download(url, dest, published, quiet, patience)
 
 
-def _fetch_locked(url, dest, sha256, md5, size, verify, offline, quiet, patience):
-    if dest.is_file() and _good_in_place(dest, sha256, md5, size, verify):
-        return dest
-    if is_offline(offline):
-        raise UserError(f"offline: {dest} is missing; place it there by hand (from {url}), "
-                        "or unset HARNESS_OFFLINE")
+def _download(url, dest, published, quiet, patience):
+    sha256 = published.sha256
     part = dest.with_name(dest.name + ".part")
     try:
         http.download(url, part, patience=patience or Patience.from_env(), desc=dest.name, quiet=quiet)
-        check_size_md5(part, size, md5, url)
+        check_size_md5(part, published.size, published.md5, url)
         got = file_digest(part)
         if sha256 and got != sha256:
             raise SourceError("mismatch", f"{dest.name} has sha256 {got}, not {sha256}")
@@ -50,7 +59,8 @@ def _fetch_locked(url, dest, sha256, md5, size, verify, offline, quiet, patience
     return dest
 
 
-def _good_in_place(dest, sha256, md5, size, verify):
+def _good_in_place(dest, published, verify):
+    sha256, md5, size = published.sha256, published.md5, published.size
     record = read_record(dest) or {}
     actual = dest.stat().st_size
     if size is None or actual == size:

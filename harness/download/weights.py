@@ -86,8 +86,7 @@ class _Expected:
                   f"{sha} in {self.lock_file} (a different file will be refused from now on)", file=sys.stderr)
 
 
-def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline=None,
-          lock_file=None, quiet=False, lock=True):
+def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline=None, quiet=False, lock=True):
     """Return the path of a verified copy of `spec.files[role]`, downloading it if needed.
 
     verify=True re-hashes a cached file instead of trusting its size, mtime and recorded hash.
@@ -100,7 +99,7 @@ def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline
         raise UserError(f"model '{spec.id}' has no file '{role}' "
                         f"(it has: {', '.join(spec.files) or 'none: trained here, see harness mlspl'})")
     wfile = spec.files[role]
-    lock_file = lock_file or lock_file_for(spec.manifest_path)
+    lock_file = lock_file_for(spec.manifest_path)  # beside the manifest the entry came from
     looked = []
     if weights_dir:
         found = _hand_placed(spec, role, weights_dir, _Expected(spec, role, lock_file), looked, quiet, lock)
@@ -128,10 +127,10 @@ def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline
         return _download(spec, role, dest, expected, weights_dir, quiet, lock)
 
 
-def lock_verified(spec, role, path, *, lock_file=None, quiet=False):
+def lock_verified(spec, role, path, *, quiet=False):
     """Record the sha256 of `path` as the release of an unpinned file, once it has been read safely
     into its model; a pinned or already locked file is only checked against its hash."""
-    lock_file = lock_file or lock_file_for(spec.manifest_path)
+    lock_file = lock_file_for(spec.manifest_path)  # beside the manifest the entry came from
     expected = _Expected(spec, role, lock_file)
     record = read_record(path) or {}  # a cached file's download record; none for a hand-placed one
     sha = (record.get("sha256") if unchanged_since(path, record) else None) or file_digest(path)
