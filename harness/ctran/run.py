@@ -155,7 +155,7 @@ def train(coco_root, *, use_lmt=True, selection="test", epochs=PAPER["epochs"], 
     """Train C-Tran, then score val2014 with the selected checkpoint; returns the run folder."""
     import torch
 
-    from harness.ctran.data import MaskedImages, eval_transform, train_transform
+    from harness.ctran.data import MaskedImages, TestDraw, TrainingDraw, eval_transform, train_transform
     from harness.data.coco import check_images, load_labels
     from harness.evaluate import pick_device
     from harness.models.ctran import CTran
@@ -213,10 +213,10 @@ def train(coco_root, *, use_lmt=True, selection="test", epochs=PAPER["epochs"], 
             _say(f"resuming {run_dir} after epoch {state['epoch']}/{epochs}")
     net = distributed.wrap(model, device, size)
 
-    train_set = MaskedImages(root, train_labels, train_transform(scale, crop), training=True, use_lmt=use_lmt,
-                             seed=seed, rows=train_rows)
+    train_set = MaskedImages(root, train_labels, train_transform(scale, crop), TrainingDraw(use_lmt=use_lmt, seed=seed),
+                             rows=train_rows)
     val_coco = test_labels if selection == "test" else train_labels
-    val_set = MaskedImages(root, val_coco, eval_transform(scale, crop), training=False, known=0, rows=val_rows)
+    val_set = MaskedImages(root, val_coco, eval_transform(scale, crop), TestDraw(known=0), rows=val_rows)
     train_reasons = smoke_reasons(root, arch, scale, crop, epochs, limit, backbone)  # the checkpoint carries them
     for epoch in range(state["epoch"] + 1, epochs + 1):
         t0 = time.perf_counter()
@@ -336,7 +336,7 @@ def evaluate_checkpoint(weights, coco_root, model_ids, *, known_percents, draw="
 
     from harness import records
     from harness.checkpoints import sha256_of
-    from harness.ctran.data import MaskedImages, eval_transform
+    from harness.ctran.data import MaskedImages, TestDraw, eval_transform
     from harness.ctran.metrics import compute_ctran_metrics
     from harness.data.coco import check_images, fingerprint, load_labels
     from harness.data.smoke import is_smoke_root
@@ -372,8 +372,7 @@ def evaluate_checkpoint(weights, coco_root, model_ids, *, known_percents, draw="
     out = []
     for spec, percent, run_dir in zip(specs, known_percents, run_dirs or [None] * len(specs)):
         known = masks.known_count(percent, 80)
-        dataset = MaskedImages(root, labels, eval_transform(scale, crop), training=False, known=known, draw=draw,
-                               rows=rows)
+        dataset = MaskedImages(root, labels, eval_transform(scale, crop), TestDraw(known=known, draw=draw), rows=rows)
         t_setting = time.perf_counter()
         with SpanMeasurement(device, baseline_mib=baseline_mib) as meter:
             logits, mask, got_rows, loss = predict(model, _loader(dataset, batch_size, workers), device,
