@@ -35,15 +35,17 @@ def add_arguments(parser):
 
 
 def run(args):
+    from harness.ctran.config import CtranTrainConfig
     from harness.ctran.run import train
 
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be a positive number of images")
-    run_dir, record = train(args.coco_root, use_lmt=not args.no_lmt, selection=args.selection, epochs=args.epochs,
-                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, scale=args.scale, crop=args.crop,
-                            tiny=args.tiny, backbone=args.backbone, holdout=args.holdout, device=args.device,
-                            workers=args.workers, runs_root=args.out, resume=args.resume, limit=args.limit,
-                            progress=not args.no_progress)
+    config = CtranTrainConfig(coco_root=args.coco_root, use_lmt=not args.no_lmt, selection=args.selection,
+                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              scale=args.scale, crop=args.crop, tiny=args.tiny, backbone=args.backbone,
+                              holdout=args.holdout, limit=args.limit, device=args.device, workers=args.workers,
+                              runs_root=args.out, resume=args.resume, progress=not args.no_progress)
+    run_dir, record = train(config)
     if record is not None:  # under torchrun only rank 0 has one
         _print(record, run_dir)
 
@@ -60,6 +62,7 @@ def _print(record, run_dir):
 
 def evaluate(args, spec):
     """`harness eval` for a C-Tran entry: --known picks the sibling entries (same training, that setting)."""
+    from harness.ctran.config import CtranEvalConfig
     from harness.ctran.masks import DRAWS, KNOWN_PERCENTS
     from harness.ctran.run import evaluate_checkpoint
     from harness.manifest import load_manifest
@@ -87,10 +90,12 @@ def evaluate(args, spec):
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be a positive number of images")
-    records = evaluate_checkpoint(args.weights, args.coco_root, [siblings[k] for k in known], known_percents=known,
-                                  draw=args.draw, device=args.device, workers=args.workers or 0,
-                                  batch_size=args.batch_size or spec.eval.batch_size, runs_root=args.out,
-                                  manifest=args.manifest, limit=args.limit, progress=not args.no_progress)
+    config = CtranEvalConfig(weights=args.weights, coco_root=args.coco_root,
+                             model_ids=tuple(siblings[k] for k in known), known_percents=tuple(known), draw=args.draw, device=args.device,
+                             workers=args.workers or 0, batch_size=args.batch_size or spec.eval.batch_size,
+                             runs_root=args.out, manifest=args.manifest, limit=args.limit,
+                             progress=not args.no_progress)
+    records = evaluate_checkpoint(config)
     from pathlib import Path
 
     for r in records:
