@@ -43,7 +43,9 @@ class CtranTrainConfig:
     resume: str | None = None
     progress: bool = True
 
-    def check(self):
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise UserError("--limit must be a positive number of images")
         for name, v in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
             if v < 1:
                 raise UserError(f"{name} must be at least 1 (got {v})")
@@ -75,8 +77,9 @@ class CtranTrainConfig:
         out["holdout"] = self.holdout if self.selection == "held-out" else None
         return out
 
-    def as_dict(self):
-        return asdict(self)
+    def as_record(self):
+        """The record's `config` section: every field, paths as text."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 def read_settings(data):
@@ -106,5 +109,12 @@ class CtranEvalConfig:
     limit: int | None = None
     progress: bool = False
 
-    def as_dict(self):
-        return asdict(self)
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.limit is not None and self.limit < 1:
+            raise UserError("--limit must be a positive number of images")
+
+    def as_record(self):
+        """The record's `config` section: every field, paths as text."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

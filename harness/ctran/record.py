@@ -87,39 +87,33 @@ def record_reasons(config, checkpoint, trained=None):
 
 
 def build_record(config, checkpoint, scored, trained=None):
-    """The record of one setting (CtranEvalConfig, Checkpoint, Scored); with `trained`, a training's record."""
-    from harness import records
+    """The Record of one setting (CtranEvalConfig, Checkpoint, Scored); with `trained`, a training's record."""
     from harness.data.smoke import is_smoke_root
+    from harness.records import Record, environment, model_section
 
-    spec, root = scored.spec, Path(config.coco_root)
-    reasons = record_reasons(config, checkpoint, trained)
+    root = Path(config.coco_root)
     selection = checkpoint.meta.get("selection") or (trained.config.selection if trained else None)
-    record = {
-        "schema": 1, "kind": "train" if trained else "eval", "run_id": scored.run_dir.name,
-        "model": {"id": spec.id, "family": spec.family, "arch": spec.arch, "paper": spec.paper},
-        "checkpoint": {"path": checkpoint.path, "sha256": checkpoint.sha256, "pinned": False,
-                       "random_weights": False, "arch": checkpoint.arch, "epoch": checkpoint.meta.get("epoch")},
-        "dataset": {"name": "coco2014-val", "root": str(root.resolve()), "image_set": "annotated",
-                    "n_images": scored.n_images, "fingerprint": {**scored.fingerprint, "n_images": scored.n_images},
-                    "smoke_subset": is_smoke_root(root)},
-        "eval": {"protocol": config.draw, "known_percent": scored.percent, "known_labels": scored.known,
-                 "resolution": checkpoint.crop, "scale": checkpoint.scale, "resize": "squish then centre crop",
-                 "normalize": "imagenet", "batch_size": config.batch_size, "dtype": "float32", "amp": False,
-                 "device": config.device, "limit": config.limit, "draw": DRAW_NOTES[config.draw]},
-        "ctran": {"selection": selection, "selection_note": SELECTIONS.get(selection), "unknown_loss": scored.loss},
-        "metrics": scored.metrics,
-        "timings": {"wall_s": scored.wall_s, "images_per_s": scored.measured.get("images_per_s")},
-        "measurement": scored.measured,
-        "environment": records.environment(),
-        "started_at": trained.state["started_at"] if trained else utc_now(), "finished_at": utc_now(),
-        "smoke": bool(reasons), "smoke_reasons": reasons,
-        "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy", "masks": "masks.npy"},
-    }
-    if trained:
-        record["train"] = _train_section(trained, checkpoint)
-        record["train_wall_s"] = trained.state["wall_s"]
-    record["config"] = (trained.config if trained else config).as_dict()
-    return record
+    return Record(
+        kind="train" if trained else "eval", run_id=scored.run_dir.name, model=model_section(scored.spec),
+        checkpoint={"path": checkpoint.path, "sha256": checkpoint.sha256, "pinned": False, "random_weights": False,
+                    "arch": checkpoint.arch, "epoch": checkpoint.meta.get("epoch")},
+        config=(trained.config if trained else config).as_record(),
+        dataset={"name": "coco2014-val", "root": str(root.resolve()), "image_set": "annotated",
+                 "n_images": scored.n_images, "fingerprint": {**scored.fingerprint, "n_images": scored.n_images},
+                 "smoke_subset": is_smoke_root(root)},
+        eval={"protocol": config.draw, "known_percent": scored.percent, "known_labels": scored.known,
+              "resolution": checkpoint.crop, "scale": checkpoint.scale, "resize": "squish then centre crop",
+              "normalize": "imagenet", "batch_size": config.batch_size, "dtype": "float32", "amp": False,
+              "device": config.device, "limit": config.limit, "draw": DRAW_NOTES[config.draw]},
+        ctran={"selection": selection, "selection_note": SELECTIONS.get(selection), "unknown_loss": scored.loss},
+        metrics=scored.metrics,
+        timings={"wall_s": scored.wall_s, "images_per_s": scored.measured.get("images_per_s")},
+        measurement=scored.measured, environment=environment(),
+        started_at=trained.state["started_at"] if trained else utc_now(), finished_at=utc_now(),
+        smoke_reasons=record_reasons(config, checkpoint, trained),
+        files={"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy", "masks": "masks.npy"},
+        train=_train_section(trained, checkpoint) if trained else {},
+        extra={"train_wall_s": trained.state["wall_s"]} if trained else {})
 
 
 def _train_section(trained, checkpoint):

@@ -176,7 +176,6 @@ def train(config):
     from harness.ctran.run_folder import open_run
     from harness.evaluate import pick_device
 
-    config.check()
     rank, size, device = distributed.setup(pick_device(config.device))
     if config.batch_size % size:
         raise UserError(f"--batch-size {config.batch_size} does not split evenly over {size} processes; "
