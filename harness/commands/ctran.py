@@ -36,31 +36,32 @@ def add_arguments(parser):
 
 
 def run(args):
+    from harness.ctran.config import CtranTrainConfig
     from harness.ctran.run import train
 
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be a positive number of images")
-    run_dir, record = train(args.coco_root, use_lmt=not args.no_lmt, selection=args.selection, epochs=args.epochs,
-                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, scale=args.scale, crop=args.crop,
-                            tiny=args.tiny, backbone=args.backbone, holdout=args.holdout, device=args.device,
-                            workers=args.workers, runs_root=args.runs, resume=args.resume, limit=args.limit,
-                            progress=not args.no_progress)
+    config = CtranTrainConfig(coco_root=args.coco_root, use_lmt=not args.no_lmt, selection=args.selection,
+                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              scale=args.scale, crop=args.crop, tiny=args.tiny, backbone=args.backbone,
+                              holdout=args.holdout, limit=args.limit, device=args.device, workers=args.workers,
+                              runs_root=args.runs, resume=args.resume, progress=not args.no_progress)
+    run_dir, record = train(config)
     if record is not None:  # under torchrun only rank 0 has one
         _print(record, run_dir)
 
 
 def _print(record, run_dir):
-    m = record["metrics"]
-    flag = f"  SMOKE ({', '.join(record['smoke_reasons'])}): never counts" if record["smoke"] else ""
-    sel = record.get("ctran", {}).get("selection")
+    m = record.metrics
+    flag = f"  SMOKE ({', '.join(record.smoke_reasons)}): never counts" if record.smoke else ""
+    sel = record.ctran.get("selection")
     mAP = "n/a" if m["mAP"] is None else f"{m['mAP']:.2f}"
-    print(f"{record['model']['id']}: mAP {mAP} at {record['eval']['known_percent']}% known "
-          f"(paper {record['model']['paper']['metrics'].get('mAP')}; {sel and 'selected on ' + sel}){flag}")
+    print(f"{record.model_id}: mAP {mAP} at {record.eval['known_percent']}% known "
+          f"(paper {record.model['paper']['metrics'].get('mAP')}; {sel and 'selected on ' + sel}){flag}")
     print(f"record: {run_dir / 'record.json'}")
 
 
 def evaluate(args, spec):
     """`harness eval` for a C-Tran entry: --known picks the sibling entries (same training, that setting)."""
+    from harness.ctran.config import CtranEvalConfig
     from harness.ctran.masks import DRAWS, KNOWN_PERCENTS
     from harness.ctran.run import evaluate_checkpoint
     from harness.manifest import load_manifest
@@ -84,15 +85,14 @@ def evaluate(args, spec):
     if missing:
         raise UserError(f"no manifest entry for {spec.id.replace('-known', '')} at {missing[0]}% known "
                         f"(the paper reports {', '.join(map(str, sorted(siblings)))}); pick one of those")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be a positive number of images")
-    records = evaluate_checkpoint(args.weights, args.coco_root, [siblings[k] for k in known], known_percents=known,
-                                  draw=args.draw, device=args.device, workers=args.workers or 0,
-                                  batch_size=args.batch_size or spec.eval.batch_size, runs_root=args.runs,
-                                  manifest=args.manifest, limit=args.limit, progress=not args.no_progress)
+    batch_size = spec.eval.batch_size if args.batch_size is None else args.batch_size
+    config = CtranEvalConfig(weights=args.weights, coco_root=args.coco_root,
+                             model_ids=tuple(siblings[k] for k in known), known_percents=tuple(known),
+                             draw=args.draw, device=args.device, workers=args.workers or 0, batch_size=batch_size,
+                             runs_root=args.runs, manifest=args.manifest, limit=args.limit,
+                             progress=not args.no_progress)
+    records = evaluate_checkpoint(config)
     from pathlib import Path
 
     for r in records:
-        _print(r, Path(args.runs) / r["model"]["id"] / r["run_id"])
+        _print(r, Path(args.runs) / r.model_id / r.run_id)

@@ -6,6 +6,8 @@ Their loader (load_data.py, dataloaders/coco80_dataset.py) reads pickles `train.
 ascending id). Not verifiable without their tarball: the pickles' image count and order; the
 annotated images (82,081 / 40,137) are used, and order moves none of their metrics.
 """
+from dataclasses import dataclass
+
 import torch
 from torch.utils.data import Dataset
 from torchvision import transforms as T
@@ -36,18 +38,36 @@ def eval_transform(scale=SCALE, crop=CROP):
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+@dataclass(frozen=True)
+class TrainingDraw:
+    """Their label-mask training draw on a Random keyed by (seed, epoch, row); all unknown without LMT."""
+    use_lmt: bool = True
+    seed: int = 0
+
+    def unknown(self, num_labels, row, epoch, image, image_id):
+        return masks.train_unknown_indices(masks.train_rng(self.seed, epoch, row), num_labels, self.use_lmt)
+
+
+@dataclass(frozen=True)
+class TestDraw:
+    """`known` labels known per image, by `draw` (`ctran`: their image-hash seed; `ctran-id`)."""
+    known: int = 0
+    draw: str = "ctran"
+
+    def unknown(self, num_labels, row, epoch, image, image_id):
+        return masks.test_unknown_indices(num_labels, self.known, image=image, image_id=image_id, draw=self.draw)
+
+
 class MaskedImages(Dataset):
     """Yields (image, labels, mask, row) as their Coco80Dataset; mask = labels with unknowns at -1.
 
-    training: their LMT draw (or all unknown without LMT) on a Random keyed by (seed, epoch, row);
-    otherwise `known` labels known per image, by `draw` (`ctran`: their image-hash seed; `ctran-id`).
+    `labels_known` says which labels are known: a TrainingDraw (keyed by the epoch set on the
+    dataset) or a TestDraw.
     """
 
-    def __init__(self, root, coco_labels, transform, *, training, known=0, use_lmt=True, seed=0,
-                 draw="ctran", rows=None):
+    def __init__(self, root, coco_labels, transform, labels_known, rows=None):
         self.folder = root / coco_labels.split
-        self.coco, self.transform = coco_labels, transform
-        self.training, self.known, self.use_lmt, self.seed, self.draw = training, known, use_lmt, seed, draw
+        self.coco, self.transform, self.labels_known = coco_labels, transform, labels_known
         self.rows = list(range(len(coco_labels))) if rows is None else list(rows)
         self.epoch = 1
 
@@ -58,12 +78,5 @@ class MaskedImages(Dataset):
         row = self.rows[i]
         image = self.transform(load_rgb(self.folder / self.coco.file_names[row]))
         labels = torch.from_numpy(self.coco.labels[row].astype("float32"))
-        num_labels = labels.shape[0]
-        if self.training:
-            unknown = masks.train_unknown_indices(masks.train_rng(self.seed, self.epoch, row), num_labels,
-                                                  self.use_lmt)
-        else:
-            unknown = masks.test_unknown_indices(num_labels, self.known, image=image,
-                                                 image_id=self.coco.image_ids[row], draw=self.draw)
+        unknown = self.labels_known.unknown(labels.shape[0], row, self.epoch, image, self.coco.image_ids[row])
         return image, labels, masks.apply_mask(labels, unknown), row
-

@@ -1,0 +1,44 @@
+"""A training's run folder: a new one holding settings.json, or with --resume the interrupted one,
+whose settings.json must equal this run's field by field."""
+import json
+from pathlib import Path
+
+from harness.ctran.config import read_settings
+from harness.errors import UserError
+
+SETTINGS = "settings.json"
+
+
+def saved_settings(run_dir):
+    return read_settings(json.loads((Path(run_dir) / SETTINGS).read_text()))
+
+
+def open_run(config, settings):
+    """The folder to train in (CtranTrainConfig; `settings`: what settings.json holds for this run)."""
+    runs_root, model_id, resume = config.runs_root, config.model_id, config.resume
+    if not resume:
+        return _new(runs_root, model_id, settings)
+    folder = Path(runs_root) / model_id
+    candidates = sorted(p for p in folder.glob("*") if (p / SETTINGS).is_file() and not (p / "record.json").exists())
+    if resume == "auto":  # the newest unfinished run with these settings, else a new run
+        same = [p for p in candidates if saved_settings(p) == settings]
+        return same[-1] if same else _new(runs_root, model_id, settings)
+    run_dir = Path(resume) if resume != "latest" else (candidates[-1] if candidates else None)
+    if run_dir is None or not (run_dir / SETTINGS).is_file():
+        raise UserError(f"nothing to resume for {model_id} under {runs_root}; run without --resume")
+    if (run_dir / "record.json").exists():
+        raise UserError(f"{run_dir} is already complete; run without --resume for a new run")
+    saved = saved_settings(run_dir)
+    changed = [k for k, v in settings.items() if saved.get(k) != v]
+    if changed:
+        raise UserError(f"cannot resume {run_dir}: {', '.join(changed)} differ from the interrupted run; "
+                        "use the same settings or start a new run")
+    return run_dir
+
+
+def _new(runs_root, model_id, settings):
+    from harness import records
+
+    run_dir = records.new_run_dir(runs_root, model_id)
+    (run_dir / SETTINGS).write_text(json.dumps(settings, indent=2))
+    return run_dir
