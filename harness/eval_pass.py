@@ -13,7 +13,6 @@ import contextlib
 import numpy as np
 import torch
 
-from harness.errors import UserError
 
 PARAMS_SHARE = 0.25  # models ride together while their weights take at most this share of free device memory
 

@@ -379,15 +379,11 @@ class Bootstrap:
     seed: int = 0
 
 
-def compute_metrics(scores, labels, protocol, *, ci=True, class_names=None, f1="ml-gcn", threshold=THRESHOLD,
-                    mask=None):
+def compute_metrics(scores, labels, protocol, *, ci=True, class_names=None, f1="ml-gcn", threshold=THRESHOLD):
     """Every metric of one run as a JSON-serialisable dict (percentages). `ci`: a Bootstrap, True
     (the default one) or False (no interval); `f1` and `threshold` pick the F1 family's definition
-    (F1_RULES) and threshold; `mask` is C-Tran's known-label mask."""
+    (F1_RULES) and threshold. C-Tran's protocol, with its known-label mask, is harness/ctran/metrics.py."""
     ci = Bootstrap() if ci is True else ci
-    if protocol in ("ctran", "ctran-id"):  # C-Tran's own rules, with its known-label mask: harness/ctran/metrics.py
-        from harness.ctran.metrics import compute_ctran_metrics
-        return compute_ctran_metrics(scores, labels, mask)
     _check_protocol(protocol)
     if f1 not in F1_RULES:
         raise UserError(f"unknown F1 definition '{f1}'; use one of {', '.join(F1_RULES)}")

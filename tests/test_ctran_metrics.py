@@ -52,7 +52,3 @@ def test_cli_protocol_ctran(tmp_path, capsys):
     assert "mask has shape (300, 5)" in capsys.readouterr().err
 
 
-def test_compute_metrics_dispatches_ctran():
-    from harness.metrics import compute_metrics
-    assert compute_metrics(F["scores"], F["labels"], "ctran", mask=F["mask_60"]) == \
-        compute_ctran_metrics(F["scores"], F["labels"], F["mask_60"])

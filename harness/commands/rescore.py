@@ -61,9 +61,14 @@ def run(args):
         from harness.ranks import as_ranks_wrote
 
         scores, labels, ranks_note = as_ranks_wrote(scores, labels, args.emulate_ranks)
-    metrics = compute_metrics(scores, labels, protocol, ci=not args.no_ci and Bootstrap(args.n_boot, args.seed),
-                              class_names=recorded.get("class_names"), f1=ev.get("f1", "ml-gcn"),
-                              threshold=ev.get("threshold", 0.5), **extra)
+    if extra:  # C-Tran's own metrics
+        from harness.ctran.metrics import compute_ctran_metrics
+
+        metrics = compute_ctran_metrics(scores, labels, extra["mask"])
+    else:
+        metrics = compute_metrics(scores, labels, protocol, ci=not args.no_ci and Bootstrap(args.n_boot, args.seed),
+                                  class_names=recorded.get("class_names"), f1=ev.get("f1", "ml-gcn"),
+                                  threshold=ev.get("threshold", 0.5))
     print_metrics(metrics, args.format)
     out = {
         "rescored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
