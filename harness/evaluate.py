@@ -343,11 +343,10 @@ class _Job:
 
 def _prepare(spec, session):
     """Check the inputs, build the model (on the CPU until its turn) and open or resume its run."""
-    import torch
-
     from harness.batch_size import choose_batch_size
     from harness.data.authors_labels import choose_labels
     from harness.data.coco import check_images, load_labels
+    from harness.measure.throughput import AMP_DTYPES
 
     config, device, world = session.config, session.device, session.world
     coco_labels = load_labels(config.coco_root, "val2014", spec.eval.image_set)
@@ -378,7 +377,7 @@ def _prepare(spec, session):
         run_dir, done, held = _open_run_together(session, spec, settings, rows)
     return _Job(session=session, spec=spec, coco_labels=coco_labels, model=model, weights_info=weights_info,
                 settings=settings, run_dir=run_dir, done=done, held=held, rows=rows, device=device, amp=amp,
-                amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp), amp_source=amp_source,
+                amp_dtype=AMP_DTYPES.get(amp), amp_source=amp_source,
                 batch_size=batch_size, batch_size_source=batch_source, deviations=deviations,
                 precision=precision, precision_source=precision_source, labels=label_choice, world=world)
 

@@ -49,7 +49,7 @@ def estimate_cpu_hours(spec, n_images, batch_size):
 def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, force=False):
     """Every chosen model (default: the Query2Label tables' six and the ASL baseline) evaluated as
     `config` (an EvalConfig) asks, complete runs skipped unless `force`; then the report."""
-    from harness.data.coco import annotation_path, check_images, load_labels
+    from harness.data.coco import SPLIT_SIZES, annotation_path, check_images, load_labels
     from harness.evaluate import evaluate_many, pick_device
     from harness.manifest import load_manifest, resolve_id
     from harness.records import check_runs_root
@@ -77,7 +77,7 @@ def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, fo
         print("No CUDA GPU visible: running on CPU. Estimated time per model (one synthetic batch, extrapolated):")
         for spec in to_run:
             if spec.id not in missing:
-                n = config.limit or {"all": 40504, "annotated": 40137}[spec.eval.image_set]
+                n = config.limit or SPLIT_SIZES["val2014"][spec.eval.image_set == "annotated"]
                 print(f"  {spec.id}: about {_hours(estimate_cpu_hours(spec, n, config.batch_size or spec.eval.batch_size))}")
 
     runnable = [spec for spec in to_run if spec.id not in missing]

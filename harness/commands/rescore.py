@@ -3,7 +3,6 @@ its own protocol or another. Prints them and writes rescore-<protocol>.json in t
 record.json is never touched, and an existing rescore file is never replaced."""
 import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.errors import UserError
@@ -71,7 +70,7 @@ def run(args):
                                   threshold=ev.get("threshold", 0.5))
     print_metrics(metrics, args.format)
     out = {
-        "rescored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rescored_at": records.utc_now(),
         "run_id": record.run_id, "model_id": record.model_id, "protocol": protocol,
         "recorded_protocol": record.eval.get("protocol"), "recorded_mAP": recorded.get("mAP"),
         "smoke": record.smoke, "environment": records.environment(), "metrics": metrics,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.data.coco import SPLIT_SIZES
 from harness.data.smoke import is_smoke_root
 from harness.download.verify import file_digest as file_sha256
 from harness.errors import UserError
@@ -21,7 +22,7 @@ SEED = 1200  # their seed for the single positives and for the split
 VAL_FRAC = 0.2
 FILES = [f"formatted_{s}_{kind}.npy" for s in ("train", "val") for kind in ("images", "labels", "labels_obs")]
 # Full COCO 2014: images in the json, annotated images, and the split they must give.
-FULL_TRAIN_IMAGES, FULL_VAL_IMAGES = 82_783, 40_504
+FULL_TRAIN_IMAGES, FULL_VAL_IMAGES = SPLIT_SIZES["train2014"][0], SPLIT_SIZES["val2014"][0]
 FULL_COUNTS = {"train": 65_665, "val": 16_416, "test": 40_137}
 
 
