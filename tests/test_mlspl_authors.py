@@ -69,12 +69,13 @@ def _sha(t):
 def test_linear_training_is_their_script_with_torch_seeded_bit_for_bit(their_training, loss, batch_size):
     """Their train.py loop + torch.manual_seed(P['seed']): the harness's grid (all lrs at once) gives
     each run's val and test mAP of every epoch and its best weights, bit for bit."""
+    from harness.mlspl.config import TrainConfig
     from harness.mlspl.train import train_linear_group
 
     theirs = [r for r in their_training["runs"] if r["loss"] == loss and r["batch_size"] == batch_size]
     train, val, test = _tiny_splits(loss)
-    ours = train_linear_group(train, val, test, loss, [r["lr"] for r in theirs], batch_size,
-                              epochs=their_training["epochs"], seed=their_training["seed"])
+    config = TrainConfig(loss, epochs=their_training["epochs"], seed=their_training["seed"])
+    ours = train_linear_group(train, val, test, config, batch_size, [r["lr"] for r in theirs])
     for r, t in zip(ours, theirs):
         assert r.best_epoch == t["best_epoch"]
         assert _sha(r.head["weight"].numpy()) == t["best_weight_sha256"]

@@ -76,9 +76,11 @@ def test_authors_linear_phase_larger_than_smoke_val(smoke_root, smoke_data, tmp_
 def train_and_evaluate_quick(data, feats, coco_root, runs):
     from harness.mlspl.run import train_and_evaluate
 
-    return train_and_evaluate(data, "ROLE", "linear-init", features_dir=feats, coco_root=coco_root,
-                              points=[(4, 1e-4)], runs_root=runs, device="cpu", epochs=1, resolution=32,
-                              random_weights=True, workers=0, max_steps=1, progress=False)
+    from harness.mlspl.config import TrainConfig
+
+    return train_and_evaluate(TrainConfig("ROLE", "linear-init", data_dir=data, features_dir=feats, coco_root=coco_root,
+                                          points=((4, 1e-4),), runs_root=runs, device="cpu", epochs=1, resolution=32,
+                                          random_weights=True, workers=0, max_steps=1, progress=False))
 
 
 def full_data():
@@ -86,7 +88,10 @@ def full_data():
 
 
 def reasons(loss, init_point):
-    return _smoke_reasons({}, full_data(), None, False, 10, 10, paper_grid(), 448, None, loss, init_point)
+    from harness.mlspl.config import TrainConfig
+
+    config = TrainConfig(loss, "fine-tuned", points=tuple(paper_grid()), epochs=10, init_point=init_point)
+    return _smoke_reasons(config, {}, full_data(), None)
 
 
 def test_non_paper_linear_phase_is_flagged():

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from harness.cli import main
+from harness.mlspl.config import FeatureConfig, TrainConfig
 from harness.mlspl.features import FEATURE_FILES, compare_features, extract_features
 from harness.mlspl.prepare import load_prepared, prepare
 from harness.mlspl.run import train_and_evaluate
@@ -84,8 +85,8 @@ def test_cli_linear_training_learns_and_writes_a_record(synth):
 def test_batched_grid_equals_points_trained_alone(synth):
     base, feats = synth
     _, train, val, test = tensors(base / "data", feats)
-    both = train_linear_group(train, val, test, "ROLE", [1e-2, 1e-3], 16, epochs=2, seed=3)
-    alone = train_linear_group(train, val, test, "ROLE", [1e-3], 16, epochs=2, seed=3)
+    both = train_linear_group(train, val, test, TrainConfig("ROLE", epochs=2, seed=3), 16, [1e-2, 1e-3])
+    alone = train_linear_group(train, val, test, TrainConfig("ROLE", epochs=2, seed=3), 16, [1e-3])
     assert val_maps(both[1]) == val_maps(alone[0])  # bit for bit
     assert torch.equal(both[1].head["weight"], alone[0].head["weight"])
     assert torch.equal(both[1].table, alone[0].table)
@@ -103,7 +104,7 @@ def test_every_loss_learns_on_features(synth, loss):
     data, (x, observed), val, test = tensors(base / "data", feats)
     if loss == "BCE":
         observed = torch.tensor(data["train"].labels, dtype=torch.float32)
-    (r,) = train_linear_group((x, observed), val, test, loss, [1e-2], 16, epochs=2)
+    (r,) = train_linear_group((x, observed), val, test, TrainConfig(loss, epochs=2), 16, [1e-2])
     chance = 100 * test[1].mean(0).sum() / 80
     assert r.test_map > 4 * chance and r.val_map == max(val_maps(r))
     assert r.best_epoch == val_maps(r).index(r.val_map)  # the first epoch reaching the best
@@ -112,7 +113,8 @@ def test_every_loss_learns_on_features(synth, loss):
 def test_interrupted_linear_run_resumes_to_the_same_result(synth, tmp_path):
     base, feats = synth
     _, train, val, test = tensors(base / "data", feats)
-    full = train_linear_group(train, val, test, "ROLE", [1e-3], 16, epochs=3, seed=1)
+    config = TrainConfig("ROLE", epochs=3, seed=1)
+    full = train_linear_group(train, val, test, config, 16, [1e-3])
 
     def stop(epoch, _):
         if epoch == 0:
@@ -120,8 +122,8 @@ def test_interrupted_linear_run_resumes_to_the_same_result(synth, tmp_path):
 
     state = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_linear_group(train, val, test, "ROLE", [1e-3], 16, epochs=3, seed=1, state_path=state, progress=stop)
-    resumed = train_linear_group(train, val, test, "ROLE", [1e-3], 16, epochs=3, seed=1, state_path=state)
+        train_linear_group(train, val, test, config, 16, [1e-3], state_path=state, on_epoch=stop)
+    resumed = train_linear_group(train, val, test, config, 16, [1e-3], state_path=state)
     assert val_maps(resumed[0]) == pytest.approx(val_maps(full[0]))
     torch.testing.assert_close(resumed[0].table, full[0].table)
     np.testing.assert_allclose(resumed[0].test_scores, full[0].test_scores)
@@ -141,8 +143,9 @@ def test_one_fine_tuning_step_on_cpu(smoke_root, smoke_data):
     before = model.backbone.conv1.weight.detach().clone()
     generator = torch.Generator().manual_seed(0)
     generator_table = _initial_table_after_head(data, generator)
-    r = train_fine_tuned(model, data, "ROLE", 1e-3, 4, coco_root=smoke_root, epochs=1, resolution=32, workers=0, seed=0,
+    config = TrainConfig("ROLE", "fine-tuned", coco_root=smoke_root, epochs=1, resolution=32, workers=0, seed=0,
                          max_steps=1)
+    r = train_fine_tuned(model, data, config, (4, 1e-3))
     assert not torch.equal(model.backbone.conv1.weight.detach(), before)
     assert r.test_scores.shape == (4, 80) and len(r.history) == 1
     # Adam's first step moves only the label-estimator rows of that one batch.
@@ -159,10 +162,10 @@ def _initial_table_after_head(data, generator):
 def test_linear_init_hands_head_and_estimates_to_fine_tuning(smoke_root, smoke_data, tmp_path):
     # The smoke val split (9 images) is smaller than the authors' ROLE batch of 16: batch 8 here.
     feats = synthetic_features(smoke_data, tmp_path / "feats")
-    run_dir = train_and_evaluate(smoke_data, "ROLE", "linear-init", features_dir=feats, coco_root=smoke_root,
-                                 points=[(4, 1e-4)], runs_root=tmp_path / "runs", device="cpu", epochs=1,
-                                 resolution=32, random_weights=True, workers=0, max_steps=1, init_point=(1e-3, 8),
-                                 progress=False)
+    run_dir = train_and_evaluate(TrainConfig("ROLE", "linear-init", data_dir=smoke_data, features_dir=feats,
+                                             coco_root=smoke_root, points=((4, 1e-4),), runs_root=tmp_path / "runs",
+                                             device="cpu", epochs=1, resolution=32, random_weights=True, workers=0,
+                                             max_steps=1, init_point=(1e-3, 8), progress=False))
     record = json.loads((run_dir / "record.json").read_text())
     phase = record["train"]["linear_phase"]
     assert phase["fixed_point"] == [1e-3, 8] and len(phase["history"]) == 25
@@ -175,8 +178,8 @@ def test_linear_init_hands_head_and_estimates_to_fine_tuning(smoke_root, smoke_d
 
 def test_extraction_resumes_and_compares(smoke_root, smoke_data, tmp_path):
     torch.manual_seed(0)
-    first = extract_features(smoke_data, smoke_root, tmp_path / "a", resolution=32, batch_size=8,
-                             random_weights=True, workers=0, progress=False)
+    config = FeatureConfig(resolution=32, batch_size=8, random_weights=True, workers=0)
+    first = extract_features(smoke_data, smoke_root, tmp_path / "a", config, progress=False)
     full = np.load(first / FEATURE_FILES["train"])
     assert full.shape[1] == 2048 and np.isfinite(full).all()
     # Interrupt after 8 rows: a partial file with its progress; the rerun fills in the rest.
@@ -187,8 +190,7 @@ def test_extraction_resumes_and_compares(smoke_root, smoke_data, tmp_path):
     (first / f"{name}.progress.json").write_text(json.dumps({"done": 8}))
     (first / FEATURE_FILES["train"]).unlink()
     torch.manual_seed(0)
-    extract_features(smoke_data, smoke_root, first, resolution=32, batch_size=8, random_weights=True, workers=0,
-                     progress=False)
+    extract_features(smoke_data, smoke_root, first, config, progress=False)
     np.testing.assert_allclose(np.load(first / FEATURE_FILES["train"]), full, rtol=1e-4, atol=1e-5)
     same = compare_features(first, first)
     other = compare_features(first, synthetic_features(smoke_data, tmp_path / "b"))
@@ -204,8 +206,8 @@ def test_random_weight_extraction_is_seeded(smoke_root, smoke_data, tmp_path):
 
     def features(seed, name):
         torch.manual_seed(100 + seed)  # the global generator's state must not matter
-        out = extract_features(few, smoke_root, tmp_path / name, resolution=32, batch_size=4, random_weights=True,
-                               workers=0, progress=False, seed=seed)
+        config = FeatureConfig(resolution=32, batch_size=4, random_weights=True, workers=0, seed=seed)
+        out = extract_features(few, smoke_root, tmp_path / name, config, progress=False)
         return np.load(out / FEATURE_FILES["val"]), json.loads((out / "features_meta.json").read_text())
 
     (a, meta), (b, _), (c, _) = features(3, "a"), features(3, "b"), features(4, "c")
@@ -231,3 +233,41 @@ def test_map_matches_the_authors_rule():
     scores = np.array([[0.9, 0.1], [0.5, 0.2], [0.5, 0.3]])
     # class 0: ranks 0.9 (pos), then a tie 0.5/0.5 (one pos, one neg) as one step: AP = 0.5*1 + 0.5*2/3
     assert mlspl_map(scores, labels) == pytest.approx(100 * (0.5 + 1 / 3 + 0) / 2)
+
+
+def test_cli_train_takes_the_model_entry_from_manifest(synth, tmp_path):
+    import yaml
+
+    from harness.manifest import DEFAULT_MANIFEST
+
+    base, feats = synth
+    manifest = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    entry = manifest["models"]["mlspl-an-linear"]
+    entry["paper"]["metrics"]["mAP"] = 12.5  # not the paper's: only this file says so
+    manifest["models"] = {"mlspl-an-linear": entry}
+    path = tmp_path / "manifest.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    assert main(["mlspl", "train", "--loss", "AN", "--mode", "linear", "--data", str(base / "data"),
+                 "--features", str(feats), "--lr", "1e-3", "--batch-size", "16", "--epochs", "1",
+                 "--device", "cpu", "--runs", str(tmp_path / "runs"), "--manifest", str(path)]) == 0
+    (run_dir,) = (tmp_path / "runs" / "mlspl-an-linear").iterdir()
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["model"]["paper"]["metrics"]["mAP"] == 12.5
+    assert record["config"]["manifest"] == str(path.resolve())
+
+
+def test_a_resumed_run_must_ask_what_its_settings_json_holds(tmp_path):
+    from harness.errors import UserError
+    from harness.mlspl.run import _work_dir
+
+    config = TrainConfig("ROLE", "fine-tuned", data_dir=tmp_path, coco_root=tmp_path, points=((8, 1e-3),), epochs=10,
+                         device="cpu", runs_root=tmp_path / "runs")
+    work = _work_dir(config, "mlspl-role-fine-tuned", "data-sha")
+    saved = json.loads((work / "settings.json").read_text())
+    assert saved["workers"] == 4 and saved["loss"] == "ROLE" and saved["points"] == [[8, 1e-3]]
+    assert _work_dir(config.replace(progress=False), "mlspl-role-fine-tuned", "data-sha") == work
+    with pytest.raises(UserError, match=r"other settings \(workers 4 there, 2 now\)"):
+        _work_dir(config.replace(workers=2), "mlspl-role-fine-tuned", "data-sha")  # its flips would change
+    linear = config.replace(mode="linear", coco_root=None)
+    _work_dir(linear, "mlspl-role-linear", "data-sha")
+    _work_dir(linear.replace(workers=2), "mlspl-role-linear", "data-sha")  # no images: workers change nothing

@@ -18,7 +18,7 @@ def add_arguments(parser):
     p.add_argument("--resolution", type=int, default=448)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, help="loader workers (default: every usable core)")
     p.add_argument("--random-weights", action="store_true", help="random ResNet-50 (smoke runs only)")
     p.add_argument("--seed", type=int, default=0, help="with --random-weights: the torch seed of the random network "
                                                       "(recorded in features_meta.json)")
@@ -54,13 +54,14 @@ def add_arguments(parser):
     p.add_argument("--dataloader-semantics", choices=["torch>=1.9", "torch-1.7-1.8"], default="torch>=1.9",
                    help="which torch's DataLoader(shuffle=True) draws to replay (their requirements.txt: torch 1.7.0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=4,
+                   help="image loader workers (default 4); their number fixes which worker draws each flip")
     add_runs_argument(p)
+    p.add_argument("--manifest", metavar="FILE",
+                   help="manifest for the record's model entry and paper numbers (default: weights_manifest.yaml)")
 
 
 def run(args):
-    from harness.errors import UserError
-
     if args.action == "prepare":
         from harness.mlspl.prepare import prepare
 
@@ -69,11 +70,12 @@ def run(args):
               f"test {meta['counts']['test']} images")
     elif args.action == "extract-features":
         from harness.evaluate import pick_device
+        from harness.mlspl.config import FeatureConfig
         from harness.mlspl.features import extract_features
 
-        out = extract_features(args.data, args.coco_root, args.out, resolution=args.resolution,
-                               batch_size=args.batch_size, device=pick_device(args.device),
-                               random_weights=args.random_weights, workers=args.workers, seed=args.seed)
+        config = FeatureConfig(resolution=args.resolution, batch_size=args.batch_size, device=pick_device(args.device),
+                               workers=args.workers, random_weights=args.random_weights, seed=args.seed)
+        out = extract_features(args.data, args.coco_root, args.out, config)
         print(f"features in {out}")
     elif args.action == "fetch-features":
         from harness.mlspl.features import fetch_features
@@ -87,21 +89,31 @@ def run(args):
     elif args.action == "train":
         from harness.mlspl.run import train_and_evaluate
 
-        if (args.lr is None) != (args.batch_size is None):
-            raise UserError("give --lr and --batch-size together (one grid point), or neither (--grid paper)")
-        if args.grid and args.lr is not None:
-            raise UserError("--grid paper and --lr/--batch-size exclude each other; choose one")
-        if (args.init_lr is None) != (args.init_batch_size is None):
-            raise UserError("give --init-lr and --init-batch-size together")
-        points = [(args.batch_size, args.lr)] if args.lr is not None else None
-        init = (args.init_lr, args.init_batch_size) if args.init_lr is not None else None
-        run_dir = train_and_evaluate(args.data, args.loss, args.mode, features_dir=args.features,
-                                     coco_root=args.coco_root, points=points, runs_root=args.runs, device=args.device,
-                                     seed=args.seed, epochs=args.epochs, resolution=args.resolution,
-                                     random_weights=args.random_weights, workers=args.workers, init_point=init,
-                                     semantics=args.dataloader_semantics)
+        run_dir = train_and_evaluate(train_config(args))
+        if run_dir is None:  # a torchrun rank other than 0: rank 0 writes and prints
+            return
         record = json.loads((run_dir / "record.json").read_text())
         sel = record["train"]["selected"]
         print(f"{record['model']['id']}: test mAP {sel['test_mAP']:.2f} on {record['dataset']['n_images']} images "
               f"(batch {sel['batch_size']}, lr {sel['lr']:g}, epoch {sel['best_epoch']}, val mAP "
               f"{sel['val_mAP']:.2f}){' [smoke]' if record['smoke'] else ''} -> {run_dir}")
+
+
+def train_config(args):
+    """The TrainConfig that `harness mlspl train`'s flags ask for."""
+    from harness.errors import UserError
+    from harness.mlspl.config import TrainConfig
+
+    if (args.lr is None) != (args.batch_size is None):
+        raise UserError("give --lr and --batch-size together (one grid point), or neither (--grid paper)")
+    if args.grid and args.lr is not None:
+        raise UserError("--grid paper and --lr/--batch-size exclude each other; choose one")
+    if (args.init_lr is None) != (args.init_batch_size is None):
+        raise UserError("give --init-lr and --init-batch-size together")
+    return TrainConfig(
+        args.loss, args.mode, data_dir=args.data, features_dir=args.features, coco_root=args.coco_root,
+        points=((args.batch_size, args.lr),) if args.lr is not None else None,
+        init_point=(args.init_lr, args.init_batch_size) if args.init_lr is not None else None,
+        epochs=args.epochs, seed=args.seed, resolution=args.resolution, random_weights=args.random_weights,
+        semantics=args.dataloader_semantics, device=args.device, workers=args.workers, runs_root=args.runs,
+        manifest=args.manifest)

@@ -43,8 +43,9 @@ def run(args):
                             keep_cache=args.keep_cache)
         return reproduce_q2l(config, models=args.models, tables_dir=args.tables, manifest=args.manifest,
                              force=args.force)
-    from harness.mlspl.reproduce import reproduce_mlspl
+    from harness.mlspl.reproduce import every_model_id, reproduce_mlspl
 
-    return reproduce_mlspl(args.coco_root, models=args.models, every=args.all, runs_root=args.runs,
+    models = args.models or (every_model_id() if args.all else None)
+    return reproduce_mlspl(args.coco_root, models=models, runs_root=args.runs,
                            tables_dir=args.tables, device=args.device, force=args.force, data_dir=args.mlspl_data,
                            manifest=args.manifest)

@@ -19,7 +19,6 @@ from harness.errors import UserError
 ZENODO_RECORD = "10162606"
 FEATURE_FILES = {"train": "train_features_imagenet_resnet50.npy", "val": "val_features_imagenet_resnet50.npy"}
 META_FILE = "features_meta.json"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 V1_FILE, V1_SHA256_PREFIX = "resnet50-0676ba61.pth", "0676ba61"  # torchvision names files by sha256 prefix
 
 
@@ -61,21 +60,27 @@ def feature_meta(features_dir):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def imagenet_transform(resolution, flip=False):
-    from torchvision import transforms
-
-    steps = [transforms.Resize((resolution, resolution))]
-    if flip:
-        steps.append(transforms.RandomHorizontalFlip(0.5))
-    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return transforms.Compose(steps)
-
-
 class ImageRows:
-    """torch Dataset over formatted image paths (relative to the COCO root): (image, row)."""
+    """torch Dataset over formatted image paths (relative to the COCO root): (uint8 image, row).
 
-    def __init__(self, coco_root, images, transform):
-        self.root, self.images, self.transform = Path(coco_root), images, transform
+    The authors' transform is Resize((S, S)), RandomHorizontalFlip(0.5) (train only), ToTensor,
+    Normalize. The loader ships the resize (and flip) as uint8 and `to_model_input` does ToTensor
+    and Normalize on the model's device, the same bits (tests/test_mlspl_loader.py). The flip stays
+    here, in the worker, so its draw is made where and when theirs was: one per image, in order.
+
+    share: (rank, world size) under several processes: the loader hands every rank the whole
+    global batch, and each rank draws every image's flip, as one process would, but reads only its
+    contiguous share of the batch.
+    """
+
+    def __init__(self, coco_root, images, resolution, flip=False, share=None):
+        from torchvision import transforms
+
+        from harness.data.transforms import resize_uint8
+
+        self.root, self.images, self.share = Path(coco_root), images, share
+        self.resize = resize_uint8(resolution)
+        self.flip = transforms.RandomHorizontalFlip(0.5) if flip else None
 
     def __len__(self):
         return len(self.images)
@@ -83,7 +88,22 @@ class ImageRows:
     def __getitem__(self, row):
         from harness.data.dataset import load_rgb
 
-        return self.transform(load_rgb(self.root / self.images[row])), row
+        image = self.resize(load_rgb(self.root / self.images[row]))
+        return (self.flip(image) if self.flip else image), row
+
+    def __getitems__(self, rows):
+        if self.share is None:
+            return [self[row] for row in rows]
+        rank, size = self.share
+        mine, items = range(rank * len(rows) // size, (rank + 1) * len(rows) // size), []
+        for position, row in enumerate(rows):
+            if position in mine:
+                items.append(self[row])
+            elif self.flip:
+                import torch
+
+                torch.rand(1)  # RandomHorizontalFlip's draw for another rank's image
+        return items
 
 
 def load_imagenet_v1(model):
@@ -120,11 +140,10 @@ def load_imagenet_v1(model):
     return {"path": str(path), "sha256": sha}
 
 
-def extract_features(data_dir, coco_root, out_dir, *, resolution=448, batch_size=64, device="cpu",
-                     random_weights=False, workers=4, progress=True, seed=0):
+def extract_features(data_dir, coco_root, out_dir, config=None, progress=True):
     """Write {train,val}_features_imagenet_resnet50.npy (float32, rows = formatted rows) into out_dir.
 
-    random_weights: a ResNet-50 initialised from torch.manual_seed(seed) (smoke runs; `seed` recorded).
+    config: a FeatureConfig (resolution, batch size, device, workers, random weights and their seed).
 
     Resumable: rows go into `<name>.partial.npy` (memory-mapped) with a progress file after each
     batch; a rerun continues from the last finished batch, and a finished file is kept as is.
@@ -132,12 +151,19 @@ def extract_features(data_dir, coco_root, out_dir, *, resolution=448, batch_size
     import torch
     from tqdm import tqdm
 
+    from harness.data.loader import make_loader
+    from harness.data.transforms import to_model_input
     from harness.mlspl import checks
+    from harness.mlspl.config import FeatureConfig
     from harness.models.mlspl import FEATURE_DIM, MLSPLResNet50
 
+    config = config or FeatureConfig()
+    resolution, batch_size, device, seed = config.resolution, config.batch_size, config.device, config.seed
+    random_weights = config.random_weights
     checks.whole("--resolution", resolution)
     checks.whole("--batch-size", batch_size)
-    checks.whole("--workers", workers, minimum=0)
+    if config.workers is not None:
+        checks.whole("--workers", config.workers, minimum=0)
     checks.seed(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,14 +191,13 @@ def extract_features(data_dir, coco_root, out_dir, *, resolution=448, batch_size
         done = json.loads(progress_file.read_text())["done"] if progress_file.is_file() and partial.is_file() else 0
         feats = (np.load(partial, mmap_mode="r+") if done else
                  np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(images), FEATURE_DIM)))
-        dataset = torch.utils.data.Subset(ImageRows(coco_root, images, imagenet_transform(resolution)),
-                                          range(done, len(images)))
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                             pin_memory=device == "cuda")
+        dataset = torch.utils.data.Subset(ImageRows(coco_root, images, resolution), range(done, len(images)))
+        loader = make_loader(dataset, batch_size, device, config.workers)
         bar = tqdm(total=len(images), initial=done, desc=f"features {split}", unit="img", disable=not progress)
         with torch.inference_mode():
             for batch, rows in loader:
-                feats[rows.numpy()] = model.features(batch.to(device)).float().cpu().numpy()
+                x = to_model_input(batch.to(device, non_blocking=True), "imagenet")
+                feats[rows.numpy()] = model.features(x).float().cpu().numpy()
                 feats.flush()
                 _write_json(progress_file, {"done": int(rows[-1]) + 1})
                 bar.update(len(rows))

@@ -23,17 +23,27 @@ def _features(data_dir, coco_root, features_dir, device):
         return features_dir
     except UserError as e:
         print(f"the authors' features could not be fetched ({e}); extracting our own instead")
-    return extract_features(data_dir, coco_root, features_dir, device=device)
+    from harness.mlspl.config import FeatureConfig
+
+    return extract_features(data_dir, coco_root, features_dir, FeatureConfig(device=device))
 
 
-def reproduce_mlspl(coco_root, *, models=None, every=False, runs_root="runs", tables_dir="tables", device=None,
-                    force=False, data_dir="data/mlspl", manifest=None):
+def every_model_id():
+    from harness.mlspl.run import model_id
+
+    return [model_id(loss, mode) for loss, mode in EVERY]
+
+
+def reproduce_mlspl(coco_root, *, models=None, runs_root="runs", tables_dir="tables", device=None, force=False,
+                    data_dir="data/mlspl", manifest=None):
+    """models: model ids (every_model_id() for all of them); None: ROLE linear and fine-tuned."""
     from harness.evaluate import pick_device
+    from harness.mlspl.config import TrainConfig
     from harness.mlspl.prepare import prepare
     from harness.mlspl.run import model_id, train_and_evaluate
     from harness.reproduce import complete_run, run_each
 
-    jobs = EVERY if every else DEFAULT
+    jobs = DEFAULT
     if models:
         by_id = {model_id(loss, mode): (loss, mode) for loss, mode in EVERY}
         unknown = [m for m in models if m not in by_id]
@@ -50,8 +60,9 @@ def reproduce_mlspl(coco_root, *, models=None, every=False, runs_root="runs", ta
         if not force and complete_run(runs_root, mid, kind="train"):
             print(f"{mid}: complete run exists; skipped (use --force to run again)")
             return
-        run_dir = train_and_evaluate(data_dir, loss, mode, features_dir=features_dir, coco_root=coco_root,
-                                     runs_root=runs_root, device=device)
+        run_dir = train_and_evaluate(TrainConfig(loss, mode, data_dir=data_dir, features_dir=features_dir,
+                                                 coco_root=coco_root, runs_root=runs_root, device=device,
+                                                 manifest=manifest))
         print(f"{mid}: done -> {run_dir}")
 
     return run_each([(model_id(loss, mode), lambda pair=(loss, mode): job(*pair)) for loss, mode in jobs],

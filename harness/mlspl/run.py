@@ -5,11 +5,14 @@ end from ImageNet V1), `linear-init` (a linear phase with fixed hyperparameters,
 fine-tuning grid starting from its head and, for ROLE, its label estimates). Grid points are
 compared in their order (batch 8 then 16, lr 1e-2 .. 1e-5); a later point must be strictly
 better on val to win. Partial work lives under <runs>/_mlspl_work/ and a rerun of the same
-command resumes it; the record goes to a new run folder.
+command resumes it (its settings.json, the run's TrainConfig, must agree field by field); the
+record goes to a new run folder. Under torchrun, fine-tuning runs on every process
+(harness/mlspl/ddp.py) and rank 0 writes the files.
 """
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +22,38 @@ from harness.data.coco import labels_sha256
 from harness.errors import UserError
 from harness.mlspl import checks
 from harness.mlspl import record as rec
+from harness.mlspl.authors_rng import record as draws_record
+from harness.mlspl.config import RESOLUTION, differences
 from harness.mlspl.losses import LOSSES
 from harness.mlspl.prepare import FULL_COUNTS, load_prepared
-from harness.mlspl.authors_rng import record as draws_record
-from harness.mlspl.train import (DATALOADER_SEMANTICS, EPOCHS, GRID_BATCH_SIZES, GRID_LRS, LINEAR_INIT, LR_MULT, SEED,
-                                 scored_rows, train_fine_tuned, train_linear_group)
+from harness.mlspl.train import (EPOCHS, GRID_BATCH_SIZES, GRID_LRS, LINEAR_INIT, LR_MULT, PointResult, scored_rows,
+                                 train_fine_tuned, train_linear_group)
 
 MODES = ("linear", "fine-tuned", "linear-init")
-RESOLUTION = 448
+
+
+@dataclass
+class Trained:
+    """What a run's training gave: every grid point, the one selected, and what it started from."""
+    grid: list
+    best: PointResult
+    linear_phase: PointResult | None  # linear-init only
+    features: dict | None  # where the features came from
+    backbone_weights: dict | None  # the ImageNet file fine-tuning started from
+    wall_s: float
+    measurement: dict
+
+
+@dataclass
+class RunContext:
+    """Where and on what the run ran: its folder, model id, prepared data, when it began."""
+    run_dir: Path
+    model_id: str
+    data: dict
+    prep: dict  # mlspl_prepare.json ({} when absent)
+    started: str
+    checkpoints: dict
+    distributed: dict | None  # torchrun's ranks, None on one process
 
 
 def model_id(loss, mode):
@@ -70,11 +97,27 @@ def _observed(loss, split):
     return split.labels if loss == "BCE" else split.labels_obs
 
 
-def _work_dir(runs_root, mid, settings):
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(runs_root) / "_mlspl_work" / f"{mid}-{key}"
+def _work_dir(config, mid, data_id):
+    """The run's work folder: keyed by what its numbers depend on (the key of earlier versions), with
+    the whole TrainConfig in settings.json, which a resumed run must match field by field."""
+    from harness.download.verify import write_atomically
+
+    key_settings = {"model_id": mid, "data": data_id, "points": config.points, "epochs": config.epochs,
+                    "seed": config.seed, "resolution": config.resolution, "random_weights": config.random_weights,
+                    "max_steps": config.max_steps, "init_point": config.init_point,
+                    "features": str(config.features_dir), "semantics": config.semantics}
+    key = hashlib.sha256(json.dumps(key_settings, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(config.runs_root) / "_mlspl_work" / f"{mid}-{key}"
     path.mkdir(parents=True, exist_ok=True)
-    (path / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
+    settings_file = path / "settings.json"
+    if settings_file.is_file():
+        changed = differences(json.loads(settings_file.read_text()), config)
+        if config.mode == "linear":  # no images are loaded: the worker count changes nothing
+            changed = [c for c in changed if not c.startswith("workers ")]
+        if changed:
+            raise UserError(f"{path} holds a run started with other settings ({'; '.join(changed)}); "
+                            f"repeat its settings to resume it, or delete that folder")
+    write_atomically(settings_file, json.dumps({**config.as_json(), **key_settings}, indent=1) + "\n")
     return path
 
 
@@ -96,39 +139,37 @@ def _say(enabled, total):
     return progress
 
 
-def _linear(data, feats, loss, points, epochs, seed, device, work, tag, progress, semantics):
+def _linear(data, feats, config, work, tag):
     """Linear grid on features: one batched run per batch size, in grid order."""
     import torch
 
-    train = (feats["train"], torch.as_tensor(_observed(loss, data["train"]), dtype=torch.float32))
+    train = (feats["train"], torch.as_tensor(_observed(config.loss, data["train"]), dtype=torch.float32))
     val, test = (feats["val"], data["val"].labels), (feats["test"], data["test"].labels)
     by_point = {}
-    for bs in dict.fromkeys(bs for bs, _ in points):
-        lrs = [lr for b, lr in points if b == bs]
+    for bs in dict.fromkeys(bs for bs, _ in config.points):
+        lrs = [lr for b, lr in config.points if b == bs]
         print(f"{tag}: linear, batch size {bs}, lr {', '.join(map(str, lrs))}", flush=True)
-        results = train_linear_group(train, val, test, loss, lrs, bs, epochs=epochs, seed=seed, device=device,
-                                     state_path=work / f"{tag}_bs{bs}.pt", progress=_say(progress, epochs),
-                                     semantics=semantics)
+        results = train_linear_group(train, val, test, config, bs, lrs, state_path=work / f"{tag}_bs{bs}.pt",
+                                     on_epoch=_say(config.progress, config.epochs))
         by_point.update({(bs, r.lr): r for r in results})
-    return [by_point[p] for p in points]
+    return [by_point[p] for p in config.points]
 
 
-def _fine_tune(data, loss, points, epochs, seed, device, work, coco_root, resolution, random_weights, workers,
-               max_steps, head, estimates, progress, semantics):
+def _fine_tune(data, config, work, start, world):
+    """The fine-tuning grid; `start`: the linear phase (linear-init) or None. Returns (points, weights file)."""
     from harness.mlspl.features import load_imagenet_v1
     from harness.models import build_from_arch
 
     results, best = [], None
     weights_info = None
-    for bs, lr in points:
-        print(f"fine-tune: batch size {bs}, lr {lr}", flush=True)
+    for bs, lr in config.points:
+        if world.main:
+            print(f"fine-tune: batch size {bs}, lr {lr}", flush=True)
         model = build_from_arch({"name": "mlspl_resnet50", "num_classes": data["train"].labels.shape[1]})
-        if not random_weights:
+        if not config.random_weights:
             weights_info = load_imagenet_v1(model)
-        r = train_fine_tuned(model, data, loss, lr, bs, coco_root=coco_root, epochs=epochs, seed=seed, device=device,
-                             resolution=resolution, workers=workers, head=head, estimates=estimates,
-                             state_dir=_point_dir(work, bs, lr), max_steps=max_steps, progress=_say(progress, epochs),
-                             semantics=semantics)
+        r = train_fine_tuned(model, data, config, (bs, lr), start=start, state_dir=_point_dir(work, bs, lr),
+                             on_epoch=_say(config.progress and world.main, config.epochs), world=world)
         best = select([best, r] if best else [r])
         if r is not best:  # keep one full model in memory, not one per point
             r.head = r.table = r.test_scores = None
@@ -142,152 +183,157 @@ def _point_dir(work, bs, lr):
     return path
 
 
-def train_and_evaluate(data_dir, loss, mode, *, features_dir=None, coco_root=None, points=None, runs_root="runs",
-                       device=None, seed=SEED, epochs=None, resolution=RESOLUTION, random_weights=False, workers=4,
-                       max_steps=None, init_point=None, progress=True, semantics=DATALOADER_SEMANTICS):
-    """Run one (loss, mode) reproduction and return its run folder."""
+def train_and_evaluate(config):
+    """Run one (loss, mode) reproduction (a TrainConfig) and return its run folder (None on ranks but 0)."""
     import torch
 
+    from harness.distributed import World
+    from harness.measure.measurement import SpanMeasurement
+    from harness.measure.measurement import nvml_baseline_mib
+
+    asked = config
+    config = _resolved(config)
+    world = World.from_env(config.device)
+    if world.size > 1 and config.mode == "linear":
+        raise UserError("mode linear trains on features in one process; run it without torchrun")
+    torch.manual_seed(config.seed)  # their code seeded numpy only; torch is seeded here too, and recorded
+    np.random.seed(config.seed)  # as their np.random.seed(P['seed']); training itself draws from torch only
+
+    data = load_prepared(config.data_dir)
+    _check_batch_sizes(data, config, asked)
+    prep_file = Path(config.data_dir) / "mlspl_prepare.json"
+    prep = json.loads(prep_file.read_text()) if prep_file.is_file() else {}
+    mid = model_id(config.loss, config.mode)
+    work = _work_dir(config, mid, prep.get("sha256") or str(Path(config.data_dir).resolve()))
+    started, t0 = records.utc_now(), time.perf_counter()
+
+    baseline_mib = nvml_baseline_mib(config.device)  # before features or a model reach the GPU
+    with SpanMeasurement(config.device, baseline_mib=baseline_mib) as measurement:
+        feats, features_info, linear_phase, weights_info = None, None, None, None
+        if config.features_dir:
+            feats, features_info = _load_features(config.features_dir, data)
+            feats = {k: v.to(config.device) for k, v in feats.items()}
+        if config.mode == "linear":
+            results = _linear(data, feats, config, work, "linear")
+        else:
+            if config.mode == "linear-init":
+                init_lr, init_bs = config.init_point
+                phase = config.replace(points=((init_bs, init_lr),), epochs=EPOCHS["linear"])
+                # one process trains the linear phase (seconds on features); every rank starts from it
+                linear_phase = world.broadcast(_linear(data, feats, phase, work, "linear_phase")[0]
+                                               if world.main else None)
+            results, weights_info = _fine_tune(data, config, work, linear_phase, world)
+    trained = Trained(results, select(results), linear_phase, features_info, weights_info,
+                      time.perf_counter() - t0, _training_measurement(measurement.result()))
+    ranks = world.gather(world.describe(config.device))
+    if not world.main:
+        return None
+
+    run_dir = records.new_run_dir(config.runs_root, mid)
+    test, n_scored = data["test"], len(trained.best.test_scores)
+    labels = test.labels[:n_scored].astype(np.uint8)  # their test loader drops the last partial batch
+    records.save_arrays(run_dir, trained.best.test_scores.astype(np.float32), labels, test.image_ids[:n_scored])
+    checkpoints = rec.save_checkpoints(run_dir, trained.best, data["train"].rows)
+    distributed = {"world_size": world.size, "backend": world.backend, "ranks": ranks} if world.size > 1 else None
+    context = RunContext(run_dir, mid, data, prep, started, checkpoints, distributed)
+    records.write_record(run_dir, _record(config, trained, context))
+    return run_dir
+
+
+def _resolved(config):
+    """The config with every choice made: the paper's grid, epochs and linear phase, the device."""
     from harness.evaluate import pick_device
 
+    loss, mode = config.loss, config.mode
     if loss not in LOSSES:
         raise UserError(f"unknown loss '{loss}'; choose one of {', '.join(LOSSES)}")
     if mode not in MODES:
         raise UserError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
-    if mode in ("linear", "linear-init") and not features_dir:
+    if not config.data_dir:
+        raise UserError("no prepared data; pass --data DIR (made by `harness mlspl prepare`)")
+    if mode in ("linear", "linear-init") and not config.features_dir:
         raise UserError(f"mode {mode} trains on features; pass --features DIR")
-    if mode in ("fine-tuned", "linear-init") and not coco_root:
+    if mode in ("fine-tuned", "linear-init") and not config.coco_root:
         raise UserError(f"mode {mode} trains on images; pass --coco-root DIR")
-    init_given, grid_given = init_point is not None, bool(points)
+    init_point = config.init_point
     if mode == "linear-init":
         init_point = init_point or LINEAR_INIT.get(loss)
         if init_point is None:
             raise UserError(f"the authors fixed the linear phase of linear-init only for "
                             f"{' and '.join(LINEAR_INIT)}; pass --init-lr and --init-batch-size for {loss}")
-    elif init_given:
+    elif init_point is not None:
         raise UserError(f"--init-lr and --init-batch-size set the linear phase of mode linear-init; "
                         f"leave them out for mode {mode}")
-    points = points or paper_grid()
     paper_epochs = EPOCHS["linear" if mode == "linear" else "fine-tuned"]
-    epochs = paper_epochs if epochs is None else epochs
-    _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers, seed)
-    device = pick_device(device)
-    torch.manual_seed(seed)  # their code seeded numpy only; torch is seeded here too, and recorded
-    np.random.seed(seed)  # as their np.random.seed(P['seed']); training itself draws from torch only
-
-    data = load_prepared(data_dir)
-    _check_batch_sizes(data, points, grid_given, init_point, init_given)
-    prep = json.loads((Path(data_dir) / "mlspl_prepare.json").read_text()) \
-        if (Path(data_dir) / "mlspl_prepare.json").is_file() else {}
-    mid = model_id(loss, mode)
-    settings = {"model_id": mid, "data": prep.get("sha256") or str(Path(data_dir).resolve()), "points": points,
-                "epochs": epochs, "seed": seed, "resolution": resolution, "random_weights": random_weights,
-                "max_steps": max_steps, "init_point": init_point, "features": str(features_dir),
-                "semantics": semantics}
-    work = _work_dir(runs_root, mid, settings)
-    started, t0 = records.utc_now(), time.perf_counter()
-
-    from harness.measure.measurement import SpanMeasurement
-    from harness.measure.measurement import nvml_baseline_mib
-
-    baseline_mib = nvml_baseline_mib(device)  # before features or a model reach the GPU
-    with SpanMeasurement(device, baseline_mib=baseline_mib) as measurement:
-        feats, features_info, linear_phase, weights_info = None, None, None, None
-        if features_dir:
-            feats, features_info = _load_features(features_dir, data)
-            feats = {k: v.to(device) for k, v in feats.items()}
-        if mode == "linear":
-            results = _linear(data, feats, loss, points, epochs, seed, device, work, "linear", progress, semantics)
-        else:
-            head = estimates = None
-            if mode == "linear-init":
-                init_bs, init_lr = init_point[1], init_point[0]
-                (linear_phase,) = _linear(data, feats, loss, [(init_bs, init_lr)], EPOCHS["linear"], seed, device,
-                                          work, "linear_phase", progress, semantics)
-                head = linear_phase.head
-                estimates = torch.sigmoid(linear_phase.table) if linear_phase.table is not None else None
-            results, weights_info = _fine_tune(data, loss, points, epochs, seed, device, work, coco_root, resolution,
-                                               random_weights, workers, max_steps, head, estimates, progress,
-                                               semantics)
-    best = select(results)
-    wall = time.perf_counter() - t0
-    measured = _training_measurement(measurement.result())
-
-    run_dir = records.new_run_dir(runs_root, mid)
-    test = data["test"]
-    n_scored = len(best.test_scores)
-    labels = test.labels[:n_scored].astype(np.uint8)  # their test loader drops the last partial batch
-    records.save_arrays(run_dir, best.test_scores.astype(np.float32), labels, test.image_ids[:n_scored])
-    ckpt_paths = rec.save_checkpoints(run_dir, best, data["train"].rows)
-    reasons = _smoke_reasons(prep, data, features_info, random_weights, epochs, paper_epochs, points, resolution,
-                             max_steps, loss, init_point)
-    record = _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, points, epochs, seed,
-                     device, resolution, features_info, weights_info, ckpt_paths, random_weights, n_scored, labels,
-                     wall, started, reasons, coco_root or data_dir, init_point, measured, semantics)
-    records.write_record(run_dir, record)
-    return run_dir
+    config = config.replace(points=tuple(tuple(p) for p in (config.points or paper_grid())),
+                            init_point=None if init_point is None else tuple(init_point),
+                            epochs=paper_epochs if config.epochs is None else config.epochs)
+    _check_numbers(config, paper_epochs)
+    return config.replace(device=pick_device(config.device))
 
 
-def _check_numbers(points, init_point, epochs, paper_epochs, resolution, workers, seed):
+def _check_numbers(config, paper_epochs):
     """Each number the user can set, before anything is loaded or trained."""
-    checks.whole("--epochs", epochs, fix=f"leave --epochs out for the paper's {paper_epochs}")
-    checks.whole("--resolution", resolution)
-    checks.whole("--workers", workers, minimum=0)
-    checks.seed(seed)
-    for bs, lr in points:
+    checks.whole("--epochs", config.epochs, fix=f"leave --epochs out for the paper's {paper_epochs}")
+    checks.whole("--resolution", config.resolution)
+    checks.whole("--workers", config.workers, minimum=0)
+    checks.seed(config.seed)
+    for bs, lr in config.points:
         checks.whole("--batch-size", bs)
         checks.positive("--lr", lr)
-    if init_point is not None:
-        checks.whole("--init-batch-size", init_point[1])
-        checks.positive("--init-lr", init_point[0])
+    if config.init_point is not None:
+        checks.whole("--init-batch-size", config.init_point[1])
+        checks.positive("--init-lr", config.init_point[0])
 
 
-def _check_batch_sizes(data, points, grid_given, init_point, init_given):
-    """No batch may be larger than a split: train, val and test loaders all drop their last partial batch."""
+def _check_batch_sizes(data, config, asked):
+    """No batch may be larger than a split: train, val and test loaders all drop their last partial batch.
+    asked: the config as given (were the grid and the linear phase the user's or the paper's?)."""
     sizes = {name: len(split.images) for name, split in data.items()}
-    flag, fix = ("--batch-size", "use --batch-size N with N") if grid_given else \
+    flag, fix = ("--batch-size", "use --batch-size N with N") if asked.points else \
         ("the paper's grid batch size", "train one point with --lr and --batch-size N (flags the run smoke), N")
-    for bs in sorted({bs for bs, _ in points}):
+    for bs in sorted({bs for bs, _ in config.points}):
         checks.batch_fits(flag, bs, sizes, fix)
-    if init_point is not None:
-        flag, fix = ("--init-batch-size", "use --init-batch-size N with N") if init_given else \
+    if config.init_point is not None:
+        flag, fix = ("--init-batch-size", "use --init-batch-size N with N") if asked.init_point is not None else \
             ("the authors' linear-phase batch size", "pass --init-lr and --init-batch-size N (flags the run smoke), N")
-        checks.batch_fits(flag, init_point[1], sizes, fix)
+        checks.batch_fits(flag, config.init_point[1], sizes, fix)
 
 
-def _smoke_reasons(prep, data, features_info, random_weights, epochs, paper_epochs, points, resolution, max_steps,
-                   loss=None, init_point=None):
+def _smoke_reasons(config, prep, data, features_info):
     reasons = []
     extraction = (features_info or {}).get("extraction") or {}
-    if random_weights or extraction.get("random_weights"):
+    if config.random_weights or extraction.get("random_weights"):
         reasons.append("random weights")
     if prep.get("smoke_subset"):
         reasons.append("smoke subset")
     counts = {k: len(v.images) for k, v in data.items()}
     if counts != FULL_COUNTS:
         reasons.append(f"not the full COCO 2014 ({counts['train']}/{counts['val']}/{counts['test']} images)")
-    if epochs != paper_epochs:
-        reasons.append(f"{epochs} epochs, not {paper_epochs}")
-    if sorted(points) != sorted(paper_grid()):
-        reasons.append("not the paper's grid: " + ", ".join(f"bs {b} lr {lr:g}" for b, lr in points))
-    if resolution != RESOLUTION:
-        reasons.append(f"resolution {resolution}, not {RESOLUTION}")
+    paper_epochs = EPOCHS["linear" if config.mode == "linear" else "fine-tuned"]
+    if config.epochs != paper_epochs:
+        reasons.append(f"{config.epochs} epochs, not {paper_epochs}")
+    if sorted(config.points) != sorted(paper_grid()):
+        reasons.append("not the paper's grid: " + ", ".join(f"bs {b} lr {lr:g}" for b, lr in config.points))
+    if config.resolution != RESOLUTION:
+        reasons.append(f"resolution {config.resolution}, not {RESOLUTION}")
     if extraction and extraction.get("resolution") != RESOLUTION:
         reasons.append(f"features at resolution {extraction.get('resolution')}, not {RESOLUTION}")
-    if max_steps:
-        reasons.append(f"at most {max_steps} steps per epoch")
-    fixed = LINEAR_INIT.get(loss)
+    if config.max_steps:
+        reasons.append(f"at most {config.max_steps} steps per epoch")
+    fixed, init_point = LINEAR_INIT.get(config.loss), config.init_point
     if init_point is not None and tuple(init_point) != fixed:  # only linear-init has a linear phase
-        authors = f"not the authors' lr {fixed[0]:g} bs {fixed[1]}" if fixed else f"the authors fixed none for {loss}"
+        authors = (f"not the authors' lr {fixed[0]:g} bs {fixed[1]}" if fixed
+                   else f"the authors fixed none for {config.loss}")
         reasons.append(f"linear phase lr {init_point[0]:g} bs {init_point[1]}, {authors}")
     return reasons
 
 
-def _model_entry(mid):
+def _model_entry(mid, manifest=None):
     from harness.manifest import get_spec
 
     try:
-        spec = get_spec(mid)
+        spec = get_spec(mid, manifest)
         return {"id": mid, "family": spec.family, "arch": spec.arch, "paper": spec.paper}
     except UserError:  # a loss and mode without a manifest entry (e.g. BCE linear-init)
         return {"id": mid, "family": "mlspl", "arch": {"name": "mlspl_resnet50", "num_classes": 80}, "paper": {}}
@@ -302,18 +348,23 @@ def _training_measurement(measured):
     return measured
 
 
-def _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, points, epochs, seed, device,
-            resolution, features_info, weights_info, ckpt_paths, random_weights, n_scored, labels, wall, started,
-            reasons, root, init_point, measured, semantics):
+def _record(config, trained, context):
+    """The run record (kind "train"): what was asked (config), what training gave, where it ran."""
     from harness.data.categories import COCO_CATEGORIES
 
+    c, best, data, prep, mid = config, trained.best, context.data, context.prep, context.model_id
+    n_scored = len(best.test_scores)
+    labels = data["test"].labels[:n_scored].astype(np.uint8)
+    root = c.coco_root or c.data_dir
+    reasons = _smoke_reasons(config, prep, data, trained.features)
     names = [name for _, name, _ in COCO_CATEGORIES] if labels.shape[1] == 80 else None
     return {
         "schema": 1,
         "kind": "train",
-        "run_id": run_dir.name,
-        "model": _model_entry(mid),
-        "checkpoint": rec.checkpoint_info(ckpt_paths, random_weights),
+        "run_id": context.run_dir.name,
+        "model": _model_entry(mid, c.manifest),
+        "checkpoint": rec.checkpoint_info(context.checkpoints, c.random_weights),
+        "config": config.as_json(),
         "dataset": {
             "name": "coco2014-val", "root": str(Path(root).resolve()), "image_set": "annotated",
             "n_images": n_scored, "n_images_total": len(data["test"].images),
@@ -321,32 +372,35 @@ def _record(run_dir, mid, loss, mode, data, prep, best, results, linear_phase, p
                             "n_images": n_scored, "labels_sha256": labels_sha256(data["test"].image_ids[:n_scored], labels)},
             "smoke_subset": bool(prep.get("smoke_subset")),
         },
-        "eval": {"protocol": "mlspl", "resolution": resolution, "resize": "squish", "normalize": "imagenet",
-                 "batch_size": best.batch_size, "dtype": "float32", "amp": False, "device": device, "limit": None,
+        "eval": {"protocol": "mlspl", "resolution": c.resolution, "resize": "squish", "normalize": "imagenet",
+                 "batch_size": best.batch_size, "dtype": "float32", "amp": False, "device": c.device, "limit": None,
                  "drop_last": True},
         "metrics": rec.compute_test_metrics(best.test_scores, labels, names),
         "train": {
-            "loss": loss, "mode": mode, "epochs": epochs, "optimizer": "Adam (no weight decay, no schedule)",
-            "label_estimator_lr_mult": LR_MULT if loss == "ROLE" else None, "expected_positives_k": 2.9,
-            "seeds": {"torch": seed, "numpy": seed, "single_positives": prep.get("seed", 1200),
+            "loss": c.loss, "mode": c.mode, "epochs": c.epochs, "optimizer": "Adam (no weight decay, no schedule)",
+            "label_estimator_lr_mult": LR_MULT if c.loss == "ROLE" else None,
+            "expected_positives_k": c.expected_positives,
+            "seeds": {"torch": c.seed, "numpy": c.seed, "single_positives": prep.get("seed", 1200),
                       "split": prep.get("seed", 1200)},
-            "random_draws": draws_record(semantics),
+            "random_draws": draws_record(c.semantics),
             "counts": {"train": len(data["train"].images), "val": len(data["val"].images),
                        "val_scored": scored_rows(len(data["val"].images), best.batch_size),
                        "test": len(data["test"].images), "test_scored": n_scored},
             "selected": {"batch_size": best.batch_size, "lr": best.lr, "best_epoch": best.best_epoch,
                          "val_mAP": best.val_map, "test_mAP": best.test_map},
-            "grid": [r.summary() for r in results],
-            "linear_phase": None if linear_phase is None else {**linear_phase.summary(), "fixed_point": init_point},
-            "features": features_info, "backbone_weights": weights_info,
-            "checkpoints": ckpt_paths,
+            "grid": [r.summary() for r in trained.grid],
+            "linear_phase": None if trained.linear_phase is None else {**trained.linear_phase.summary(),
+                                                                     "fixed_point": c.init_point},
+            "features": trained.features, "backbone_weights": trained.backbone_weights,
+            "checkpoints": context.checkpoints,
         },
-        "timings": {"wall_s": wall, "images_per_s": None},
-        "measurement": measured,
+        "timings": {"wall_s": trained.wall_s, "images_per_s": None},
+        "measurement": trained.measurement,
         "environment": records.environment(),
-        "started_at": started,
+        "started_at": context.started,
         "finished_at": records.utc_now(),
         "smoke": bool(reasons),
         "smoke_reasons": reasons,
         "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
+        **({"distributed": context.distributed} if context.distributed else {}),
     }

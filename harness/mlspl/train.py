@@ -14,6 +14,10 @@ replays the same seed, so a point trained alone gives the same numbers, bit for 
 param group per head. Test scores are computed only at a new best epoch (the test iterator's draw
 is made every epoch): the numbers equal their every-epoch evaluation.
 
+Fine-tuning reads images through harness.data.loader: uint8 batches (resize and flip in the
+workers, where their draws were made), ToTensor and Normalize on the device (the same bits), a
+fresh iterator per pass as theirs. Under torchrun it shares each global batch out (ddp.py).
+
 Each loop saves its whole state after every epoch (`torch.save`, loadable with
 weights_only=True) and resumes from it when started again with the same configuration.
 """
@@ -27,9 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.data.transforms import to_model_input
+
 from harness.errors import UserError
 from harness.mlspl.authors_rng import AuthorsShuffle, eval_iterators, global_draws_from, shuffled_rows
-from harness.mlspl.losses import EXPECTED_POSITIVES, compute_loss
+from harness.mlspl.losses import compute_loss
 from harness.models.mlspl import FEATURE_DIM, LabelEstimator, initial_label_logits, logit
 
 GRID_BATCH_SIZES = (8, 16)
@@ -37,8 +43,6 @@ GRID_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
 EPOCHS = {"linear": 25, "fine-tuned": 10}
 LINEAR_INIT = {"AN-LS": (1e-4, 8), "ROLE": (1e-3, 16)}  # (lr, batch size) of the linear phase, their lookup
 LR_MULT = 10.0  # the label estimator's learning rate / the classifier's
-SEED = 1200  # their P['seed'] (numpy there); torch.manual_seed(SEED) is the line added to their script
-DATALOADER_SEMANTICS = "torch>=1.9"  # which torch's DataLoader(shuffle=True) draws are replayed
 
 
 def average_precision(scores, labels):
@@ -136,14 +140,16 @@ def score_batches(x, weight, bias, batch_size):
                           for i in range(0, n, batch_size)]).cpu().numpy()
 
 
-def train_linear_group(train, val, test, loss, lrs, batch_size, *, epochs=EPOCHS["linear"], seed=SEED,
-                       device="cpu", state_path=None, progress=None, k=EXPECTED_POSITIVES["coco"],
-                       semantics=DATALOADER_SEMANTICS):
+def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=None, on_epoch=None):
     """Train one linear head per learning rate on features; return a PointResult per lr.
 
     train: (features (N, 2048) tensor, observed labels (N, C) tensor); val, test: (features,
-    labels as numpy 0/1). Features may live on the device already.
+    labels as numpy 0/1). Features may live on the device already. config: a TrainConfig (its
+    loss, epochs (None: 25), seed, device (None: CPU), semantics and expected_positives).
     """
+    loss, seed, semantics, k = config.loss, config.seed, config.semantics, config.expected_positives
+    epochs = EPOCHS["linear"] if config.epochs is None else config.epochs
+    device = config.device or "cpu"
     lrs = list(lrs)
     n_groups = len(lrs)
     x_train, observed = (t.to(device) for t in train)
@@ -207,8 +213,8 @@ def train_linear_group(train, val, test, loss, lrs, batch_size, *, epochs=EPOCHS
                                      "params": [p.detach().cpu() for p in weights + biases + tables],
                                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                                      "results": [_point_state(r) for r in results]})
-        if progress:
-            progress(epoch, [r.history[-1]["val_mAP"] for r in results])
+        if on_epoch:
+            on_epoch(epoch, [r.history[-1]["val_mAP"] for r in results])
     return results
 
 
@@ -224,49 +230,52 @@ def _restore_point(r, saved):
     r.test_scores = None if saved["test_scores"] is None else saved["test_scores"].numpy()
 
 
-def train_fine_tuned(model, data, loss, lr, batch_size, *, coco_root, epochs=EPOCHS["fine-tuned"], seed=SEED,
-                     device="cpu", resolution=448, workers=4, head=None, estimates=None, state_dir=None,
-                     max_steps=None, progress=None, k=EXPECTED_POSITIVES["coco"], semantics=DATALOADER_SEMANTICS):
+def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, on_epoch=None, world=None):
     """Train `model` (MLSPLResNet50 with its starting backbone) end to end on images.
 
     data: load_prepared's splits; observed labels come from data['train'].labels_obs (the full
-    labels for loss BCE). head / estimates: the linear phase's classifier and ROLE label
-    estimates (linear-init); None: a fresh head and ROLE's random table, as in their code.
-    max_steps limits the steps of each epoch and of each evaluation (tests only).
+    labels for loss BCE). config: a TrainConfig (its loss, coco_root, epochs (None: 10), seed,
+    device, resolution, workers, max_steps, semantics); point: (batch size, lr). start: the
+    linear phase's PointResult (linear-init: its classifier and ROLE label estimates); None: a
+    fresh head and ROLE's random table, as in their code. max_steps limits the steps of each epoch
+    and the batches of each evaluation (tests, smoke). world: harness.distributed.World (torchrun),
+    see harness/mlspl/ddp.py; the global batch stays `point`'s batch size.
     """
-    from harness.mlspl.features import ImageRows, imagenet_transform
+    from harness.distributed import World
+    from harness.mlspl import ddp
 
+    world = world or World()
+    batch_size, lr = point
+    loss, device, k = config.loss, config.device or "cpu", config.expected_positives
+    epochs = EPOCHS["fine-tuned"] if config.epochs is None else config.epochs
+    ddp.check_batch_splits(batch_size, world)
     train = data["train"]
     observed = torch.as_tensor(train.labels if loss == "BCE" else train.labels_obs, dtype=torch.float32)
-    config = {"loss": loss, "lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed,
-              "resolution": resolution, "n": len(observed), "max_steps": max_steps, "semantics": semantics}
-    generator = torch.Generator().manual_seed(seed)
+    saved_config = {"loss": loss, "lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": config.seed,
+                    "resolution": config.resolution, "n": len(observed), "max_steps": config.max_steps,
+                    "semantics": config.semantics}
+    generator = torch.Generator().manual_seed(config.seed)
     # linear-init hands over a head and estimates: their run then draws nothing before its loaders
-    start_head, table = _random_start(generator, observed, backbone=True) if head is None else (head, None)
+    start_head, table = _random_start(generator, observed, backbone=True) if start is None else (start.head, None)
+    estimates = None if start is None or start.table is None else torch.sigmoid(start.table)
     with torch.no_grad():
         model.fc.weight.copy_(start_head["weight"])
         model.fc.bias.copy_(start_head["bias"])
     estimator = None
     if loss == "ROLE":
         estimator = LabelEstimator(table if estimates is None else _initial_table(observed, estimates, None)).to(device)
-    model = model.to(device)
+    model = ddp.prepare_model(model.to(device), device, world)
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
     if estimator is not None:
         groups.append({"params": list(estimator.parameters()), "lr": LR_MULT * lr})
     optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=0)
     observed = observed.to(device)
-
-    def loader(split, shuffle):
-        # every iterator draws its base seed from `generator`, the train sampler its permutation
-        rows = ImageRows(coco_root, data[split].images, imagenet_transform(resolution, flip=split == "train"))
-        sampler = AuthorsShuffle(len(rows), generator, semantics) if shuffle else None
-        return torch.utils.data.DataLoader(rows, batch_size=batch_size, sampler=sampler, drop_last=True,
-                                           num_workers=workers, generator=generator, pin_memory=device == "cuda")
+    images = _ImageLoaders(data, config, batch_size, generator, world)
 
     result = PointResult(batch_size, lr)
     state_path = Path(state_dir) / "state.pt" if state_dir else None
-    state = _load_state(state_path, config)
-    start = 0
+    state = _load_state(state_path, saved_config)
+    first = 0
     if state is not None:
         model.load_state_dict(state["model"])
         if estimator is not None:
@@ -274,53 +283,85 @@ def train_fine_tuned(model, data, loss, lr, batch_size, *, coco_root, epochs=EPO
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         _restore_point(result, state["result"])
-        start = state["epoch"] + 1
+        first = state["epoch"] + 1
 
-    for epoch in range(start, epochs):
+    for epoch in range(first, epochs):
         model.train()
         total, steps = 0.0, 0
-        for images, rows in loader("train", shuffle=True):
-            if max_steps is not None and steps >= max_steps:
+        for batch, rows in images.train():
+            if config.max_steps is not None and steps >= config.max_steps:
                 break
-            images, rows = images.to(device, non_blocking=True), rows.to(device)
-            preds = torch.sigmoid(model(images))
+            x = to_model_input(batch.to(device, non_blocking=True), "imagenet")
+            preds, rows = ddp.whole_batch(torch.sigmoid(model(x)), rows.to(device), world)
             batch_loss = compute_loss(loss, preds, observed[rows], estimator(rows) if estimator else None, k=k)
             optimizer.zero_grad()
             batch_loss.backward()
+            ddp.sum_gradients(model, world)
             optimizer.step()
             total, steps = total + batch_loss.item(), steps + 1
-        val_scores, val_labels = _predict(model, loader("val", False), data["val"].labels, device, max_steps)
+        val_scores, val_labels = _predict(model, images.evaluation("val"), data["val"].labels, device, world)
         val_map = mlspl_map(val_scores, val_labels)
         result.history.append({"epoch": epoch, "train_loss": total / max(steps, 1), "val_mAP": val_map})
         if val_map > result.val_map:
             result.best_epoch, result.val_map = epoch, val_map
             result.head = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             result.table = estimator.logits.detach().cpu().clone() if estimator is not None else None
-            result.test_scores, test_labels = _predict(model, loader("test", False), data["test"].labels, device,
-                                                       max_steps)
+            result.test_scores, test_labels = _predict(model, images.evaluation("test"), data["test"].labels, device,
+                                                       world)
             result.test_map = mlspl_map(result.test_scores, test_labels)
         else:
             eval_iterators(generator, count=1)  # their test iterator of this epoch
-        if state_path:
-            _save_state(state_path, {"config": json.dumps(config), "epoch": epoch, "model": model.state_dict(),
+        if state_path and world.main:
+            _save_state(state_path, {"config": json.dumps(saved_config), "epoch": epoch, "model": model.state_dict(),
                                      "estimator": estimator.state_dict() if estimator is not None else None,
                                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                                      "result": _point_state(result)})
-        if progress:
-            progress(epoch, [val_map])
+        if on_epoch:
+            on_epoch(epoch, [val_map])
     return result
 
 
-def _predict(model, loader, labels, device, max_steps=None):
-    """Sigmoid scores of the rows a drop_last loader yields, in order, with their labels."""
+class _ImageLoaders:
+    """The fine-tuning loaders of their script: every iterator draws its workers' base seed from
+    `generator`, the train sampler its permutation; uint8 batches from harness.data.loader."""
+
+    def __init__(self, data, config, batch_size, generator, world):
+        self.data, self.config, self.batch_size = data, config, batch_size
+        self.generator, self.world = generator, world
+
+    def train(self):
+        from harness.data.loader import make_loader
+        from harness.mlspl.features import ImageRows
+
+        c, world = self.config, self.world
+        share = None if world.size == 1 else (world.rank, world.size)
+        rows = ImageRows(c.coco_root, self.data["train"].images, c.resolution, flip=True, share=share)
+        batches = torch.utils.data.BatchSampler(AuthorsShuffle(len(rows), self.generator, c.semantics),
+                                                self.batch_size, drop_last=True)
+        return make_loader(rows, None, c.device or "cpu", c.workers, batch_sampler=batches, generator=self.generator)
+
+    def evaluation(self, split):
+        """This rank's whole batches of the rows a drop_last loader scores (at most max_steps batches)."""
+        from harness.data.loader import make_loader
+        from harness.mlspl.features import ImageRows
+
+        c, bs = self.config, self.batch_size
+        rows = ImageRows(c.coco_root, self.data[split].images, c.resolution)
+        n = scored_rows(len(rows), bs) if c.max_steps is None else min(scored_rows(len(rows), bs), c.max_steps * bs)
+        mine = torch.utils.data.Subset(rows, self.world.shard(n, bs))
+        return make_loader(mine, bs, c.device or "cpu", c.workers, generator=self.generator)
+
+
+def _predict(model, loader, labels, device, world):
+    """Sigmoid scores of the rows the loaders of every rank yield, in row order, with their labels."""
     model.eval()
     scores, rows_seen = [], []
     with torch.no_grad():
-        for step, (images, rows) in enumerate(loader):
-            if max_steps is not None and step >= max_steps:
-                break
-            scores.append(torch.sigmoid(model(images.to(device))).float().cpu().numpy())
+        for images, rows in loader:
+            x = to_model_input(images.to(device, non_blocking=True), "imagenet")
+            scores.append(torch.sigmoid(model(x)).float().cpu().numpy())
             rows_seen.append(rows.numpy())
-    rows_seen = np.concatenate(rows_seen)
-    return np.concatenate(scores), labels[rows_seen]
-
+    parts = world.gather((scores, rows_seen))  # rank order is row order: each rank scores a contiguous shard
+    scores = np.concatenate([s for part, _ in parts for s in part])
+    rows_seen = np.concatenate([r for _, part in parts for r in part])
+    return scores, labels[rows_seen]
