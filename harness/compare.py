@@ -240,9 +240,9 @@ def find_run(runs_root, name):
     (the latest non-smoke one when there is one, as the report chooses)."""
     from pathlib import Path
 
-    from harness.records import iter_records
+    from harness.records import is_finished, iter_records
 
-    if (Path(name) / "record.json").is_file():
+    if is_finished(name):
         return Path(name)
     found = [(r.smoke, r.finished_at or "", r.run_id, d) for d, r in iter_records(runs_root)
              if r.model_id == name and r.kind in ("eval", "train")]

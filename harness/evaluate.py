@@ -15,14 +15,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from harness.download.verify import write_atomically
 from harness.errors import UserError
 from harness.eval_config import EvalConfig
-from harness.records import utc_now
+from harness.records import FinishedRun, is_finished, utc_now
 
 PARTIAL, PROGRESS, SETTINGS = "scores.partial.npy", "progress.json", "settings.json"
 
@@ -61,14 +60,8 @@ def _smoke_reasons(weights_info, coco_labels, limit, smoke_root):
 def find_resumable(runs_root, model_id):
     """The newest unfinished run folder of this model, or None."""
     folder = Path(runs_root) / model_id
-    candidates = [p for p in folder.glob("*") if (p / SETTINGS).is_file() and not (p / "record.json").exists()]
+    candidates = [p for p in folder.glob("*") if (p / SETTINGS).is_file() and not is_finished(p)]
     return max(candidates, key=lambda p: p.name) if candidates else None
-
-
-class EvalRun(NamedTuple):
-    """A finished evaluation: its run folder and its record (None on the ranks other than 0)."""
-    run_dir: Path
-    record: object  # harness.records.Record
 
 
 @dataclass(frozen=True)
@@ -89,7 +82,7 @@ def evaluate(spec, config):
 
 def evaluate_many(specs, config):
     """Evaluate several models, one decode of the images per resolution (harness.eval_pass); each
-    model gets its own run folder and record. Returns, per spec, its EvalRun, or (several models
+    model gets its own run folder and record. Returns, per spec, its FinishedRun, or (several models
     only) the exception that stopped it: one model's failure does not stop the others."""
     from harness.distributed import World
     from harness.numerics import tf32_mode
@@ -406,7 +399,7 @@ class _NoLock:
 
 
 def _finish_job(job, started, notes):
-    """The scored job's EvalRun (metrics and record), as a run of its own finishes; under torchrun
+    """The scored job's FinishedRun (metrics and record), as a run of its own finishes; under torchrun
     rank 0 writes the record and the other ranks return their run folder only."""
     n_total = job.settings["n_images"]
     if job.done != job.rows.stop:  # the loader ended early: a bug, never a result
@@ -418,7 +411,7 @@ def _finish_job(job, started, notes):
                                   "measurement": measured})
         if not job.world.main:  # rank 0 writes the record
             job.scores = None
-            return EvalRun(job.run_dir, None)
+            return FinishedRun(job.run_dir, None)
         job.distributed = {"world_size": job.world.size, "backend": job.world.backend, "ranks": ranks}
         measured = _merge_measurements(ranks, n_total)
     measured["notes"] += notes
@@ -428,7 +421,7 @@ def _finish_job(job, started, notes):
     job.measured = measured
     final_scores = _all_scores(job)
     job.scores = None  # closes the memory map of the partial file
-    return EvalRun(job.run_dir, _finish(job, final_scores))
+    return FinishedRun(job.run_dir, _finish(job, final_scores))
 
 
 def _all_scores(job):
@@ -603,7 +596,7 @@ def _open_run(runs_root, model_id, resume, settings, world, rows):
         if run_dir is None or not (run_dir / SETTINGS).is_file():
             raise UserError(f"nothing to resume for {model_id} under {runs_root}; run without --resume")
         held = records.hold_run(run_dir)  # before reading its state: another process may be changing it
-        if (run_dir / "record.json").exists():
+        if records.is_finished(run_dir):
             held.close()
             raise UserError(f"{run_dir} is already complete; run without --resume for a new run")
         saved = json.loads((run_dir / SETTINGS).read_text())

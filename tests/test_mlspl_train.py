@@ -165,7 +165,7 @@ def test_linear_init_hands_head_and_estimates_to_fine_tuning(smoke_root, smoke_d
     run_dir = train_and_evaluate(TrainConfig("ROLE", "linear-init", data_dir=smoke_data, features_dir=feats,
                                              coco_root=smoke_root, points=((4, 1e-4),), runs_root=tmp_path / "runs",
                                              device="cpu", epochs=1, resolution=32, random_weights=True, workers=0,
-                                             max_steps=1, init_point=(1e-3, 8), progress=False))
+                                             max_steps=1, init_point=(1e-3, 8), progress=False)).run_dir
     record = json.loads((run_dir / "record.json").read_text())
     phase = record["train"]["linear_phase"]
     assert phase["fixed_point"] == [1e-3, 8] and len(phase["history"]) == 25

@@ -89,14 +89,13 @@ def run(args):
     elif args.action == "train":
         from harness.mlspl.run import train_and_evaluate
 
-        run_dir = train_and_evaluate(train_config(args))
-        if run_dir is None:  # a torchrun rank other than 0: rank 0 writes and prints
+        finished = train_and_evaluate(train_config(args))
+        if finished is None:  # a torchrun rank other than 0: rank 0 writes and prints
             return
-        record = json.loads((run_dir / "record.json").read_text())
-        sel = record["train"]["selected"]
-        print(f"{record['model']['id']}: test mAP {sel['test_mAP']:.2f} on {record['dataset']['n_images']} images "
+        record, sel = finished.record, finished.record.train["selected"]
+        print(f"{record.model_id}: test mAP {sel['test_mAP']:.2f} on {record.dataset['n_images']} images "
               f"(batch {sel['batch_size']}, lr {sel['lr']:g}, epoch {sel['best_epoch']}, val mAP "
-              f"{sel['val_mAP']:.2f}){' [smoke]' if record['smoke'] else ''} -> {run_dir}")
+              f"{sel['val_mAP']:.2f}){' [smoke]' if record.smoke else ''} -> {finished.run_dir}")
 
 
 def train_config(args):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from harness.ctran.config import read_settings
 from harness.errors import UserError
+from harness.records import is_finished
 
 SETTINGS = "settings.json"
 
@@ -19,14 +20,14 @@ def open_run(config, settings):
     if not resume:
         return _new(runs_root, model_id, settings)
     folder = Path(runs_root) / model_id
-    candidates = sorted(p for p in folder.glob("*") if (p / SETTINGS).is_file() and not (p / "record.json").exists())
+    candidates = sorted(p for p in folder.glob("*") if (p / SETTINGS).is_file() and not is_finished(p))
     if resume == "auto":  # the newest unfinished run with these settings, else a new run
         same = [p for p in candidates if saved_settings(p) == settings]
         return same[-1] if same else _new(runs_root, model_id, settings)
     run_dir = Path(resume) if resume != "latest" else (candidates[-1] if candidates else None)
     if run_dir is None or not (run_dir / SETTINGS).is_file():
         raise UserError(f"nothing to resume for {model_id} under {runs_root}; run without --resume")
-    if (run_dir / "record.json").exists():
+    if is_finished(run_dir):
         raise UserError(f"{run_dir} is already complete; run without --resume for a new run")
     saved = saved_settings(run_dir)
     changed = [k for k, v in settings.items() if saved.get(k) != v]

@@ -55,15 +55,17 @@ def reproduce_mlspl(coco_root, *, models=None, runs_root="runs", tables_dir="tab
     features_dir = Path(data_dir) / "features"
     if any(mode != "fine-tuned" for _, mode in jobs):
         features_dir = _features(data_dir, coco_root, features_dir, device)
+
     def job(loss, mode):
         mid = model_id(loss, mode)
         if not force and complete_run(runs_root, mid, kind="train"):
             print(f"{mid}: complete run exists; skipped (use --force to run again)")
             return
-        run_dir = train_and_evaluate(TrainConfig(loss, mode, data_dir=data_dir, features_dir=features_dir,
-                                                 coco_root=coco_root, runs_root=runs_root, device=device,
-                                                 manifest=manifest))
-        print(f"{mid}: done -> {run_dir}")
+        finished = train_and_evaluate(TrainConfig(loss, mode, data_dir=data_dir, features_dir=features_dir,
+                                                  coco_root=coco_root, runs_root=runs_root, device=device,
+                                                  manifest=manifest))
+        if finished is not None:  # under torchrun, rank 0 writes and says it
+            print(f"{mid}: done -> {finished.run_dir}")
 
     return run_each([(model_id(loss, mode), lambda pair=(loss, mode): job(*pair)) for loss, mode in jobs],
                     runs_root, tables_dir, manifest)

@@ -236,8 +236,9 @@ def train_and_evaluate(config):
     checkpoints = rec.save_checkpoints(run_dir, trained.best, data["train"].rows)
     distributed = {"world_size": world.size, "backend": world.backend, "ranks": ranks} if world.size > 1 else None
     context = RunContext(run_dir, mid, data, prep, started, checkpoints, distributed)
-    records.write_record(run_dir, _record(config, trained, context))
-    return run_dir
+    record = _record(config, trained, context)
+    records.write_record(run_dir, record)
+    return records.FinishedRun(run_dir, record)
 
 
 def _resolved(config):
@@ -334,7 +335,7 @@ def _model_entry(mid, manifest=None):
 
     try:
         spec = get_spec(mid, manifest)
-        return {"id": mid, "family": spec.family, "arch": spec.arch, "paper": spec.paper}
+        return records.model_section(spec)
     except UserError:  # a loss and mode without a manifest entry (e.g. BCE linear-init)
         return {"id": mid, "family": "mlspl", "arch": {"name": "mlspl_resnet50", "num_classes": 80}, "paper": {}}
 
@@ -358,25 +359,21 @@ def _record(config, trained, context):
     root = c.coco_root or c.data_dir
     reasons = _smoke_reasons(config, prep, data, trained.features)
     names = [name for _, name, _ in COCO_CATEGORIES] if labels.shape[1] == 80 else None
-    return {
-        "schema": 1,
-        "kind": "train",
-        "run_id": context.run_dir.name,
-        "model": _model_entry(mid, c.manifest),
-        "checkpoint": rec.checkpoint_info(context.checkpoints, c.random_weights),
-        "config": config.as_json(),
-        "dataset": {
+    return records.Record(
+        kind="train", run_id=context.run_dir.name, model=_model_entry(mid, c.manifest),
+        checkpoint=rec.checkpoint_info(context.checkpoints, c.random_weights), config=config.as_json(),
+        dataset={
             "name": "coco2014-val", "root": str(Path(root).resolve()), "image_set": "annotated",
             "n_images": n_scored, "n_images_total": len(data["test"].images),
             "fingerprint": {"annotations_sha256": (prep.get("annotations_sha256") or {}).get("val"),
                             "n_images": n_scored, "labels_sha256": labels_sha256(data["test"].image_ids[:n_scored], labels)},
             "smoke_subset": bool(prep.get("smoke_subset")),
         },
-        "eval": {"protocol": "mlspl", "resolution": c.resolution, "resize": "squish", "normalize": "imagenet",
+        eval={"protocol": "mlspl", "resolution": c.resolution, "resize": "squish", "normalize": "imagenet",
                  "batch_size": best.batch_size, "dtype": "float32", "amp": False, "device": c.device, "limit": None,
                  "drop_last": True},
-        "metrics": rec.compute_test_metrics(best.test_scores, labels, names),
-        "train": {
+        metrics=rec.compute_test_metrics(best.test_scores, labels, names),
+        train={
             "loss": c.loss, "mode": c.mode, "epochs": c.epochs, "optimizer": "Adam (no weight decay, no schedule)",
             "label_estimator_lr_mult": LR_MULT if c.loss == "ROLE" else None,
             "expected_positives_k": c.expected_positives,
@@ -394,13 +391,6 @@ def _record(config, trained, context):
             "features": trained.features, "backbone_weights": trained.backbone_weights,
             "checkpoints": context.checkpoints,
         },
-        "timings": {"wall_s": trained.wall_s, "images_per_s": None},
-        "measurement": trained.measurement,
-        "environment": records.environment(),
-        "started_at": context.started,
-        "finished_at": records.utc_now(),
-        "smoke": bool(reasons),
-        "smoke_reasons": reasons,
-        "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
-        **({"distributed": context.distributed} if context.distributed else {}),
-    }
+        timings={"wall_s": trained.wall_s, "images_per_s": None}, measurement=trained.measurement,
+        distributed=context.distributed or {}, environment=records.environment(), started_at=context.started,
+        finished_at=records.utc_now(), smoke_reasons=reasons, files=dict(records.SCORE_FILES))

@@ -11,6 +11,7 @@ import secrets
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,6 +19,17 @@ from harness.errors import UserError
 from harness.records.schema import Record
 
 RECORD = "record.json"
+
+
+class FinishedRun(NamedTuple):
+    """A finished run: its folder and its Record (None on torchrun ranks other than 0, which write none)."""
+    run_dir: Path
+    record: Record | None
+
+
+def is_finished(run_dir):
+    """Whether a run folder holds its record (written last: a folder without one is unfinished)."""
+    return (Path(run_dir) / RECORD).exists()
 
 
 def utc_now():
