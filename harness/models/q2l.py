@@ -23,7 +23,7 @@ def build_backbone(name, img_size, layers=None):
     Imports inside: each backbone file is loaded only when its model is built."""
     if name == "resnet101":
         from harness.models.backbones.resnet import build_resnet101
-        return Backbone(build_resnet101())
+        return Backbone(build_resnet101(layers))
     if name == "tresnetl":
         from harness.models.backbones.tresnet import tresnet_l
         return Backbone(tresnet_l(**({"layers": layers} if layers else {})))
@@ -91,7 +91,7 @@ class Query2Label(nn.Module):
 def q2l(backbone, hidden_dim, dim_feedforward, enc_layers, dec_layers, nheads, num_classes, img_size,
         release_folder=None, dropout=0.1, pre_norm=False, backbone_layers=None):
     """Query2Label with random weights; `release_folder` only names the authors' download folder.
-    `backbone_layers` (TResNet blocks per stage) builds a shallow backbone for tests; released models
+    `backbone_layers` (ResNet or TResNet blocks per stage) builds a shallow backbone for tests; released models
     never set it."""
     if backbone not in BACKBONE_STRIDES:
         raise ValueError(f"unknown Q2L backbone '{backbone}' (known: {', '.join(BACKBONE_STRIDES)})")

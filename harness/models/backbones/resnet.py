@@ -11,8 +11,12 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 class ResNetFeatures(IntermediateLayerGetter):
     """The last feature map (B, 2048, H/32, W/32); avgpool and fc dropped."""
 
-    def __init__(self, name="resnet101"):
-        net = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
+    def __init__(self, name="resnet101", layers=None):
+        if layers:  # fewer blocks per stage, same widths: a shallow network for tests
+            net = torchvision.models.ResNet(torchvision.models.resnet.Bottleneck, list(layers),
+                                            norm_layer=FrozenBatchNorm2d)
+        else:
+            net = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
         super().__init__(net, return_layers={"layer4": "0"})
         self.num_channels = net.fc.in_features
 
@@ -20,5 +24,5 @@ class ResNetFeatures(IntermediateLayerGetter):
         return super().forward(x)["0"]
 
 
-def build_resnet101():
-    return ResNetFeatures("resnet101")
+def build_resnet101(layers=None):
+    return ResNetFeatures("resnet101", layers)
