@@ -17,12 +17,12 @@ from harness.errors import UserError
 from harness.manifest import get_spec
 from harness.models import build_from_arch
 
-# A Q2L with the released TResNet-L v2 backbone but a tiny transformer and a 64 x 64 input:
-# the real file format, at a size a test can save and load in seconds.
-# A Q2L-TResNet with one block per backbone stage: the authors' key layout and the release's loading
-# path, at a fraction of TResNet-L's build time (the full layout is tested in test_q2l_models.py).
-SMALL = dict(name="q2l", backbone="tresnetl_v2", hidden_dim=2048, dim_feedforward=32, enc_layers=1,
-             dec_layers=2, nheads=4, num_classes=80, img_size=64, backbone_layers=[1, 1, 1, 1])
+# A Q2L-TResNet-L v2 with one block per backbone stage, an eighth of its width (256 channels, so
+# hidden size 256), a tiny transformer and a 64 x 64 input: the authors' key names, file format and
+# loading path in a file of a few MB (the full-size layout is tested in test_q2l_models.py).
+SMALL = dict(name="q2l", backbone="tresnetl_v2", hidden_dim=256, dim_feedforward=32, enc_layers=1,
+             dec_layers=2, nheads=4, num_classes=80, img_size=64, backbone_layers=[1, 1, 1, 1],
+             backbone_width=0.125)
 
 
 def randomised(arch, seed):
@@ -129,7 +129,7 @@ def test_other_transformer_size_is_named(saved):
 
 def test_wrong_model_is_refused(saved):
     with pytest.raises(UserError, match="wrong model"):
-        load_checkpoint_into(build_from_arch(dict(SMALL, backbone="tresnetl", hidden_dim=2432)), saved["path"])
+        load_checkpoint_into(build_from_arch(dict(SMALL, backbone="tresnetl")), saved["path"])
 
 
 class RunsCode:
@@ -166,7 +166,7 @@ def test_trust_loads_extra_types_only_for_the_pinned_file(saved, tmp_path):
 
 
 def write_config(path, **overrides):
-    cfg = {"backbone": "tresnetl_v2", "hidden_dim": 2048, "dim_feedforward": 32, "enc_layers": 1, "dec_layers": 2,
+    cfg = {"backbone": "tresnetl_v2", "hidden_dim": SMALL["hidden_dim"], "dim_feedforward": 32, "enc_layers": 1, "dec_layers": 2,
            "nheads": 4, "num_class": 80, "img_size": 64, "pre_norm": "False", "keep_input_proj": "False",
            "orid_norm": "True", "amp": False, "position_embedding": "sine"}
     cfg.update(overrides)

@@ -17,19 +17,21 @@ from harness.models.transformer import Transformer
 BACKBONE_STRIDES = {"resnet101": 32, "tresnetl": 32, "tresnetl_v2": 32, "swin_L_384_22k": 32, "CvT_w24": 16}
 
 
-def build_backbone(name, img_size, layers=None):
+def build_backbone(name, img_size, layers=None, width=None):
     """The module at `backbone.0`. The authors wrap CNNs in a `body` holder (keys
     `backbone.0.body.*`) but use Swin and CvT as they are (keys `backbone.0.*`).
-    Imports inside: each backbone file is loaded only when its model is built."""
+    Imports inside: each backbone file is loaded only when its model is built.
+    `layers` and `width` (TResNet's width factor) shrink a CNN for tests; None keeps the authors' size."""
+    small = {**({"layers": layers} if layers else {}), **({"width_factor": width} if width else {})}
     if name == "resnet101":
         from harness.models.backbones.resnet import build_resnet101
         return Backbone(build_resnet101(layers))
     if name == "tresnetl":
         from harness.models.backbones.tresnet import tresnet_l
-        return Backbone(tresnet_l(**({"layers": layers} if layers else {})))
+        return Backbone(tresnet_l(**small))
     if name == "tresnetl_v2":
         from harness.models.backbones.tresnet import tresnet_l_v2
-        return Backbone(tresnet_l_v2(**({"layers": layers} if layers else {})))
+        return Backbone(tresnet_l_v2(**small))
     if name == "swin_L_384_22k":
         from harness.models.backbones.swin import build_swin_l_384
         return build_swin_l_384(img_size=img_size)
@@ -89,13 +91,15 @@ class Query2Label(nn.Module):
 
 @register_model
 def q2l(backbone, hidden_dim, dim_feedforward, enc_layers, dec_layers, nheads, num_classes, img_size,
-        release_folder=None, dropout=0.1, pre_norm=False, backbone_layers=None):
+        release_folder=None, dropout=0.1, pre_norm=False, backbone_layers=None, backbone_width=None):
     """Query2Label with random weights; `release_folder` only names the authors' download folder.
-    `backbone_layers` (ResNet or TResNet blocks per stage) builds a shallow backbone for tests; released models
-    never set it."""
+    `backbone_layers` (ResNet or TResNet blocks per stage) and `backbone_width` (TResNet width factor)
+    build a small backbone for tests; released models never set them."""
     if backbone not in BACKBONE_STRIDES:
         raise ValueError(f"unknown Q2L backbone '{backbone}' (known: {', '.join(BACKBONE_STRIDES)})")
-    features = build_backbone(backbone, img_size, backbone_layers)
+    if backbone_width and not backbone.startswith("tresnet"):
+        raise ValueError(f"backbone_width is a TResNet width factor; '{backbone}' has none")
+    features = build_backbone(backbone, img_size, backbone_layers, backbone_width)
     transformer = Transformer(hidden_dim, nheads, enc_layers, dec_layers, dim_feedforward, dropout, pre_norm)
     model = Query2Label(features, transformer, num_classes, img_size, BACKBONE_STRIDES[backbone])
     # The authors' names for these settings, checked against their config_new.json on load.
