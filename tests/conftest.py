@@ -11,6 +11,14 @@ def smoke_root(tmp_path_factory):
     return make_smoke(tmp_path_factory.mktemp("smoke"), n_val=24, n_train=48, seed=0)
 
 
+# A Q2L-TResNet-L v2 with one block per backbone stage, an eighth of its width (256 channels, so
+# hidden size 256), a tiny transformer and a 64 x 64 input: the authors' key names, file format and
+# loading path in a file of a few MB (the full-size layout is tested in test_q2l_models.py).
+SMALL_Q2L = dict(name="q2l", backbone="tresnetl_v2", hidden_dim=256, dim_feedforward=32, enc_layers=1,
+                 dec_layers=2, nheads=4, num_classes=80, img_size=64, backbone_layers=[1, 1, 1, 1],
+                 backbone_width=0.125)
+
+
 def tiny_manifest(folder, model_id, arch, base="q2l-r101-448", **eval_overrides):
     """A manifest holding one entry: `base`'s paper and eval settings with a tiny architecture."""
     from harness.manifest import DEFAULT_MANIFEST

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import SMALL_Q2L
 from harness import checkpoints
 from harness.checkpoints import load_checkpoint_into, read_config, read_pickle
 from harness.pretrained import build_pretrained
@@ -17,12 +18,7 @@ from harness.errors import UserError
 from harness.manifest import get_spec
 from harness.models import build_from_arch
 
-# A Q2L-TResNet-L v2 with one block per backbone stage, an eighth of its width (256 channels, so
-# hidden size 256), a tiny transformer and a 64 x 64 input: the authors' key names, file format and
-# loading path in a file of a few MB (the full-size layout is tested in test_q2l_models.py).
-SMALL = dict(name="q2l", backbone="tresnetl_v2", hidden_dim=256, dim_feedforward=32, enc_layers=1,
-             dec_layers=2, nheads=4, num_classes=80, img_size=64, backbone_layers=[1, 1, 1, 1],
-             backbone_width=0.125)
+SMALL = SMALL_Q2L  # conftest: a small Q2L with the authors' key names
 
 
 def randomised(arch, seed):
