@@ -45,7 +45,9 @@ def test_ddp_gradients_equal_one_process_on_the_global_batch(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    # fork: the workers start from this process's imports instead of loading torch again; each sets
+    # one thread before any op (as DataLoader workers do)
+    mp.start_processes(_worker, args=(port, str(tmp_path / "ddp.pt")), nprocs=2, join=True, start_method="fork")
     model = _model()
     train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), *_batch(), True, 1)
     one, ddp = _grads(model), torch.load(tmp_path / "ddp.pt")
