@@ -3,7 +3,9 @@
 Each test names the numbered promise of docs/RELIABILITY.md it holds.
 """
 import hashlib
+import io
 import json
+import multiprocessing
 import os
 import pickle
 import subprocess
@@ -167,24 +169,36 @@ def test_random_weights_are_seeded_and_a_resume_refuses_another_seed(manifest, s
 
 # ------------------------------------------------------------------ 4. one process at a time on a run
 
+def _cli_in_a_second_process(argv):
+    """(exit code, stderr) of the CLI run in a forked process: a second pid, started from this
+    process's imports instead of loading torch again."""
+    context = multiprocessing.get_context("fork")
+    result = context.SimpleQueue()
+
+    def child():
+        sys.stderr = io.StringIO()
+        code = main(argv)
+        result.put((code, sys.stderr.getvalue()))
+
+    process = context.Process(target=child)
+    process.start()
+    process.join(120)
+    assert process.exitcode == 0 and not result.empty(), f"the second process crashed (exit {process.exitcode})"
+    return result.get()
+
+
 def test_a_second_process_on_a_run_in_progress_is_refused(manifest, smoke_root, tmp_path):
     run_dir = records.new_run_dir(tmp_path / "runs", "tiny-q2l")
     held = records.hold_run(run_dir)
     try:
-        code = f"""
-import sys
-from harness.cli import main
-sys.exit(main(["eval", "tiny-q2l", "--manifest", {str(manifest)!r}, "--coco-root", {str(smoke_root)!r},
-               "--weights", "random", "--workers", "0", "--no-progress", "--resume", {str(run_dir)!r}]))
-"""
         (run_dir / "settings.json").write_text("{}")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
-        proc = subprocess.run([sys.executable, "-c", "import test_hostile_inputs\n" + code], env=env,
-                              capture_output=True, text=True, timeout=120)
+        code, err = _cli_in_a_second_process(["eval", "tiny-q2l", "--manifest", str(manifest), "--coco-root",
+                                              str(smoke_root), "--weights", "random", "--workers", "0",
+                                              "--no-progress", "--resume", str(run_dir)])
     finally:
         held.close()
-    assert proc.returncode == 2, proc.stderr
-    assert f"is in progress (pid {os.getpid()})" in _one_line(proc.stderr)
+    assert code == 2, err
+    assert f"is in progress (pid {os.getpid()})" in _one_line(err)
 
 
 # ------------------------------------------------------------------ 5. an image that cannot be decoded
