@@ -19,6 +19,30 @@ SMALL_Q2L = dict(name="q2l", backbone="tresnetl_v2", hidden_dim=256, dim_feedfor
                  backbone_width=0.125)
 
 
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    """Synthetic MLSPL data (700 train / 300 val images, prepared) and features carrying its labels,
+    shared by the MLSPL training, checks and report tests (none of them writes into it)."""
+    from harness.mlspl.prepare import prepare
+    from test_mlspl_prepare import write_annotations
+    from test_mlspl_train import synthetic_features
+
+    base = tmp_path_factory.mktemp("mlspl")
+    root = write_annotations(base / "coco", n_train=700, n_val=300, seed=5)
+    prepare(root, base / "data")
+    return base, synthetic_features(base / "data", base / "feats", noise=0.3)
+
+
+@pytest.fixture(scope="session")
+def smoke_data(smoke_root, tmp_path_factory):
+    """The smoke subset prepared the MLSPL authors' way."""
+    from harness.mlspl.prepare import prepare
+
+    out = tmp_path_factory.mktemp("smoke_data")
+    prepare(smoke_root, out)
+    return out
+
+
 def tiny_manifest(folder, model_id, arch, base="q2l-r101-448", **eval_overrides):
     """A manifest holding one entry: `base`'s paper and eval settings with a tiny architecture."""
     from harness.manifest import DEFAULT_MANIFEST

@@ -13,11 +13,10 @@ from safetensors.torch import load_file
 from harness.cli import main
 from harness.mlspl.config import FeatureConfig, TrainConfig
 from harness.mlspl.features import FEATURE_FILES, compare_features, extract_features
-from harness.mlspl.prepare import load_prepared, prepare
+from harness.mlspl.prepare import load_prepared
 from harness.mlspl.run import train_and_evaluate
 from harness.mlspl.train import mlspl_map, train_fine_tuned, train_linear_group
 from harness.models.mlspl import MLSPLResNet50
-from test_mlspl_prepare import write_annotations
 
 
 def synthetic_features(data_dir, out, seed=0, noise=1.0):
@@ -30,14 +29,6 @@ def synthetic_features(data_dir, out, seed=0, noise=1.0):
         feats = labels @ projection + noise * rng.normal(size=(len(labels), 2048)).astype(np.float32)
         np.save(out / name, (feats / 8).astype(np.float32))
     return out
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    base = tmp_path_factory.mktemp("mlspl")
-    root = write_annotations(base / "coco", n_train=700, n_val=300, seed=5)
-    prepare(root, base / "data")
-    return base, synthetic_features(base / "data", base / "feats", noise=0.3)
 
 
 def tensors(data_dir, feats_dir):
@@ -127,13 +118,6 @@ def test_interrupted_linear_run_resumes_to_the_same_result(synth, tmp_path):
     assert val_maps(resumed[0]) == pytest.approx(val_maps(full[0]))
     torch.testing.assert_close(resumed[0].table, full[0].table)
     np.testing.assert_allclose(resumed[0].test_scores, full[0].test_scores)
-
-
-@pytest.fixture(scope="module")
-def smoke_data(smoke_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke_data")
-    prepare(smoke_root, out)
-    return out
 
 
 def test_one_fine_tuning_step_on_cpu(smoke_root, smoke_data):

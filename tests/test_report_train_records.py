@@ -6,11 +6,10 @@ import pytest
 from harness import report
 from harness.cli import main
 from harness.manifest import load_manifest
-from test_mlspl_train import synth  # noqa: F401  (the module-scoped synthetic MLSPL data)
 
 
 @pytest.fixture(scope="module")
-def trained(synth):  # noqa: F811
+def trained(synth):
     base, feats = synth
     runs = base / "report-runs"
     assert main(["mlspl", "train", "--loss", "AN", "--mode", "linear", "--data", str(base / "data"),
@@ -36,7 +35,7 @@ def test_a_train_record_can_be_rescored(trained, capsys):
     assert json.loads(written.read_text())["metrics"]["mAP"] == pytest.approx(record["metrics"]["mAP"])
 
 
-def test_the_full_label_upper_bound_is_shown_too(synth, tmp_path):  # noqa: F811
+def test_the_full_label_upper_bound_is_shown_too(synth, tmp_path):
     base, feats = synth
     assert main(["mlspl", "train", "--loss", "BCE", "--mode", "linear", "--data", str(base / "data"),
                  "--features", str(feats), "--lr", "1e-3", "--batch-size", "16", "--epochs", "1",
