@@ -83,13 +83,15 @@ def test_two_runs_resuming_one_partial_give_one_good_file(tmp_path, server):
 def test_concurrent_lock_file_writes_lose_no_entry(tmp_path):
     path = tmp_path / "weights_manifest.lock.yaml"
 
+    # each write rereads and rewrites the whole file, so the cost grows with the square of the
+    # entries: six writers of six entries keep the contention at a fraction of the time
     def writer(k):
         def write():
-            for i in range(15):
+            for i in range(6):
                 record_lock(path, f"model-{k}-{i}", "checkpoint", f"{k:02d}{i:02d}".ljust(64, "a"), 1, "test")
         return write
     assert in_parallel(*(writer(k) for k in range(6))) == [None] * 6
-    assert len(read_lock(path)) == 6 * 15
+    assert len(read_lock(path)) == 6 * 6
     assert not list(tmp_path.glob("*.tmp"))
 
 
