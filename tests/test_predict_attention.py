@@ -194,10 +194,10 @@ def test_predict_takes_a_trained_mlspl_run_folder(smoke_root, tmp_path, capsys):
     from harness.manifest import get_spec
     from harness.models.mlspl import MLSPLResNet50
 
-    manifest = tiny_manifest(tmp_path, "tiny-mlspl", {"name": "mlspl_resnet50", "num_classes": 80},
-                             base="mlspl-an-fine-tuned", resolution=64, batch_size=2)
+    arch = {"name": "mlspl_resnet50", "num_classes": 80, "layers": [1, 1, 1, 1]}  # one block a stage
+    manifest = tiny_manifest(tmp_path, "tiny-mlspl", arch, base="mlspl-an-fine-tuned", resolution=64, batch_size=2)
     torch.manual_seed(1)
-    trained = MLSPLResNet50().eval()
+    trained = MLSPLResNet50(layers=arch["layers"]).eval()
     run_dir = records.new_run_dir(tmp_path / "runs", "tiny-mlspl")
     save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, run_dir / "classifier.safetensors")
     records.write_record(run_dir, {"schema": 1, "kind": "train", "run_id": run_dir.name, "model": {"id": "tiny-mlspl"},
@@ -212,7 +212,6 @@ def test_predict_takes_a_trained_mlspl_run_folder(smoke_root, tmp_path, capsys):
         expected = torch.sigmoid(trained(torch.stack([transform(load_rgb(p)) for p in images]))).numpy()
     assert np.allclose(scores, expected, atol=1e-6)
     (tmp_path / "other").mkdir()
-    other = tiny_manifest(tmp_path / "other", "tiny-mlspl-2", {"name": "mlspl_resnet50", "num_classes": 80},
-                          base="mlspl-an-fine-tuned", resolution=64)
+    other = tiny_manifest(tmp_path / "other", "tiny-mlspl-2", arch, base="mlspl-an-fine-tuned", resolution=64)
     assert main(["predict", "tiny-mlspl-2", str(images[0]), "--manifest", str(other), "--weights", str(run_dir)]) == 2
     _one_line_error(capsys, "is a run of tiny-mlspl, not tiny-mlspl-2")

@@ -8,7 +8,8 @@ harness.mlspl.features.load_imagenet_v1.
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models import resnet50
+from torchvision.models import ResNet, resnet50
+from torchvision.models.resnet import Bottleneck
 
 from harness.models import register_model
 
@@ -16,11 +17,13 @@ FEATURE_DIM = 2048
 
 
 class MLSPLResNet50(nn.Module):
-    def __init__(self, num_classes=80, linear_only=False):
+    def __init__(self, num_classes=80, linear_only=False, layers=None):
+        """`layers` (blocks per stage, same widths and 2048-d output) builds a shallow network for
+        tests; None is ResNet-50's (3, 4, 6, 3)."""
         super().__init__()
         self.backbone = None
         if not linear_only:
-            self.backbone = resnet50(weights=None)
+            self.backbone = ResNet(Bottleneck, list(layers)) if layers else resnet50(weights=None)
             self.backbone.fc = nn.Identity()  # keeps conv1 .. avgpool + flatten: (B, 2048)
         self.fc = nn.Linear(FEATURE_DIM, num_classes)
 
@@ -59,5 +62,5 @@ def initial_label_logits(observed, generator=None):
 
 
 @register_model
-def mlspl_resnet50(num_classes=80, linear_only=False):
-    return MLSPLResNet50(num_classes=num_classes, linear_only=linear_only)
+def mlspl_resnet50(num_classes=80, linear_only=False, layers=None):
+    return MLSPLResNet50(num_classes=num_classes, linear_only=linear_only, layers=layers)
