@@ -42,9 +42,11 @@ def test_state_dict_layout_equals_the_authors(model_id):
 
 
 def small_q2l(backbone, img_size=64, **kw):
-    hidden = {"resnet101": 2048, "tresnetl": 2432, "tresnetl_v2": 2048}[backbone]
-    arch = dict(name="q2l", backbone=backbone, hidden_dim=hidden, dim_feedforward=32, enc_layers=1, dec_layers=2,
-                nheads=4, num_classes=80, img_size=img_size, backbone_layers=[1, 1, 1, 1])  # full width, one block a stage
+    # one block a stage; TResNets at about an eighth of their width (288 and 256 channels), ResNet-101 at its 2048
+    small = {"resnet101": {"hidden_dim": 2048}, "tresnetl": {"hidden_dim": 288, "backbone_width": 0.15},
+             "tresnetl_v2": {"hidden_dim": 256, "backbone_width": 0.125}}[backbone]
+    arch = dict(name="q2l", backbone=backbone, dim_feedforward=32, enc_layers=1, dec_layers=2, nheads=4,
+                num_classes=80, img_size=img_size, backbone_layers=[1, 1, 1, 1], **small)
     arch.update(kw)
     return build_from_arch(arch).eval()
 
