@@ -13,7 +13,6 @@ from harness.distributed import World
 from harness.mlspl.config import TrainConfig
 from harness.mlspl.prepare import load_prepared
 from harness.mlspl.train import train_fine_tuned
-from test_mlspl_train import smoke_data  # noqa: F401  (fixture)
 
 GLOBAL_BATCH = 4
 

@@ -12,7 +12,6 @@ from harness.mlspl.authors_rng import AuthorsShuffle
 from harness.mlspl.config import TrainConfig
 from harness.mlspl.prepare import load_prepared
 from harness.mlspl.train import _ImageLoaders
-from test_mlspl_train import smoke_data  # noqa: F401  (fixture)
 
 RESOLUTION, BATCH, SEED = 32, 4, 11
 
