@@ -336,9 +336,12 @@ def bootstrap_class_ap(order, sorted_scores, y, counts, protocol, packed=None, h
         return np.einsum("ij,ij->i", positives, precision) / np.maximum(npos, 1)
 
 
-def bootstrap_map(orders, counts, protocol, chunk=63):
-    """mAP (percent) of each resample (rows of counts); orders as returned by per_class_ap."""
+def bootstrap_map(orders, counts, protocol, chunk=None):
+    """mAP (percent) of each resample (rows of counts); orders as returned by per_class_ap.
+    Resamples are scored `chunk` at a time (each on its own: the chunking moves no bit); by default
+    as many as keep a chunk near 200,000 image counts (63 at COCO's 40,504), few chunks on a small set."""
     n_boot, n_images = counts.shape
+    chunk = chunk or max(63, 200_000 // max(n_images, 1))
     harmonic = _harmonic(n_images) if protocol == "asl" else None
     maps = np.empty(n_boot)
     for start in range(0, n_boot, chunk):

@@ -235,6 +235,18 @@ def test_bootstrap_map_matches_a_direct_resample_loop():
             assert fast[b] == pytest.approx(100 * np.nanmean(aps), abs=1e-9)  # no ties: order of copies is moot
 
 
+def test_bootstrap_chunking_moves_no_bit():
+    """The default chunk (few chunks on a small set) scores each resample exactly as chunks of 7 or 1."""
+    scores, labels = random_problem(150, 6, seed=5)
+    scores[:, :2] = np.round(scores[:, :2], 1)  # ties too
+    counts = M.resample_counts(150, 40, seed=9)
+    for protocol in M.PROTOCOLS:
+        _, _, _, _, orders = M.per_class_ap(scores, labels > 0, protocol)
+        default = M.bootstrap_map(orders, counts, protocol)
+        for chunk in (1, 7):
+            assert np.array_equal(default, M.bootstrap_map(orders, counts, protocol, chunk=chunk), equal_nan=True)
+
+
 # ---------------------------------------------------------------- inputs and the command
 
 @pytest.mark.parametrize("scores, labels, message", [
