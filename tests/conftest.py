@@ -3,6 +3,7 @@ import torch
 import yaml
 
 from harness.data.smoke import make_smoke
+from harness.manifest import read_yaml
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +48,7 @@ def tiny_manifest(folder, model_id, arch, base="q2l-r101-448", **eval_overrides)
     """A manifest holding one entry: `base`'s paper and eval settings with a tiny architecture."""
     from harness.manifest import DEFAULT_MANIFEST
 
-    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    data = read_yaml(DEFAULT_MANIFEST.read_text())
     entry = data["models"][base]
     entry["arch"] = arch
     entry["eval"].update(eval_overrides)

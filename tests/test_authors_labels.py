@@ -18,6 +18,7 @@ from harness.data.authors_labels import compare
 from harness.data.coco import load_labels
 from harness.download.verify import git_blob_id
 from harness.metrics import compute_metrics
+from harness.manifest import read_yaml
 from loopback_server import file_route
 from tiny_release import make_release
 
@@ -40,7 +41,7 @@ def coco(smoke_root, tmp_path):
 
 def setup(tmp_path, server, body, git_blob=None):
     manifest, _ = make_release(tmp_path)
-    data = yaml.safe_load(manifest.read_text())
+    data = read_yaml(manifest.read_text())
     ref = data["reference_files"]["q2l-val-labels"]
     server.routes["/labels.npy"] = file_route(body)
     ref["sources"] = [{"type": "http", "url": server.url + "/labels.npy"}]
@@ -74,7 +75,7 @@ def test_one_changed_row_is_reported_and_the_authors_file_scores(tmp_path, serve
     assert record["metrics"]["mAP"] == compute_metrics(scores, theirs, "q2l", ci=False)["mAP"]
     assert record["labels"]["json_labels_mAP"] == compute_metrics(scores, json_labels, "q2l", ci=False)["mAP"]
     assert record["labels"]["json_labels_mAP"] != record["metrics"]["mAP"]
-    lock = yaml.safe_load((tmp_path / "weights_manifest.lock.yaml").read_text())
+    lock = read_yaml((tmp_path / "weights_manifest.lock.yaml").read_text())
     assert lock["q2l-val-labels"]["labels"]["sha256"] == record["labels"]["authors_file"]["sha256"]
 
     hits = len(server.hits("/labels.npy"))
@@ -128,7 +129,7 @@ def test_git_blob_id_is_gits(tmp_path):
 def test_download_fetches_it_by_name_and_with_each_q2l_model(tmp_path, server, capsys):
     body = as_authors_saved(np.eye(4, 80))
     manifest = setup(tmp_path, server, body)
-    data = yaml.safe_load(manifest.read_text())
+    data = read_yaml(manifest.read_text())
     for wfile in data["models"]["tiny-q2l"]["files"].values():
         wfile["sources"] = [{"type": "http", "url": server.url + "/missing"}]
     manifest.write_text(yaml.safe_dump(data))

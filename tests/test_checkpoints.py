@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from conftest import SMALL_Q2L
 from harness import checkpoints
@@ -15,7 +14,7 @@ from harness.checkpoints import load_checkpoint_into, read_config, read_pickle
 from harness.pretrained import build_pretrained
 from harness.download.verify import file_digest
 from harness.errors import UserError
-from harness.manifest import get_spec
+from harness.manifest import get_spec, read_yaml
 from harness.models import build_from_arch
 
 SMALL = SMALL_Q2L  # conftest: a small Q2L with the authors' key names
@@ -208,7 +207,7 @@ def test_build_pretrained_fetches_both_files_and_checks_the_eval_settings(saved,
     fresh.eval()  # built in training mode, as create_model does
     # fetched without locking; locked only once the weights loaded strictly into the model
     assert sorted(asked) == [("checkpoint", False), ("config", False)] and info["epoch"] == 12
-    assert set(yaml.safe_load((tmp_path / "lock.yaml").read_text())[spec.id]) == {"checkpoint", "config"}
+    assert set(read_yaml((tmp_path / "lock.yaml").read_text())[spec.id]) == {"checkpoint", "config"}
     assert list((tmp_path / "home" / "safetensors").glob(f"{spec.id}-*.safetensors"))
     with torch.no_grad():
         assert torch.equal(fresh(saved["x"]), saved["logits"])

@@ -2,11 +2,11 @@
 import os
 
 import pytest
-import yaml
 
 from download_helpers import corrupt_files, http_file, isolated, make_spec, server, sha, zipped  # noqa: F401
 from harness.download import cache_path, fetch
 from harness.errors import UserError
+from harness.manifest import read_yaml
 from loopback_server import file_route, html_route
 
 
@@ -134,7 +134,7 @@ def test_unpinned_file_is_locked_then_a_change_is_refused(tmp_path, server, caps
     spec = make_spec(tmp_path, {"checkpoint": http_file(server.url + "/ckpt")})
     path = fetch(spec, "checkpoint")
     assert "not pinned" in capsys.readouterr().err
-    lock = yaml.safe_load((tmp_path / "weights_manifest.lock.yaml").read_text())
+    lock = read_yaml((tmp_path / "weights_manifest.lock.yaml").read_text())
     entry = lock["q2l-test"]["checkpoint"]
     assert entry["sha256"] == sha(DATA) and entry["size"] == len(DATA) and entry["source"].endswith("/ckpt")
     fetch(spec, "checkpoint")

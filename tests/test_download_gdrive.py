@@ -5,11 +5,11 @@ gdown is real; only its sessions are pointed at 127.0.0.1 (HARNESS_GDRIVE_URL).
 import os
 
 import pytest
-import yaml
 
 from download_helpers import isolated, make_spec, server, sha  # noqa: F401 (fixtures)
 from harness.download import cache_path, fetch
 from harness.errors import UserError
+from harness.manifest import read_yaml
 from loopback_server import FakeDrive, file_route
 
 DATA = os.urandom(2_500_000)
@@ -39,7 +39,7 @@ def test_folder_path_resolves_and_downloads(tmp_path, drive, server):
     assert fetch(spec, "checkpoint", quiet=True).read_bytes() == DATA
     assert fetch(spec, "config", quiet=True).read_bytes() == b'{"img_size": 448}'
     assert [q["id"] for q in server.queries("/embeddedfolderview")] == [drive.root, drive.sub]  # listed once
-    lock = yaml.safe_load((tmp_path / "weights_manifest.lock.yaml").read_text())
+    lock = read_yaml((tmp_path / "weights_manifest.lock.yaml").read_text())
     assert lock["q2l-test"]["config"]["source"] == f"gdrive_folder:{drive.root}/Q2L-Test/config_new.json"
     assert "checkpoint" not in lock["q2l-test"]  # pinned in the manifest: nothing to lock
 

@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-import yaml
 
 from download_helpers import corrupt_files, http_file, isolated, make_spec, server, sha, zipped  # noqa: F401
 from harness.download import cache_path, fetch
@@ -16,6 +15,7 @@ from harness.download.lock import read_lock, record_lock
 from harness.download.sources import partial_path
 from harness.download.verify import read_record, write_record
 from harness.errors import UserError
+from harness.manifest import read_yaml
 from loopback_server import file_route, send
 
 
@@ -24,7 +24,7 @@ DATA = zipped(os.urandom(600_000))
 
 def lock_yaml(tmp_path):
     path = tmp_path / "weights_manifest.lock.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
+    return read_yaml(path.read_text()) if path.exists() else {}
 
 
 def slow_route(data, pause=0.02):

@@ -9,13 +9,13 @@ from harness.cli import main
 from harness.data.coco import load_labels
 from harness.data.dataset import CocoImages
 from harness.data.transforms import eval_transform
-from harness.manifest import DEFAULT_MANIFEST, get_spec
+from harness.manifest import DEFAULT_MANIFEST, get_spec, read_yaml
 from test_checkpoints import SMALL, randomised, save_authors_checkpoint
 
 
 def test_eval_of_a_saved_checkpoint_scores_like_the_model(smoke_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
-    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    data = read_yaml(DEFAULT_MANIFEST.read_text())
     entry = data["models"]["q2l-tresl22k-448"]
     entry["arch"] = {k: v for k, v in SMALL.items()}
     entry["eval"].update(resolution=64, batch_size=3)
@@ -44,7 +44,7 @@ def test_eval_of_a_saved_checkpoint_scores_like_the_model(smoke_root, tmp_path, 
 def test_transformer_sizes_come_from_the_checkpoint(smoke_root, tmp_path, monkeypatch, capsys):
     """The manifest's feed-forward size is an assumption: the checkpoint's wins, and the record says so."""
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
-    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    data = read_yaml(DEFAULT_MANIFEST.read_text())
     entry = data["models"]["q2l-tresl22k-448"]
     entry["arch"] = {**SMALL, "dim_feedforward": 64, "dec_layers": 3}  # what the manifest assumed
     entry["eval"].update(resolution=64, batch_size=2)
@@ -66,7 +66,7 @@ def test_transformer_sizes_come_from_the_checkpoint(smoke_root, tmp_path, monkey
 
 def test_amp_follows_the_authors_config_and_cpu_says_it_ran_fp32(smoke_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
-    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    data = read_yaml(DEFAULT_MANIFEST.read_text())
     entry = data["models"]["q2l-tresl22k-448"]
     entry["arch"] = dict(SMALL)
     entry["eval"].update(resolution=64, batch_size=2)

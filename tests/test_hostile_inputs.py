@@ -22,7 +22,7 @@ from harness import records
 from harness.cli import main, os_error_line
 from harness.eval_config import EvalConfig
 from harness.evaluate import evaluate
-from harness.manifest import get_spec
+from harness.manifest import get_spec, read_yaml
 from harness.models import register_model
 
 
@@ -96,7 +96,7 @@ class _RunsCode:
 def _released_manifest(tmp_path):
     """The tiny model as an unpinned release (checkpoint and config), served only by --weights-dir."""
     path = tiny_manifest(tmp_path, "tiny-q2l", {"name": "hostile_net", "num_classes": 80}, resolution=32, batch_size=4)
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path.read_text())
     for f in data["models"]["tiny-q2l"]["files"].values():
         f["sha256"], f["sources"] = None, [{"type": "http", "url": "http://127.0.0.1:9/none"}]
     path.write_text(yaml.safe_dump(data))
@@ -116,16 +116,16 @@ def test_a_refused_file_never_gets_its_hash_locked(smoke_root, tmp_path, monkeyp
     args = ["--weights-dir", str(tmp_path / "weights")]
     assert _eval_cli(manifest, smoke_root, tmp_path / "runs", *args) == 2
     assert "could run code: refused" in _one_line(capsys.readouterr().err)
-    assert not lock.exists() or not (yaml.safe_load(lock.read_text()) or {}).get("tiny-q2l")
+    assert not lock.exists() or not (read_yaml(lock.read_text()) or {}).get("tiny-q2l")
     # a file of another model (strict keys fail) is not locked either
     torch.save({"state_dict": {"other.weight": torch.zeros(2)}}, placed / "checkpoint.pkl")
     assert _eval_cli(manifest, smoke_root, tmp_path / "runs", *args) == 2
     assert "does not fit the model" in capsys.readouterr().err
-    assert not lock.exists() or not (yaml.safe_load(lock.read_text()) or {}).get("tiny-q2l")
+    assert not lock.exists() or not (read_yaml(lock.read_text()) or {}).get("tiny-q2l")
     # the real release then loads, and only now is its hash locked, beside the chosen manifest
     torch.save({"state_dict": Unseeded().state_dict()}, placed / "checkpoint.pkl")
     assert _eval_cli(manifest, smoke_root, tmp_path / "runs", *args) == 0
-    locked = yaml.safe_load(lock.read_text())["tiny-q2l"]
+    locked = read_yaml(lock.read_text())["tiny-q2l"]
     assert locked["checkpoint"]["sha256"] == hashlib.sha256((placed / "checkpoint.pkl").read_bytes()).hexdigest()
     assert set(locked) == {"checkpoint", "config"}
 

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from harness.errors import UserError
-from harness.manifest import DEFAULT_MANIFEST, load_manifest
+from harness.manifest import DEFAULT_MANIFEST, load_manifest, read_yaml
 
 PAPER = Path(__file__).resolve().parent.parent / "tables" / "paper"
 Q2L_IDS = {"q2l-r101-448", "q2l-r101-576", "q2l-tresl-448", "q2l-tresl22k-448", "q2l-swinl-384", "q2l-cvtw24-384"}
@@ -86,7 +86,7 @@ def test_paper_metrics_equal_the_published_tables():
 
 
 def _broken(tmp_path, mutate):
-    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    data = read_yaml(DEFAULT_MANIFEST.read_text())
     mutate(data["models"])
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(data))

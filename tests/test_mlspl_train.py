@@ -17,6 +17,7 @@ from harness.mlspl.prepare import load_prepared
 from harness.mlspl.run import train_and_evaluate
 from harness.mlspl.train import mlspl_map, train_fine_tuned, train_linear_group
 from harness.models.mlspl import MLSPLResNet50
+from harness.manifest import read_yaml
 
 
 def synthetic_features(data_dir, out, seed=0, noise=1.0):
@@ -225,7 +226,7 @@ def test_cli_train_takes_the_model_entry_from_manifest(synth, tmp_path):
     from harness.manifest import DEFAULT_MANIFEST
 
     base, feats = synth
-    manifest = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    manifest = read_yaml(DEFAULT_MANIFEST.read_text())
     entry = manifest["models"]["mlspl-an-linear"]
     entry["paper"]["metrics"]["mAP"] = 12.5  # not the paper's: only this file says so
     manifest["models"] = {"mlspl-an-linear": entry}

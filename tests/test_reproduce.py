@@ -5,12 +5,12 @@ import yaml
 
 from harness import records
 from harness.cli import main
-from harness.manifest import DEFAULT_MANIFEST
+from harness.manifest import DEFAULT_MANIFEST, read_yaml
 from test_checkpoints import SMALL, randomised, save_authors_checkpoint
 
 
 def _manifest(tmp_path):
-    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    data = read_yaml(DEFAULT_MANIFEST.read_text())
     models = {}
     for mid in ("q2l-tresl22k-448", "q2l-r101-448"):
         entry = data["models"][mid]

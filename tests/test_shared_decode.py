@@ -11,7 +11,7 @@ from conftest import TinyConvNet
 from harness.cli import main
 from harness.eval_config import EvalConfig
 from harness.evaluate import evaluate, evaluate_many
-from harness.manifest import DEFAULT_MANIFEST, get_spec
+from harness.manifest import DEFAULT_MANIFEST, get_spec, read_yaml
 from harness.models import register_model
 
 # id: (resolution, image set, normalisation, batch size, width)
@@ -27,7 +27,7 @@ def tiny_shared_net(num_classes=80, width=4, **_):
 
 @pytest.fixture()
 def manifest(tmp_path):
-    data = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    data = read_yaml(DEFAULT_MANIFEST.read_text())
     base, models = data["models"]["q2l-r101-448"], {}
     for mid, (res, image_set, norm, bs, width) in MODELS.items():
         entry = json.loads(json.dumps(base))
@@ -112,7 +112,7 @@ def tiny_nan_net(num_classes=80, **_):
 
 
 def test_one_failing_model_does_not_stop_the_others(manifest, smoke_root, tmp_path, capsys):
-    data = yaml.safe_load(manifest.read_text())
+    data = read_yaml(manifest.read_text())
     data["models"]["sd-nan"] = json.loads(json.dumps(data["models"]["sd-b"]))
     data["models"]["sd-nan"]["arch"] = {"name": "tiny_nan_net", "num_classes": 80}
     manifest.write_text(yaml.safe_dump(data))

@@ -14,6 +14,7 @@ import yaml
 
 from harness.download.verify import write_atomically
 from harness.errors import UserError
+from harness.manifest import read_yaml
 
 try:
     import fcntl
@@ -64,7 +65,7 @@ def read_lock(path):
     if not path.exists():
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix or delete the file")
     if not isinstance(data, dict):
