@@ -3,7 +3,9 @@
 A bad entry fails on load with the entry and the field named, so a typo never
 reaches an evaluation.
 """
+import copy
 import difflib
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,13 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def read_yaml(text):
-    """yaml.safe_load, through libyaml's parser when present."""
+    """yaml.safe_load, through libyaml's parser when present; the same text is parsed once (a run
+    reads its manifest many times), and each caller gets its own copy."""
+    return copy.deepcopy(_parse_yaml(text))
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_yaml(text):
     return yaml.load(text, Loader=_SAFE_LOADER)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
