@@ -1,6 +1,14 @@
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core (pytest -n auto): one thread each, not a core's
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # share each, and the same for the processes tests start
+
 import pytest
 import torch
 import yaml
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 from harness.data.smoke import make_smoke
 from harness.manifest import read_yaml
