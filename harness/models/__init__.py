@@ -22,16 +22,13 @@ def register_model(fn):
 
 def _load_builders():
     for name in _BUILDER_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:  # a real missing dependency, not a module not written yet
-                raise
+        importlib.import_module(name)
 
 
 def build_from_arch(arch, **overrides):
     """Build a model from an `arch` mapping (manifest format) with random weights."""
-    _load_builders()
+    if arch["name"] not in _BUILDERS:  # the builder modules (and torchvision) load on first need
+        _load_builders()
     params = {k: v for k, v in arch.items() if k != "name"}
     params.update(overrides)
     if arch["name"] not in _BUILDERS:
