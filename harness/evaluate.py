@@ -288,8 +288,9 @@ class _Job:
         return self.precision == "fp16-fused"
 
     def to_device(self):
-        from harness.models.backbones.tresnet import batch_norm_used
         from harness.distributed import partial_name
+        from harness.models.backbones.tresnet import batch_norm_used
+        from harness.partial_rows import open_rows
 
         self.model = self.model.to(self.device)
         self.batch_norm = batch_norm_used(self.model, self.device)
@@ -298,9 +299,8 @@ class _Job:
             self.scores = _load_saved_scores(self.run_dir, n, c)
             self.done = self.rows.stop
         else:  # this rank's rows only
-            self.scores = _scores_memmap(self.run_dir / partial_name(self.world), len(self.rows), c,
-                                         fresh=self.done == self.rows.start,
-                                         dtype=np.float16 if self.half else np.float32)
+            self.scores = open_rows(self.run_dir / partial_name(self.world), (len(self.rows), c),
+                                    dtype=np.float16 if self.half else np.float32, fresh=self.done == self.rows.start)
 
     def progress_bar(self, position):
         return _progress_bar(len(self.rows), self.done - self.rows.start, self.spec.id, self.session.progress, position)
@@ -310,6 +310,7 @@ class _Job:
 
         from harness.data.transforms import to_model_input
         from harness.distributed import progress_name
+        from harness.partial_rows import save_progress
 
         x = to_model_input(images, self.spec.eval.normalize)  # on the device, this model's normalisation
         x = x.half() if self.half else x  # fp16-fused: fp16 inputs, as ML-Decoder's validate.py
@@ -322,7 +323,7 @@ class _Job:
         self.scores[rows - self.rows.start] = torch.sigmoid(logits).cpu().numpy()  # sigmoid in the logits' dtype, as the authors
         self.scores.flush()
         self.done = int(rows[-1]) + 1
-        _write_json_atomic(self.run_dir / progress_name(self.world), {"done": self.done, "updated_at": utc_now()})
+        save_progress(self.run_dir / progress_name(self.world), self.done)
         self.measurement.count(len(rows))
 
     def release(self):
@@ -617,21 +618,11 @@ def _rows_done(run_dir, rows, world):
     """The first of `rows` (this rank's) not yet scored, as its progress file says; rows count as
     finished only while their scores exist."""
     from harness.distributed import partial_name, progress_name
+    from harness.partial_rows import rows_done
 
     if (run_dir / "scores.npy").exists():  # every row was scored, then the finish was interrupted
         return rows.stop
-    progress = run_dir / progress_name(world)
-    if not (progress.is_file() and (run_dir / partial_name(world)).is_file()):
-        return rows.start
-    return json.loads(progress.read_text())["done"]
-
-
-def _scores_memmap(path, n, c, fresh, dtype=np.float32):
-    if fresh or not path.exists():
-        scores = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, c))
-        scores[:] = np.nan  # unfinished rows stay visibly unscored
-        return scores
-    return np.load(path, mmap_mode="r+")
+    return rows_done(run_dir / progress_name(world), run_dir / partial_name(world), default=rows.start)
 
 
 def _progress_bar(total, done, name, enabled, position=0):

@@ -156,6 +156,7 @@ def extract_features(data_dir, coco_root, out_dir, config=None, progress=True):
     from harness.mlspl import checks
     from harness.mlspl.config import FeatureConfig
     from harness.models.mlspl import FEATURE_DIM, MLSPLResNet50
+    from harness.partial_rows import open_rows, rows_done, save_progress
 
     config = config or FeatureConfig()
     resolution, batch_size, device, seed = config.resolution, config.batch_size, config.device, config.seed
@@ -188,9 +189,8 @@ def extract_features(data_dir, coco_root, out_dir, config=None, progress=True):
             continue
         images = np.load(Path(data_dir) / f"formatted_{split}_images.npy")
         partial, progress_file = out / (name[:-4] + ".partial.npy"), out / (name[:-4] + ".progress.json")
-        done = json.loads(progress_file.read_text())["done"] if progress_file.is_file() and partial.is_file() else 0
-        feats = (np.load(partial, mmap_mode="r+") if done else
-                 np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(images), FEATURE_DIM)))
+        done = rows_done(progress_file, partial)
+        feats = open_rows(partial, (len(images), FEATURE_DIM), fresh=not done)
         dataset = torch.utils.data.Subset(ImageRows(coco_root, images, resolution), range(done, len(images)))
         loader = make_loader(dataset, batch_size, device, config.workers)
         bar = tqdm(total=len(images), initial=done, desc=f"features {split}", unit="img", disable=not progress)
@@ -199,19 +199,13 @@ def extract_features(data_dir, coco_root, out_dir, config=None, progress=True):
                 x = to_model_input(batch.to(device, non_blocking=True), "imagenet")
                 feats[rows.numpy()] = model.features(x).float().cpu().numpy()
                 feats.flush()
-                _write_json(progress_file, {"done": int(rows[-1]) + 1})
+                save_progress(progress_file, int(rows[-1]) + 1)
                 bar.update(len(rows))
         bar.close()
         del feats
         os.replace(partial, final)
         progress_file.unlink(missing_ok=True)
     return out
-
-
-def _write_json(path, data):
-    from harness.download.verify import write_atomically
-
-    write_atomically(path, json.dumps(data))
 
 
 def compare_features(ours_dir, theirs_dir, sample=1000, seed=0):

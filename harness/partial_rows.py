@@ -1,0 +1,33 @@
+"""Rows written as they are computed, resumable: a memory-mapped `<name>.partial.npy` and a
+progress file (rewritten atomically after each batch) saying how many rows are done. Rows count
+as done only while their array exists, so an interrupted run loses at most one batch."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def open_rows(path, shape, dtype=np.float32, fresh=True):
+    """The partial array at `path`: a new one (unfinished rows NaN: visibly not computed), or the
+    one an interrupted run left."""
+    path = Path(path)
+    if fresh or not path.exists():
+        rows = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        rows[:] = np.nan
+        return rows
+    return np.load(path, mmap_mode="r+")
+
+
+def rows_done(progress, partial, default=0):
+    """How many rows the progress file says are done (default when it or the array is missing)."""
+    progress, partial = Path(progress), Path(partial)
+    if not (progress.is_file() and partial.is_file()):
+        return default
+    return json.loads(progress.read_text())["done"]
+
+
+def save_progress(progress, done):
+    from harness.download.verify import write_atomically
+    from harness.records import utc_now
+
+    write_atomically(progress, json.dumps({"done": int(done), "updated_at": utc_now()}, indent=2))
