@@ -17,7 +17,7 @@ cd "$tmp"
 "$tmp/venv/bin/harness" models > models.txt
 grep -q q2l-r101-448 models.txt
 "$tmp/venv/bin/harness" data smoke --out smoke --images 8 --train-images 0 > /dev/null
-"$tmp/venv/bin/harness" eval q2l-r101-448 --coco-root smoke --weights random --out runs --workers 0 --no-progress
+"$tmp/venv/bin/harness" eval q2l-r101-448 --coco-root smoke --weights random --runs runs --workers 0 --no-progress
 "$tmp/venv/bin/harness" report --runs runs --format markdown > report.md
 grep -q "smoke (random weights" report.md
 echo "installed wheel: harness models, eval (smoke) and report ran from $tmp"

@@ -30,7 +30,7 @@ models=$("$python" -c 'from harness.measure.bench import models_to_run; print(" 
 failed=""
 for amp in "" fp16; do
   for model in $models; do
-    "$python" -m harness bench "$model" --device cuda ${amp:+--amp $amp} --out "$out" "$@" || failed="$failed $model${amp:+/$amp}"
+    "$python" -m harness bench "$model" --device cuda ${amp:+--amp $amp} --runs "$out" "$@" || failed="$failed $model${amp:+/$amp}"
   done
 done
 "$python" -m harness report --runs "$out" --measured none --format markdown | sed -n '/^## Cost/,$p'
