@@ -45,3 +45,16 @@ def test_eval_with_a_missing_weights_file_is_one_line(smoke_root, tmp_path, caps
     code = main(["eval", "q2l-r101-448", "--coco-root", str(smoke_root), "--weights", str(tmp_path / "nope.pkl"),
                  "--out", str(tmp_path / "runs"), "--workers", "0", "--no-progress"])
     assert code == 2 and "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["eval", "m", "--coco-root", "c"], ["bench", "m"], ["reproduce", "q2l", "--coco-root", "c"],
+                                  ["ctran", "train", "--coco-root", "c"],
+                                  ["mlspl", "train", "--loss", "AN", "--mode", "linear", "--data", "d"]])
+def test_runs_folder_is_runs_on_every_command_and_out_is_its_old_spelling(argv):
+    parser = build_parser()
+    assert parser.parse_args(argv).runs == "runs"  # the default
+    assert parser.parse_args([*argv, "--runs", "R"]).runs == "R"
+    assert parser.parse_args([*argv, "--out", "R"]).runs == "R"
+    report = parser.parse_args(["report", "--runs", "R", "--out", "F", "--paper-tables", "P"])
+    assert (report.runs, report.out, report.paper_tables) == ("R", "F", "P")  # report: --out is the report file
+    assert parser.parse_args(["report", "--tables", "P"]).paper_tables == "P"
