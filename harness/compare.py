@@ -90,6 +90,7 @@ def protocol_of(a, b, protocol=None):
                         f"q2l|asl|mlspl to score both with one")
     if pa is None:
         raise UserError("the records name no protocol; pass --protocol q2l|asl|mlspl")
+    metrics._check_protocol(pa)  # e.g. C-Tran's own, or a hand-edited record: one line, not a traceback
     return pa
 
 

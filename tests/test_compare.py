@@ -200,3 +200,12 @@ def test_common_images_compares_on_the_rows_both_runs_scored(tmp_path, capsys):
     other = make_run(tmp_path, "c", scores_b, labels, image_ids=ids, annotations="another file")
     assert main(["compare", str(a), str(other), "--common-images"]) == 2
     _one_line(capsys, "different annotation files")
+
+
+@pytest.mark.parametrize("protocol", ["bogus", "ctran"])
+def test_a_protocol_compare_does_not_know_is_one_line(tmp_path, capsys, protocol):
+    rng, labels = synthetic(40)
+    a, b = (make_run(tmp_path, m, rng.random(labels.shape), labels, protocol=protocol) for m in ("a", "b"))
+    assert main(["compare", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"unknown protocol '{protocol}'" in err

@@ -173,3 +173,37 @@ def test_rescore_recomputes_and_never_touches_the_record(tmp_path, capsys):
 
     assert main(["rescore", str(tmp_path)]) == 2
     assert "record.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, "1" + "0" * 5000])
+def test_a_record_too_deep_or_with_a_huge_number_is_one_line(tmp_path, text):
+    run_dir = records.new_run_dir(tmp_path, "m")
+    (run_dir / "record.json").write_text(text)
+    with pytest.raises(UserError, match="not valid JSON"):
+        records.read_record(run_dir)
+    problems = []
+    assert list(records.iter_records(tmp_path, on_problem=problems.append)) == [] and len(problems) == 1
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("files", "scores", 5), ("files", "labels", None), ("eval", "protocol", 3), ("eval", "f1", ["asl"]),
+    ("eval", "threshold", "high"), ("timings", "images_per_s", "fast"), ("measurement", "peak_vram_mib", "lots"),
+    ("environment", "gpu", "H100"), ("dataset", "fingerprint", "abc"),
+])
+def test_a_field_readers_use_of_the_wrong_type_is_refused_by_name(tmp_path, section, key, value):
+    run_dir = records.new_run_dir(tmp_path, "m")
+    record = eval_record(run_dir, *problem())
+    record[section] = {**record[section], key: value}
+    (run_dir / "record.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=f"{section} '{key}'"):
+        records.read_record(run_dir)
+
+
+def test_a_record_read_and_written_again_keeps_every_key(tmp_path):
+    run_dir = records.new_run_dir(tmp_path, "m")
+    record = {**eval_record(run_dir, *problem()), "from_a_newer_harness": {"x": [1, 2]}, "note": "kept"}
+    record["eval"]["a_new_field"] = None
+    (run_dir / "record.json").write_text(json.dumps(record))
+    again = records.new_run_dir(tmp_path, "m")
+    records.write_record(again, records.read_record(run_dir))
+    assert json.loads((again / "record.json").read_text()) == record

@@ -32,6 +32,12 @@ SECTIONS = ("model", "checkpoint", "config", "dataset", "eval", "metrics", "labe
 TEXTS = ("run_id", "started_at", "finished_at")
 NUMERIC_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3_CP", "top3_CR", "top3_CF1", "top3_OP",
                    "top3_OR", "top3_OF1")
+# fields inside sections that readers use as they are: (section, key) -> the type they must have
+FIELDS = {("eval", "protocol"): "text", ("eval", "f1"): "text", ("eval", "threshold"): "a number",
+          ("timings", "images_per_s"): "a number", ("timings", "wall_s"): "a number",
+          ("measurement", "peak_vram_mib"): "a number", ("environment", "gpu"): "an object",
+          ("dataset", "fingerprint"): "an object"}
+_IS = {"text": lambda v: isinstance(v, str), "a number": lambda v: _is_number(v), "an object": lambda v: isinstance(v, dict)}
 SCORE_FILES = {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"}
 
 
@@ -128,6 +134,13 @@ def _type_problem(record):
     for key in SECTIONS:
         if record.get(key) is not None and not isinstance(record[key], dict):
             return f"'{key}' must be an object, not {type(record[key]).__name__}"
+    for (section, key), kind in FIELDS.items():
+        value = (record.get(section) or {}).get(key)
+        if value is not None and not _IS[kind](value):
+            return f"{section} '{key}' must be {kind}, not {type(value).__name__}"
+    for key, value in (record.get("files") or {}).items():
+        if not isinstance(value, str):
+            return f"files '{key}' must be a file name, not {type(value).__name__}"
     for key in TEXTS:
         if not isinstance(record.get(key), (str, type(None))):
             return f"'{key}' must be text"

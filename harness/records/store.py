@@ -157,8 +157,8 @@ def read_record(run_dir):
         record = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{run_dir} has no {RECORD} (an unfinished run?); pass a finished run folder")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); the record is damaged")
+    except (ValueError, RecursionError) as e:  # bad JSON or text, an integer too long, nesting too deep
+        raise UserError(f"{path} is not valid JSON ({str(e)[:120]}); the record is damaged")
     except OSError as e:  # e.g. a folder named record.json
         raise UserError(f"{path} cannot be read ({e.strerror}); the record is damaged")
     try:
