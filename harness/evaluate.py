@@ -600,7 +600,7 @@ def _open_run(runs_root, model_id, resume, settings, world, rows):
         if records.is_finished(run_dir):
             held.close()
             raise UserError(f"{run_dir} is already complete; run without --resume for a new run")
-        saved = json.loads((run_dir / SETTINGS).read_text())
+        saved = records.read_settings(run_dir / SETTINGS)
         changed = [k for k, v in settings.items() if saved.get(k) != v]
         if changed:
             held.close()

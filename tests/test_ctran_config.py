@@ -59,3 +59,13 @@ def test_changed_fields_are_named_in_one_line(tmp_path):
     auto = replace(config, resume="auto")  # auto: another run, so a new folder
     new = open_run(auto, _settings(auto))
     assert new != old and json.loads((new / "settings.json").read_text()) == _settings(auto)
+
+
+@pytest.mark.parametrize("text", ["{ not json", "[1, 2]", "null"])
+def test_a_damaged_settings_file_is_one_line_naming_it(tmp_path, text):
+    old = _old_run(tmp_path)
+    (old / "settings.json").write_text(text)
+    for resume in ("latest", "auto"):
+        with pytest.raises(UserError, match=f"{old / 'settings.json'} is damaged"):
+            open_run(_config(tmp_path, resume=resume), _settings(_config(tmp_path)))
+    assert (old / "settings.json").read_text() == text

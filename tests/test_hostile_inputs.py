@@ -167,6 +167,28 @@ def test_random_weights_are_seeded_and_a_resume_refuses_another_seed(manifest, s
     assert "seed" in _one_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("text", ["{ not json", "[1, 2]", '"batch_size"', ""])
+def test_a_damaged_settings_file_on_resume_is_one_line_and_kept(manifest, smoke_root, tmp_path, capsys, text):
+    run_dir = records.new_run_dir(tmp_path / "runs", "tiny-q2l")
+    (run_dir / "settings.json").write_text(text)
+    assert _eval_cli(manifest, smoke_root, tmp_path / "runs", "--weights", "random", "--resume", str(run_dir)) == 2
+    assert f"{run_dir / 'settings.json'} is damaged" in _one_line(capsys.readouterr().err)
+    assert (run_dir / "settings.json").read_text() == text and not records.is_finished(run_dir)
+
+
+def test_a_resume_names_every_setting_changed_or_missing(manifest, smoke_root, tmp_path, capsys):
+    assert _eval_cli(manifest, smoke_root, tmp_path / "a", "--weights", "random") == 0
+    saved = json.loads(next((tmp_path / "a").glob("tiny-q2l/*/settings.json")).read_text())
+    run_dir = records.new_run_dir(tmp_path / "runs", "tiny-q2l")
+    del saved["resolution"]
+    (run_dir / "settings.json").write_text(json.dumps({**saved, "batch_size": str(saved["batch_size"])}))
+    capsys.readouterr()
+    assert _eval_cli(manifest, smoke_root, tmp_path / "runs", "--weights", "random", "--seed", "3",
+                     "--resume", str(run_dir)) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "batch_size, resolution, seed differ" in line
+
+
 # ------------------------------------------------------------------ 4. one process at a time on a run
 
 def _cli_in_a_second_process(argv):

@@ -256,3 +256,17 @@ def test_a_resumed_run_must_ask_what_its_settings_json_holds(tmp_path):
     linear = config.replace(mode="linear", coco_root=None)
     _work_dir(linear, "mlspl-role-linear", "data-sha")
     _work_dir(linear.replace(workers=2), "mlspl-role-linear", "data-sha")  # no images: workers change nothing
+
+
+@pytest.mark.parametrize("text", ["{ not json", '["loss"]'])
+def test_a_damaged_settings_file_is_one_line_and_kept(tmp_path, text):
+    from harness.errors import UserError
+    from harness.mlspl.run import _work_dir
+
+    config = TrainConfig("ROLE", "linear", data_dir=tmp_path, points=((8, 1e-3),), epochs=10, device="cpu",
+                         runs_root=tmp_path / "runs")
+    work = _work_dir(config, "mlspl-role-linear", "data-sha")
+    (work / "settings.json").write_text(text)
+    with pytest.raises(UserError, match=f"{work / 'settings.json'} is damaged"):
+        _work_dir(config, "mlspl-role-linear", "data-sha")
+    assert (work / "settings.json").read_text() == text

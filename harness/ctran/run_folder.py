@@ -6,12 +6,13 @@ from pathlib import Path
 from harness.ctran.config import read_settings
 from harness.errors import UserError
 from harness.records import is_finished
+from harness.records import read_settings as read_settings_file
 
 SETTINGS = "settings.json"
 
 
 def saved_settings(run_dir):
-    return read_settings(json.loads((Path(run_dir) / SETTINGS).read_text()))
+    return read_settings(read_settings_file(Path(run_dir) / SETTINGS))
 
 
 def open_run(config, settings):

@@ -111,7 +111,7 @@ def _work_dir(config, mid, data_id):
     path.mkdir(parents=True, exist_ok=True)
     settings_file = path / "settings.json"
     if settings_file.is_file():
-        changed = differences(json.loads(settings_file.read_text()), config)
+        changed = differences(records.read_settings(settings_file), config)
         if config.mode == "linear":  # no images are loaded: the worker count changes nothing
             changed = [c for c in changed if not c.startswith("workers ")]
         if changed:

@@ -5,9 +5,9 @@ from harness.records.machine import (cpu_name, environment, image_libraries,
 from harness.records.schema import (KINDS, SCHEMA, SCORE_FILES, Record, model_section,
                                     validate_record)
 from harness.records.store import (RECORD, FinishedRun, check_runs_root, hold_run, is_finished, iter_records, new_run_dir,
-                                   new_run_id, read_record, save_arrays, utc_now, write_new, write_record)
+                                   new_run_id, read_record, read_settings, save_arrays, utc_now, write_new, write_record)
 
 __all__ = ["FinishedRun", "KINDS", "RECORD", "SCHEMA", "SCORE_FILES", "Record", "check_runs_root", "cpu_name", "environment",
            "hold_run", "image_libraries", "is_finished", "iter_records", "matching_environment_file", "model_section",
-           "new_run_dir", "new_run_id", "read_record", "save_arrays", "utc_now", "validate_record", "write_new",
+           "new_run_dir", "new_run_id", "read_record", "read_settings", "save_arrays", "utc_now", "validate_record", "write_new",
            "write_record"]

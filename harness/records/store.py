@@ -167,6 +167,20 @@ def read_record(run_dir):
         raise UserError(f"{path}: {e}")
 
 
+def read_settings(path):
+    """A run's settings.json (what a resume must repeat) as a dict; one line naming the file when damaged."""
+    path = Path(path)
+    try:
+        settings = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:  # not JSON, not text, nesting too deep
+        settings, why = None, f"not valid JSON: {str(e)[:120]}"
+    else:
+        why = f"a JSON {type(settings).__name__}, not an object"
+    if not isinstance(settings, dict):
+        raise UserError(f"{path} is damaged ({why}); start a new run, or delete {path.parent}")
+    return settings
+
+
 def _warn(message):
     print(f"harness: {message}", file=sys.stderr)
 
