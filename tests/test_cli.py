@@ -58,3 +58,15 @@ def test_runs_folder_is_runs_on_every_command_and_out_is_its_old_spelling(argv):
     report = parser.parse_args(["report", "--runs", "R", "--out", "F", "--paper-tables", "P"])
     assert (report.runs, report.out, report.paper_tables) == ("R", "F", "P")  # report: --out is the report file
     assert parser.parse_args(["report", "--tables", "P"]).paper_tables == "P"
+
+
+@pytest.mark.parametrize("argv", [["eval", "m", "--coco-root", "c"], ["bench", "m"], ["reproduce", "q2l", "--coco-root", "c"],
+                                  ["ctran", "train", "--coco-root", "c"],
+                                  ["mlspl", "train", "--loss", "AN", "--mode", "linear", "--data", "d"]])
+def test_runs_and_out_naming_two_folders_is_refused(argv, capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args([*argv, "--runs", "A", "--out", "B"])
+    assert e.value.code == 2
+    assert "--runs A and --out B name two runs folders" in capsys.readouterr().err
+    assert parser.parse_args([*argv, "--out", "A", "--runs", "A"]).runs == "A"  # the same folder twice is fine

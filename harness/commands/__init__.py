@@ -5,8 +5,21 @@ bench, reproduce, ctran and mlspl train; read by report and compare; `--out` is 
 on the commands that write runs), `--out PATH` the file or folder a command writes that is not a
 runs folder, `--coco-root DIR` the COCO 2014 root, `--device auto|cpu|cuda` (auto: cuda when visible).
 """
+import argparse
+
+
+class _RunsFolder(argparse.Action):
+    """--runs, or --out its old spelling: the two naming different folders is a mistake, not a choice."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        earlier = getattr(namespace, "_runs_flag", None)
+        if earlier and earlier[0] != option_string and earlier[1] != value:
+            parser.error(f"{earlier[0]} {earlier[1]} and {option_string} {value} name two runs folders; "
+                         f"pass --runs only (--out is its old spelling)")
+        namespace._runs_flag = (option_string, value)
+        setattr(namespace, self.dest, value)
 
 
 def add_runs_argument(parser):
-    parser.add_argument("--runs", "--out", dest="runs", default="runs", metavar="DIR",
+    parser.add_argument("--runs", "--out", dest="runs", default="runs", metavar="DIR", action=_RunsFolder,
                         help="runs folder (default: runs/); --out is the old spelling")
