@@ -32,6 +32,8 @@ class EvalConfig:
             raise UserError(f"--workers must be 0 or more (got {self.workers}); 0 loads images in the main process")
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be a positive number of images")
+        if not -2**63 <= self.seed < 2**64:  # torch.manual_seed's range
+            raise UserError(f"--seed {self.seed} is outside torch's seed range (-2**63 to 2**64-1); pass a smaller one")
 
     def names_one_model(self):
         """Whether these settings name one model's files (a checkpoint, a config, a run to resume)."""

@@ -189,6 +189,13 @@ def test_a_resume_names_every_setting_changed_or_missing(manifest, smoke_root, t
     assert "batch_size, resolution, seed differ" in line
 
 
+@pytest.mark.parametrize("seed", [2**64, -2**63 - 1, 10**30])
+def test_a_seed_torch_cannot_take_is_one_line_before_any_model(manifest, smoke_root, tmp_path, capsys, monkeypatch, seed):
+    monkeypatch.setattr("harness.evaluate._build_model", lambda *a: pytest.fail("model built"))
+    assert _eval_cli(manifest, smoke_root, tmp_path / "runs", "--weights", "random", "--seed", str(seed)) == 2
+    assert f"--seed {seed}" in _one_line(capsys.readouterr().err)
+
+
 # ------------------------------------------------------------------ 4. one process at a time on a run
 
 def _cli_in_a_second_process(argv):
