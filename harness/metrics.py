@@ -381,6 +381,12 @@ class Bootstrap:
     n_resamples: int = 1000
     seed: int = 0
 
+    def __post_init__(self):  # the flags that set them: --n-boot, --seed
+        if self.n_resamples < 1:
+            raise UserError(f"--n-boot must be at least 1 (got {self.n_resamples}); pass --no-ci for no interval")
+        if self.seed < 0:
+            raise UserError(f"--seed must be 0 or more (got {self.seed}): numpy draws from non-negative seeds")
+
 
 def compute_metrics(scores, labels, protocol, *, ci=True, class_names=None, f1="ml-gcn", threshold=THRESHOLD):
     """Every metric of one run as a JSON-serialisable dict (percentages). `ci`: a Bootstrap, True

@@ -209,3 +209,11 @@ def test_a_protocol_compare_does_not_know_is_one_line(tmp_path, capsys, protocol
     assert main(["compare", str(a), str(b)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"unknown protocol '{protocol}'" in err
+
+
+def test_a_negative_seed_is_one_line(tmp_path, capsys):
+    rng, labels = synthetic(40)
+    a, b = (make_run(tmp_path, m, rng.random(labels.shape), labels) for m in ("a", "b"))
+    assert main(["compare", str(a), str(b), "--seed", "-1", "--n-boot", "10", "--n-perm", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error: --seed" in err

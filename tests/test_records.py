@@ -207,3 +207,15 @@ def test_a_record_read_and_written_again_keeps_every_key(tmp_path):
     again = records.new_run_dir(tmp_path, "m")
     records.write_record(again, records.read_record(run_dir))
     assert json.loads((again / "record.json").read_text()) == record
+
+
+@pytest.mark.parametrize("flags, problem_named", [(["--n-boot", "0"], "--n-boot"), (["--n-boot", "-5"], "--n-boot"),
+                                                  (["--seed", "-1"], "--seed")])
+def test_rescore_with_a_bootstrap_it_cannot_draw_is_one_line(tmp_path, capsys, flags, problem_named):
+    run_dir = records.new_run_dir(tmp_path, "q2l-r101-448")
+    records.write_record(run_dir, eval_record(run_dir, *problem(), n_boot=10))
+    capsys.readouterr()
+    assert main(["rescore", str(run_dir), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"error: {problem_named}" in err
+    assert not list(run_dir.glob("rescore-*"))
