@@ -219,3 +219,26 @@ def test_rescore_with_a_bootstrap_it_cannot_draw_is_one_line(tmp_path, capsys, f
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"error: {problem_named}" in err
     assert not list(run_dir.glob("rescore-*"))
+
+
+def bench_record(run_dir):
+    return {"schema": 1, "kind": "bench", "run_id": run_dir.name, "model": {"id": "m"}, "started_at": None,
+            "finished_at": None, "smoke": False,
+            "bench": {"resolution": 224, "params": 10, "gflops": 1.5, "device": {"name": "cpu"}, "options": {"amp": False},
+                      "results": [{"batch_size": 1, "images_per_s": 10.0, "peak_vram_mib": None, "memory_check": None}]}}
+
+
+@pytest.mark.parametrize("where, key, value", [
+    ("bench", "device", "gpu"), ("bench", "options", [1]), ("bench", "gflops", "many"), ("bench", "fits", "x"),
+    ("result", "images_per_s", "fast"), ("result", "peak_vram_mib", "x"), ("result", "memory_check", "x"),
+])
+def test_a_bench_field_the_report_uses_of_the_wrong_type_is_refused_by_name(tmp_path, where, key, value):
+    run_dir = records.new_run_dir(tmp_path, "m")
+    record = bench_record(run_dir)
+    (record["bench"] if where == "bench" else record["bench"]["results"][0])[key] = value
+    (run_dir / "record.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=f"bench {'results ' if where == 'result' else ''}'{key}'"):
+        records.read_record(run_dir)
+    (run_dir / "record.json").unlink()
+    records.write_record(run_dir, bench_record(run_dir))  # the sound one reads
+    assert records.read_record(run_dir).bench["gflops"] == 1.5

@@ -36,7 +36,11 @@ NUMERIC_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3_CP", "top3
 FIELDS = {("eval", "protocol"): "text", ("eval", "f1"): "text", ("eval", "threshold"): "a number",
           ("timings", "images_per_s"): "a number", ("timings", "wall_s"): "a number",
           ("measurement", "peak_vram_mib"): "a number", ("environment", "gpu"): "an object",
-          ("dataset", "fingerprint"): "an object"}
+          ("dataset", "fingerprint"): "an object", ("bench", "device"): "an object", ("bench", "options"): "an object",
+          ("bench", "fits"): "an object", ("bench", "gflops"): "a number", ("bench", "resolution"): "a number"}
+# ...and in each of a bench's results (one per batch size)
+RESULT_FIELDS = {"images_per_s": "a number", "peak_vram_mib": "a number", "energy_j_per_image": "a number",
+                 "peak_rss_mib": "a number", "memory_check": "an object"}
 _IS = {"text": lambda v: isinstance(v, str), "a number": lambda v: _is_number(v), "an object": lambda v: isinstance(v, dict)}
 SCORE_FILES = {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"}
 
@@ -138,6 +142,12 @@ def _type_problem(record):
         value = (record.get(section) or {}).get(key)
         if value is not None and not _IS[kind](value):
             return f"{section} '{key}' must be {kind}, not {type(value).__name__}"
+    results = (record.get("bench") or {}).get("results")
+    for result in results if isinstance(results, list) else []:
+        for key, kind in RESULT_FIELDS.items():
+            value = result.get(key) if isinstance(result, dict) else None
+            if value is not None and not _IS[kind](value):
+                return f"bench results '{key}' must be {kind}, not {type(value).__name__}"
     for key, value in (record.get("files") or {}).items():
         if not isinstance(value, str):
             return f"files '{key}' must be a file name, not {type(value).__name__}"
