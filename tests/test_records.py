@@ -188,7 +188,8 @@ def test_a_record_too_deep_or_with_a_huge_number_is_one_line(tmp_path, text):
 @pytest.mark.parametrize("section, key, value", [
     ("files", "scores", 5), ("files", "labels", None), ("eval", "protocol", 3), ("eval", "f1", ["asl"]),
     ("eval", "threshold", "high"), ("timings", "images_per_s", "fast"), ("measurement", "peak_vram_mib", "lots"),
-    ("environment", "gpu", "H100"), ("dataset", "fingerprint", "abc"),
+    ("environment", "gpu", "H100"), ("dataset", "fingerprint", "abc"), ("metrics", "threshold", "x"),
+    ("metrics", "protocol", 5), ("metrics", "f1_rule", [1]),
 ])
 def test_a_field_readers_use_of_the_wrong_type_is_refused_by_name(tmp_path, section, key, value):
     run_dir = records.new_run_dir(tmp_path, "m")
@@ -242,3 +243,10 @@ def test_a_bench_field_the_report_uses_of_the_wrong_type_is_refused_by_name(tmp_
     (run_dir / "record.json").unlink()
     records.write_record(run_dir, bench_record(run_dir))  # the sound one reads
     assert records.read_record(run_dir).bench["gflops"] == 1.5
+
+
+def test_smoke_reasons_must_be_text(tmp_path):
+    run_dir = records.new_run_dir(tmp_path, "m")
+    (run_dir / "record.json").write_text(json.dumps({**eval_record(run_dir, *problem()), "smoke_reasons": [1, None]}))
+    with pytest.raises(UserError, match="'smoke_reasons' a list of text"):
+        records.read_record(run_dir)

@@ -33,7 +33,8 @@ TEXTS = ("run_id", "started_at", "finished_at")
 NUMERIC_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3_CP", "top3_CR", "top3_CF1", "top3_OP",
                    "top3_OR", "top3_OF1")
 # fields inside sections that readers use as they are: (section, key) -> the type they must have
-FIELDS = {("eval", "protocol"): "text", ("eval", "f1"): "text", ("eval", "threshold"): "a number",
+FIELDS = {("metrics", "protocol"): "text", ("metrics", "f1_rule"): "text", ("metrics", "threshold"): "a number",
+          ("eval", "protocol"): "text", ("eval", "f1"): "text", ("eval", "threshold"): "a number",
           ("timings", "images_per_s"): "a number", ("timings", "wall_s"): "a number",
           ("measurement", "peak_vram_mib"): "a number", ("environment", "gpu"): "an object",
           ("dataset", "fingerprint"): "an object", ("bench", "device"): "an object", ("bench", "options"): "an object",
@@ -154,8 +155,10 @@ def _type_problem(record):
     for key in TEXTS:
         if not isinstance(record.get(key), (str, type(None))):
             return f"'{key}' must be text"
-    if not isinstance(record["smoke"], bool) or not isinstance(record.get("smoke_reasons") or [], list):
-        return "'smoke' must be true/false and 'smoke_reasons' a list"
+    reasons = record.get("smoke_reasons") or []
+    if not isinstance(record["smoke"], bool) or not isinstance(reasons, list) or \
+            not all(isinstance(r, str) for r in reasons):
+        return "'smoke' must be true/false and 'smoke_reasons' a list of text"
     for key, value in (record.get("metrics") or {}).items():
         if key.endswith("_ci95"):
             if value is not None and not (isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))):
