@@ -622,7 +622,8 @@ def _rows_done(run_dir, rows, world):
 
     if (run_dir / "scores.npy").exists():  # every row was scored, then the finish was interrupted
         return rows.stop
-    return rows_done(run_dir / progress_name(world), run_dir / partial_name(world), default=rows.start)
+    return rows_done(run_dir / progress_name(world), run_dir / partial_name(world), default=rows.start,
+                     most=rows.stop)
 
 
 def _progress_bar(total, done, name, enabled, position=0):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.errors import UserError
+
 
 def open_rows(path, shape, dtype=np.float32, fresh=True):
     """The partial array at `path`: a new one (unfinished rows NaN: visibly not computed), or the
@@ -18,12 +20,20 @@ def open_rows(path, shape, dtype=np.float32, fresh=True):
     return np.load(path, mmap_mode="r+")
 
 
-def rows_done(progress, partial, default=0):
-    """How many rows the progress file says are done (default when it or the array is missing)."""
+def rows_done(progress, partial, default=0, most=None):
+    """How many rows the progress file says are done (default when it or the array is missing);
+    one line naming the file when it is damaged (not a count from default to `most`)."""
     progress, partial = Path(progress), Path(partial)
     if not (progress.is_file() and partial.is_file()):
         return default
-    return json.loads(progress.read_text())["done"]
+    try:
+        done = json.loads(progress.read_text())["done"]
+    except (ValueError, RecursionError, KeyError, TypeError, IndexError):  # not JSON, or no count in it
+        done = None
+    if not isinstance(done, int) or isinstance(done, bool) or done < default or (most is not None and done > most):
+        raise UserError(f"{progress} is damaged (no count of rows done from {default} to {most}); delete it to "
+                        f"compute those rows again")
+    return done
 
 
 def save_progress(progress, done):

@@ -97,6 +97,17 @@ def test_resume_after_interruption_gives_the_same_scores(manifest, smoke_root, t
     assert json.loads((run_dir / "record.json").read_text())["timings"]["resumed_from_row"] == 12
 
 
+@pytest.mark.parametrize("text", ["{ not json", "{}", '{"done": "3"}', '{"done": 999}', '{"done": -4}', "[3]"])
+def test_a_damaged_progress_file_is_one_line_and_kept(manifest, smoke_root, tmp_path, text):
+    spec = get_spec("tiny-q2l", manifest)
+    _interrupted(spec, smoke_root, tmp_path / "runs", after_batches=2)
+    unfinished = next((tmp_path / "runs" / "tiny-q2l").iterdir())
+    (unfinished / "progress.json").write_text(text)
+    with pytest.raises(UserError, match=f"{unfinished / 'progress.json'} is damaged"):
+        _eval(spec, smoke_root, tmp_path / "runs", resume="latest")
+    assert (unfinished / "progress.json").read_text() == text and not (unfinished / "record.json").exists()
+
+
 def test_resume_refuses_changed_settings_and_finished_runs(manifest, smoke_root, tmp_path):
     spec = get_spec("tiny-q2l", manifest)
     _interrupted(spec, smoke_root, tmp_path / "r", after_batches=1)

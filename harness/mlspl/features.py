@@ -189,7 +189,7 @@ def extract_features(data_dir, coco_root, out_dir, config=None, progress=True):
             continue
         images = np.load(Path(data_dir) / f"formatted_{split}_images.npy")
         partial, progress_file = out / (name[:-4] + ".partial.npy"), out / (name[:-4] + ".progress.json")
-        done = rows_done(progress_file, partial)
+        done = rows_done(progress_file, partial, most=len(images))
         feats = open_rows(partial, (len(images), FEATURE_DIM), fresh=not done)
         dataset = torch.utils.data.Subset(ImageRows(coco_root, images, resolution), range(done, len(images)))
         loader = make_loader(dataset, batch_size, device, config.workers)
