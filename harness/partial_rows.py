@@ -17,7 +17,14 @@ def open_rows(path, shape, dtype=np.float32, fresh=True):
         rows = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         rows[:] = np.nan
         return rows
-    return np.load(path, mmap_mode="r+")
+    try:
+        rows = np.load(path, mmap_mode="r+")
+    except ValueError as e:  # truncated, or not an array file
+        raise UserError(f"{path} is damaged ({str(e)[:80]}); delete it to compute its rows again")
+    if rows.shape != tuple(shape):
+        raise UserError(f"{path} is damaged (holds {rows.shape} rows x columns, not {tuple(shape)}); delete it to "
+                        f"compute its rows again")
+    return rows
 
 
 def rows_done(progress, partial, default=0, most=None):

@@ -108,6 +108,27 @@ def test_a_damaged_progress_file_is_one_line_and_kept(manifest, smoke_root, tmp_
     assert (unfinished / "progress.json").read_text() == text and not (unfinished / "record.json").exists()
 
 
+@pytest.mark.parametrize("damage", [lambda b: b[:100], lambda b: b"\x93NUMPY garbage" + bytes(300),
+                                    lambda b: _npy_bytes(np.zeros((2, 80), np.float32))])  # another shape
+def test_a_damaged_partial_scores_file_is_one_line_and_kept(manifest, smoke_root, tmp_path, damage):
+    spec = get_spec("tiny-q2l", manifest)
+    _interrupted(spec, smoke_root, tmp_path / "runs", after_batches=2)
+    unfinished = next((tmp_path / "runs" / "tiny-q2l").iterdir())
+    partial = unfinished / "scores.partial.npy"
+    partial.write_bytes(damage(partial.read_bytes()))
+    before = partial.read_bytes()
+    with pytest.raises(UserError, match=f"{partial} is damaged"):
+        _eval(spec, smoke_root, tmp_path / "runs", resume="latest")
+    assert partial.read_bytes() == before and not (unfinished / "record.json").exists()
+
+
+def _npy_bytes(array):
+    import io
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
 def test_resume_refuses_changed_settings_and_finished_runs(manifest, smoke_root, tmp_path):
     spec = get_spec("tiny-q2l", manifest)
     _interrupted(spec, smoke_root, tmp_path / "r", after_batches=1)
