@@ -283,3 +283,12 @@ def test_write_all_adds_the_cost_table_as_csv(tmp_path):
     assert tmp_path / "out" / "report-cost.csv" in written
     assert [(r["model"], r["device"], r["vram_b16"], r["best_batch"]) for r in rows] == \
         [("q2l-r101-448", GPU["name"], "16000.0", "16")]
+
+
+def test_runs_that_is_a_file_is_one_line(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.write_text("not a folder")
+    assert main(["report", "--runs", str(runs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file, not a runs folder" in err[0]
+    assert runs.read_text() == "not a folder"

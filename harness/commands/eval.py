@@ -1,6 +1,6 @@
 """Evaluate models on COCO val2014, each with its own transform, image set and metric protocol.
 
-Writes a run folder per model (record.json, scores.npy, labels.npy, image_ids.npy) under --out.
+Writes a run folder per model (record.json, scores.npy, labels.npy, image_ids.npy) under --runs.
 Several models of one resolution are scored from one decode of the images.
 `--weights random` runs the real pipeline on random weights: the record is flagged smoke.
 """
@@ -39,7 +39,7 @@ def add_arguments(parser):
                         help="TF32 matmuls and convolutions on a GPU (default off: the float32 reference; the "
                              "authors' torch 1.9 had matmul TF32 on); recorded")
     parser.add_argument("--keep-cache", action="store_true",
-                        help="keep the uint8 cache of resized images (under OUT/.decode-cache) for a later run")
+                        help="keep the uint8 cache of resized images (under RUNS/.decode-cache) for a later run")
 
 
 def run(args):

@@ -33,6 +33,8 @@ def run(args):
 
     if args.paper_tables and not Path(args.paper_tables).is_dir():
         raise UserError(f"paper tables folder not found: {args.paper_tables}; pass --paper-tables DIR with the *.csv files")
+    if Path(args.runs).exists() and not Path(args.runs).is_dir():
+        raise UserError(f"--runs {args.runs} is a file, not a runs folder; pass the folder `harness eval` wrote (e.g. runs)")
     if not Path(args.runs).is_dir():
         print(f"harness report: no runs folder {args.runs}: every model shows 'no run yet'", file=sys.stderr)
     measured = report.DEFAULT_MEASURED if args.measured is None else (

@@ -29,7 +29,7 @@ def add_arguments(parser):
     parser.add_argument("--tf32", choices=["on", "off"], default="off",
                         help="q2l: TF32 on a GPU (default off, the float32 reference; recorded)")
     parser.add_argument("--keep-cache", action="store_true",
-                        help="q2l: keep the uint8 cache of resized images (under OUT/.decode-cache)")
+                        help="q2l: keep the uint8 cache of resized images (under RUNS/.decode-cache)")
     parser.add_argument("--manifest")
 
 
