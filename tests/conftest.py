@@ -78,3 +78,12 @@ class TinyConvNet(torch.nn.Module):
 
     def forward(self, x):
         return self.fc(torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), self.pool).flatten(1))
+
+
+# Tests that start fresh interpreters take the longest: start them first, so that with one pytest
+# worker per core they do not run alone at the end.
+STARTS_PROCESSES = ("test_torchrun.py::", "test_bench.py::test_bench_runs_from_a_bare_checkout")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not any(name in item.nodeid for name in STARTS_PROCESSES))  # stable
