@@ -21,9 +21,9 @@ import numpy as np
 from harness.download.verify import write_atomically
 from harness.errors import UserError
 from harness.eval_config import EvalConfig
-from harness.records import FinishedRun, is_finished, utc_now
+from harness.records import SETTINGS, FinishedRun, utc_now
 
-PARTIAL, PROGRESS, SETTINGS = "scores.partial.npy", "progress.json", "settings.json"
+PARTIAL, PROGRESS = "scores.partial.npy", "progress.json"
 
 
 def _write_json_atomic(path, data):
@@ -55,13 +55,6 @@ def _smoke_reasons(weights_info, coco_labels, limit, smoke_root):
     if limit:
         reasons.append(f"--limit {limit}")
     return reasons
-
-
-def find_resumable(runs_root, model_id):
-    """The newest unfinished run folder of this model, or None."""
-    folder = Path(runs_root) / model_id
-    candidates = [p for p in folder.glob("*") if (p / SETTINGS).is_file() and not is_finished(p)]
-    return max(candidates, key=lambda p: p.name) if candidates else None
 
 
 @dataclass(frozen=True)
@@ -593,19 +586,19 @@ def _open_run(runs_root, model_id, resume, settings, world, rows):
     from harness import records
 
     if resume:
-        run_dir = find_resumable(runs_root, model_id) if resume == "latest" else Path(resume)
+        interrupted = records.unfinished_runs(runs_root, model_id)
+        run_dir = (interrupted[-1] if interrupted else None) if resume == "latest" else Path(resume)
         if run_dir is None or not (run_dir / SETTINGS).is_file():
             raise UserError(f"nothing to resume for {model_id} under {runs_root}; run without --resume")
         held = records.hold_run(run_dir)  # before reading its state: another process may be changing it
         if records.is_finished(run_dir):
             held.close()
             raise UserError(f"{run_dir} is already complete; run without --resume for a new run")
-        saved = records.read_settings(run_dir / SETTINGS)
-        changed = [k for k, v in settings.items() if saved.get(k) != v]
-        if changed:
+        try:
+            records.refuse_changed_settings(run_dir, records.read_settings(run_dir / SETTINGS), settings)
+        except UserError:
             held.close()
-            raise UserError(f"cannot resume {run_dir}: {', '.join(changed)} differ from the interrupted run; "
-                            f"use the same settings or start a new run")
+            raise
         settings["resumed_from_row"] = done = _rows_done(run_dir, rows, world)
         return run_dir, done, held
     run_dir = records.new_run_dir(runs_root, model_id)

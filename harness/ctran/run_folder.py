@@ -5,10 +5,8 @@ from pathlib import Path
 
 from harness.ctran.config import read_settings
 from harness.errors import UserError
-from harness.records import is_finished
+from harness.records import SETTINGS, is_finished, refuse_changed_settings, unfinished_runs
 from harness.records import read_settings as read_settings_file
-
-SETTINGS = "settings.json"
 
 
 def saved_settings(run_dir):
@@ -20,8 +18,7 @@ def open_run(config, settings):
     runs_root, model_id, resume = config.runs_root, config.model_id, config.resume
     if not resume:
         return _new(runs_root, model_id, settings)
-    folder = Path(runs_root) / model_id
-    candidates = sorted(p for p in folder.glob("*") if (p / SETTINGS).is_file() and not is_finished(p))
+    candidates = unfinished_runs(runs_root, model_id)
     if resume == "auto":  # the newest unfinished run with these settings, else a new run
         same = [p for p in candidates if saved_settings(p) == settings]
         return same[-1] if same else _new(runs_root, model_id, settings)
@@ -30,11 +27,7 @@ def open_run(config, settings):
         raise UserError(f"nothing to resume for {model_id} under {runs_root}; run without --resume")
     if is_finished(run_dir):
         raise UserError(f"{run_dir} is already complete; run without --resume for a new run")
-    saved = saved_settings(run_dir)
-    changed = [k for k, v in settings.items() if saved.get(k) != v]
-    if changed:
-        raise UserError(f"cannot resume {run_dir}: {', '.join(changed)} differ from the interrupted run; "
-                        "use the same settings or start a new run")
+    refuse_changed_settings(run_dir, saved_settings(run_dir), settings)
     return run_dir
 
 

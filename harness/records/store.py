@@ -19,6 +19,7 @@ from harness.errors import UserError
 from harness.records.schema import Record
 
 RECORD = "record.json"
+SETTINGS = "settings.json"  # what a resume must repeat
 
 
 class FinishedRun(NamedTuple):
@@ -165,6 +166,20 @@ def read_record(run_dir):
         return Record.from_json(record)
     except (ValueError, TypeError) as e:
         raise UserError(f"{path}: {e}")
+
+
+def unfinished_runs(runs_root, model_id):
+    """A model's interrupted runs: folders holding settings.json but no record yet, oldest first."""
+    folder = Path(runs_root) / model_id
+    return sorted(p for p in folder.glob("*") if (p / SETTINGS).is_file() and not is_finished(p))
+
+
+def refuse_changed_settings(run_dir, saved, settings):
+    """One line naming the fields of `settings` that differ from the interrupted run's `saved` ones."""
+    changed = [k for k, v in settings.items() if saved.get(k) != v]
+    if changed:
+        raise UserError(f"cannot resume {run_dir}: {', '.join(changed)} differ from the interrupted run; "
+                        f"use the same settings or start a new run")
 
 
 def read_settings(path):
