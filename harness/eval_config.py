@@ -1,7 +1,6 @@
 """What an evaluation is asked to do: one typed value built from the command line (or a test),
 passed down whole and embedded in each record as its `config` section."""
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 from harness.errors import UserError
 
@@ -39,7 +38,3 @@ class EvalConfig:
         """Whether these settings name one model's files (a checkpoint, a config, a run to resume)."""
         return self.weights not in (None, "random") or bool(self.checkpoint_config) or \
             self.resume not in (None, "latest")
-
-    def as_record(self):
-        """The record's `config` section: every field, paths as text."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -491,13 +491,13 @@ def _finish(job, scores):
 def _eval_record(job, scores, metrics):
     from harness.data.coco import fingerprint
     from harness.data.smoke import is_smoke_root
-    from harness.records import SCORE_FILES, Record, environment, model_section
+    from harness.records import SCORE_FILES, Record, config_section, environment, model_section
 
     spec, config = job.spec, job.session.config
     smoke_root = is_smoke_root(config.coco_root)
     return Record(
         kind="eval", run_id=job.run_dir.name, model=model_section(spec), checkpoint=job.weights_info,
-        config=config.as_record(),
+        config=config_section(config),
         dataset={"name": "coco2014-val", "root": str(Path(config.coco_root).resolve()),
                  "image_set": spec.eval.image_set, "n_images": len(scores),
                  "fingerprint": fingerprint(job.coco_labels), "smoke_subset": smoke_root},

@@ -81,6 +81,8 @@ def test_eval_writes_a_complete_smoke_record(manifest, smoke_root, tmp_path):
     assert record["checkpoint"]["random_weights"] is True
     assert len(record["dataset"]["fingerprint"]["labels_sha256"]) == 64
     assert 0 <= record["metrics"]["mAP"] <= 100
+    assert record["config"]["weights"] == "random" and record["config"]["runs_root"] == str(tmp_path / "runs")
+    assert record["config"]["workers"] == 0 and record["config"]["batch_size"] is None  # what was asked, not chosen
     assert not (run_dir / "scores.partial.npy").exists()
 
 

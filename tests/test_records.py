@@ -250,3 +250,18 @@ def test_smoke_reasons_must_be_text(tmp_path):
     (run_dir / "record.json").write_text(json.dumps({**eval_record(run_dir, *problem()), "smoke_reasons": [1, None]}))
     with pytest.raises(UserError, match="'smoke_reasons' a list of text"):
         records.read_record(run_dir)
+
+
+def test_config_section_holds_every_field_with_paths_as_text(tmp_path):
+    from dataclasses import fields
+
+    from harness.eval_config import EvalConfig
+    from harness.measure.bench import BenchConfig
+
+    config = EvalConfig(coco_root=tmp_path / "coco", runs_root=tmp_path / "runs", batch_size=3, seed=7)
+    section = records.config_section(config)
+    assert set(section) == {f.name for f in fields(EvalConfig)}
+    assert section["coco_root"] == str(tmp_path / "coco") and section["runs_root"] == str(tmp_path / "runs")
+    assert (section["batch_size"], section["seed"]) == (3, 7)
+    json.dumps(section)  # JSON as it is
+    assert records.config_section(BenchConfig(batch_sizes=(1, 4)))["batch_sizes"] == (1, 4)

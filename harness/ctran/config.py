@@ -4,7 +4,7 @@ A training's settings.json holds the config's fields that define the run (not wh
 many loader processes, where runs go, whether to resume or show progress) and what the run found
 (image counts, processes); a resume compares them field by field.
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from harness.errors import UserError
@@ -77,10 +77,6 @@ class CtranTrainConfig:
         out["holdout"] = self.holdout if self.selection == "held-out" else None
         return out
 
-    def as_record(self):
-        """The record's `config` section: every field, paths as text."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
 
 def read_settings(data):
     """A settings.json as this code writes it; one written before the config existed had the
@@ -114,7 +110,3 @@ class CtranEvalConfig:
             raise UserError(f"--batch-size must be at least 1 (got {self.batch_size})")
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be a positive number of images")
-
-    def as_record(self):
-        """The record's `config` section: every field, paths as text."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

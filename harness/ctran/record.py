@@ -89,7 +89,7 @@ def record_reasons(config, checkpoint, trained=None):
 def build_record(config, checkpoint, scored, trained=None):
     """The Record of one setting (CtranEvalConfig, Checkpoint, Scored); with `trained`, a training's record."""
     from harness.data.smoke import is_smoke_root
-    from harness.records import Record, environment, model_section
+    from harness.records import Record, config_section, environment, model_section
 
     root = Path(config.coco_root)
     selection = checkpoint.meta.get("selection") or (trained.config.selection if trained else None)
@@ -97,7 +97,7 @@ def build_record(config, checkpoint, scored, trained=None):
         kind="train" if trained else "eval", run_id=scored.run_dir.name, model=model_section(scored.spec),
         checkpoint={"path": checkpoint.path, "sha256": checkpoint.sha256, "pinned": False, "random_weights": False,
                     "arch": checkpoint.arch, "epoch": checkpoint.meta.get("epoch")},
-        config=(trained.config if trained else config).as_record(),
+        config=config_section(trained.config if trained else config),
         dataset={"name": "coco2014-val", "root": str(root.resolve()), "image_set": "annotated",
                  "n_images": scored.n_images, "fingerprint": {**scored.fingerprint, "n_images": scored.n_images},
                  "smoke_subset": is_smoke_root(root)},

@@ -299,8 +299,7 @@ def evaluate_checkpoint(config, trained=None):
         raise UserError(f"{weights} is a C-Tran trained {'with' if lmt else 'without'} label-mask training, but "
                         f"{specs[0].id} is {'without' if lmt else 'with'} it; pass that model's checkpoint "
                         f"(or evaluate {'ctran-r101-576' if lmt else 'ctran-r101-576-no-lmt'})")
-    from harness.measure.measurement import SpanMeasurement
-    from harness.measure.measurement import nvml_baseline_mib
+    from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 
     model = CTran(**{k: v for k, v in arch.items() if k not in ("name", "img_size")})
     ckpt.load_into(model, state, weights)

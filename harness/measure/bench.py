@@ -5,7 +5,7 @@ import json
 import sys
 import time
 import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 DEFAULTS = {"cuda": {"iters": 50, "warmup": 10, "warmup_s": 2.0, "min_time_s": 5.0},
             "cpu": {"iters": 5, "warmup": 1, "warmup_s": 0.0, "min_time_s": 0.0}}
@@ -32,9 +32,6 @@ class BenchConfig:
         from harness.measure.throughput import Timing
 
         return Timing(**{k: v if getattr(self, k) is None else getattr(self, k) for k, v in DEFAULTS[device].items()})
-
-    def as_record(self):
-        return {**asdict(self), "batch_sizes": list(self.batch_sizes)}
 
 
 class CannotBuild(Exception):
@@ -92,7 +89,7 @@ def bench_model(spec, device, config, baseline_mib):
     from harness.measure.fit import find_fits, parse_size_mib
     from harness.measure.throughput import SyntheticInput, sweep_batch_sizes, time_model
     from harness.models import create_model
-    from harness.records import Record, model_section, utc_now
+    from harness.records import Record, config_section, model_section, utc_now
 
     started = utc_now()
     resolution = spec.eval.resolution
@@ -147,7 +144,7 @@ def bench_model(spec, device, config, baseline_mib):
         notes.append("transformer sizes as the manifest assumes; `harness eval` builds them from the released "
                      "checkpoint, which may differ (its record says so)")
     return Record(
-        kind="bench", model=model_section(spec), config=config.as_record(),
+        kind="bench", model=model_section(spec), config=config_section(config),
         checkpoint={"path": None, "sha256": None, "pinned": False, "random_weights": True},
         bench={
             "resolution": resolution,

@@ -184,12 +184,11 @@ def _point_dir(work, bs, lr):
 
 
 def train_and_evaluate(config):
-    """Run one (loss, mode) reproduction (a TrainConfig) and return its run folder (None on ranks but 0)."""
+    """Run one (loss, mode) reproduction (a TrainConfig); its FinishedRun (None on ranks other than 0)."""
     import torch
 
     from harness.distributed import World
-    from harness.measure.measurement import SpanMeasurement
-    from harness.measure.measurement import nvml_baseline_mib
+    from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 
     asked = config
     config = _resolved(config)

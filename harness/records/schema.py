@@ -21,7 +21,8 @@
 
 A section a record does not have reads as {}: readers write `record.measurement.get("peak_vram_mib")`.
 """
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import PurePath
 
 SCHEMA = 1
 KINDS = ("eval", "bench", "train")
@@ -109,6 +110,11 @@ class Record:
 def model_section(spec):
     """The record's model section for a manifest entry."""
     return {"id": spec.id, "family": spec.family, "arch": spec.arch, "paper": spec.paper}
+
+
+def config_section(config):
+    """The record's config section for a run's config dataclass: every field, paths as text."""
+    return {k: str(v) if isinstance(v, PurePath) else v for k, v in asdict(config).items()}
 
 
 def validate_record(record):
