@@ -152,8 +152,7 @@ def compare_runs(a, b, *, protocol=None, n_boot=1000, n_perm=1000, seed=0, commo
     protocol = protocol_of(a, b, protocol)
     if n_boot < 1 or n_perm < 1:
         raise UserError("--n-boot and --n-perm must be at least 1")
-    if seed < 0:
-        raise UserError(f"--seed must be 0 or more (got {seed}): numpy draws from non-negative seeds")
+    metrics.Bootstrap(n_boot, seed)  # checks the seed as every bootstrap of the harness does
     scores_a, positives = metrics.check_inputs(a["scores"], a["labels"])
     scores_b, _ = metrics.check_inputs(b["scores"], b["labels"])
     ap_a, ap_b = (class_aps(s, positives, protocol) * 100 for s in (scores_a, scores_b))

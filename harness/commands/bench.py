@@ -43,18 +43,6 @@ def _check_args(args):
         raise UserError("--warmup, --warmup-s and --min-time-s cannot be negative")
 
 
-def _check_writable(folder):
-    import os
-    from pathlib import Path
-
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--runs {folder}: cannot create it ({e.strerror}); pass a folder you can write to")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"--runs {folder}: not writable; pass a folder you can write to")
-
-
 def bench_config(args):
     from harness.measure.bench import BenchConfig
 
@@ -71,12 +59,13 @@ def run(args):
     from harness.evaluate import pick_device
     from harness.measure.bench import CannotBuild, bench_model, models_to_run
     from harness.measure.fit import parse_size_mib
+    from harness.records import check_runs_root
 
     parse_size_mib(args.vram_budget)  # a bad budget fails before any model is built
     config = bench_config(args)
     specs = models_to_run(args.model, args.manifest)
     device = pick_device(args.device)
-    _check_writable(args.runs)  # before minutes of measuring, not after
+    check_runs_root(args.runs)  # before minutes of measuring, not after
 
     from tabulate import tabulate
 
