@@ -2,6 +2,9 @@
 elijahcole/single-positive-multi-label at 89152d5): bit-equal in float32, not approximately."""
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,26 +68,53 @@ def _sha(t):
     return hashlib.sha256(np.ascontiguousarray(t).tobytes()).hexdigest()
 
 
-@pytest.mark.parametrize("loss,batch_size", [("AN", 8), ("ROLE", 8), ("ROLE", 16)])
-def test_linear_training_is_their_script_with_torch_seeded_bit_for_bit(their_training, loss, batch_size):
-    """Their train.py loop + torch.manual_seed(P['seed']): the harness's grid (all lrs at once) gives
-    each run's val and test mAP of every epoch and its best weights, bit for bit."""
+TRAINED = [("AN", 8), ("ROLE", 8), ("ROLE", 16)]
+
+
+def _harness_training():
+    """The harness's grid (all lrs of a loss and batch size at once) on the fixture's runs."""
     from harness.mlspl.config import TrainConfig
     from harness.mlspl.train import train_linear_group
 
+    their = json.loads((FIXTURES / "training.json").read_text())
+    out = {}
+    for loss, batch_size in TRAINED:
+        lrs = [r["lr"] for r in their["runs"] if r["loss"] == loss and r["batch_size"] == batch_size]
+        train, val, test = _tiny_splits(loss)
+        config = TrainConfig(loss, epochs=their["epochs"], seed=their["seed"])
+        out[f"{loss}-{batch_size}"] = [
+            {"best_epoch": r.best_epoch, "weight": _sha(r.head["weight"].numpy()), "bias": _sha(r.head["bias"].numpy()),
+             "table": _sha(r.table.numpy()) if loss == "ROLE" else None, "test_scores": _sha(r.test_scores),
+             "val_mAP": [h["val_mAP"] for h in r.history], "test_mAP": r.test_map}
+            for r in train_linear_group(train, val, test, config, batch_size, lrs)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def harness_training():
+    """Run under the fixture's portable numerics, which must be set before torch loads: a child process."""
+    env = {**os.environ, **make.PORTABLE_NUMERICS, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("loss,batch_size", TRAINED)
+def test_linear_training_is_their_script_with_torch_seeded_bit_for_bit(their_training, harness_training,
+                                                                        loss, batch_size):
+    """Their train.py loop + torch.manual_seed(P['seed']): the harness's grid (all lrs at once) gives
+    each run's val and test mAP of every epoch and its best weights, bit for bit."""
+    assert their_training["numerics"] == make.PORTABLE_NUMERICS
     theirs = [r for r in their_training["runs"] if r["loss"] == loss and r["batch_size"] == batch_size]
-    train, val, test = _tiny_splits(loss)
-    config = TrainConfig(loss, epochs=their_training["epochs"], seed=their_training["seed"])
-    ours = train_linear_group(train, val, test, config, batch_size, [r["lr"] for r in theirs])
+    ours = harness_training[f"{loss}-{batch_size}"]
+    assert len(ours) == len(theirs) > 0
     for r, t in zip(ours, theirs):
-        assert r.best_epoch == t["best_epoch"]
-        assert _sha(r.head["weight"].numpy()) == t["best_weight_sha256"]
-        assert _sha(r.head["bias"].numpy()) == t["best_bias_sha256"]
-        if loss == "ROLE":
-            assert _sha(r.table.numpy()) == t["best_table_sha256"]
-        assert _sha(r.test_scores) == t["best_test_scores_sha256"]
-        np.testing.assert_allclose([h["val_mAP"] for h in r.history], t["val_mAP"], rtol=1e-14)
-        assert r.test_map == pytest.approx(t["test_mAP"][r.best_epoch], rel=1e-14)
+        assert r["best_epoch"] == t["best_epoch"]
+        assert r["weight"] == t["best_weight_sha256"]
+        assert r["bias"] == t["best_bias_sha256"]
+        assert r["table"] == t["best_table_sha256"]
+        assert r["test_scores"] == t["best_test_scores_sha256"]
+        np.testing.assert_allclose(r["val_mAP"], t["val_mAP"], rtol=1e-14)
+        assert r["test_mAP"] == pytest.approx(t["test_mAP"][r["best_epoch"]], rel=1e-14)
 
 
 def _replayed_batches(seed, n, batch_size, epochs, semantics="torch>=1.9"):
@@ -151,3 +181,7 @@ def test_their_batches_under_their_torch_1_7_replayed():
     for run in their["runs"]:
         ours = _replayed_batches(their["seed"], 80, run["batch_size"], their["epochs"], "torch-1.7-1.8")
         assert ours == run["train_batches"]
+
+
+if __name__ == "__main__":  # the child process of `harness_training`
+    print(json.dumps(_harness_training()))

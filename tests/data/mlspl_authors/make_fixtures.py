@@ -8,8 +8,8 @@ a numpy version removed them. Writes beside this script:
   losses.npz    gradients of their compute_batch_loss (every loss, float32) on the inputs of
                 `loss_inputs()`; ROLE's also for the label estimates.
   logits.npz    their inverse_sigmoid of `estimate_inputs()` (linear-init's table start).
-  training.json their train.py loop (initialize_training_run + train, linear mode on `tiny_data()`)
-                with one line added, torch.manual_seed(P['seed']) as the first line of
+  training.json their train.py loop (initialize_training_run + train, linear mode on `tiny_data()`,
+                under PORTABLE_NUMERICS) with one line added, torch.manual_seed(P['seed']) as the first line of
                 initialize_training_run: per run the train batches (row indices), the val and test
                 mAP of every epoch, sha256 of the best weights (float32 bytes) and of the test
                 scores at the best epoch. Also the torch and numpy versions it ran with.
@@ -32,6 +32,11 @@ LOSS_NAMES = {"BCE": "bce", "AN": "an", "AN-LS": "an_ls", "WAN": "wan", "EPR": "
 N, L, K, GRID, BATCHES = 8, 80, 2.9, 2, 2
 TRAIN_RUNS = [("AN", 8, 1e-2), ("AN", 8, 1e-3), ("ROLE", 8, 1e-2), ("ROLE", 8, 1e-3), ("ROLE", 16, 1e-3)]
 EPOCHS, SEED = 3, 1200
+# The bits of a float32 matmul depend on the CPU's vector width and the thread count. These settings
+# (MKL's conditional numerical reproducibility, ATen's and oneDNN's plain kernels, one thread) give
+# the same bits on every x86 machine; the script and the test that replays it run under them.
+PORTABLE_NUMERICS = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                     "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def loss_inputs(name, batch):
@@ -151,7 +156,8 @@ def make_training(train):
                          "best_table_sha256": _sha(best_g["logits"]) if loss == "ROLE" else None,
                          "best_test_scores_sha256": _sha(torch.tensor(logger.get_logs()["best_preds"]["test"]))})
     _out("training.json").write_text(json.dumps({"torch": torch.__version__, "numpy": np.__version__,
-                                                    "epochs": EPOCHS, "seed": SEED, "runs": runs}, indent=1) + "\n")
+                                                    "numerics": PORTABLE_NUMERICS, "epochs": EPOCHS,
+                                                    "seed": SEED, "runs": runs}, indent=1) + "\n")
 
 
 def _train_recording(train, model, P, Z, batches_by_epoch):
@@ -199,7 +205,14 @@ def _sha(t):
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+def run_with_portable_numerics(argv):
+    """Re-run this process under PORTABLE_NUMERICS (they must be set before torch loads)."""
+    if any(os.environ.get(k) != v for k, v in PORTABLE_NUMERICS.items()):
+        os.execve(sys.executable, [sys.executable, *argv], {**os.environ, **PORTABLE_NUMERICS})
+
+
 if __name__ == "__main__":
+    run_with_portable_numerics(sys.argv)
     checkout = Path(sys.argv[1]).resolve()
     their_losses, train = _their_modules(checkout)
     make_losses(their_losses)
