@@ -71,8 +71,11 @@ def main(argv=None):
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    finished = False
     try:
-        return args._run(args) or 0
+        code = args._run(args) or 0
+        finished = True
+        return code
     except UserError as e:
         print(f"harness {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -82,6 +85,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"harness {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # only a command that loaded torch can have joined a group
+            from harness.distributed import leave_process_group
+
+            leave_process_group(finished)
 
 
 if __name__ == "__main__":

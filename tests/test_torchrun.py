@@ -9,59 +9,74 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+import conftest
 from harness.cli import main
 from harness.eval_config import EvalConfig
 from harness.evaluate import evaluate
 from harness.manifest import get_spec
-from test_shared_decode import manifest  # noqa: F401  (fixture)
+from tiny_models import write_manifest
 
-# Runs the CLI under torchrun with the test models registered; NAN_ON_RANK1_AFTER=k makes the
-# model sd-a return NaN on rank 1 after k forward calls (a rank that fails mid-run).
+# Runs the CLI under torchrun with the test models registered.
 RUNNER = """
-import os, sys
+import sys
 sys.path.insert(0, {tests!r})
-import torch, conftest, test_shared_decode
-forward = conftest.TinyConvNet.forward
-calls = []
-def failing(self, x):  # sd-a only (width 4)
-    calls.append(self.conv.out_channels == 4)
-    after = os.environ.get("NAN_ON_RANK1_AFTER")
-    out = forward(self, x)
-    return out * float("nan") if after and os.environ["RANK"] == "1" and sum(calls) > int(after) else out
-conftest.TinyConvNet.forward = failing
+import tiny_models
 from harness.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+FLAGS = ["--weights", "random", "--device", "cpu", "--workers", "0", "--no-progress"]
 
 
-def _torchrun(tmp_path, manifest, smoke_root, *args, env=None):
+def nan_on_rank_1_after(calls_before):
+    forward, calls = conftest.TinyConvNet.forward, []
+
+    def failing(self, x):
+        calls.append(self.conv.out_channels == 4)  # sd-a's forward calls only
+        out = forward(self, x)
+        return out * float("nan") if os.environ["RANK"] == "1" and sum(calls) > calls_before else out
+
+    return failing
+
+
+@pytest.fixture()
+def manifest(tmp_path):
+    return write_manifest(tmp_path)
+
+
+def _eval_argv(tmp_path, manifest, smoke_root, *args):
+    return ["eval", *args, "--coco-root", str(smoke_root), "--manifest", str(manifest), *FLAGS,
+            "--runs", str(tmp_path / "runs")]
+
+
+def _torchrun(tmp_path, manifest, smoke_root, *args):
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER.format(tests=str(Path(__file__).parent)))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(runner),
-               "eval", *args, "--coco-root", str(smoke_root), "--manifest", str(manifest), "--weights", "random",
-               "--device", "cpu", "--workers", "0", "--no-progress", "--out", str(tmp_path / "runs")]
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]),
-                   "OMP_NUM_THREADS": "1", **(env or {})}
+               *_eval_argv(tmp_path, manifest, smoke_root, *args)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)])}
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
 
 
 def _forked_ranks(tmp_path, manifest, smoke_root, *args, world=2):
     """The same CLI on `world` ranks forked from this process, each given the environment torchrun
-    gives its workers (all the harness reads of it): the second launch of a run without starting
-    torchrun and loading torch again. Returns the ranks' exit codes."""
+    gives its workers (all the harness reads of it): a launch without starting torchrun and loading
+    torch again. Returns the ranks' exit codes (99: the command left its process group joined)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    argv = ["eval", *args, "--coco-root", str(smoke_root), "--manifest", str(manifest), "--weights", "random",
-            "--device", "cpu", "--workers", "0", "--no-progress", "--out", str(tmp_path / "runs")]
+    argv = _eval_argv(tmp_path, manifest, smoke_root, *args)
 
     def rank_main(rank):
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 for the torchrun workers above
         code = main(argv)
+        if torch.distributed.is_initialized():  # a gloo group alive at exit can abort the process
+            code = 99
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -78,24 +93,41 @@ def _forked_ranks(tmp_path, manifest, smoke_root, *args, world=2):
     return [process.exitcode for process in ranks]
 
 
-def test_two_ranks_score_as_one_process_and_resume_after_a_failing_rank(manifest, smoke_root, tmp_path):
-    failed = _torchrun(tmp_path, manifest, smoke_root, "sd-c", "sd-a", env={"NAN_ON_RANK1_AFTER": "2"})
-    assert failed.returncode != 0
-    lines = [line for line in failed.stderr.splitlines() if ": FAILED: " in line]
-    assert len(lines) == 1 and "sd-a: FAILED: rank 1 of 2 failed: " in lines[0] and "NaN" in lines[0], failed.stderr
+def _assert_as_one_process(tmp_path, manifest, smoke_root, mid, rows):
+    [run_dir] = (tmp_path / "runs" / mid).iterdir()
+    alone = evaluate(get_spec(mid, manifest), EvalConfig(coco_root=smoke_root, weights="random",
+                                                         runs_root=tmp_path / "one", workers=0, progress=False)).run_dir
+    assert np.array_equal(np.load(run_dir / "scores.npy"), np.load(alone / "scores.npy")), mid
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["metrics"] == json.loads((alone / "record.json").read_text())["metrics"]
+    world = record["distributed"]
+    assert world["world_size"] == 2 and [r["rank"] for r in world["ranks"]] == [0, 1]
+    assert [r["rows"] for r in world["ranks"]] == rows
+    assert not list(run_dir.glob("*.partial.npy")) and not list(run_dir.glob("progress*"))
+
+
+def test_torchrun_scores_as_one_process(manifest, smoke_root, tmp_path):
+    launched = _torchrun(tmp_path, manifest, smoke_root, "sd-c")
+    assert launched.returncode == 0, launched.stderr
+    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-c", [[0, 12], [12, 22]])
+
+
+def test_two_ranks_score_as_one_process(manifest, smoke_root, tmp_path):
+    assert _forked_ranks(tmp_path, manifest, smoke_root, "sd-c", "sd-a") == [0, 0]
+    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-a", [[0, 12], [12, 24]])
+    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-c", [[0, 12], [12, 22]])
+
+
+def test_a_failing_rank_fails_the_run_with_one_line_and_it_resumes_per_rank(manifest, smoke_root, tmp_path,
+                                                                           monkeypatch, capfd):
+    with monkeypatch.context() as patched:
+        patched.setattr(conftest.TinyConvNet, "forward", nan_on_rank_1_after(2))
+        assert _forked_ranks(tmp_path, manifest, smoke_root, "sd-c", "sd-a") == [2, 2]  # each rank says it failed
+    lines = [line for line in capfd.readouterr().err.splitlines() if ": FAILED: " in line]
+    assert len(lines) == 1 and "sd-a: FAILED: rank 1 of 2 failed: sd-a returned NaN" in lines[0], lines
     [sd_a] = (tmp_path / "runs" / "sd-a").iterdir()
     assert not (sd_a / "record.json").exists()
     assert json.loads((sd_a / "progress.rank0-of-2.json").read_text())["done"] == 12  # rank 0 finished its half
-    # the resume: two ranks again, forked (sd-c's scores above came from the real torchrun launch)
     assert _forked_ranks(tmp_path, manifest, smoke_root, "sd-a", "--resume") == [0, 0]
-    for mid in ("sd-a", "sd-c"):
-        [run_dir] = (tmp_path / "runs" / mid).iterdir()
-        alone = evaluate(get_spec(mid, manifest), EvalConfig(coco_root=smoke_root, weights="random",
-                                                             runs_root=tmp_path / "one", workers=0, progress=False)).run_dir
-        assert np.array_equal(np.load(run_dir / "scores.npy"), np.load(alone / "scores.npy")), mid
-        record = json.loads((run_dir / "record.json").read_text())
-        assert record["metrics"] == json.loads((alone / "record.json").read_text())["metrics"]
-        world = record["distributed"]
-        assert world["world_size"] == 2 and [r["rank"] for r in world["ranks"]] == [0, 1]
-        assert [r["rows"] for r in world["ranks"]] == ([[0, 12], [12, 24]] if mid == "sd-a" else [[0, 12], [12, 22]])
-        assert not list(run_dir.glob("*.partial.npy")) and not list(run_dir.glob("progress*"))
+    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-a", [[0, 12], [12, 24]])
+    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-c", [[0, 12], [12, 22]])

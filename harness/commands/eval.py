@@ -62,10 +62,10 @@ def run(args):
     config = eval_config(args)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 says the results (and any failure, once)
         try:
-            evaluate_many(specs, config)
+            results = evaluate_many(specs, config)
         except UserError:
             return 2
-        return 0
+        return 2 if any(isinstance(result, BaseException) for result in results) else 0
     results = evaluate_many(specs, config)
     failed = [spec.id for spec, result in zip(specs, results) if isinstance(result, BaseException)]
     for spec, result in zip(specs, results):
