@@ -181,9 +181,9 @@ class _DecodePlan:
     def _loader(self, items, batch_size):
         from harness.data.cache import PassImages
         from harness.data.loader import make_loader
-        from harness.data.transforms import resize_uint8
+        from harness.data.transforms import ResizeToUint8
 
-        dataset = PassImages(self.folder, self.names, resize_uint8(self.resolution), items, self.cache)
+        dataset = PassImages(self.folder, self.names, ResizeToUint8(self.resolution), items, self.cache)
         return make_loader(dataset, batch_size, self.session.device, self.session.config.workers)
 
     def rider_loader(self, riders):

@@ -9,7 +9,7 @@ from conftest import TinyConvNet, tiny_manifest
 from harness.data.coco import load_labels
 from harness.data.dataset import CocoImages, load_rgb
 from harness.data.loader import make_loader, usable_cores
-from harness.data.transforms import eval_transform, resize_uint8, to_model_input
+from harness.data.transforms import eval_transform, ResizeToUint8, to_model_input
 from harness.eval_config import EvalConfig
 from harness.evaluate import evaluate
 from harness.manifest import EvalSpec, get_spec
@@ -30,7 +30,8 @@ def _odd_jpegs(folder):
     """Photo-like JPEGs of odd sizes and qualities, one grayscale: noise over smooth gradients."""
     rng = np.random.default_rng(0)
     paths = []
-    for k, (w, h, q) in enumerate([(641, 427, 85), (427, 640, 95), (333, 517, 90), (1001, 13, 88), (97, 101, 92)]):
+    sizes = [(641, 427, 85), (427, 640, 95), (333, 517, 90), (1001, 13, 88), (97, 101, 92), (37, 37, 90)]
+    for k, (w, h, q) in enumerate(sizes):  # the last one is already 37 x 37: torchvision does not resize it
         yy, xx = np.mgrid[0:h, 0:w]
         base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], -1)
         pixels = np.clip(base + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)
@@ -46,7 +47,7 @@ def test_device_normalisation_is_bit_identical_to_totensor_normalize(smoke_root,
     files = sorted((smoke_root / "val2014").iterdir())[:4] + _odd_jpegs(tmp_path)
     images = [load_rgb(path) for path in files]
     for resolution in (224, 37):
-        shipped = resize_uint8(resolution)
+        shipped = ResizeToUint8(resolution)
         u8 = [shipped(img) for img in images]
         assert all(x.dtype == torch.uint8 and x.shape == (3, resolution, resolution) for x in u8)
         for normalize in ("imagenet", "none"):
@@ -58,7 +59,7 @@ def test_device_normalisation_is_bit_identical_to_totensor_normalize(smoke_root,
 
 def test_loader_ships_uint8_in_row_order_with_every_core(smoke_root):
     labels = load_labels(smoke_root, "val2014", "all")
-    loader = make_loader(CocoImages(smoke_root, labels, resize_uint8(32), indices=range(3, 14)), 4, "cpu", workers=2)
+    loader = make_loader(CocoImages(smoke_root, labels, ResizeToUint8(32), indices=range(3, 14)), 4, "cpu", workers=2)
     batches = list(loader)
     assert [b[1].tolist() for b in batches] == [[3, 4, 5, 6], [7, 8, 9, 10], [11, 12, 13]]
     assert all(b[0].dtype == torch.uint8 for b in batches)

@@ -5,7 +5,9 @@ rest runs where the model runs: `to_model_input` is ToTensor's `.float().div(255
 Normalize's `.sub(mean).div(std)` as the same separate float32 operations, each exactly rounded
 on CPU and GPU alike, so it gives the very bits of `eval_transform` (tests/test_loader.py).
 """
+import numpy as np
 import torch
+from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -19,7 +21,7 @@ def _resize(resolution):
 
 def eval_transform(eval_spec):
     """Resize((S, S)) squish as the authors do, then [0, 1] tensors, then the spec's normalisation
-    (the authors' CPU path: the reference that `resize_uint8` + `to_model_input` reproduce)."""
+    (the authors' CPU path: the reference that `ResizeToUint8` + `to_model_input` reproduce)."""
     from torchvision import transforms as T
 
     steps = [_resize(eval_spec.resolution), T.ToTensor()]
@@ -29,11 +31,21 @@ def eval_transform(eval_spec):
     return T.Compose(steps)
 
 
-def resize_uint8(resolution):
-    """The same PIL resize, kept as a uint8 (3, S, S) tensor: what the loader ships."""
-    from torchvision import transforms as T
+class ResizeToUint8:
+    """The same PIL resize, kept as a uint8 (3, S, S) tensor: what the loader ships.
 
-    return T.Compose([_resize(resolution), T.PILToTensor()])
+    torchvision's Resize((S, S)) + PILToTensor on a PIL image are Pillow's bilinear resize (none when
+    the image is already S x S) and the HWC -> CHW bytes; written here with Pillow alone, because
+    importing torchvision costs each process about a second (it loads torch._dynamo). The test
+    holds it to torchvision's transform bit for bit."""
+
+    def __init__(self, resolution):
+        self.size = (resolution, resolution)
+
+    def __call__(self, image):
+        if image.size != self.size:
+            image = image.resize(self.size, Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.array(image, copy=True)).view(*self.size[::-1], -1).permute(2, 0, 1)
 
 
 def to_model_input(images, normalize):

@@ -76,10 +76,10 @@ class ImageRows:
     def __init__(self, coco_root, images, resolution, flip=False, share=None):
         from torchvision import transforms
 
-        from harness.data.transforms import resize_uint8
+        from harness.data.transforms import ResizeToUint8
 
         self.root, self.images, self.share = Path(coco_root), images, share
-        self.resize = resize_uint8(resolution)
+        self.resize = ResizeToUint8(resolution)
         self.flip = transforms.RandomHorizontalFlip(0.5) if flip else None
 
     def __len__(self):
