@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
+from conftest import SMALL_Q2L
 from harness.cli import main
-from harness.models import register_model
+from harness.models import build_from_arch, register_model
 
 GPU_FIELDS = ("peak_vram_mib", "torch_max_allocated_mib", "torch_max_reserved_mib", "energy_j_per_image")
 
@@ -166,16 +167,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_bench_runs_from_a_bare_checkout_without_data_packages(tmp_path):
-    """As on a lent GPU machine (benchmarks/measure_gpu.sh): no install, no pycocotools, no gdown."""
+    """As on a lent GPU machine (benchmarks/measure_gpu.sh): no install, no pycocotools, no gdown; a
+    small Q2L with the authors' layout, so the fresh interpreter spends its time on the command."""
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({"schema": 1, "models": {"small-q2l": _entry("q2l", SMALL_Q2L, resolution=64)}}))
     code = ("import sys; sys.modules['pycocotools'] = sys.modules['gdown'] = None; "
             "from harness.cli import main; sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HARNESS_GIT_COMMIT": "a" * 40}
-    argv = ["bench", "mlspl-an-linear", "--device", "cpu", "--batch-size", "1", "--iters", "1", "--warmup", "0",
-            "--out", str(tmp_path / "measured")]
+    argv = ["bench", "small-q2l", "--manifest", str(manifest), "--device", "cpu", "--batch-size", "1", "--iters", "1",
+            "--warmup", "0", "--out", str(tmp_path / "measured")]
     done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    rec = _records(tmp_path / "measured")["mlspl-an-linear"]
-    assert rec["bench"]["params"] > 20e6 and rec["bench"]["resolution"] == 448
+    rec = _records(tmp_path / "measured")["small-q2l"]
+    params = sum(p.numel() for p in build_from_arch(SMALL_Q2L).parameters())
+    assert rec["bench"]["params"] == params and rec["bench"]["resolution"] == 64
     assert rec["environment"]["git_commit"] in ("a" * 40, _git_head())
 
 

@@ -9,9 +9,13 @@ import importlib
 from harness.errors import UserError
 
 _BUILDERS = {}
-# Modules whose import registers builders; imported on first use so `harness --help` stays fast.
-_BUILDER_MODULES = ("harness.models.q2l", "harness.models.asl", "harness.models.ml_decoder", "harness.models.mlspl",
-                    "harness.models.ctran")
+# Architecture name -> the module whose import registers its builder. Only the one a model needs is
+# imported, on first use: `harness --help` stays fast, and a model that needs no torchvision never
+# pays for its import (about a second a process: it loads torch._dynamo).
+BUILDER_MODULES = {"q2l": "harness.models.q2l", "asl_tresnet_m": "harness.models.asl",
+                   "asl_tresnet_l": "harness.models.asl", "asl_tresnet_xl": "harness.models.asl",
+                   "ml_decoder": "harness.models.ml_decoder", "mlspl_resnet50": "harness.models.mlspl",
+                   "ctran": "harness.models.ctran"}
 
 
 def register_model(fn):
@@ -20,19 +24,22 @@ def register_model(fn):
     return fn
 
 
-def _load_builders():
-    for name in _BUILDER_MODULES:
-        importlib.import_module(name)
+def registered_architectures():
+    """Every builder's name, each builder module imported."""
+    for module in set(BUILDER_MODULES.values()):
+        importlib.import_module(module)
+    return sorted(_BUILDERS)
 
 
 def build_from_arch(arch, **overrides):
     """Build a model from an `arch` mapping (manifest format) with random weights."""
-    if arch["name"] not in _BUILDERS:  # the builder modules (and torchvision) load on first need
-        _load_builders()
+    if arch["name"] not in _BUILDERS and arch["name"] in BUILDER_MODULES:
+        importlib.import_module(BUILDER_MODULES[arch["name"]])
     params = {k: v for k, v in arch.items() if k != "name"}
     params.update(overrides)
     if arch["name"] not in _BUILDERS:
-        raise UserError(f"no builder for architecture '{arch['name']}' (known: {', '.join(sorted(_BUILDERS))}); "
+        known = ", ".join(registered_architectures())
+        raise UserError(f"no builder for architecture '{arch['name']}' (known: {known}); "
                         f"fix the manifest entry's arch.name")
     return _BUILDERS[arch["name"]](**params)
 
