@@ -90,31 +90,26 @@ def _harness_training():
     return out
 
 
-@pytest.fixture(scope="module")
-def harness_training():
-    """Run under the fixture's portable numerics, which must be set before torch loads: a child process."""
+def test_linear_training_is_their_script_with_torch_seeded_bit_for_bit(their_training):
+    """Their train.py loop + torch.manual_seed(P['seed']): the harness's grid (all lrs at once) gives
+    each run's val and test mAP of every epoch and its best weights, bit for bit. Both run under the
+    fixture's portable numerics, which must be set before torch loads: here in a child process."""
+    assert their_training["numerics"] == make.PORTABLE_NUMERICS
     env = {**os.environ, **make.PORTABLE_NUMERICS, "PYTHONPATH": str(Path(__file__).parents[1])}
     done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
-
-
-@pytest.mark.parametrize("loss,batch_size", TRAINED)
-def test_linear_training_is_their_script_with_torch_seeded_bit_for_bit(their_training, harness_training,
-                                                                        loss, batch_size):
-    """Their train.py loop + torch.manual_seed(P['seed']): the harness's grid (all lrs at once) gives
-    each run's val and test mAP of every epoch and its best weights, bit for bit."""
-    assert their_training["numerics"] == make.PORTABLE_NUMERICS
-    theirs = [r for r in their_training["runs"] if r["loss"] == loss and r["batch_size"] == batch_size]
-    ours = harness_training[f"{loss}-{batch_size}"]
-    assert len(ours) == len(theirs) > 0
-    for r, t in zip(ours, theirs):
-        assert r["best_epoch"] == t["best_epoch"]
-        assert r["weight"] == t["best_weight_sha256"]
-        assert r["bias"] == t["best_bias_sha256"]
-        assert r["table"] == t["best_table_sha256"]
-        assert r["test_scores"] == t["best_test_scores_sha256"]
-        np.testing.assert_allclose(r["val_mAP"], t["val_mAP"], rtol=1e-14)
-        assert r["test_mAP"] == pytest.approx(t["test_mAP"][r["best_epoch"]], rel=1e-14)
+    harness_training = json.loads(done.stdout)
+    for loss, batch_size in TRAINED:
+        theirs = [r for r in their_training["runs"] if r["loss"] == loss and r["batch_size"] == batch_size]
+        ours = harness_training[f"{loss}-{batch_size}"]
+        assert len(ours) == len(theirs) > 0
+        for r, t in zip(ours, theirs):
+            assert r["best_epoch"] == t["best_epoch"]
+            assert r["weight"] == t["best_weight_sha256"], (loss, batch_size, t["lr"])
+            assert r["bias"] == t["best_bias_sha256"]
+            assert r["table"] == t["best_table_sha256"]
+            assert r["test_scores"] == t["best_test_scores_sha256"]
+            np.testing.assert_allclose(r["val_mAP"], t["val_mAP"], rtol=1e-14)
+            assert r["test_mAP"] == pytest.approx(t["test_mAP"][r["best_epoch"]], rel=1e-14)
 
 
 def _replayed_batches(seed, n, batch_size, epochs, semantics="torch>=1.9"):
