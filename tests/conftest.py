@@ -33,8 +33,7 @@ def synth(tmp_path_factory):
     """Synthetic MLSPL data (700 train / 300 val images, prepared) and features carrying its labels,
     shared by the MLSPL training, checks and report tests (none of them writes into it)."""
     from harness.mlspl.prepare import prepare
-    from test_mlspl_prepare import write_annotations
-    from test_mlspl_train import synthetic_features
+    from mlspl_data import synthetic_features, write_annotations
 
     base = tmp_path_factory.mktemp("mlspl")
     root = write_annotations(base / "coco", n_train=700, n_val=300, seed=5)

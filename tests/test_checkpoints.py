@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_Q2L
+from authors_checkpoints import SMALL, randomised, save_authors_checkpoint
 from harness import checkpoints
 from harness.checkpoints import load_checkpoint_into, read_config, read_pickle
 from harness.pretrained import build_pretrained
@@ -16,34 +16,6 @@ from harness.download.verify import file_digest
 from harness.errors import UserError
 from harness.manifest import get_spec, read_yaml
 from harness.models import build_from_arch
-
-SMALL = SMALL_Q2L  # conftest: a small Q2L with the authors' key names
-
-
-def randomised(arch, seed):
-    torch.manual_seed(seed)
-    model = build_from_arch(arch).eval()
-    with torch.no_grad():  # non-trivial norms and statistics, negative ABN weights included
-        for name, t in model.state_dict().items():
-            if name.endswith("running_var"):
-                t.copy_(torch.rand_like(t) + 0.5)
-            elif name.endswith("running_mean"):
-                t.copy_(torch.randn_like(t) * 0.1)
-            elif name.endswith("weight") and t.dim() == 1:
-                t.copy_(torch.randn_like(t))
-    return model
-
-
-def save_authors_checkpoint(model, path, **extra):
-    """As the authors' training script saves it (from a DistributedDataParallel model)."""
-    opt = torch.optim.AdamW(model.fc.parameters(), lr=1e-4)
-    model.fc(torch.randn(1, 80, model.transformer.d_model)).sum().backward()
-    opt.step()
-    torch.save({"epoch": 12, "arch": "Q2L-TResL_22k-448",
-                "state_dict": {"module." + k: v for k, v in model.state_dict().items()},
-                "best_mAP": np.float64(89.25), "optimizer": opt.state_dict(), **extra}, path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):

@@ -10,7 +10,7 @@ from torch.utils.data.distributed import DistributedSampler
 from harness import records
 from harness.cli import main
 from harness.metrics import compute_metrics
-from test_records import eval_record
+from fake_records import eval_record
 
 
 def sampler_rows(n, world_size):

@@ -10,7 +10,7 @@ from harness.data.coco import load_labels
 from harness.data.dataset import CocoImages
 from harness.data.transforms import eval_transform
 from harness.manifest import DEFAULT_MANIFEST, get_spec, read_yaml
-from test_checkpoints import SMALL, randomised, save_authors_checkpoint
+from authors_checkpoints import SMALL, randomised, save_authors_checkpoint
 
 
 def test_eval_of_a_saved_checkpoint_scores_like_the_model(smoke_root, tmp_path, monkeypatch):

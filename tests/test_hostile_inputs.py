@@ -320,13 +320,13 @@ def test_report_skips_a_damaged_record_with_one_line(manifest, smoke_root, tmp_p
 # ------------------------------------------------------------------ 9. inputs checked before any model is built
 
 def test_reproduce_offline_without_checkpoints_builds_nothing(smoke_root, tmp_path, monkeypatch, capsys):
-    from test_reproduce import _manifest
+    from authors_checkpoints import small_q2l_manifest
 
     built = []
     monkeypatch.setattr("harness.reproduce.estimate_cpu_hours", lambda *a: built.append(a) or 1.0)
     monkeypatch.setenv("HARNESS_OFFLINE", "1")
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
-    code = main(["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(_manifest(tmp_path)),
+    code = main(["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(small_q2l_manifest(tmp_path)),
                  "--out", str(tmp_path / "runs"), "--tables", str(tmp_path / "tables")])
     assert code == 1 and built == []  # no estimate (no model build) for a model that cannot run
     assert "offline" in capsys.readouterr().out

@@ -4,7 +4,7 @@ import numpy as np
 from harness import records, report
 from harness.manifest import load_manifest
 from harness.metrics import Bootstrap, compute_metrics
-from test_records import eval_record, problem
+from fake_records import eval_record, problem
 
 SPECS = load_manifest()
 

@@ -14,7 +14,7 @@ from harness.mlspl.features import feature_paths
 from harness.mlspl.prepare import FULL_COUNTS, load_prepared
 from harness.mlspl.run import _smoke_reasons, paper_grid
 from harness.mlspl.train import LINEAR_INIT
-from test_mlspl_train import synthetic_features
+from mlspl_data import synthetic_features
 
 
 def train_cli(base, feats, runs, *extra):

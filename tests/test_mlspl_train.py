@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mlspl_data import synthetic_features
 from harness.cli import main
 from harness.mlspl.config import FeatureConfig, TrainConfig
 from harness.mlspl.features import FEATURE_FILES, compare_features, extract_features
@@ -18,18 +19,6 @@ from harness.mlspl.run import train_and_evaluate
 from harness.mlspl.train import mlspl_map, train_fine_tuned, train_linear_group
 from harness.models.mlspl import MLSPLResNet50
 from harness.manifest import read_yaml
-
-
-def synthetic_features(data_dir, out, seed=0, noise=1.0):
-    """One 2048-d row per formatted row, carrying the full labels plus noise."""
-    rng = np.random.default_rng(seed)
-    projection = rng.normal(size=(80, 2048)).astype(np.float32)
-    out.mkdir(parents=True, exist_ok=True)
-    for split, name in FEATURE_FILES.items():
-        labels = np.load(data_dir / f"formatted_{split}_labels.npy").astype(np.float32)
-        feats = labels @ projection + noise * rng.normal(size=(len(labels), 2048)).astype(np.float32)
-        np.save(out / name, (feats / 8).astype(np.float32))
-    return out
 
 
 def tensors(data_dir, feats_dir):

@@ -12,7 +12,7 @@ import pytest
 from harness import records, report
 from harness.cli import main
 from harness.manifest import load_manifest
-from test_records import eval_record, problem
+from fake_records import eval_record, problem
 
 SPECS = load_manifest()
 RELEASED, TRAINED = SPECS["q2l-r101-448"], SPECS["mlspl-an-fine-tuned"]  # paper 84.9 / 64.1

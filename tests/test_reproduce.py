@@ -1,34 +1,15 @@
 """harness reproduce q2l: goes on past a failing model, lists failures, skips complete runs, writes tables."""
 import json
 
-import yaml
-
+from authors_checkpoints import SMALL, randomised, save_authors_checkpoint, small_q2l_manifest
 from harness import records
 from harness.cli import main
-from harness.manifest import DEFAULT_MANIFEST, read_yaml
-from test_checkpoints import SMALL, randomised, save_authors_checkpoint
-
-
-def _manifest(tmp_path):
-    data = read_yaml(DEFAULT_MANIFEST.read_text())
-    models = {}
-    for mid in ("q2l-tresl22k-448", "q2l-r101-448"):
-        entry = data["models"][mid]
-        entry["arch"] = dict(SMALL)
-        entry["eval"].update(resolution=64, batch_size=4)
-        for f in entry["files"].values():  # sources nobody can reach: only --weights-dir can serve
-            f["sources"] = [{"type": "http", "url": "http://127.0.0.1:9/none"}]
-        models["small-" + mid] = entry
-    data["models"] = models
-    path = tmp_path / "manifest.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def test_reproduce_goes_on_after_a_failure_and_writes_the_report(smoke_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HARNESS_OFFLINE", "1")
-    manifest = _manifest(tmp_path)
+    manifest = small_q2l_manifest(tmp_path)
     weights = tmp_path / "weights" / "small-q2l-tresl22k-448"
     weights.mkdir(parents=True)
     save_authors_checkpoint(randomised(SMALL, 3), weights / "checkpoint.pkl")
@@ -48,7 +29,7 @@ def test_reproduce_goes_on_after_a_failure_and_writes_the_report(smoke_root, tmp
 
 
 def test_reproduce_skips_a_complete_real_run_and_explains_missing_coco(smoke_root, tmp_path, capsys):
-    manifest = _manifest(tmp_path)
+    manifest = small_q2l_manifest(tmp_path)
     run_dir = records.new_run_dir(tmp_path / "runs", "small-q2l-tresl22k-448")
     # a finished real run, as far as the skip decision reads it
     records.write_record(run_dir, records.Record(
