@@ -18,6 +18,18 @@ cd "$tmp"
 grep -q q2l-r101-448 models.txt
 "$tmp/venv/bin/harness" data smoke --out smoke --images 8 --train-images 0 > /dev/null
 "$tmp/venv/bin/harness" eval q2l-r101-448 --coco-root smoke --weights random --runs runs --workers 0 --no-progress
+# the installed command under torchrun, 2 CPU processes (gloo): the same scores as one process
+# (one thread each: on a CPU the thread count changes a convolution's bits)
+OMP_NUM_THREADS=1 "$tmp/venv/bin/harness" eval q2l-r101-448 --coco-root smoke --weights random --runs runs-1 --workers 0 --no-progress \
+  --batch-size 2 > /dev/null
+OMP_NUM_THREADS=1 "$tmp/venv/bin/python" -m torch.distributed.run --standalone --nproc_per_node 2 -m harness eval \
+  q2l-r101-448 --coco-root smoke --weights random --runs runs-2 --workers 0 --no-progress --batch-size 2 > /dev/null
+"$tmp/venv/bin/python" - <<'CHECK'
+import json, pathlib, numpy as np
+[one], [two] = (list(pathlib.Path(f"runs-{n}/q2l-r101-448").iterdir()) for n in (1, 2))
+assert json.loads((two / "record.json").read_text())["distributed"]["world_size"] == 2
+assert np.array_equal(np.load(one / "scores.npy"), np.load(two / "scores.npy")), "torchrun changed the scores"
+CHECK
 "$tmp/venv/bin/harness" report --runs runs --format markdown > report.md
 grep -q "smoke (random weights" report.md
-echo "installed wheel: harness models, eval (smoke) and report ran from $tmp"
+echo "installed wheel: harness models, eval (smoke, and under torchrun) and report ran from $tmp"

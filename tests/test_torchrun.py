@@ -19,13 +19,25 @@ from harness.evaluate import evaluate
 from harness.manifest import get_spec
 from tiny_models import write_manifest
 
-# Runs the CLI under torchrun with the test models registered.
-RUNNER = """
+# torchrun's own launcher (elastic_launch, what `torchrun --standalone` calls: its agent, rendezvous,
+# worker environment and failure handling) with the CLI as the entry point, the test models
+# registered. Its workers are forked from the launcher, not started as `python -m harness`, which
+# saves two interpreters' torch import; .ci/check_installed.sh launches the installed command itself.
+LAUNCHER = """
 import sys
 sys.path.insert(0, {tests!r})
-import tiny_models
+import torch, tiny_models
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from harness.cli import main
-sys.exit(main(sys.argv[1:]))
+
+def rank_main(argv):
+    torch.set_num_threads(1)
+    return main(argv)
+
+if __name__ == "__main__":
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", max_restarts=0, start_method="fork")
+    sys.exit(max(elastic_launch(config, rank_main)(sys.argv[1:]).values()))
 """
 FLAGS = ["--weights", "random", "--device", "cpu", "--workers", "0", "--no-progress"]
 
@@ -52,10 +64,9 @@ def _eval_argv(tmp_path, manifest, smoke_root, *args):
 
 
 def _torchrun(tmp_path, manifest, smoke_root, *args):
-    runner = tmp_path / "runner.py"
-    runner.write_text(RUNNER.format(tests=str(Path(__file__).parent)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(runner),
-               *_eval_argv(tmp_path, manifest, smoke_root, *args)]
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(LAUNCHER.format(tests=str(Path(__file__).parent)))
+    command = [sys.executable, str(launcher), *_eval_argv(tmp_path, manifest, smoke_root, *args)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1",
                    "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)])}
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
