@@ -81,7 +81,8 @@ class TinyConvNet(torch.nn.Module):
 
 # Tests that start fresh interpreters take the longest: start them first, so that with one pytest
 # worker per core they do not run alone at the end.
-STARTS_PROCESSES = ("test_torchrun.py::test_torchrun_", "test_bench.py::test_bench_runs_from_a_bare_checkout")
+STARTS_PROCESSES = ("test_torchrun.py::test_torchrun_", "test_bench.py::test_bench_runs_from_a_bare_checkout",
+                    "test_mlspl_authors.py::test_linear_training", "test_registry.py::test_a_model_without")
 
 
 def pytest_collection_modifyitems(items):
