@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.data.categories import COCO_CATEGORIES  # noqa: E402
 from harness.data.dataset import load_rgb  # noqa: E402
-from harness.data.transforms import eval_transform, resize_uint8, to_model_input  # noqa: E402
+from harness.data.transforms import ResizeToUint8, eval_transform  # noqa: E402
 from harness.manifest import load_manifest  # noqa: E402
 from harness.models import build_from_arch  # noqa: E402
 
@@ -120,7 +120,7 @@ def time_data(spec, root, device, workers, batch_size):
     from harness.data.loader import make_loader
 
     names = sorted(p.name for p in (root / "val2014").iterdir())
-    dataset = PassImages(root / "val2014", names, resize_uint8(spec.eval.resolution), [(k, k) for k in range(len(names))])
+    dataset = PassImages(root / "val2014", names, ResizeToUint8(spec.eval.resolution), [(k, k) for k in range(len(names))])
     t0 = time.perf_counter()
     for images, _ in make_loader(dataset, batch_size, device, workers):
         images.to(device, non_blocking=True)
@@ -141,7 +141,7 @@ def reproduce_data_work(files, specs):
         before_s += time.process_time() - t0
         t0 = time.process_time()
         for resolution, sets in resolutions.items():  # after: one decode + resize per resolution
-            pixels = np.ascontiguousarray(resize_uint8(resolution)(load_rgb(path)).numpy())
+            pixels = np.ascontiguousarray(ResizeToUint8(resolution)(load_rgb(path)).numpy())
             if len(set(sets)) > 1:  # the models of the other image order: written to the cache, read back
                 crc = zlib.crc32(pixels)
                 assert zlib.crc32(np.array(pixels)) == crc
