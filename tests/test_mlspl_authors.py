@@ -178,5 +178,5 @@ def test_their_batches_under_their_torch_1_7_replayed():
         assert ours == run["train_batches"]
 
 
-if __name__ == "__main__":  # the child process of `harness_training`
+if __name__ == "__main__":  # the child process of the linear training test
     print(json.dumps(_harness_training()))

@@ -60,14 +60,16 @@ def run(args):
     if args.known or args.draw != "ctran":
         raise UserError(f"--known and --draw are for C-Tran models only; {specs[0].id} is {specs[0].family}")
     config = eval_config(args)
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 says the results (and any failure, once)
-        try:
-            results = evaluate_many(specs, config)
-        except UserError:
+    quiet_rank = os.environ.get("RANK", "0") != "0"  # torchrun: rank 0 says the results (and any failure, once)
+    try:
+        results = evaluate_many(specs, config)
+    except UserError:
+        if quiet_rank:
             return 2
-        return 2 if any(isinstance(result, BaseException) for result in results) else 0
-    results = evaluate_many(specs, config)
+        raise
     failed = [spec.id for spec, result in zip(specs, results) if isinstance(result, BaseException)]
+    if quiet_rank:
+        return 2 if failed else 0
     for spec, result in zip(specs, results):
         if not isinstance(result, BaseException):
             _print_result(spec, *result)
