@@ -14,6 +14,16 @@ import sys
 
 import torch
 
+from harness.errors import UserError
+
+
+def pick_device(requested=None):
+    if requested in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return requested
+
 
 class World:
     def __init__(self, rank=0, size=1, local_rank=0, backend=None):

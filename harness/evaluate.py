@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.download.verify import write_atomically
+from harness.distributed import pick_device
 from harness.errors import UserError
 from harness.eval_config import EvalConfig
 from harness.records import SETTINGS, FinishedRun, utc_now
@@ -28,16 +29,6 @@ PARTIAL, PROGRESS = "scores.partial.npy", "progress.json"
 
 def _write_json_atomic(path, data):
     write_atomically(path, json.dumps(data, indent=2))
-
-
-def pick_device(requested=None):
-    import torch
-
-    if requested in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return requested
 
 
 def _smoke_reasons(weights_info, coco_labels, limit, smoke_root):

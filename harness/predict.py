@@ -39,7 +39,8 @@ def image_paths(items):
 
 def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False, device=None, amp=None):
     """(model, weights info, device, autocast dtype or None), chosen as `harness eval` chooses them."""
-    from harness.evaluate import _build_model, _choose_amp, pick_device
+    from harness.evaluate import _build_model, _choose_amp
+    from harness.distributed import pick_device
 
     if spec.family == "ctran":  # its forward needs a label-state mask: not wired here yet
         raise UserError(f"{spec.id} (C-Tran) is not covered here; score it with `harness eval {spec.id} --weights "

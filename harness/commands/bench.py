@@ -56,7 +56,7 @@ def run(args):
     _check_args(args)
     import dataclasses
 
-    from harness.evaluate import pick_device
+    from harness.distributed import pick_device
     from harness.measure.bench import CannotBuild, bench_model, models_to_run
     from harness.measure.fit import parse_size_mib
     from harness.records import check_runs_root

@@ -69,7 +69,7 @@ def run(args):
         print(f"wrote {args.out}: train {meta['counts']['train']}, val {meta['counts']['val']}, "
               f"test {meta['counts']['test']} images")
     elif args.action == "extract-features":
-        from harness.evaluate import pick_device
+        from harness.distributed import pick_device
         from harness.mlspl.config import FeatureConfig
         from harness.mlspl.features import extract_features
 

@@ -174,7 +174,7 @@ def train(config):
     from harness.ctran.data import MaskedImages, TestDraw, TrainingDraw, eval_transform, train_transform
     from harness.ctran.metrics import compute_ctran_metrics
     from harness.ctran.run_folder import open_run
-    from harness.evaluate import pick_device
+    from harness.distributed import pick_device
 
     rank, size, device = distributed.setup(pick_device(config.device))
     if config.batch_size % size:
@@ -285,7 +285,7 @@ def evaluate_checkpoint(config, trained=None):
     from harness.ctran.data import MaskedImages, TestDraw, eval_transform
     from harness.ctran.metrics import compute_ctran_metrics
     from harness.data.coco import check_images, fingerprint, load_labels
-    from harness.evaluate import pick_device
+    from harness.distributed import pick_device
     from harness.manifest import get_spec
     from harness.models.ctran import CTran
 

@@ -37,7 +37,7 @@ def every_model_id():
 def reproduce_mlspl(coco_root, *, models=None, runs_root="runs", tables_dir="tables", device=None, force=False,
                     data_dir="data/mlspl", manifest=None):
     """models: model ids (every_model_id() for all of them); None: ROLE linear and fine-tuned."""
-    from harness.evaluate import pick_device
+    from harness.distributed import pick_device
     from harness.mlspl.config import TrainConfig
     from harness.mlspl.prepare import prepare
     from harness.mlspl.run import model_id, train_and_evaluate

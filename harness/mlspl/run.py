@@ -242,7 +242,7 @@ def train_and_evaluate(config):
 
 def _resolved(config):
     """The config with every choice made: the paper's grid, epochs and linear phase, the device."""
-    from harness.evaluate import pick_device
+    from harness.distributed import pick_device
 
     loss, mode = config.loss, config.mode
     if loss not in LOSSES:
