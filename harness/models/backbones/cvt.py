@@ -11,12 +11,15 @@ the same inference maths. Details that matter and are easy to get wrong:
   projections) but Q2L drops it. Q2L sets the model's `cls_token` flag to False, so its
   `forward_features` returns the final LayerNorm applied to the spatial tokens, as a
   (B, C, H/16, W/16) map: (B, 1024, 24, 24) at 384. No head here.
-Inference only: dropout and stochastic depth (identity in eval) are left out.
+Stochastic depth (`drop_path_rates` per stage, theirs 0 / 0 / 0.3 spread over each stage's blocks;
+identity in eval) is there for training; their dropouts are all 0.
 """
 from collections import OrderedDict
 
 import torch
 from torch import nn
+
+from harness.models.backbones.drop_path import DropPath, linear_rates
 
 
 class LayerNorm(nn.LayerNorm):
@@ -78,17 +81,18 @@ class ConvAttention(nn.Module):
 
 
 class CvTBlock(nn.Module):
-    def __init__(self, dim, num_heads, with_cls_token, mlp_ratio=4.0):
+    def __init__(self, dim, num_heads, with_cls_token, mlp_ratio=4.0, drop_path=0.0):
         super().__init__()
         self.norm1 = LayerNorm(dim)
         self.attn = ConvAttention(dim, num_heads, with_cls_token)
         self.norm2 = LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=QuickGELU(), fc2=nn.Linear(hidden, dim)))
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x, h, w):
-        x = x + self.attn(self.norm1(x), h, w)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class ConvEmbed(nn.Module):
@@ -108,14 +112,16 @@ class ConvEmbed(nn.Module):
 class CvTStage(nn.Module):
     """Token embedding, optional cls token, blocks; returns the spatial map (B, C, h, w) without the cls token."""
 
-    def __init__(self, in_chans, dim, depth, num_heads, patch_size, stride, padding, with_cls_token):
+    def __init__(self, in_chans, dim, depth, num_heads, patch_size, stride, padding, with_cls_token,
+                 drop_path_rate=0.0):
         super().__init__()
         # registered before the children so the state-dict order matches the authors'
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if with_cls_token else None
         if with_cls_token:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.patch_embed = ConvEmbed(in_chans, dim, patch_size, stride, padding)
-        self.blocks = nn.ModuleList([CvTBlock(dim, num_heads, with_cls_token) for _ in range(depth)])
+        self.blocks = nn.ModuleList([CvTBlock(dim, num_heads, with_cls_token, drop_path=rate)
+                                     for rate in linear_rates(drop_path_rate, depth)])
 
     def forward(self, x):
         x, h, w = self.patch_embed(x)
@@ -133,12 +139,12 @@ class ConvolutionalVisionTransformer(nn.Module):
 
     def __init__(self, dims=(64, 192, 384), depths=(1, 2, 10), num_heads=(1, 3, 6),
                  patch_sizes=(7, 3, 3), strides=(4, 2, 2), paddings=(2, 1, 1),
-                 cls_token=(False, False, True)):
+                 cls_token=(False, False, True), drop_path_rates=(0.0, 0.0, 0.0)):
         super().__init__()
         in_chans = 3
         for i, dim in enumerate(dims):
             stage = CvTStage(in_chans, dim, depths[i], num_heads[i], patch_sizes[i], strides[i], paddings[i],
-                             cls_token[i])
+                             cls_token[i], drop_path_rates[i])
             setattr(self, f"stage{i}", stage)
             in_chans = dim
         self.num_stages = len(dims)
@@ -156,11 +162,12 @@ def build_cvt(**kwargs):
     return ConvolutionalVisionTransformer(**kwargs)
 
 
-def build_cvt_w24(img_size=384):
+def build_cvt_w24(img_size=384, drop_path_rates=(0.0, 0.0, 0.0)):
     """CvT-w24 (ImageNet-22k, 384): the backbone of `q2l-cvtw24-384` (1024 channels, stride 16).
 
     The network is fully convolutional in size; `img_size` only checks that the map is S/16.
     """
     if img_size % 16:
         raise ValueError(f"CvT-w24 needs an input size divisible by 16, got {img_size}")
-    return ConvolutionalVisionTransformer(dims=(192, 768, 1024), depths=(2, 2, 20), num_heads=(3, 12, 16))
+    return ConvolutionalVisionTransformer(dims=(192, 768, 1024), depths=(2, 2, 20), num_heads=(3, 12, 16),
+                                          drop_path_rates=drop_path_rates)

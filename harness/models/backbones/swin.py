@@ -8,12 +8,15 @@ Q2L replaces the classifier by `forward_features`: the final LayerNorm'd tokens 
 
 timm's Swin computes the same thing but keeps other keys (downsample at the start of a stage,
 buffers not persistent); the tests use it as an independent check of the maths.
-Inference only: dropout and stochastic depth (identity in eval) are left out.
+Stochastic depth (`drop_path_rate`, theirs 0.1 spread over the blocks; identity in eval) is there for
+training; their dropouts are all 0.
 """
 from collections import OrderedDict
 
 import torch
 from torch import nn
+
+from harness.models.backbones.drop_path import DropPath, linear_rates
 
 
 def window_partition(x, window_size):
@@ -82,7 +85,7 @@ class WindowAttention(nn.Module):
 class SwinBlock(nn.Module):
     """(Shifted-)window attention then MLP, both pre-norm with a residual."""
 
-    def __init__(self, dim, resolution, num_heads, window_size, shift_size, mlp_ratio=4.0):
+    def __init__(self, dim, resolution, num_heads, window_size, shift_size, mlp_ratio=4.0, drop_path=0.0):
         super().__init__()
         if min(resolution) <= window_size:  # one window covers the map: no partition, no shift
             window_size, shift_size = min(resolution), 0
@@ -97,6 +100,7 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x):
         H, W = self.resolution
@@ -108,8 +112,8 @@ class SwinBlock(nn.Module):
         y = window_reverse(self.attn(window_partition(y, ws), self.attn_mask), ws, H, W)
         if s:
             y = torch.roll(y, shifts=(s, s), dims=(1, 2))
-        x = x + y.reshape(B, L, C)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(y.reshape(B, L, C))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class PatchMerging(nn.Module):
@@ -132,10 +136,12 @@ class PatchMerging(nn.Module):
 class SwinStage(nn.Module):
     """Blocks alternating plain and shifted windows, then (except in the last stage) patch merging."""
 
-    def __init__(self, dim, resolution, depth, num_heads, window_size, mlp_ratio, downsample):
+    def __init__(self, dim, resolution, depth, num_heads, window_size, mlp_ratio, downsample, drop_paths=None):
         super().__init__()
+        drop_paths = drop_paths or [0.0] * depth
         self.blocks = nn.ModuleList([
-            SwinBlock(dim, resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, mlp_ratio)
+            SwinBlock(dim, resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, mlp_ratio,
+                      drop_paths[i])
             for i in range(depth)])
         self.downsample = PatchMerging(resolution, dim) if downsample else None
 
@@ -161,16 +167,18 @@ class SwinTransformer(nn.Module):
     """Swin feature extractor for a fixed input size: image (B, 3, S, S) -> map (B, C, S/32, S/32)."""
 
     def __init__(self, img_size=224, patch_size=4, embed_dim=96, depths=(2, 2, 6, 2),
-                 num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0):
+                 num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0, drop_path_rate=0.0):
         super().__init__()
         self.img_size = img_size
         self.patch_embed = PatchEmbed(patch_size, embed_dim)
         grid = img_size // patch_size
+        rates = linear_rates(drop_path_rate, sum(depths))
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
-            size = grid // 2 ** i
+            size, first = grid // 2 ** i, sum(depths[:i])
             self.layers.append(SwinStage(embed_dim * 2 ** i, (size, size), depth, heads, window_size,
-                                         mlp_ratio, downsample=i < len(depths) - 1))
+                                         mlp_ratio, downsample=i < len(depths) - 1,
+                                         drop_paths=rates[first:first + depth]))
         self.num_channels = embed_dim * 2 ** (len(depths) - 1)
         self.out_size = grid // 2 ** (len(depths) - 1)
         self.norm = nn.LayerNorm(self.num_channels)
@@ -190,7 +198,8 @@ def build_swin(**kwargs):
     return SwinTransformer(**kwargs)
 
 
-def build_swin_l_384(img_size=384):
-    """Swin-L, ImageNet-22k, window 12: the backbone of `q2l-swinl-384` (1536 channels, 12x12 at 384)."""
+def build_swin_l_384(img_size=384, drop_path_rate=0.0):
+    """Swin-L, ImageNet-22k, window 12: the backbone of `q2l-swinl-384` (1536 channels, 12x12 at 384).
+    Their training used drop_path_rate 0.1 (build_swin_transformer's default)."""
     return SwinTransformer(img_size=img_size, embed_dim=192, depths=(2, 2, 18, 2),
-                           num_heads=(6, 12, 24, 48), window_size=12)
+                           num_heads=(6, 12, 24, 48), window_size=12, drop_path_rate=drop_path_rate)
