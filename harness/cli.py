@@ -23,6 +23,7 @@ COMMANDS = {
     "compare": "Paired comparison of two runs on the same images (bootstrap CI, permutation p).",
     "mlspl": "Single-positive-label (MLSPL) preparation, features and training.",
     "ctran": "C-Tran: label-mask training (evaluation with partial labels: `harness eval --known`).",
+    "q2l": "Query2Label: train as the authors' main_mlc.py (seeded, resumable, torchrun, 12 GB techniques).",
 }
 
 

@@ -48,6 +48,7 @@ SOURCE_TYPES = {
     "gdrive_file": ("file_id",),
     "http": ("url",),
     "zenodo": ("record", "key"),
+    "seafile_folder": ("server", "share", "folder", "match"),  # a shared folder, the file found by name
 }
 MLSPL_MODES = ("linear", "fine-tuned", "linear-init")
 

@@ -2,7 +2,7 @@
 import hashlib
 from pathlib import Path
 
-from harness.download import gdrive, http, zenodo
+from harness.download import gdrive, http, seafile, zenodo
 from harness.download.errors import SourceError
 from harness.download.verify import file_digest
 
@@ -16,6 +16,8 @@ def describe(source):
         return f"Google Drive file {source['file_id']}"
     if kind == "zenodo":
         return f"Zenodo record {source['record']} ({source['key']})"
+    if kind == "seafile_folder":
+        return f"Seafile share {source['share']} ({source['folder']}, a file named like {source['match']})"
     return http.host_of(source["url"])
 
 
@@ -28,6 +30,8 @@ def as_text(source):
         return f"gdrive_file:{source['file_id']}"
     if kind == "zenodo":
         return f"zenodo:{source['record']}/{source['key']}"
+    if kind == "seafile_folder":
+        return f"seafile:{source['server']}/d/{source['share']}{source['folder']}*{source['match']}*"
     return f"http:{source['url']}"
 
 
@@ -48,6 +52,9 @@ def download(source, dest, *, patience=None, quiet=False):
         entry = zenodo.resolve(source["record"], source["key"], patience)
         http.download(entry.url, part, patience=patience, desc=Path(dest).name, quiet=quiet)
         check_size_md5(part, entry.size, entry.md5, f"Zenodo record {source['record']}")
+    elif kind == "seafile_folder":
+        url = seafile.resolve(source, patience)
+        http.download(url, part, patience=patience, desc=Path(dest).name, quiet=quiet, expect_binary=False)
     else:
         http.download(source["url"], part, patience=patience, desc=Path(dest).name, quiet=quiet)
     return part

@@ -47,6 +47,9 @@ def content_problem(path, role, git_blob=None):
         if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # torch's legacy format: a pickle
             return None
         return f"is not a torch checkpoint (it starts with {head!r}: an error page or a cut-off body?)"
+    if role == "train_log":  # Query2Label's main_mlc.py log: text with its `Command:` line
+        text = path.read_bytes()[:1 << 20]
+        return None if b"Command:" in text else "is not a main_mlc.py training log (no 'Command:' line: an error page?)"
     if role == "config":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

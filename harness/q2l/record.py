@@ -1,0 +1,167 @@
+"""The end of a Query2Label training: the selected model's val2014 scores, metrics and the run record.
+
+Selection `test` (theirs): the best epoch's val2014 scores, already computed, are the result (their
+"best mAP"): the checkpoint was chosen on the test set, so the record says "selected on test".
+Selection `held-out`: the best weights score val2014 once, now. Either way the metrics are the
+harness's q2l protocol on the rows in image-id order (each image once), as an evaluation record;
+the selection mAP in their rank-file order is kept beside it.
+"""
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import UserError
+from harness.q2l import data, run_folder, train
+from harness.q2l.config import AUGMENTS, SELECTIONS
+from harness.records import FinishedRun, Record, config_section, model_section, utc_now
+
+NOTES = ["their main_mlc.py is unseeded and uses cudnn.benchmark: here every random state is seeded and "
+         "saved, so a run repeats bit for bit on CPU",
+         "their commit ce9ffb2 removed --arch, so their script crashes at its first checkpoint save (their #31, #40)",
+         "epochs are numbered from 0, as their logs print them"]
+
+
+def finish(session, parts, progress) -> FinishedRun:
+    """Score (held-out selection), then on rank 0 write the arrays and the record."""
+    sel = progress["selection"]
+    if sel["best_epoch"] < 0:
+        why = progress["stopped"] or "see the history in state.pt"
+        raise UserError(f"{session.run_dir}: no epoch gave a validation mAP above 0 ({why}); train longer or "
+                        f"with another --lr")
+    scores, rows = _test_scores(session, parts)
+    if not session.world.main:
+        return FinishedRun(session.run_dir, None)
+    test, test_labels = session.data.test, session.data.test_labels
+    first = np.sort(np.unique(rows, return_index=True)[1])  # each image once (padding repeats dropped)
+    order = np.argsort(rows[first], kind="stable")
+    keep = first[order]
+    scores, rows = scores[keep], rows[keep]
+    labels = (test_labels[rows] > 0).astype(np.uint8)
+    from harness import records
+    from harness.metrics import compute_metrics
+
+    metrics = compute_metrics(scores, labels, "q2l", class_names=test.category_names)
+    records.save_arrays(session.run_dir, scores, labels, test.image_ids[rows])
+    record = build_record(session, parts, progress, metrics, len(rows))
+    records.write_record(session.run_dir, record)
+    return FinishedRun(session.run_dir, record)
+
+
+def _test_scores(session, parts):
+    """(scores, rows) of val2014 by the selected model: saved (selection on test) or scored now."""
+    run_dir = Path(session.run_dir)
+    if session.config.selection == "test":
+        return np.load(run_dir / run_folder.SELECTION_SCORES), np.load(run_dir / run_folder.SELECTION_ROWS)
+    from safetensors.torch import load_file
+
+    model = copy.deepcopy(parts.model)
+    model.load_state_dict(load_file(str(run_dir / run_folder.BEST)))
+    from harness.q2l.backbones import sizes
+
+    size = sizes(session.config.recipe, session.config.smoke)["img_size"]
+    test = data.LabelledImages(session.data.root, session.data.test, session.data.test_labels,
+                               data.eval_transform(size, session.config.recipe["orid_norm"]))
+    loader = data.val_loader(test, session.config.batch_size, session.world, session.config.workers)
+    scores, rows, _ = train.score_all(parts, model, loader)
+    return scores, rows
+
+
+def smoke_reasons(session, progress):
+    from harness.data.smoke import is_smoke_root
+
+    c, reasons = session.config, []
+    if is_smoke_root(c.coco_root):
+        reasons.append("smoke subset")
+    if c.smoke:
+        reasons.append("--smoke: a tiny backbone of the same family, a small transformer, 64 px")
+    if c.epochs < c.recipe["epochs"] and not (progress["stopped"] or "").startswith("early stop"):
+        reasons.append(f"{c.epochs} epochs, not the authors' {c.recipe['epochs']}")
+    if c.backbone_weights == "random" and not c.smoke:
+        reasons.append("random backbone weights")
+    if c.augment != "authors":
+        reasons.append("not the authors' augmentation")
+    return reasons
+
+
+def techniques(config):
+    """The memory techniques this run used (they keep the maths; micro-batches to float summation order)."""
+    out = []
+    if config.activation_checkpointing:
+        out.append("activation checkpointing")
+    if config.micro_batch:
+        out.append(f"micro-batches of {config.micro_batch}")
+    if config.offload_ema:
+        out.append("EMA on the CPU")
+    if config.offload_optimizer:
+        out.append("AdamW state on the CPU")
+    return out
+
+
+def build_record(session, parts, progress, metrics, n_images) -> Record:
+    from harness.data.coco import fingerprint
+    from harness.data.smoke import is_smoke_root
+    from harness.records import environment
+
+    c, sel, root = session.config, progress["selection"], Path(session.config.coco_root)
+    best = run_folder.BEST
+    from harness.checkpoints import sha256_of
+
+    peak = progress["peak"]
+    return Record(
+        kind="train", run_id=session.run_dir.name, model=model_section(session.spec),
+        checkpoint={"path": str(session.run_dir / best), "sha256": sha256_of(session.run_dir / best), "pinned": False,
+                    "random_weights": False, "arch": parts.model.arch, "epoch": sel["best_epoch"],
+                    "model": sel["best_model"]},
+        config=config_section(c),
+        dataset={"name": "coco2014-val", "root": str(root.resolve()), "image_set": "all", "n_images": n_images,
+                 "fingerprint": {**fingerprint(session.data.test), "n_images": n_images},
+                 "smoke_subset": is_smoke_root(root)},
+        eval={"protocol": "q2l", "resolution": parts.model.img_size, "resize": "squish",
+              "normalize": "none" if c.recipe["orid_norm"] else "imagenet", "batch_size": c.batch_size,
+              "dtype": "float32", "amp": str(parts.amp).replace("torch.", "") if parts.amp else False,
+              "device": session.device, "image_set": "all"},
+        metrics=metrics, labels=session.data.label_sources["val2014"],
+        timings={"wall_s": progress["wall_s"], "images_per_s": _mean_speed(progress["history"])},
+        measurement={**peak, "reasons": {} if peak.get("peak_vram_mib") is not None else
+                     {"peak_vram_mib": "no GPU measurement (CPU run, or NVML unavailable)"}},
+        distributed={"world_size": session.world.size, "backend": session.world.backend},
+        train=train_section(session, parts, progress), environment=environment(),
+        started_at=progress["started_at"], finished_at=utc_now(), smoke_reasons=smoke_reasons(session, progress),
+        files={"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy", "weights": best})
+
+
+def _mean_speed(history):
+    speeds = [h["images_per_s"] for h in history if h.get("images_per_s")]
+    return sum(speeds) / len(speeds) if speeds else None
+
+
+def train_section(session, parts, progress):
+    c, sel = session.config, progress["selection"]
+    gpu = torch_is_cuda(session.device)
+    return {
+        "model_id": c.model_id, "selection": c.selection, "selection_note": SELECTIONS[c.selection],
+        "holdout": c.holdout if c.selection == "held-out" else None,
+        "recipe": c.recipe.as_json(), "deviations": c.deviations(), "epochs": c.epochs,
+        "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed, "seeding": "initial weights: torch.manual_seed(seed); "
+        "training stream: seed + 7919 * rank for torch, random, numpy; augmentation: per image from (seed, epoch, row); "
+        "train sampler: DistributedSampler seed 0 (theirs)", "augment": AUGMENTS[c.augment],
+        "epochs_run": progress["epoch"], "stopped": progress["stopped"],
+        "best_epoch": sel["best_epoch"], "best_model": sel["best_model"], "selection_mAP": sel["best_mAP"],
+        "best_regular_mAP": sel["best_regular_mAP"], "best_regular_epoch": sel["best_regular_epoch"],
+        "best_ema_mAP": sel["best_ema_mAP"], "history": progress["history"],
+        "gpu_hours": progress["gpu_s"] / 3600 if gpu else None,
+        "gpu_hours_reason": None if gpu else f"no GPU: trained on {session.device}",
+        "memory_techniques": techniques(c), "vram_budget": c.vram_budget,
+        "amp": str(parts.amp).replace("torch.", "") if parts.amp else "off",
+        "skipped_steps": progress["skipped_steps"], "backbone_weights": progress["backbone"],
+        "world_size": session.world.size, "n_train": int(len(session.data.train_rows)),
+        "n_select": int(len(session.data.select_rows)), "select_split": session.data.select_split,
+        "label_sources": session.data.label_sources, "smoke": c.smoke, "notes": NOTES,
+    }
+
+
+def torch_is_cuda(device):
+    import torch
+
+    return torch.device(device).type == "cuda"

@@ -1,0 +1,254 @@
+"""`harness q2l train` as a function: the authors' main_worker(), seeded, resumable, torchrun-ready.
+
+Order: every check that can fail on bad input (world, batch, memory plan, data, model, backbone file)
+runs before the run folder exists. Seeds: the initial weights from torch.manual_seed(seed); then every
+process seeds torch, Python and numpy with seed + 7919 * rank for the training stream (dropout,
+DropPath, loader base seeds), and the augmentation of each image is seeded by (seed, epoch, row). All
+states are saved after every epoch, so a resumed run continues bit for bit (CPU). Rank 0 writes.
+"""
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness.distributed import World, pick_device
+from harness.errors import UserError
+from harness.manifest import get_spec
+from harness.q2l import backbones, data, run_folder, train
+from harness.q2l.ema import ModelEma
+from harness.q2l.schedule import build_optimizer, build_scheduler
+from harness.records import FinishedRun, utc_now
+
+logger = logging.getLogger(__name__)
+RANK_SEED_STRIDE = 7919
+
+
+@dataclass
+class Session:
+    """One process's view of the run: the config, where it runs, the data and the folder."""
+    config: object  # Q2LTrainConfig
+    spec: object
+    world: World
+    device: str
+    data: data.TrainingData
+    train_set: data.LabelledImages
+    select_set: data.LabelledImages
+    run_dir: object = None
+
+
+def amp_dtype(config, device):
+    """The autocast dtype: their fp16 with --amp on a GPU; on CPU nothing unless bf16 is asked."""
+    asked = config.amp
+    if asked == "auto":
+        return torch.float16 if config.recipe["amp"] and torch.device(device).type == "cuda" else None
+    if asked == "fp16" and torch.device(device).type != "cuda":
+        raise UserError("--amp fp16 needs a GPU (CPU autocast is bf16); pass --amp bf16 or --amp off")
+    return {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[asked]
+
+
+def check_world(config, world):
+    if config.batch_size % world.size:
+        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {world.size} processes "
+                        f"(theirs asserts the same); pass a multiple of {world.size}")
+    per_rank = config.batch_size // world.size
+    if config.micro_batch is not None:
+        from harness.q2l.micro_batches import check_micro_batch
+
+        check_micro_batch(config.recipe["backbone"], config.micro_batch, per_rank)
+
+
+def seed_training_stream(seed, rank):
+    import random
+
+    value = seed + RANK_SEED_STRIDE * rank
+    torch.manual_seed(value)
+    random.seed(value)
+    np.random.seed(value)
+
+
+def prepare(config):
+    """Everything that can refuse bad input, before any folder exists: (Session, model, backbone info)."""
+    spec = get_spec(config.model_id, config.manifest)
+    if spec.family != "q2l":
+        raise UserError(f"{spec.id} is not a Query2Label model; `harness q2l train` trains q2l-* models")
+    device = pick_device(config.device)
+    world = World.from_env(device)
+    check_world(config, world)
+    if config.vram_budget is not None:
+        from harness.q2l.plan import check_budget
+
+        check_budget(config, world)
+    training_data = data.load_training_data(config, spec)
+    torch.manual_seed(config.seed)  # the initial weights
+    model = backbones.build_model(config.recipe, config.smoke)
+    info = initialise_backbone(model, config, spec)
+    info["frozen"] = backbones.freeze(model)
+    train_set = data.LabelledImages(training_data.root, training_data.train, training_data.train_labels,
+                                    train_transform(config), training_data.train_rows)
+    split, labels = training_data.select
+    size = backbones.sizes(config.recipe, config.smoke)["img_size"]
+    select_set = data.LabelledImages(training_data.root, split, labels,
+                                     data.eval_transform(size, config.recipe["orid_norm"]), training_data.select_rows)
+    return Session(config, spec, world, device, training_data, train_set, select_set), model, info
+
+
+def initialise_backbone(model, config, spec):
+    """Their pretrained backbone (fetched, verified, locked once loaded), a given file, or random."""
+    backbone = config.recipe["backbone"]
+    if config.smoke or config.backbone_weights == "random":
+        return {"source": "random (seeded)", "smoke": config.smoke}
+    if config.backbone_weights != "pretrained":
+        from harness.checkpoints import sha256_of
+
+        path = config.backbone_weights
+        loaded = backbones.load_pretrained(model, backbone, path, "a pretrained file of this backbone")
+        return {"source": str(path), "sha256": sha256_of(path), "verified": False, **loaded}
+    if not config.recipe["pretrained"] and backbone != "resnet101":  # their R101 is always pretrained
+        return {"source": "random: the authors' recipe has no --pretrained"}
+    from harness.download import fetch
+    from harness.download.weights import lock_verified
+    from harness.q2l.files import pretrained_backbone
+
+    entry = pretrained_backbone(backbone, spec.manifest_path)
+    path = fetch(entry.spec, "checkpoint", weights_dir=config.weights_dir, lock=False)
+    loaded = backbones.load_pretrained(model, backbone, path, f"{entry.spec.files['checkpoint'].filename} "
+                                                              f"({entry.description})")
+    lock_verified(entry.spec, "checkpoint", path)
+    return {"source": entry.id, "description": entry.description, "path": str(path), **loaded}
+
+
+def build_parts(session, model):
+    """Model on its device (DDP-wrapped on several processes), EMA, AdamW + OneCycleLR, loss settings."""
+    config, recipe, world = session.config, session.config.recipe, session.world
+    model.to(session.device)
+    if config.activation_checkpointing:
+        from harness.q2l.checkpointing import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model)
+    ema = ModelEma(model, recipe["ema_decay"], device="cpu" if config.offload_ema else None)
+    net = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        cuda = torch.device(session.device).type == "cuda"
+        net = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if cuda else None,
+                                      broadcast_buffers=False)
+    optimizer = build_optimizer(model, config.lr, recipe["weight_decay"], config.batch_size)
+    if config.offload_optimizer:
+        from harness.q2l.offload import OptimizerStateOffload
+
+        OptimizerStateOffload(optimizer)
+    steps = len(session.data.train_rows) // config.batch_size
+    scheduler = build_scheduler(optimizer, config.lr, steps, config.epochs)
+    loss = {"gamma_neg": recipe["gamma_neg"], "gamma_pos": recipe["gamma_pos"], "clip": recipe["loss_clip"],
+            "eps": recipe["eps"], "disable_torch_grad_focal_loss": recipe["dtgfl"]}
+    return train.Parts(net, model, ema, optimizer, scheduler, loss, recipe["loss_dev"] if recipe["loss_dev"] > 0
+                       else None, session.device, amp_dtype(config, session.device), recipe["ema_epoch"], world,
+                       config.micro_batch)
+
+
+def train_transform(config):
+    size, norm = backbones.sizes(config.recipe, config.smoke)["img_size"], config.recipe["orid_norm"]
+    if config.augment == "none":
+        return data.eval_transform(size, norm)
+    from harness.q2l.augment import train_transform as authors_transform
+
+    r = config.recipe
+    return authors_transform(size, norm, cutout=r["cutout"], n_holes=r["n_holes"], length=r["length"],
+                             seed=config.seed)
+
+
+def fit(config, on_epoch=None) -> FinishedRun:
+    """Train as `config` asks, then record; FinishedRun(run_dir, record) (record None on ranks > 0).
+    `on_epoch(summary)` is called on rank 0 after every epoch (the command prints it)."""
+    from harness.q2l.record import finish
+
+    session, model, backbone_info = prepare(config)
+    world = session.world
+    settings = {**config.settings(), "n_train": int(len(session.data.train_rows)),
+                "n_select": int(len(session.data.select_rows)), "processes": world.size}
+    run_dir = run_folder.open_run(config.runs_root, config.model_id, config.resume, settings) if world.main else None
+    session.run_dir = world.broadcast(run_dir)
+    parts = build_parts(session, model)
+    progress = {"epoch": 0, "selection": train.Selection().__dict__, "history": [], "stopped": None,
+                "backbone": backbone_info, "started_at": utc_now(), "wall_s": 0.0, "gpu_s": 0.0,
+                "peak": {}, "skipped_steps": 0}
+    if (session.run_dir / run_folder.STATE).exists():
+        progress = run_folder.load_state(session.run_dir, parts, world.rank)
+        logger.info("resuming %s after epoch %d", session.run_dir, progress["epoch"])
+    else:
+        seed_training_stream(config.seed, world.rank)
+    while progress["epoch"] < config.epochs and not progress["stopped"]:
+        summary = _epoch(session, parts, progress, session.train_set, session.select_set)
+        if world.main and on_epoch:
+            on_epoch(summary)
+    return finish(session, parts, progress)
+
+
+def _epoch(session, parts, progress, train_set, select_set):
+    """One of main_worker's epochs: EMA re-created at ema_epoch, train, score both models, select,
+    early stop; then the state is saved (rank 0) with every process's random states."""
+    from harness.measure.measurement import SpanMeasurement
+    from harness.q2l.progress import epoch_bar
+
+    config, world, epoch = session.config, session.world, progress["epoch"]
+    if epoch == parts.ema_epoch:  # theirs: ema_m = ModelEma(model.module, args.ema_decay)
+        parts.ema = ModelEma(parts.model, config.recipe["ema_decay"], device=parts.ema.device)
+    t0 = time.perf_counter()
+    with SpanMeasurement(session.device) as meter:
+        loader = data.train_loader(train_set, config.batch_size, world, config.workers, epoch)
+        with epoch_bar(len(loader) * config.batch_size, epoch, config.epochs, config.progress and world.main) as bar:
+            trained = train.train_epoch(parts, loader, epoch, on_batch=bar.update)
+        meter.count(trained["images"])
+        val = data.val_loader(select_set, config.batch_size, world, config.workers)
+        scores, rows, loss = train.score_all(parts, parts.model, val)
+        ema_scores, _, ema_loss = train.score_all(parts, parts.ema.module, val)
+    labels = select_set.labels[rows]
+    regular, ema = train.voc_map(scores, labels), train.voc_map(ema_scores, labels)
+    selection = train.Selection(**{**progress["selection"], "ema_maps": tuple(progress["selection"]["ema_maps"])})
+    is_best = selection.update(epoch, regular, ema)
+    wall = time.perf_counter() - t0
+    progress["wall_s"] += wall
+    progress["gpu_s"] += wall * world.size if torch.device(session.device).type == "cuda" else 0.0
+    progress["peak"] = _peaks(progress["peak"], world.gather(meter.result()))
+    progress["skipped_steps"] += trained["skipped_steps"]
+    entry = {"epoch": epoch, "lr_end": parts.optimizer.param_groups[0]["lr"], "train_loss": trained["loss"],
+             "val_loss": loss, "val_loss_ema": ema_loss, "mAP": regular, "mAP_ema": ema, "best": is_best,
+             "wall_s": wall, "images_per_s": trained["images"] / wall if wall else None}
+    progress["history"].append(entry)
+    progress["selection"] = {**selection.__dict__, "ema_maps": list(selection.ema_maps)}
+    progress["epoch"] = epoch + 1
+    if train.diverged(loss, ema_loss):
+        progress["stopped"] = f"NaN validation loss at epoch {epoch} (theirs exits there)"
+    elif config.recipe["early_stop"] and selection.early_stop(epoch):
+        progress["stopped"] = f"early stop after epoch {epoch} (their rule: 8 epochs past both bests)"
+    rng = world.gather(run_folder.rng_states())
+    if world.main:
+        if is_best:
+            _save_best(session, parts, selection, scores, ema_scores, rows)
+        run_folder.save_state(session.run_dir, parts, progress, rng)
+    return {**entry, "epochs": config.epochs, "best_mAP": selection.best_mAP, "best_epoch": selection.best_epoch,
+            "best_model": selection.best_model, "stopped": progress["stopped"], "total_wall_s": progress["wall_s"]}
+
+
+def _save_best(session, parts, selection, scores, ema_scores, rows):
+    """Their model_best: the better of the two models' weights, and its scores on the selection images."""
+    ema = selection.best_model == "ema"
+    module = parts.ema.module if ema else parts.model
+    run_folder.save_weights(session.run_dir / run_folder.BEST, module, module.arch,
+                            {"epoch": selection.best_epoch, "model": selection.best_model, "mAP": selection.best_mAP,
+                             "model_id": session.config.model_id, "smoke": session.config.smoke})
+    run_folder.save_array(session.run_dir / run_folder.SELECTION_SCORES, ema_scores if ema else scores)
+    run_folder.save_array(session.run_dir / run_folder.SELECTION_ROWS, rows)
+
+
+def _peaks(before, measured):
+    """The largest memory figures so far, over epochs, resumes and processes."""
+    out = dict(before)
+    for m in measured:
+        for key in ("peak_vram_mib", "torch_max_allocated_mib", "torch_max_reserved_mib", "peak_rss_mib"):
+            if m.get(key) is not None:
+                out[key] = max(out.get(key) or 0, m[key])
+    return out
