@@ -1,4 +1,5 @@
 """Query2Label training (Liu et al., 2021), rebuilt from the authors' main_mlc.py.
 
 loss.py       their AsymmetricLossOptimized as a function (float64 with their float64 labels)
+ema.py        their ModelEma (whole state_dict, integer buffers as theirs), optionally kept on the CPU
 """

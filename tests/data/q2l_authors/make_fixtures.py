@@ -8,10 +8,17 @@ script asserts bit-equality itself before writing. Writes beside this script:
   loss.npz   AsymmetricLossOptimized (lib/models/aslloss.py): for each case of `loss_cases()`, its
              logits and float64 targets, and their loss and gradient w.r.t. the logits with and
              without disable_torch_grad_focal_loss (--dtgfl).
+  ema.npz    ModelEma (main_mlc.py) on `ema_model()`, for each decay of EMA_DECAYS: the model's state
+             before each update (BatchNorm statistics moved by a forward, parameters by a random step,
+             num_batches_tracked set to EMA_COUNTS) and their EMA's state after it.
+main_mlc.py is imported with stand-ins for modules its import needs but these parts never call,
+where they are not installed: torch.utils.tensorboard, termcolor, einops, addict, yapf, and
+torchvision.models.utils (gone from torchvision; torch.hub's load_state_dict_from_url, which it held).
 """
 import argparse
 import importlib.util
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +28,11 @@ HERE = Path(__file__).resolve().parent
 # ASL's defaults with a clip (a shift and clamp of the negatives' probabilities).
 LOSS_SETTINGS = {"q2l": dict(gamma_neg=2, gamma_pos=0, clip=0.0, eps=1e-5),
                  "asl_clip": dict(gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-5)}
+
+EMA_DECAYS = (0.9997, 0.9)  # their default, and one that moves an integer buffer sooner
+# num_batches_tracked before each update: the EMA's int64 count moves only once (1 - decay) * count
+# passes 1, and float32 rounding shows from 2**24 on.
+EMA_COUNTS = (1, 2, 3334, 3335, 100_000, 2**24 + 1, 2**31 + 7)
 
 
 def loss_cases():
@@ -45,6 +57,40 @@ def their_module(path, name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def import_main_mlc(checkout):
+    """Their main_mlc.py, imported as it is (stand-ins only for modules missing here, see the docstring)."""
+    import torch.hub
+
+    def stand_in(name, **attrs):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules[name] = types.ModuleType(name)
+            sys.modules[name].__dict__.update(attrs)
+
+    stand_in("torch.utils.tensorboard", SummaryWriter=None)
+    stand_in("termcolor", colored=None)
+    stand_in("einops", rearrange=None)
+    stand_in("einops.layers.torch", Rearrange=None)
+    stand_in("addict", Dict=dict)
+    stand_in("yapf.yapflib.yapf_api", FormatCode=None)
+    stand_in("torchvision.models.utils", load_state_dict_from_url=torch.hub.load_state_dict_from_url)
+    sys.path.insert(0, str(checkout))
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return importlib.import_module("main_mlc")
+    finally:
+        sys.argv = argv
+
+
+def ema_model():
+    """A tiny model with every kind of state entry: weights, biases, BatchNorm's float and int64 buffers."""
+    import torch.nn as nn
+
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(16, 3))
 
 
 def make_loss(checkout):
@@ -73,11 +119,47 @@ def make_loss(checkout):
     np.savez_compressed(HERE / "loss.npz", **out)
 
 
+def make_ema(main_mlc):
+    import torch
+
+    from harness.q2l.ema import ModelEma
+
+    def entries(state):
+        return {key: value.numpy().copy() for key, value in state.items()}
+
+    out = {}
+    for decay in EMA_DECAYS:
+        torch.manual_seed(0)
+        rng = np.random.default_rng(9)
+        model = ema_model()
+        out.update({f"{decay}/start/{k}": v for k, v in entries(model.state_dict()).items()})
+        theirs, ours, offloaded = main_mlc.ModelEma(model, decay), ModelEma(model, decay), ModelEma(model, decay, "cpu")
+        for step, count in enumerate(EMA_COUNTS):
+            model.train()
+            model(torch.tensor(rng.normal(0, 2, (4, 3, 6, 6)), dtype=torch.float32))
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.tensor(rng.normal(0, 0.1, p.shape), dtype=torch.float32))
+                model[1].num_batches_tracked.fill_(count)
+            out.update({f"{decay}/{step}/model/{k}": v for k, v in entries(model.state_dict()).items()})
+            for ema in (theirs, ours, offloaded):
+                ema.update(model)
+            their_state = entries(theirs.module.state_dict())
+            for ema in (ours, offloaded):
+                for key, value in ema.module.state_dict().items():
+                    assert value.numpy().tobytes() == their_state[key].tobytes(), (decay, step, key)
+            out.update({f"{decay}/{step}/ema/{k}": v for k, v in their_state.items()})
+        assert their_state["1.num_batches_tracked"] > 0  # the integer buffer moved
+    np.savez_compressed(HERE / "ema.npz", **out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkout", type=Path, help="a checkout of SlongLiu/query2labels")
     args = parser.parse_args(argv)
-    make_loss(args.checkout.resolve())
+    checkout = args.checkout.resolve()
+    make_loss(checkout)
+    make_ema(import_main_mlc(checkout))
 
 
 if __name__ == "__main__":
