@@ -1,0 +1,23 @@
+"""Shared builders of the Query2Label training tests: a tiny synthetic COCO and a smoke config."""
+from dataclasses import replace
+from pathlib import Path
+
+from harness.data.smoke import make_smoke
+from harness.manifest import get_spec
+from harness.q2l.config import Q2LTrainConfig
+from harness.q2l.recipe import Recipe, load_recipe
+
+
+def tiny_coco(folder, n_val=8, n_train=16, seed=0):
+    return make_smoke(Path(folder), n_val=n_val, n_train=n_train, seed=seed)
+
+
+def smoke_config(coco_root, runs_root, model_id="q2l-r101-448", recipe_changes=None, **changes):
+    """A --smoke config (tiny backbone of the model's family, CPU, 2 epochs, batch 8, their transform off)."""
+    recipe = load_recipe(get_spec(model_id), fetch_files=False)
+    if recipe_changes:
+        recipe = Recipe({**recipe.values, **recipe_changes}, recipe.sources, recipe.world_size, recipe.notes)
+    base = dict(model_id=model_id, coco_root=str(coco_root), recipe=recipe, epochs=2, batch_size=8,
+                lr=recipe["lr"], smoke=True, augment="none", backbone_weights="random", device="cpu", workers=0,
+                runs_root=str(runs_root), progress=False)
+    return replace(Q2LTrainConfig(**base), **changes) if changes else Q2LTrainConfig(**base)
