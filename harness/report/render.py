@@ -167,6 +167,9 @@ def _tables(data):
     from harness.ctran.report import tables as ctran_tables
 
     out += ctran_tables(data.get("ctran"))
+    from harness.q2l.report import tables as q2l_trained_tables
+
+    out += q2l_trained_tables(data.get("q2l_trained"))
     if data.get("pick"):
         out.append(("What a user would pick instead (COCO, by mAP)", [h for _, h in PICK_COLUMNS],
                     [[display_pick(r)[k] for k, _ in PICK_COLUMNS] for r in data["pick"]], PICK_NOTES))

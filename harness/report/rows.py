@@ -181,7 +181,7 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
     Records come from runs_root and from measured_root (the measured records committed in
     tables/measured/; None to leave them out).
     """
-    evals, benches, notes = {}, {}, []
+    evals, benches, trained, notes = {}, {}, {}, []
     for record in _records([(runs_root, "runs"), (measured_root, "tables/measured")], on_problem):
         model_id = record.model_id
         if model_id not in specs:
@@ -190,6 +190,8 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
         if record.kind == "bench":
             key = (model_id, _bench_device(record), _options_text(record.bench.get("options")))
             benches.setdefault(key, []).append(record)
+        elif record.kind == "train" and specs[model_id].family == "q2l":  # trained here, not the release
+            trained.setdefault(model_id, []).append(record)
         elif record.kind in ("eval", "train"):  # a train record holds its test evaluation
             protocol = record.eval.get("protocol")
             if protocol != specs[model_id].eval.protocol:
@@ -204,9 +206,10 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
         rows.append(model_row(spec, chosen, tables))
     cost = [bench_row(specs[key[0]], _latest(rs)) for key, rs in sorted(benches.items(), key=lambda kv: str(kv[0]))]
     from harness.ctran.report import partial_rows
+    from harness.q2l.report import trained_rows
 
     return {"models": rows, "cost": cost, "pick": pick_rows(rows, cost), "notes": notes,
-            "ctran": partial_rows(evals, specs)}
+            "ctran": partial_rows(evals, specs), "q2l_trained": trained_rows(trained, specs)}
 
 
 def pick_rows(rows, cost):
