@@ -2,4 +2,5 @@
 
 loss.py       their AsymmetricLossOptimized as a function (float64 with their float64 labels)
 ema.py        their ModelEma (whole state_dict, integer buffers as theirs), optionally kept on the CPU
+schedule.py   their AdamW and OneCycleLR (lr and beta1 per step), their steps per epoch
 """

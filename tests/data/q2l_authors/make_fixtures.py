@@ -1,23 +1,35 @@
 """Make the Query2Label training fidelity fixtures by running the authors' code (not run in CI).
 
     PYTHONPATH=. python tests/data/q2l_authors/make_fixtures.py PATH/TO/query2labels
+    python3.9 tests/data/q2l_authors/make_fixtures.py PATH/TO/query2labels --old   (first, see below)
 
 PATH is a checkout of SlongLiu/query2labels (read at 55eb050). Their files are imported as they
 are, and each piece of the harness is run beside them on the same inputs in this process: the
-script asserts bit-equality itself before writing. Writes beside this script:
+script asserts bit-equality itself before writing. `--old` runs only their code, under the
+libraries of their time in a scratch environment (torch 1.9.1, Pillow 8.3.2, numpy < 2), and writes
+the files named with those versions; the main run then also asserts the harness against them.
+Writes beside this script:
   loss.npz   AsymmetricLossOptimized (lib/models/aslloss.py): for each case of `loss_cases()`, its
              logits and float64 targets, and their loss and gradient w.r.t. the logits with and
              without disable_torch_grad_focal_loss (--dtgfl).
   ema.npz    ModelEma (main_mlc.py) on `ema_model()`, for each decay of EMA_DECAYS: the model's state
              before each update (BatchNorm statistics moved by a forward, parameters by a random step,
              num_batches_tracked set to EMA_COUNTS) and their EMA's state after it.
+  schedule.json, schedule_torch1.9.json
+             their optimizer and OneCycleLR construction (the lines of main_worker, run as they are)
+             for each of SCHEDULES, stepped as their train() steps: lr and beta1 before every
+             optimizer step and after the last scheduler step (full lists; for a whole 80-epoch run
+             sha256 of the float64 values and every 257th value), under today's torch and torch 1.9.1.
 main_mlc.py is imported with stand-ins for modules its import needs but these parts never call,
 where they are not installed: torch.utils.tensorboard, termcolor, einops, addict, yapf, and
 torchvision.models.utils (gone from torchvision; torch.hub's load_state_dict_from_url, which it held).
 """
 import argparse
+import hashlib
 import importlib.util
+import json
 import sys
+import textwrap
 import types
 from pathlib import Path
 
@@ -33,6 +45,12 @@ EMA_DECAYS = (0.9997, 0.9)  # their default, and one that moves an integer buffe
 # num_batches_tracked before each update: the EMA's int64 count moves only once (1 - decay) * count
 # passes 1, and float32 rounding shows from 2**24 on.
 EMA_COUNTS = (1, 2, 3334, 3335, 100_000, 2**24 + 1, 2**31 + 7)
+# (lr, global batch, steps per epoch, epochs): short runs in full, among them the edges (one step in
+# all; a warm-up ending on a whole step), and the README's R101-448 run on one and on two GPUs
+# (82,783 train2014 images) as sha256.
+SCHEDULES = ((1e-4, 64, 7, 3), (1e-4, 64, 5, 2), (1e-4, 64, 1, 1), (2e-4, 16, 10, 1),
+             (1e-4, 64, 1293, 80), (1e-4, 128, 646, 80))
+FULL_LIST_UP_TO, SUBSAMPLE = 1000, 257  # steps; longer schedules are kept as sha256 and every 257th value
 
 
 def loss_cases():
@@ -119,6 +137,86 @@ def make_loss(checkout):
     np.savez_compressed(HERE / "loss.npz", **out)
 
 
+def their_construction(checkout):
+    """Their main_worker's lines building AdamW and OneCycleLR, as text (run with exec)."""
+    text = (checkout / "main_mlc.py").read_text()
+    start = text.index("    args.lr_mult = args.batch_size / 256")
+    optimizer = text[start:text.index("    elif args.optim == 'Adam_twd':", start)]
+    scheduler = next(line for line in text.splitlines() if "scheduler = lr_scheduler.OneCycleLR(" in line)
+    return textwrap.dedent(optimizer) + textwrap.dedent(scheduler) + "\n"
+
+
+def run_schedule(build, lr, batch_size, steps, epochs):
+    """lr and beta1 before each optimizer step of their train() loop, and after the last scheduler step."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer, scheduler, initial_lr = build(model, lr, batch_size, steps, epochs)
+    lrs, betas = [], []
+    for step in range(steps * epochs + 1):
+        group = optimizer.param_groups[0]
+        lrs.append(group["lr"])
+        betas.append(group["betas"][0])
+        if step == steps * epochs:
+            break
+        optimizer.zero_grad()
+        model(torch.ones(1, 3)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+    return {"lr_per_step": lrs, "beta1_per_step": betas, "lr_before_the_schedule": initial_lr}
+
+
+def schedule_record(values):
+    """Short lists as they are; long ones as sha256 of their float64 bytes (compared here, in one place),
+    with their length, every SUBSAMPLE-th value and the last three (for the tests on other machines)."""
+    if len(values) <= FULL_LIST_UP_TO + 1:
+        return values
+    return {"count": len(values), "every": SUBSAMPLE, "values": values[::SUBSAMPLE], "last": values[-3:],
+            "sha256_float64": hashlib.sha256(np.array(values, dtype=np.float64).tobytes()).hexdigest()}
+
+
+def make_schedule(checkout, harness_build=None):
+    """Their construction on each of SCHEDULES (and the harness's, asserted equal, when given)."""
+    import torch
+    from torch.optim import lr_scheduler
+
+    code = their_construction(checkout)
+
+    def theirs(model, lr, batch_size, steps, epochs):
+        args = argparse.Namespace(lr=lr, batch_size=batch_size, weight_decay=1e-2, optim="AdamW", epochs=epochs)
+        scope = {"args": args, "model": types.SimpleNamespace(module=model), "torch": torch,
+                 "lr_scheduler": lr_scheduler, "train_loader": range(steps)}
+        exec(code.replace("scheduler = ", "initial_lr = optimizer.param_groups[0]['lr']\nscheduler = "), scope)
+        return scope["optimizer"], scope["scheduler"], scope["initial_lr"]
+
+    runs = []
+    for lr, batch_size, steps, epochs in SCHEDULES:
+        run = run_schedule(theirs, lr, batch_size, steps, epochs)
+        if harness_build is not None:
+            assert run == run_schedule(harness_build, lr, batch_size, steps, epochs), (lr, batch_size, steps, epochs)
+        runs.append({"lr": lr, "batch_size": batch_size, "steps_per_epoch": steps, "epochs": epochs,
+                     **{key: schedule_record(value) if isinstance(value, list) else value
+                        for key, value in run.items()}})
+    return {"torch": torch.__version__, "their_lines": code, "runs": runs}
+
+
+def harness_schedule(model, lr, batch_size, steps, epochs):
+    from harness.q2l.schedule import build_optimizer, build_schedule
+
+    optimizer = build_optimizer(model, lr, batch_size, weight_decay=1e-2)
+    initial_lr = optimizer.param_groups[0]["lr"]
+    return optimizer, build_schedule(optimizer, lr, steps, epochs), initial_lr
+
+
+def version_suffix(version):
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def write_json(name, data):
+    (HERE / name).write_text(json.dumps(data, indent=1) + "\n")
+
+
 def make_ema(main_mlc):
     import torch
 
@@ -156,10 +254,19 @@ def make_ema(main_mlc):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkout", type=Path, help="a checkout of SlongLiu/query2labels")
+    parser.add_argument("--old", action="store_true", help="only their code, under the libraries of their time")
     args = parser.parse_args(argv)
     checkout = args.checkout.resolve()
+    if args.old:
+        schedule = make_schedule(checkout)
+        write_json(f"schedule_torch{version_suffix(schedule['torch'])}.json", schedule)
+        return
     make_loss(checkout)
     make_ema(import_main_mlc(checkout))
+    schedule = make_schedule(checkout, harness_schedule)
+    for old in HERE.glob("schedule_torch*.json"):
+        assert json.loads(old.read_text())["runs"] == schedule["runs"], old.name
+    write_json("schedule.json", schedule)
 
 
 if __name__ == "__main__":
