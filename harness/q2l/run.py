@@ -18,7 +18,7 @@ from harness.errors import UserError
 from harness.manifest import get_spec
 from harness.q2l import backbones, data, run_folder, train
 from harness.q2l.ema import ModelEma
-from harness.q2l.schedule import build_optimizer, build_scheduler
+from harness.q2l.schedule import build_optimizer, build_schedule, steps_per_epoch
 from harness.records import FinishedRun, utc_now
 
 logger = logging.getLogger(__name__)
@@ -135,13 +135,13 @@ def build_parts(session, model):
         cuda = torch.device(session.device).type == "cuda"
         net = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if cuda else None,
                                       broadcast_buffers=False)
-    optimizer = build_optimizer(model, config.lr, recipe["weight_decay"], config.batch_size)
+    optimizer = build_optimizer(model, config.lr, config.batch_size, recipe["weight_decay"])
     if config.offload_optimizer:
         from harness.q2l.offload import OptimizerStateOffload
 
         OptimizerStateOffload(optimizer)
-    steps = len(session.data.train_rows) // config.batch_size
-    scheduler = build_scheduler(optimizer, config.lr, steps, config.epochs)
+    steps = steps_per_epoch(len(session.data.train_rows), config.batch_size, world.size)
+    scheduler = build_schedule(optimizer, config.lr, steps, config.epochs)
     loss = {"gamma_neg": recipe["gamma_neg"], "gamma_pos": recipe["gamma_pos"], "clip": recipe["loss_clip"],
             "eps": recipe["eps"], "disable_torch_grad_focal_loss": recipe["dtgfl"]}
     return train.Parts(net, model, ema, optimizer, scheduler, loss, recipe["loss_dev"] if recipe["loss_dev"] > 0
