@@ -83,8 +83,8 @@ def time_model(model, spec, n, device, batch_size):
 
 
 def time_e2e(spec, root, runs, device, workers, batch_size):
-    from harness.eval_config import EvalConfig
-    from harness.evaluate import evaluate
+    from harness.eval.config import EvalConfig
+    from harness.eval.run import evaluate
 
     config = EvalConfig(coco_root=str(root), weights="random", runs_root=str(runs), device=device, workers=workers,
                         batch_size=batch_size, progress=False)

@@ -12,8 +12,8 @@ from conftest import tiny_manifest
 from harness.cli import main
 from harness.errors import UserError
 from harness.data.coco import load_labels
-from harness.eval_config import EvalConfig
-from harness.evaluate import _non_finite_message, _smoke_reasons, evaluate
+from harness.eval.config import EvalConfig
+from harness.eval.run import _non_finite_message, _smoke_reasons, evaluate
 from harness.manifest import get_spec
 from harness.models import register_model
 

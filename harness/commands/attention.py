@@ -32,11 +32,11 @@ def _names(paths):
 def run(args):
     import numpy as np
 
-    from harness.attention import check_has_attention, figure_png, label_indices, scores_and_maps
+    from harness.explain.attention import check_has_attention, figure_png, label_indices, scores_and_maps
     from harness.commands.predict import load
     from harness.data.dataset import load_rgb
     from harness.manifest import get_spec
-    from harness.predict import CLASS_NAMES, RANDOM_NOTE, image_paths, predicted
+    from harness.explain.predict import CLASS_NAMES, RANDOM_NOTE, image_paths, predicted
     from harness.records import write_new
 
     if args.top_k < 1:

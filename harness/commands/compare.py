@@ -24,7 +24,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from harness.compare import compare_runs, load_run, plot_png, to_text
+    from harness.explain.compare import compare_runs, load_run, plot_png, to_text
     from harness.records import write_new
 
     if args.plot and not args.plot.lower().endswith(".png"):

@@ -46,7 +46,7 @@ def run(args):
     import os
 
     from harness.errors import UserError
-    from harness.evaluate import evaluate_many
+    from harness.eval.run import evaluate_many
     from harness.manifest import get_spec
 
     specs = [get_spec(model, args.manifest) for model in args.models]
@@ -79,7 +79,7 @@ def run(args):
 
 
 def eval_config(args):
-    from harness.eval_config import EvalConfig
+    from harness.eval.config import EvalConfig
 
     return EvalConfig(coco_root=args.coco_root, weights=args.weights, weights_dir=args.weights_dir,
                       checkpoint_config=args.config, trust_checkpoint=args.trust_checkpoint,

@@ -35,7 +35,7 @@ def add_arguments(parser):
 def load(args):
     """(spec, image paths, model, weights info, device, autocast dtype) from the shared options."""
     from harness.manifest import get_spec
-    from harness.predict import image_paths, load_model
+    from harness.explain.predict import image_paths, load_model
 
     if not 0 <= args.threshold <= 1:
         raise UserError(f"--threshold must be between 0 and 1 (got {args.threshold}); scores are probabilities")
@@ -49,7 +49,7 @@ def load(args):
 
 
 def run(args):
-    from harness.predict import render, score_images
+    from harness.explain.predict import render, score_images
     from harness.records import write_new
 
     if args.top_k < 1:

@@ -43,7 +43,7 @@ def run(args):
         raise UserError(f"measured records folder not found: {measured}; pass --measured DIR or --measured none")
     compare = None
     if args.compare:
-        from harness.compare import compare_runs, find_run, load_run
+        from harness.explain.compare import compare_runs, find_run, load_run
 
         compare = compare_runs(*(load_run(find_run(args.runs, name)) for name in args.compare),
                                protocol=args.compare_protocol, common_images=args.compare_common_images,
@@ -67,7 +67,7 @@ def run(args):
     out = report.write_report_file(args.out, text)
     print(f"written: {out}", file=sys.stderr)
     if compare:  # the chart as its own PNG too, beside the report
-        from harness.compare import plot_png
+        from harness.explain.compare import plot_png
 
         chart = report.write_report_png(out.with_name(f"{out.stem}-compare.png"), plot_png(compare))
         print(f"written: {chart}", file=sys.stderr)

@@ -35,8 +35,8 @@ def add_arguments(parser):
 
 def run(args):
     if args.family == "q2l":
-        from harness.eval_config import EvalConfig
-        from harness.reproduce import reproduce_q2l
+        from harness.eval.config import EvalConfig
+        from harness.eval.reproduce import reproduce_q2l
 
         config = EvalConfig(coco_root=args.coco_root, weights_dir=args.weights_dir, batch_size=args.batch_size,
                             amp=args.amp, device=args.device, tf32=args.tf32, limit=args.limit, runs_root=args.runs,

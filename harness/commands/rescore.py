@@ -57,7 +57,7 @@ def run(args):
         if extra:
             raise UserError("--emulate-ranks replays Query2Label's multi-GPU script; a C-Tran run has no such "
                             "script: leave it out")
-        from harness.ranks import as_ranks_wrote
+        from harness.eval.ranks import as_ranks_wrote
 
         scores, labels, ranks_note = as_ranks_wrote(scores, labels, args.emulate_ranks)
     if extra:  # C-Tran's own metrics

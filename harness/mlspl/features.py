@@ -156,7 +156,7 @@ def extract_features(data_dir, coco_root, out_dir, config=None, progress=True):
     from harness.mlspl import checks
     from harness.mlspl.config import FeatureConfig
     from harness.models.mlspl import FEATURE_DIM, MLSPLResNet50
-    from harness.partial_rows import open_rows, rows_done, save_progress
+    from harness.records.partial_rows import open_rows, rows_done, save_progress
 
     config = config or FeatureConfig()
     resolution, batch_size, device, seed = config.resolution, config.batch_size, config.device, config.seed

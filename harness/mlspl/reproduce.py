@@ -41,7 +41,7 @@ def reproduce_mlspl(coco_root, *, models=None, runs_root="runs", tables_dir="tab
     from harness.mlspl.config import TrainConfig
     from harness.mlspl.prepare import prepare
     from harness.mlspl.run import model_id, train_and_evaluate
-    from harness.reproduce import complete_run, run_each
+    from harness.eval.reproduce import complete_run, run_each
 
     jobs = DEFAULT
     if models:

@@ -125,7 +125,7 @@ def footnotes(family, rows):
 
 
 def _tf32_note(rows):
-    """Which runs had TF32 on: it changes GPU float32 results (harness.numerics)."""
+    """Which runs had TF32 on: it changes GPU float32 results (harness.eval.numerics)."""
     gpu = [r for r in rows if r.get("run_id") and r.get("gpu") not in (None, "cpu")]
     if not gpu:
         return []
@@ -183,7 +183,7 @@ def to_markdown(data):
         parts.append(f"## {title}\n\n{tabulate(cells, headers, tablefmt='pipe', disable_numparse=True)}\n")
         parts.append("\n".join(f"- {n}" for n in notes) + "\n")
     if data.get("compare"):  # optional: `harness report --compare A B`
-        from harness.compare import to_markdown as compare_markdown
+        from harness.explain.compare import to_markdown as compare_markdown
         parts.append(compare_markdown(data["compare"]))
     if data["notes"]:
         parts.append("## Runs not shown\n\n" + "\n".join(f"- {n}" for n in data["notes"]) + "\n")
@@ -259,7 +259,7 @@ def to_html(data):
         body.append(f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" '
                     f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
     if data.get("compare"):  # optional: `harness report --compare A B`
-        from harness.compare import to_html as compare_html
+        from harness.explain.compare import to_html as compare_html
         body.append(compare_html(data["compare"]))
     if data["notes"]:
         body.append("<h2>Runs not shown</h2><ul>" + "".join(f"<li>{_escape(n)}</li>" for n in data["notes"]) + "</ul>")
@@ -291,7 +291,7 @@ def write_all(runs_root="runs", out_dir="tables", manifest=None, tables_dir=None
 
     specs = manifest if isinstance(manifest, dict) else load_manifest(manifest)
     data = collect(runs_root, specs, load_paper_tables(tables_dir), measured_root=measured_root)
-    if compare:  # harness.compare.compare_runs's result
+    if compare:  # harness.explain.compare.compare_runs's result
         data["compare"] = compare
     out_dir = Path(out_dir)
     texts = {out_dir / f"report.{EXTENSIONS[fmt]}": render(data, fmt) for fmt in formats}
@@ -301,6 +301,6 @@ def write_all(runs_root="runs", out_dir="tables", manifest=None, tables_dir=None
         check_target(path)
     written = [write_report_file(path, text) for path, text in texts.items()]
     if compare:
-        from harness.compare import plot_png
+        from harness.explain.compare import plot_png
         written.append(write_report_png(out_dir / "report-compare.png", plot_png(compare)))
     return written

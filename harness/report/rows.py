@@ -51,7 +51,7 @@ def _mlspl_context(spec, tables):
 
 
 def model_row(spec, record, tables):
-    from harness.fidelity_notes import record_notes
+    from harness.report.fidelity_notes import record_notes
 
     status, tolerance, rule = status_of(spec, record)
     reasons = smoke_reasons(spec, record) if record else []

@@ -50,7 +50,7 @@ def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, fo
     """Every chosen model (default: the Query2Label tables' six and the ASL baseline) evaluated as
     `config` (an EvalConfig) asks, complete runs skipped unless `force`; then the report."""
     from harness.data.coco import SPLIT_SIZES, annotation_path, check_images, load_labels
-    from harness.evaluate import evaluate_many
+    from harness.eval.run import evaluate_many
     from harness.distributed import pick_device
     from harness.manifest import load_manifest, resolve_id
     from harness.records import check_runs_root

@@ -39,7 +39,7 @@ def image_paths(items):
 
 def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False, device=None, amp=None):
     """(model, weights info, device, autocast dtype or None), chosen as `harness eval` chooses them."""
-    from harness.evaluate import _build_model, _choose_amp
+    from harness.eval.run import _build_model, _choose_amp
     from harness.distributed import pick_device
 
     if spec.family == "ctran":  # its forward needs a label-state mask: not wired here yet
@@ -52,7 +52,7 @@ def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False
         model, info = mlspl_run_model(spec, Path(weights), device)
     else:
         # random weights: seed 0, as `harness eval --weights random`, so all three show the same model
-        from harness.eval_config import EvalConfig
+        from harness.eval.config import EvalConfig
 
         asked = EvalConfig(coco_root="", weights=weights, weights_dir=weights_dir, checkpoint_config=config,
                            trust_checkpoint=trust)

@@ -21,7 +21,7 @@ import numpy as np
 from harness.download.verify import write_atomically
 from harness.distributed import pick_device
 from harness.errors import UserError
-from harness.eval_config import EvalConfig
+from harness.eval.config import EvalConfig
 from harness.records import SETTINGS, FinishedRun, utc_now
 
 PARTIAL, PROGRESS = "scores.partial.npy", "progress.json"
@@ -65,11 +65,11 @@ def evaluate(spec, config):
 
 
 def evaluate_many(specs, config):
-    """Evaluate several models, one decode of the images per resolution (harness.eval_pass); each
+    """Evaluate several models, one decode of the images per resolution (harness.eval.shared_pass); each
     model gets its own run folder and record. Returns, per spec, its FinishedRun, or (several models
     only) the exception that stopped it: one model's failure does not stop the others."""
     from harness.distributed import World
-    from harness.numerics import tf32_mode
+    from harness.eval.numerics import tf32_mode
     from harness.records import check_runs_root
 
     ids = [spec.id for spec in specs]
@@ -113,7 +113,7 @@ def _record_failure(results, key, error):
 def _evaluate_resolution(specs, session):
     """The models of one resolution: those of the most common image order ride one pass; the others
     (and any that do not fit beside them) run in turn over the cache it wrote."""
-    from harness.eval_pass import ride_together
+    from harness.eval.shared_pass import ride_together
     from harness.measure.measurement import nvml_baseline_mib
 
     results = {}
@@ -190,7 +190,7 @@ class _DecodePlan:
 
 def _score_jobs(jobs, loader, session, baseline_mib, results, shared, source):
     """Score `jobs` from one loader, each inside its own measurement, then finish each."""
-    from harness.eval_pass import Scorer, UnreadableError, run_pass
+    from harness.eval.shared_pass import Scorer, UnreadableError, run_pass
     from harness.measure.measurement import SpanMeasurement
 
     if not jobs:
@@ -274,7 +274,7 @@ class _Job:
     def to_device(self):
         from harness.distributed import partial_name
         from harness.models.backbones.tresnet import batch_norm_used
-        from harness.partial_rows import open_rows
+        from harness.records.partial_rows import open_rows
 
         self.model = self.model.to(self.device)
         self.batch_norm = batch_norm_used(self.model, self.device)
@@ -294,7 +294,7 @@ class _Job:
 
         from harness.data.transforms import to_model_input
         from harness.distributed import progress_name
-        from harness.partial_rows import save_progress
+        from harness.records.partial_rows import save_progress
 
         x = to_model_input(images, self.spec.eval.normalize)  # on the device, this model's normalisation
         x = x.half() if self.half else x  # fp16-fused: fp16 inputs, as ML-Decoder's validate.py
@@ -321,7 +321,7 @@ class _Job:
 
 def _prepare(spec, session):
     """Check the inputs, build the model (on the CPU until its turn) and open or resume its run."""
-    from harness.batch_size import choose_batch_size
+    from harness.eval.batch_size import choose_batch_size
     from harness.data.authors_labels import choose_labels
     from harness.data.coco import check_images, load_labels
     from harness.measure.throughput import AMP_DTYPES
@@ -602,7 +602,7 @@ def _rows_done(run_dir, rows, world):
     """The first of `rows` (this rank's) not yet scored, as its progress file says; rows count as
     finished only while their scores exist."""
     from harness.distributed import partial_name, progress_name
-    from harness.partial_rows import rows_done
+    from harness.records.partial_rows import rows_done
 
     if (run_dir / "scores.npy").exists():  # every row was scored, then the finish was interrupted
         return rows.stop

@@ -69,7 +69,7 @@ def last_cross_attention(model):
 
 def scores_and_maps(model, spec, paths, *, device, batch_size=None, amp_dtype=None):
     """(images x classes scores, images x classes x heads x H x W maps) from one forward pass."""
-    from harness.predict import score_images
+    from harness.explain.predict import score_images
 
     with last_cross_attention(model) as store:
         scores = score_images(model, spec, paths, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
