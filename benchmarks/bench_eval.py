@@ -32,7 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.data.categories import COCO_CATEGORIES  # noqa: E402
-from harness.data.dataset import load_rgb  # noqa: E402
+from harness.data.images import load_rgb  # noqa: E402
 from harness.data.transforms import ResizeToUint8, eval_transform  # noqa: E402
 from harness.manifest import load_manifest  # noqa: E402
 from harness.models import build_from_arch  # noqa: E402

@@ -7,7 +7,8 @@ from PIL import Image
 
 from conftest import TinyConvNet, tiny_manifest
 from harness.data.coco import load_labels
-from harness.data.dataset import CocoImages, load_rgb
+from harness.data.dataset import CocoImages
+from harness.data.images import load_rgb
 from harness.data.loader import make_loader, usable_cores
 from harness.data.transforms import eval_transform, ResizeToUint8, to_model_input
 from harness.eval.config import EvalConfig

@@ -189,7 +189,7 @@ def test_predict_takes_a_trained_mlspl_run_folder(smoke_root, tmp_path, capsys):
     from safetensors.torch import save_file
 
     from harness import records
-    from harness.data.dataset import load_rgb
+    from harness.data.images import load_rgb
     from harness.data.transforms import eval_transform
     from harness.manifest import get_spec
     from harness.models.mlspl import MLSPLResNet50
