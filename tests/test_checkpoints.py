@@ -173,7 +173,7 @@ def test_build_pretrained_fetches_both_files_and_checks_the_eval_settings(saved,
     def fake_fetch(spec_, role, *, cache_dir=None, weights_dir=None, verify=False, lock=True):
         asked.append((role, lock))
         return files[role]
-    monkeypatch.setattr("harness.download.fetch", fake_fetch)
+    monkeypatch.setattr("harness.pretrained.fetch", fake_fetch)
     monkeypatch.setenv("HARNESS_LOCK_FILE", str(tmp_path / "lock.yaml"))
     fresh, info = build_pretrained(spec, cache_dir=tmp_path / "home")
     fresh.eval()  # built in training mode, as create_model does

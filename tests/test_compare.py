@@ -6,7 +6,7 @@ import pytest
 
 from harness import records
 from harness.cli import main
-from harness.compare import compare_runs, load_run
+from harness.explain.compare import compare_runs, load_run
 
 NAMES = [f"class{c}" for c in range(8)]
 

@@ -10,7 +10,7 @@ from scipy.stats import chisquare
 
 from harness.ctran import masks
 from harness.ctran.data import eval_transform, train_transform
-from harness.data.dataset import load_rgb
+from harness.data.images import load_rgb
 
 DRAWS = np.load(Path(__file__).parent / "data" / "ctran_draws.npz")
 

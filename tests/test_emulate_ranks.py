@@ -29,7 +29,7 @@ def tied_problem(n=203, c=6, seed=4):
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 8, 300])
 def test_order_is_the_distributed_samplers(world_size):
-    from harness.ranks import distributed_order
+    from harness.eval.ranks import distributed_order
 
     np.testing.assert_array_equal(distributed_order(203, world_size), sampler_rows(203, world_size))
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from harness.batch_size import choose_batch_size, config_batch_size
+from harness.eval.batch_size import choose_batch_size, config_batch_size
 from harness.cli import main
 from harness.errors import UserError
 from harness.manifest import get_spec

@@ -1,5 +1,5 @@
 """`harness eval` on the command line: bad numbers are one-line errors, missing figures print n/a."""
-import harness.metrics
+import harness.eval.run
 import pytest
 from torch import nn
 
@@ -36,8 +36,8 @@ def test_bad_numbers_exit_2_with_one_line(manifest, smoke_root, tmp_path, capsys
 
 
 def test_missing_ci_and_speed_print_n_a(manifest, smoke_root, tmp_path, capsys, monkeypatch):
-    full = harness.metrics.compute_metrics
-    monkeypatch.setattr(harness.metrics, "compute_metrics", lambda *a, **k: full(*a, **{**k, "ci": False}))
+    full = harness.eval.run.compute_metrics
+    monkeypatch.setattr(harness.eval.run, "compute_metrics", lambda *a, **k: full(*a, **{**k, "ci": False}))
     code = main(_eval_args(manifest, smoke_root, tmp_path / "runs"))
     out = capsys.readouterr().out
     assert code == 0 and "95% CI n/a" in out and "SMOKE" in out
@@ -45,12 +45,12 @@ def test_missing_ci_and_speed_print_n_a(manifest, smoke_root, tmp_path, capsys, 
 
 
 def test_missing_map_prints_n_a(manifest, smoke_root, tmp_path, capsys, monkeypatch):
-    full = harness.metrics.compute_metrics
+    full = harness.eval.run.compute_metrics
 
     def no_positives(scores, labels, *a, **k):  # q2l protocol: mAP is null when no class has a positive
         return full(scores, labels * 0, *a, **{**k, "ci": False})
 
-    monkeypatch.setattr(harness.metrics, "compute_metrics", no_positives)
+    monkeypatch.setattr(harness.eval.run, "compute_metrics", no_positives)
     code = main(_eval_args(manifest, smoke_root, tmp_path / "runs", "--limit", "3"))
     out = capsys.readouterr().out
     assert code == 0 and "mAP n/a (95% CI n/a" in out

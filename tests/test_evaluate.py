@@ -1,7 +1,7 @@
 """harness eval end to end on the smoke subset, with a tiny registered model (fast on CPU)."""
 import json
 
-import harness.metrics
+import harness.eval.run
 import harness.records
 import numpy as np
 import pytest
@@ -12,8 +12,8 @@ from conftest import tiny_manifest
 from harness.cli import main
 from harness.errors import UserError
 from harness.data.coco import load_labels
-from harness.eval_config import EvalConfig
-from harness.evaluate import _non_finite_message, _smoke_reasons, evaluate
+from harness.eval.config import EvalConfig
+from harness.eval.run import _non_finite_message, _smoke_reasons, evaluate
 from harness.manifest import get_spec
 from harness.models import register_model
 
@@ -173,7 +173,7 @@ def test_interrupted_finish_resumes_from_saved_scores_without_rerunning(manifest
     spec = get_spec("tiny-q2l", manifest)
     whole = np.load(_eval(spec, smoke_root, tmp_path / "a") / "scores.npy")
     with monkeypatch.context() as patch:
-        _interrupt_in(patch, harness.metrics if stop_in == "compute_metrics" else harness.records, stop_in)
+        _interrupt_in(patch, harness.eval.run if stop_in == "compute_metrics" else harness.records, stop_in)
         with pytest.raises(KeyboardInterrupt):
             _eval(spec, smoke_root, tmp_path / "b")
     unfinished = next((tmp_path / "b" / "tiny-q2l").iterdir())

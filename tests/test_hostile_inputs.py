@@ -20,8 +20,8 @@ from torch import nn
 from conftest import tiny_manifest
 from harness import records
 from harness.cli import main, os_error_line
-from harness.eval_config import EvalConfig
-from harness.evaluate import evaluate
+from harness.eval.config import EvalConfig
+from harness.eval.run import evaluate
 from harness.manifest import get_spec, read_yaml
 from harness.models import register_model
 
@@ -191,7 +191,7 @@ def test_a_resume_names_every_setting_changed_or_missing(manifest, smoke_root, t
 
 @pytest.mark.parametrize("seed", [2**64, -2**63 - 1, 10**30])
 def test_a_seed_torch_cannot_take_is_one_line_before_any_model(manifest, smoke_root, tmp_path, capsys, monkeypatch, seed):
-    monkeypatch.setattr("harness.evaluate._build_model", lambda *a: pytest.fail("model built"))
+    monkeypatch.setattr("harness.eval.run._build_model", lambda *a: pytest.fail("model built"))
     assert _eval_cli(manifest, smoke_root, tmp_path / "runs", "--weights", "random", "--seed", str(seed)) == 2
     assert f"--seed {seed}" in _one_line(capsys.readouterr().err)
 
@@ -323,7 +323,7 @@ def test_reproduce_offline_without_checkpoints_builds_nothing(smoke_root, tmp_pa
     from authors_checkpoints import small_q2l_manifest
 
     built = []
-    monkeypatch.setattr("harness.reproduce.estimate_cpu_hours", lambda *a: built.append(a) or 1.0)
+    monkeypatch.setattr("harness.eval.reproduce.estimate_cpu_hours", lambda *a: built.append(a) or 1.0)
     monkeypatch.setenv("HARNESS_OFFLINE", "1")
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
     code = main(["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(small_q2l_manifest(tmp_path)),
@@ -334,7 +334,7 @@ def test_reproduce_offline_without_checkpoints_builds_nothing(smoke_root, tmp_pa
 
 def test_out_that_is_a_file_is_refused_before_the_model_is_built(manifest, smoke_root, tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("x")
-    monkeypatch.setattr("harness.evaluate._build_model", lambda *a: pytest.fail("model built"))
+    monkeypatch.setattr("harness.eval.run._build_model", lambda *a: pytest.fail("model built"))
     assert _eval_cli(manifest, smoke_root, tmp_path / "afile", "--weights", "random") == 2
     assert "is a file, not a folder" in _one_line(capsys.readouterr().err)
 

@@ -7,11 +7,12 @@ from PIL import Image
 
 from conftest import TinyConvNet, tiny_manifest
 from harness.data.coco import load_labels
-from harness.data.dataset import CocoImages, load_rgb
+from harness.data.dataset import CocoImages
+from harness.data.images import load_rgb
 from harness.data.loader import make_loader, usable_cores
 from harness.data.transforms import eval_transform, ResizeToUint8, to_model_input
-from harness.eval_config import EvalConfig
-from harness.evaluate import evaluate
+from harness.eval.config import EvalConfig
+from harness.eval.run import evaluate
 from harness.manifest import EvalSpec, get_spec
 from harness.models import register_model
 
@@ -75,7 +76,7 @@ def test_eval_scores_equal_the_float_cpu_path_bit_for_bit(smoke_root, tmp_path):
                                         progress=False)).run_dir
     scores = np.load(run_dir / "scores.npy")
 
-    from harness.evaluate import _build_model
+    from harness.eval.run import _build_model
     model, _ = _build_model(spec, EvalConfig(coco_root=smoke_root, weights="random"), "cpu")
     labels = load_labels(smoke_root, "val2014", "all")
     ds = CocoImages(smoke_root, labels, eval_transform(spec.eval))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import harness.evaluate
+import harness.eval.run
 from conftest import tiny_manifest
 from harness.cli import main
 from harness.metrics import asl_f1_family, compute_metrics
@@ -88,7 +88,7 @@ def test_fp16_fused_model_runs_fused_in_fp32_on_cpu_and_says_so(mld_manifest, sm
 
 def test_fp16_fused_path_keeps_fp16_scores(mld_manifest, smoke_root, tmp_path, monkeypatch):
     # the CUDA path, forced on CPU (torch runs fp16 convolutions there too)
-    monkeypatch.setattr(harness.evaluate, "_choose_precision", lambda spec, amp, device: ("fp16-fused", "test"))
+    monkeypatch.setattr(harness.eval.run, "_choose_precision", lambda spec, amp, device: ("fp16-fused", "test"))
     assert _eval(mld_manifest, smoke_root, tmp_path / "runs", "--limit", "5") == 0
     record, scores = _record(tmp_path / "runs")
     assert (record["eval"]["precision"], record["eval"]["dtype"], scores.dtype) == ("fp16-fused", "float16", np.float16)

@@ -1,10 +1,9 @@
 """MLSPL against fixtures made by the authors' own code (tests/data/mlspl_authors/make_fixtures.py,
-elijahcole/single-positive-multi-label at 89152d5): bit-equal in float32, not approximately."""
+elijahcole/single-positive-multi-label at 89152d5): losses' gradients, draws and batch orders bit-equal
+(elementwise float32 and integers: no CPU moves them); trained weights within a measured bound (a
+matmul's bits move with the CPU; the fixture script asserts the bits on the machine that runs theirs)."""
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,67 +48,50 @@ def their_training():
     return json.loads((FIXTURES / "training.json").read_text())
 
 
-def _tiny_splits(loss):
-    """The toy set of the fixture, split by the harness as by their datasets.py."""
-    from harness.mlspl.prepare import split_train_val
-
-    data = make.tiny_data()
-    train_rows, val_rows = split_train_val(len(data["train"]["labels"]))
-    source, test = data["train"], data["val"]
-    observed = torch.from_numpy(source["labels_obs"][train_rows])
-    return ((torch.from_numpy(source["feats"][train_rows]), observed),
-            (torch.from_numpy(source["feats"][val_rows]), source["labels"][val_rows]),
-            (torch.from_numpy(test["feats"]), test["labels"]))
+# The bound on the trained floats, relative to each array's largest magnitude. A float32 matmul's bits
+# move with the CPU model, vector width and thread count, and Adam's normalised steps carry a last-bit
+# difference on tiny gradients into weights: measured by tests/data/mlspl_authors/measure_drift.py over
+# 1 and 2 threads x ATen default/AVX2/AVX512 x MKL_CBWR unset/COMPATIBLE/AVX2/AVX512 on an AMD EPYC:
+# worst 2.8e-4 of an array's largest magnitude, mAP within 7.1e-15, every best epoch equal. The bound
+# is 3.5 times the worst. A real change (another seed, batch order, learning rate or loss) moves the
+# weights by several percent. The bits themselves are asserted by the fixture script, which runs their
+# train.py and the harness side by side on one machine.
+RELATIVE_BOUND = 1e-3
 
 
-def _sha(t):
+def test_linear_training_is_their_script_with_torch_seeded(their_training):
+    """Their train.py loop + torch.manual_seed(P['seed']): the harness's grid (all lrs at once) gives
+    each run's best epoch exactly, its val and test mAP of every epoch to float64 rounding, and its best
+    weights, ROLE table and test scores within RELATIVE_BOUND of theirs on any x86 CPU."""
+    fixture = np.load(FIXTURES / "training.npz")
+    ours = make.harness_training()
+    assert len(ours) == len(their_training["runs"]) == len(make.TRAIN_RUNS)
+    for run in their_training["runs"]:
+        key = make.run_key(run["loss"], run["batch_size"], run["lr"])
+        r = ours[key]
+        assert r["best_epoch"] == run["best_epoch"], key
+        np.testing.assert_allclose(r["val_mAP"], run["val_mAP"], rtol=1e-12, atol=0)
+        np.testing.assert_allclose(r["test_mAP"], run["test_mAP"][run["best_epoch"]], rtol=1e-12, atol=0)
+        assert set(r["arrays"]) == {n.split("/")[1] for n in fixture.files if n.startswith(key + "/")}
+        for name, value in r["arrays"].items():
+            expected = fixture[f"{key}/{name}"]
+            assert value.shape == expected.shape, (key, name)
+            difference = np.abs(value - expected).max() / np.abs(expected).max()
+            assert difference <= RELATIVE_BOUND, (key, name, difference)
+
+
+def test_the_fixture_holds_what_its_hashes_say(their_training):
+    """training.npz and training.json were written by one run of their code: the arrays' bytes
+    are the ones hashed (sampled weights: their hash covers all of them, so only the others)."""
     import hashlib
 
-    return hashlib.sha256(np.ascontiguousarray(t).tobytes()).hexdigest()
-
-
-TRAINED = [("AN", 8), ("ROLE", 8), ("ROLE", 16)]
-
-
-def _harness_training():
-    """The harness's grid (all lrs of a loss and batch size at once) on the fixture's runs."""
-    from harness.mlspl.config import TrainConfig
-    from harness.mlspl.train import train_linear_group
-
-    their = json.loads((FIXTURES / "training.json").read_text())
-    out = {}
-    for loss, batch_size in TRAINED:
-        lrs = [r["lr"] for r in their["runs"] if r["loss"] == loss and r["batch_size"] == batch_size]
-        train, val, test = _tiny_splits(loss)
-        config = TrainConfig(loss, epochs=their["epochs"], seed=their["seed"])
-        out[f"{loss}-{batch_size}"] = [
-            {"best_epoch": r.best_epoch, "weight": _sha(r.head["weight"].numpy()), "bias": _sha(r.head["bias"].numpy()),
-             "table": _sha(r.table.numpy()) if loss == "ROLE" else None, "test_scores": _sha(r.test_scores),
-             "val_mAP": [h["val_mAP"] for h in r.history], "test_mAP": r.test_map}
-            for r in train_linear_group(train, val, test, config, batch_size, lrs)]
-    return out
-
-
-def test_linear_training_is_their_script_with_torch_seeded_bit_for_bit(their_training):
-    """Their train.py loop + torch.manual_seed(P['seed']): the harness's grid (all lrs at once) gives
-    each run's val and test mAP of every epoch and its best weights, bit for bit. Both run under the
-    fixture's portable numerics, which must be set before torch loads: here in a child process."""
-    assert their_training["numerics"] == make.PORTABLE_NUMERICS
-    env = {**os.environ, **make.PORTABLE_NUMERICS, "PYTHONPATH": str(Path(__file__).parents[1])}
-    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, check=True)
-    harness_training = json.loads(done.stdout)
-    for loss, batch_size in TRAINED:
-        theirs = [r for r in their_training["runs"] if r["loss"] == loss and r["batch_size"] == batch_size]
-        ours = harness_training[f"{loss}-{batch_size}"]
-        assert len(ours) == len(theirs) > 0
-        for r, t in zip(ours, theirs):
-            assert r["best_epoch"] == t["best_epoch"]
-            assert r["weight"] == t["best_weight_sha256"], (loss, batch_size, t["lr"])
-            assert r["bias"] == t["best_bias_sha256"]
-            assert r["table"] == t["best_table_sha256"]
-            assert r["test_scores"] == t["best_test_scores_sha256"]
-            np.testing.assert_allclose(r["val_mAP"], t["val_mAP"], rtol=1e-14)
-            assert r["test_mAP"] == pytest.approx(t["test_mAP"][r["best_epoch"]], rel=1e-14)
+    fixture = np.load(FIXTURES / "training.npz")
+    for run in their_training["runs"]:
+        key = make.run_key(run["loss"], run["batch_size"], run["lr"])
+        for name, field in (("bias", "best_bias_sha256"), ("test_scores", "best_test_scores_sha256"),
+                            ("table", "best_table_sha256")):
+            if run[field] is not None:
+                assert hashlib.sha256(np.ascontiguousarray(fixture[f"{key}/{name}"]).tobytes()).hexdigest() == run[field]
 
 
 def _replayed_batches(seed, n, batch_size, epochs, semantics="torch>=1.9"):
@@ -176,7 +158,3 @@ def test_their_batches_under_their_torch_1_7_replayed():
     for run in their["runs"]:
         ours = _replayed_batches(their["seed"], 80, run["batch_size"], their["epochs"], "torch-1.7-1.8")
         assert ours == run["train_batches"]
-
-
-if __name__ == "__main__":  # the child process of the linear training test
-    print(json.dumps(_harness_training()))

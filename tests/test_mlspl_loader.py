@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from harness.data.dataset import load_rgb
+from harness.data.images import load_rgb
 from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 from harness.distributed import World
 from harness.mlspl.authors_rng import AuthorsShuffle

@@ -53,7 +53,7 @@ def setup(tmp_path, monkeypatch):
 
 def _model(manifest, checkpoint):
     from harness.manifest import get_spec
-    from harness.predict import load_model
+    from harness.explain.predict import load_model
 
     spec = get_spec("tiny-q2l", manifest)
     return spec, *load_model(spec, str(checkpoint), device="cpu")
@@ -113,8 +113,8 @@ def test_random_weights_are_said_on_every_line_and_row(setup, smoke_root, tmp_pa
 
 
 def test_attention_sums_to_one_and_comes_from_the_scoring_pass(setup, smoke_root):
-    from harness.attention import last_cross_attention, scores_and_maps
-    from harness.predict import score_images
+    from harness.explain.attention import last_cross_attention, scores_and_maps
+    from harness.explain.predict import score_images
 
     spec, model, _, device, amp_dtype = _model(*setup)
     paths = sorted((smoke_root / "val2014").iterdir())[:7]
@@ -151,7 +151,7 @@ def test_attention_command_writes_png_npy_json(setup, smoke_root, tmp_path, caps
     meta = json.loads(open(f"{stem}.attention.json").read())
     assert maps.shape == (80, 4, 4, 4) and meta["shown"] == ["person", "traffic light"]
     spec, model, _, device, _ = _model(manifest, checkpoint)
-    from harness.predict import score_images
+    from harness.explain.predict import score_images
     assert np.array_equal(np.float32(meta["scores"]), score_images(model, spec, [image], device=device)[0])
     capsys.readouterr()
     assert main(args) == 2  # never overwritten
@@ -189,7 +189,7 @@ def test_predict_takes_a_trained_mlspl_run_folder(smoke_root, tmp_path, capsys):
     from safetensors.torch import save_file
 
     from harness import records
-    from harness.data.dataset import load_rgb
+    from harness.data.images import load_rgb
     from harness.data.transforms import eval_transform
     from harness.manifest import get_spec
     from harness.models.mlspl import MLSPLResNet50

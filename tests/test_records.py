@@ -224,7 +224,7 @@ def test_smoke_reasons_must_be_text(tmp_path):
 def test_config_section_holds_every_field_with_paths_as_text(tmp_path):
     from dataclasses import fields
 
-    from harness.eval_config import EvalConfig
+    from harness.eval.config import EvalConfig
     from harness.measure.bench import BenchConfig
 
     config = EvalConfig(coco_root=tmp_path / "coco", runs_root=tmp_path / "runs", batch_size=3, seed=7)

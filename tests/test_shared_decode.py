@@ -8,8 +8,8 @@ import yaml
 
 import harness.data.cache
 from harness.cli import main
-from harness.eval_config import EvalConfig
-from harness.evaluate import evaluate, evaluate_many
+from harness.eval.config import EvalConfig
+from harness.eval.run import evaluate, evaluate_many
 from harness.manifest import get_spec, read_yaml
 from conftest import TinyConvNet
 from harness.models import register_model

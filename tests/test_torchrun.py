@@ -14,8 +14,8 @@ import torch
 
 import conftest
 from harness.cli import main
-from harness.eval_config import EvalConfig
-from harness.evaluate import evaluate
+from harness.eval.config import EvalConfig
+from harness.eval.run import evaluate
 from harness.manifest import get_spec
 from tiny_models import write_manifest
 

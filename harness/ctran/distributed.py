@@ -13,6 +13,10 @@ Validation is sharded too and gathered; only rank 0 writes files.
 """
 import os
 
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
 
 def world():
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
@@ -21,9 +25,6 @@ def world():
 
 def setup(device):
     """Join the process group when started by torchrun; returns (rank, world size, device)."""
-    import torch
-    import torch.distributed as dist
-
     rank, size, local = world()
     if size == 1:
         return 0, 1, device
@@ -36,9 +37,6 @@ def setup(device):
 
 
 def wrap(model, device, size):
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
-
     if size == 1:
         return model
     # torchvision's fc is kept for their keys but never used: DDP would wait forever for its gradient
@@ -52,9 +50,6 @@ def wrap(model, device, size):
 
 def gather(tensors, size):
     """Concatenate each process's list of CPU tensors (same order on every process)."""
-    import torch
-    import torch.distributed as dist
-
     if size == 1:
         return tensors
     parts = [None] * size

@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from harness.data.smoke import is_smoke_root
+from harness.download import fetch
+from harness.download.verify import file_digest, read_record, unchanged_since
 from harness.errors import UserError
+from harness.manifest import ModelSpec
+from harness.metrics import compute_metrics
 
 
 @dataclass
@@ -24,8 +29,6 @@ class LabelChoice:
 
     def summary(self, scores, protocol):
         """The record section; with the json-label mAP when the labels used differ from the json's."""
-        from harness.metrics import compute_metrics
-
         out = dict(self.record)
         n = len(scores)
         if self.record["used"] == "authors' file" and not np.array_equal(self.labels[:n], self.json_labels[:n]):
@@ -35,16 +38,12 @@ class LabelChoice:
 
 def reference_spec(spec, ref_id):
     """A manifest-like entry for one reference file, so that it is fetched, cached and locked as weights are."""
-    from harness.manifest import ModelSpec
-
     return ModelSpec(id=ref_id, family=spec.family, description="", arch={}, paper={}, released=True,
                      files={"labels": spec.references[ref_id]}, eval=None, manifest_path=spec.manifest_path)
 
 
 def fetch_authors_labels(spec, **options):
     """The verified local path of the label file `spec` names (options: those of download.fetch)."""
-    from harness.download import fetch
-
     return fetch(reference_spec(spec, spec.eval.authors_labels), "labels", **options)
 
 
@@ -82,8 +81,6 @@ def compare(authors, json_labels):
 
 def choose_labels(spec, coco_root, coco_labels, *, weights_dir=None, cache_dir=None):
     """The labels this run's metrics use, and what the record says about them."""
-    from harness.data.smoke import is_smoke_root
-
     json_labels = coco_labels.labels
     plain = {"used": "instances json"}
     ref_id = spec.eval.authors_labels
@@ -102,7 +99,6 @@ def choose_labels(spec, coco_root, coco_labels, *, weights_dir=None, cache_dir=N
               f"against it: {e}", file=sys.stderr)
         return LabelChoice(json_labels, {**plain, "authors_file": source, "check": {
             "status": "unavailable", "message": f"labels not checked against the authors' file: {e}"}}, json_labels)
-    from harness.download.verify import file_digest, read_record, unchanged_since
 
     cached = read_record(path)
     sha = cached["sha256"] if cached and unchanged_since(path, cached) else file_digest(path)

@@ -14,7 +14,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _resize(resolution):
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # lazy: a second per process, and TResNet models need none of it
 
     return T.Resize((resolution, resolution), interpolation=T.InterpolationMode.BILINEAR)
 
@@ -22,7 +22,7 @@ def _resize(resolution):
 def eval_transform(eval_spec):
     """Resize((S, S)) squish as the authors do, then [0, 1] tensors, then the spec's normalisation
     (the authors' CPU path: the reference that `ResizeToUint8` + `to_model_input` reproduce)."""
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # lazy: a second per process, and TResNet models need none of it
 
     steps = [_resize(eval_spec.resolution), T.ToTensor()]
     if eval_spec.normalize == "imagenet":

@@ -17,6 +17,8 @@ gloo on CPU has no SyncBatchNorm, so there each process normalises with its shar
 Evaluation is sharded by whole batches and gathered (harness.distributed.World).
 """
 import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from harness.errors import UserError
 
@@ -37,7 +39,6 @@ def whole_batch(preds, rows, world):
     """(predictions, rows) of the whole global batch on every rank; only this rank's rows carry gradient."""
     if world.size == 1:
         return preds, rows
-    import torch.distributed as dist
 
     parts = [torch.empty_like(preds) for _ in range(world.size)]
     row_parts = [torch.empty_like(rows) for _ in range(world.size)]
@@ -51,8 +52,6 @@ def sum_gradients(model, world):
     """Each rank's gradient comes from its share of the batch: their sum is the whole batch's."""
     if world.size == 1:
         return
-    import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = _flatten_dense_tensors(grads)

@@ -107,6 +107,6 @@ def compute_loss(name, preds, observed, estimates=None, k=EXPECTED_POSITIVES["co
         loss_mtx, reg = role(preds, observed, estimates, k)
     else:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    n, l = preds.shape[-2:]
-    main = (loss_mtx / (n * l)).sum()
+    n, n_classes = preds.shape[-2:]
+    main = (loss_mtx / (n * n_classes)).sum()
     return main if reg is None else main + reg.sum()

@@ -11,8 +11,16 @@ a numpy version removed them. Writes beside this script:
   training.json their train.py loop (initialize_training_run + train, linear mode on `tiny_data()`,
                 under PORTABLE_NUMERICS) with one line added, torch.manual_seed(P['seed']) as the first line of
                 initialize_training_run: per run the train batches (row indices), the val and test
-                mAP of every epoch, sha256 of the best weights (float32 bytes) and of the test
-                scores at the best epoch. Also the torch and numpy versions it ran with.
+                mAP of every epoch, the best epoch, sha256 of the best weights (float32 bytes) and of the
+                test scores at the best epoch. Also the torch and numpy versions it ran with.
+  training.npz  the best weights themselves (`sampled_weight`: every WEIGHT_STRIDE-th input column),
+                bias, ROLE table and test scores of each run, for the portable test (a bound, not bits).
+Then it runs the harness's training (`harness_training()`) on the same data in the same process and
+ASSERTS that every weight, table, score and mAP equals theirs bit for bit: on the machine where their
+code runs, the harness gives their bits. The committed test cannot ask for bits: a float32 matmul's
+bits move with the CPU model, its vector width and the thread count (the same code gave other bits on
+an AMD EPYC than on the machine that made the fixture, under every numerics flag tried), so it compares
+the floats with a bound measured across those (see the test) and the integer draws bit for bit.
 The inputs come from numpy's PCG64 here, so the tests regenerate them with these functions.
 Run with a torch before 2.0 (e.g. the authors' torch 1.7.0), each file name gets that version as a
 suffix (training_torch1.7.json): the tests replay those batch orders with that torch's semantics.
@@ -32,6 +40,8 @@ LOSS_NAMES = {"BCE": "bce", "AN": "an", "AN-LS": "an_ls", "WAN": "wan", "EPR": "
 N, L, K, GRID, BATCHES = 8, 80, 2.9, 2, 2
 TRAIN_RUNS = [("AN", 8, 1e-2), ("AN", 8, 1e-3), ("ROLE", 8, 1e-2), ("ROLE", 8, 1e-3), ("ROLE", 16, 1e-3)]
 EPOCHS, SEED = 3, 1200
+WEIGHT_STRIDE = 32  # training.npz keeps every 32nd input column of the (80, 2048) weights
+TRAINED = [("AN", 8), ("ROLE", 8), ("ROLE", 16)]  # (loss, batch size) groups of TRAIN_RUNS
 # The bits of a float32 matmul depend on the CPU's vector width and the thread count. These settings
 # (MKL's conditional numerical reproducibility, ATen's and oneDNN's plain kernels, one thread) give
 # the same bits on every x86 machine; the script and the test that replays it run under them.
@@ -124,7 +134,7 @@ def make_training(train):
         return start(P, *args, **kwargs)
 
     train.initialize_training_run = seeded_start
-    runs = []
+    runs, kept = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         os.makedirs("data/coco")
@@ -155,9 +165,71 @@ def make_training(train):
                          "best_bias_sha256": _sha(best_f["linear_classifier.fc.bias"]),
                          "best_table_sha256": _sha(best_g["logits"]) if loss == "ROLE" else None,
                          "best_test_scores_sha256": _sha(torch.tensor(logger.get_logs()["best_preds"]["test"]))})
+            best = {"sampled_weight": best_f["linear_classifier.fc.weight"][:, ::WEIGHT_STRIDE],
+                    "bias": best_f["linear_classifier.fc.bias"],
+                    "test_scores": torch.tensor(logger.get_logs()["best_preds"]["test"])}
+            if loss == "ROLE":
+                best["table"] = best_g["logits"]
+            kept.update({f"{run_key(loss, bsize, lr)}/{k}": v.detach().cpu().numpy() for k, v in best.items()})
     _out("training.json").write_text(json.dumps({"torch": torch.__version__, "numpy": np.__version__,
                                                     "numerics": PORTABLE_NUMERICS, "epochs": EPOCHS,
                                                     "seed": SEED, "runs": runs}, indent=1) + "\n")
+    np.savez_compressed(_out("training.npz"), **kept)
+    return runs, kept
+
+
+def run_key(loss, batch_size, lr):
+    return f"{loss}-{batch_size}-{lr:g}"
+
+
+def tiny_splits():
+    """The toy set, split by the harness as by their datasets.py: (train, val, test)."""
+    import torch
+
+    from harness.mlspl.prepare import split_train_val
+
+    data = tiny_data()
+    train_rows, val_rows = split_train_val(len(data["train"]["labels"]))
+    source, test = data["train"], data["val"]
+    observed = torch.from_numpy(source["labels_obs"][train_rows])
+    return ((torch.from_numpy(source["feats"][train_rows]), observed),
+            (torch.from_numpy(source["feats"][val_rows]), source["labels"][val_rows]),
+            (torch.from_numpy(test["feats"]), test["labels"]))
+
+
+def harness_training():
+    """The harness's grid (all lrs of a loss and batch size at once) on the runs of TRAIN_RUNS:
+    {run_key: {"best_epoch", "val_mAP" (per epoch), "test_mAP", "arrays": as training.npz}}."""
+    from harness.mlspl.config import TrainConfig
+    from harness.mlspl.train import train_linear_group
+
+    train, val, test = tiny_splits()
+    out = {}
+    for loss, batch_size in TRAINED:
+        lrs = [lr for name, b, lr in TRAIN_RUNS if (name, b) == (loss, batch_size)]
+        config = TrainConfig(loss, epochs=EPOCHS, seed=SEED)
+        for lr, r in zip(lrs, train_linear_group(train, val, test, config, batch_size, lrs)):
+            arrays = {"sampled_weight": r.head["weight"].numpy()[:, ::WEIGHT_STRIDE], "bias": r.head["bias"].numpy(),
+                      "test_scores": np.asarray(r.test_scores)}
+            if loss == "ROLE":
+                arrays["table"] = r.table.numpy()
+            out[run_key(loss, batch_size, lr)] = {"best_epoch": r.best_epoch, "test_mAP": r.test_map,
+                                                  "val_mAP": [h["val_mAP"] for h in r.history], "arrays": arrays}
+    return out
+
+
+def assert_harness_equals_theirs_bit_for_bit(runs, arrays):
+    """On the machine that ran their code: the harness's training gives their bits, every one."""
+    ours = harness_training()
+    for run in runs:
+        key = run_key(run["loss"], run["batch_size"], run["lr"])
+        r = ours[key]
+        assert r["best_epoch"] == run["best_epoch"], key
+        # mAP: the harness's own average precision against sklearn's, equal to float64 rounding
+        np.testing.assert_allclose(r["val_mAP"], run["val_mAP"], rtol=1e-14)
+        np.testing.assert_allclose(r["test_mAP"], run["test_mAP"][run["best_epoch"]], rtol=1e-14)
+        for name, value in r["arrays"].items():
+            assert np.array_equal(value, arrays[f"{key}/{name}"]), (key, name)
 
 
 def _train_recording(train, model, P, Z, batches_by_epoch):
@@ -217,5 +289,10 @@ if __name__ == "__main__":
     their_losses, train = _their_modules(checkout)
     make_losses(their_losses)
     make_logits(checkout)
-    make_training(train)
-    print("wrote", ", ".join(_out(name).name for name in ("losses.npz", "logits.npz", "training.json")))
+    runs, arrays = make_training(train)
+    import torch
+
+    if int(torch.__version__.split(".")[0]) >= 2:  # the harness needs torch 2; older runs keep their batch orders
+        assert_harness_equals_theirs_bit_for_bit(runs, arrays)
+        print("the harness's training equals theirs bit for bit on this machine")
+    print("wrote", ", ".join(_out(name).name for name in ("losses.npz", "logits.npz", "training.json", "training.npz")))

@@ -5,6 +5,7 @@ config's `batch_size` (e.g. 128) set the batch, not `-b`. Batch size moves the l
 scores (and through ties, mAP), so the harness does the same; `--batch-size` overrides it and the
 record calls that a deviation. Models without such a config use the manifest's `eval.batch_size`.
 """
+from harness.checkpoints import read_config
 from harness.errors import UserError
 
 
@@ -12,7 +13,6 @@ def config_batch_size(config_path):
     """The `batch_size` of an authors' config_new.json, or None when it has none."""
     if not config_path:
         return None
-    from harness.checkpoints import read_config
 
     value = read_config(config_path).get("batch_size")
     if value is None:

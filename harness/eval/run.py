@@ -17,12 +17,42 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from harness import records
+from harness.checkpoints import read_config
+from harness.data.authors_labels import choose_labels
+from harness.data.cache import DecodeCache, PassImages
+from harness.data.coco import check_images, fingerprint, is_full_split, load_labels
+from harness.data.loader import make_loader
+from harness.data.smoke import is_smoke_root
+from harness.data.transforms import ResizeToUint8, to_model_input
+from harness.distributed import World, partial_name, pick_device, progress_name
 from harness.download.verify import write_atomically
-from harness.distributed import pick_device
 from harness.errors import UserError
-from harness.eval_config import EvalConfig
-from harness.records import SETTINGS, FinishedRun, utc_now
+from harness.eval.batch_size import choose_batch_size
+from harness.eval.config import EvalConfig
+from harness.eval.numerics import tf32_mode
+from harness.eval.shared_pass import Scorer, UnreadableError, ride_together, run_pass
+from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
+from harness.measure.throughput import AMP_DTYPES
+from harness.metrics import compute_metrics
+from harness.models import build_from_arch
+from harness.models.backbones.tresnet import batch_norm_used, fuse_bn
+from harness.pretrained import build_pretrained
+from harness.records import (
+    SCORE_FILES,
+    SETTINGS,
+    FinishedRun,
+    Record,
+    check_runs_root,
+    config_section,
+    environment,
+    model_section,
+    utc_now,
+)
+from harness.records.partial_rows import open_rows, rows_done, save_progress
 
 PARTIAL, PROGRESS = "scores.partial.npy", "progress.json"
 
@@ -32,8 +62,6 @@ def _write_json_atomic(path, data):
 
 
 def _smoke_reasons(weights_info, coco_labels, limit, smoke_root):
-    from harness.data.coco import is_full_split
-
     reasons = []
     if weights_info["random_weights"]:
         reasons.append("random weights")
@@ -65,13 +93,9 @@ def evaluate(spec, config):
 
 
 def evaluate_many(specs, config):
-    """Evaluate several models, one decode of the images per resolution (harness.eval_pass); each
+    """Evaluate several models, one decode of the images per resolution (harness.eval.shared_pass); each
     model gets its own run folder and record. Returns, per spec, its FinishedRun, or (several models
     only) the exception that stopped it: one model's failure does not stop the others."""
-    from harness.distributed import World
-    from harness.numerics import tf32_mode
-    from harness.records import check_runs_root
-
     ids = [spec.id for spec in specs]
     if len(set(ids)) < len(ids):
         raise UserError(f"a model is named twice ({', '.join(ids)}); name each once")
@@ -113,9 +137,6 @@ def _record_failure(results, key, error):
 def _evaluate_resolution(specs, session):
     """The models of one resolution: those of the most common image order ride one pass; the others
     (and any that do not fit beside them) run in turn over the cache it wrote."""
-    from harness.eval_pass import ride_together
-    from harness.measure.measurement import nvml_baseline_mib
-
     results = {}
     baseline_mib = nvml_baseline_mib(session.device)  # before any model reaches the GPU
     jobs = [job for job in (_attempt(results, spec.id, session.single, lambda spec=spec: _prepare(spec, session))
@@ -145,8 +166,6 @@ class _DecodePlan:
     the loaders that feed them; a cache when some model runs later, or --keep-cache."""
 
     def __init__(self, session, riders, later):
-        from harness.data.cache import DecodeCache
-
         self.session = session
         some = (riders or later)[0]
         self.folder = Path(session.config.coco_root) / some.coco_labels.split
@@ -170,10 +189,6 @@ class _DecodePlan:
                       f"decode the images again", file=sys.stderr)
 
     def _loader(self, items, batch_size):
-        from harness.data.cache import PassImages
-        from harness.data.loader import make_loader
-        from harness.data.transforms import ResizeToUint8
-
         dataset = PassImages(self.folder, self.names, ResizeToUint8(self.resolution), items, self.cache)
         return make_loader(dataset, batch_size, self.session.device, self.session.config.workers)
 
@@ -190,9 +205,6 @@ class _DecodePlan:
 
 def _score_jobs(jobs, loader, session, baseline_mib, results, shared, source):
     """Score `jobs` from one loader, each inside its own measurement, then finish each."""
-    from harness.eval_pass import Scorer, UnreadableError, run_pass
-    from harness.measure.measurement import SpanMeasurement
-
     if not jobs:
         return
     jobs = [job for job in jobs if job.spec.id not in results]
@@ -227,7 +239,7 @@ def _score_jobs(jobs, loader, session, baseline_mib, results, shared, source):
             continue
         notes = [f"decode shared by {', '.join(shared)} (one pass per resolution); images from the {source} "
                  f"pass; wall time, memory and energy are those of the span this model was scored in"] if shared else []
-        finished = _attempt(results, job.spec.id, session.single, lambda job=job: _finish_job(job, started, notes))
+        finished = _attempt(results, job.spec.id, session.single, lambda job=job, notes=notes: _finish_job(job, started, notes))
         if finished is not None:
             results[job.spec.id] = finished
         job.release()
@@ -272,10 +284,6 @@ class _Job:
         return self.precision == "fp16-fused"
 
     def to_device(self):
-        from harness.distributed import partial_name
-        from harness.models.backbones.tresnet import batch_norm_used
-        from harness.partial_rows import open_rows
-
         self.model = self.model.to(self.device)
         self.batch_norm = batch_norm_used(self.model, self.device)
         n, c = self.settings["n_images"], self.coco_labels.labels.shape[1]
@@ -290,12 +298,6 @@ class _Job:
         return _progress_bar(len(self.rows), self.done - self.rows.start, self.spec.id, self.session.progress, position)
 
     def score_batch(self, rows, images):
-        import torch
-
-        from harness.data.transforms import to_model_input
-        from harness.distributed import progress_name
-        from harness.partial_rows import save_progress
-
         x = to_model_input(images, self.spec.eval.normalize)  # on the device, this model's normalisation
         x = x.half() if self.half else x  # fp16-fused: fp16 inputs, as ML-Decoder's validate.py
         with torch.autocast(device_type=self.device, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -315,17 +317,11 @@ class _Job:
         self.model = None
         self.held.close()
         if self.device == "cuda":
-            import torch
             torch.cuda.empty_cache()
 
 
 def _prepare(spec, session):
     """Check the inputs, build the model (on the CPU until its turn) and open or resume its run."""
-    from harness.batch_size import choose_batch_size
-    from harness.data.authors_labels import choose_labels
-    from harness.data.coco import check_images, load_labels
-    from harness.measure.throughput import AMP_DTYPES
-
     config, device, world = session.config, session.device, session.world
     coco_labels = load_labels(config.coco_root, "val2014", spec.eval.image_set)
     n_total = min(config.limit, len(coco_labels)) if config.limit else len(coco_labels)
@@ -411,8 +407,6 @@ def _finish_job(job, started, notes):
 
 def _all_scores(job):
     """Every row's scores: this process's, or (rank 0 under torchrun) each rank's part in row order."""
-    from harness.distributed import World, partial_name
-
     if job.world.size == 1 or len(job.scores) == job.settings["n_images"]:
         return np.array(job.scores)
     parts = [np.load(job.run_dir / partial_name(World(k, job.world.size)), mmap_mode="r")
@@ -463,9 +457,6 @@ def _non_finite_message(model_id, amp, rows, image_ids):
 
 def _finish(job, scores):
     """Saved arrays, metrics, record; the partial scores go only once the record is written."""
-    from harness import records
-    from harness.metrics import compute_metrics
-
     spec, run_dir = job.spec, job.run_dir
     labels = job.labels.labels[:len(scores)]  # the authors' label file where it differs from the json
     records.save_arrays(run_dir, scores, labels, job.coco_labels.image_ids[:len(scores)], keep_equal=True)
@@ -480,10 +471,6 @@ def _finish(job, scores):
 
 
 def _eval_record(job, scores, metrics):
-    from harness.data.coco import fingerprint
-    from harness.data.smoke import is_smoke_root
-    from harness.records import SCORE_FILES, Record, config_section, environment, model_section
-
     spec, config = job.spec, job.session.config
     smoke_root = is_smoke_root(config.coco_root)
     return Record(
@@ -516,8 +503,6 @@ def _load_saved_scores(run_dir, n, c):
 def _choose_amp(spec, asked, config_path, device):
     """(amp, why): the user's --amp wins; else the authors' config (their inference script ran under
     autocast exactly when its `amp` was set), else the manifest. CPU runs fp32 and says so."""
-    from harness.checkpoints import read_config
-
     if asked is not None:
         return (False if asked == "off" else asked), "--amp"
     if config_path and read_config(config_path).get("amp") is True:
@@ -547,8 +532,6 @@ def _choose_precision(spec, asked_amp, device):
 
 
 def _for_precision(model, precision):
-    from harness.models.backbones.tresnet import fuse_bn
-
     if precision == "fp32":
         return model
     model = fuse_bn(model)
@@ -556,11 +539,6 @@ def _for_precision(model, precision):
 
 
 def _build_model(spec, config, device):
-    import torch
-
-    from harness.pretrained import build_pretrained
-    from harness.models import build_from_arch
-
     if config.weights == "random":  # seeded, so a smoke run is repeatable and a resume continues the same model
         info = {"path": None, "sha256": None, "pinned": False, "random_weights": True, "seed": config.seed}
         with torch.random.fork_rng(devices=[]):
@@ -574,8 +552,6 @@ def _build_model(spec, config, device):
 
 def _open_run(runs_root, model_id, resume, settings, world, rows):
     """(run folder, its count of finished rows, its held lock): a new folder, or the one to resume."""
-    from harness import records
-
     if resume:
         interrupted = records.unfinished_runs(runs_root, model_id)
         run_dir = (interrupted[-1] if interrupted else None) if resume == "latest" else Path(resume)
@@ -601,9 +577,6 @@ def _open_run(runs_root, model_id, resume, settings, world, rows):
 def _rows_done(run_dir, rows, world):
     """The first of `rows` (this rank's) not yet scored, as its progress file says; rows count as
     finished only while their scores exist."""
-    from harness.distributed import partial_name, progress_name
-    from harness.partial_rows import rows_done
-
     if (run_dir / "scores.npy").exists():  # every row was scored, then the finish was interrupted
         return rows.stop
     return rows_done(run_dir / progress_name(world), run_dir / partial_name(world), default=rows.start,
@@ -611,7 +584,5 @@ def _rows_done(run_dir, rows, world):
 
 
 def _progress_bar(total, done, name, enabled, position=0):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=done, desc=name, unit="img", disable=not enabled, dynamic_ncols=True,
                 position=position)

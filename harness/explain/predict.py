@@ -10,9 +10,23 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
+from harness.checkpoints import load_state_dict_strict, sha256_of
 from harness.data.categories import COCO_CATEGORIES
+from harness.data.dataset import ImageFiles
+from harness.data.images import IMAGE_SUFFIXES
+from harness.data.transforms import eval_transform
+from harness.distributed import pick_device
 from harness.errors import UserError
+from harness.eval.config import EvalConfig
+from harness.eval.run import _build_model, _choose_amp
+from harness.measure.throughput import AMP_DTYPES
+from harness.mlspl.features import load_imagenet_v1
+from harness.mlspl.record import CLASSIFIER
+from harness.models import build_from_arch
+from harness.records import read_record
 
 CLASS_NAMES = [name for _, name, _ in COCO_CATEGORIES]
 RANDOM_NOTE = "RANDOM WEIGHTS: not a trained model, these scores mean nothing"
@@ -20,8 +34,6 @@ RANDOM_NOTE = "RANDOM WEIGHTS: not a trained model, these scores mean nothing"
 
 def image_paths(items):
     """Files as given, folders as their images (sorted by name, not recursive)."""
-    from harness.data.dataset import IMAGE_SUFFIXES
-
     paths = []
     for item in map(Path, items):
         if item.is_dir():
@@ -39,9 +51,6 @@ def image_paths(items):
 
 def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False, device=None, amp=None):
     """(model, weights info, device, autocast dtype or None), chosen as `harness eval` chooses them."""
-    from harness.evaluate import _build_model, _choose_amp
-    from harness.distributed import pick_device
-
     if spec.family == "ctran":  # its forward needs a label-state mask: not wired here yet
         raise UserError(f"{spec.id} (C-Tran) is not covered here; score it with `harness eval {spec.id} --weights "
                         f"RUN/best.safetensors --known 0 25 50 75`")
@@ -52,13 +61,11 @@ def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False
         model, info = mlspl_run_model(spec, Path(weights), device)
     else:
         # random weights: seed 0, as `harness eval --weights random`, so all three show the same model
-        from harness.eval_config import EvalConfig
 
         asked = EvalConfig(coco_root="", weights=weights, weights_dir=weights_dir, checkpoint_config=config,
                            trust_checkpoint=trust)
         model, info = _build_model(spec, asked, device)
     amp, _ = _choose_amp(spec, amp, info.get("config"), device)
-    from harness.measure.throughput import AMP_DTYPES
 
     return model, info, device, AMP_DTYPES.get(amp)
 
@@ -66,14 +73,6 @@ def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False
 def mlspl_run_model(spec, run_dir, device):
     """An MLSPL model trained here, from its run folder: classifier.safetensors holds the head (linear
     training, on torchvision's fixed ImageNet V1 ResNet-50) or the whole network (fine-tuned)."""
-    from safetensors.torch import load_file
-
-    from harness.checkpoints import load_state_dict_strict, sha256_of
-    from harness.mlspl.features import load_imagenet_v1
-    from harness.mlspl.record import CLASSIFIER
-    from harness.models import build_from_arch
-    from harness.records import read_record
-
     record = read_record(run_dir)
     if record.model_id != spec.id:
         raise UserError(f"--weights {run_dir} is a run of {record.model_id}, not {spec.id}; pass that model id")
@@ -93,11 +92,6 @@ def mlspl_run_model(spec, run_dir, device):
 
 def score_images(model, spec, paths, *, device, batch_size=None, amp_dtype=None):
     """images x classes float32 sigmoid scores, batch by batch as `harness eval` computes them."""
-    import torch
-
-    from harness.data.dataset import ImageFiles
-    from harness.data.transforms import eval_transform
-
     batch_size = batch_size or spec.eval.batch_size
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")

@@ -12,12 +12,18 @@ Both runs are scored with the same protocol's AP (harness.metrics, ties as the a
   "not distinguishable at 95%".
 Numpy only (no torch): `harness report` calls it too.
 """
+import base64
 import dataclasses
+import io
+from html import escape
+from pathlib import Path
 
 import numpy as np
 
 from harness import metrics
 from harness.errors import UserError
+from harness.records import is_finished, iter_records, read_record
+from harness.records.arrays import load_array
 
 VERDICTS = ("A better", "B better", "not distinguishable at 95%")
 SHOWN = 10  # classes listed at each end
@@ -26,11 +32,6 @@ SAME = 1e-9  # |d_perm| >= |d| up to rounding: a permutation giving back d itsel
 
 def load_run(run_dir):
     """{"dir", "record", "scores", "labels", "image_ids"} of a finished eval or train run."""
-    from pathlib import Path
-
-    from harness.commands.metrics import load_array
-    from harness.records import read_record
-
     run_dir = Path(run_dir)
     record = read_record(run_dir)
     if record.kind not in ("eval", "train"):
@@ -214,9 +215,7 @@ def to_markdown(result):
 
 def plot_png(result):
     """PNG bytes: the per-class AP differences A - B, sorted, one bar per class."""
-    import io
-
-    import matplotlib
+    import matplotlib  # lazy: plotting loads slowly and only the PNG needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -240,10 +239,6 @@ def plot_png(result):
 def find_run(runs_root, name):
     """A run folder given as such, else the latest finished run of model `name` under runs_root
     (the latest non-smoke one when there is one, as the report chooses)."""
-    from pathlib import Path
-
-    from harness.records import is_finished, iter_records
-
     if is_finished(name):
         return Path(name)
     found = [(r.smoke, r.finished_at or "", r.run_id, d) for d, r in iter_records(runs_root)
@@ -256,9 +251,6 @@ def find_run(runs_root, name):
 
 def to_html(result):
     """An HTML section: the summary, the top and bottom classes, and the bar chart inline."""
-    import base64
-    from html import escape
-
     rows = result["per_class"][:SHOWN] + result["per_class"][-SHOWN:]
     table = "".join(f"<tr><td>{escape(str(r['class']))}</td><td>{r['A']:.2f}</td><td>{r['B']:.2f}</td>"
                     f"<td>{r['difference']:+.2f}</td></tr>" for r in rows)

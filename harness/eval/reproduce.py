@@ -8,13 +8,21 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from harness.data.coco import SPLIT_SIZES, annotation_path, check_images, load_labels
+from harness.distributed import pick_device
 from harness.errors import UserError
+from harness.eval.run import evaluate_many
+from harness.manifest import load_manifest, resolve_id
+from harness.models import build_from_arch
+from harness.pretrained import release_files
+from harness.records import check_runs_root, read_record
+from harness.report import write_all
 
 
 def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
     """The newest finished, non-smoke run of this kind and model with these settings, or None."""
-    from harness.records import read_record
-
     found = []
     for record_file in (Path(runs_root) / model_id).glob("*/record.json"):
         try:
@@ -33,10 +41,6 @@ def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
 
 def estimate_cpu_hours(spec, n_images, batch_size):
     """Time one synthetic batch on CPU and extrapolate (said before a long CPU run starts)."""
-    import torch
-
-    from harness.models import build_from_arch
-
     model = build_from_arch(spec.arch).eval()
     x = torch.rand(batch_size, 3, spec.eval.resolution, spec.eval.resolution)
     with torch.inference_mode():
@@ -49,12 +53,6 @@ def estimate_cpu_hours(spec, n_images, batch_size):
 def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, force=False):
     """Every chosen model (default: the Query2Label tables' six and the ASL baseline) evaluated as
     `config` (an EvalConfig) asks, complete runs skipped unless `force`; then the report."""
-    from harness.data.coco import SPLIT_SIZES, annotation_path, check_images, load_labels
-    from harness.evaluate import evaluate_many
-    from harness.distributed import pick_device
-    from harness.manifest import load_manifest, resolve_id
-    from harness.records import check_runs_root
-
     specs = load_manifest(manifest)
     chosen = [resolve_id(m, specs) or m for m in models] if models else [
         m for m, s in specs.items() if s.paper.get("csv", "").startswith("q2l_")]
@@ -108,8 +106,6 @@ def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, fo
 
 def _missing_weights(specs, weights_dir):
     """{model id: UserError} for the models whose release cannot be had (fetched now when it can)."""
-    from harness.pretrained import release_files
-
     missing = {}
     for spec in specs:
         try:
@@ -146,6 +142,4 @@ def run_each(jobs, runs_root, tables_dir, manifest=None):
 
 def write_report(runs_root, tables_dir, manifest=None):
     """Render every report format into tables_dir; returns the files written."""
-    from harness.report import write_all
-
     return write_all(runs_root=runs_root, out_dir=tables_dir, manifest=manifest)

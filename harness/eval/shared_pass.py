@@ -13,6 +13,7 @@ import contextlib
 import numpy as np
 import torch
 
+from harness.data.images import UnreadableImages
 
 PARAMS_SHARE = 0.25  # models ride together while their weights take at most this share of free device memory
 
@@ -88,8 +89,6 @@ def ride_together(jobs, device):
 def run_pass(scorers, loader, device, on_failure):
     """Feed every batch of `loader` (uint8 images, rows) to each scorer; one copy to the device per batch.
     `on_failure(scorer, error)` handles a model that fails (it stops feeding that one) or re-raises."""
-    from harness.data.dataset import UnreadableImages
-
     active = [s for s in scorers if not s.finished]
     with torch.inference_mode():
         for batch in loader:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.download.verify import write_atomically
 from harness.errors import UserError
+from harness.records import utc_now
 
 
 def open_rows(path, shape, dtype=np.float32, fresh=True):
@@ -44,7 +46,4 @@ def rows_done(progress, partial, default=0, most=None):
 
 
 def save_progress(progress, done):
-    from harness.download.verify import write_atomically
-    from harness.records import utc_now
-
     write_atomically(progress, json.dumps({"done": int(done), "updated_at": utc_now()}, indent=2))

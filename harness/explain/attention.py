@@ -9,11 +9,15 @@ authors' decoder returns as `sim_mat_2`. Plots as the paper's Figure 5: a panel 
 the mean, each upsampled (bilinear) to the image and overlaid.
 """
 import difflib
+import io
 from contextlib import contextmanager
 
 import numpy as np
+import torch
 
 from harness.errors import UserError
+from harness.explain.predict import score_images
+from harness.models.q2l import Query2Label
 
 NO_ATTENTION = {
     "asl": "ASL's TResNet-L pools its features globally and has no attention",
@@ -45,8 +49,6 @@ def label_indices(names, class_names):
 @contextmanager
 def last_cross_attention(model):
     """Inside: every forward of `model` appends its (B, heads, K, H*W) cross-attention weights."""
-    from harness.models.q2l import Query2Label
-
     if not isinstance(model, Query2Label):
         raise UserError(f"{type(model).__name__} is not a Query2Label model: it has no decoder cross-attention")
     attn = model.transformer.decoder.layers[-1].multihead_attn
@@ -69,8 +71,6 @@ def last_cross_attention(model):
 
 def scores_and_maps(model, spec, paths, *, device, batch_size=None, amp_dtype=None):
     """(images x classes scores, images x classes x heads x H x W maps) from one forward pass."""
-    from harness.predict import score_images
-
     with last_cross_attention(model) as store:
         scores = score_images(model, spec, paths, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
     weights = np.concatenate([w.numpy() for w in store])  # images, heads, K, HW
@@ -82,17 +82,13 @@ def scores_and_maps(model, spec, paths, *, device, batch_size=None, amp_dtype=No
 def upsample(grid_map, size):
     """A feature-grid map stretched bilinearly to (height, width): the transform squished the
     image onto the grid, so each cell covers the same share of the original image."""
-    import torch
-
     t = torch.from_numpy(np.ascontiguousarray(grid_map, dtype=np.float32))[None, None]
     return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def figure_png(image, maps, labels, scores, title, max_side=448):
     """PNG bytes: per label a row (the image, each head, the mean), maps overlaid on the image."""
-    import io
-
-    import matplotlib
+    import matplotlib  # lazy: plotting loads slowly and only the PNG needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
