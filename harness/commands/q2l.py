@@ -9,7 +9,15 @@ Every training value is the authors' (their log, config_new.json, README; each r
 source) unless a flag here overrides it (recorded as a deviation). The memory techniques keep the
 maths. Selection `test` is theirs (best epoch chosen on val2014, the test set: flagged).
 """
+import os
+from pathlib import Path
+
 from harness.commands import add_runs_argument
+from harness.errors import UserError
+from harness.manifest import get_spec
+from harness.q2l.config import Q2LTrainConfig, check_flags
+from harness.q2l.recipe import load_recipe
+from harness.q2l.run import fit
 
 SMOKE_DEFAULTS = {"epochs": 2, "batch_size": 8}
 
@@ -53,10 +61,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    import os
-
-    from harness.q2l.run import fit
-
     config = build_config(args)
     quiet = os.environ.get("RANK", "0") != "0"
     finished = fit(config, on_epoch=None if quiet else _print_epoch)
@@ -66,13 +70,6 @@ def run(args):
 
 def build_config(args):
     """The frozen config: flags checked first (one line each), then the authors' recipe, then the rest."""
-    from pathlib import Path
-
-    from harness.errors import UserError
-    from harness.manifest import get_spec
-    from harness.q2l.config import Q2LTrainConfig, check_flags
-    from harness.q2l.recipe import load_recipe
-
     check_flags(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 micro_batch=args.micro_batch, workers=args.workers)
     if not (Path(args.coco_root) / "annotations").is_dir():

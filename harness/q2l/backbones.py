@@ -14,8 +14,11 @@
 """
 import torch
 
+from harness.checkpoints import find_state_dict, read_pickle
 from harness.errors import UserError
-from harness.models.q2l import BACKBONE_STRIDES, Backbone, Query2Label
+from harness.models.backbones.cvt import ConvolutionalVisionTransformer, build_cvt_w24
+from harness.models.backbones.swin import SwinTransformer, build_swin_l_384
+from harness.models.q2l import BACKBONE_STRIDES, Backbone, Query2Label, build_backbone
 from harness.models.transformer import Transformer
 
 CNNS = ("resnet101", "tresnetl", "tresnetl_v2")
@@ -39,20 +42,14 @@ def sizes(recipe, smoke=False):
 def build_features(backbone, img_size, smoke=False):
     """The module at `backbone.0`, with their stochastic depth; tiny when `smoke`."""
     if backbone in CNNS:
-        from harness.models.q2l import build_backbone
-
         tiny = {"layers": [1, 1, 1, 1], "width": 0.125 if backbone.startswith("tresnet") else None} if smoke else {}
         return build_backbone(backbone, img_size, **tiny)
     if backbone == "swin_L_384_22k":
-        from harness.models.backbones.swin import SwinTransformer, build_swin_l_384
-
         if smoke:
             return SwinTransformer(img_size=img_size, embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4),
                                    window_size=2, drop_path_rate=SWIN_DROP_PATH)
         return build_swin_l_384(img_size, drop_path_rate=SWIN_DROP_PATH)
     if backbone == "CvT_w24":
-        from harness.models.backbones.cvt import ConvolutionalVisionTransformer, build_cvt_w24
-
         if smoke:
             return ConvolutionalVisionTransformer(dims=(16, 32, 64), depths=(1, 1, 2), num_heads=(1, 2, 2),
                                                   drop_path_rates=CVT_DROP_PATHS)
@@ -70,6 +67,13 @@ def build_model(recipe, smoke=False):
     model.arch = dict(backbone=s["backbone"], hidden_dim=s["hidden_dim"], dim_feedforward=s["dim_feedforward"],
                       enc_layers=s["enc_layers"], dec_layers=s["dec_layers"], nheads=s["nheads"],
                       num_class=s["num_class"], img_size=s["img_size"], pre_norm=False)
+    return model
+
+
+def frozen_model(recipe, smoke=False):
+    """A fresh model with their frozen parts (random weights): what the memory planner measures."""
+    model = build_model(recipe, smoke)
+    freeze(model)
     return model
 
 
@@ -94,8 +98,6 @@ def freeze(model):
 def load_pretrained(model, backbone, path, source):
     """Load a pretrained backbone file into `model` as their backbone.py does; returns what was left out.
     A file that lacks weights of this backbone (another model's file) is one line naming it."""
-    from harness.checkpoints import find_state_dict, read_pickle
-
     state = find_state_dict(read_pickle(path))
     state = {k: v for k, v in state.items() if not any(k.startswith(d) or (d == "head" and d in k)
                                                        for d in DROPPED[backbone])}

@@ -12,16 +12,19 @@
   voc_mAP reads the rank files (harness.ranks.distributed_order is the same order).
 - `--selection held-out`: a seeded part of train2014 replaces val2014 for selection (recorded).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from harness.data.dataset import load_rgb
+from harness.data.authors_labels import choose_labels
+from harness.data.coco import check_images, load_labels
+from harness.data.images import load_rgb
 from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from harness.errors import UserError
+from harness.manifest import _parse_references, read_yaml
 
 TRAIN_LABELS_REF = "q2l-train-labels"  # reference_files id of their train_label_vectors_coco14.npy
 
@@ -84,8 +87,6 @@ def split_rows(n, fraction, seed):
 
 def load_training_data(config, spec) -> TrainingData:
     """Labels of both splits, images checked on disk, the selection split; one line if anything is missing."""
-    from harness.data.coco import check_images, load_labels
-
     root = Path(config.coco_root)
     train, test = load_labels(root, "train2014", "all"), load_labels(root, "val2014", "all")
     for split in (train, test):
@@ -105,10 +106,6 @@ def load_training_data(config, spec) -> TrainingData:
 
 def _labels(spec, root, coco_labels, ref_id, weights_dir):
     """(float64 labels, record of their source): the authors' file where listed and different, else the json's."""
-    from dataclasses import replace
-
-    from harness.data.authors_labels import choose_labels
-
     if ref_id is None or ref_id not in _references(spec):
         return coco_labels.labels.astype(np.float64), {"used": "instances json", "check": None,
                                                       "note": f"no reference file {ref_id or ''} in the manifest"}
@@ -120,8 +117,6 @@ def _labels(spec, root, coco_labels, ref_id, weights_dir):
 
 def _references(spec):
     """Every reference file of the manifest `spec` came from (the train label file is no eval's)."""
-    from harness.manifest import _parse_references, read_yaml
-
     path = Path(spec.manifest_path)
     return _parse_references(path, read_yaml(path.read_text()).get("reference_files") or {})
 
@@ -129,8 +124,6 @@ def _references(spec):
 def train_loader(dataset, batch_size, world, workers, epoch):
     """Their training loader: DistributedSampler(shuffle, seed 0), per-process batch B / W, drop_last,
     no generator (the iterator draws its base seed from the global torch RNG, as theirs)."""
-    from torch.utils.data import DataLoader, DistributedSampler
-
     sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=0)
     sampler.set_epoch(epoch)
     dataset.epoch = epoch
@@ -140,8 +133,6 @@ def train_loader(dataset, batch_size, world, workers, epoch):
 
 def val_loader(dataset, batch_size, world, workers):
     """Their validation loader: DistributedSampler(shuffle=False) (padding repeats), batch B / W."""
-    from torch.utils.data import DataLoader, DistributedSampler
-
     sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=False)
     return DataLoader(dataset, batch_size=batch_size // world.size, sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available())

@@ -13,7 +13,10 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
+from harness.download import fetch
+from harness.download.weights import lock_verified
 from harness.errors import UserError
+from harness.q2l.files import training_log_spec
 
 # Their parser's dests -> (type, default at 55eb050). Only values that move a training.
 DEFAULTS = {
@@ -177,10 +180,6 @@ def load_recipe(spec, *, weights_dir=None, cache_dir=None, fetch_files=True):
     release's config_new.json fetched (verified; an unpinned sha256 locked once parsed) when listed;
     `fetch_files=False` (smoke runs) reads neither. A file that cannot be had is a note, and the next
     source decides."""
-    from harness.download import fetch
-    from harness.download.weights import lock_verified
-    from harness.q2l.files import training_log_spec
-
     wanted = {"train_log": training_log_spec(spec), "config": spec if "config" in spec.files else None}
     texts, paths, unavailable = {}, {}, []
     for role, owner in wanted.items() if fetch_files else ():

@@ -10,11 +10,18 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
+from harness.checkpoints import sha256_of
+from harness.data.coco import fingerprint
+from harness.data.smoke import is_smoke_root
 from harness.errors import UserError
+from harness.metrics import compute_metrics
 from harness.q2l import data, run_folder, train
+from harness.q2l.backbones import sizes
 from harness.q2l.config import AUGMENTS, SELECTIONS
-from harness.records import FinishedRun, Record, config_section, model_section, utc_now
+from harness.records import FinishedRun, Record, config_section, environment, model_section, save_arrays, utc_now, write_record
 
 NOTES = ["their main_mlc.py is unseeded and uses cudnn.benchmark: here every random state is seeded and "
          "saved, so a run repeats bit for bit on CPU",
@@ -38,13 +45,10 @@ def finish(session, parts, progress) -> FinishedRun:
     keep = first[order]
     scores, rows = scores[keep], rows[keep]
     labels = (test_labels[rows] > 0).astype(np.uint8)
-    from harness import records
-    from harness.metrics import compute_metrics
-
     metrics = compute_metrics(scores, labels, "q2l", class_names=test.category_names)
-    records.save_arrays(session.run_dir, scores, labels, test.image_ids[rows])
+    save_arrays(session.run_dir, scores, labels, test.image_ids[rows])
     record = build_record(session, parts, progress, metrics, len(rows))
-    records.write_record(session.run_dir, record)
+    write_record(session.run_dir, record)
     return FinishedRun(session.run_dir, record)
 
 
@@ -53,12 +57,8 @@ def _test_scores(session, parts):
     run_dir = Path(session.run_dir)
     if session.config.selection == "test":
         return np.load(run_dir / run_folder.SELECTION_SCORES), np.load(run_dir / run_folder.SELECTION_ROWS)
-    from safetensors.torch import load_file
-
     model = copy.deepcopy(parts.model)
     model.load_state_dict(load_file(str(run_dir / run_folder.BEST)))
-    from harness.q2l.backbones import sizes
-
     size = sizes(session.config.recipe, session.config.smoke)["img_size"]
     test = data.LabelledImages(session.data.root, session.data.test, session.data.test_labels,
                                data.eval_transform(size, session.config.recipe["orid_norm"]))
@@ -68,8 +68,6 @@ def _test_scores(session, parts):
 
 
 def smoke_reasons(session, progress):
-    from harness.data.smoke import is_smoke_root
-
     c, reasons = session.config, []
     if is_smoke_root(c.coco_root):
         reasons.append("smoke subset")
@@ -84,29 +82,9 @@ def smoke_reasons(session, progress):
     return reasons
 
 
-def techniques(config):
-    """The memory techniques this run used (they keep the maths; micro-batches to float summation order)."""
-    out = []
-    if config.activation_checkpointing:
-        out.append("activation checkpointing")
-    if config.micro_batch:
-        out.append(f"micro-batches of {config.micro_batch}")
-    if config.offload_ema:
-        out.append("EMA on the CPU")
-    if config.offload_optimizer:
-        out.append("AdamW state on the CPU")
-    return out
-
-
 def build_record(session, parts, progress, metrics, n_images) -> Record:
-    from harness.data.coco import fingerprint
-    from harness.data.smoke import is_smoke_root
-    from harness.records import environment
-
     c, sel, root = session.config, progress["selection"], Path(session.config.coco_root)
     best = run_folder.BEST
-    from harness.checkpoints import sha256_of
-
     peak = progress["peak"]
     return Record(
         kind="train", run_id=session.run_dir.name, model=model_section(session.spec),
@@ -138,7 +116,7 @@ def _mean_speed(history):
 
 def train_section(session, parts, progress):
     c, sel = session.config, progress["selection"]
-    gpu = torch_is_cuda(session.device)
+    gpu = torch.device(session.device).type == "cuda"
     return {
         "model_id": c.model_id, "selection": c.selection, "selection_note": SELECTIONS[c.selection],
         "holdout": c.holdout if c.selection == "held-out" else None,
@@ -152,7 +130,8 @@ def train_section(session, parts, progress):
         "best_ema_mAP": sel["best_ema_mAP"], "history": progress["history"],
         "gpu_hours": progress["gpu_s"] / 3600 if gpu else None,
         "gpu_hours_reason": None if gpu else f"no GPU: trained on {session.device}",
-        "memory_techniques": techniques(c), "vram_budget": c.vram_budget,
+        "memory_techniques": session.plan.techniques(), "memory_plan": session.plan.as_record(),
+        "vram_budget": c.vram_budget, "memory_plans_measured": [t.as_record() for t in session.plan_trials],
         "amp": str(parts.amp).replace("torch.", "") if parts.amp else "off",
         "skipped_steps": progress["skipped_steps"], "backbone_weights": progress["backbone"],
         "world_size": session.world.size, "n_train": int(len(session.data.train_rows)),
@@ -160,8 +139,3 @@ def train_section(session, parts, progress):
         "label_sources": session.data.label_sources, "smoke": c.smoke, "notes": NOTES,
     }
 
-
-def torch_is_cuda(device):
-    import torch
-
-    return torch.device(device).type == "cuda"

@@ -7,17 +7,29 @@ DropPath, loader base seeds), and the augmentation of each image is seeded by (s
 states are saved after every epoch, so a resumed run continues bit for bit (CPU). Rank 0 writes.
 """
 import logging
+import random
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from harness.checkpoints import sha256_of
 from harness.distributed import World, pick_device
+from harness.download import fetch
+from harness.download.weights import lock_verified
 from harness.errors import UserError
 from harness.manifest import get_spec
-from harness.q2l import backbones, data, run_folder, train
+from harness.measure.measurement import SpanMeasurement
+from harness.q2l import augment, backbones, data, run_folder, train
 from harness.q2l.ema import ModelEma
+from harness.q2l.files import pretrained_backbone
+from harness.q2l.memory import MemoryPlan, apply_memory_plan
+from harness.q2l.micro_batches import BATCH_STATISTICS, check_micro_batch
+from harness.q2l.plan import plan_for_budget
+from harness.q2l.progress import epoch_bar
+from harness.q2l.record import finish
 from harness.q2l.schedule import build_optimizer, build_schedule, steps_per_epoch
 from harness.records import FinishedRun, utc_now
 
@@ -27,7 +39,7 @@ RANK_SEED_STRIDE = 7919
 
 @dataclass
 class Session:
-    """One process's view of the run: the config, where it runs, the data and the folder."""
+    """One process's view of the run: the config, where it runs, the data, the memory plan, the folder."""
     config: object  # Q2LTrainConfig
     spec: object
     world: World
@@ -35,6 +47,8 @@ class Session:
     data: data.TrainingData
     train_set: data.LabelledImages
     select_set: data.LabelledImages
+    plan: MemoryPlan
+    plan_trials: list  # the budget planner's measurements (empty without --vram-budget)
     run_dir: object = None
 
 
@@ -52,20 +66,29 @@ def check_world(config, world):
     if config.batch_size % world.size:
         raise UserError(f"--batch-size {config.batch_size} does not split evenly over {world.size} processes "
                         f"(theirs asserts the same); pass a multiple of {world.size}")
-    per_rank = config.batch_size // world.size
-    if config.micro_batch is not None:
-        from harness.q2l.micro_batches import check_micro_batch
-
-        check_micro_batch(config.recipe["backbone"], config.micro_batch, per_rank)
+    check_micro_batch(config.recipe["backbone"], config.micro_batch, config.batch_size // world.size)
 
 
 def seed_training_stream(seed, rank):
-    import random
-
     value = seed + RANK_SEED_STRIDE * rank
     torch.manual_seed(value)
     random.seed(value)
     np.random.seed(value)
+
+
+def memory_plan(config, world, device):
+    """The flags' plan, or with --vram-budget the first plan whose measured peak fits (before any folder)."""
+    if config.vram_budget is None:
+        return MemoryPlan(config.activation_checkpointing, config.offload_ema, config.offload_optimizer,
+                          config.micro_batch), []
+    size = backbones.sizes(config.recipe, config.smoke)["img_size"]
+
+    def make_model():
+        return backbones.frozen_model(config.recipe, config.smoke)
+
+    return plan_for_budget(config.vram_budget, make_model, config.recipe["backbone"] not in BATCH_STATISTICS,
+                           config.batch_size // world.size, size, config.recipe["num_class"], device,
+                           amp=amp_dtype(config, device) is not None)
 
 
 def prepare(config):
@@ -76,22 +99,21 @@ def prepare(config):
     device = pick_device(config.device)
     world = World.from_env(device)
     check_world(config, world)
-    if config.vram_budget is not None:
-        from harness.q2l.plan import check_budget
-
-        check_budget(config, world)
+    amp_dtype(config, device)
     training_data = data.load_training_data(config, spec)
+    plan, trials = memory_plan(config, world, device)
     torch.manual_seed(config.seed)  # the initial weights
     model = backbones.build_model(config.recipe, config.smoke)
     info = initialise_backbone(model, config, spec)
     info["frozen"] = backbones.freeze(model)
-    train_set = data.LabelledImages(training_data.root, training_data.train, training_data.train_labels,
-                                    train_transform(config), training_data.train_rows)
-    split, labels = training_data.select
     size = backbones.sizes(config.recipe, config.smoke)["img_size"]
+    train_set = data.LabelledImages(training_data.root, training_data.train, training_data.train_labels,
+                                    train_transform(config, size), training_data.train_rows)
+    split, labels = training_data.select
     select_set = data.LabelledImages(training_data.root, split, labels,
                                      data.eval_transform(size, config.recipe["orid_norm"]), training_data.select_rows)
-    return Session(config, spec, world, device, training_data, train_set, select_set), model, info
+    session = Session(config, spec, world, device, training_data, train_set, select_set, plan, trials)
+    return session, model, info
 
 
 def initialise_backbone(model, config, spec):
@@ -100,17 +122,11 @@ def initialise_backbone(model, config, spec):
     if config.smoke or config.backbone_weights == "random":
         return {"source": "random (seeded)", "smoke": config.smoke}
     if config.backbone_weights != "pretrained":
-        from harness.checkpoints import sha256_of
-
         path = config.backbone_weights
         loaded = backbones.load_pretrained(model, backbone, path, "a pretrained file of this backbone")
         return {"source": str(path), "sha256": sha256_of(path), "verified": False, **loaded}
     if not config.recipe["pretrained"] and backbone != "resnet101":  # their R101 is always pretrained
         return {"source": "random: the authors' recipe has no --pretrained"}
-    from harness.download import fetch
-    from harness.download.weights import lock_verified
-    from harness.q2l.files import pretrained_backbone
-
     entry = pretrained_backbone(backbone, spec.manifest_path)
     path = fetch(entry.spec, "checkpoint", weights_dir=config.weights_dir, lock=False)
     loaded = backbones.load_pretrained(model, backbone, path, f"{entry.spec.files['checkpoint'].filename} "
@@ -119,52 +135,48 @@ def initialise_backbone(model, config, spec):
     return {"source": entry.id, "description": entry.description, "path": str(path), **loaded}
 
 
+def train_transform(config, size):
+    """Their train transform with each image's draws seeded from (seed, epoch, row), or the test transform."""
+    norm = config.recipe["orid_norm"]
+    if config.augment == "none":
+        return data.eval_transform(size, norm)
+    r = config.recipe
+    if r["cutout"] and r["length"] != -1:
+        raise UserError(f"the authors' recipe has --length {r['length']}: only their -1 (the cutout their runs "
+                        f"drew) is rebuilt here")
+    steps = augment.train_transform(size, "none" if norm else "imagenet", cutout="as-run" if r["cutout"] else "off",
+                                    n_holes=r["n_holes"])
+
+    def seeded(image, row, epoch):
+        with augment.seeded_sample_rng(config.seed, epoch, row):
+            return steps(image)
+    return seeded
+
+
 def build_parts(session, model):
-    """Model on its device (DDP-wrapped on several processes), EMA, AdamW + OneCycleLR, loss settings."""
+    """Model on its device, AdamW + OneCycleLR, the memory plan, the EMA, DDP on several processes."""
     config, recipe, world = session.config, session.config.recipe, session.world
     model.to(session.device)
-    if config.activation_checkpointing:
-        from harness.q2l.checkpointing import apply_activation_checkpointing
-
-        apply_activation_checkpointing(model)
-    ema = ModelEma(model, recipe["ema_decay"], device="cpu" if config.offload_ema else None)
+    optimizer = build_optimizer(model, config.lr, config.batch_size, recipe["weight_decay"])
+    apply_memory_plan(session.plan, model, optimizer)
+    ema = ModelEma(model, recipe["ema_decay"], device=session.plan.ema_device)
     net = model
-    if world.size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
+    if world.size > 1:  # theirs: broadcast_buffers=False, no SyncBatchNorm
         cuda = torch.device(session.device).type == "cuda"
         net = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if cuda else None,
                                       broadcast_buffers=False)
-    optimizer = build_optimizer(model, config.lr, config.batch_size, recipe["weight_decay"])
-    if config.offload_optimizer:
-        from harness.q2l.offload import OptimizerStateOffload
-
-        OptimizerStateOffload(optimizer)
     steps = steps_per_epoch(len(session.data.train_rows), config.batch_size, world.size)
     scheduler = build_schedule(optimizer, config.lr, steps, config.epochs)
     loss = {"gamma_neg": recipe["gamma_neg"], "gamma_pos": recipe["gamma_pos"], "clip": recipe["loss_clip"],
             "eps": recipe["eps"], "disable_torch_grad_focal_loss": recipe["dtgfl"]}
     return train.Parts(net, model, ema, optimizer, scheduler, loss, recipe["loss_dev"] if recipe["loss_dev"] > 0
                        else None, session.device, amp_dtype(config, session.device), recipe["ema_epoch"], world,
-                       config.micro_batch)
-
-
-def train_transform(config):
-    size, norm = backbones.sizes(config.recipe, config.smoke)["img_size"], config.recipe["orid_norm"]
-    if config.augment == "none":
-        return data.eval_transform(size, norm)
-    from harness.q2l.augment import train_transform as authors_transform
-
-    r = config.recipe
-    return authors_transform(size, norm, cutout=r["cutout"], n_holes=r["n_holes"], length=r["length"],
-                             seed=config.seed)
+                       session.plan.micro_batch)
 
 
 def fit(config, on_epoch=None) -> FinishedRun:
     """Train as `config` asks, then record; FinishedRun(run_dir, record) (record None on ranks > 0).
     `on_epoch(summary)` is called on rank 0 after every epoch (the command prints it)."""
-    from harness.q2l.record import finish
-
     session, model, backbone_info = prepare(config)
     world = session.world
     settings = {**config.settings(), "n_train": int(len(session.data.train_rows)),
@@ -177,35 +189,32 @@ def fit(config, on_epoch=None) -> FinishedRun:
                 "peak": {}, "skipped_steps": 0}
     if (session.run_dir / run_folder.STATE).exists():
         progress = run_folder.load_state(session.run_dir, parts, world.rank)
-        logger.info("resuming %s after epoch %d", session.run_dir, progress["epoch"])
+        logger.info("resuming %s after epoch %d", session.run_dir, progress["epoch"] - 1)
     else:
         seed_training_stream(config.seed, world.rank)
     while progress["epoch"] < config.epochs and not progress["stopped"]:
-        summary = _epoch(session, parts, progress, session.train_set, session.select_set)
+        summary = _epoch(session, parts, progress)
         if world.main and on_epoch:
             on_epoch(summary)
     return finish(session, parts, progress)
 
 
-def _epoch(session, parts, progress, train_set, select_set):
+def _epoch(session, parts, progress):
     """One of main_worker's epochs: EMA re-created at ema_epoch, train, score both models, select,
     early stop; then the state is saved (rank 0) with every process's random states."""
-    from harness.measure.measurement import SpanMeasurement
-    from harness.q2l.progress import epoch_bar
-
     config, world, epoch = session.config, session.world, progress["epoch"]
     if epoch == parts.ema_epoch:  # theirs: ema_m = ModelEma(model.module, args.ema_decay)
-        parts.ema = ModelEma(parts.model, config.recipe["ema_decay"], device=parts.ema.device)
+        parts.ema = ModelEma(parts.model, config.recipe["ema_decay"], device=session.plan.ema_device)
     t0 = time.perf_counter()
     with SpanMeasurement(session.device) as meter:
-        loader = data.train_loader(train_set, config.batch_size, world, config.workers, epoch)
+        loader = data.train_loader(session.train_set, config.batch_size, world, config.workers, epoch)
         with epoch_bar(len(loader) * config.batch_size, epoch, config.epochs, config.progress and world.main) as bar:
             trained = train.train_epoch(parts, loader, epoch, on_batch=bar.update)
         meter.count(trained["images"])
-        val = data.val_loader(select_set, config.batch_size, world, config.workers)
+        val = data.val_loader(session.select_set, config.batch_size, world, config.workers)
         scores, rows, loss = train.score_all(parts, parts.model, val)
         ema_scores, _, ema_loss = train.score_all(parts, parts.ema.module, val)
-    labels = select_set.labels[rows]
+    labels = session.select_set.labels[rows]
     regular, ema = train.voc_map(scores, labels), train.voc_map(ema_scores, labels)
     selection = train.Selection(**{**progress["selection"], "ema_maps": tuple(progress["selection"]["ema_maps"])})
     is_best = selection.update(epoch, regular, ema)
@@ -237,7 +246,7 @@ def _save_best(session, parts, selection, scores, ema_scores, rows):
     """Their model_best: the better of the two models' weights, and its scores on the selection images."""
     ema = selection.best_model == "ema"
     module = parts.ema.module if ema else parts.model
-    run_folder.save_weights(session.run_dir / run_folder.BEST, module, module.arch,
+    run_folder.save_weights(session.run_dir / run_folder.BEST, module, parts.model.arch,
                             {"epoch": selection.best_epoch, "model": selection.best_model, "mAP": selection.best_mAP,
                              "model_id": session.config.model_id, "smoke": session.config.smoke})
     run_folder.save_array(session.run_dir / run_folder.SELECTION_SCORES, ema_scores if ema else scores)

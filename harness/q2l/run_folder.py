@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from harness.errors import UserError
-from harness.records import SETTINGS, is_finished, read_settings, refuse_changed_settings, unfinished_runs
+from harness.records import SETTINGS, is_finished, new_run_dir, read_settings, refuse_changed_settings, unfinished_runs
 
 STATE, BEST = "state.pt", "best.safetensors"
 SELECTION_SCORES, SELECTION_ROWS = "selection_scores.npy", "selection_rows.npy"
@@ -42,9 +43,7 @@ def open_run(runs_root, model_id, resume, settings):
 
 
 def _new(runs_root, model_id, settings):
-    from harness import records
-
-    run_dir = records.new_run_dir(runs_root, model_id)
+    run_dir = new_run_dir(runs_root, model_id)
     (run_dir / SETTINGS).write_text(json.dumps(settings, indent=2))
     return run_dir
 
@@ -93,8 +92,6 @@ def load_state(run_dir, parts, rank):
 
 def save_weights(path, module, arch, meta):
     """Trained weights as safetensors, the architecture and `meta` in its metadata; whole or absent."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     tmp = Path(path).with_name(Path(path).name + ".tmp")
     save_file(state, tmp, metadata={"format": FORMAT, "arch": json.dumps(arch),

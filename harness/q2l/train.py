@@ -16,6 +16,7 @@ import torch
 
 from harness.metrics import mean_ap, per_class_ap
 from harness.q2l.loss import asymmetric_loss
+from harness.q2l.micro_batches import accumulate
 
 EARLY_STOP_EPOCHS = 8  # theirs: epoch - max(best_epoch, best_regular_epoch) > 8
 
@@ -78,8 +79,6 @@ def _forward_backward(parts, images, target, scaler):
             loss = criterion(parts, parts.net(images), target)
         scaler.scale(loss).backward()
         return loss.item()
-    from harness.q2l.micro_batches import accumulate
-
     loss = accumulate(parts.net, images, target, lambda out, t: criterion(parts, out, t), parts.micro_batch,
                       backward=lambda value: scaler.scale(value).backward(),
                       autocast=lambda: autocast(parts.device, parts.amp))

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from q2l_train_helpers import smoke_config, tiny_coco
 
 from harness.q2l.run import fit
-from q2l_train_helpers import smoke_config, tiny_coco
 
 NO_DROPOUT = {"dropout": 0.0}
 

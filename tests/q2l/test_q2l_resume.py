@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from q2l_train_helpers import tiny_coco
 
 EPOCHS = "3"

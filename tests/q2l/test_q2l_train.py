@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from q2l_train_helpers import smoke_config, tiny_coco
 
 from harness.cli import main
 from harness.distributed import World
 from harness.errors import UserError
 from harness.q2l.run import check_world
-from q2l_train_helpers import smoke_config, tiny_coco
 
 
 @pytest.fixture(scope="module")
