@@ -1,0 +1,45 @@
+"""The memory techniques as `harness q2l train` runs them: checkpointing and both offloads leave the
+training's bits unchanged (CPU); the budget planner picks a plan or refuses, before any folder."""
+import json
+
+import pytest
+import torch
+
+from harness.cli import main
+from harness.q2l.run import fit
+from q2l_train_helpers import smoke_config, tiny_coco
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    return tiny_coco(tmp_path_factory.mktemp("q2l-mem-coco"))
+
+
+def _state(finished):
+    return torch.load(finished.run_dir / "state.pt", weights_only=True)
+
+
+def test_checkpointing_and_offloads_train_the_same_bits(coco, tmp_path):
+    plain = _state(fit(smoke_config(coco, tmp_path / "plain", epochs=1)))
+    with_all = fit(smoke_config(coco, tmp_path / "all", epochs=1, activation_checkpointing=True, offload_ema=True,
+                                offload_optimizer=True))
+    techniques = with_all.record.train["memory_techniques"]
+    assert techniques == ["activation checkpointing", "EMA on CPU", "AdamW state on CPU"]
+    other = _state(with_all)
+    for part in ("model", "ema"):
+        assert all(torch.equal(plain[part][k], other[part][k]) for k in plain[part]), part
+
+
+def test_a_budget_below_every_plan_is_one_line_before_any_folder(coco, tmp_path, capsys):
+    code = main(["q2l", "train", "q2l-r101-448", "--coco-root", str(coco), "--smoke", "--runs", str(tmp_path / "r"),
+                 "--vram-budget", "1MiB", "--no-progress"])
+    errors = [x for x in capsys.readouterr().err.splitlines() if "error" in x]  # the planner logs each plan it measured
+    assert code == 2 and len(errors) == 1 and "no memory plan fits the VRAM budget" in errors[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_budget_that_fits_as_written_is_recorded(coco, tmp_path):
+    finished = fit(smoke_config(coco, tmp_path, epochs=1, vram_budget="64GB"))
+    t = finished.record.train
+    assert t["memory_techniques"] == [] and t["vram_budget"] == "64GB"
+    assert t["memory_plans_measured"][0]["peak_bytes"] > 0
