@@ -20,9 +20,23 @@ Writes beside this script:
              for each of SCHEDULES, stepped as their train() steps: lr and beta1 before every
              optimizer step and after the last scheduler step (full lists; for a whole 80-epoch run
              sha256 of the float64 values and every 257th value), under today's torch and torch 1.9.1.
+  augment_images.npz   the small RGB images the augmentation fixtures start from (`augment_images()`).
+  augment_pillow8.3.json (--old, Pillow 8.3.2), augment.json (today's Pillow)
+             sha256 (first 16 hex digits) of uint8 outputs of their code, each sample after
+             random.seed(s); np.random.seed(s): RandAugment() of the randaugment package 1.0.2 on
+             the square images; SLCutoutPIL(n_holes, -1) (--old only: today's Pillow raises, the
+             message is kept) and, as "intended", SLCutoutPIL with cut_fact given and the attribute
+             its code reads (cutout_factor) set; Pillow's bilinear resize to AUGMENT_SIZE (what
+             torchvision's Resize calls); and their train transform up to ToTensor (resize, cutout,
+             RandAugment, in get_datasets' order). augment.json also holds their whole train
+             transform (get_datasets' lines, today's torchvision, without --cutout, which raises
+             there) as sha256 of its float32 output, for ImageNet and --orid_norm normalisation,
+             on the inputs whose resize every Pillow computes alike.
 main_mlc.py is imported with stand-ins for modules its import needs but these parts never call,
 where they are not installed: torch.utils.tensorboard, termcolor, einops, addict, yapf, and
 torchvision.models.utils (gone from torchvision; torch.hub's load_state_dict_from_url, which it held).
+The randaugment package (1.0.2, on sys.path: pip download randaugment==1.0.2 and unzip the wheel)
+names np.int, gone from numpy 1.24: np.int = int is set first, what it was.
 """
 import argparse
 import hashlib
@@ -51,6 +65,174 @@ EMA_COUNTS = (1, 2, 3334, 3335, 100_000, 2**24 + 1, 2**31 + 7)
 SCHEDULES = ((1e-4, 64, 7, 3), (1e-4, 64, 5, 2), (1e-4, 64, 1, 1), (2e-4, 16, 10, 1),
              (1e-4, 64, 1293, 80), (1e-4, 128, 646, 80))
 FULL_LIST_UP_TO, SUBSAMPLE = 1000, 257  # steps; longer schedules are kept as sha256 and every 257th value
+AUGMENT_SIZE, AUGMENT_SEEDS, CUTOUT_SEEDS = 24, 300, 60
+ALIKE_IN_EVERY_PILLOW = ("noise", "gradient", "landscape")  # square or wider: Pillow 13 resizes them as before
+
+
+def augment_images():
+    """name -> uint8 (H, W, 3): square ones (noise, smooth, low-contrast), portrait and landscape ones to
+    resize, and tiny ones where a cutout centre often falls on an edge."""
+    rng = np.random.default_rng(4)
+    grid = np.add.outer(np.arange(24), 2 * np.arange(24))
+    images = {"noise": rng.integers(0, 256, (24, 24, 3)), "gradient": np.stack([grid * 3, grid * 5, 255 - grid * 2], -1),
+              "dim": rng.integers(60, 140, (24, 24, 3)), "portrait": rng.integers(0, 256, (64, 40, 3)),
+              "portrait_small": rng.integers(0, 256, (30, 17, 3)), "landscape": rng.integers(0, 256, (30, 50, 3))}
+    for h, w in ((1, 1), (2, 3), (3, 2), (5, 4)):
+        images[f"tiny_{h}x{w}"] = rng.integers(0, 256, (h, w, 3))
+    return {name: (image % 256).astype(np.uint8) for name, image in images.items()}
+
+
+def short_sha(array):
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def pil_images():
+    from PIL import Image
+
+    saved = np.load(HERE / "augment_images.npz") if (HERE / "augment_images.npz").exists() else None
+    images = augment_images()
+    if saved is None:
+        np.savez_compressed(HERE / "augment_images.npz", **images)
+    else:
+        assert set(saved.files) == set(images) and all(np.array_equal(saved[k], v) for k, v in images.items())
+    return {name: Image.fromarray(image) for name, image in images.items()}
+
+
+def their_augment_classes(checkout):
+    if not hasattr(np, "int"):
+        np.int = int  # what the randaugment package names (gone from numpy 1.24)
+    sys.path.insert(0, str(checkout / "lib"))
+    from randaugment import RandAugment
+    from utils.cutout import SLCutoutPIL
+
+    return RandAugment, SLCutoutPIL
+
+
+def seeded(seed, fn, image):
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    return np.asarray(fn(image.copy()))
+
+
+def intended_cutout(SLCutoutPIL, n_holes, cut_fact):
+    cutout = SLCutoutPIL(n_holes=n_holes, length=-1, cut_fact=cut_fact)
+    cutout.cutout_factor = cut_fact  # the attribute its cut_fact path reads but never sets
+    return cutout
+
+
+def applied_operations(RandAugment, randaugment, image):
+    """Per seed, the operations RandAugment applied (the draws do not depend on the image): their
+    SubPolicy.__call__ repeated with a note of each operation run, checked to give the same image."""
+    import random
+
+    sub_policy = sys.modules[RandAugment.__module__].SubPolicy
+    original, applied = sub_policy.__call__, []
+
+    def noting(self, img):
+        if random.random() < self.p1:
+            applied.append(self._operation1_name)
+            img = self.operation1(img, self.magnitude1)
+        if random.random() < self.p2:
+            applied.append(self._operation2_name)
+            img = self.operation2(img, self.magnitude2)
+        return img
+
+    per_seed = []
+    for s in range(AUGMENT_SEEDS):
+        plain = seeded(s, randaugment, image)
+        sub_policy.__call__ = noting
+        try:
+            assert np.array_equal(seeded(s, randaugment, image), plain)
+        finally:
+            sub_policy.__call__ = original
+        per_seed.append("+".join(applied))
+        applied.clear()
+    counts = {name: sum(ops.split("+").count(name) for ops in per_seed) for name in RandAugment.get_trans_list()}
+    assert min(counts.values()) >= 3, counts  # every operation ran, several times
+    return per_seed
+
+
+def their_augment(checkout):
+    """sha256 of their augmentation outputs under this process's Pillow (cutout: where it draws)."""
+    import PIL
+    from PIL import Image
+
+    RandAugment, SLCutoutPIL = their_augment_classes(checkout)
+    images = pil_images()
+    square = [name for name in images if images[name].size == (AUGMENT_SIZE, AUGMENT_SIZE)]
+    out = {"pillow": PIL.__version__, "numpy": np.__version__, "size": AUGMENT_SIZE}
+    randaugment = RandAugment()
+    out["randaugment"] = {name: [short_sha(seeded(s, randaugment, images[name])) for s in range(AUGMENT_SEEDS)]
+                          for name in square}
+    out["randaugment_applied"] = applied_operations(RandAugment, randaugment, images[square[0]])
+    out["resize"] = {name: short_sha(np.asarray(image.resize((AUGMENT_SIZE,) * 2, Image.BILINEAR)))
+                     for name, image in images.items()}
+    try:
+        seeded(0, SLCutoutPIL(n_holes=1, length=-1), images["noise"])
+    except ValueError as e:
+        out["cutout_error"] = str(e)
+        cutouts = {}
+    else:
+        cutouts = {f"as-run/{n}": SLCutoutPIL(n_holes=n, length=-1) for n in (1, 3)}
+    cutouts.update({f"intended/{n}": intended_cutout(SLCutoutPIL, n, 0.5) for n in (1, 3)})
+    out["cutout"] = {key: {name: [short_sha(seeded(s, cutout, image)) for s in range(CUTOUT_SEEDS)]
+                           for name, image in images.items()} for key, cutout in cutouts.items()}
+    if "as-run/1" in cutouts:  # their train transform up to ToTensor, in get_datasets' order
+        def pipeline(image):
+            image = image.resize((AUGMENT_SIZE,) * 2, Image.BILINEAR)
+            return randaugment(cutouts["as-run/1"](image))
+        out["train_uint8"] = {name: [short_sha(seeded(s, pipeline, image)) for s in range(CUTOUT_SEEDS)]
+                              for name, image in images.items()}
+    return out
+
+
+def their_train_transform(checkout, orid_norm, cutout=False):
+    """Their get_datasets' lines building the train transform, run as they are."""
+    sys.path.insert(0, str(checkout / "lib"))
+    get_dataset = importlib.import_module("dataset.get_dataset")
+    text = (checkout / "lib/dataset/get_dataset.py").read_text()
+    start = text.index("def get_datasets(args):\n") + len("def get_datasets(args):\n")
+    code = textwrap.dedent(text[start:text.index("    test_data_transform = ", start)])
+    args = argparse.Namespace(img_size=AUGMENT_SIZE, orid_norm=orid_norm, cutout=cutout, n_holes=1, length=-1)
+    scope = dict(vars(get_dataset), args=args)
+    exec(code, scope)
+    return scope["train_data_transform"]
+
+
+def make_augment(checkout):
+    from harness.q2l import augment
+    from harness.q2l.randaugment import RandAugment
+
+    theirs = their_augment(checkout)
+    images = pil_images()
+    theirs["train_float32"] = {}
+    for norm, orid_norm in (("imagenet", False), ("none", True)):
+        transform, ours = their_train_transform(checkout, orid_norm), augment.train_transform(AUGMENT_SIZE, norm, cutout="off")
+        theirs["train_float32"][norm] = {}
+        for name in ALIKE_IN_EVERY_PILLOW:
+            shas = [short_sha(seeded(s, transform, images[name])) for s in range(CUTOUT_SEEDS)]
+            assert shas == [short_sha(seeded(s, ours, images[name])) for s in range(CUTOUT_SEEDS)], (norm, name)
+            theirs["train_float32"][norm][name] = shas
+    assert "cutout_error" in theirs  # today's Pillow refuses their inverted box
+    old_theirs = json.loads(next(HERE.glob("augment_pillow*.json")).read_text())
+    for result in (theirs, old_theirs):  # the harness against their code under both Pillows
+        ra = RandAugment()
+        for name, shas in result["randaugment"].items():
+            assert shas == [short_sha(seeded(s, ra, images[name])) for s in range(AUGMENT_SEEDS)], name
+        for name in ALIKE_IN_EVERY_PILLOW if result is theirs else images:
+            assert result["resize"][name] == short_sha(np.asarray(augment.resize_square(images[name], AUGMENT_SIZE)))
+        for key, per_image in result["cutout"].items():
+            kind, n_holes = key.split("/")
+            cut_fact = 0.5 if kind == "intended" else None
+            for name, shas in per_image.items():
+                assert shas == [short_sha(seeded(s, lambda im: augment.cutout(im, int(n_holes), cut_fact=cut_fact),
+                                                 images[name])) for s in range(CUTOUT_SEEDS)], (key, name)
+    train = augment.TrainAugment(AUGMENT_SIZE)
+    for name, shas in old_theirs["train_uint8"].items():
+        assert shas == [short_sha(seeded(s, train, images[name]).transpose(1, 2, 0)) for s in range(CUTOUT_SEEDS)]
+    write_json("augment.json", theirs)
 
 
 def loss_cases():
@@ -260,6 +442,8 @@ def main(argv=None):
     if args.old:
         schedule = make_schedule(checkout)
         write_json(f"schedule_torch{version_suffix(schedule['torch'])}.json", schedule)
+        augment = their_augment(checkout)
+        write_json(f"augment_pillow{version_suffix(augment['pillow'])}.json", augment)
         return
     make_loss(checkout)
     make_ema(import_main_mlc(checkout))
@@ -267,6 +451,7 @@ def main(argv=None):
     for old in HERE.glob("schedule_torch*.json"):
         assert json.loads(old.read_text())["runs"] == schedule["runs"], old.name
     write_json("schedule.json", schedule)
+    make_augment(checkout)
 
 
 if __name__ == "__main__":
