@@ -1,156 +1,28 @@
 """`harness q2l train` as a function: the authors' main_worker(), seeded, resumable, torchrun-ready.
 
-Order: every check that can fail on bad input (world, batch, memory plan, data, model, backbone file)
-runs before the run folder exists. Seeds: the initial weights from torch.manual_seed(seed); then every
-process seeds torch, Python and numpy with seed + 7919 * rank for the training stream (dropout,
-DropPath, loader base seeds), and the augmentation of each image is seeded by (seed, epoch, row). All
-states are saved after every epoch, so a resumed run continues bit for bit (CPU). Rank 0 writes.
+prepare() (session.py) checks everything before the run folder exists. Seeds: the initial weights from
+torch.manual_seed(seed); then every process seeds torch, Python and numpy with seed + 7919 * rank for the
+training stream (dropout, DropPath, loader base seeds), and the augmentation of each image is seeded by
+(seed, epoch, row). All states are saved after every epoch, so a resumed run continues bit for bit (CPU).
+Rank 0 writes.
 """
 import logging
-import random
 import time
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.checkpoints import sha256_of
-from harness.distributed import World, pick_device
-from harness.download import fetch
-from harness.download.weights import lock_verified
-from harness.errors import UserError
-from harness.manifest import get_spec
 from harness.measure.measurement import SpanMeasurement
-from harness.q2l import augment, backbones, data, run_folder, train
+from harness.q2l import data, run_folder, train
 from harness.q2l.ema import ModelEma
-from harness.q2l.files import pretrained_backbone
-from harness.q2l.memory import MemoryPlan, apply_memory_plan
-from harness.q2l.micro_batches import BATCH_STATISTICS, check_micro_batch
-from harness.q2l.plan import plan_for_budget
+from harness.q2l.memory import apply_memory_plan
 from harness.q2l.progress import epoch_bar
 from harness.q2l.record import finish
 from harness.q2l.schedule import build_optimizer, build_schedule, steps_per_epoch
+from harness.q2l.session import amp_dtype, prepare, seed_training_stream
 from harness.records import FinishedRun, utc_now
 
 logger = logging.getLogger(__name__)
-RANK_SEED_STRIDE = 7919
-
-
-@dataclass
-class Session:
-    """One process's view of the run: the config, where it runs, the data, the memory plan, the folder."""
-    config: object  # Q2LTrainConfig
-    spec: object
-    world: World
-    device: str
-    data: data.TrainingData
-    train_set: data.LabelledImages
-    select_set: data.LabelledImages
-    plan: MemoryPlan
-    plan_trials: list  # the budget planner's measurements (empty without --vram-budget)
-    run_dir: object = None
-
-
-def amp_dtype(config, device):
-    """The autocast dtype: their fp16 with --amp on a GPU; on CPU nothing unless bf16 is asked."""
-    asked = config.amp
-    if asked == "auto":
-        return torch.float16 if config.recipe["amp"] and torch.device(device).type == "cuda" else None
-    if asked == "fp16" and torch.device(device).type != "cuda":
-        raise UserError("--amp fp16 needs a GPU (CPU autocast is bf16); pass --amp bf16 or --amp off")
-    return {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[asked]
-
-
-def check_world(config, world):
-    if config.batch_size % world.size:
-        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {world.size} processes "
-                        f"(theirs asserts the same); pass a multiple of {world.size}")
-    check_micro_batch(config.recipe["backbone"], config.micro_batch, config.batch_size // world.size)
-
-
-def seed_training_stream(seed, rank):
-    value = seed + RANK_SEED_STRIDE * rank
-    torch.manual_seed(value)
-    random.seed(value)
-    np.random.seed(value)
-
-
-def memory_plan(config, world, device):
-    """The flags' plan, or with --vram-budget the first plan whose measured peak fits (before any folder)."""
-    if config.vram_budget is None:
-        return MemoryPlan(config.activation_checkpointing, config.offload_ema, config.offload_optimizer,
-                          config.micro_batch), []
-    size = backbones.sizes(config.recipe, config.smoke)["img_size"]
-
-    def make_model():
-        return backbones.frozen_model(config.recipe, config.smoke)
-
-    return plan_for_budget(config.vram_budget, make_model, config.recipe["backbone"] not in BATCH_STATISTICS,
-                           config.batch_size // world.size, size, config.recipe["num_class"], device,
-                           amp=amp_dtype(config, device) is not None)
-
-
-def prepare(config):
-    """Everything that can refuse bad input, before any folder exists: (Session, model, backbone info)."""
-    spec = get_spec(config.model_id, config.manifest)
-    if spec.family != "q2l":
-        raise UserError(f"{spec.id} is not a Query2Label model; `harness q2l train` trains q2l-* models")
-    device = pick_device(config.device)
-    world = World.from_env(device)
-    check_world(config, world)
-    amp_dtype(config, device)
-    training_data = data.load_training_data(config, spec)
-    plan, trials = memory_plan(config, world, device)
-    torch.manual_seed(config.seed)  # the initial weights
-    model = backbones.build_model(config.recipe, config.smoke)
-    info = initialise_backbone(model, config, spec)
-    info["frozen"] = backbones.freeze(model)
-    size = backbones.sizes(config.recipe, config.smoke)["img_size"]
-    train_set = data.LabelledImages(training_data.root, training_data.train, training_data.train_labels,
-                                    train_transform(config, size), training_data.train_rows)
-    split, labels = training_data.select
-    select_set = data.LabelledImages(training_data.root, split, labels,
-                                     data.eval_transform(size, config.recipe["orid_norm"]), training_data.select_rows)
-    session = Session(config, spec, world, device, training_data, train_set, select_set, plan, trials)
-    return session, model, info
-
-
-def initialise_backbone(model, config, spec):
-    """Their pretrained backbone (fetched, verified, locked once loaded), a given file, or random."""
-    backbone = config.recipe["backbone"]
-    if config.smoke or config.backbone_weights == "random":
-        return {"source": "random (seeded)", "smoke": config.smoke}
-    if config.backbone_weights != "pretrained":
-        path = config.backbone_weights
-        loaded = backbones.load_pretrained(model, backbone, path, "a pretrained file of this backbone")
-        return {"source": str(path), "sha256": sha256_of(path), "verified": False, **loaded}
-    if not config.recipe["pretrained"] and backbone != "resnet101":  # their R101 is always pretrained
-        return {"source": "random: the authors' recipe has no --pretrained"}
-    entry = pretrained_backbone(backbone, spec.manifest_path)
-    path = fetch(entry.spec, "checkpoint", weights_dir=config.weights_dir, lock=False)
-    loaded = backbones.load_pretrained(model, backbone, path, f"{entry.spec.files['checkpoint'].filename} "
-                                                              f"({entry.description})")
-    lock_verified(entry.spec, "checkpoint", path)
-    return {"source": entry.id, "description": entry.description, "path": str(path), **loaded}
-
-
-def train_transform(config, size):
-    """Their train transform with each image's draws seeded from (seed, epoch, row), or the test transform."""
-    norm = config.recipe["orid_norm"]
-    if config.augment == "none":
-        return data.eval_transform(size, norm)
-    r = config.recipe
-    if r["cutout"] and r["length"] != -1:
-        raise UserError(f"the authors' recipe has --length {r['length']}: only their -1 (the cutout their runs "
-                        f"drew) is rebuilt here")
-    steps = augment.train_transform(size, "none" if norm else "imagenet", cutout="as-run" if r["cutout"] else "off",
-                                    n_holes=r["n_holes"])
-
-    def seeded(image, row, epoch):
-        with augment.seeded_sample_rng(config.seed, epoch, row):
-            return steps(image)
-    return seeded
 
 
 def build_parts(session, model):

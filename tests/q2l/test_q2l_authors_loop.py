@@ -1,16 +1,15 @@
-"""`harness q2l train` against the authors' train() loop: the fixture tests/data/q2l_authors/train_loop.json
-was made by their main_mlc.py (check_train_loop.py, which asserts the two bit for bit side by side); here
-the harness alone replays the same run and must give the same bits. Both run under the script's portable
-numerics (MKL CBWR, ATen's and oneDNN's plain kernels, one thread), which must be set before torch loads:
-here in a child process. The synthetic images are JPEGs decoded by Pillow: their sha256 is checked first,
-so another decoder shows as that, not as a training difference."""
+"""`harness q2l train` against the authors' train() loop (SlongLiu/query2labels at 55eb050).
+
+tests/data/q2l_authors/check_train_loop.py runs their main_worker() loop (patched only to run on CPU)
+and the harness side by side on one machine and asserts model, EMA, AdamW state, losses and mAPs bit for
+bit; it wrote train_loop.json (their per-epoch figures) and train_loop.npz (sampled trained tensors of
+their model and EMA). Here the harness alone replays the same run, on whatever CPU runs the suite.
+"""
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 FIXTURES = Path(__file__).parents[1] / "data" / "q2l_authors"
@@ -18,36 +17,41 @@ _spec = importlib.util.spec_from_file_location("check_q2l_train_loop", FIXTURES 
 check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)
 
-
-def _harness_run():
-    """The harness side of check_train_loop.py, its figures as JSON on stdout."""
-    import tempfile
-
-    import torch
-
-    with tempfile.TemporaryDirectory() as tmp:
-        coco = check.make_data(tmp)
-        images = check.images_sha256(coco)
-        _, saved, history = check.run_harness(check.harness_config(coco, Path(tmp) / "runs"))
-    print(json.dumps({"model_sha256": check.state_sha256(saved["model"]), "ema_sha256": check.state_sha256(saved["ema"]),
-                      "torch": torch.__version__, "images_sha256": images, "history": history}))
+# Bounds on the floats. A float32 conv's or matmul's bits move with the CPU model, vector width and
+# thread count, and AdamW's normalised steps carry a last-bit difference on small gradients into the
+# weights: measured by tests/data/mlspl_authors-style measure_drift.py over 1 and 2 threads x ATen
+# default/AVX2/AVX512 x MKL_CBWR unset/COMPATIBLE/AVX2/AVX512 (see BOUND_MEASURED). A real change (another
+# seed, batch order, learning rate, EMA decay) moves these tensors by several percent.
+ARRAY_BOUND = 1e-3  # of each array's largest magnitude
+FIGURE_BOUND = 1e-5  # relative, each epoch's losses and mAPs
+THEIR_MAPS = {"mAP": "mAP_finite_classes", "mAP_ema": "mAP_ema_finite_classes"}
 
 
-def test_training_steps_equal_their_train_loop_bit_for_bit():
+@pytest.fixture(scope="module")
+def harness_run():
+    return check.harness_side()
+
+
+def test_training_steps_equal_their_train_loop(harness_run):
+    """Their loop's every epoch (train loss, val losses, regular and EMA mAP) and their trained model and
+    EMA after 2 epochs, within the measured bounds; the synthetic inputs decode to their very pixels."""
     their = json.loads((FIXTURES / "train_loop.json").read_text())
-    assert their["numerics"] == check.PORTABLE_NUMERICS
-    env = {**os.environ, **check.PORTABLE_NUMERICS, "PYTHONPATH": str(Path(__file__).parents[2])}
-    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    ours = json.loads(done.stdout.strip().splitlines()[-1])
-    assert ours["images_sha256"] == their["images_sha256"], "the synthetic JPEGs decode to other pixels here (Pillow)"
-    for o, t in zip(ours["history"], their["history"], strict=True):
-        assert (o["train_loss"], o["val_loss"], o["val_loss_ema"]) == (t["train_loss"], t["val_loss"], t["val_loss_ema"])
-        assert o["mAP"] == pytest.approx(t["mAP_finite_classes"], rel=1e-12)
-        assert o["mAP_ema"] == pytest.approx(t["mAP_ema_finite_classes"], rel=1e-12)
-    assert ours["model_sha256"] == their["model_sha256"], f"model differs (torch {ours['torch']}, fixture {their['torch']})"
-    assert ours["ema_sha256"] == their["ema_sha256"]
+    fixture = np.load(FIXTURES / "train_loop.npz")
+    images, arrays, history = harness_run
+    assert images == their["images_sha256"], "the synthetic JPEGs decode to other pixels here (Pillow)"
+    assert len(history) == len(their["history"]) == their["epochs"]
+    for o, t in zip(history, their["history"]):
+        for name in ("train_loss", "val_loss", "val_loss_ema", "mAP", "mAP_ema"):
+            assert o[name] == pytest.approx(t[THEIR_MAPS.get(name, name)], rel=FIGURE_BOUND), (o["epoch"], name)
+    assert set(arrays) == set(fixture.files) and len(arrays) == 2 * len(check.SAMPLED)
+    for key, value in arrays.items():
+        expected = fixture[key]
+        assert float(np.abs(value - expected).max() / np.abs(expected).max()) <= ARRAY_BOUND, key
 
 
-if __name__ == "__main__":
-    _harness_run()
+def test_the_bound_tells_a_real_change(harness_run):
+    """The EMA after 2 epochs differs from the model by far more than the bound: the test can see it."""
+    _, arrays, _ = harness_run
+    moved = [float(np.abs(arrays[f"model/{k}"] - arrays[f"ema/{k}"]).max() / np.abs(arrays[f"ema/{k}"]).max())
+             for k, _ in check.SAMPLED]
+    assert min(moved) > 10 * ARRAY_BOUND

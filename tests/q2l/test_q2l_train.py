@@ -9,7 +9,8 @@ from q2l_train_helpers import smoke_config, tiny_coco
 from harness.cli import main
 from harness.distributed import World
 from harness.errors import UserError
-from harness.q2l.run import check_world
+from harness.q2l.run import fit
+from harness.q2l.session import amp_dtype, check_world
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +94,15 @@ def test_a_backbone_file_of_another_model_is_one_line(coco, tmp_path, capsys, mo
 
 
 def test_amp_fp16_on_cpu_is_refused(coco, tmp_path):
-    from harness.q2l.run import amp_dtype
-
     with pytest.raises(UserError, match="needs a GPU"):
         amp_dtype(smoke_config(coco, tmp_path, amp="fp16"), "cpu")
     assert amp_dtype(smoke_config(coco, tmp_path), "cpu") is None  # their --amp: off on CPU
     assert amp_dtype(smoke_config(coco, tmp_path, amp="bf16"), "cpu") is torch.bfloat16
+
+
+def test_held_out_selection_chooses_on_train2014_then_scores_val2014_once(coco, tmp_path):
+    finished = fit(smoke_config(coco, tmp_path, selection="held-out", holdout=0.5, epochs=1))
+    t, r = finished.record.train, finished.record
+    assert t["select_split"] == "train2014" and t["n_select"] == 8 and t["n_train"] == 8
+    assert "held-out" in t["selection_note"] and r.dataset["n_images"] == 8  # val2014, every image once
+    assert r.metrics["mAP"] is not None

@@ -33,8 +33,11 @@ than per loader worker (tested on their own in the fidelity fixtures). Their cod
 global torch, Python and numpy states are set to the harness's (seed 0, rank 0) right before the loop.
 
 Asserts, every epoch: their train loss, val loss, regular and EMA mAP equal the harness's history; at the
-end: model, EMA, AdamW state, lr and beta1 bit for bit. With --write, also writes train_loop.json (sha256 of
-both final state dicts, the per-epoch figures, the numerics and versions) for tests/q2l/test_q2l_authors_loop.py.
+end: model, EMA, AdamW state, lr and beta1 bit for bit. With --write, also writes train_loop.json (the
+per-epoch figures, the numerics and versions, the images' sha256) and train_loop.npz (SAMPLED: a few of
+their trained tensors, model and EMA) for tests/q2l/test_q2l_authors_loop.py. That test cannot ask for
+bits (a float32 conv's or matmul's bits move with the CPU model, its vector width and the thread count):
+it compares within a bound measured by measure_drift.py.
 """
 import argparse
 import hashlib
@@ -52,6 +55,15 @@ PORTABLE_NUMERICS = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default",
                      "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SEED, EPOCHS, BATCH, N_VAL, N_TRAIN = 0, 2, 8, 16, 32
 PATCHES = [(".cuda(non_blocking=True)", "", 4)]  # (their text, replacement, how often it must occur)
+# Tensors kept for the portable test, (key, slice): the head, the queries, the projection, a transformer
+# feed-forward and norm, a backbone convolution (sampled), of the model and of its EMA. Not the attention
+# in_proj_bias: its key part has no gradient in exact arithmetic, so AdamW turns rounding noise into +-lr
+# steps whose signs follow the summation order.
+SAMPLED = [("fc.W", (slice(None),)), ("fc.b", (slice(None),)), ("query_embed.weight", (slice(None),)),
+           ("input_proj.weight", (slice(None), slice(None, None, 64))), ("input_proj.bias", (slice(None),)),
+           ("transformer.encoder.layers.0.linear1.weight", (slice(None), slice(None, None, 4))),
+           ("transformer.decoder.norm.weight", (slice(None),)),
+           ("backbone.0.body.layer4.0.conv3.weight", (slice(None, None, 64), slice(None, None, 16)))]
 
 
 def state_sha256(state):
@@ -64,6 +76,15 @@ def state_sha256(state):
         h.update(f"{k}:{a.dtype}:{tuple(a.shape)}".encode())
         h.update(np.ascontiguousarray(a.numpy()).tobytes())
     return h.hexdigest()
+
+
+def sampled(model_state, ema_state, initial):
+    """{"model/<key>", "ema/<key>", "initial/<key>": float32 numpy arrays} of the SAMPLED tensors."""
+    out = {}
+    for part, state in (("model", model_state), ("ema", ema_state), ("initial", initial)):
+        for key, index in SAMPLED:
+            out[f"{part}/{key}"] = state[key].detach().cpu()[index].numpy().copy()
+    return out
 
 
 def make_data(work):
@@ -109,6 +130,14 @@ def run_harness(config):
     saved = torch.load(finished.run_dir / "state.pt", map_location="cpu", weights_only=True)
     progress = json.loads(saved["progress"])
     return initial, saved, progress["history"]
+
+
+def harness_side():
+    """The harness alone on the fixture's data: (images sha256, SAMPLED arrays, per-epoch history)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        coco = make_data(tmp)
+        initial, saved, history = run_harness(harness_config(coco, Path(tmp) / "runs"))
+        return images_sha256(coco), sampled(saved["model"], saved["ema"], initial), history
 
 
 def patched_main_mlc(authors):
@@ -262,11 +291,13 @@ def main():
         out = {"torch": torch.__version__, "numpy": np.__version__, "numerics": PORTABLE_NUMERICS, "seed": SEED,
                "epochs": EPOCHS, "batch_size": BATCH, "n_val": N_VAL, "n_train": N_TRAIN, "images_sha256": images,
                "model_sha256": state_sha256(their_model_state), "ema_sha256": state_sha256(their_ema),
+               "sampled": [key for key, _ in SAMPLED],
                "history": [{k: v for k, v in h.items() if not k.startswith("aps")} for h in their_history]}
         for h in out["history"]:
             h.update({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in h.items()})
         (HERE / "train_loop.json").write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {HERE / 'train_loop.json'}")
+        np.savez_compressed(HERE / "train_loop.npz", **sampled(their_model_state, their_ema, initial))
+        print(f"wrote {HERE / 'train_loop.json'}, {HERE / 'train_loop.npz'}")
 
 
 if __name__ == "__main__":
