@@ -2,8 +2,23 @@
 
 tests/data/q2l_authors/check_train_loop.py runs their main_worker() loop (patched only to run on CPU)
 and the harness side by side on one machine and asserts model, EMA, AdamW state, losses and mAPs bit for
-bit; it wrote train_loop.json (their per-epoch figures) and train_loop.npz (sampled trained tensors of
-their model and EMA). Here the harness alone replays the same run, on whatever CPU runs the suite.
+bit; it wrote train_loop.json (their per-epoch figures) and train_loop.npz (sampled tensors of their
+initial weights, trained model and EMA). Here the harness alone replays the same run on whatever CPU
+runs the suite, so the floats are compared within bounds, not bits: a float32 conv's or matmul's bits
+move with the CPU model, its vector width and the thread count, and AdamW's normalised steps carry a
+last-bit difference on a tiny gradient into a step of the learning rate.
+
+The bounds, measured by tests/data/q2l_authors/measure_drift.py over 1 and 2 threads x ATen
+default/AVX2/AVX512 x MKL_CBWR unset/COMPATIBLE/AVX2/AVX512, each 3.5 times the worst drift:
+  arrays   the L2 difference of each sampled tensor, relative to how far training moved the model's
+           tensor: worst 1.08e-3 (model) and 1.05e-3 (EMA: one ulp of LayerNorm weights near 1, under
+           AVX2 kernels), bound 4e-3
+  losses   each epoch's train, val and EMA val loss, relative: worst 7.0e-6, bound 2.5e-5
+  mAPs     each epoch's regular and EMA mAP on 16 images, relative: worst 1.2e-3 (two scores swap
+           places), bound 5e-3
+Real changes, measured by the same script: the learning rate x 1.1 moves the arrays by 1.3e-1 and the
+losses by 8e-3; the EMA decay 0.9998 for 0.9997 moves the EMA's val loss by 5.9e-4 (its arrays, after
+8 steps still within 0.3 % of the initial weights, only by 2.4e-3: the loss catches it).
 """
 import importlib.util
 import json
@@ -17,41 +32,26 @@ _spec = importlib.util.spec_from_file_location("check_q2l_train_loop", FIXTURES 
 check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)
 
-# Bounds on the floats. A float32 conv's or matmul's bits move with the CPU model, vector width and
-# thread count, and AdamW's normalised steps carry a last-bit difference on small gradients into the
-# weights: measured by tests/data/mlspl_authors-style measure_drift.py over 1 and 2 threads x ATen
-# default/AVX2/AVX512 x MKL_CBWR unset/COMPATIBLE/AVX2/AVX512 (see BOUND_MEASURED). A real change (another
-# seed, batch order, learning rate, EMA decay) moves these tensors by several percent.
-ARRAY_BOUND = 1e-3  # of each array's largest magnitude
-FIGURE_BOUND = 1e-5  # relative, each epoch's losses and mAPs
-THEIR_MAPS = {"mAP": "mAP_finite_classes", "mAP_ema": "mAP_ema_finite_classes"}
+ARRAY_BOUND, LOSS_BOUND, MAP_BOUND = 4e-3, 2.5e-5, 5e-3
+LOSSES, MAPS = ("train_loss", "val_loss", "val_loss_ema"), {"mAP": "mAP_finite_classes", "mAP_ema": "mAP_ema_finite_classes"}
 
 
-@pytest.fixture(scope="module")
-def harness_run():
-    return check.harness_side()
-
-
-def test_training_steps_equal_their_train_loop(harness_run):
+def test_training_steps_equal_their_train_loop():
     """Their loop's every epoch (train loss, val losses, regular and EMA mAP) and their trained model and
     EMA after 2 epochs, within the measured bounds; the synthetic inputs decode to their very pixels."""
     their = json.loads((FIXTURES / "train_loop.json").read_text())
     fixture = np.load(FIXTURES / "train_loop.npz")
-    images, arrays, history = harness_run
+    images, arrays, history = check.harness_side()
     assert images == their["images_sha256"], "the synthetic JPEGs decode to other pixels here (Pillow)"
     assert len(history) == len(their["history"]) == their["epochs"]
     for o, t in zip(history, their["history"]):
-        for name in ("train_loss", "val_loss", "val_loss_ema", "mAP", "mAP_ema"):
-            assert o[name] == pytest.approx(t[THEIR_MAPS.get(name, name)], rel=FIGURE_BOUND), (o["epoch"], name)
-    assert set(arrays) == set(fixture.files) and len(arrays) == 2 * len(check.SAMPLED)
-    for key, value in arrays.items():
-        expected = fixture[key]
-        assert float(np.abs(value - expected).max() / np.abs(expected).max()) <= ARRAY_BOUND, key
-
-
-def test_the_bound_tells_a_real_change(harness_run):
-    """The EMA after 2 epochs differs from the model by far more than the bound: the test can see it."""
-    _, arrays, _ = harness_run
-    moved = [float(np.abs(arrays[f"model/{k}"] - arrays[f"ema/{k}"]).max() / np.abs(arrays[f"ema/{k}"]).max())
-             for k, _ in check.SAMPLED]
-    assert min(moved) > 10 * ARRAY_BOUND
+        for name in LOSSES:
+            assert o[name] == pytest.approx(t[name], rel=LOSS_BOUND), (o["epoch"], name)
+        for name, theirs in MAPS.items():
+            assert o[name] == pytest.approx(t[theirs], rel=MAP_BOUND), (o["epoch"], name)
+    assert set(arrays) == set(fixture.files) and len(arrays) == 3 * len(check.SAMPLED)
+    for key, _ in check.SAMPLED:
+        moved = np.linalg.norm(fixture[f"model/{key}"] - fixture[f"initial/{key}"])
+        for part in ("model", "ema"):
+            drift = np.linalg.norm(arrays[f"{part}/{key}"] - fixture[f"{part}/{key}"]) / moved
+            assert drift <= ARRAY_BOUND, (part, key, drift)

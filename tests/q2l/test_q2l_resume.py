@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from q2l_train_helpers import tiny_coco
 
-EPOCHS = "3"
+EPOCHS = "2"
 
 
 def _command(coco, runs, *extra):

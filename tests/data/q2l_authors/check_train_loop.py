@@ -104,15 +104,18 @@ def images_sha256(coco_root):
     return h.hexdigest()
 
 
-def harness_config(coco_root, runs_root):
-    """The harness side: a --smoke run of q2l-r101-448 with the deterministic transform, on CPU."""
+def harness_config(coco_root, runs_root, lr_scale=1.0, ema_decay=None):
+    """The harness side: a --smoke run of q2l-r101-448 with the deterministic transform, on CPU (lr_scale
+    and ema_decay change it: measure_drift.py's real changes)."""
     from harness.manifest import get_spec
     from harness.q2l.config import Q2LTrainConfig
-    from harness.q2l.recipe import load_recipe
+    from harness.q2l.recipe import Recipe, load_recipe
 
     recipe = load_recipe(get_spec("q2l-r101-448"), fetch_files=False)
+    if ema_decay is not None:
+        recipe = Recipe({**recipe.values, "ema_decay": ema_decay}, recipe.sources)
     return Q2LTrainConfig(model_id="q2l-r101-448", coco_root=str(coco_root), recipe=recipe, epochs=EPOCHS,
-                          batch_size=BATCH, lr=recipe["lr"], seed=SEED, smoke=True, augment="none",
+                          batch_size=BATCH, lr=recipe["lr"] * lr_scale, seed=SEED, smoke=True, augment="none",
                           backbone_weights="random", device="cpu", workers=0, runs_root=str(runs_root),
                           progress=False)
 
@@ -132,11 +135,11 @@ def run_harness(config):
     return initial, saved, progress["history"]
 
 
-def harness_side():
+def harness_side(**changes):
     """The harness alone on the fixture's data: (images sha256, SAMPLED arrays, per-epoch history)."""
     with tempfile.TemporaryDirectory() as tmp:
         coco = make_data(tmp)
-        initial, saved, history = run_harness(harness_config(coco, Path(tmp) / "runs"))
+        initial, saved, history = run_harness(harness_config(coco, Path(tmp) / "runs", **changes))
         return images_sha256(coco), sampled(saved["model"], saved["ema"], initial), history
 
 
