@@ -5,7 +5,7 @@
 The global batch (--batch-size) is split evenly across processes. Their loss is a SUM over the
 batch's unknown entries, and DDP averages gradients across processes, so each process scales its
 loss by the world size: the gradient equals one process's on the whole global batch
-(tests/test_ctran_ddp.py checks it on CPU, gloo, 2 processes). On GPUs BatchNorm becomes
+(tests/ctran/test_ctran_ddp.py checks it on CPU, gloo, 2 processes). On GPUs BatchNorm becomes
 SyncBatchNorm, so batch statistics are those of the global batch as on one GPU (their DataParallel
 computed them per GPU; CPU has no SyncBatchNorm). Label masks are keyed by image row, so every
 process draws the same mask for an image; crops and flips are seeded per (seed, epoch, rank).

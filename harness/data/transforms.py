@@ -3,7 +3,7 @@
 The loader ships the resize output as it is, uint8 (a quarter of the bytes of float32), and the
 rest runs where the model runs: `to_model_input` is ToTensor's `.float().div(255)` and
 Normalize's `.sub(mean).div(std)` as the same separate float32 operations, each exactly rounded
-on CPU and GPU alike, so it gives the very bits of `eval_transform` (tests/test_loader.py).
+on CPU and GPU alike, so it gives the very bits of `eval_transform` (tests/fixtures/test_loader.py).
 """
 import numpy as np
 import torch

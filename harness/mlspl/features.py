@@ -76,7 +76,7 @@ class ImageRows:
 
     The authors' transform is Resize((S, S)), RandomHorizontalFlip(0.5) (train only), ToTensor,
     Normalize. The loader ships the resize (and flip) as uint8 and `to_model_input` does ToTensor
-    and Normalize on the model's device, the same bits (tests/test_mlspl_loader.py). The flip stays
+    and Normalize on the model's device, the same bits (tests/mlspl/test_mlspl_loader.py). The flip stays
     here, in the worker, so its draw is made where and when theirs was: one per image, in order.
 
     share: (rank, world size) under several processes: the loader hands every rank the whole
