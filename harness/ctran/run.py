@@ -13,8 +13,8 @@ so a run resumed after epoch N continues as if it had not stopped.
 What a run is asked is a config (config.py); its record is built in record.py.
 """
 import json
+import logging
 import random
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,11 +57,13 @@ from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.models.ctran import CTran
 from harness.records import utc_now
 
+logger = logging.getLogger(__name__)
+
 STATE, LAST, BEST = "state.pt", "last.safetensors", "best.safetensors"
 
 
 def _say(text):
-    print(text, file=sys.stderr, flush=True)
+    logger.warning(text)
 
 
 def split_rows(n, fraction, seed):

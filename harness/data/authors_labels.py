@@ -8,7 +8,7 @@ and compared with the json labels: rows, order and values. When they differ, the
 authors' file (that is what their number means) and the record gives the json-label mAP beside it.
 The smoke subset is not checked (the file is for the real val2014).
 """
-import sys
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +19,8 @@ from harness.download.verify import file_digest, read_record, unchanged_since
 from harness.errors import UserError
 from harness.manifest import ModelSpec
 from harness.metrics import compute_metrics
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,8 +97,8 @@ def choose_labels(spec, coco_root, coco_labels, *, weights_dir=None, cache_dir=N
         path = fetch_authors_labels(spec, weights_dir=weights_dir, cache_dir=cache_dir, quiet=True)
         authors = read_label_file(path)
     except UserError as e:
-        print(f"warning: {spec.id}: the authors' label file could not be had, so the labels were not checked "
-              f"against it: {e}", file=sys.stderr)
+        logger.warning(f"warning: {spec.id}: the authors' label file could not be had, so the labels were not checked "
+                       f"against it: {e}")
         return LabelChoice(json_labels, {**plain, "authors_file": source, "check": {
             "status": "unavailable", "message": f"labels not checked against the authors' file: {e}"}}, json_labels)
 
@@ -106,5 +108,5 @@ def choose_labels(spec, coco_root, coco_labels, *, weights_dir=None, cache_dir=N
     check = compare(authors, json_labels)
     if check["status"] != "differ":
         return LabelChoice(json_labels, {**plain, "authors_file": source, "check": check}, json_labels)
-    print(f"{spec.id}: {check['message']}", file=sys.stderr)
+    logger.warning(f"{spec.id}: {check['message']}")
     return LabelChoice(authors, {"used": "authors' file", "authors_file": source, "check": check}, json_labels)
