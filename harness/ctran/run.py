@@ -139,7 +139,6 @@ def load_backbone_weights(model, source):
         state = ResNet101_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
         info = {"source": "torchvision ResNet101_Weights.IMAGENET1K_V1", "sha256": None}
     else:
-
         state = torch.load(source, map_location="cpu", weights_only=True)
         info = {"source": str(source), "sha256": sha256_of(source)}
     ckpt.load_into(model.backbone.base_network, state, source)
