@@ -1,13 +1,18 @@
 """Make the Query2Label training fidelity fixtures by running the authors' code (not run in CI).
 
-    PYTHONPATH=. python tests/data/q2l_authors/make_fixtures.py PATH/TO/query2labels
-    python3.9 tests/data/q2l_authors/make_fixtures.py PATH/TO/query2labels --old   (first, see below)
+    # the randaugment package their get_dataset.py imports, unpacked (not installed)
+    pip download randaugment==1.0.2 --no-deps -d /tmp/ra && unzip /tmp/ra/*.whl -d /tmp/ra
+    # 1. their code alone under libraries of their time, in a scratch Python 3.9 environment
+    python3.9 -m venv /tmp/old && /tmp/old/bin/pip install torch==1.9.1 pillow==8.3.2 "numpy<2"
+    PYTHONPATH=/tmp/ra /tmp/old/bin/python tests/data/q2l_authors/make_fixtures.py PATH/TO/query2labels --old
+    # 2. their code beside the harness, today's libraries
+    PYTHONPATH=.:/tmp/ra python tests/data/q2l_authors/make_fixtures.py PATH/TO/query2labels
 
 PATH is a checkout of SlongLiu/query2labels (read at 55eb050). Their files are imported as they
 are, and each piece of the harness is run beside them on the same inputs in this process: the
 script asserts bit-equality itself before writing. `--old` runs only their code, under the
-libraries of their time in a scratch environment (torch 1.9.1, Pillow 8.3.2, numpy < 2), and writes
-the files named with those versions; the main run then also asserts the harness against them.
+libraries of their time (made with torch 1.9.1, Pillow 8.3.2, numpy 1.26.4), and writes the files
+named with those versions; the main run then also asserts the harness against them.
 Writes beside this script:
   loss.npz   AsymmetricLossOptimized (lib/models/aslloss.py): for each case of `loss_cases()`, its
              logits and float64 targets, and their loss and gradient w.r.t. the logits with and
@@ -176,6 +181,11 @@ def their_augment(checkout):
         cutouts = {}
     else:
         cutouts = {f"as-run/{n}": SLCutoutPIL(n_holes=n, length=-1) for n in (1, 3)}
+    try:  # their cut_fact path as written
+        seeded(0, SLCutoutPIL(n_holes=1, length=-1, cut_fact=0.5), images["noise"])
+        raise AssertionError("their cut_fact path ran")
+    except AttributeError as e:
+        assert "cutout_factor" in str(e)
     cutouts.update({f"intended/{n}": intended_cutout(SLCutoutPIL, n, 0.5) for n in (1, 3)})
     out["cutout"] = {key: {name: [short_sha(seeded(s, cutout, image)) for s in range(CUTOUT_SEEDS)]
                            for name, image in images.items()} for key, cutout in cutouts.items()}
