@@ -13,6 +13,7 @@ import socket
 import sys
 
 import torch
+import torch.distributed as dist
 
 from harness.errors import UserError
 
@@ -34,7 +35,6 @@ class World:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size < 2:
             return cls()
-        import torch.distributed as dist
 
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device == "cuda":
@@ -58,7 +58,6 @@ class World:
         """Every rank's value, in rank order (a barrier too)."""
         if self.size == 1:
             return [value]
-        import torch.distributed as dist
 
         out = [None] * self.size
         dist.all_gather_object(out, value)
@@ -68,7 +67,6 @@ class World:
         """Rank 0's value on every rank."""
         if self.size == 1:
             return value
-        import torch.distributed as dist
 
         box = [value]
         dist.broadcast_object_list(box, src=0)

@@ -5,13 +5,17 @@
 The global batch (--batch-size) is split evenly across processes. Their loss is a SUM over the
 batch's unknown entries, and DDP averages gradients across processes, so each process scales its
 loss by the world size: the gradient equals one process's on the whole global batch
-(tests/test_ctran_ddp.py checks it on CPU, gloo, 2 processes). On GPUs BatchNorm becomes
+(tests/ctran/test_ctran_ddp.py checks it on CPU, gloo, 2 processes). On GPUs BatchNorm becomes
 SyncBatchNorm, so batch statistics are those of the global batch as on one GPU (their DataParallel
 computed them per GPU; CPU has no SyncBatchNorm). Label masks are keyed by image row, so every
 process draws the same mask for an image; crops and flips are seeded per (seed, epoch, rank).
 Validation is sharded too and gathered; only rank 0 writes files.
 """
 import os
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 def world():
@@ -21,9 +25,6 @@ def world():
 
 def setup(device):
     """Join the process group when started by torchrun; returns (rank, world size, device)."""
-    import torch
-    import torch.distributed as dist
-
     rank, size, local = world()
     if size == 1:
         return 0, 1, device
@@ -36,9 +37,6 @@ def setup(device):
 
 
 def wrap(model, device, size):
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
-
     if size == 1:
         return model
     # torchvision's fc is kept for their keys but never used: DDP would wait forever for its gradient
@@ -52,9 +50,6 @@ def wrap(model, device, size):
 
 def gather(tensors, size):
     """Concatenate each process's list of CPU tensors (same order on every process)."""
-    import torch
-    import torch.distributed as dist
-
     if size == 1:
         return tensors
     parts = [None] * size

@@ -20,12 +20,41 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.models import ResNet101_Weights
+from tqdm import tqdm
 
+from harness import records
+from harness.checkpoints import sha256_of
 from harness.ctran import checkpoint as ckpt
-from harness.ctran import masks
+from harness.ctran import distributed, masks
 from harness.ctran.config import CtranEvalConfig
-from harness.ctran.record import Checkpoint, Scored, Trained, build_record, training_reasons
+from harness.ctran.data import (
+    MaskedImages,
+    TestDraw,
+    TrainingDraw,
+    eval_transform,
+    train_transform,
+)
+from harness.ctran.distributed import gather
+from harness.ctran.metrics import compute_ctran_metrics
+from harness.ctran.record import (
+    Checkpoint,
+    Scored,
+    Trained,
+    build_record,
+    training_reasons,
+)
+from harness.ctran.run_folder import open_run
+from harness.data.coco import check_images, fingerprint, load_labels
+from harness.distributed import pick_device
 from harness.errors import UserError
+from harness.manifest import get_spec
+from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
+from harness.models.ctran import CTran
 from harness.records import utc_now
 
 STATE, LAST, BEST = "state.pt", "last.safetensors", "best.safetensors"
@@ -44,9 +73,6 @@ def split_rows(n, fraction, seed):
 
 def _loader(dataset, batch_size, workers, shuffle=False, seed=0, size=1, rank=0, epoch=0):
     """Their DataLoader (shuffled for training); with several processes, this process's shard."""
-    import torch
-    from torch.utils.data import DataLoader, DistributedSampler
-
     g = torch.Generator().manual_seed(seed)
     if size == 1:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g)
@@ -57,8 +83,6 @@ def _loader(dataset, batch_size, workers, shuffle=False, seed=0, size=1, rank=0,
 
 def unknown_loss(pred, labels, mask, use_lmt):
     """Their loss_out: BCE with logits summed over the unknown entries (over all entries without LMT)."""
-    import torch.nn.functional as F
-
     loss = F.binary_cross_entropy_with_logits(pred, labels, reduction="none")
     return ((mask == -1).float() * loss).sum() if use_lmt else loss.sum()
 
@@ -68,12 +92,6 @@ def predict(model, loader, device, use_lmt, progress=False, size=1, on_batch=Non
 
     With several processes each scores its shard; the shards are gathered (rows a padded sampler
     repeats are kept once) and every process returns the same arrays."""
-    import numpy as np
-    import torch
-    from tqdm import tqdm
-
-    from harness.ctran.distributed import gather
-
     model.eval()
     logits, all_labels, all_masks, rows = [], [], [], []
     with torch.no_grad():
@@ -102,8 +120,6 @@ def train_step(model, optimizer, images, labels, mask, use_lmt, size=1):
 
 
 def train_epoch(model, loader, optimizer, device, use_lmt, progress=False, size=1):
-    from tqdm import tqdm
-
     model.train()
     total, n = 0.0, 0
     for images, labels, mask, _ in tqdm(loader, disable=not progress, leave=False, desc="train"):
@@ -114,17 +130,12 @@ def train_epoch(model, loader, optimizer, device, use_lmt, progress=False, size=
 
 def load_backbone_weights(model, source):
     """ImageNet weights for their ResNet-101 (torchvision's V1, as their pretrained=True), a file, or random."""
-    import torch
-
     if source == "random":
         return {"source": "random", "sha256": None}
     if source == "imagenet":
-        from torchvision.models import ResNet101_Weights
-
         state = ResNet101_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
         info = {"source": "torchvision ResNet101_Weights.IMAGENET1K_V1", "sha256": None}
     else:
-        from harness.checkpoints import sha256_of
 
         state = torch.load(source, map_location="cpu", weights_only=True)
         info = {"source": str(source), "sha256": sha256_of(source)}
@@ -145,8 +156,6 @@ class TrainingData:
 
 
 def load_training_data(config):
-    from harness.data.coco import check_images, load_labels
-
     root = Path(config.coco_root)
     train_labels, test_labels = load_labels(root, "train2014", "annotated"), load_labels(root, "val2014", "annotated")
     check_images(root, train_labels)
@@ -168,14 +177,6 @@ def load_training_data(config):
 def train(config):
     """Train C-Tran as `config` (CtranTrainConfig) asks, then score val2014 with the selected
     checkpoint; returns (run folder, record), (None, None) on ranks other than 0."""
-    import torch
-
-    from harness.ctran import distributed
-    from harness.ctran.data import MaskedImages, TestDraw, TrainingDraw, eval_transform, train_transform
-    from harness.ctran.metrics import compute_ctran_metrics
-    from harness.ctran.run_folder import open_run
-    from harness.distributed import pick_device
-
     rank, size, device = distributed.setup(pick_device(config.device))
     if config.batch_size % size:
         raise UserError(f"--batch-size {config.batch_size} does not split evenly over {size} processes; "
@@ -184,7 +185,6 @@ def train(config):
     settings = {**config.settings(), "n_train": len(data.train_rows), "n_val": len(data.val_rows), "processes": size}
     run_dir = open_run(config, settings) if rank == 0 else None
     if size > 1:  # every process reads the same run folder (resume state); only rank 0 writes
-        import torch.distributed as dist
 
         shared = [run_dir]
         dist.broadcast_object_list(shared, src=0)
@@ -244,10 +244,6 @@ def train(config):
 
 def _start(config, run_dir, device):
     """(model, optimizer, scheduler, state): seeded initial weights, or those after the last finished epoch."""
-    import torch
-
-    from harness.models.ctran import CTran
-
     resumed = (run_dir / STATE).exists()
     torch.manual_seed(config.seed)  # the initial weights (their weights_init and torchvision's) are seeded too
     model = CTran(**{k: v for k, v in config.arch.items() if k not in ("name", "img_size")}).to(device)
@@ -278,17 +274,6 @@ def _finish_training(trained, device):
 def evaluate_checkpoint(config, trained=None):
     """Score val2014 once per known-label setting of `config` (CtranEvalConfig; one image pass each)
     and write one record per setting; `trained`: the training whose test pass this is."""
-    import torch
-
-    from harness import records
-    from harness.checkpoints import sha256_of
-    from harness.ctran.data import MaskedImages, TestDraw, eval_transform
-    from harness.ctran.metrics import compute_ctran_metrics
-    from harness.data.coco import check_images, fingerprint, load_labels
-    from harness.distributed import pick_device
-    from harness.manifest import get_spec
-    from harness.models.ctran import CTran
-
     config = replace(config, device=pick_device(config.device))
     device, weights = config.device, config.weights
     specs = [get_spec(m, config.manifest) for m in config.model_ids]
@@ -299,7 +284,6 @@ def evaluate_checkpoint(config, trained=None):
         raise UserError(f"{weights} is a C-Tran trained {'with' if lmt else 'without'} label-mask training, but "
                         f"{specs[0].id} is {'without' if lmt else 'with'} it; pass that model's checkpoint "
                         f"(or evaluate {'ctran-r101-576' if lmt else 'ctran-r101-576-no-lmt'})")
-    from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 
     model = CTran(**{k: v for k, v in arch.items() if k not in ("name", "img_size")})
     ckpt.load_into(model, state, weights)
@@ -328,7 +312,8 @@ def evaluate_checkpoint(config, trained=None):
         metrics = compute_ctran_metrics(scores, labels.labels[got_rows], mask.numpy())
         run_dir = run_dir or records.new_run_dir(config.runs_root, spec.id)
         records.save_arrays(run_dir, scores, labels.labels[got_rows], labels.image_ids[got_rows])
-        records.write_new(run_dir / "masks.npy", lambda f, m=mask.numpy().astype(np.int8): np.save(f, m))
+        known_mask = mask.numpy().astype(np.int8)
+        records.write_new(run_dir / "masks.npy", lambda f: np.save(f, known_mask))
         scored = Scored(spec, percent, known, run_dir, len(got_rows), fingerprint(labels), loss, metrics, measured,
                         time.perf_counter() - t_setting)
         record = build_record(config, checkpoint, scored, trained)

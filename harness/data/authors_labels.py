@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from harness.data.smoke import is_smoke_root
+from harness.download import fetch
+from harness.download.verify import file_digest, read_record, unchanged_since
 from harness.errors import UserError
+from harness.manifest import ModelSpec
+from harness.metrics import compute_metrics
 
 
 @dataclass
@@ -27,8 +32,6 @@ class LabelChoice:
 
     def summary(self, scores, protocol):
         """The record section; with the json-label mAP when the labels used differ from the json's."""
-        from harness.metrics import compute_metrics
-
         out = dict(self.record)
         n = len(scores)
         if self.record["used"] == "authors' file" and not np.array_equal(self.labels[:n], self.json_labels[:n]):
@@ -38,8 +41,6 @@ class LabelChoice:
 
 def reference_spec(spec, ref_id):
     """A manifest-like entry for one reference file, so that it is fetched, cached and locked as weights are."""
-    from harness.manifest import ModelSpec
-
     return ModelSpec(id=ref_id, family=spec.family, description="", arch={}, paper={}, released=True,
                      files={"labels": spec.references[ref_id]}, eval=None, manifest_path=spec.manifest_path)
 
@@ -47,8 +48,6 @@ def reference_spec(spec, ref_id):
 def fetch_authors_labels(spec, ref_id=None, **options):
     """The verified local path of the label file `ref_id` (default: the one `spec`'s evaluation names;
     options: those of download.fetch)."""
-    from harness.download import fetch
-
     return fetch(reference_spec(spec, ref_id or spec.eval.authors_labels), "labels", **options)
 
 
@@ -101,8 +100,6 @@ def choose_train_labels(spec, coco_root, coco_labels, *, weights_dir=None, cache
 
 
 def _choose(spec, ref_id, coco_root, coco_labels, weights_dir, cache_dir, use):
-    from harness.data.smoke import is_smoke_root
-
     json_labels = coco_labels.labels
     plain = {"used": "instances json"}
     if ref_id is None:
@@ -120,7 +117,6 @@ def _choose(spec, ref_id, coco_root, coco_labels, weights_dir, cache_dir, use):
               f"against it: {e}", file=sys.stderr)
         return LabelChoice(json_labels, {**plain, "authors_file": source, "check": {
             "status": "unavailable", "message": f"labels not checked against the authors' file: {e}"}}, json_labels)
-    from harness.download.verify import file_digest, read_record, unchanged_since
 
     cached = read_record(path)
     sha = cached["sha256"] if cached and unchanged_since(path, cached) else file_digest(path)

@@ -66,7 +66,7 @@ def _gdown_at(base):
 
 def resolve_folder_path(folder_id, path, patience=None):
     """The Drive file id of `path` (e.g. Q2L-R101-448/checkpoint.pkl) inside a shared folder."""
-    import gdown
+    import gdown  # lazy: every command loads download/, and only a Drive download needs gdown
 
     patience = patience or Patience.from_env()
     base = base_url("HARNESS_GDRIVE_URL", GDRIVE_URL)
@@ -100,7 +100,7 @@ def resolve_folder_path(folder_id, path, patience=None):
 
 def download_file(file_id, out, *, patience=None, quiet=False):
     """Download one Drive file to `out` (gdown keeps and resumes its own partial file beside it)."""
-    import gdown
+    import gdown  # lazy: every command loads download/, and only a Drive download needs gdown
 
     patience = patience or Patience.from_env()
     out = Path(out)
@@ -143,7 +143,7 @@ def download_file(file_id, out, *, patience=None, quiet=False):
 
 
 def _gdown_file(file_id, out, patience, quiet):
-    import gdown
+    import gdown  # lazy: every command loads download/, and only a Drive download needs gdown
 
     base = base_url("HARNESS_GDRIVE_URL", GDRIVE_URL)
     with _gdown_at(base):

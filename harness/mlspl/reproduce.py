@@ -2,7 +2,13 @@
 on the paper's grid, then write the report. Complete runs are skipped; failures are listed."""
 from pathlib import Path
 
+from harness.distributed import pick_device
 from harness.errors import UserError
+from harness.eval.reproduce import complete_run, run_each
+from harness.mlspl.config import FeatureConfig, TrainConfig
+from harness.mlspl.features import extract_features, feature_paths, fetch_features
+from harness.mlspl.prepare import prepare
+from harness.mlspl.run import model_id, train_and_evaluate
 
 DEFAULT = (("ROLE", "linear"), ("ROLE", "fine-tuned"))
 EVERY = tuple((loss, mode) for loss in ("AN", "AN-LS", "WAN", "EPR", "ROLE") for mode in ("linear", "fine-tuned")) \
@@ -11,8 +17,6 @@ EVERY = tuple((loss, mode) for loss in ("AN", "AN-LS", "WAN", "EPR", "ROLE") for
 
 def _features(data_dir, coco_root, features_dir, device):
     """The authors' features when they can be had, else our own extraction (said aloud)."""
-    from harness.mlspl.features import extract_features, feature_paths, fetch_features
-
     try:
         feature_paths(features_dir)
         return features_dir
@@ -23,26 +27,17 @@ def _features(data_dir, coco_root, features_dir, device):
         return features_dir
     except UserError as e:
         print(f"the authors' features could not be fetched ({e}); extracting our own instead")
-    from harness.mlspl.config import FeatureConfig
 
     return extract_features(data_dir, coco_root, features_dir, FeatureConfig(device=device))
 
 
 def every_model_id():
-    from harness.mlspl.run import model_id
-
     return [model_id(loss, mode) for loss, mode in EVERY]
 
 
 def reproduce_mlspl(coco_root, *, models=None, runs_root="runs", tables_dir="tables", device=None, force=False,
                     data_dir="data/mlspl", manifest=None):
     """models: model ids (every_model_id() for all of them); None: ROLE linear and fine-tuned."""
-    from harness.distributed import pick_device
-    from harness.mlspl.config import TrainConfig
-    from harness.mlspl.prepare import prepare
-    from harness.mlspl.run import model_id, train_and_evaluate
-    from harness.reproduce import complete_run, run_each
-
     jobs = DEFAULT
     if models:
         by_id = {model_id(loss, mode): (loss, mode) for loss, mode in EVERY}

@@ -7,9 +7,13 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import PIL
+import pynvml
+from PIL import features
 
 from harness import __version__
 from harness.manifest import PACKAGE_DATA, REPO_ROOT
+from harness.measure.nvml import handle_by_uuid
 
 
 def _version(package):
@@ -45,9 +49,7 @@ def _gpu(torch, device_index):
     if torch is not None and torch.cuda.is_available():
         uuid = torch.cuda.get_device_properties(device_index).uuid
     try:
-        import pynvml
 
-        from harness.measure.nvml import handle_by_uuid
 
         pynvml.nvmlInit()
         try:
@@ -90,8 +92,7 @@ def matching_environment_file(python_version, torch_version, folder=None):
 def image_libraries():
     """Pillow and its JPEG decoder: resize and decode differ by +-1/255 on some JPEGs between versions."""
     try:
-        import PIL
-        from PIL import features
+        pass
     except ImportError:
         return {"pillow": None, "libjpeg_turbo": None, "libjpeg": None}
 
@@ -108,7 +109,7 @@ def image_libraries():
 def environment(device_index=0):
     """Library versions, hardware and code version of this process, for a record."""
     try:
-        import torch
+        import torch  # lazy: reports read records without torch (and a machine may lack it)
     except ImportError:
         torch = None
     commit = _git("rev-parse", "HEAD")

@@ -5,6 +5,7 @@
 record.json is written last and atomically; a folder without it is an unfinished run. Its contents:
 harness.records.schema. A record can be re-scored from its saved scores without a GPU.
 """
+import fcntl
 import json
 import os
 import secrets
@@ -72,8 +73,6 @@ def check_runs_root(runs_root, flag="--runs"):
 def hold_run(run_dir):
     """An exclusive lock on a run folder while it is evaluated (an open file: closing it releases the
     lock, and so does the end of the process). A second process gets one line naming the holder."""
-    import fcntl
-
     handle = open(Path(run_dir) / ".in-progress", "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -121,7 +120,8 @@ def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False):
     if scores.ndim != 2 or labels.shape != scores.shape or image_ids.shape != (scores.shape[0],):
         raise ValueError(f"shapes do not agree: scores {scores.shape}, labels {labels.shape}, "
                          f"image_ids {image_ids.shape}")
-    for name, array in (("scores.npy", scores.astype(np.float16 if scores.dtype == np.float16 else np.float32)), ("labels.npy", (labels > 0).astype(np.uint8)),
+    for name, array in (("scores.npy", scores.astype(np.float16 if scores.dtype == np.float16 else np.float32)),
+                        ("labels.npy", (labels > 0).astype(np.uint8)),
                         ("image_ids.npy", image_ids.astype(np.int64))):
         path = Path(run_dir) / name
         if keep_equal and path.exists():
