@@ -8,16 +8,16 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-
 from download_helpers import isolated, server  # noqa: F401  (fixtures: loopback server, fresh cache)
+from loopback_server import file_route
+from tiny_release import make_release
+
 from harness.cli import main
 from harness.data.authors_labels import TRAIN_USE, choose_train_labels
 from harness.data.coco import load_labels
 from harness.download.verify import git_blob_id
 from harness.errors import UserError
 from harness.manifest import load_manifest, read_yaml
-from loopback_server import file_route
-from tiny_release import make_release
 
 PINNED = "https://raw.githubusercontent.com/SlongLiu/query2labels/55eb05064f4badbe03423b79e5c9d143da2dff2e/"
 
