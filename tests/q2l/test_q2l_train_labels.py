@@ -1,6 +1,6 @@
 """The label file their training reads (data/coco/train_label_vectors_coco14.npy): fetched from their
 repository at 55eb050, verified by its git object id, compared with instances_train2014.json, and
-used by a training where it differs, as the val file is for evaluation (tests/test_authors_labels.py)."""
+used by a training where it differs, as the val file is for evaluation (tests/data/test_authors_labels.py)."""
 import hashlib
 import io
 import shutil
