@@ -11,7 +11,7 @@ Their training reads `data/coco/train_label_vectors_coco14.npy` the same way (`t
 authors' file where they differ (what their runs learnt from).
 The smoke subset is not checked (the files are for the real val2014 and train2014).
 """
-import sys
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +22,8 @@ from harness.download.verify import file_digest, read_record, unchanged_since
 from harness.errors import UserError
 from harness.manifest import ModelSpec
 from harness.metrics import compute_metrics
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,8 +115,8 @@ def _choose(spec, ref_id, coco_root, coco_labels, weights_dir, cache_dir, use):
         path = fetch_authors_labels(spec, ref_id, weights_dir=weights_dir, cache_dir=cache_dir, quiet=True)
         authors = read_label_file(path)
     except UserError as e:
-        print(f"warning: {spec.id}: the authors' label file could not be had, so the labels were not checked "
-              f"against it: {e}", file=sys.stderr)
+        logger.warning(f"warning: {spec.id}: the authors' label file could not be had, so the labels were not checked "
+                       f"against it: {e}")
         return LabelChoice(json_labels, {**plain, "authors_file": source, "check": {
             "status": "unavailable", "message": f"labels not checked against the authors' file: {e}"}}, json_labels)
 
@@ -124,5 +126,5 @@ def _choose(spec, ref_id, coco_root, coco_labels, weights_dir, cache_dir, use):
     check = compare(authors, json_labels, use)
     if check["status"] != "differ":
         return LabelChoice(json_labels, {**plain, "authors_file": source, "check": check}, json_labels)
-    print(f"{spec.id}: {check['message']}", file=sys.stderr)
+    logger.warning(f"{spec.id}: {check['message']}")
     return LabelChoice(authors, {"used": "authors' file", "authors_file": source, "check": check}, json_labels)
