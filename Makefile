@@ -8,9 +8,14 @@ RUNS ?= runs
 
 .PHONY: install test check-install smoke smoke-ctran bench reproduce-q2l reproduce-mlspl reproduce-ctran report clean-venv
 
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu: PyTorch's CPU-only wheels (about 1 GB instead of 5) for a
+# machine without a GPU; installed first, so the harness's own install keeps them.
+TORCH_INDEX ?=
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install -q torch torchvision --index-url $(TORCH_INDEX),)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 

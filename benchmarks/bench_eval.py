@@ -32,7 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.data.categories import COCO_CATEGORIES  # noqa: E402
-from harness.data.dataset import load_rgb  # noqa: E402
+from harness.data.images import load_rgb  # noqa: E402
 from harness.data.transforms import ResizeToUint8, eval_transform  # noqa: E402
 from harness.manifest import load_manifest  # noqa: E402
 from harness.models import build_from_arch  # noqa: E402
@@ -83,8 +83,8 @@ def time_model(model, spec, n, device, batch_size):
 
 
 def time_e2e(spec, root, runs, device, workers, batch_size):
-    from harness.eval_config import EvalConfig
-    from harness.evaluate import evaluate
+    from harness.eval.config import EvalConfig
+    from harness.eval.run import evaluate
 
     config = EvalConfig(coco_root=str(root), weights="random", runs_root=str(runs), device=device, workers=workers,
                         batch_size=batch_size, progress=False)

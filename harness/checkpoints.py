@@ -11,15 +11,21 @@
 - After the first verified load a safetensors copy is kept, so later loads unpickle nothing.
 """
 import json
+import logging
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
+from harness.download.verify import file_digest, read_record, unchanged_since
 from harness.errors import UserError
+from harness.models.q2l import checkpoint_sizes, config_problems
+
+logger = logging.getLogger(__name__)
 
 # numpy pieces of a pickled float64 scalar, under numpy 2 and numpy 1 names.
 _NUMPY_SCALAR = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
@@ -37,8 +43,6 @@ def sha256_of(path, *, fetched=False):
     """The file's sha256, hashed in full. fetched=True: a file the download layer has just checked
     in its cache may take the hash from its download record (when its size and mtime match); a
     file named by the user never does, since a record beside it proves nothing."""
-    from harness.download.verify import file_digest, read_record, unchanged_since
-
     record = read_record(path) if fetched else None
     if record and unchanged_since(path, record) and record.get("sha256"):
         return record["sha256"]
@@ -115,8 +119,6 @@ def read_config(path):
 # ---------------------------------------------------------------- strict loading
 
 def _likely_cause(model, model_sd, ckpt_sd, wrong):
-    from harness.models.q2l import checkpoint_sizes
-
     odd = wrong + [k for k in model_sd if k not in ckpt_sd] + [k for k in ckpt_sd if k not in model_sd]
     if sum(k.startswith("backbone.0.") for k in odd) > len(odd) // 2:
         return "likely cause: wrong model: this checkpoint is for another backbone or architecture"
@@ -175,8 +177,6 @@ def _cache_file(cache_dir, name, sha):
 
 
 def _write_cache(model, target, sha, info):
-    from safetensors.torch import save_file
-
     target.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"source_sha256": sha, **{k: str(v) for k, v in info.items() if v is not None}}
@@ -194,9 +194,6 @@ def read_state(path, *, sha256, cache_dir=None, name=None, trust=False, pinned_s
     safetensors copy when one exists for this sha256 (nothing unpickled), else safely unpickled."""
     cached = _cache_file(cache_dir, name or Path(path).stem, sha256) if cache_dir else None
     if cached is not None and cached.is_file():
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         with safe_open(str(cached), "pt") as f:
             meta = f.metadata() or {}
         if meta.get("source_sha256") == sha256:
@@ -216,14 +213,13 @@ def keep_safetensors_copy(model, path, *, sha256, cache_dir, name=None, info=Non
     try:
         _write_cache(model, target, sha256, info or {})
     except OSError as e:  # a read-only cache only costs speed
-        print(f"warning: could not keep a safetensors copy at {target}: {e}", file=sys.stderr)
+        logger.warning(f"warning: could not keep a safetensors copy at {target}: {e}")
 
 
 def check_config(model, state, config, eval_spec=None):
     """config_new.json against the checkpoint's weights and the model (Q2L models carry `arch`)."""
     if config is None or not hasattr(model, "arch"):
         return
-    from harness.models.q2l import checkpoint_sizes, config_problems
 
     problems = config_problems(config, model, checkpoint_sizes(state), eval_spec)
     if problems:

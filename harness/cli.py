@@ -2,6 +2,7 @@
 import argparse
 import errno
 import importlib
+import logging
 import sys
 
 from harness import __version__
@@ -50,24 +51,70 @@ def os_error_line(e):
     return f"{e.strerror or e}{':' + where if where else ''}"
 
 
-def build_parser():
+def build_parser(only=None):
+    """The whole parser; with `only`, the arguments of that subcommand alone (the others are listed
+    by name and help, their modules not imported: a command's module may load torch)."""
     parser = argparse.ArgumentParser(
         prog="harness",
         description="Reproduce published multi-label classification results and compare them with the papers.",
     )
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    add_output_flags(parser, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"harness.commands.{name}")
-        p = sub.add_parser(name, help=help_text, description=module.__doc__ or help_text)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or name == only:
+            module = importlib.import_module(f"harness.commands.{name}")  # lazy: see the docstring
+            p.description = module.__doc__ or help_text
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+        add_output_flags(p, argparse.SUPPRESS)
+    parser.set_defaults(quiet=False, verbose=False, no_progress=False)
     return parser
 
 
+def add_output_flags(parser, default):
+    """-q/--quiet, -v/--verbose and --no-progress, before or after the subcommand (SUPPRESS: a
+    subcommand's default never hides the same flag given before it)."""
+    have = parser._option_string_actions
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="warnings and errors only: no progress, no info lines")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="also the library's debug lines")
+    if "--no-progress" not in have:
+        parser.add_argument("--no-progress", action="store_true", default=default, help="no progress bars")
+
+
+def chosen_command(argv):
+    """The subcommand named in argv ("" when none): the only command module main() imports."""
+    first = next((a for a in argv if not a.startswith("-")), "")
+    return first if first in COMMANDS else ""
+
+
+class _ConsoleLines(logging.Handler):
+    """The library's log as the CLI shows it, one plain line each: what a step is doing (INFO) on
+    stdout, what the user should know of (WARNING and up) on stderr; the streams of the moment."""
+
+    def emit(self, record):
+        stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        stream.write(record.getMessage() + "\n")
+        stream.flush()
+
+
+def configure_logging(args):
+    """The library logs (harness.*); the CLI shows INFO and up (WARNING and up with --quiet)."""
+    logger = logging.getLogger("harness")
+    logger.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    if not any(isinstance(h, _ConsoleLines) for h in logger.handlers):
+        logger.addHandler(_ConsoleLines())
+    if args.quiet:
+        args.no_progress = True
+
+
 def main(argv=None):
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=chosen_command(argv))
     args = parser.parse_args(argv)
+    configure_logging(args)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
@@ -87,7 +134,7 @@ def main(argv=None):
         return 130
     finally:
         if "torch.distributed" in sys.modules:  # only a command that loaded torch can have joined a group
-            from harness.distributed import leave_process_group
+            from harness.distributed import leave_process_group  # lazy: it loads torch, which --help must not
 
             leave_process_group(finished)
 

@@ -6,14 +6,28 @@ lock an unpinned release's hash (only now) -> provenance for the run record.
 The mechanism (safe unpickling, strict-load diagnosis, the safetensors copy) is harness.checkpoints;
 the model family's key logic sits beside its model (harness.models.q2l).
 """
-import sys
+import logging
 from pathlib import Path
 
 import torch
 
-from harness.checkpoints import (check_config, keep_safetensors_copy, load_state_dict_strict, read_config,
-                                 read_state, sha256_of)
+from harness.checkpoints import (
+    check_config,
+    keep_safetensors_copy,
+    load_state_dict_strict,
+    read_config,
+    read_state,
+    sha256_of,
+)
+from harness.download import fetch
+from harness.download.lock import lock_entry
+from harness.download.settings import harness_home, lock_file_for
+from harness.download.weights import lock_verified
 from harness.errors import UserError
+from harness.models import build_from_arch
+from harness.models.q2l import SIZES_FROM_CHECKPOINT, checkpoint_sizes
+
+logger = logging.getLogger(__name__)
 
 
 def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_dir=None, trust=False,
@@ -23,10 +37,6 @@ def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_di
     The Q2L transformer's feed-forward size and layer counts are taken from the checkpoint (the
     manifest's are assumptions until pinned); any difference is said and recorded.
     """
-    from harness.download.settings import harness_home
-    from harness.models import build_from_arch
-    from harness.models.q2l import SIZES_FROM_CHECKPOINT, checkpoint_sizes
-
     given = path is not None  # else the download layer checked it against the pinned or locked sha256
     fetched = [] if given else [role for role, asked in (("checkpoint", path), ("config", config))
                                 if asked is None and role in spec.files]
@@ -41,9 +51,8 @@ def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_di
         sizes = checkpoint_sizes(state)
         from_checkpoint = {k: sizes[k] for k in SIZES_FROM_CHECKPOINT if k in sizes and sizes[k] != spec.arch.get(k)}
         if from_checkpoint:
-            print(f"{spec.id}: the checkpoint has {from_checkpoint} (the manifest assumed "
-                  f"{ {k: spec.arch.get(k) for k in from_checkpoint} }); built with the checkpoint's sizes",
-                  file=sys.stderr)
+            logger.warning(f"{spec.id}: the checkpoint has {from_checkpoint} (the manifest assumed "
+                        f"{ {k: spec.arch.get(k) for k in from_checkpoint} }); built with the checkpoint's sizes")
     model = build_from_arch(spec.arch, **{**arch_overrides, **from_checkpoint})
     check_config(model, state, read_config(config) if config else None, spec.eval)
     load_state_dict_strict(model, state, source=str(loaded_from))
@@ -61,8 +70,6 @@ def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_di
 def release_files(spec, path=None, config=None, *, weights_dir=None, cache_dir=None):
     """(checkpoint, config or None): the given file, else the verified release (hand-placed, cache,
     download); a Q2L checkpoint's config_new.json is also looked for beside it."""
-    from harness.download import fetch
-
     if path is None:
         if not spec.released:
             raise UserError(f"{spec.id} has no released weights (trained here): run `harness mlspl train`, "
@@ -82,9 +89,6 @@ def release_files(spec, path=None, config=None, *, weights_dir=None, cache_dir=N
 def unverified_reason(spec, sha256):
     """Why a checkpoint given by path cannot count as the release of `spec` (None when its sha256
     is the pinned or locked one, or when `spec` has no release: trained here, nothing to match)."""
-    from harness.download.lock import lock_entry
-    from harness.download.settings import lock_file_for
-
     if not spec.released or "checkpoint" not in spec.files:
         return None
     expected = spec.files["checkpoint"].sha256 or (
@@ -99,8 +103,6 @@ def unverified_reason(spec, sha256):
 
 def _lock_release(spec, paths, roles):
     """Only a release that has just loaded strictly into its model may have its hash locked."""
-    from harness.download.weights import lock_verified
-
     for role in roles:
         lock_verified(spec, role, paths[role])
 

@@ -10,12 +10,23 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from harness.commands.predict import add_model_arguments, load
+from harness.data.images import load_rgb
 from harness.errors import UserError
+from harness.explain.attention import (
+    check_has_attention,
+    figure_png,
+    label_indices,
+    scores_and_maps,
+)
+from harness.explain.predict import CLASS_NAMES, RANDOM_NOTE, image_paths, predicted
+from harness.manifest import get_spec
+from harness.records import write_new
 
 
 def add_arguments(parser):
-    from harness.commands.predict import add_model_arguments
-
     add_model_arguments(parser)
     parser.add_argument("--label", action="append", default=[], metavar="NAME",
                         help="COCO class to show (repeatable; default: the predicted ones)")
@@ -30,15 +41,6 @@ def _names(paths):
 
 
 def run(args):
-    import numpy as np
-
-    from harness.attention import check_has_attention, figure_png, label_indices, scores_and_maps
-    from harness.commands.predict import load
-    from harness.data.dataset import load_rgb
-    from harness.manifest import get_spec
-    from harness.predict import CLASS_NAMES, RANDOM_NOTE, image_paths, predicted
-    from harness.records import write_new
-
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1 (got {args.top_k})")
     check_has_attention(get_spec(args.model, args.manifest))  # before any download

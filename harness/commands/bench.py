@@ -2,10 +2,20 @@
 memory and energy per batch size, and the largest batch that fits a VRAM budget (inference and
 one AdamW training step). Models get random weights: bench measures cost, never accuracy.
 Writes one record of kind "bench" per model under --runs; `harness report` shows them."""
+import dataclasses
 import sys
 
+from tabulate import tabulate
+
 from harness.commands import add_runs_argument
+from harness.distributed import pick_device
 from harness.errors import UserError
+from harness.measure.bench import BenchConfig, CannotBuild, bench_model, models_to_run
+from harness.measure.fit import parse_size_mib
+from harness.measure.measurement import nvml_baseline_mib
+from harness.measure.throughput import free_memory
+from harness.records import check_runs_root, environment, new_run_dir, write_record
+from harness.report import COST_COLUMNS, bench_row, display_cost
 
 
 def add_arguments(parser):
@@ -25,7 +35,8 @@ def add_arguments(parser):
                         help="largest batch the fit search tries (default 256)")
     parser.add_argument("--iters", type=int, default=None, metavar="N", help="timed calls per batch size (default 50 GPU, 5 CPU)")
     parser.add_argument("--warmup", type=int, default=None, metavar="N", help="warm-up calls (default 10 GPU, 1 CPU)")
-    parser.add_argument("--warmup-s", type=float, default=None, metavar="S", help="and at least this many seconds (default 2 GPU, 0 CPU)")
+    parser.add_argument("--warmup-s", type=float, default=None, metavar="S",
+                        help="and at least this many seconds (default 2 GPU, 0 CPU)")
     parser.add_argument("--min-time-s", type=float, default=None, metavar="S",
                         help="timed calls last at least this long, for steady power and energy readings "
                              "(default 5 GPU, 0 CPU)")
@@ -44,8 +55,6 @@ def _check_args(args):
 
 
 def bench_config(args):
-    from harness.measure.bench import BenchConfig
-
     return BenchConfig(batch_sizes=tuple(args.batch_size), amp=args.amp, channels_last=args.channels_last,
                        compile=args.compile, vram_budget=args.vram_budget, max_fit_batch=args.max_fit_batch,
                        iters=args.iters, warmup=args.warmup, warmup_s=args.warmup_s, min_time_s=args.min_time_s,
@@ -54,25 +63,12 @@ def bench_config(args):
 
 def run(args):
     _check_args(args)
-    import dataclasses
-
-    from harness.distributed import pick_device
-    from harness.measure.bench import CannotBuild, bench_model, models_to_run
-    from harness.measure.fit import parse_size_mib
-    from harness.records import check_runs_root
 
     parse_size_mib(args.vram_budget)  # a bad budget fails before any model is built
     config = bench_config(args)
     specs = models_to_run(args.model, args.manifest)
     device = pick_device(args.device)
     check_runs_root(args.runs)  # before minutes of measuring, not after
-
-    from tabulate import tabulate
-
-    from harness.measure.measurement import nvml_baseline_mib
-    from harness.measure.throughput import free_memory
-    from harness.records import environment, new_run_dir, write_record
-    from harness.report import COST_COLUMNS, bench_row, display_cost
 
     baseline = nvml_baseline_mib(device)  # before this process allocates anything on the GPU
     env = environment()

@@ -5,6 +5,8 @@ import json
 import sys
 
 from harness.errors import UserError
+from harness.explain.compare import compare_runs, load_run, plot_png, to_text
+from harness.records import write_new
 
 
 def add_arguments(parser):
@@ -24,13 +26,11 @@ def add_arguments(parser):
 
 
 def run(args):
-    from harness.compare import compare_runs, load_run, plot_png, to_text
-    from harness.records import write_new
-
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UserError(f"--plot {args.plot}: name a .png file")
     result = compare_runs(load_run(args.run_a), load_run(args.run_b), protocol=args.protocol, n_boot=args.n_boot,
-                          n_perm=args.n_perm, seed=args.seed, common_images=args.common_images, progress=lambda m: print(m, file=sys.stderr))
+                          n_perm=args.n_perm, seed=args.seed, common_images=args.common_images,
+                          progress=lambda m: print(m, file=sys.stderr))
     sys.stdout.write(to_text(result) if args.format == "text" else json.dumps(result, indent=1) + "\n")
     if args.plot:
         try:

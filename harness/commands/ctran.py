@@ -3,8 +3,14 @@
 Evaluation at 0/25/50/75% known labels is `harness eval ctran-r101-576 --weights RUN/best.safetensors
 --known 0 25 50 75`: one record per setting, each under its manifest entry.
 """
+from pathlib import Path
+
 from harness.commands import add_runs_argument
+from harness.ctran.config import CtranEvalConfig, CtranTrainConfig
+from harness.ctran.masks import DRAWS, KNOWN_PERCENTS
+from harness.ctran.run import evaluate_checkpoint, train
 from harness.errors import UserError
+from harness.manifest import load_manifest
 
 
 def add_arguments(parser):
@@ -36,17 +42,14 @@ def add_arguments(parser):
 
 
 def run(args):
-    from harness.ctran.config import CtranTrainConfig
-    from harness.ctran.run import train
-
     config = CtranTrainConfig(coco_root=args.coco_root, use_lmt=not args.no_lmt, selection=args.selection,
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               scale=args.scale, crop=args.crop, tiny=args.tiny, backbone=args.backbone,
                               holdout=args.holdout, limit=args.limit, device=args.device, workers=args.workers,
                               runs_root=args.runs, resume=args.resume, progress=not args.no_progress)
-    run_dir, record = train(config)
-    if record is not None:  # under torchrun only rank 0 has one
-        _print(record, run_dir)
+    finished = train(config)
+    if finished.record is not None:  # under torchrun only rank 0 has one
+        _print(finished.record, finished.run_dir)
 
 
 def _print(record, run_dir):
@@ -61,11 +64,6 @@ def _print(record, run_dir):
 
 def evaluate(args, spec):
     """`harness eval` for a C-Tran entry: --known picks the sibling entries (same training, that setting)."""
-    from harness.ctran.config import CtranEvalConfig
-    from harness.ctran.masks import DRAWS, KNOWN_PERCENTS
-    from harness.ctran.run import evaluate_checkpoint
-    from harness.manifest import load_manifest
-
     known = args.known if args.known else [spec.train["known"]]
     bad = [k for k in known if k not in KNOWN_PERCENTS]
     if bad:
@@ -92,7 +90,6 @@ def evaluate(args, spec):
                              runs_root=args.runs, manifest=args.manifest, limit=args.limit,
                              progress=not args.no_progress)
     records = evaluate_checkpoint(config)
-    from pathlib import Path
 
     for r in records:
         _print(r, Path(args.runs) / r.model_id / r.run_id)

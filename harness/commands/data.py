@@ -3,6 +3,12 @@
   harness data coco --root DIR [--download]   check DIR/annotations + DIR/val2014 (and fetch what is missing)
   harness data smoke --out DIR [--images N]   write the synthetic COCO-format smoke subset
 """
+from pathlib import Path
+
+from harness.data.coco import check_images, is_full_split, load_labels, unreadable_images
+from harness.data.smoke import make_smoke
+from harness.download import fetch_coco
+from harness.errors import UserError
 
 
 def add_arguments(parser):
@@ -27,11 +33,6 @@ def run(args):
 
 
 def _smoke(args):
-    from pathlib import Path
-
-    from harness.data.smoke import make_smoke
-    from harness.errors import UserError
-
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; choose a new --out folder (nothing was overwritten)")
@@ -43,12 +44,7 @@ def _smoke(args):
 
 
 def _coco(args):
-    from harness.data.coco import check_images, is_full_split, load_labels, unreadable_images
-    from harness.errors import UserError
-
     if args.download:
-        from harness.download import fetch_coco
-
         fetch_coco(args.root, splits=("annotations", *args.splits))
     for split in args.splits:
         labels = load_labels(args.root, split, "all")

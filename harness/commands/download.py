@@ -8,7 +8,17 @@ else $HARNESS_HOME, else ~/.cache/harness. Each file is checked against the sha2
 in the manifest or, if unpinned, the one recorded in weights_manifest.lock.yaml at its
 first download. Prints where each file is and its sha256.
 """
+import difflib
 import sys
+
+from harness.data.authors_labels import reference_spec
+from harness.download import fetch, fetch_mlspl_features
+from harness.download.lock import lock_entry
+from harness.download.settings import lock_file_for
+from harness.download.verify import read_record
+from harness.errors import UserError
+from harness.manifest import load_manifest, resolve_id
+from harness.pretrained import build_pretrained
 
 FEATURES = "mlspl-features"
 
@@ -24,15 +34,9 @@ def add_arguments(parser):
                         help="re-hash cached files instead of trusting size and record")
     parser.add_argument("--offline", action="store_true", help="never touch the network (also HARNESS_OFFLINE=1)")
     parser.add_argument("--features", action="store_true", help=f"also fetch the MLSPL features (same as '{FEATURES}')")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def _choose(specs, targets):
-    import difflib
-
-    from harness.errors import UserError
-    from harness.manifest import resolve_id
-
     chosen, features = [], False
     for target in targets:
         if target == FEATURES:
@@ -42,7 +46,6 @@ def _choose(specs, targets):
         elif resolve_id(target, specs):
             chosen.append(specs[resolve_id(target, specs)])
         elif any(target in s.references for s in specs.values()):  # a file the authors' evaluation read
-            from harness.data.authors_labels import reference_spec
 
             chosen.append(reference_spec(next(s for s in specs.values() if target in s.references), target))
         else:
@@ -55,14 +58,6 @@ def _choose(specs, targets):
 
 
 def run(args):
-    from harness.data.authors_labels import reference_spec
-    from harness.download import fetch, fetch_mlspl_features
-    from harness.download.lock import lock_entry
-    from harness.download.settings import lock_file_for
-    from harness.download.verify import read_record
-    from harness.errors import UserError
-    from harness.manifest import load_manifest
-
     specs = load_manifest(args.manifest)
     chosen, features = _choose(specs, args.targets)
     features = features or args.features
@@ -88,7 +83,7 @@ def run(args):
         weights = role != "labels"  # a label file is checked by its content and git object id, then locked
         try:
             path = fetch(spec, role, cache_dir=args.cache, weights_dir=args.weights_dir,
-                         verify=args.verify, offline=offline, quiet=args.quiet, lock=not weights)
+                         verify=args.verify, offline=offline, quiet=args.no_progress, lock=not weights)
             if weights and not (wfile.sha256 or lock_entry(lock_file, spec.id, role)):
                 _load_to_lock(spec, args)  # a first hash is locked only once the file loads into its model
         except UserError as e:
@@ -98,7 +93,7 @@ def run(args):
         sha = wfile.sha256 or (lock_entry(lock_file, spec.id, role) or {}).get("sha256")
         print(f"{spec.id}  {role}  {path}  sha256 {sha}")
     if features:
-        for path in fetch_mlspl_features(args.cache, verify=args.verify, offline=offline, quiet=args.quiet):
+        for path in fetch_mlspl_features(args.cache, verify=args.verify, offline=offline, quiet=args.no_progress):
             print(f"{FEATURES}  {path.name}  {path}  sha256 {(read_record(path) or {}).get('sha256')}")
     if failures:
         raise UserError(f"{len(failures)} of {count} files could not be fetched (reasons above); "
@@ -107,6 +102,4 @@ def run(args):
 
 def _load_to_lock(spec, args):
     """Read the fetched release safely and strictly into its model; that locks its unpinned hashes."""
-    from harness.pretrained import build_pretrained
-
     build_pretrained(spec, weights_dir=args.weights_dir, cache_dir=args.cache)

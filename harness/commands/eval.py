@@ -6,7 +6,15 @@ Several models of one resolution are scored from one decode of the images.
 """
 
 
+
 from harness.commands import add_runs_argument
+from harness.commands.ctran import evaluate as evaluate_ctran
+from harness.distributed import World
+from harness.errors import UserError
+from harness.eval.config import EvalConfig
+from harness.eval.run import evaluate_many
+from harness.manifest import get_spec
+from harness.metrics import OUTSIDE_CI_NOTE, outside_ci
 
 
 def add_arguments(parser):
@@ -43,24 +51,17 @@ def add_arguments(parser):
 
 
 def run(args):
-    import os
-
-    from harness.errors import UserError
-    from harness.evaluate import evaluate_many
-    from harness.manifest import get_spec
-
     specs = [get_spec(model, args.manifest) for model in args.models]
     ctran = [spec for spec in specs if spec.family == "ctran"]
     if ctran:  # trained here, partial labels: harness/commands/ctran.py
         if len(specs) > 1:
             raise UserError(f"{ctran[0].id} is a C-Tran model: evaluate it alone (`harness eval {ctran[0].id} ...`)")
-        from harness.commands.ctran import evaluate as evaluate_ctran
         args.model = specs[0].id
         return evaluate_ctran(args, specs[0])
     if args.known or args.draw != "ctran":
         raise UserError(f"--known and --draw are for C-Tran models only; {specs[0].id} is {specs[0].family}")
     config = eval_config(args)
-    quiet_rank = os.environ.get("RANK", "0") != "0"  # torchrun: rank 0 says the results (and any failure, once)
+    quiet_rank = not World.declared().main  # torchrun: rank 0 says the results (and any failure, once)
     try:
         results = evaluate_many(specs, config)
     except UserError:
@@ -79,8 +80,6 @@ def run(args):
 
 
 def eval_config(args):
-    from harness.eval_config import EvalConfig
-
     return EvalConfig(coco_root=args.coco_root, weights=args.weights, weights_dir=args.weights_dir,
                       checkpoint_config=args.config, trust_checkpoint=args.trust_checkpoint,
                       batch_size=args.batch_size, amp=args.amp, device=args.device, tf32=args.tf32, limit=args.limit,
@@ -89,8 +88,6 @@ def eval_config(args):
 
 
 def _print_result(spec, run_dir, record):
-    from harness.metrics import OUTSIDE_CI_NOTE, outside_ci
-
     m = record.metrics
     ci = m.get("mAP_ci95")
     ci_text = f"{_number(ci[0])}-{_number(ci[1])}" if ci else "n/a"

@@ -3,9 +3,10 @@ and top-3, tie counts) from saved scores and labels (.npy, images x classes), ex
 paper's code computes mAP. Prints one JSON object (or a short text summary)."""
 import json
 
-import numpy as np
-
+from harness.ctran.metrics import compute_ctran_metrics
 from harness.errors import UserError
+from harness.metrics import Bootstrap, compute_metrics
+from harness.records.arrays import load_array
 
 
 def add_arguments(parser):
@@ -26,15 +27,6 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--class-names", metavar="FILE",
                         help="class names, one per line or a JSON list (default: column indices)")
-
-
-def load_array(path, what):
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"{what} file not found: {path}")
-    except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"cannot read {what} from {path} ({e}); pass a .npy array saved with numpy.save")
 
 
 def load_class_names(path):
@@ -88,8 +80,6 @@ def print_metrics(metrics, fmt):
 
 
 def run(args):
-    from harness.metrics import Bootstrap, compute_metrics
-
     if args.n_boot < 1:
         raise UserError("--n-boot must be at least 1 (or use --no-ci)")
     scores = load_array(args.scores, "scores")
@@ -104,8 +94,6 @@ def run(args):
 
 
 def _run_ctran(args, scores, labels):
-    from harness.ctran.metrics import compute_ctran_metrics
-
     if args.protocol != "ctran":
         raise UserError("--mask is for --protocol ctran only; drop it or use --protocol ctran")
     mask = load_array(args.mask, "mask") if args.mask else None

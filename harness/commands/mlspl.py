@@ -2,6 +2,12 @@
 import json
 
 from harness.commands import add_runs_argument
+from harness.distributed import pick_device
+from harness.errors import UserError
+from harness.mlspl.config import FeatureConfig, TrainConfig
+from harness.mlspl.features import compare_features, extract_features, fetch_features
+from harness.mlspl.prepare import prepare
+from harness.mlspl.run import train_and_evaluate
 
 
 def add_arguments(parser):
@@ -63,32 +69,20 @@ def add_arguments(parser):
 
 def run(args):
     if args.action == "prepare":
-        from harness.mlspl.prepare import prepare
-
         meta = prepare(args.coco_root, args.out)
         print(f"wrote {args.out}: train {meta['counts']['train']}, val {meta['counts']['val']}, "
               f"test {meta['counts']['test']} images")
     elif args.action == "extract-features":
-        from harness.distributed import pick_device
-        from harness.mlspl.config import FeatureConfig
-        from harness.mlspl.features import extract_features
-
         config = FeatureConfig(resolution=args.resolution, batch_size=args.batch_size, device=pick_device(args.device),
                                workers=args.workers, random_weights=args.random_weights, seed=args.seed)
         out = extract_features(args.data, args.coco_root, args.out, config)
         print(f"features in {out}")
     elif args.action == "fetch-features":
-        from harness.mlspl.features import fetch_features
-
         for path in fetch_features(args.out, args.key, args.cache):
             print(path)
     elif args.action == "compare-features":
-        from harness.mlspl.features import compare_features
-
         print(json.dumps(compare_features(args.ours, args.theirs, args.sample), indent=1))
     elif args.action == "train":
-        from harness.mlspl.run import train_and_evaluate
-
         finished = train_and_evaluate(train_config(args))
         if finished is None:  # a torchrun rank other than 0: rank 0 writes and prints
             return
@@ -100,9 +94,6 @@ def run(args):
 
 def train_config(args):
     """The TrainConfig that `harness mlspl train`'s flags ask for."""
-    from harness.errors import UserError
-    from harness.mlspl.config import TrainConfig
-
     if (args.lr is None) != (args.batch_size is None):
         raise UserError("give --lr and --batch-size together (one grid point), or neither (--grid paper)")
     if args.grid and args.lr is not None:

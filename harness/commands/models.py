@@ -1,5 +1,9 @@
 """List the models of the manifest: id, family, resolution, paper mAP, and what each needs."""
-from harness.manifest import FAMILIES
+import json
+
+from tabulate import tabulate
+
+from harness.manifest import FAMILIES, load_manifest
 
 
 def add_arguments(parser):
@@ -25,12 +29,6 @@ def rows(specs):
 
 
 def run(args):
-    import json
-
-    from tabulate import tabulate
-
-    from harness.manifest import load_manifest
-
     specs = load_manifest(args.manifest)
     if args.family:
         specs = {k: v for k, v in specs.items() if v.family == args.family}

@@ -6,6 +6,9 @@ JSON / CSV (every score of every image). `--weights random` runs untrained weigh
 import sys
 
 from harness.errors import UserError
+from harness.explain.predict import image_paths, load_model, render, score_images
+from harness.manifest import get_spec
+from harness.records import write_new
 
 
 def add_model_arguments(parser):
@@ -34,9 +37,6 @@ def add_arguments(parser):
 
 def load(args):
     """(spec, image paths, model, weights info, device, autocast dtype) from the shared options."""
-    from harness.manifest import get_spec
-    from harness.predict import image_paths, load_model
-
     if not 0 <= args.threshold <= 1:
         raise UserError(f"--threshold must be between 0 and 1 (got {args.threshold}); scores are probabilities")
     if args.batch_size is not None and args.batch_size < 1:
@@ -49,9 +49,6 @@ def load(args):
 
 
 def run(args):
-    from harness.predict import render, score_images
-    from harness.records import write_new
-
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1 (got {args.top_k})")
     spec, paths, model, info, device, amp_dtype = load(args)

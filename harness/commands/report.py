@@ -4,7 +4,10 @@ Reads only the records, the manifest and tables/paper/*.csv; never runs a model.
 import sys
 from pathlib import Path
 
+from harness import report
 from harness.errors import UserError
+from harness.explain.compare import compare_runs, find_run, load_run, plot_png
+from harness.manifest import load_manifest
 
 
 def add_arguments(parser):
@@ -28,9 +31,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    from harness import report
-    from harness.manifest import load_manifest
-
     if args.paper_tables and not Path(args.paper_tables).is_dir():
         raise UserError(f"paper tables folder not found: {args.paper_tables}; pass --paper-tables DIR with the *.csv files")
     if Path(args.runs).exists() and not Path(args.runs).is_dir():
@@ -43,8 +43,6 @@ def run(args):
         raise UserError(f"measured records folder not found: {measured}; pass --measured DIR or --measured none")
     compare = None
     if args.compare:
-        from harness.compare import compare_runs, find_run, load_run
-
         compare = compare_runs(*(load_run(find_run(args.runs, name)) for name in args.compare),
                                protocol=args.compare_protocol, common_images=args.compare_common_images,
                                progress=lambda m: print(f"harness report: {m}", file=sys.stderr))
@@ -67,7 +65,6 @@ def run(args):
     out = report.write_report_file(args.out, text)
     print(f"written: {out}", file=sys.stderr)
     if compare:  # the chart as its own PNG too, beside the report
-        from harness.compare import plot_png
 
         chart = report.write_report_png(out.with_name(f"{out.stem}-compare.png"), plot_png(compare))
         print(f"written: {chart}", file=sys.stderr)

@@ -8,6 +8,9 @@ Complete runs are kept and skipped; one model failing does not stop the others.
 
 
 from harness.commands import add_runs_argument
+from harness.eval.config import EvalConfig
+from harness.eval.reproduce import reproduce_q2l
+from harness.mlspl.reproduce import every_model_id, reproduce_mlspl
 
 
 def add_arguments(parser):
@@ -35,15 +38,11 @@ def add_arguments(parser):
 
 def run(args):
     if args.family == "q2l":
-        from harness.eval_config import EvalConfig
-        from harness.reproduce import reproduce_q2l
-
         config = EvalConfig(coco_root=args.coco_root, weights_dir=args.weights_dir, batch_size=args.batch_size,
                             amp=args.amp, device=args.device, tf32=args.tf32, limit=args.limit, runs_root=args.runs,
                             keep_cache=args.keep_cache)
         return reproduce_q2l(config, models=args.models, tables_dir=args.tables, manifest=args.manifest,
                              force=args.force)
-    from harness.mlspl.reproduce import every_model_id, reproduce_mlspl
 
     models = args.models or (every_model_id() if args.all else None)
     return reproduce_mlspl(args.coco_root, models=models, runs_root=args.runs,

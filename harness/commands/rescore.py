@@ -5,7 +5,14 @@ import json
 import sys
 from pathlib import Path
 
+from harness import records
+from harness.commands.metrics import print_metrics
+from harness.ctran.metrics import compute_ctran_metrics
 from harness.errors import UserError
+from harness.eval.ranks import as_ranks_wrote
+from harness.metrics import Bootstrap, compute_metrics
+from harness.records import new_run_id
+from harness.records.arrays import load_array
 
 
 def add_arguments(parser):
@@ -22,8 +29,6 @@ def add_arguments(parser):
 
 
 def output_path(run_dir, protocol, ranks=None):
-    from harness.records import new_run_id
-
     path = run_dir / f"rescore-{protocol}{f'-ranks{ranks}' if ranks else ''}.json"
     if path.exists():  # never replace an earlier result: add the time and a random tag
         path = run_dir / f"rescore-{protocol}-{new_run_id()}.json"
@@ -31,10 +36,6 @@ def output_path(run_dir, protocol, ranks=None):
 
 
 def run(args):
-    from harness import records
-    from harness.commands.metrics import load_array, print_metrics
-    from harness.metrics import Bootstrap, compute_metrics
-
     run_dir = Path(args.run_dir)
     record = records.read_record(run_dir)
     if record.kind not in ("eval", "train"):
@@ -57,11 +58,9 @@ def run(args):
         if extra:
             raise UserError("--emulate-ranks replays Query2Label's multi-GPU script; a C-Tran run has no such "
                             "script: leave it out")
-        from harness.ranks import as_ranks_wrote
 
         scores, labels, ranks_note = as_ranks_wrote(scores, labels, args.emulate_ranks)
     if extra:  # C-Tran's own metrics
-        from harness.ctran.metrics import compute_ctran_metrics
 
         metrics = compute_ctran_metrics(scores, labels, extra["mask"])
     else:

@@ -6,14 +6,16 @@ their DataParallel prefixes every key with `module.`. Both load strictly into ha
 import json
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from harness.checkpoints import find_state_dict, read_pickle
 from harness.errors import UserError
 
 FORMAT = "ctran state dict"
 
 
 def save(path, model, arch, extra=None):
-    from safetensors.torch import save_file
-
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "arch": json.dumps(arch), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
     tmp = Path(path).with_name(Path(path).name + ".tmp")
@@ -27,9 +29,6 @@ def read(path):
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; pass the best.safetensors of a `harness ctran train` run")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
@@ -40,7 +39,6 @@ def read(path):
             raise UserError(f"{path} is not a C-Tran checkpoint (format {meta.get('format')!r}); pass the "
                             f"best.safetensors of a `harness ctran train` run")
         return state, json.loads(meta["arch"]), {k: json.loads(v) for k, v in meta.items() if k not in ("format", "arch")}
-    from harness.checkpoints import find_state_dict, read_pickle
 
     return find_state_dict(read_pickle(path)), None, {}
 

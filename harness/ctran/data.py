@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from harness.ctran import masks
-from harness.data.dataset import load_rgb
+from harness.data.images import load_rgb
 from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SCALE, CROP = 640, 576

@@ -4,15 +4,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.ctran.config import PAPER, PAPER_ARCH, SELECTIONS, CtranTrainConfig
-from harness.records import utc_now
+from harness.data.smoke import is_smoke_root
+from harness.records import Record, config_section, environment, model_section, utc_now
 
 DRAW_NOTES = {"ctran": "random.seed(sha1(np.array(transformed image)).hexdigest()), theirs",
               "ctran-id": "Random('coco-image:<id>'): another draw than theirs"}
 
 
 def smoke_reasons(coco_root, arch, scale, crop, epochs=None, limit=None, backbone=None):
-    from harness.data.smoke import is_smoke_root
-
     reasons = []
     if is_smoke_root(coco_root):
         reasons.append("smoke subset")
@@ -88,9 +87,6 @@ def record_reasons(config, checkpoint, trained=None):
 
 def build_record(config, checkpoint, scored, trained=None):
     """The Record of one setting (CtranEvalConfig, Checkpoint, Scored); with `trained`, a training's record."""
-    from harness.data.smoke import is_smoke_root
-    from harness.records import Record, config_section, environment, model_section
-
     root = Path(config.coco_root)
     selection = checkpoint.meta.get("selection") or (trained.config.selection if trained else None)
     return Record(

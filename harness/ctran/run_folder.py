@@ -3,9 +3,15 @@ whose settings.json must equal this run's field by field."""
 import json
 from pathlib import Path
 
+from harness import records
 from harness.ctran.config import read_settings
 from harness.errors import UserError
-from harness.records import SETTINGS, is_finished, refuse_changed_settings, unfinished_runs
+from harness.records import (
+    SETTINGS,
+    is_finished,
+    refuse_changed_settings,
+    unfinished_runs,
+)
 from harness.records import read_settings as read_settings_file
 
 
@@ -32,8 +38,6 @@ def open_run(config, settings):
 
 
 def _new(runs_root, model_id, settings):
-    from harness import records
-
     run_dir = records.new_run_dir(runs_root, model_id)
     (run_dir / SETTINGS).write_text(json.dumps(settings, indent=2))
     return run_dir

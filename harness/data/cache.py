@@ -15,18 +15,17 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from torch.utils.data import Dataset
 
-from harness.data.dataset import DECODE_ERRORS, UnreadableImages, load_rgb, reason
+from harness.data.images import DECODE_ERRORS, UnreadableImages, load_rgb, reason
 
 IMAGES, CHECKSUMS, META = "images.npy", "crc32.npy", "cache.json"
 
 
 def cache_key(folder, names, resolution):
     """Changes when an image file, the list, the size or Pillow (whose resize it stores) changes."""
-    import PIL
-
     h = hashlib.sha256(f"{Path(folder).resolve()}|{resolution}|{PIL.__version__}".encode())
     for name in names:
         st = (Path(folder) / name).stat()

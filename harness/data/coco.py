@@ -12,11 +12,15 @@ import contextlib
 import hashlib
 import io
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from harness.data.images import decode_problem
+from harness.download.verify import file_digest
 from harness.errors import UserError
 
 SPLIT_SIZES = {"val2014": (40504, 40137), "train2014": (82783, 82081)}  # (all, annotated)
@@ -98,7 +102,7 @@ def _bad_annotations(ann_file, problem):
 
 
 def _load_coco(ann_file):
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # lazy: a second to import, and only a few paths need it
 
     coco = COCO()  # built from the checked data: the file is read once
     coco.dataset = read_instances(ann_file)
@@ -141,8 +145,6 @@ def load_labels(root, split="val2014", image_set="all"):
 
 def fingerprint(coco_labels):
     """What identifies the evaluated data: annotation file hash, image count, label-matrix hash."""
-    from harness.download.verify import file_digest
-
     return {
         "annotations_sha256": file_digest(coco_labels.annotation_file),
         "n_images": len(coco_labels),
@@ -171,12 +173,7 @@ def check_images(root, coco_labels, show=3):
 
 def unreadable_images(root, coco_labels, progress=True):
     """[(file name, reason)] of every listed image that the loader could not decode (reads them all)."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    from harness.data.dataset import decode_problem
+    from tqdm import tqdm  # lazy: `harness data` and the report load this module, and only this check shows a bar
 
     folder = Path(root) / coco_labels.split
     names = coco_labels.file_names

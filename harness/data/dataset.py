@@ -1,4 +1,4 @@
-"""A torch Dataset over a CocoLabels image list, applying a model's transform.
+"""torch Datasets over a CocoLabels image list or your own files, applying a model's transform.
 
 An image that cannot be decoded (truncated, empty, not a JPEG) does not raise inside a loader
 worker, where torch would wrap it in a worker traceback: the item carries the reason instead,
@@ -6,37 +6,11 @@ and `collate` hands the main process an `UnreadableImages` batch to report in on
 """
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def load_rgb(path):
-    """Open an image as RGB: COCO holds grayscale and a few CMYK JPEGs."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
-
-
-def decode_problem(path):
-    """Why `path` cannot be read as the loader reads it (None when it can)."""
-    try:
-        load_rgb(path)
-    except DECODE_ERRORS as e:
-        return reason(e)
-    return None
-
-
-def reason(error):
-    """A short reason for a decode error, without the path (the message names the file itself)."""
-    if isinstance(error, UnidentifiedImageError):
-        return "not an image (empty, cut off at the start, or another format)"
-    return " ".join(str(error).split())[:120] or type(error).__name__
-
-
-class UnreadableImages(list):
-    """A batch in which some images could not be decoded: [(row, file name, reason), ...]."""
+from harness.data.images import DECODE_ERRORS, UnreadableImages, load_rgb, reason
+from harness.errors import UserError
 
 
 class CocoImages(Dataset):
@@ -68,8 +42,6 @@ def collate(items):
     return default_collate(items)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
 
 class ImageFiles(Dataset):
     """Yields (image tensor, index) for a list of image files (your own photos, not COCO)."""
@@ -82,8 +54,6 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from harness.errors import UserError
-
         try:
             image = load_rgb(self.paths[i])
         except DECODE_ERRORS as e:

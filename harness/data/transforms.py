@@ -3,7 +3,7 @@
 The loader ships the resize output as it is, uint8 (a quarter of the bytes of float32), and the
 rest runs where the model runs: `to_model_input` is ToTensor's `.float().div(255)` and
 Normalize's `.sub(mean).div(std)` as the same separate float32 operations, each exactly rounded
-on CPU and GPU alike, so it gives the very bits of `eval_transform` (tests/test_loader.py).
+on CPU and GPU alike, so it gives the very bits of `eval_transform` (tests/fixtures/test_loader.py).
 """
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _resize(resolution):
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # lazy: a second per process, and TResNet models need none of it
 
     return T.Resize((resolution, resolution), interpolation=T.InterpolationMode.BILINEAR)
 
@@ -22,7 +22,7 @@ def _resize(resolution):
 def eval_transform(eval_spec):
     """Resize((S, S)) squish as the authors do, then [0, 1] tensors, then the spec's normalisation
     (the authors' CPU path: the reference that `ResizeToUint8` + `to_model_input` reproduce)."""
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # lazy: a second per process, and TResNet models need none of it
 
     steps = [_resize(eval_spec.resolution), T.ToTensor()]
     if eval_spec.normalize == "imagenet":

@@ -8,7 +8,7 @@ the sessions gdown opens, which sends every request for a Google host to that ba
 import contextlib
 import glob
 import importlib
-import sys
+import logging
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +19,8 @@ from requests.adapters import HTTPAdapter
 from harness.download.errors import SourceError, disk_full
 from harness.download.http import network_reason
 from harness.download.settings import GDRIVE_URL, Patience, base_url
+
+logger = logging.getLogger(__name__)
 
 GOOGLE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
 QUOTA_TEXT = "Too many users have viewed or downloaded this file recently"
@@ -66,7 +68,7 @@ def _gdown_at(base):
 
 def resolve_folder_path(folder_id, path, patience=None):
     """The Drive file id of `path` (e.g. Q2L-R101-448/checkpoint.pkl) inside a shared folder."""
-    import gdown
+    import gdown  # lazy: every command loads download/, and only a Drive download needs gdown
 
     patience = patience or Patience.from_env()
     base = base_url("HARNESS_GDRIVE_URL", GDRIVE_URL)
@@ -100,7 +102,7 @@ def resolve_folder_path(folder_id, path, patience=None):
 
 def download_file(file_id, out, *, patience=None, quiet=False):
     """Download one Drive file to `out` (gdown keeps and resumes its own partial file beside it)."""
-    import gdown
+    import gdown  # lazy: every command loads download/, and only a Drive download needs gdown
 
     patience = patience or Patience.from_env()
     out = Path(out)
@@ -113,7 +115,7 @@ def download_file(file_id, out, *, patience=None, quiet=False):
             # gdown will not resume its partial file (the file changed on Drive, the server
             # ignored the range, or several partials lie there): once more from the start.
             if not quiet:
-                print(f"Google Drive file {file_id}: {_first_line(e)}; starting it again", file=sys.stderr)
+                logger.warning(f"Google Drive file {file_id}: {_first_line(e)}; starting it again")
             for partial in gdown_partials(out):
                 partial.unlink(missing_ok=True)
             _gdown_file(file_id, out, patience, quiet)
@@ -143,7 +145,7 @@ def download_file(file_id, out, *, patience=None, quiet=False):
 
 
 def _gdown_file(file_id, out, patience, quiet):
-    import gdown
+    import gdown  # lazy: every command loads download/, and only a Drive download needs gdown
 
     base = base_url("HARNESS_GDRIVE_URL", GDRIVE_URL)
     with _gdown_at(base):

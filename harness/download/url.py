@@ -1,16 +1,24 @@
 """fetch_url: one file from one URL into a given place, verified against published checksums."""
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.download import http
 from harness.download.errors import SourceError
+from harness.download.lock import exclusive
 from harness.download.settings import Patience, is_offline
 from harness.download.sources import check_size_md5
-from harness.download.lock import exclusive
-from harness.download.verify import file_digest, move_aside, read_record, unchanged_since, write_record
+from harness.download.verify import (
+    file_digest,
+    move_aside,
+    read_record,
+    unchanged_since,
+    write_record,
+)
 from harness.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,5 +80,5 @@ def _good_in_place(dest, published, verify):
                 write_record(dest, got, record.get("source", "found in place"))
             return True
     moved = move_aside(dest)
-    print(f"warning: {dest} failed verification; moved it to {moved}", file=sys.stderr)
+    logger.warning(f"warning: {dest} failed verification; moved it to {moved}")
     return False

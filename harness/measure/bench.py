@@ -1,11 +1,29 @@
 """`harness bench`: what a model costs on synthetic input: parameters, GFLOPs, images/s, latency,
 peak memory and energy per batch size, and the largest batch that fits a VRAM budget (inference
 and one AdamW training step). Models get random weights: a bench measures cost, never accuracy."""
-import json
-import sys
-import time
 import dataclasses
+import json
+import logging
+import time
 from dataclasses import dataclass
+
+import torch
+
+from harness.manifest import get_spec, load_manifest
+from harness.measure.cost import count_gflops, count_params
+from harness.measure.fit import find_fits, parse_size_mib
+from harness.measure.measurement import cuda_uuid
+from harness.measure.throughput import (
+    SyntheticInput,
+    Timing,
+    sweep_batch_sizes,
+    time_model,
+)
+from harness.models import create_model
+from harness.models.ctran import AllUnknown
+from harness.records import Record, config_section, cpu_name, model_section, utc_now
+
+logger = logging.getLogger(__name__)
 
 DEFAULTS = {"cuda": {"iters": 50, "warmup": 10, "warmup_s": 2.0, "min_time_s": 5.0},
             "cpu": {"iters": 5, "warmup": 1, "warmup_s": 0.0, "min_time_s": 0.0}}
@@ -29,8 +47,6 @@ class BenchConfig:
 
     def timing(self, device):
         """The Timing on this device: what was asked, else the device's defaults."""
-        from harness.measure.throughput import Timing
-
         return Timing(**{k: v if getattr(self, k) is None else getattr(self, k) for k, v in DEFAULTS[device].items()})
 
 
@@ -40,8 +56,6 @@ class CannotBuild(Exception):
 
 def models_to_run(name, manifest=None):
     """[spec]: one model, or for 'all' one entry per distinct architecture of the benched families."""
-    from harness.manifest import get_spec, load_manifest
-
     if name != "all":
         return [get_spec(name, manifest)]
     seen, specs = set(), []
@@ -55,18 +69,13 @@ def models_to_run(name, manifest=None):
 
 def _device_info(device):
     """The device and the backend flags that change its speed (TF32, cuDNN autotuning)."""
-    import torch
-
     if device == "cuda":
-        from harness.measure.measurement import cuda_uuid
-
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         return {"type": "cuda", "index": index, "name": props.name, "uuid": cuda_uuid(device),
                 "memory_total_mib": props.total_memory // 2**20,
                 "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
                 "cudnn_benchmark": torch.backends.cudnn.benchmark}
-    from harness.records import cpu_name
 
     return {"type": "cpu", "name": cpu_name(), "threads": torch.get_num_threads()}
 
@@ -76,21 +85,13 @@ def _stage_printer(model_id):
     start = time.perf_counter()
 
     def say(stage):
-        print(f"{model_id}: {stage} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        logger.warning(f"{model_id}: {stage} ({time.perf_counter() - start:.0f} s)")
     return say
 
 
 def bench_model(spec, device, config, baseline_mib):
     """Build `spec` with random weights and measure it as `config` (a BenchConfig) asks; return its
     Record (not yet written: no run id)."""
-    import torch
-
-    from harness.measure.cost import count_gflops, count_params
-    from harness.measure.fit import find_fits, parse_size_mib
-    from harness.measure.throughput import SyntheticInput, sweep_batch_sizes, time_model
-    from harness.models import create_model
-    from harness.records import Record, config_section, model_section, utc_now
-
     started = utc_now()
     resolution = spec.eval.resolution
     inputs = SyntheticInput(resolution, config.amp, config.channels_last)
@@ -102,7 +103,6 @@ def bench_model(spec, device, config, baseline_mib):
     except ImportError as e:  # a missing optional package
         raise CannotBuild(str(e)) from None
     if spec.family == "ctran":  # its forward takes a label mask too: regular inference, every label unknown
-        from harness.models.ctran import AllUnknown
         model = AllUnknown(model)
     params = count_params(model)
     model = model.to(device)

@@ -8,7 +8,7 @@ predictions of the whole batch are gathered on every rank, with only this rank's
 gradient, and every rank computes the loss of the whole batch: their EPR term squares a mean over
 the batch, so the loss is not a mean of per-rank losses. Backward then gives each rank the
 gradient through its own share; their sum (one all_reduce) is the gradient of one process on the
-global batch, up to the order of the float additions (tests/test_mlspl_ddp.py). ROLE's label
+global batch, up to the order of the float additions (tests/mlspl/test_mlspl_ddp.py). ROLE's label
 estimator sees the whole batch on every rank, so its gradient is already the global one. Every
 rank takes the same Adam step, so the weights stay equal without a broadcast.
 
@@ -17,6 +17,8 @@ gloo on CPU has no SyncBatchNorm, so there each process normalises with its shar
 Evaluation is sharded by whole batches and gathered (harness.distributed.World).
 """
 import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from harness.errors import UserError
 
@@ -37,7 +39,6 @@ def whole_batch(preds, rows, world):
     """(predictions, rows) of the whole global batch on every rank; only this rank's rows carry gradient."""
     if world.size == 1:
         return preds, rows
-    import torch.distributed as dist
 
     parts = [torch.empty_like(preds) for _ in range(world.size)]
     row_parts = [torch.empty_like(rows) for _ in range(world.size)]
@@ -51,8 +52,6 @@ def sum_gradients(model, world):
     """Each rank's gradient comes from its share of the batch: their sum is the whole batch's."""
     if world.size == 1:
         return
-    import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = _flatten_dense_tensors(grads)

@@ -13,8 +13,21 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
+from torchvision import transforms
+from torchvision.models import ResNet50_Weights
+from tqdm import tqdm
 
+from harness.data.images import load_rgb
+from harness.data.loader import make_loader
+from harness.data.transforms import ResizeToUint8, to_model_input
+from harness.download import features_dir, fetch_mlspl_features, is_offline
 from harness.errors import UserError
+from harness.mlspl import checks
+from harness.mlspl.config import FeatureConfig
+from harness.mlspl.prepare import file_sha256
+from harness.models.mlspl import FEATURE_DIM, MLSPLResNet50
+from harness.records.partial_rows import open_rows, rows_done, save_progress
 
 ZENODO_RECORD = "10162606"
 FEATURE_FILES = {"train": "train_features_imagenet_resnet50.npy", "val": "val_features_imagenet_resnet50.npy"}
@@ -25,8 +38,6 @@ V1_FILE, V1_SHA256_PREFIX = "resnet50-0676ba61.pth", "0676ba61"  # torchvision n
 def fetch_features(out_dir, keys=None, cache_dir=None):
     """Fetch the authors' COCO features from Zenodo (verified by harness.download) and link them
     into out_dir under the names their code reads. `keys`: file names to link (default: both)."""
-    from harness.download import features_dir, fetch_mlspl_features
-
     fetch_mlspl_features(cache_dir)
     root = features_dir(cache_dir)
     out = Path(out_dir)
@@ -65,7 +76,7 @@ class ImageRows:
 
     The authors' transform is Resize((S, S)), RandomHorizontalFlip(0.5) (train only), ToTensor,
     Normalize. The loader ships the resize (and flip) as uint8 and `to_model_input` does ToTensor
-    and Normalize on the model's device, the same bits (tests/test_mlspl_loader.py). The flip stays
+    and Normalize on the model's device, the same bits (tests/mlspl/test_mlspl_loader.py). The flip stays
     here, in the worker, so its draw is made where and when theirs was: one per image, in order.
 
     share: (rank, world size) under several processes: the loader hands every rank the whole
@@ -74,9 +85,6 @@ class ImageRows:
     """
 
     def __init__(self, coco_root, images, resolution, flip=False, share=None):
-        from torchvision import transforms
-
-        from harness.data.transforms import ResizeToUint8
 
         self.root, self.images, self.share = Path(coco_root), images, share
         self.resize = ResizeToUint8(resolution)
@@ -86,8 +94,6 @@ class ImageRows:
         return len(self.images)
 
     def __getitem__(self, row):
-        from harness.data.dataset import load_rgb
-
         image = self.resize(load_rgb(self.root / self.images[row]))
         return (self.flip(image) if self.flip else image), row
 
@@ -100,8 +106,6 @@ class ImageRows:
             if position in mine:
                 items.append(self[row])
             elif self.flip:
-                import torch
-
                 torch.rand(1)  # RandomHorizontalFlip's draw for another rank's image
         return items
 
@@ -112,12 +116,6 @@ def load_imagenet_v1(model):
     The file is taken from torch's hub cache ($TORCH_HOME/hub/checkpoints/resnet50-0676ba61.pth);
     when absent, torchvision downloads it there (which needs the internet).
     """
-    import torch
-    from torchvision.models import ResNet50_Weights
-
-    from harness.mlspl.prepare import file_sha256
-
-    from harness.download import is_offline
 
     path = Path(torch.hub.get_dir()) / "checkpoints" / V1_FILE
     if not path.is_file() and is_offline():
@@ -148,16 +146,6 @@ def extract_features(data_dir, coco_root, out_dir, config=None, progress=True):
     Resumable: rows go into `<name>.partial.npy` (memory-mapped) with a progress file after each
     batch; a rerun continues from the last finished batch, and a finished file is kept as is.
     """
-    import torch
-    from tqdm import tqdm
-
-    from harness.data.loader import make_loader
-    from harness.data.transforms import to_model_input
-    from harness.mlspl import checks
-    from harness.mlspl.config import FeatureConfig
-    from harness.models.mlspl import FEATURE_DIM, MLSPLResNet50
-    from harness.partial_rows import open_rows, rows_done, save_progress
-
     config = config or FeatureConfig()
     resolution, batch_size, device, seed = config.resolution, config.batch_size, config.device, config.seed
     random_weights = config.random_weights
@@ -210,8 +198,6 @@ def extract_features(data_dir, coco_root, out_dir, config=None, progress=True):
 
 def compare_features(ours_dir, theirs_dir, sample=1000, seed=0):
     """Cosine similarity of our rows with theirs on a random sample of rows, per split."""
-    from harness.mlspl import checks
-
     checks.whole("--sample", sample)
     ours, theirs = feature_paths(ours_dir), feature_paths(theirs_dir)
     result = {}

@@ -6,7 +6,11 @@ Checkpoints (safetensors, in the run folder):
   label_estimator.safetensors  ROLE only: `logits` (training rows, C), sigmoid = label estimates,
                                rows in the order of the train split (formatted_train rows `rows`).
 """
+import torch
+from safetensors.torch import save_file
+
 from harness.download.verify import file_digest as file_sha256
+from harness.metrics import compute_metrics
 
 CLASSIFIER, ESTIMATOR = "classifier.safetensors", "label_estimator.safetensors"
 
@@ -14,14 +18,10 @@ CLASSIFIER, ESTIMATOR = "classifier.safetensors", "label_estimator.safetensors"
 
 
 def save_checkpoints(run_dir, point, train_rows):
-    from safetensors.torch import save_file
-
     head = {(k if k.startswith(("fc.", "backbone.")) else f"fc.{k}"): v.contiguous() for k, v in point.head.items()}
     save_file(head, run_dir / CLASSIFIER, metadata={"format": "MLSPLResNet50 state dict"})
     paths = {"classifier": str(run_dir / CLASSIFIER)}
     if point.table is not None:
-        import torch
-
         save_file({"logits": point.table.contiguous(), "rows": torch.as_tensor(train_rows, dtype=torch.int64)},
                   run_dir / ESTIMATOR, metadata={"format": "ROLE label estimator: sigmoid(logits) = estimates"})
         paths["label_estimator"] = str(run_dir / ESTIMATOR)
@@ -29,8 +29,6 @@ def save_checkpoints(run_dir, point, train_rows):
 
 
 def compute_test_metrics(scores, labels, class_names):
-    from harness.metrics import compute_metrics
-
     return compute_metrics(scores, labels, "mlspl", class_names=class_names)
 
 

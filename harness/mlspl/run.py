@@ -11,23 +11,43 @@ record goes to a new run folder. Under torchrun, fine-tuning runs on every proce
 """
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from harness import records
+from harness.data.categories import COCO_CATEGORIES
 from harness.data.coco import labels_sha256
+from harness.distributed import World, pick_device
+from harness.download.verify import write_atomically
 from harness.errors import UserError
+from harness.manifest import get_spec
+from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.mlspl import checks
 from harness.mlspl import record as rec
 from harness.mlspl.authors_rng import record as draws_record
 from harness.mlspl.config import RESOLUTION, differences
+from harness.mlspl.features import feature_meta, feature_paths, load_imagenet_v1
 from harness.mlspl.losses import LOSSES
 from harness.mlspl.prepare import FULL_COUNTS, load_prepared
-from harness.mlspl.train import (EPOCHS, GRID_BATCH_SIZES, GRID_LRS, LINEAR_INIT, LR_MULT, PointResult, scored_rows,
-                                 train_fine_tuned, train_linear_group)
+from harness.mlspl.train import (
+    EPOCHS,
+    GRID_BATCH_SIZES,
+    GRID_LRS,
+    LINEAR_INIT,
+    LR_MULT,
+    PointResult,
+    scored_rows,
+    train_fine_tuned,
+    train_linear_group,
+)
+from harness.models import build_from_arch
+
+logger = logging.getLogger(__name__)
 
 MODES = ("linear", "fine-tuned", "linear-init")
 
@@ -74,10 +94,6 @@ def select(results):
 
 
 def _load_features(features_dir, data):
-    import torch
-
-    from harness.mlspl.features import feature_meta, feature_paths
-
     arrays = {split: np.load(path, mmap_mode="r") for split, path in feature_paths(features_dir).items()}
     out = {}
     for name, split in data.items():
@@ -100,8 +116,6 @@ def _observed(loss, split):
 def _work_dir(config, mid, data_id):
     """The run's work folder: keyed by what its numbers depend on (the key of earlier versions), with
     the whole TrainConfig in settings.json, which a resumed run must match field by field."""
-    from harness.download.verify import write_atomically
-
     key_settings = {"model_id": mid, "data": data_id, "points": config.points, "epochs": config.epochs,
                     "seed": config.seed, "resolution": config.resolution, "random_weights": config.random_weights,
                     "max_steps": config.max_steps, "init_point": config.init_point,
@@ -123,8 +137,6 @@ def _work_dir(config, mid, data_id):
 
 def _say(enabled, total):
     """A line per epoch: N/total, val mAP per grid point, and the time left at this pace."""
-    import time
-
     start, first = time.perf_counter(), []
 
     def progress(epoch, val_maps):
@@ -134,21 +146,19 @@ def _say(enabled, total):
             first.append(epoch)
         done = epoch - first[0] + 1  # epochs count from 0
         left = (time.perf_counter() - start) / done * (total - epoch - 1)
-        print(f"  epoch {epoch + 1}/{total}: val mAP " + " ".join(f"{m:.2f}" for m in val_maps) +
-              f" (ETA {left / 60:.1f} min)", flush=True)
+        logger.info(f"  epoch {epoch + 1}/{total}: val mAP " + " ".join(f"{m:.2f}" for m in val_maps) +
+                    f" (ETA {left / 60:.1f} min)")
     return progress
 
 
 def _linear(data, feats, config, work, tag):
     """Linear grid on features: one batched run per batch size, in grid order."""
-    import torch
-
     train = (feats["train"], torch.as_tensor(_observed(config.loss, data["train"]), dtype=torch.float32))
     val, test = (feats["val"], data["val"].labels), (feats["test"], data["test"].labels)
     by_point = {}
     for bs in dict.fromkeys(bs for bs, _ in config.points):
         lrs = [lr for b, lr in config.points if b == bs]
-        print(f"{tag}: linear, batch size {bs}, lr {', '.join(map(str, lrs))}", flush=True)
+        logger.info(f"{tag}: linear, batch size {bs}, lr {', '.join(map(str, lrs))}")
         results = train_linear_group(train, val, test, config, bs, lrs, state_path=work / f"{tag}_bs{bs}.pt",
                                      on_epoch=_say(config.progress, config.epochs))
         by_point.update({(bs, r.lr): r for r in results})
@@ -157,14 +167,11 @@ def _linear(data, feats, config, work, tag):
 
 def _fine_tune(data, config, work, start, world):
     """The fine-tuning grid; `start`: the linear phase (linear-init) or None. Returns (points, weights file)."""
-    from harness.mlspl.features import load_imagenet_v1
-    from harness.models import build_from_arch
-
     results, best = [], None
     weights_info = None
     for bs, lr in config.points:
         if world.main:
-            print(f"fine-tune: batch size {bs}, lr {lr}", flush=True)
+            logger.info(f"fine-tune: batch size {bs}, lr {lr}")
         model = build_from_arch({"name": "mlspl_resnet50", "num_classes": data["train"].labels.shape[1]})
         if not config.random_weights:
             weights_info = load_imagenet_v1(model)
@@ -185,11 +192,6 @@ def _point_dir(work, bs, lr):
 
 def train_and_evaluate(config):
     """Run one (loss, mode) reproduction (a TrainConfig); its FinishedRun (None on ranks other than 0)."""
-    import torch
-
-    from harness.distributed import World
-    from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
-
     asked = config
     config = _resolved(config)
     world = World.from_env(config.device)
@@ -242,8 +244,6 @@ def train_and_evaluate(config):
 
 def _resolved(config):
     """The config with every choice made: the paper's grid, epochs and linear phase, the device."""
-    from harness.distributed import pick_device
-
     loss, mode = config.loss, config.mode
     if loss not in LOSSES:
         raise UserError(f"unknown loss '{loss}'; choose one of {', '.join(LOSSES)}")
@@ -330,8 +330,6 @@ def _smoke_reasons(config, prep, data, features_info):
 
 
 def _model_entry(mid, manifest=None):
-    from harness.manifest import get_spec
-
     try:
         spec = get_spec(mid, manifest)
         return records.model_section(spec)
@@ -350,8 +348,6 @@ def _training_measurement(measured):
 
 def _record(config, trained, context):
     """The run record (kind "train"): what was asked (config), what training gave, where it ran."""
-    from harness.data.categories import COCO_CATEGORIES
-
     c, best, data, prep, mid = config, trained.best, context.data, context.prep, context.model_id
     n_scored = len(best.test_scores)
     labels = data["test"].labels[:n_scored].astype(np.uint8)

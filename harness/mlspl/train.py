@@ -30,11 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.models import resnet50
 
+from harness.data.loader import make_loader
 from harness.data.transforms import to_model_input
-
+from harness.distributed import World
 from harness.errors import UserError
+from harness.mlspl import ddp
 from harness.mlspl.authors_rng import AuthorsShuffle, eval_iterators, global_draws_from, shuffled_rows
+from harness.mlspl.features import ImageRows
 from harness.mlspl.losses import compute_loss
 from harness.models.mlspl import FEATURE_DIM, LabelEstimator, initial_label_logits, logit
 
@@ -118,7 +122,6 @@ def _random_start(generator, observed, backbone=False):
     (their MultilabelModel always builds one). Returns the head and the table."""
     with global_draws_from(generator):
         if backbone:  # their resnet50(pretrained=True) initialises before loading: only its draws matter
-            from torchvision.models import resnet50
             resnet50(weights=None)
         linear = torch.nn.Linear(FEATURE_DIM, observed.shape[1])
     head = {"weight": linear.weight.detach(), "bias": linear.bias.detach()}
@@ -241,9 +244,6 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
     and the batches of each evaluation (tests, smoke). world: harness.distributed.World (torchrun),
     see harness/mlspl/ddp.py; the global batch stays `point`'s batch size.
     """
-    from harness.distributed import World
-    from harness.mlspl import ddp
-
     world = world or World()
     batch_size, lr = point
     loss, device, k = config.loss, config.device or "cpu", config.expected_positives
@@ -330,9 +330,6 @@ class _ImageLoaders:
         self.generator, self.world = generator, world
 
     def train(self):
-        from harness.data.loader import make_loader
-        from harness.mlspl.features import ImageRows
-
         c, world = self.config, self.world
         share = None if world.size == 1 else (world.rank, world.size)
         rows = ImageRows(c.coco_root, self.data["train"].images, c.resolution, flip=True, share=share)
@@ -342,9 +339,6 @@ class _ImageLoaders:
 
     def evaluation(self, split):
         """This rank's whole batches of the rows a drop_last loader scores (at most max_steps batches)."""
-        from harness.data.loader import make_loader
-        from harness.mlspl.features import ImageRows
-
         c, bs = self.config, self.batch_size
         rows = ImageRows(c.coco_root, self.data[split].images, c.resolution)
         n = scored_rows(len(rows), bs) if c.max_steps is None else min(scored_rows(len(rows), bs), c.max_steps * bs)

@@ -7,6 +7,7 @@ Nothing here knows of files or downloads: released weights are loaded by harness
 import importlib
 
 from harness.errors import UserError
+from harness.manifest import get_spec
 
 _BUILDERS = {}
 # Architecture name -> the module whose import registers its builder. Only the one a model needs is
@@ -46,6 +47,4 @@ def build_from_arch(arch, **overrides):
 
 def create_model(name, manifest=None, **overrides):
     """Build manifest model `name` with random weights (harness.pretrained loads released ones)."""
-    from harness.manifest import get_spec
-
     return build_from_arch(get_spec(name, manifest).arch, **overrides)

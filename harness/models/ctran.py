@@ -18,7 +18,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from harness.models import register_model
-from harness.models.transformer import EncoderLayer  # their TransformerEncoderLayer: the same keys and maths
+from harness.models.transformer import (
+    EncoderLayer,  # their TransformerEncoderLayer: the same keys and maths
+)
 
 RESNET101_BLOCKS = (3, 4, 23, 3)
 STATE_UNKNOWN, STATE_NEGATIVE, STATE_POSITIVE = 0, 1, 2

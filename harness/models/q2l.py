@@ -4,6 +4,7 @@ label -> a group-wise linear layer giving one logit per label.
 Module paths reproduce the authors' state-dict keys: `backbone.0.*` (features; CNNs under `body.`),
 `backbone.1.pe` (the position table), `transformer.*`, `query_embed`, `fc.W`, `fc.b`.
 """
+import importlib
 import math
 
 import torch
@@ -15,30 +16,27 @@ from harness.models.transformer import Transformer
 
 # Backbone name (the authors' `--backbone`) -> output stride of its last feature map.
 BACKBONE_STRIDES = {"resnet101": 32, "tresnetl": 32, "tresnetl_v2": 32, "swin_L_384_22k": 32, "CvT_w24": 16}
+# Backbone name -> (module, builder). Only the module asked for is imported: torchvision's import costs
+# each process about a second, and the TResNet, Swin and CvT backbones need none of it.
+BACKBONE_BUILDERS = {"resnet101": ("resnet", "build_resnet101"), "tresnetl": ("tresnet", "tresnet_l"),
+                     "tresnetl_v2": ("tresnet", "tresnet_l_v2"), "swin_L_384_22k": ("swin", "build_swin_l_384"),
+                     "CvT_w24": ("cvt", "build_cvt_w24")}
 
 
 def build_backbone(name, img_size, layers=None, width=None):
     """The module at `backbone.0`. The authors wrap CNNs in a `body` holder (keys
     `backbone.0.body.*`) but use Swin and CvT as they are (keys `backbone.0.*`).
-    Imports inside: each backbone file is loaded only when its model is built.
+    Each backbone file is loaded only when its model is built (BACKBONE_BUILDERS).
     `layers` and `width` (TResNet's width factor) shrink a CNN for tests; None keeps the authors' size."""
-    small = {**({"layers": layers} if layers else {}), **({"width_factor": width} if width else {})}
+    if name not in BACKBONE_BUILDERS:
+        raise ValueError(f"unknown Q2L backbone '{name}' (known: {', '.join(BACKBONE_STRIDES)})")
+    module, builder = BACKBONE_BUILDERS[name]
+    build = getattr(importlib.import_module(f"harness.models.backbones.{module}"), builder)
     if name == "resnet101":
-        from harness.models.backbones.resnet import build_resnet101
-        return Backbone(build_resnet101(layers))
-    if name == "tresnetl":
-        from harness.models.backbones.tresnet import tresnet_l
-        return Backbone(tresnet_l(**small))
-    if name == "tresnetl_v2":
-        from harness.models.backbones.tresnet import tresnet_l_v2
-        return Backbone(tresnet_l_v2(**small))
-    if name == "swin_L_384_22k":
-        from harness.models.backbones.swin import build_swin_l_384
-        return build_swin_l_384(img_size=img_size)
-    if name == "CvT_w24":
-        from harness.models.backbones.cvt import build_cvt_w24
-        return build_cvt_w24(img_size=img_size)
-    raise ValueError(f"unknown Q2L backbone '{name}' (known: {', '.join(BACKBONE_STRIDES)})")
+        return Backbone(build(layers))
+    if name.startswith("tresnet"):
+        return Backbone(build(**{**({"layers": layers} if layers else {}), **({"width_factor": width} if width else {})}))
+    return build(img_size=img_size)
 
 
 class Backbone(nn.Module):

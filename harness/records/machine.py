@@ -7,9 +7,18 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import PIL
+import pynvml
+from PIL import features
 
 from harness import __version__
+
+try:
+    from harness import _version  # written by setuptools-scm at install time
+except ImportError:  # a source tree never installed
+    _version = None
 from harness.manifest import PACKAGE_DATA, REPO_ROOT
+from harness.measure.nvml import handle_by_uuid
 
 
 def _version(package):
@@ -38,6 +47,13 @@ def _git(*args):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def built_from():
+    """(commit, dirty) that harness/_version.py names (None, None without one: a source tree never
+    installed, or a version from outside git)."""
+    node = getattr(_version, "__commit__", "") or ""
+    return (node[1:], getattr(_version, "__dirty__", None)) if node.startswith("g") and len(node) > 8 else (None, None)
+
+
 def _gpu(torch, device_index):
     """Name, driver, uuid and memory of torch's GPU `device_index`, from NVML (asked by UUID:
     CUDA_VISIBLE_DEVICES renumbers indices), else from torch, else None."""
@@ -45,10 +61,6 @@ def _gpu(torch, device_index):
     if torch is not None and torch.cuda.is_available():
         uuid = torch.cuda.get_device_properties(device_index).uuid
     try:
-        import pynvml
-
-        from harness.measure.nvml import handle_by_uuid
-
         pynvml.nvmlInit()
         try:
             handle = handle_by_uuid(uuid)[0] if uuid else pynvml.nvmlDeviceGetHandleByIndex(device_index)
@@ -90,8 +102,7 @@ def matching_environment_file(python_version, torch_version, folder=None):
 def image_libraries():
     """Pillow and its JPEG decoder: resize and decode differ by +-1/255 on some JPEGs between versions."""
     try:
-        import PIL
-        from PIL import features
+        pass
     except ImportError:
         return {"pillow": None, "libjpeg_turbo": None, "libjpeg": None}
 
@@ -108,11 +119,13 @@ def image_libraries():
 def environment(device_index=0):
     """Library versions, hardware and code version of this process, for a record."""
     try:
-        import torch
+        import torch  # lazy: reports read records without torch (and a machine may lack it)
     except ImportError:
         torch = None
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
+        commit, status = built_from()
     if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
         commit = os.environ.get("HARNESS_GIT_COMMIT") or None
     python = platform.python_version()

@@ -5,10 +5,11 @@
 record.json is written last and atomically; a folder without it is an unfinished run. Its contents:
 harness.records.schema. A record can be re-scored from its saved scores without a GPU.
 """
+import fcntl
 import json
+import logging
 import os
 import secrets
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +18,8 @@ import numpy as np
 
 from harness.errors import UserError
 from harness.records.schema import Record
+
+logger = logging.getLogger(__name__)
 
 RECORD = "record.json"
 SETTINGS = "settings.json"  # what a resume must repeat
@@ -72,8 +75,6 @@ def check_runs_root(runs_root, flag="--runs"):
 def hold_run(run_dir):
     """An exclusive lock on a run folder while it is evaluated (an open file: closing it releases the
     lock, and so does the end of the process). A second process gets one line naming the holder."""
-    import fcntl
-
     handle = open(Path(run_dir) / ".in-progress", "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -121,7 +122,8 @@ def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False):
     if scores.ndim != 2 or labels.shape != scores.shape or image_ids.shape != (scores.shape[0],):
         raise ValueError(f"shapes do not agree: scores {scores.shape}, labels {labels.shape}, "
                          f"image_ids {image_ids.shape}")
-    for name, array in (("scores.npy", scores.astype(np.float16 if scores.dtype == np.float16 else np.float32)), ("labels.npy", (labels > 0).astype(np.uint8)),
+    for name, array in (("scores.npy", scores.astype(np.float16 if scores.dtype == np.float16 else np.float32)),
+                        ("labels.npy", (labels > 0).astype(np.uint8)),
                         ("image_ids.npy", image_ids.astype(np.int64))):
         path = Path(run_dir) / name
         if keep_equal and path.exists():
@@ -197,7 +199,7 @@ def read_settings(path):
 
 
 def _warn(message):
-    print(f"harness: {message}", file=sys.stderr)
+    logger.warning(f"harness: {message}")
 
 
 def iter_records(runs_root, on_problem=_warn):

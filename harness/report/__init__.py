@@ -14,10 +14,24 @@ which never counts as reproduced.
 from harness.report.files import write_report_file, write_report_png
 from harness.report.judge import STATUSES, smoke_reasons, status_of
 from harness.report.plots import plots
-from harness.report.render import (EXTENSIONS, FORMATS, display, display_cost, footnotes, render, to_json,
-                                   write_all)
-from harness.report.rows import (COST_COLUMNS, DEFAULT_MEASURED, bench_row, collect, load_paper_tables,
-                                 model_row)
+from harness.report.render import (
+                                   EXTENSIONS,
+                                   FORMATS,
+                                   display,
+                                   display_cost,
+                                   footnotes,
+                                   render,
+                                   to_json,
+                                   write_all,
+)
+from harness.report.rows import (
+                                   COST_COLUMNS,
+                                   DEFAULT_MEASURED,
+                                   bench_row,
+                                   collect,
+                                   load_paper_tables,
+                                   model_row,
+)
 
 __all__ = ["COST_COLUMNS", "DEFAULT_MEASURED", "EXTENSIONS", "FORMATS", "STATUSES", "bench_row", "collect",
            "display", "display_cost", "footnotes", "load_paper_tables", "model_row", "plots", "render",

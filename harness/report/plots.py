@@ -1,12 +1,12 @@
 """The report's plots as PNG bytes: paper vs ours, and peak VRAM vs images/s (left out when empty)."""
 import io
 
-
 from harness.report.rows import BUDGET_MIB
+
 
 def plots(data):
     """{name: PNG bytes}: paper vs ours mAP, and peak VRAM vs images/s."""
-    import matplotlib
+    import matplotlib  # lazy: plotting loads slowly and only the HTML report needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

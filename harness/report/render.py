@@ -8,11 +8,31 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from harness.ctran.report import tables as ctran_tables
+from harness.explain.compare import plot_png
+from harness.explain.compare import to_html as compare_html
+from harness.explain.compare import to_markdown as compare_markdown
+from harness.manifest import load_manifest
 from harness.metrics import F1_RULES, PROTOCOL_DESCRIPTIONS, THRESHOLD, TOP3_RULE
-from harness.report.files import HTML_MARK, MARK, check_target, mark, write_report_file, write_report_png
+from harness.report.files import (
+    HTML_MARK,
+    MARK,
+    check_target,
+    mark,
+    write_report_file,
+    write_report_png,
+)
 from harness.report.plots import plots
-from harness.report.rows import (COLUMNS, COST_COLUMNS, DEFAULT_MEASURED, FAMILIES, IMAGE_SETS, collect,
-                                 load_paper_tables)
+from harness.report.rows import (
+    COLUMNS,
+    COST_COLUMNS,
+    DEFAULT_MEASURED,
+    FAMILIES,
+    IMAGE_SETS,
+    collect,
+    load_paper_tables,
+)
+
 FORMATS = ("markdown", "csv", "latex", "json", "html")
 
 
@@ -125,7 +145,7 @@ def footnotes(family, rows):
 
 
 def _tf32_note(rows):
-    """Which runs had TF32 on: it changes GPU float32 results (harness.numerics)."""
+    """Which runs had TF32 on: it changes GPU float32 results (harness.eval.numerics)."""
     gpu = [r for r in rows if r.get("run_id") and r.get("gpu") not in (None, "cpu")]
     if not gpu:
         return []
@@ -164,7 +184,6 @@ def _tables(data):
         if rows:
             out.append((title, [h for _, h in COLUMNS], [[display(r)[k] for k, _ in COLUMNS] for r in rows],
                         footnotes(family, rows)))
-    from harness.ctran.report import tables as ctran_tables
 
     out += ctran_tables(data.get("ctran"))
     if data.get("pick"):
@@ -183,7 +202,6 @@ def to_markdown(data):
         parts.append(f"## {title}\n\n{tabulate(cells, headers, tablefmt='pipe', disable_numparse=True)}\n")
         parts.append("\n".join(f"- {n}" for n in notes) + "\n")
     if data.get("compare"):  # optional: `harness report --compare A B`
-        from harness.compare import to_markdown as compare_markdown
         parts.append(compare_markdown(data["compare"]))
     if data["notes"]:
         parts.append("## Runs not shown\n\n" + "\n".join(f"- {n}" for n in data["notes"]) + "\n")
@@ -259,7 +277,6 @@ def to_html(data):
         body.append(f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" '
                     f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
     if data.get("compare"):  # optional: `harness report --compare A B`
-        from harness.compare import to_html as compare_html
         body.append(compare_html(data["compare"]))
     if data["notes"]:
         body.append("<h2>Runs not shown</h2><ul>" + "".join(f"<li>{_escape(n)}</li>" for n in data["notes"]) + "</ul>")
@@ -287,11 +304,9 @@ EXTENSIONS = {"markdown": "md", "csv": "csv", "latex": "tex", "json": "json", "h
 def write_all(runs_root="runs", out_dir="tables", manifest=None, tables_dir=None, formats=FORMATS,
               measured_root=DEFAULT_MEASURED, compare=None):
     """Render every format into out_dir/report.<ext> (a rendering, rewritten each time); the paths."""
-    from harness.manifest import load_manifest
-
     specs = manifest if isinstance(manifest, dict) else load_manifest(manifest)
     data = collect(runs_root, specs, load_paper_tables(tables_dir), measured_root=measured_root)
-    if compare:  # harness.compare.compare_runs's result
+    if compare:  # harness.explain.compare.compare_runs's result
         data["compare"] = compare
     out_dir = Path(out_dir)
     texts = {out_dir / f"report.{EXTENSIONS[fmt]}": render(data, fmt) for fmt in formats}
@@ -301,6 +316,5 @@ def write_all(runs_root="runs", out_dir="tables", manifest=None, tables_dir=None
         check_target(path)
     written = [write_report_file(path, text) for path, text in texts.items()]
     if compare:
-        from harness.compare import plot_png
         written.append(write_report_png(out_dir / "report-compare.png", plot_png(compare)))
     return written

@@ -4,9 +4,11 @@ import csv
 import dataclasses
 from pathlib import Path
 
+from harness.ctran.report import partial_rows
 from harness.manifest import PACKAGE_DATA
 from harness.records import Record, iter_records
-from harness.report.judge import status_of, smoke_reasons
+from harness.report.fidelity_notes import record_notes
+from harness.report.judge import smoke_reasons, status_of
 
 FAMILIES = {"q2l": "Query2Label", "asl": "ASL", "mldecoder": "ML-Decoder",
             "mlspl": "MLSPL (single positive labels, trained here)", "ctran": "C-Tran (trained here)"}
@@ -51,8 +53,6 @@ def _mlspl_context(spec, tables):
 
 
 def model_row(spec, record, tables):
-    from harness.fidelity_notes import record_notes
-
     status, tolerance, rule = status_of(spec, record)
     reasons = smoke_reasons(spec, record) if record else []
     record = record or Record(kind="eval", model={"id": spec.id})  # no run yet: every section empty
@@ -203,7 +203,6 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
         chosen = _latest([r for r in found if not r.smoke]) or _latest(found)
         rows.append(model_row(spec, chosen, tables))
     cost = [bench_row(specs[key[0]], _latest(rs)) for key, rs in sorted(benches.items(), key=lambda kv: str(kv[0]))]
-    from harness.ctran.report import partial_rows
 
     return {"models": rows, "cost": cost, "pick": pick_rows(rows, cost), "notes": notes,
             "ctran": partial_rows(evals, specs)}

@@ -10,11 +10,11 @@ dicts load unchanged. Keys follow theirs: body.{conv1, layer1..4}, head.fc.
 """
 import os
 from collections import OrderedDict
+from importlib.metadata import PackageNotFoundError, version
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 _KERNEL_WORKS = {}  # device type -> inplace_abn's function, or None where it cannot run
 
@@ -25,7 +25,7 @@ def _inplace_abn_kernel(device_type):
         return None
     if device_type not in _KERNEL_WORKS:
         try:
-            from inplace_abn.functions import inplace_abn
+            from inplace_abn.functions import inplace_abn  # lazy: an optional extra, absent on most machines
 
             probe = torch.ones(1, 1, 1, 1, device=device_type)
             one, zero = torch.ones(1, device=device_type), torch.zeros(1, device=device_type)
@@ -42,8 +42,6 @@ def batch_norm_used(model, device):
     if not any(isinstance(m, ABN) for m in model.modules()):
         return None
     if _inplace_abn_kernel(torch.device(device).type) is not None:
-        from importlib.metadata import PackageNotFoundError, version
-
         try:
             found = version("inplace-abn")
         except PackageNotFoundError:

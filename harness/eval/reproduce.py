@@ -1,0 +1,147 @@
+"""The whole Query2Label job: for each model get the checkpoint, evaluate, then write the report.
+
+Models whose complete, non-smoke run already exists are skipped; a model that fails does not
+stop the others, and every failure is listed at the end with its reason.
+"""
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from harness.data.coco import SPLIT_SIZES, annotation_path, check_images, load_labels
+from harness.distributed import World, pick_device
+from harness.errors import UserError
+from harness.eval.run import evaluate_many
+from harness.manifest import load_manifest, resolve_id
+from harness.models import build_from_arch
+from harness.pretrained import release_files
+from harness.records import check_runs_root, read_record
+from harness.report import write_all
+
+logger = logging.getLogger(__name__)
+
+
+def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
+    """The newest finished, non-smoke run of this kind and model with these settings, or None."""
+    found = []
+    for record_file in (Path(runs_root) / model_id).glob("*/record.json"):
+        try:
+            record = read_record(record_file.parent)
+        except UserError:  # a damaged record is no complete run
+            continue
+        ev = record.eval
+        same_amp = (ev.get("amp_source") != "--amp" if amp is None  # the paper's choice, not a forced one
+                    else ev.get("amp", False) == (False if amp == "off" else amp))
+        same_batch = (ev.get("batch_size_source") != "--batch-size" if batch_size is None  # the authors' choice
+                      else ev.get("batch_size") == batch_size)
+        if record.kind == kind and not record.smoke and same_batch and same_amp:
+            found.append(record_file.parent)
+    return max(found, key=lambda p: p.name) if found else None
+
+
+def estimate_cpu_hours(spec, n_images, batch_size):
+    """Time one synthetic batch on CPU and extrapolate (said before a long CPU run starts)."""
+    model = build_from_arch(spec.arch).eval()
+    x = torch.rand(batch_size, 3, spec.eval.resolution, spec.eval.resolution)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model(x)
+        per_image = (time.perf_counter() - t0) / batch_size
+    return per_image * n_images / 3600
+
+
+def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, force=False):
+    """Every chosen model (default: the Query2Label tables' six and the ASL baseline) evaluated as
+    `config` (an EvalConfig) asks, complete runs skipped unless `force`; then the report."""
+    specs = load_manifest(manifest)
+    chosen = [resolve_id(m, specs) or m for m in models] if models else [
+        m for m, s in specs.items() if s.paper.get("csv", "").startswith("q2l_")]
+    unknown = [m for m in chosen if m not in specs]
+    if unknown:
+        raise UserError(f"unknown model(s) {', '.join(unknown)}; `harness models` lists the known ones")
+    coco_root, runs_root = config.coco_root, config.runs_root
+    if not annotation_path(coco_root).is_file():
+        raise UserError(f"COCO val2014 is not under {coco_root}; get it with "
+                        f"`harness data coco --root {coco_root} --download` (or set COCO_ROOT=DIR)")
+    check_images(coco_root, load_labels(coco_root, "val2014", "all"))
+    check_runs_root(runs_root)
+    device = pick_device(config.device)
+
+    def existing_run(spec):
+        return None if force else complete_run(runs_root, spec.id, config.batch_size, config.amp)
+
+    to_run = [specs[mid] for mid in chosen if not existing_run(specs[mid])]
+    missing = _missing_weights(to_run, config.weights_dir)  # every input checked before any model is built
+    if device == "cpu" and len(missing) < len(to_run):
+        logger.info("No CUDA GPU visible: running on CPU. Estimated time per model (one synthetic batch, extrapolated):")
+        for spec in to_run:
+            if spec.id not in missing:
+                n = config.limit or SPLIT_SIZES["val2014"][spec.eval.image_set == "annotated"]
+                hours = _hours(estimate_cpu_hours(spec, n, config.batch_size or spec.eval.batch_size))
+                logger.info(f"  {spec.id}: about {hours}")
+
+    runnable = [spec for spec in to_run if spec.id not in missing]
+    results = {}
+    if runnable:  # one decode of the images per resolution for all of them
+        try:
+            results = dict(zip([s.id for s in runnable], evaluate_many(runnable, config)))
+        except Exception as e:  # one model alone raises its error: it is that model's failure
+            results = {runnable[0].id: e} if len(runnable) == 1 else {s.id: e for s in runnable}
+
+    if not World.declared().main:  # torchrun: rank 0 reports (every rank scored its shard)
+        return 1 if any(isinstance(r, BaseException) for r in results.values()) else 0
+
+    def job(spec):
+        existing = existing_run(spec)
+        if existing and spec.id not in results:
+            logger.info(f"{spec.id}: complete run exists ({existing}); skipped (use --force to run again)")
+            return existing
+        if spec.id in missing:
+            raise missing[spec.id]
+        if isinstance(results[spec.id], BaseException):
+            raise results[spec.id]
+        return results[spec.id].run_dir
+
+    return run_each([(mid, lambda spec=specs[mid]: job(spec)) for mid in chosen], runs_root, tables_dir, manifest)
+
+
+def _missing_weights(specs, weights_dir):
+    """{model id: UserError} for the models whose release cannot be had (fetched now when it can)."""
+    missing = {}
+    for spec in specs:
+        try:
+            release_files(spec, weights_dir=weights_dir)
+        except UserError as e:
+            missing[spec.id] = e
+            logger.warning(f"{spec.id}: {e}")
+    return missing
+
+
+def _hours(hours):
+    return f"{hours:.1f} h" if hours >= 0.1 else f"{hours * 60:.0f} min"
+
+
+def run_each(jobs, runs_root, tables_dir, manifest=None):
+    """Run (model id, job) pairs in turn: one model's failure, whatever it is, never stops the
+    others nor loses their runs; then write the report and list every failure with its reason."""
+    failed = []
+    for mid, job in jobs:
+        try:
+            job()
+        except UserError as e:
+            failed.append((mid, str(e)))
+            logger.info(f"{mid}: FAILED: {e}")
+        except Exception as e:  # a crash too: the other models' runs still count
+            failed.append((mid, f"{type(e).__name__}: {e}"))
+            logger.info(f"{mid}: FAILED: {type(e).__name__}: {e}")
+    written = write_report(runs_root, tables_dir, manifest)
+    logger.info(f"\n{len(jobs) - len(failed)} of {len(jobs)} models done; report: {', '.join(str(p) for p in written)}")
+    for mid, why in failed:
+        logger.info(f"  {mid} failed: {why}")
+    return 1 if failed else 0
+
+
+def write_report(runs_root, tables_dir, manifest=None):
+    """Render every report format into tables_dir; returns the files written."""
+    return write_all(runs_root=runs_root, out_dir=tables_dir, manifest=manifest)

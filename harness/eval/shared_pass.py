@@ -1,0 +1,124 @@
+"""Decode once per resolution: the models of one resolution scored from one pass over the images.
+
+Each model keeps its own image set, row order, batch size, normalisation and run folder: a
+`Scorer` cuts the stream into exactly the batches a single-model run would give it (from its
+first unscored row, `batch_size` rows each, the remainder last), so its scores are those of a
+run of its own, bit for bit. The pass follows one image order (that of most models); the models
+that ride it share each decoded batch, copied to the device once. Models of another order, or
+that do not fit on the device beside the others, then run in turn over the uint8 cache the pass
+wrote (harness.data.cache), so no image is decoded twice.
+"""
+import contextlib
+
+import numpy as np
+import torch
+
+from harness.data.images import UnreadableImages
+
+PARAMS_SHARE = 0.25  # models ride together while their weights take at most this share of free device memory
+
+
+class Scorer:
+    """One model's side of a pass: batches of its own rows, scored into its run's scores."""
+
+    def __init__(self, job, device, bar_position=0):
+        self.job, self.device = job, device
+        self.next = self.done = job.done  # first row not yet taken / not yet scored
+        self.pending, self.n_pending = [], 0
+        self.bar = job.progress_bar(bar_position)
+
+    @property
+    def finished(self):
+        return self.done >= self.job.rows.stop
+
+    def feed(self, rows, images):
+        """rows: ascending numpy rows of this model's order; images: their uint8 batch on the device."""
+        keep = (rows >= self.next) & (rows < self.job.rows.stop)
+        if not keep.any():
+            return
+        if not keep.all():
+            images = images.index_select(0, torch.from_numpy(np.flatnonzero(keep)).to(images.device))
+            rows = rows[keep]
+        self.pending.append((rows, images))
+        self.n_pending += len(rows)
+        self.next = int(rows[-1]) + 1
+        while self.n_pending >= self.job.batch_size:
+            self._score(*self._take(self.job.batch_size))
+
+    def close(self):
+        """Score what is left (the last, shorter batch)."""
+        if self.n_pending:
+            self._score(*self._take(self.n_pending))
+        self.bar.close()
+
+    def _take(self, n):
+        rows, images, taken = [], [], 0
+        while taken < n:
+            r, x = self.pending[0]
+            k = min(n - taken, len(r))
+            rows.append(r[:k])
+            images.append(x[:k])
+            if k == len(r):
+                self.pending.pop(0)
+            else:
+                self.pending[0] = (r[k:], x[k:])
+            taken += k
+        self.n_pending -= n
+        return np.concatenate(rows), (images[0] if len(images) == 1 else torch.cat(images))
+
+    def _score(self, rows, images):
+        self.job.score_batch(rows, images)
+        self.done = int(rows[-1]) + 1
+        self.bar.update(len(rows))
+
+
+def ride_together(jobs, device):
+    """(jobs that ride the pass together, jobs to run in turn): on CUDA, while their weights take at
+    most PARAMS_SHARE of the free memory (activations are one model's at a time, as in a run alone)."""
+    if torch.device(device).type != "cuda" or len(jobs) < 2:
+        return list(jobs), []
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    together, alone, used = [], [], 0
+    for job in jobs:
+        size = sum(t.numel() * t.element_size() for t in [*job.model.parameters(), *job.model.buffers()])
+        (together if not together or used + size <= PARAMS_SHARE * free else alone).append(job)
+        used += size if job in together else 0
+    return together, alone
+
+
+def run_pass(scorers, loader, device, on_failure):
+    """Feed every batch of `loader` (uint8 images, rows) to each scorer; one copy to the device per batch.
+    `on_failure(scorer, error)` handles a model that fails (it stops feeding that one) or re-raises."""
+    active = [s for s in scorers if not s.finished]
+    with torch.inference_mode():
+        for batch in loader:
+            if not active:
+                break
+            if isinstance(batch, UnreadableImages):
+                raise UnreadableError(batch)
+            images, rows = batch
+            images, rows = images.to(device, non_blocking=True), rows.numpy()
+            for scorer in list(active):
+                with _failing(scorer, on_failure, active):
+                    scorer.feed(rows, images)
+        for scorer in list(active):
+            with _failing(scorer, on_failure, active):
+                scorer.close()
+
+
+class UnreadableError(Exception):
+    """A batch held images that cannot be decoded; evaluate turns it into one line."""
+
+    def __init__(self, bad):
+        super().__init__(f"{len(bad)} image(s) cannot be decoded")
+        self.bad = bad
+
+
+@contextlib.contextmanager
+def _failing(scorer, on_failure, active):
+    try:
+        yield
+    except Exception as e:  # one model's failure (not an interruption: that stops every model)
+        active.remove(scorer)
+        scorer.bar.close()
+        on_failure(scorer, e)

@@ -1,0 +1,1 @@
+"""Looking inside and across models: predictions on your images, attention maps, A against B."""

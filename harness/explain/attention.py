@@ -1,0 +1,120 @@
+"""Where each label query of Query2Label looks: the last decoder layer's cross-attention.
+
+The weights are taken by hooks on that layer's `multihead_attn` during the very forward pass
+that gives the scores (one pass: a map is never of another model state). The pre-hook asks
+nn.MultiheadAttention for per-head weights (`average_attn_weights=False`); that changes only
+which weights it returns, not its output, so the scores stay those of `harness predict`. Each
+head's weights are a softmax over the H x W feature positions; the mean over heads is what the
+authors' decoder returns as `sim_mat_2`. Plots as the paper's Figure 5: a panel per head, then
+the mean, each upsampled (bilinear) to the image and overlaid.
+"""
+import difflib
+import io
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from harness.errors import UserError
+from harness.explain.predict import score_images
+from harness.models.q2l import Query2Label
+
+NO_ATTENTION = {
+    "asl": "ASL's TResNet-L pools its features globally and has no attention",
+    "mlspl": "the MLSPL ResNet-50 pools its features globally and has no attention",
+}
+
+
+def check_has_attention(spec):
+    """One line for a model without label-to-image attention (before any weights are loaded)."""
+    if spec.family != "q2l":
+        why = NO_ATTENTION.get(spec.family, f"{spec.family} models have no label-to-image attention")
+        raise UserError(f"{spec.id}: {why}; attention maps exist for the Query2Label models (q2l-*): "
+                        f"use `harness predict` for this one")
+
+
+def label_indices(names, class_names):
+    """Column of each --label, or one line naming the closest COCO class."""
+    columns = []
+    for name in names:
+        if name not in class_names:
+            close = difflib.get_close_matches(name, class_names, n=1, cutoff=0)
+            hint = f"did you mean '{close[0]}'?" if close else "see `harness models`"
+            raise UserError(f"--label '{name}' is not a COCO class; {hint} (quote names with spaces, "
+                            f"e.g. --label 'traffic light')")
+        columns.append(class_names.index(name))
+    return columns
+
+
+@contextmanager
+def last_cross_attention(model):
+    """Inside: every forward of `model` appends its (B, heads, K, H*W) cross-attention weights."""
+    if not isinstance(model, Query2Label):
+        raise UserError(f"{type(model).__name__} is not a Query2Label model: it has no decoder cross-attention")
+    attn = model.transformer.decoder.layers[-1].multihead_attn
+    store = []
+
+    def per_head(module, args, kwargs):
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+    def keep(module, args, kwargs, output):
+        store.append(output[1].detach().float().cpu())
+
+    hooks = [attn.register_forward_pre_hook(per_head, with_kwargs=True),
+             attn.register_forward_hook(keep, with_kwargs=True)]
+    try:
+        yield store
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def scores_and_maps(model, spec, paths, *, device, batch_size=None, amp_dtype=None):
+    """(images x classes scores, images x classes x heads x H x W maps) from one forward pass."""
+    with last_cross_attention(model) as store:
+        scores = score_images(model, spec, paths, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
+    weights = np.concatenate([w.numpy() for w in store])  # images, heads, K, HW
+    grid = tuple(model.backbone[1].pe.shape[-2:])
+    maps = weights.reshape(*weights.shape[:3], *grid).transpose(0, 2, 1, 3, 4)  # images, K, heads, H, W
+    return scores, np.ascontiguousarray(maps)
+
+
+def upsample(grid_map, size):
+    """A feature-grid map stretched bilinearly to (height, width): the transform squished the
+    image onto the grid, so each cell covers the same share of the original image."""
+    t = torch.from_numpy(np.ascontiguousarray(grid_map, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def figure_png(image, maps, labels, scores, title, max_side=448):
+    """PNG bytes: per label a row (the image, each head, the mean), maps overlaid on the image."""
+    import matplotlib  # lazy: plotting loads slowly and only the PNG needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scale = min(1.0, max_side / max(image.size))
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    pixels = np.asarray(image)
+    n_heads = maps.shape[1]
+    columns = n_heads + 2
+    aspect = image.height / image.width
+    fig, axes = plt.subplots(len(labels), columns, figsize=(2.2 * columns, 2.2 * aspect * len(labels) + 0.6),
+                             squeeze=False)
+    for row, (name, score, label_maps) in enumerate(zip(labels, scores, maps)):
+        panels = [None, *label_maps, label_maps.mean(0)]
+        names = [f"{name} {score:.2f}", *(f"head {h + 1}" for h in range(n_heads)), "mean of heads"]
+        for ax, panel, panel_name in zip(axes[row], panels, names):
+            ax.imshow(pixels)
+            if panel is not None:
+                ax.imshow(upsample(panel, (image.height, image.width)), cmap="jet", alpha=0.5,
+                          vmin=0, vmax=float(panel.max()) or 1.0)
+                panel_name += f" (max {panel.max():.3f})"
+            ax.set_title(panel_name, fontsize=8)
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
