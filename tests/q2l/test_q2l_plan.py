@@ -3,13 +3,24 @@ fits chosen, a budget below every plan refused naming the smallest need. CPU mea
 models (saved-tensor bytes + counted state); the CUDA measurement runs only where a GPU is."""
 import pytest
 import torch
+from memory_helpers import IMG, NUM_CLASSES, TINY_MODELS, batch
 
 from harness.errors import UserError
 from harness.q2l.checkpointing import apply_activation_checkpointing, checkpointed_block_types
 from harness.q2l.memory import MemoryPlan
-from harness.q2l.plan import (GIB, MIB, Measured, SavedTensors, candidate_plans, choose_plan, measure_cpu,
-                              measure_cuda, parse_vram_budget, plan_for_budget, state_bytes)
-from memory_helpers import IMG, NUM_CLASSES, TINY_MODELS, batch
+from harness.q2l.plan import (
+    GIB,
+    MIB,
+    Measured,
+    SavedTensors,
+    candidate_plans,
+    choose_plan,
+    measure_cpu,
+    measure_cuda,
+    parse_vram_budget,
+    plan_for_budget,
+    state_bytes,
+)
 
 
 @pytest.mark.parametrize("text, expected", [("12GB", 12 * GIB), ("12GiB", 12 * GIB), ("11.5G", int(11.5 * GIB)),
