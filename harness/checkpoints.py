@@ -11,9 +11,9 @@
 - After the first verified load a safetensors copy is kept, so later loads unpickle nothing.
 """
 import json
+import logging
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,8 @@ from safetensors.torch import load_file, save_file
 from harness.download.verify import file_digest, read_record, unchanged_since
 from harness.errors import UserError
 from harness.models.q2l import checkpoint_sizes, config_problems
+
+logger = logging.getLogger(__name__)
 
 # numpy pieces of a pickled float64 scalar, under numpy 2 and numpy 1 names.
 _NUMPY_SCALAR = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
@@ -192,7 +194,6 @@ def read_state(path, *, sha256, cache_dir=None, name=None, trust=False, pinned_s
     safetensors copy when one exists for this sha256 (nothing unpickled), else safely unpickled."""
     cached = _cache_file(cache_dir, name or Path(path).stem, sha256) if cache_dir else None
     if cached is not None and cached.is_file():
-
         with safe_open(str(cached), "pt") as f:
             meta = f.metadata() or {}
         if meta.get("source_sha256") == sha256:
@@ -212,7 +213,7 @@ def keep_safetensors_copy(model, path, *, sha256, cache_dir, name=None, info=Non
     try:
         _write_cache(model, target, sha256, info or {})
     except OSError as e:  # a read-only cache only costs speed
-        print(f"warning: could not keep a safetensors copy at {target}: {e}", file=sys.stderr)
+        logger.warning(f"warning: could not keep a safetensors copy at {target}: {e}")
 
 
 def check_config(model, state, config, eval_spec=None):

@@ -85,24 +85,30 @@ def add_output_flags(parser, default):
         parser.add_argument("--no-progress", action="store_true", default=default, help="no progress bars")
 
 
-def configure_logging(args):
-    """The library logs (harness.*); the CLI shows INFO and up on stderr, one plain line each."""
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    logger = logging.getLogger("harness")
-    logger.setLevel(level)
-    if not any(getattr(h, "_harness_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._harness_cli = True
-        logger.addHandler(handler)
-    if args.quiet:
-        args.no_progress = True
-
-
 def chosen_command(argv):
     """The subcommand named in argv ("" when none): the only command module main() imports."""
     first = next((a for a in argv if not a.startswith("-")), "")
     return first if first in COMMANDS else ""
+
+
+class _ConsoleLines(logging.Handler):
+    """The library's log as the CLI shows it, one plain line each: what a step is doing (INFO) on
+    stdout, what the user should know of (WARNING and up) on stderr; the streams of the moment."""
+
+    def emit(self, record):
+        stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        stream.write(record.getMessage() + "\n")
+        stream.flush()
+
+
+def configure_logging(args):
+    """The library logs (harness.*); the CLI shows INFO and up (WARNING and up with --quiet)."""
+    logger = logging.getLogger("harness")
+    logger.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    if not any(isinstance(h, _ConsoleLines) for h in logger.handlers):
+        logger.addHandler(_ConsoleLines())
+    if args.quiet:
+        args.no_progress = True
 
 
 def main(argv=None):

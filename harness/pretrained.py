@@ -6,7 +6,7 @@ lock an unpinned release's hash (only now) -> provenance for the run record.
 The mechanism (safe unpickling, strict-load diagnosis, the safetensors copy) is harness.checkpoints;
 the model family's key logic sits beside its model (harness.models.q2l).
 """
-import sys
+import logging
 from pathlib import Path
 
 import torch
@@ -26,6 +26,8 @@ from harness.download.weights import lock_verified
 from harness.errors import UserError
 from harness.models import build_from_arch
 from harness.models.q2l import SIZES_FROM_CHECKPOINT, checkpoint_sizes
+
+logger = logging.getLogger(__name__)
 
 
 def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_dir=None, trust=False,
@@ -49,9 +51,8 @@ def build_pretrained(spec, path=None, config=None, *, weights_dir=None, cache_di
         sizes = checkpoint_sizes(state)
         from_checkpoint = {k: sizes[k] for k in SIZES_FROM_CHECKPOINT if k in sizes and sizes[k] != spec.arch.get(k)}
         if from_checkpoint:
-            print(f"{spec.id}: the checkpoint has {from_checkpoint} (the manifest assumed "
-                  f"{ {k: spec.arch.get(k) for k in from_checkpoint} }); built with the checkpoint's sizes",
-                  file=sys.stderr)
+            logger.warning(f"{spec.id}: the checkpoint has {from_checkpoint} (the manifest assumed "
+                        f"{ {k: spec.arch.get(k) for k in from_checkpoint} }); built with the checkpoint's sizes")
     model = build_from_arch(spec.arch, **{**arch_overrides, **from_checkpoint})
     check_config(model, state, read_config(config) if config else None, spec.eval)
     load_state_dict_strict(model, state, source=str(loaded_from))

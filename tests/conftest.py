@@ -1,4 +1,8 @@
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))  # the shared builders (tests/helpers/*.py)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core (pytest -n auto): one thread each, not a core's
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # share each, and the same for the processes tests start
@@ -32,8 +36,9 @@ SMALL_Q2L = dict(name="q2l", backbone="tresnetl_v2", hidden_dim=256, dim_feedfor
 def synth(tmp_path_factory):
     """Synthetic MLSPL data (700 train / 300 val images, prepared) and features carrying its labels,
     shared by the MLSPL training, checks and report tests (none of them writes into it)."""
-    from harness.mlspl.prepare import prepare
     from mlspl_data import synthetic_features, write_annotations
+
+    from harness.mlspl.prepare import prepare
 
     base = tmp_path_factory.mktemp("mlspl")
     root = write_annotations(base / "coco", n_train=700, n_val=300, seed=5)

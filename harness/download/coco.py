@@ -8,8 +8,8 @@ deleted once unpacked and checked (keep_zips=True keeps them). Annotations unpac
 are used when both instances files parse as COCO instances files; they are never overwritten.
 """
 import json
+import logging
 import os
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,6 +19,8 @@ from harness.download.settings import COCO_URL, base_url, is_offline
 from harness.download.url import Published, fetch_url
 from harness.download.verify import move_aside
 from harness.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 # md5 of each archive as published and widely checked (HARNESS_COCO_URL replaces the host).
 COCO_ZIPS = {
@@ -47,7 +49,7 @@ def fetch_coco(root, splits=("annotations", "val2014"), *, offline=None, keep_zi
 
 def _say(quiet, message):
     if not quiet:
-        print(f"coco: {message}", file=sys.stderr)
+        logger.warning(f"coco: {message}")
 
 
 def _ensure_annotations(root, offline, keep_zips, quiet):

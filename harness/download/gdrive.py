@@ -8,7 +8,7 @@ the sessions gdown opens, which sends every request for a Google host to that ba
 import contextlib
 import glob
 import importlib
-import sys
+import logging
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +19,8 @@ from requests.adapters import HTTPAdapter
 from harness.download.errors import SourceError, disk_full
 from harness.download.http import network_reason
 from harness.download.settings import GDRIVE_URL, Patience, base_url
+
+logger = logging.getLogger(__name__)
 
 GOOGLE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
 QUOTA_TEXT = "Too many users have viewed or downloaded this file recently"
@@ -113,7 +115,7 @@ def download_file(file_id, out, *, patience=None, quiet=False):
             # gdown will not resume its partial file (the file changed on Drive, the server
             # ignored the range, or several partials lie there): once more from the start.
             if not quiet:
-                print(f"Google Drive file {file_id}: {_first_line(e)}; starting it again", file=sys.stderr)
+                logger.warning(f"Google Drive file {file_id}: {_first_line(e)}; starting it again")
             for partial in gdown_partials(out):
                 partial.unlink(missing_ok=True)
             _gdown_file(file_id, out, patience, quiet)

@@ -5,8 +5,8 @@ The lock file holds {model_id: {role: {sha256, size, source, fetched_at}}}. Once
 with another hash is refused, so an unpinned release cannot silently change under a reproduction.
 """
 import contextlib
+import logging
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +15,8 @@ import yaml
 from harness.download.verify import write_atomically
 from harness.errors import UserError
 from harness.manifest import read_yaml
+
+logger = logging.getLogger(__name__)
 
 try:
     import fcntl
@@ -47,7 +49,7 @@ def exclusive(path, *, quiet=True):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not quiet:
-                print(f"waiting for another harness process working on {path}", file=sys.stderr)
+                logger.warning(f"waiting for another harness process working on {path}")
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield  # closing the handle releases the lock, also when the block raises
 

@@ -1,6 +1,6 @@
 """fetch_url: one file from one URL into a given place, verified against published checksums."""
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,8 @@ from harness.download.verify import (
     write_record,
 )
 from harness.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,5 +80,5 @@ def _good_in_place(dest, published, verify):
                 write_record(dest, got, record.get("source", "found in place"))
             return True
     moved = move_aside(dest)
-    print(f"warning: {dest} failed verification; moved it to {moved}", file=sys.stderr)
+    logger.warning(f"warning: {dest} failed verification; moved it to {moved}")
     return False

@@ -6,8 +6,8 @@ unpinned file, the hash recorded in the lock file at its first download (recorde
 a look at its content: a torch file, or a JSON object for a config). One process at a time
 works on a cached file: a second run waits, then finds the verified file.
 """
+import logging
 import os
-import sys
 from pathlib import Path
 
 from harness.download import sources
@@ -23,6 +23,8 @@ from harness.download.verify import (
     write_record,
 )
 from harness.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 def cache_path(spec, role, cache_dir=None):
@@ -88,8 +90,8 @@ class _Expected:
                                           f"{entry['sha256']} in {self.lock_file}")
         self.sha256, self.entry = sha, entry
         if not quiet:
-            print(f"warning: {self.spec.id} {self.role} is not pinned in the manifest; recorded its sha256 "
-                  f"{sha} in {self.lock_file} (a different file will be refused from now on)", file=sys.stderr)
+            logger.warning(f"warning: {self.spec.id} {self.role} is not pinned in the manifest; recorded its sha256 "
+                           f"{sha} in {self.lock_file} (a different file will be refused from now on)")
 
 
 def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline=None, quiet=False, lock=True):
@@ -160,8 +162,8 @@ def _hand_placed(spec, role, weights_dir, expected, looked, quiet, lock):
         bare = i == len(candidates) - 1
         if bare and expected.sha256 is None:
             # DIR/checkpoint.pkl does not say which model it belongs to: only a known hash can tell.
-            print(f"warning: ignoring {path}: its name does not say which model it is and no sha256 is "
-                  f"known for {spec.id} {role}; move it to {candidates[0]}", file=sys.stderr)
+            logger.warning(f"warning: ignoring {path}: its name does not say which model it is and no sha256 is "
+                           f"known for {spec.id} {role}; move it to {candidates[0]}")
             continue
         sha = file_digest(path)
         if expected.mismatch(sha):
@@ -198,7 +200,7 @@ def _check_cached(dest, expected, verify, quiet, lock):
 
 def _set_aside(dest, why):
     moved = move_aside(dest)
-    print(f"warning: cached {dest}: {why}; moved it to {moved}", file=sys.stderr)
+    logger.warning(f"warning: cached {dest}: {why}; moved it to {moved}")
     return moved
 
 
@@ -222,7 +224,7 @@ def _download(spec, role, dest, expected, weights_dir, quiet, lock):
                 e = SourceError(e.kind, f"{e}; the file was moved to {move_aside(part, name_like=dest)}")
             failures.append((where, e))
             if not quiet:
-                print(f"{spec.id} {role}: {where} failed: {e}", file=sys.stderr)
+                logger.warning(f"{spec.id} {role}: {where} failed: {e}")
             continue
         os.replace(part, dest)
         write_record(dest, sha, sources.as_text(source))

@@ -3,15 +3,14 @@
 Models whose complete, non-smoke run already exists are skipped; a model that fails does not
 stop the others, and every failure is listed at the end with its reason.
 """
-import os
-import sys
+import logging
 import time
 from pathlib import Path
 
 import torch
 
 from harness.data.coco import SPLIT_SIZES, annotation_path, check_images, load_labels
-from harness.distributed import pick_device
+from harness.distributed import World, pick_device
 from harness.errors import UserError
 from harness.eval.run import evaluate_many
 from harness.manifest import load_manifest, resolve_id
@@ -19,6 +18,8 @@ from harness.models import build_from_arch
 from harness.pretrained import release_files
 from harness.records import check_runs_root, read_record
 from harness.report import write_all
+
+logger = logging.getLogger(__name__)
 
 
 def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
@@ -73,11 +74,12 @@ def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, fo
     to_run = [specs[mid] for mid in chosen if not existing_run(specs[mid])]
     missing = _missing_weights(to_run, config.weights_dir)  # every input checked before any model is built
     if device == "cpu" and len(missing) < len(to_run):
-        print("No CUDA GPU visible: running on CPU. Estimated time per model (one synthetic batch, extrapolated):")
+        logger.info("No CUDA GPU visible: running on CPU. Estimated time per model (one synthetic batch, extrapolated):")
         for spec in to_run:
             if spec.id not in missing:
                 n = config.limit or SPLIT_SIZES["val2014"][spec.eval.image_set == "annotated"]
-                print(f"  {spec.id}: about {_hours(estimate_cpu_hours(spec, n, config.batch_size or spec.eval.batch_size))}")
+                hours = _hours(estimate_cpu_hours(spec, n, config.batch_size or spec.eval.batch_size))
+                logger.info(f"  {spec.id}: about {hours}")
 
     runnable = [spec for spec in to_run if spec.id not in missing]
     results = {}
@@ -87,13 +89,13 @@ def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, fo
         except Exception as e:  # one model alone raises its error: it is that model's failure
             results = {runnable[0].id: e} if len(runnable) == 1 else {s.id: e for s in runnable}
 
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports (every rank scored its shard)
+    if not World.declared().main:  # torchrun: rank 0 reports (every rank scored its shard)
         return 1 if any(isinstance(r, BaseException) for r in results.values()) else 0
 
     def job(spec):
         existing = existing_run(spec)
         if existing and spec.id not in results:
-            print(f"{spec.id}: complete run exists ({existing}); skipped (use --force to run again)")
+            logger.info(f"{spec.id}: complete run exists ({existing}); skipped (use --force to run again)")
             return existing
         if spec.id in missing:
             raise missing[spec.id]
@@ -112,7 +114,7 @@ def _missing_weights(specs, weights_dir):
             release_files(spec, weights_dir=weights_dir)
         except UserError as e:
             missing[spec.id] = e
-            print(f"{spec.id}: {e}", file=sys.stderr)
+            logger.warning(f"{spec.id}: {e}")
     return missing
 
 
@@ -129,14 +131,14 @@ def run_each(jobs, runs_root, tables_dir, manifest=None):
             job()
         except UserError as e:
             failed.append((mid, str(e)))
-            print(f"{mid}: FAILED: {e}")
+            logger.info(f"{mid}: FAILED: {e}")
         except Exception as e:  # a crash too: the other models' runs still count
             failed.append((mid, f"{type(e).__name__}: {e}"))
-            print(f"{mid}: FAILED: {type(e).__name__}: {e}")
+            logger.info(f"{mid}: FAILED: {type(e).__name__}: {e}")
     written = write_report(runs_root, tables_dir, manifest)
-    print(f"\n{len(jobs) - len(failed)} of {len(jobs)} models done; report: {', '.join(str(p) for p in written)}")
+    logger.info(f"\n{len(jobs) - len(failed)} of {len(jobs)} models done; report: {', '.join(str(p) for p in written)}")
     for mid, why in failed:
-        print(f"  {mid} failed: {why}")
+        logger.info(f"  {mid} failed: {why}")
     return 1 if failed else 0
 
 

@@ -10,8 +10,7 @@ model again.
 """
 import contextlib
 import json
-import os
-import sys
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +52,8 @@ from harness.records import (
     utc_now,
 )
 from harness.records.partial_rows import open_rows, rows_done, save_progress
+
+logger = logging.getLogger(__name__)
 
 PARTIAL, PROGRESS = "scores.partial.npy", "progress.json"
 
@@ -130,8 +131,8 @@ def _attempt(results, key, single, work):
 
 def _record_failure(results, key, error):
     results[key] = error
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says every rank's failures
-        print(f"{key}: FAILED: {_line(error)}", file=sys.stderr)
+    if World.declared().main:  # under torchrun, rank 0 says every rank's failures
+        logger.warning(f"{key}: FAILED: {_line(error)}")
 
 
 def _evaluate_resolution(specs, session):
@@ -185,8 +186,8 @@ class _DecodePlan:
             self.cache = DecodeCache.open(Path(session.config.runs_root) / ".decode-cache", self.folder, self.names,
                                           self.resolution)
             if self.cache is None:
-                print(f"no room on disk for the {self.resolution}px image cache: the models after the first pass "
-                      f"decode the images again", file=sys.stderr)
+                logger.warning(f"no room on disk for the {self.resolution}px image cache: the models after the first pass "
+                            f"decode the images again")
 
     def _loader(self, items, batch_size):
         dataset = PassImages(self.folder, self.names, ResizeToUint8(self.resolution), items, self.cache)
@@ -508,8 +509,7 @@ def _choose_amp(spec, asked, config_path, device):
     if config_path and read_config(config_path).get("amp") is True:
         if device == "cuda":
             return "fp16", "config_new.json amp=true (the authors' inference ran under fp16 autocast)"
-        print(f"{spec.id}: config_new.json asks for AMP (CUDA fp16 autocast); running fp32 on CPU instead",
-              file=sys.stderr)
+        logger.warning(f"{spec.id}: config_new.json asks for AMP (CUDA fp16 autocast); running fp32 on CPU instead")
         return False, "config_new.json amp=true, but CUDA autocast is impossible on CPU: ran fp32"
     if spec.eval.amp:
         return ("fp16" if device == "cuda" else False), "manifest eval.amp"
@@ -525,8 +525,7 @@ def _choose_precision(spec, asked_amp, device):
     if asked_amp is not None:
         return "fp32", f"--amp {asked_amp} given: the unfused model, not the authors' fp16-fused run"
     if device != "cuda":
-        print(f"{spec.id}: its authors ran it fp16-fused on a GPU; on CPU the fused model runs in fp32",
-              file=sys.stderr)
+        logger.warning(f"{spec.id}: its authors ran it fp16-fused on a GPU; on CPU the fused model runs in fp32")
         return "fp32-fused", "fp16-fused needs CUDA: on CPU the batch-norm-fused model ran in fp32"
     return "fp16-fused", "manifest eval.precision (as the authors' validate.py)"
 

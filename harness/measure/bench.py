@@ -3,7 +3,7 @@ peak memory and energy per batch size, and the largest batch that fits a VRAM bu
 and one AdamW training step). Models get random weights: a bench measures cost, never accuracy."""
 import dataclasses
 import json
-import sys
+import logging
 import time
 from dataclasses import dataclass
 
@@ -22,6 +22,8 @@ from harness.measure.throughput import (
 from harness.models import create_model
 from harness.models.ctran import AllUnknown
 from harness.records import Record, config_section, cpu_name, model_section, utc_now
+
+logger = logging.getLogger(__name__)
 
 DEFAULTS = {"cuda": {"iters": 50, "warmup": 10, "warmup_s": 2.0, "min_time_s": 5.0},
             "cpu": {"iters": 5, "warmup": 1, "warmup_s": 0.0, "min_time_s": 0.0}}
@@ -68,7 +70,6 @@ def models_to_run(name, manifest=None):
 def _device_info(device):
     """The device and the backend flags that change its speed (TF32, cuDNN autotuning)."""
     if device == "cuda":
-
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         return {"type": "cuda", "index": index, "name": props.name, "uuid": cuda_uuid(device),
@@ -84,7 +85,7 @@ def _stage_printer(model_id):
     start = time.perf_counter()
 
     def say(stage):
-        print(f"{model_id}: {stage} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        logger.warning(f"{model_id}: {stage} ({time.perf_counter() - start:.0f} s)")
     return say
 
 

@@ -8,7 +8,7 @@ predictions of the whole batch are gathered on every rank, with only this rank's
 gradient, and every rank computes the loss of the whole batch: their EPR term squares a mean over
 the batch, so the loss is not a mean of per-rank losses. Backward then gives each rank the
 gradient through its own share; their sum (one all_reduce) is the gradient of one process on the
-global batch, up to the order of the float additions (tests/test_mlspl_ddp.py). ROLE's label
+global batch, up to the order of the float additions (tests/mlspl/test_mlspl_ddp.py). ROLE's label
 estimator sees the whole batch on every rank, so its gradient is already the global one. Every
 rank takes the same Adam step, so the weights stay equal without a broadcast.
 

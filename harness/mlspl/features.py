@@ -76,7 +76,7 @@ class ImageRows:
 
     The authors' transform is Resize((S, S)), RandomHorizontalFlip(0.5) (train only), ToTensor,
     Normalize. The loader ships the resize (and flip) as uint8 and `to_model_input` does ToTensor
-    and Normalize on the model's device, the same bits (tests/test_mlspl_loader.py). The flip stays
+    and Normalize on the model's device, the same bits (tests/mlspl/test_mlspl_loader.py). The flip stays
     here, in the worker, so its draw is made where and when theirs was: one per image, in order.
 
     share: (rank, world size) under several processes: the loader hands every rank the whole
@@ -106,7 +106,6 @@ class ImageRows:
             if position in mine:
                 items.append(self[row])
             elif self.flip:
-
                 torch.rand(1)  # RandomHorizontalFlip's draw for another rank's image
         return items
 
@@ -117,7 +116,6 @@ def load_imagenet_v1(model):
     The file is taken from torch's hub cache ($TORCH_HOME/hub/checkpoints/resnet50-0676ba61.pth);
     when absent, torchvision downloads it there (which needs the internet).
     """
-
 
     path = Path(torch.hub.get_dir()) / "checkpoints" / V1_FILE
     if not path.is_file() and is_offline():

@@ -4,7 +4,7 @@ All act on sigmoid probabilities `preds` with -log(x + 1e-5). As in their code, 
 one loss matrix (zeros, then its entries written through boolean masks), every entry is divided
 by N x L (all entries of the batch, observed or not) and the matrix is summed; EPR and ROLE add a
 regulariser (mean over the batch of the row sums - k)^2 / L^2. The same operations in the same
-order give float32 gradients bit-equal to theirs (tests/test_mlspl_losses.py, against a fixture
+order give float32 gradients bit-equal to theirs (tests/mlspl/test_mlspl_losses.py, against a fixture
 made by their code). `observed` holds 1 for the observed positive and 0 elsewhere (for BCE: the
 full labels). `preds` may carry leading dimensions (..., N, L) over one (N, L) `observed`: each
 leading index is an independent problem (one grid point), the returned scalar is the sum of their

@@ -1,5 +1,6 @@
 """The whole MLSPL job: prepare the authors' label files, get features, train each (loss, mode)
 on the paper's grid, then write the report. Complete runs are skipped; failures are listed."""
+import logging
 from pathlib import Path
 
 from harness.distributed import pick_device
@@ -9,6 +10,8 @@ from harness.mlspl.config import FeatureConfig, TrainConfig
 from harness.mlspl.features import extract_features, feature_paths, fetch_features
 from harness.mlspl.prepare import prepare
 from harness.mlspl.run import model_id, train_and_evaluate
+
+logger = logging.getLogger(__name__)
 
 DEFAULT = (("ROLE", "linear"), ("ROLE", "fine-tuned"))
 EVERY = tuple((loss, mode) for loss in ("AN", "AN-LS", "WAN", "EPR", "ROLE") for mode in ("linear", "fine-tuned")) \
@@ -26,7 +29,7 @@ def _features(data_dir, coco_root, features_dir, device):
         fetch_features(features_dir)
         return features_dir
     except UserError as e:
-        print(f"the authors' features could not be fetched ({e}); extracting our own instead")
+        logger.info(f"the authors' features could not be fetched ({e}); extracting our own instead")
 
     return extract_features(data_dir, coco_root, features_dir, FeatureConfig(device=device))
 
@@ -54,13 +57,13 @@ def reproduce_mlspl(coco_root, *, models=None, runs_root="runs", tables_dir="tab
     def job(loss, mode):
         mid = model_id(loss, mode)
         if not force and complete_run(runs_root, mid, kind="train"):
-            print(f"{mid}: complete run exists; skipped (use --force to run again)")
+            logger.info(f"{mid}: complete run exists; skipped (use --force to run again)")
             return
         finished = train_and_evaluate(TrainConfig(loss, mode, data_dir=data_dir, features_dir=features_dir,
                                                   coco_root=coco_root, runs_root=runs_root, device=device,
                                                   manifest=manifest))
         if finished is not None:  # under torchrun, rank 0 writes and says it
-            print(f"{mid}: done -> {finished.run_dir}")
+            logger.info(f"{mid}: done -> {finished.run_dir}")
 
     return run_each([(model_id(loss, mode), lambda pair=(loss, mode): job(*pair)) for loss, mode in jobs],
                     runs_root, tables_dir, manifest)

@@ -11,6 +11,7 @@ record goes to a new run folder. Under torchrun, fine-tuning runs on every proce
 """
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ from harness.mlspl.train import (
     train_linear_group,
 )
 from harness.models import build_from_arch
+
+logger = logging.getLogger(__name__)
 
 MODES = ("linear", "fine-tuned", "linear-init")
 
@@ -143,8 +146,8 @@ def _say(enabled, total):
             first.append(epoch)
         done = epoch - first[0] + 1  # epochs count from 0
         left = (time.perf_counter() - start) / done * (total - epoch - 1)
-        print(f"  epoch {epoch + 1}/{total}: val mAP " + " ".join(f"{m:.2f}" for m in val_maps) +
-              f" (ETA {left / 60:.1f} min)", flush=True)
+        logger.info(f"  epoch {epoch + 1}/{total}: val mAP " + " ".join(f"{m:.2f}" for m in val_maps) +
+                    f" (ETA {left / 60:.1f} min)")
     return progress
 
 
@@ -155,7 +158,7 @@ def _linear(data, feats, config, work, tag):
     by_point = {}
     for bs in dict.fromkeys(bs for bs, _ in config.points):
         lrs = [lr for b, lr in config.points if b == bs]
-        print(f"{tag}: linear, batch size {bs}, lr {', '.join(map(str, lrs))}", flush=True)
+        logger.info(f"{tag}: linear, batch size {bs}, lr {', '.join(map(str, lrs))}")
         results = train_linear_group(train, val, test, config, bs, lrs, state_path=work / f"{tag}_bs{bs}.pt",
                                      on_epoch=_say(config.progress, config.epochs))
         by_point.update({(bs, r.lr): r for r in results})
@@ -168,7 +171,7 @@ def _fine_tune(data, config, work, start, world):
     weights_info = None
     for bs, lr in config.points:
         if world.main:
-            print(f"fine-tune: batch size {bs}, lr {lr}", flush=True)
+            logger.info(f"fine-tune: batch size {bs}, lr {lr}")
         model = build_from_arch({"name": "mlspl_resnet50", "num_classes": data["train"].labels.shape[1]})
         if not config.random_weights:
             weights_info = load_imagenet_v1(model)

@@ -30,9 +30,7 @@ logger = logging.getLogger(__name__)
 
 def checkpointed_block_types() -> tuple[type, ...]:
     """The module classes checkpointed one by one."""
-    # torchvision's ResNet blocks: imported here, as only the R101 models need torchvision (about a
-    # second to import) and building one has imported it already.
-    from torchvision.models.resnet import BasicBlock, Bottleneck
+    from torchvision.models.resnet import BasicBlock, Bottleneck  # lazy: about a second, only R101 needs it
 
     return (Bottleneck, BasicBlock, TResNetBasicBlock, TResNetBottleneck, SwinBlock, CvTBlock,
             EncoderLayer, DecoderLayer)

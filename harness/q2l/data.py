@@ -12,21 +12,18 @@
   voc_mAP reads the rank files (harness.ranks.distributed_order is the same order).
 - `--selection held-out`: a seeded part of train2014 replaces val2014 for selection (recorded).
 """
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from harness.data.authors_labels import choose_labels
+from harness.data.authors_labels import choose_labels, choose_train_labels
 from harness.data.coco import check_images, load_labels
 from harness.data.images import load_rgb
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SquishResize
 from harness.errors import UserError
-from harness.manifest import _parse_references, read_yaml
-
-TRAIN_LABELS_REF = "q2l-train-labels"  # reference_files id of their train_label_vectors_coco14.npy
 
 
 class LabelledImages(Dataset):
@@ -52,11 +49,12 @@ class LabelledImages(Dataset):
 
 
 def eval_transform(img_size, orid_norm):
-    """Their test transform: Resize((S, S)), ToTensor, Normalize (mean 0 / std 1 with --orid_norm)."""
-    from torchvision import transforms as T  # torchvision: about a second to import
+    """Their test transform: Resize((S, S)) with the bits of the Pillow they ran, ToTensor, Normalize
+    (mean 0 / std 1 with --orid_norm)."""
+    from torchvision import transforms as T  # lazy: a second per process (it loads torch._dynamo)
 
     mean, std = ((0, 0, 0), (1, 1, 1)) if orid_norm else (IMAGENET_MEAN, IMAGENET_STD)
-    steps = T.Compose([T.Resize((img_size, img_size)), T.ToTensor(), T.Normalize(mean, std)])
+    steps = T.Compose([SquishResize(img_size), T.ToTensor(), T.Normalize(mean, std)])
     return lambda image, row, epoch: steps(image)
 
 
@@ -91,8 +89,9 @@ def load_training_data(config, spec) -> TrainingData:
     train, test = load_labels(root, "train2014", "all"), load_labels(root, "val2014", "all")
     for split in (train, test):
         check_images(root, split)
-    train_labels, train_source = _labels(spec, root, train, TRAIN_LABELS_REF, config.weights_dir)
-    test_labels, test_source = _labels(spec, root, test, spec.eval.authors_labels, config.weights_dir)
+    trained_on = choose_train_labels(spec, root, train, weights_dir=config.weights_dir)
+    tested_on = choose_labels(spec, root, test, weights_dir=config.weights_dir)
+    train_labels, test_labels = (c.labels.astype(np.float64) for c in (trained_on, tested_on))
     train_rows, select_rows, split = np.arange(len(train)), np.arange(len(test)), "val2014"
     if config.selection == "held-out":
         train_rows, select_rows = split_rows(len(train), config.holdout, config.seed)
@@ -101,24 +100,7 @@ def load_training_data(config, spec) -> TrainingData:
         raise UserError(f"{len(train_rows)} train2014 images to train on, fewer than one batch of "
                         f"{config.batch_size} (their loader drops the last partial batch): pass a smaller --batch-size")
     return TrainingData(root, train, test, train_labels, test_labels, train_rows, select_rows, split,
-                        {"train2014": train_source, "val2014": test_source})
-
-
-def _labels(spec, root, coco_labels, ref_id, weights_dir):
-    """(float64 labels, record of their source): the authors' file where listed and different, else the json's."""
-    if ref_id is None or ref_id not in _references(spec):
-        return coco_labels.labels.astype(np.float64), {"used": "instances json", "check": None,
-                                                      "note": f"no reference file {ref_id or ''} in the manifest"}
-    eval_spec = replace(spec.eval, authors_labels=ref_id)
-    chosen = choose_labels(replace(spec, eval=eval_spec, references=_references(spec)), root, coco_labels,
-                           weights_dir=weights_dir)
-    return chosen.labels.astype(np.float64), chosen.record
-
-
-def _references(spec):
-    """Every reference file of the manifest `spec` came from (the train label file is no eval's)."""
-    path = Path(spec.manifest_path)
-    return _parse_references(path, read_yaml(path.read_text()).get("reference_files") or {})
+                        {"train2014": trained_on.record, "val2014": tested_on.record})
 
 
 def train_loader(dataset, batch_size, world, workers, epoch):

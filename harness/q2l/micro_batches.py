@@ -59,7 +59,9 @@ def accumulate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                autocast: Callable[[], object] | None = None) -> torch.Tensor:
     """Forward and backward of one batch, in chunks of `micro_batch` images (None: the whole batch,
     exactly `backward(loss_fn(model(images), targets))`). Gradients are added to `.grad`; the caller
-    zeroes them before and steps after. `loss_fn` must be a mean over the batch's images.
+    zeroes them before and steps after. `loss_fn` must be a mean over the images it is given (the
+    authors' loss as it is, e.g. `asymmetric_loss(logits, targets)`, not with `batch_size=B`): each
+    chunk's is weighted here by its share of the batch.
     `backward` defaults to `loss.backward()` (GradScaler: `lambda loss: scaler.scale(loss).backward()`);
     `autocast` makes the context of each forward and loss (e.g. `lambda: torch.autocast("cuda")`).
     A DDP model synchronises its gradients on the last chunk only. Returns the batch's loss, detached."""

@@ -216,24 +216,30 @@ def mean_over_images_bce(logits, targets):
     return nn.functional.binary_cross_entropy_with_logits(x, targets, reduction="sum") / x.shape[0]
 
 
-def measure_cpu(make_model: Callable[[], nn.Module], plan: MemoryPlan, batch_size: int, image_size: int,
-                num_classes: int, amp: bool = False) -> Measured:
-    """Saved-tensor bytes of one forward at the plan's images per forward, plus the state that stays
-    on the device. `amp`: CPU autocast in bfloat16 (2 bytes per element, as fp16 on a GPU)."""
-    model = make_model().train()
-    images, _ = synthetic_step_input(plan.micro_batch or batch_size, image_size, num_classes, "cpu")
+def saved_tensor_bytes(model: nn.Module, images_per_forward: int, image_size: int, amp: bool = False) -> dict:
+    """Saved-tensor bytes of one forward in training mode: all of them (a plain backward's
+    activations), and under per-block checkpointing what is kept and the largest recompute.
+    `amp`: CPU autocast in bfloat16 (2 bytes an element, as fp16 autocast on a GPU)."""
+    model.train()
+    images = torch.randn(images_per_forward, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     meter = SavedTensors(model, checkpointed_block_types())
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         out = meter.run(lambda: model(images))
-    if plan.activation_checkpointing:
-        kept, recompute = meter.checkpointed_bytes()
-        activations = kept + recompute
-        parts = {"saved_kept_bytes": kept, "saved_recompute_bytes": recompute}
-    else:
-        activations = meter.all_bytes()
-        parts = {"saved_bytes": activations}
+    kept, recompute = meter.checkpointed_bytes()
+    figures = {"saved_bytes": meter.all_bytes(), "saved_kept_bytes": kept, "saved_recompute_bytes": recompute}
     del out
-    states = state_bytes(model)
+    return figures
+
+
+def cpu_peak(plan: MemoryPlan, states: dict, saved: dict) -> Measured:
+    """A plan's device peak from a model's state bytes (state_bytes) and its saved-tensor bytes at
+    the plan's images per forward (saved_tensor_bytes)."""
+    if plan.activation_checkpointing:
+        activations = saved["saved_kept_bytes"] + saved["saved_recompute_bytes"]
+        parts = {k: saved[k] for k in ("saved_kept_bytes", "saved_recompute_bytes")}
+    else:
+        activations = saved["saved_bytes"]
+        parts = {"saved_bytes": activations}
     parts.update(states)
     resident = states["weights_and_buffers"] + (0 if plan.offload_ema else states["ema_copy"])
     backward_peak = resident + states["gradients"] + activations + (
@@ -245,6 +251,14 @@ def measure_cpu(make_model: Callable[[], nn.Module], plan: MemoryPlan, batch_siz
                     "excludes transient buffers and the CUDA context", parts)
 
 
+def measure_cpu(make_model: Callable[[], nn.Module], plan: MemoryPlan, batch_size: int, image_size: int,
+                amp: bool = False) -> Measured:
+    """The CPU measure of one plan: saved tensors at the plan's images per forward + the state."""
+    model = make_model()
+    saved = saved_tensor_bytes(model, plan.micro_batch or batch_size, image_size, amp)
+    return cpu_peak(plan, state_bytes(model), saved)
+
+
 def measure_cuda(make_model: Callable[[], nn.Module], plan: MemoryPlan, batch_size: int, image_size: int,
                  num_classes: int, device, amp: bool = False, loss_fn=mean_over_images_bce,
                  steps: int = 2) -> Measured:
@@ -253,13 +267,15 @@ def measure_cuda(make_model: Callable[[], nn.Module], plan: MemoryPlan, batch_si
     device = torch.device(device)
     free_memory(device, collect=True)
     model = optimizer = offload = ema = None
+    stepped = False
     try:
         with SpanMeasurement(device) as span:
             model = make_model().to(device).train()
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
             offload = apply_memory_plan(plan, model, optimizer)
             ema = {k: v.detach().to(plan.ema_device or device, copy=True) for k, v in model.state_dict().items()}
-            scaler = torch.amp.GradScaler(device.type, enabled=amp)
+            # scale 1: a skipped step (fp16 overflow at the usual 2**16) would never allocate the AdamW moments
+            scaler = torch.amp.GradScaler(device.type, init_scale=1.0, enabled=amp)
             images, targets = synthetic_step_input(batch_size, image_size, num_classes, device)
             for _ in range(steps):
                 optimizer.zero_grad()
@@ -268,6 +284,7 @@ def measure_cuda(make_model: Callable[[], nn.Module], plan: MemoryPlan, batch_si
                            autocast=lambda: torch.autocast(device.type, dtype=torch.float16, enabled=amp))
                 scaler.step(optimizer)
                 scaler.update()
+                stepped = bool(optimizer.state)
                 with torch.no_grad():  # the authors' ModelEma update
                     for e, m in zip(ema.values(), model.state_dict().values()):
                         e.copy_(EMA_DECAY * e + (1.0 - EMA_DECAY) * m.to(e.device))
@@ -279,6 +296,9 @@ def measure_cuda(make_model: Callable[[], nn.Module], plan: MemoryPlan, batch_si
         del model, optimizer, offload, ema
         free_memory(device, collect=True)
     result = span.result()
+    if not stepped:  # at scale 1 only a broken model does this
+        raise RuntimeError("GradScaler skipped every measured step (inf/NaN gradients): the AdamW moments "
+                           "were never allocated, so the peak cannot be measured")
     mib, source = own_peak_vram(result)
     if mib is None:
         mib, source = result["torch_max_reserved_mib"], f"torch max reserved (no CUDA context; NVML: {source})"
@@ -298,5 +318,5 @@ def plan_for_budget(budget: str, make_model: Callable[[], nn.Module], backbone_a
             return measure_cuda(make_model, plan, batch_size, image_size, num_classes, device, amp)
     else:
         def measure(plan):
-            return measure_cpu(make_model, plan, batch_size, image_size, num_classes, amp)
+            return measure_cpu(make_model, plan, batch_size, image_size, amp)
     return choose_plan(budget_bytes, plans, measure)

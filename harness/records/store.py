@@ -7,9 +7,9 @@ harness.records.schema. A record can be re-scored from its saved scores without 
 """
 import fcntl
 import json
+import logging
 import os
 import secrets
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +18,8 @@ import numpy as np
 
 from harness.errors import UserError
 from harness.records.schema import Record
+
+logger = logging.getLogger(__name__)
 
 RECORD = "record.json"
 SETTINGS = "settings.json"  # what a resume must repeat
@@ -197,7 +199,7 @@ def read_settings(path):
 
 
 def _warn(message):
-    print(f"harness: {message}", file=sys.stderr)
+    logger.warning(f"harness: {message}")
 
 
 def iter_records(runs_root, on_problem=_warn):

@@ -1,4 +1,4 @@
-"""Their train transform against their code (fixtures: tests/data/q2l_authors/augment*.json, made by
+"""Their train transform against their code (fixtures: tests/fixtures/q2l_authors/augment*.json, made by
 make_fixtures.py: augment_pillow8.3.json under Pillow 8.3.2, torch 1.9.1 and numpy 1.26 in a scratch
 environment, augment.json under today's libraries; the script asserted the same equalities).
 
@@ -7,26 +7,21 @@ image out. Images are integers and ToTensor / Normalize are single rounded float
 bits are compared. A future Pillow that changes one of these operations (as Pillow 13 changed the
 resize, see harness/q2l/augment.py) fails these tests: the harness would no longer give their images.
 """
-import importlib.util
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from q2l_authors import Q2L_FIXTURES, make
 
 from harness.q2l import augment
 from harness.q2l.randaugment import RandAugment
 
-FIXTURES = Path(__file__).parents[1] / "data" / "q2l_authors"
-_spec = importlib.util.spec_from_file_location("make_q2l_fixtures", FIXTURES / "make_fixtures.py")
-make = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make)
-IMAGES = dict(np.load(FIXTURES / "augment_images.npz"))
-THEIRS_THEN = json.loads((FIXTURES / "augment_pillow8.3.json").read_text())
-THEIRS_NOW = json.loads((FIXTURES / "augment.json").read_text())
+IMAGES = dict(np.load(Q2L_FIXTURES / "augment_images.npz"))
+THEIRS_THEN = json.loads((Q2L_FIXTURES / "augment_pillow8.3.json").read_text())
+THEIRS_NOW = json.loads((Q2L_FIXTURES / "augment.json").read_text())
 S = make.AUGMENT_SIZE
 
 

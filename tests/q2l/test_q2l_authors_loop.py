@@ -1,6 +1,6 @@
 """`harness q2l train` against the authors' train() loop (SlongLiu/query2labels at 55eb050).
 
-tests/data/q2l_authors/check_train_loop.py runs their main_worker() loop (patched only to run on CPU)
+tests/fixtures/q2l_authors/check_train_loop.py runs their main_worker() loop (patched only to run on CPU)
 and the harness side by side on one machine and asserts model, EMA, AdamW state, losses and mAPs bit for
 bit; it wrote train_loop.json (their per-epoch figures) and train_loop.npz (sampled tensors of their
 initial weights, trained model and EMA). Here the harness alone replays the same run on whatever CPU
@@ -8,7 +8,7 @@ runs the suite, so the floats are compared within bounds, not bits: a float32 co
 move with the CPU model, its vector width and the thread count, and AdamW's normalised steps carry a
 last-bit difference on a tiny gradient into a step of the learning rate.
 
-The bounds, measured by tests/data/q2l_authors/measure_drift.py over 1 and 2 threads x ATen
+The bounds, measured by tests/fixtures/q2l_authors/measure_drift.py over 1 and 2 threads x ATen
 default/AVX2/AVX512 x MKL_CBWR unset/COMPATIBLE/AVX2/AVX512, each 3.5 times the worst drift:
   arrays   the L2 difference of each sampled tensor, relative to how far training moved the model's
            tensor: worst 1.08e-3 (model) and 1.05e-3 (EMA: one ulp of LayerNorm weights near 1, under
@@ -22,12 +22,12 @@ losses by 8e-3; the EMA decay 0.9998 for 0.9997 moves the EMA's val loss by 5.9e
 """
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import FIXTURES as ALL_FIXTURES
 
-FIXTURES = Path(__file__).parents[1] / "data" / "q2l_authors"
+FIXTURES = ALL_FIXTURES / "q2l_authors"
 _spec = importlib.util.spec_from_file_location("check_q2l_train_loop", FIXTURES / "check_train_loop.py")
 check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)

@@ -5,10 +5,10 @@ import copy
 
 import pytest
 import torch
+from memory_helpers import TINY_MODELS, batch, differing, make_optimizer, mean_over_images_loss, snapshot
 
 from harness.q2l import checkpointing
 from harness.q2l.checkpointing import apply_activation_checkpointing, remove_activation_checkpointing
-from memory_helpers import TINY_MODELS, batch, differing, make_optimizer, mean_over_images_loss, snapshot
 
 STEPS = 3
 
@@ -19,7 +19,7 @@ def train(model, steps=STEPS, seed=0):
     model.train()
     torch.manual_seed(seed)
     for step in range(steps):
-        images, targets = batch(step)
+        images, targets = batch(step, batch_size=2)
         optimizer.zero_grad()
         mean_over_images_loss(model(images), targets).backward()
         optimizer.step()
@@ -38,10 +38,10 @@ def test_checkpointed_training_is_bit_identical(family):
 
     expected, got = train(plain), train(checkpointed)
     assert differing(expected, got) == []
-    # the run moved: weights and (CvT, TResNet) running statistics changed, dropout drew
-    start = snapshot(TINY_MODELS[family]())
-    assert [k for k in start if k.endswith(("weight", "running_mean")) and k in differing(start, {
-        k: got[k] for k in start})]
+    start = snapshot(TINY_MODELS[family]())  # the run moved the weights and, where there are, the statistics
+    moved = differing(start, {k: got[k] for k in start})
+    assert any(k.endswith("weight") for k in moved)
+    assert any(k.endswith("running_mean") for k in moved) == (family in ("cvt", "tresnet"))
 
 
 def test_the_recompute_would_update_batchnorm_statistics_twice_without_the_restore(monkeypatch):

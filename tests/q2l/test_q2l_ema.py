@@ -1,20 +1,15 @@
-"""The EMA against their ModelEma (fixture: tests/data/q2l_authors/ema.npz, made by make_fixtures.py
+"""The EMA against their ModelEma (fixture: tests/fixtures/q2l_authors/ema.npz, made by make_fixtures.py
 with their class). Elementwise float32 operations, each rounded once: the bits are the same on every
 CPU (checked at ATEN_CPU_CAPABILITY default, avx2 and avx512, 1 and 2 threads)."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from q2l_authors import Q2L_FIXTURES, make
 
 from harness.q2l.ema import ModelEma
 
-FIXTURES = Path(__file__).parents[1] / "data" / "q2l_authors"
-_spec = importlib.util.spec_from_file_location("make_q2l_fixtures", FIXTURES / "make_fixtures.py")
-make = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make)
-THEIRS = np.load(FIXTURES / "ema.npz")
+THEIRS = np.load(Q2L_FIXTURES / "ema.npz")
 
 
 def state(prefix):

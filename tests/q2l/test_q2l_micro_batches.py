@@ -2,11 +2,10 @@
 computed (Swin, ResNet-101 with FrozenBatchNorm); refused where one is (CvT, TResNet)."""
 import pytest
 import torch
+from memory_helpers import TINY_MODELS, batch, make_optimizer, mean_over_images_loss, snapshot, tiny_swin_q2l, train_steps
 
 from harness.errors import UserError
 from harness.q2l.micro_batches import BATCH_STATISTICS, accumulate, batch_statistics_reason, check_micro_batch
-from memory_helpers import (TINY_MODELS, batch, make_optimizer, mean_over_images_loss, snapshot, tiny_swin_q2l,
-                            train_steps)
 
 
 def gradients_of_one_batch(model, micro_batch, batch_size=6):

@@ -9,9 +9,9 @@ import copy
 
 import pytest
 import torch
+from memory_helpers import TINY_MODELS, batch, differing, mean_over_images_loss, snapshot, train_steps
 
 from harness.q2l.offload import OptimizerStateOffload
-from memory_helpers import TINY_MODELS, batch, differing, mean_over_images_loss, snapshot, train_steps
 
 STEPS = 3
 

@@ -3,13 +3,24 @@ fits chosen, a budget below every plan refused naming the smallest need. CPU mea
 models (saved-tensor bytes + counted state); the CUDA measurement runs only where a GPU is."""
 import pytest
 import torch
+from memory_helpers import IMG, NUM_CLASSES, TINY_MODELS, batch
 
 from harness.errors import UserError
 from harness.q2l.checkpointing import apply_activation_checkpointing, checkpointed_block_types
 from harness.q2l.memory import MemoryPlan
-from harness.q2l.plan import (GIB, MIB, Measured, SavedTensors, candidate_plans, choose_plan, measure_cpu,
-                              measure_cuda, parse_vram_budget, plan_for_budget, state_bytes)
-from memory_helpers import IMG, NUM_CLASSES, TINY_MODELS, batch
+from harness.q2l.plan import (
+    GIB,
+    MIB,
+    Measured,
+    SavedTensors,
+    candidate_plans,
+    choose_plan,
+    measure_cpu,
+    measure_cuda,
+    parse_vram_budget,
+    plan_for_budget,
+    state_bytes,
+)
 
 
 @pytest.mark.parametrize("text, expected", [("12GB", 12 * GIB), ("12GiB", 12 * GIB), ("11.5G", int(11.5 * GIB)),
@@ -75,7 +86,7 @@ def test_the_kept_bytes_of_checkpointing_are_what_a_checkpointed_forward_saves(f
 
 def test_cpu_measurements_fall_plan_by_plan_and_scale_with_the_micro_batch():
     plans = candidate_plans(4, micro_batches_allowed=True)
-    measured = [measure_cpu(TINY_MODELS["swin"], plan, 4, IMG, NUM_CLASSES) for plan in plans]
+    measured = [measure_cpu(TINY_MODELS["swin"], plan, 4, IMG) for plan in plans]
     peaks = [m.peak_bytes for m in measured]
     assert peaks[0] > peaks[1] > peaks[2] > peaks[3]
     states = state_bytes(TINY_MODELS["swin"]())
@@ -91,8 +102,8 @@ def test_plan_for_budget_on_the_cpu_picks_checkpointing_when_it_is_enough():
     def make():
         return TINY_MODELS["swin"]()
 
-    as_written = measure_cpu(make, MemoryPlan(), 4, IMG, NUM_CLASSES).peak_bytes
-    checkpointed = measure_cpu(make, MemoryPlan(activation_checkpointing=True), 4, IMG, NUM_CLASSES).peak_bytes
+    as_written = measure_cpu(make, MemoryPlan(), 4, IMG).peak_bytes
+    checkpointed = measure_cpu(make, MemoryPlan(activation_checkpointing=True), 4, IMG).peak_bytes
     budget = f"{(as_written + checkpointed) / 2 / MIB:.3f}MiB"
     plan, trials = plan_for_budget(budget, make, True, 4, IMG, NUM_CLASSES, "cpu")
     assert plan == MemoryPlan(activation_checkpointing=True) and len(trials) == 2

@@ -1,4 +1,4 @@
-"""AdamW + OneCycleLR against their construction (fixtures: tests/data/q2l_authors/schedule*.json,
+"""AdamW + OneCycleLR against their construction (fixtures: tests/fixtures/q2l_authors/schedule*.json,
 their main_worker lines run by make_fixtures.py under today's torch and under torch 1.9.1, which
 asserted the harness's lr and beta1 bit-equal to theirs at every step of every run, and torch 1.9.1's
 equal to today's).
@@ -9,22 +9,17 @@ bit-equal; with its plain cos (GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2,-FMA,-AVX,-
 103,441 and 5 of 51,681 lr values differ, by up to 3.2e-14 relative (near the end of the schedule,
 where cos + 1 cancels), beta1 not at all. So values are compared within 1e-13 relative.
 """
-import importlib.util
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from q2l_authors import Q2L_FIXTURES
 
 from harness.q2l.schedule import build_optimizer, build_schedule, steps_per_epoch
 
-FIXTURES = Path(__file__).parents[1] / "data" / "q2l_authors"
-_spec = importlib.util.spec_from_file_location("make_q2l_fixtures", FIXTURES / "make_fixtures.py")
-make = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make)
-RUNS = [(path.name, run) for path in sorted(FIXTURES.glob("schedule*.json"))
+RUNS = [(path.name, run) for path in sorted(Q2L_FIXTURES.glob("schedule*.json"))
         for run in json.loads(path.read_text())["runs"]]
 
 

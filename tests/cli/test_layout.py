@@ -1,0 +1,79 @@
+"""The package's shape, as docs/architecture.md promises it: imports at module level, lazy imports
+only for what costs start-up time (each saying why), no print outside the CLI, no import cycle, and
+the floors read commands -> systems -> shared machinery -> records/metrics."""
+import ast
+import subprocess
+import sys
+
+import pytest
+from paths import REPO
+
+PACKAGE = REPO / "harness"
+LAZY_LIBRARIES = {"torch", "torchvision", "matplotlib", "pycocotools", "gdown", "inplace_abn", "tqdm"}
+
+
+def _modules():
+    return sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+def _function_imports(path):
+    tree = ast.parse(path.read_text())
+    lines = path.read_text().splitlines()
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                    yield node.lineno, names, lines[node.lineno - 1]
+
+
+def test_imports_inside_functions_are_only_the_costly_libraries_each_with_its_reason():
+    found = []
+    for path in _modules():
+        for lineno, names, line in _function_imports(path):
+            roots = {n.split(".")[0] for n in names}
+            costly = roots <= LAZY_LIBRARIES or (path.name == "cli.py" and names == ["harness.distributed"])
+            explained = "# lazy:" in line or (line.strip().startswith("import matplotlib.pyplot"))
+            if not (costly and explained):
+                found.append(f"{path.relative_to(REPO)}:{lineno}: {line.strip()}")
+    assert not found, "function-level imports without a start-up reason:\n" + "\n".join(found)
+
+
+def test_only_the_cli_prints():
+    found = [f"{p.relative_to(REPO)}:{n.lineno}" for p in _modules() if p.parent.name != "commands" and p.name != "cli.py"
+             for n in ast.walk(ast.parse(p.read_text()))
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
+    assert not found, "library code logs (logging.getLogger(__name__)); print only in commands/ and cli.py: " + str(found)
+
+
+def _harness_imports(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("harness"):
+            yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("harness"))
+
+
+def test_the_library_never_imports_the_cli():
+    upward = [(str(p.relative_to(REPO)), m) for p in _modules() if p.parent.name != "commands" and p.name not in
+              ("cli.py", "__main__.py") for m in _harness_imports(p) if m.startswith(("harness.commands", "harness.cli"))]
+    assert not upward
+
+
+@pytest.mark.parametrize("module", ["harness.cli", "harness.commands.report", "harness.commands.metrics",
+                                    "harness.commands.compare", "harness.commands.models", "harness.commands.data"])
+def test_the_commands_that_need_no_model_start_without_torch(module):
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert done.stdout.strip() == "False"
+
+
+def test_every_module_imports_alone_so_there_is_no_cycle():
+    names = [".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__") for p in _modules()
+             if p.name != "__main__.py"]
+    code = ("import importlib, sys\n"
+            "for name in sys.argv[1:]:\n"
+            "    for m in [k for k in sys.modules if k.startswith('harness')]:\n"
+            "        del sys.modules[m]\n"
+            "    importlib.import_module(name)\n")
+    subprocess.run([sys.executable, "-c", code, *names], check=True, cwd=REPO, capture_output=True)

@@ -1,0 +1,144 @@
+"""torchrun with 2 CPU processes (gloo): the same scores as one process, bit for bit; a failing
+rank fails the run with one line; the run resumes per rank."""
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+
+import conftest
+import numpy as np
+import pytest
+import torch
+from paths import REPO, TESTS
+from tiny_models import write_manifest
+
+from harness.cli import main
+from harness.eval.config import EvalConfig
+from harness.eval.run import evaluate
+from harness.manifest import get_spec
+
+# torchrun's own launcher (elastic_launch, what `torchrun --standalone` calls: its agent, rendezvous,
+# worker environment and failure handling) with the CLI as the entry point, the test models
+# registered. Its workers are forked from the launcher, not started as `python -m harness`, which
+# saves two interpreters' torch import; .ci/check_installed.sh launches the installed command itself.
+LAUNCHER = """
+import sys
+sys.path[:0] = {paths!r}
+import torch, tiny_models
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from harness.cli import main
+
+def rank_main(argv):
+    torch.set_num_threads(1)
+    return main(argv)
+
+if __name__ == "__main__":
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", max_restarts=0, start_method="fork")
+    sys.exit(max(elastic_launch(config, rank_main)(sys.argv[1:]).values()))
+"""
+FLAGS = ["--weights", "random", "--device", "cpu", "--workers", "0", "--no-progress"]
+
+
+def nan_on_rank_1_after(calls_before):
+    forward, calls = conftest.TinyConvNet.forward, []
+
+    def failing(self, x):
+        calls.append(self.conv.out_channels == 4)  # sd-a's forward calls only
+        out = forward(self, x)
+        return out * float("nan") if os.environ["RANK"] == "1" and sum(calls) > calls_before else out
+
+    return failing
+
+
+@pytest.fixture()
+def manifest(tmp_path):
+    return write_manifest(tmp_path)
+
+
+def _eval_argv(tmp_path, manifest, smoke_root, *args):
+    return ["eval", *args, "--coco-root", str(smoke_root), "--manifest", str(manifest), *FLAGS,
+            "--runs", str(tmp_path / "runs")]
+
+
+def _torchrun(tmp_path, manifest, smoke_root, *args):
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(LAUNCHER.format(paths=[str(TESTS), str(TESTS / "helpers")]))
+    command = [sys.executable, str(launcher), *_eval_argv(tmp_path, manifest, smoke_root, *args)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), str(TESTS / "helpers")])}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+
+
+def _forked_ranks(tmp_path, manifest, smoke_root, *args, world=2):
+    """The same CLI on `world` ranks forked from this process, each given the environment torchrun
+    gives its workers (all the harness reads of it): a launch without starting torchrun and loading
+    torch again. Returns the ranks' exit codes (99: the command left its process group joined)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = _eval_argv(tmp_path, manifest, smoke_root, *args)
+
+    def rank_main(rank):
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 for the torchrun workers above
+        code = main(argv)
+        if torch.distributed.is_initialized():  # a gloo group alive at exit can abort the process
+            code = 99
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    context = multiprocessing.get_context("fork")
+    ranks = [context.Process(target=rank_main, args=(rank,)) for rank in range(world)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(120)
+    for process in ranks:
+        if process.exitcode is None:
+            process.kill()
+    return [process.exitcode for process in ranks]
+
+
+def _assert_as_one_process(tmp_path, manifest, smoke_root, mid, rows):
+    [run_dir] = (tmp_path / "runs" / mid).iterdir()
+    alone = evaluate(get_spec(mid, manifest), EvalConfig(coco_root=smoke_root, weights="random",
+                                                         runs_root=tmp_path / "one", workers=0, progress=False)).run_dir
+    assert np.array_equal(np.load(run_dir / "scores.npy"), np.load(alone / "scores.npy")), mid
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["metrics"] == json.loads((alone / "record.json").read_text())["metrics"]
+    world = record["distributed"]
+    assert world["world_size"] == 2 and [r["rank"] for r in world["ranks"]] == [0, 1]
+    assert [r["rows"] for r in world["ranks"]] == rows
+    assert not list(run_dir.glob("*.partial.npy")) and not list(run_dir.glob("progress*"))
+
+
+def test_torchrun_scores_as_one_process(manifest, smoke_root, tmp_path):
+    launched = _torchrun(tmp_path, manifest, smoke_root, "sd-c")
+    assert launched.returncode == 0, launched.stderr
+    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-c", [[0, 12], [12, 22]])
+
+
+def test_two_ranks_score_as_one_process(manifest, smoke_root, tmp_path):
+    assert _forked_ranks(tmp_path, manifest, smoke_root, "sd-c", "sd-a") == [0, 0]
+    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-a", [[0, 12], [12, 24]])
+    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-c", [[0, 12], [12, 22]])
+
+
+def test_a_failing_rank_fails_the_run_with_one_line_and_it_resumes_per_rank(manifest, smoke_root, tmp_path,
+                                                                           monkeypatch, capfd):
+    with monkeypatch.context() as patched:
+        patched.setattr(conftest.TinyConvNet, "forward", nan_on_rank_1_after(2))
+        assert _forked_ranks(tmp_path, manifest, smoke_root, "sd-c", "sd-a") == [2, 2]  # each rank says it failed
+    lines = [line for line in capfd.readouterr().err.splitlines() if ": FAILED: " in line]
+    assert len(lines) == 1 and "sd-a: FAILED: rank 1 of 2 failed: sd-a returned NaN" in lines[0], lines
+    [sd_a] = (tmp_path / "runs" / "sd-a").iterdir()
+    assert not (sd_a / "record.json").exists()
+    assert json.loads((sd_a / "progress.rank0-of-2.json").read_text())["done"] == 12  # rank 0 finished its half
+    assert _forked_ranks(tmp_path, manifest, smoke_root, "sd-a", "--resume") == [0, 0]
+    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-a", [[0, 12], [12, 24]])
+    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-c", [[0, 12], [12, 22]])

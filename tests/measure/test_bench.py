@@ -1,0 +1,197 @@
+"""`harness bench` on CPU with tiny registered models: complete records, nulls with reasons,
+OOM rows, `all` (one per architecture, unbuildable ones skipped) and user errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import SMALL_Q2L
+from paths import REPO
+
+from harness.cli import main
+from harness.models import build_from_arch, register_model
+
+GPU_FIELDS = ("peak_vram_mib", "torch_max_allocated_mib", "torch_max_reserved_mib", "energy_j_per_image")
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, num_classes, oom_from=None):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, num_classes)
+        self.oom_from = oom_from
+
+    def forward(self, x):
+        if self.oom_from is not None and x.shape[0] >= self.oom_from:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@register_model
+def tiny_bench_net(num_classes=5):
+    return TinyNet(num_classes)
+
+
+@register_model
+def tiny_bench_oom(num_classes=5, oom_from=4):
+    return TinyNet(num_classes, oom_from)
+
+
+class BrokenNet(TinyNet):
+    def forward(self, x):
+        raise RuntimeError("CUDNN_STATUS_INTERNAL_ERROR (fake)")
+
+
+@register_model
+def tiny_bench_broken(num_classes=5):
+    return BrokenNet(num_classes)
+
+
+def _entry(family, arch, resolution=32, batch_size=4):
+    entry = {"family": family, "arch": arch, "released": False,
+             "paper": {"title": "t", "table": "T1", "row": "r", "metrics": {"mAP": None}},
+             "eval": {"resolution": resolution, "resize": "squish", "normalize": "imagenet", "image_set": "all",
+                      "protocol": family, "batch_size": batch_size}}
+    if family == "mlspl":
+        entry["train"] = {"loss": "an", "mode": "linear"}
+    return entry
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    models = {
+        "tiny-a": _entry("q2l", {"name": "tiny_bench_net", "num_classes": 5}),
+        "tiny-oom": _entry("asl", {"name": "tiny_bench_oom", "num_classes": 5, "oom_from": 4}, batch_size=16),
+        "tiny-same-arch": _entry("mlspl", {"name": "tiny_bench_net", "num_classes": 5}),  # same as tiny-a
+        "tiny-unbuilt": _entry("q2l", {"name": "no_such_builder_yet"}),
+        "tiny-broken": _entry("asl", {"name": "tiny_bench_broken", "num_classes": 5}),
+    }
+    path = tmp_path / "manifest.yaml"
+    path.write_text(yaml.safe_dump({"schema": 1, "models": models}))
+    return path
+
+
+def _records(out):
+    return {json.loads(p.read_text())["model"]["id"]: json.loads(p.read_text())
+            for p in sorted(Path(out).glob("*/*/record.json"))}
+
+
+def _bench(manifest, out, *extra):
+    return main(["bench", *extra, "--device", "cpu", "--manifest", str(manifest), "--out", str(out),
+                 "--iters", "2", "--warmup", "1"])
+
+
+def test_bench_on_cpu_writes_a_complete_record(manifest, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert _bench(manifest, out, "tiny-a", "--batch-size", "1", "4", "16") == 0
+    rec = _records(out)["tiny-a"]
+    assert rec["schema"] == 1 and rec["kind"] == "bench" and rec["run_id"]
+    assert rec["smoke"] is True and rec["smoke_reasons"] == ["random weights"]
+    assert rec["checkpoint"]["random_weights"] is True
+    assert rec["model"]["family"] == "q2l" and rec["environment"]
+    assert rec["started_at"] <= rec["finished_at"]
+    bench = rec["bench"]
+    assert bench["resolution"] == 32 and bench["device"]["type"] == "cpu"
+    assert bench["params"] == sum(p.numel() for p in TinyNet(5).parameters())
+    assert bench["gflops"] > 0
+    assert bench["options"] == {"amp": False, "channels_last": False, "compile": False}
+    assert [r["batch_size"] for r in bench["results"]] == [1, 4, 16]
+    for row in bench["results"]:
+        assert row["oom"] is False and row["images_per_s"] > 0 and row["peak_rss_mib"] > 0
+        assert row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
+        for key in GPU_FIELDS:
+            assert row[key] is None and "no GPU" in row["reasons"][key]
+    fits = bench["fits"]
+    assert fits["budget_mib"] == 12288 and fits["inference_max_batch"] is None and fits["train_max_batch"] is None
+    assert set(fits["reasons"].values()) == {"needs a GPU"}
+    m = rec["measurement"]
+    assert m["batch_size"] == 4  # the model's evaluation batch size
+    assert m["n_images"] == 4 * 2 and m["peak_vram_mib"] is None and "no GPU" in m["reasons"]["peak_vram_mib"]
+    printed = capsys.readouterr().out
+    assert "tiny-a: wrote" in printed and "needs a GPU" in printed and "GFLOPs" in printed
+
+
+def test_bench_records_oom_and_goes_on(manifest, tmp_path):
+    out = tmp_path / "runs"
+    assert _bench(manifest, out, "tiny-oom", "--batch-size", "2", "8", "4", "1") == 0
+    bench = _records(out)["tiny-oom"]["bench"]
+    assert [(r["batch_size"], r["oom"]) for r in bench["results"]] == [(2, False), (8, True), (4, True), (1, False)]
+    assert bench["results"][1]["images_per_s"] is None
+    assert _records(out)["tiny-oom"]["measurement"]["batch_size"] == 2  # batch 16 not measured: the largest that ran
+
+
+def test_bench_options_are_recorded(manifest, tmp_path):
+    out = tmp_path / "runs"
+    assert _bench(manifest, out, "tiny-a", "--batch-size", "2", "--amp", "bf16", "--channels-last",
+                  "--vram-budget", "8000MiB") == 0
+    bench = _records(out)["tiny-a"]["bench"]
+    assert bench["options"] == {"amp": "bf16", "channels_last": True, "compile": False}
+    assert bench["fits"]["budget_mib"] == 8000
+
+
+def test_bench_all_one_per_architecture_and_goes_on_after_failures(manifest, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert _bench(manifest, out, "all", "--batch-size", "1") == 0
+    assert sorted(_records(out)) == ["tiny-a", "tiny-oom"]  # tiny-same-arch shares tiny-a's arch
+    captured = capsys.readouterr()
+    assert "tiny-unbuilt failed, going on" in captured.err  # an architecture with no builder: a failure as any
+    assert "tiny-broken failed, going on: RuntimeError" in captured.err  # one failure does not stop the rest
+    assert "not measured: " in captured.out and "tiny-unbuilt (failed" in captured.out
+    assert "tiny-broken (failed: RuntimeError" in captured.out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["tiny-a", "--vram-budget", "12XB"], "VRAM budget"),
+    (["tiny-a", "--batch-size", "0"], "batch sizes"),
+    (["no-such-model"], "unknown model"),
+    (["tiny-unbuilt"], "no builder for architecture"),
+    (["tiny-a", "--min-time-s", "-1"], "--min-time-s"),
+])
+def test_bench_user_errors_exit_2(manifest, tmp_path, capsys, argv, words):
+    assert _bench(manifest, tmp_path / "runs", *argv) == 2
+    assert words in capsys.readouterr().err
+    assert not list((tmp_path / "runs").glob("*/*/record.json"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_bench_cuda_without_gpu_is_a_user_error(manifest, tmp_path, capsys):
+    argv = ["bench", "tiny-a", "--device", "cuda", "--manifest", str(manifest), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+REPO = REPO
+
+
+def test_bench_runs_from_a_bare_checkout_without_data_packages(tmp_path):
+    """As on a lent GPU machine (benchmarks/measure_gpu.sh): no install, no pycocotools, no gdown; a
+    small Q2L with the authors' layout, so the fresh interpreter spends its time on the command."""
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({"schema": 1, "models": {"small-q2l": _entry("q2l", SMALL_Q2L, resolution=64)}}))
+    code = ("import sys; sys.modules['pycocotools'] = sys.modules['gdown'] = None; "
+            "from harness.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HARNESS_GIT_COMMIT": "a" * 40}
+    argv = ["bench", "small-q2l", "--manifest", str(manifest), "--device", "cpu", "--batch-size", "1", "--iters", "1",
+            "--warmup", "0", "--out", str(tmp_path / "measured")]
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rec = _records(tmp_path / "measured")["small-q2l"]
+    params = sum(p.numel() for p in build_from_arch(SMALL_Q2L).parameters())
+    assert rec["bench"]["params"] == params and rec["bench"]["resolution"] == 64
+    assert rec["environment"]["git_commit"] in ("a" * 40, _git_head())
+
+
+def _git_head():
+    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def test_bench_checks_out_before_measuring(manifest, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert _bench(manifest, blocker / "runs", "tiny-a") == 2
+    assert "--runs" in capsys.readouterr().err
