@@ -19,6 +19,7 @@ import torch
 import torch.multiprocessing as mp
 from q2l_train_helpers import smoke_config, tiny_coco
 
+from harness.eval.ranks import distributed_order
 from harness.q2l.run import fit
 
 NO_DROPOUT = {"dropout": 0.0}
@@ -53,3 +54,6 @@ def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path):
         assert ha["val_loss"] == pytest.approx(hb["val_loss"], rel=1e-4)
         assert ha["val_loss_ema"] == pytest.approx(hb["val_loss_ema"], rel=1e-4)
     assert rb["distributed"]["world_size"] == 2 and ra["distributed"]["world_size"] == 1
+    # validation rows in their rank-file order (padding included), as the evaluation emulates it
+    rows = np.load(two / "selection_rows.npy")
+    assert np.array_equal(rows, distributed_order(rb["train"]["n_select"], 2))
