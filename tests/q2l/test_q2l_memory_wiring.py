@@ -1,13 +1,12 @@
 """The memory techniques as `harness q2l train` runs them: checkpointing and both offloads leave the
 training's bits unchanged (CPU); the budget planner picks a plan or refuses, before any folder."""
-import json
 
 import pytest
 import torch
+from q2l_train_helpers import smoke_config, tiny_coco
 
 from harness.cli import main
 from harness.q2l.run import fit
-from q2l_train_helpers import smoke_config, tiny_coco
 
 
 @pytest.fixture(scope="module")

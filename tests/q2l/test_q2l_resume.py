@@ -42,7 +42,7 @@ def _kill_after_first_epoch(command):
 
 
 def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
-    coco = tiny_coco(tmp_path / "coco")
+    coco = tiny_coco(tmp_path / "coco", n_train=8)  # one step an epoch
     subprocess.run(_command(coco, tmp_path / "whole"), env=_env(), check=True, capture_output=True)
     assert _kill_after_first_epoch(_command(coco, tmp_path / "cut")) == -signal.SIGKILL
     cut = _run_dir(tmp_path / "cut")
