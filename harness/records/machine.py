@@ -124,10 +124,10 @@ def environment(device_index=0):
         torch = None  # type: ignore[assignment]
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
-        commit, status = built_from()
     if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
         commit = os.environ.get("HARNESS_GIT_COMMIT") or None
+    if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
+        commit, status = built_from()
     python = platform.python_version()
     torch_version = torch.__version__ if torch is not None else None
     cudnn = None
