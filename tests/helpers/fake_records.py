@@ -9,9 +9,9 @@ from harness.metrics import Bootstrap, compute_metrics
 def eval_record(run_dir, scores, labels, *, model_id="q2l-r101-448", protocol="q2l", smoke=False,
                 finished_at="2026-01-02T00:00:00+00:00", n_boot=50):
     """A record built the way an evaluation builds one: arrays first, then record.json."""
-    records.save_arrays(run_dir, scores, labels, np.arange(len(scores)) * 7)
+    digests = records.save_arrays(run_dir, scores, labels, np.arange(len(scores)) * 7)
     return {
-        "schema": 1, "kind": "eval", "run_id": run_dir.name,
+        "schema": records.SCHEMA, "kind": "eval", "run_id": run_dir.name,
         "model": {"id": model_id, "family": protocol, "arch": {"name": "q2l"}, "paper": {"metrics": {"mAP": 84.9}}},
         "checkpoint": {"path": None, "sha256": None, "pinned": False, "random_weights": smoke},
         "dataset": {"name": "coco2014-val", "root": "/data/coco", "image_set": "all", "n_images": len(scores),
@@ -28,6 +28,7 @@ def eval_record(run_dir, scores, labels, *, model_id="q2l-r101-448", protocol="q
         "started_at": "2026-01-01T00:00:00+00:00", "finished_at": finished_at,
         "smoke": smoke, "smoke_reasons": ["random weights"] if smoke else [],
         "files": {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"},
+        "digests": digests,
     }
 
 
