@@ -127,7 +127,7 @@ def check_run(record, spec=None, *, folder=None, full=False, annotations=None, c
     _map(run)
     if full:
         _metrics(run, ci)
-    _checkpoint(run)
+    _checkpoint(run, hash_elsewhere=full)
     _smoke_flags(run)
     _environment(run)
     _resume_and_cache(run)
@@ -408,7 +408,9 @@ def _expected_sha(spec, key, role, weight_file):
     return (entry["sha256"], f"locked in {lock_file.name}") if entry else (None, None)
 
 
-def _checkpoint(run):
+def _checkpoint(run, hash_elsewhere=False):
+    """hash_elsewhere: also hash a checkpoint that lies at its recorded path outside the run folder
+    (a file of hundreds of MB: `harness verify` does, the report does not)."""
     record, spec, checkpoint = run.record, run.spec, run.record.checkpoint
     says_not_release = any("weights" in reason for reason in record.smoke_reasons)
     if checkpoint.get("random_weights"):
@@ -420,20 +422,19 @@ def _checkpoint(run):
         run.smoke.append("no checkpoint sha256")
         run.add("checkpoint", FAILED, "the record names no checkpoint sha256, yet does not say random weights")
         return
-    kept = _kept_checkpoint(run, checkpoint.get("path"))
+    kept = _kept_checkpoint(run, checkpoint.get("path"), hash_elsewhere)
     if kept is not None and file_digest(kept) != sha:
-        run.add("checkpoint", FAILED, f"{kept.name} in the run folder is not the checkpoint the record names "
-                                      f"(sha256 {sha[:12]})")
+        run.add("checkpoint", FAILED, f"{kept} is not the checkpoint the record names (sha256 {sha[:12]})")
         return
     if spec is None:
         run.add("checkpoint", UNCHECKED, f"model {record.model_id!r} is not in this manifest: no release to compare")
     elif not spec.released or "checkpoint" not in spec.files:
         if kept is not None:
-            run.add("checkpoint", HELD, f"trained here: {kept.name} in the run folder is the sha256 {sha[:12]} "
-                                        f"the record names")
+            where = f"{kept.name} in the run folder" if kept.parent == run.folder else str(kept)
+            run.add("checkpoint", HELD, f"trained here: {where} is the sha256 {sha[:12]} the record names")
         else:
-            run.add("checkpoint", UNCHECKED, "trained here (no release to compare), and the checkpoint is not in "
-                                             "the run folder")
+            run.add("checkpoint", UNCHECKED, "trained here (no release to compare), and the checkpoint is neither "
+                                             "in the run folder nor at its recorded path")
     else:
         expected, origin = _expected_sha(spec, spec.id, "checkpoint", spec.files["checkpoint"])
         if expected is None:
@@ -448,12 +449,15 @@ def _checkpoint(run):
                     (", as the record says" if says_not_release else ""))
 
 
-def _kept_checkpoint(run, path):
-    """The checkpoint file when it lies in the run folder (MLSPL's classifier, C-Tran's best weights)."""
-    name = Path(path).name if isinstance(path, str) and path else None
-    if name and _safe_name(name) and Path(path).parent.name == run.record.run_id and (run.folder / name).is_file():
+def _kept_checkpoint(run, path, elsewhere):
+    """The checkpoint file when it lies in the run folder (MLSPL's classifier, C-Tran's best weights),
+    or (elsewhere=True) at the path the record names."""
+    if not isinstance(path, str) or not path:
+        return None
+    name = Path(path).name
+    if _safe_name(name) and Path(path).parent.name == run.record.run_id and (run.folder / name).is_file():
         return run.folder / name
-    return None
+    return Path(path) if elsewhere and Path(path).is_file() else None
 
 
 def record_reasons(spec, record):
