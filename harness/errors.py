@@ -1,5 +1,6 @@
 """The one exception a user can cause: the CLI prints it as one line and exits 2."""
 
 
-class UserError(Exception):
-    """Bad input from the user. The message names the problem and the fix."""
+class UserError(ValueError):
+    """Bad input from the user. The message names the problem and the fix. A ValueError, so Python
+    callers of the harness can catch it as one."""

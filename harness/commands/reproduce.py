@@ -38,7 +38,6 @@ def add_arguments(parser):
 
 def run(args):
     if args.family == "q2l":
-
         config = EvalConfig(coco_root=args.coco_root, weights_dir=args.weights_dir, batch_size=args.batch_size,
                             amp=args.amp, device=args.device, tf32=args.tf32, limit=args.limit, runs_root=args.runs,
                             keep_cache=args.keep_cache)

@@ -175,7 +175,6 @@ def unreadable_images(root, coco_labels, progress=True):
     """[(file name, reason)] of every listed image that the loader could not decode (reads them all)."""
     from tqdm import tqdm  # lazy: `harness data` and the report load this module, and only this check shows a bar
 
-
     folder = Path(root) / coco_labels.split
     names = coco_labels.file_names
     with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:  # decoding releases the GIL

@@ -61,7 +61,6 @@ def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False
         model, info = mlspl_run_model(spec, Path(weights), device)
     else:
         # random weights: seed 0, as `harness eval --weights random`, so all three show the same model
-
         asked = EvalConfig(coco_root="", weights=weights, weights_dir=weights_dir, checkpoint_config=config,
                            trust_checkpoint=trust)
         model, info = _build_model(spec, asked, device)

@@ -12,6 +12,11 @@ import pynvml
 from PIL import features
 
 from harness import __version__
+
+try:
+    from harness import _version  # written by setuptools-scm at install time
+except ImportError:  # a source tree never installed
+    _version = None
 from harness.manifest import PACKAGE_DATA, REPO_ROOT
 from harness.measure.nvml import handle_by_uuid
 
@@ -42,6 +47,13 @@ def _git(*args):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def built_from():
+    """(commit, dirty) that harness/_version.py names (None, None without one: a source tree never
+    installed, or a version from outside git)."""
+    node = getattr(_version, "__commit__", "") or ""
+    return (node[1:], getattr(_version, "__dirty__", None)) if node.startswith("g") and len(node) > 8 else (None, None)
+
+
 def _gpu(torch, device_index):
     """Name, driver, uuid and memory of torch's GPU `device_index`, from NVML (asked by UUID:
     CUDA_VISIBLE_DEVICES renumbers indices), else from torch, else None."""
@@ -49,8 +61,6 @@ def _gpu(torch, device_index):
     if torch is not None and torch.cuda.is_available():
         uuid = torch.cuda.get_device_properties(device_index).uuid
     try:
-
-
         pynvml.nvmlInit()
         try:
             handle = handle_by_uuid(uuid)[0] if uuid else pynvml.nvmlDeviceGetHandleByIndex(device_index)
@@ -151,6 +161,8 @@ def environment(device_index=0):
         torch = None
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
+        commit, status = built_from()
     if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
         commit = os.environ.get("HARNESS_GIT_COMMIT") or None
     python = platform.python_version()

@@ -42,7 +42,6 @@ def batch_norm_used(model, device):
     if not any(isinstance(m, ABN) for m in model.modules()):
         return None
     if _inplace_abn_kernel(torch.device(device).type) is not None:
-
         try:
             found = version("inplace-abn")
         except PackageNotFoundError:
