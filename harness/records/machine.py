@@ -108,14 +108,14 @@ def matching_environment_file(python_version, torch_version, folder=None):
     return None
 
 
-def environment_file(named, folder=None):
+def environment_file(named: str, folder: str | Path | None = None) -> Path | None:
     """The file a record's `matches_environment_file` names ("environments/x.txt"), if this harness has it."""
     name = Path(str(named)).name
     path = _environments_folder(folder) / name
     return path if name and path.is_file() else None
 
 
-def names_versions(path, python_version, torch_version):
+def names_versions(path: str | Path, python_version: str | None, torch_version: str | None) -> bool:
     """Whether the environment file at `path` names this torch and Python version (what "matches" means)."""
     return bool(torch_version and python_version) and _names(Path(path), python_version, torch_version)
 
@@ -125,7 +125,7 @@ _PIN = re.compile(r"^\s*-?\s*([A-Za-z][A-Za-z0-9_.-]*)\s*==?\s*([0-9][^\s#;,]*)"
 _RECORD_NAMES = {"pytorch": "torch", "pillow": "pillow", "scikit_learn": "scikit-learn"}
 
 
-def environment_pins(path):
+def environment_pins(path: str | Path) -> dict[str, str]:
     """{name as a record's environment spells it: version} of every pinned package in an environment file."""
     pins = {}
     for line in Path(path).read_text(errors="replace").splitlines():

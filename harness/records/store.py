@@ -115,7 +115,7 @@ def write_new(path, write):
         tmp.unlink(missing_ok=True)
 
 
-def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False, masks=None):
+def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False, masks=None) -> dict[str, str]:
     """scores.npy (float32, or float16 as an fp16 run scored them: ties then sort as the authors'),
     labels.npy (uint8), image_ids.npy (int64) and, for C-Tran, masks.npy (int8 -1/0/1), checked for
     shape. Returns {key of SCORE_FILES (and "masks"): sha256 of the file as written}: the record's

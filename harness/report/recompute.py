@@ -28,18 +28,18 @@ class PointMap:
     high: float | None
     mixed_ties: int  # tied scores in runs holding both a positive and a negative
 
-    def agrees(self, recorded):
+    def agrees(self, recorded: float | None) -> bool:
         """Whether a recorded mAP is this one, to rounding or within what tie order can move."""
         if recorded is None or self.mAP is None:
             return recorded is None and self.mAP is None
         return self.low - TOLERANCE <= recorded <= self.high + TOLERANCE
 
 
-def can_recompute(protocol):
+def can_recompute(protocol: str | None) -> bool:
     return protocol in PROTOCOLS or protocol in CTRAN_PROTOCOLS
 
 
-def point_map(scores, labels, protocol, masks=None):
+def point_map(scores: np.ndarray, labels: np.ndarray, protocol: str, masks: np.ndarray | None = None) -> PointMap:
     """The mAP of `protocol` from the arrays (C-Tran: with its -1/0/1 masks); a UserError for bad arrays."""
     if protocol in CTRAN_PROTOCOLS:  # sklearn-style AP: tied scores form one step, so no order matters
         scores, positives = check_inputs(scores, labels)
@@ -60,7 +60,8 @@ def point_map(scores, labels, protocol, masks=None):
     return PointMap(value, mean_ap(low, protocol), mean_ap(high, protocol), int(mixed.sum()))
 
 
-def all_metrics(scores, labels, recorded, protocol, masks=None, ci=True):
+def all_metrics(scores: np.ndarray, labels: np.ndarray, recorded: dict, protocol: str, masks: np.ndarray | None = None,
+                ci: bool = True) -> dict:
     """Every metric as the run computed it (its F1 rule, threshold, class names and bootstrap)."""
     if protocol in CTRAN_PROTOCOLS:
         return compute_ctran_metrics(scores, labels, masks)
@@ -70,7 +71,7 @@ def all_metrics(scores, labels, recorded, protocol, masks=None, ci=True):
                            f1=recorded.get("f1_rule", "ml-gcn"), threshold=recorded.get("threshold", 0.5))
 
 
-def differences(recorded, recomputed, skip=(), path=""):
+def differences(recorded, recomputed, skip: tuple = (), path: str = "") -> list[str]:
     """["CF1: recorded 79.3, recomputed 71.2", ...] for every number the record holds that the
     recomputation also gives and that differs by more than TOLERANCE (texts and unknown keys aside)."""
     if isinstance(recorded, dict) and isinstance(recomputed, dict):

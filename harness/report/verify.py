@@ -35,7 +35,8 @@ from harness.download.lock import lock_entry
 from harness.download.settings import lock_file_for
 from harness.download.verify import file_digest
 from harness.errors import UserError
-from harness.records import environment_file, environment_pins, names_versions
+from harness.manifest import ModelSpec
+from harness.records import Record, environment_file, environment_pins, names_versions
 from harness.report import recompute
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ class _Run:
         self.findings.append(Finding(check, outcome, why, essential))
 
 
-def check_run(record, spec=None, *, folder=None, full=False, annotations=None, ci=True):
+def check_run(record: Record, spec: ModelSpec | None = None, *, folder: str | Path | None = None, full: bool = False,
+              annotations: Annotations | None = None, ci: bool = True) -> Facts:
     """The Facts of one record (a records.Record; its folder is where it was read, or `folder`).
     spec: its manifest entry (None: not in the manifest); full: every metric too, not only the
     point mAP (with the bootstrap CI unless ci=False); annotations: an Annotations to check against."""
@@ -212,7 +214,7 @@ def _digests(run):
 
 # ---------------------------------------------------------------- the image set and its labels
 
-def full_count(record):
+def full_count(record: Record) -> tuple[int | None, str]:
     """(rows a full run of this record's protocol scores, which set that is), or (None, why not)."""
     dataset = record.dataset
     if dataset.get("name") != "coco2014-val":
@@ -460,7 +462,7 @@ def _kept_checkpoint(run, path, elsewhere):
     return Path(path) if elsewhere and Path(path).is_file() else None
 
 
-def record_reasons(spec, record):
+def record_reasons(spec: ModelSpec | None, record: Record) -> list[str]:
     """Why a record cannot count, from what its own fields say (flags, --limit, resolution, image set)."""
     reasons = list(record.smoke_reasons or (["flagged smoke"] if record.smoke else []))
     ev, dataset = record.eval, record.dataset
