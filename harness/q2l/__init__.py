@@ -5,4 +5,5 @@ ema.py        their ModelEma (whole state_dict, integer buffers as theirs), opti
 schedule.py   their AdamW and OneCycleLR (lr and beta1 per step), their steps per epoch
 augment.py    their train transform (resize, cutout and RandAugment as their runs had them), per-sample seeding
 randaugment.py  the PyPI randaugment 1.0.2 RandAugment, vendored with np.int fixed (MIT)
+memory.py, checkpointing.py, offload.py, micro_batches.py, plan.py   the exact memory techniques, the budget planner
 """

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from harness.data.images import resize_bilinear
 from harness.data.transforms import to_model_input
 from harness.q2l.randaugment import RandAugment
 
@@ -44,14 +45,7 @@ CUTOUT = {
 
 def resize_square(image: Image.Image, size: int) -> Image.Image:
     """torchvision's Resize((S, S)) (Pillow bilinear) as Pillow <= 12 computed it: width, then height."""
-    width, height = image.size
-    if (width, height) == (size, size):
-        return image.copy()  # what Pillow's resize returns
-    if width != size:
-        image = image.resize((size, height), Image.Resampling.BILINEAR)
-    if height != size:
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return image
+    return resize_bilinear(image, (size, size))
 
 
 def cutout(image: Image.Image, n_holes: int, length: int = -1, cut_fact: float | None = None) -> Image.Image:
