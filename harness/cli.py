@@ -19,6 +19,7 @@ COMMANDS = {
     "metrics": "Compute a paper's metrics from saved scores and labels.",
     "rescore": "Recompute the metrics of a saved run from its scores.",
     "report": "Render the run records into tables against the papers.",
+    "verify": "Check run folders from their own files: digests, image count, labels, every metric, checkpoint.",
     "predict": "Labels of your own images (the model's own eval transform and scoring).",
     "attention": "Query2Label's per-label cross-attention maps on your images (PNG + .npy).",
     "compare": "Paired comparison of two runs on the same images (bootstrap CI, permutation p).",

@@ -28,6 +28,13 @@ def library_log_as_the_cli_shows_it():
     configure_logging(argparse.Namespace(quiet=False, verbose=False, no_progress=False))
 
 
+@pytest.fixture()
+def no_lock_entries(tmp_path, monkeypatch):
+    """Checkpoints are checked against this machine's lock file: a test reads an empty one, never the lock
+    file of a checkout that has downloaded real releases (`pytestmark = pytest.mark.usefixtures(...)`)."""
+    monkeypatch.setenv("HARNESS_LOCK_FILE", str(tmp_path / "weights_manifest.lock.yaml"))
+
+
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory):
     """One smoke subset for the whole test session (24 val + 48 train images)."""

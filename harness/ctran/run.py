@@ -311,11 +311,10 @@ def evaluate_checkpoint(config, trained=None):
         scores = torch.sigmoid(logits).numpy()
         metrics = compute_ctran_metrics(scores, labels.labels[got_rows], mask.numpy())
         run_dir = run_dir or records.new_run_dir(config.runs_root, spec.id)
-        records.save_arrays(run_dir, scores, labels.labels[got_rows], labels.image_ids[got_rows])
-        known_mask = mask.numpy().astype(np.int8)
-        records.write_new(run_dir / "masks.npy", lambda f: np.save(f, known_mask))
+        digests = records.save_arrays(run_dir, scores, labels.labels[got_rows], labels.image_ids[got_rows],
+                                      masks=mask.numpy())
         scored = Scored(spec, percent, known, run_dir, len(got_rows), fingerprint(labels), loss, metrics, measured,
-                        time.perf_counter() - t_setting)
+                        time.perf_counter() - t_setting, digests)
         record = build_record(config, checkpoint, scored, trained)
         records.write_record(run_dir, record)
         out.append(record)

@@ -490,10 +490,10 @@ def _finish(job, scores):
     """Saved arrays, metrics, record; the partial scores go only once the record is written."""
     spec, run_dir = job.spec, job.run_dir
     labels = job.labels.labels[:len(scores)]  # the authors' label file where it differs from the json
-    records.save_arrays(run_dir, scores, labels, job.coco_labels.image_ids[:len(scores)], keep_equal=True)
+    digests = records.save_arrays(run_dir, scores, labels, job.coco_labels.image_ids[:len(scores)], keep_equal=True)
     metrics = compute_metrics(scores, labels, spec.eval.protocol, class_names=job.coco_labels.category_names,
                               f1=spec.eval.f1, threshold=spec.eval.threshold)
-    record = _eval_record(job, scores, metrics)
+    record = _eval_record(job, scores, metrics, digests)
     records.write_record(run_dir, record)
     ranks = [*run_dir.glob("scores.rank*-of-*.partial.npy"), *run_dir.glob("progress.rank*-of-*.json")]
     for leftover in (PARTIAL, PROGRESS, *ranks, ".in-progress"):  # the lock file goes too: the record now refuses a resume
@@ -501,7 +501,7 @@ def _finish(job, scores):
     return record
 
 
-def _eval_record(job, scores, metrics):
+def _eval_record(job, scores, metrics, digests):
     spec, config = job.spec, job.session.config
     smoke_root = is_smoke_root(config.coco_root)
     return Record(
@@ -521,7 +521,7 @@ def _eval_record(job, scores, metrics):
         measurement=job.measured, distributed=job.distributed, environment=environment(),
         started_at=json.loads((job.run_dir / SETTINGS).read_text()).get("started_at", job.started),
         finished_at=utc_now(), smoke_reasons=_smoke_reasons(job.weights_info, job.coco_labels, config.limit, smoke_root),
-        files=dict(SCORE_FILES))
+        files=dict(SCORE_FILES), digests=digests)
 
 
 def _load_saved_scores(run_dir, n, c):

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -233,11 +233,12 @@ def train_and_evaluate(config):
     run_dir = records.new_run_dir(config.runs_root, mid)
     test, n_scored = data["test"], len(trained.best.test_scores)
     labels = test.labels[:n_scored].astype(np.uint8)  # their test loader drops the last partial batch
-    records.save_arrays(run_dir, trained.best.test_scores.astype(np.float32), labels, test.image_ids[:n_scored])
+    digests = records.save_arrays(run_dir, trained.best.test_scores.astype(np.float32), labels,
+                                  test.image_ids[:n_scored])
     checkpoints = rec.save_checkpoints(run_dir, trained.best, data["train"].rows)
     distributed = {"world_size": world.size, "backend": world.backend, "ranks": ranks} if world.size > 1 else None
     context = RunContext(run_dir, mid, data, prep, started, checkpoints, distributed)
-    record = _record(config, trained, context)
+    record = replace(_record(config, trained, context), digests=digests)
     records.write_record(run_dir, record)
     return records.FinishedRun(run_dir, record)
 

@@ -83,20 +83,57 @@ def _text(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def matching_environment_file(python_version, torch_version, folder=None):
-    """The first environments/*.txt|*.yml|*.yaml naming this torch and Python version, else None."""
-    folder = Path(folder) if folder else (PACKAGE_DATA / "environments").resolve()
-    if not torch_version or not folder.is_dir():
-        return None
+def _environments_folder(folder=None):
+    return Path(folder) if folder else (PACKAGE_DATA / "environments").resolve()
+
+
+def _names(path, python_version, torch_version):
+    """Whether an environment file names this torch and Python (minor) version."""
     torch_base = torch_version.split("+")[0]
     py_minor = ".".join(python_version.split(".")[:2])
     torch_re = re.compile(rf"\btorch\s*(==|=|:|\s)\s*{re.escape(torch_base)}(?![\d.])", re.I)
     python_re = re.compile(rf"\bpython\s*(==|=|:|\s)\s*{re.escape(py_minor)}(?!\d)", re.I)
+    text = path.read_text(errors="replace")
+    return bool(torch_re.search(text) and python_re.search(text))
+
+
+def matching_environment_file(python_version, torch_version, folder=None):
+    """The first environments/*.txt|*.yml|*.yaml naming this torch and Python version, else None."""
+    folder = _environments_folder(folder)
+    if not torch_version or not folder.is_dir():
+        return None
     for path in sorted(p for ext in ("*.txt", "*.yml", "*.yaml") for p in folder.glob(ext)):
-        text = path.read_text(errors="replace")
-        if torch_re.search(text) and python_re.search(text):
+        if _names(path, python_version, torch_version):
             return f"environments/{path.name}"
     return None
+
+
+def environment_file(named: str, folder: str | Path | None = None) -> Path | None:
+    """The file a record's `matches_environment_file` names ("environments/x.txt"), if this harness has it."""
+    name = Path(str(named)).name
+    path = _environments_folder(folder) / name
+    return path if name and path.is_file() else None
+
+
+def names_versions(path: str | Path, python_version: str | None, torch_version: str | None) -> bool:
+    """Whether the environment file at `path` names this torch and Python version (what "matches" means)."""
+    return bool(torch_version and python_version) and _names(Path(path), python_version, torch_version)
+
+
+# "torch==2.2.1" (pip) or "- pytorch=1.9.0" (conda), comments aside; the record's names for them
+_PIN = re.compile(r"^\s*-?\s*([A-Za-z][A-Za-z0-9_.-]*)\s*==?\s*([0-9][^\s#;,]*)")
+_RECORD_NAMES = {"pytorch": "torch", "pillow": "pillow", "scikit_learn": "scikit-learn"}
+
+
+def environment_pins(path: str | Path) -> dict[str, str]:
+    """{name as a record's environment spells it: version} of every pinned package in an environment file."""
+    pins = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        match = _PIN.match(line.split("#", 1)[0])
+        if match:
+            name = match.group(1).lower()
+            pins[_RECORD_NAMES.get(name, name)] = match.group(2)
+    return pins
 
 
 def image_libraries():

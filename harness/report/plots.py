@@ -1,7 +1,7 @@
 """The report's plots as PNG bytes: paper vs ours, and peak VRAM vs images/s (left out when empty)."""
 import io
 
-from harness.report.rows import BUDGET_MIB
+from harness.report.rows import BUDGET_MIB, NO_RESULT
 
 
 def plots(data):
@@ -18,14 +18,14 @@ def plots(data):
         ci = r["ci95"] or [r["mAP"], r["mAP"]]
         # an estimate outside its own interval (tiny sets) gets no negative bar: the interval is drawn as it is
         ax.errorbar(r["paper_mAP"], r["mAP"], yerr=[[max(r["mAP"] - ci[0], 0)], [max(ci[1] - r["mAP"], 0)]], fmt="o",
-                    color="grey" if r["status"] == "smoke" else ("tab:green" if r["status"] == "reproduced"
-                                                                 else "tab:red"), capsize=3)
-        label = r["model"] + (" (smoke)" if r["status"] == "smoke" else "")
+                    color="grey" if r["status"] in NO_RESULT else ("tab:green" if r["status"] == "reproduced"
+                                                                   else "tab:red"), capsize=3)
+        label = r["model"] + (f" ({r['status']})" if r["status"] in NO_RESULT else "")
         ax.annotate(label, (r["paper_mAP"], r["mAP"]), fontsize=7, xytext=(4, -3), textcoords="offset points")
     values = [v for r in done for v in (r["paper_mAP"], r["mAP"])] or [0, 100]
     low, high = min(values) - 1, max(values) + 1
     ax.plot([low, high], [low, high], "k--", lw=0.8, label="ours = paper")
-    ax.set(xlabel="paper mAP", ylabel="our mAP", title="Paper vs ours (green reproduced, red not, grey smoke)")
+    ax.set(xlabel="paper mAP", ylabel="our mAP", title="Paper vs ours (green reproduced, red not, grey no result)")
     ax.legend(loc="upper left", fontsize=8)
     images["paper_vs_ours"] = _png(fig)
 

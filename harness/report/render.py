@@ -51,6 +51,7 @@ def display(row):
     """The table cells of one model row."""
     ci = row["ci95"]
     status = row["status"] + (f" ({', '.join(row['smoke_reasons'])})" if row["status"] == "smoke" else "") \
+        + (f" ({'; '.join(row['problems'])})" if row.get("problems") else "") \
         + (" (paper inside CI)" if row.get("reproduced_by") == "CI" else "")
     status += " (selected on test)" if row.get("selection") == "test" else ""
     return {"model": row["model"], "resolution": row["resolution"], "paper_mAP": _num(row["paper_mAP"], 1),
@@ -84,7 +85,8 @@ def display_pick(row):
 
 
 PICK_NOTES = [
-    "Every COCO model with an evaluation record, sorted by our mAP (smoke runs, which are no result, last). "
+    "Every COCO model with an evaluation record, sorted by our mAP (smoke runs and runs whose files fail or escape "
+    "their checks, which are no result, last). "
     "mAP is each paper's own protocol and image set (see the tables above), so rows of different families "
     "differ in protocol as well as model.",
     "peak VRAM and images/s: the evaluation run's own (NVML, at its batch size and precision); where it did not "
@@ -128,6 +130,10 @@ def footnotes(family, rows):
         f"Reproduced: |ours - paper| <= {tolerance}, or the paper value inside our 95% bootstrap CI "
         f"(images resampled; such rows say 'paper inside CI'). Smoke runs (random weights, smoke subset, "
         f"--limit, unverified weights) never count.",
+        "Each status is read from the run's files, not its flags: the sha256 of its arrays, its image count "
+        "against the whole image set, its labels against its dataset fingerprint, its mAP recomputed from its "
+        "own scores, its checkpoint against the pin or lock. 'failed checks' names what does not hold, "
+        "'unverifiable' what could not be checked (`harness verify RUN` prints every finding).",
     ]
     if family == "ctran":  # their F1 family, not ML-GCN's: harness/ctran/metrics.py
         notes[2] = ("CF1 / OF1: C-Tran's (scikit-learn macro / micro precision and recall at 0.5 over all labels, "
@@ -252,21 +258,28 @@ def to_json(data):
 
 
 def _html_table(headers, cells):
-    """An HTML table whose smoke rows are shaded (class "smoke")."""
+    """An HTML table whose rows without a result are shaded (class "smoke"; "failed" when its files
+    fail their checks)."""
     head = "".join(f"<th>{_escape(h)}</th>" for h in headers)
     rows = []
     for row in cells:
-        shade = ' class="smoke"' if any(str(c).startswith("smoke") for c in row) else ""
+        shade = ' class="failed"' if any(str(c).startswith("failed checks") for c in row) else \
+            ' class="smoke"' if any(str(c).startswith(("smoke", "unverifiable")) for c in row) else ""
         rows.append(f"<tr{shade}>" + "".join(f"<td>{_escape(c)}</td>" for c in row) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 SMOKE_BANNER = ("<p class='banner'>Some rows below are SMOKE runs (random weights, the synthetic subset or "
                 "--limit): their numbers test the pipeline and never count as a reproduction.</p>")
+FAILED_BANNER = ("<p class='banner'>Some rows below FAIL THEIR CHECKS: their files do not show what their records "
+                 "say (the status names each finding; `harness verify RUN` prints them all). They never count as a "
+                 "reproduction.</p>")
 
 
 def to_html(data):
     body = ["<h1>Reproduction report</h1>"]
+    if any(r["status"] == "failed checks" for r in data["models"]):
+        body.append(FAILED_BANNER)
     if any(r["status"] == "smoke" for r in data["models"]):
         body.append(SMOKE_BANNER)
     for title, headers, cells, notes in _tables(data):
@@ -282,6 +295,7 @@ def to_html(data):
         body.append("<h2>Runs not shown</h2><ul>" + "".join(f"<li>{_escape(n)}</li>" for n in data["notes"]) + "</ul>")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}tr.smoke{background:#eee;color:#777}"
+             "tr.failed{background:#fbe3e3;color:#800}"
              ".banner{background:#fff3cd;border:1px solid #e0c060;padding:8px;font-weight:bold}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'>{HTML_MARK}<title>Reproduction report</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

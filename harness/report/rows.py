@@ -8,13 +8,14 @@ from harness.ctran.report import partial_rows
 from harness.manifest import PACKAGE_DATA
 from harness.records import Record, iter_records
 from harness.report.fidelity_notes import record_notes
-from harness.report.judge import smoke_reasons, status_of
+from harness.report.judge import facts_of, problems, smoke_reasons, status_of
 
 FAMILIES = {"q2l": "Query2Label", "asl": "ASL", "mldecoder": "ML-Decoder",
             "mlspl": "MLSPL (single positive labels, trained here)", "ctran": "C-Tran (trained here)"}
 IMAGE_SETS = {"all": "all 40,504 COCO val2014 images (unannotated ones are all-negative rows)",
               "annotated": "the 40,137 annotated COCO val2014 images"}
 BUDGET_MIB = 12 * 1024
+NO_RESULT = ("smoke", "failed checks", "unverifiable")  # statuses whose numbers are no result
 DEFAULT_TABLES = (PACKAGE_DATA / "paper").resolve()
 DEFAULT_MEASURED = (PACKAGE_DATA / "measured").resolve()  # measured records committed with the code
 
@@ -35,6 +36,13 @@ def _latest(records):
     return max(records, key=lambda r: (r.finished_at or "", r.run_id or ""), default=None)
 
 
+def first_counting(records, counts):
+    """The latest record that counts(record), else the latest: newest first, so that only the
+    records newer than the one shown have their files checked."""
+    newest_first = sorted(records, key=lambda r: (r.finished_at or "", r.run_id or ""), reverse=True)
+    return next((r for r in newest_first if counts(r)), newest_first[0] if newest_first else None)
+
+
 def load_paper_tables(tables_dir=None):
     """{csv file name: list of row dicts} of tables/paper/*.csv (empty if the folder is missing)."""
     folder = Path(tables_dir) if tables_dir else DEFAULT_TABLES
@@ -52,9 +60,11 @@ def _mlspl_context(spec, tables):
     return confidence, "; ".join(reruns) or None
 
 
-def model_row(spec, record, tables):
-    status, tolerance, rule = status_of(spec, record)
-    reasons = smoke_reasons(spec, record) if record else []
+def model_row(spec, record, tables, facts=None):
+    facts = facts_of(spec, record, facts) if record else None
+    status, tolerance, rule = status_of(spec, record, facts)
+    reasons = smoke_reasons(spec, record, facts) if record else []
+    troubles = problems(spec, record, facts) if status in ("failed checks", "unverifiable") else []
     record = record or Record(kind="eval", model={"id": spec.id})  # no run yet: every section empty
     m, ev = record.metrics, record.eval
     paper = spec.paper.get("metrics", {})
@@ -73,7 +83,7 @@ def model_row(spec, record, tables):
         "gpu": "cpu" if ev.get("device") == "cpu" else gpu,
         "protocol": m.get("protocol", spec.eval.protocol), "image_set": spec.eval.image_set,
         "n_images": m.get("n_images"), "run_id": record.run_id,
-        "smoke_reasons": reasons, "reproduced_by": rule,
+        "smoke_reasons": reasons, "problems": troubles, "reproduced_by": rule,
         "paper_row": spec.paper.get("row"),
         "tf32": (ev.get("numerics") or {}).get("tf32"),
         "classes_without_positives": m.get("classes_without_positives") or [],
@@ -197,15 +207,26 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
                              f"{specs[model_id].eval.protocol}: not compared")
                 continue
             evals.setdefault(model_id, []).append(record)
+    checked = {}
+
+    def judged(spec, record):  # each record's files are checked once (harness.report.verify)
+        key = (spec.id, record.folder, record.run_id)
+        if key not in checked:
+            checked[key] = facts_of(spec, record)
+        return checked[key]
+
+    def counts(spec, record):  # smoke never stands for a model when something else does
+        return status_of(spec, record, judged(spec, record))[0] != "smoke"
+
     rows = []
     for model_id, spec in specs.items():
         found = evals.get(model_id, [])
-        chosen = _latest([r for r in found if not r.smoke]) or _latest(found)
-        rows.append(model_row(spec, chosen, tables))
+        chosen = first_counting(found, lambda r, spec=spec: counts(spec, r))
+        rows.append(model_row(spec, chosen, tables, judged(spec, chosen) if chosen else None))
     cost = [bench_row(specs[key[0]], _latest(rs)) for key, rs in sorted(benches.items(), key=lambda kv: str(kv[0]))]
 
     return {"models": rows, "cost": cost, "pick": pick_rows(rows, cost), "notes": notes,
-            "ctran": partial_rows(evals, specs)}
+            "ctran": partial_rows(evals, specs, lambda spec, record: status_of(spec, record, judged(spec, record))[0])}
 
 
 def pick_rows(rows, cost):
@@ -227,4 +248,4 @@ def pick_rows(rows, cost):
                     "status": r["status"], "precision": r["precision"], "peak_vram_mib": vram, "images_per_s": ips,
                     "cost_source": source if vram is not None or ips is not None else None, "fits": fits,
                     "gpu": r["gpu"]})
-    return sorted(out, key=lambda p: (p["status"] == "smoke", -(p["mAP"] if p["mAP"] is not None else -1)))
+    return sorted(out, key=lambda p: (p["status"] in NO_RESULT, -(p["mAP"] if p["mAP"] is not None else -1)))

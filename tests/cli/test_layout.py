@@ -61,7 +61,8 @@ def test_the_library_never_imports_the_cli():
 
 
 @pytest.mark.parametrize("module", ["harness.cli", "harness.commands.report", "harness.commands.metrics",
-                                    "harness.commands.compare", "harness.commands.models", "harness.commands.data"])
+                                    "harness.commands.compare", "harness.commands.models", "harness.commands.data",
+                                    "harness.commands.verify"])
 def test_the_commands_that_need_no_model_start_without_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)

@@ -35,7 +35,8 @@ def test_reproduce_skips_a_complete_real_run_and_explains_missing_coco(smoke_roo
     # a finished real run, as far as the skip decision reads it
     records.write_record(run_dir, records.Record(
         kind="eval", model={"id": "small-q2l-tresl22k-448"}, run_id=run_dir.name, dataset={"n_images": 1},
-        metrics={"mAP": 1.0}, files=dict(records.SCORE_FILES), eval={"batch_size": 4, "amp": False}))
+        metrics={"mAP": 1.0}, files=dict(records.SCORE_FILES), digests=dict.fromkeys(records.SCORE_FILES, "0" * 64),
+        eval={"batch_size": 4, "amp": False}))
     args = ["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(manifest),
             "--models", "small-q2l-tresl22k-448", "--out", str(tmp_path / "runs"), "--tables", str(tmp_path / "t")]
     assert main(args) == 0
@@ -53,7 +54,8 @@ def test_a_run_with_forced_amp_does_not_stand_in_for_the_paper_setting(tmp_path)
         folder.mkdir(parents=True)
         records.write_record(folder, records.Record(
             kind="eval", model={"id": "q2l-r101-448"}, run_id=name, dataset={"n_images": 1}, metrics={"mAP": 1.0},
-            files=dict(records.SCORE_FILES), eval={"batch_size": 16, "amp": amp, "amp_source": source}))
+            files=dict(records.SCORE_FILES), digests=dict.fromkeys(records.SCORE_FILES, "0" * 64),
+            eval={"batch_size": 16, "amp": amp, "amp_source": source}))
         return folder
 
     write("a-forced", "bf16", "--amp")
