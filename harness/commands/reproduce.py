@@ -11,6 +11,7 @@ from harness.commands import add_runs_argument
 from harness.eval.config import EvalConfig
 from harness.eval.reproduce import reproduce_q2l
 from harness.mlspl.reproduce import every_model_id, reproduce_mlspl
+from harness.report import write_all
 
 
 def add_arguments(parser):
@@ -41,10 +42,15 @@ def run(args):
         config = EvalConfig(coco_root=args.coco_root, weights_dir=args.weights_dir, batch_size=args.batch_size,
                             amp=args.amp, device=args.device, tf32=args.tf32, limit=args.limit, runs_root=args.runs,
                             keep_cache=args.keep_cache)
-        return reproduce_q2l(config, models=args.models, tables_dir=args.tables, manifest=args.manifest,
-                             force=args.force)
-
-    models = args.models or (every_model_id() if args.all else None)
-    return reproduce_mlspl(args.coco_root, models=models, runs_root=args.runs,
-                           tables_dir=args.tables, device=args.device, force=args.force, data_dir=args.mlspl_data,
-                           manifest=args.manifest)
+        done = reproduce_q2l(config, models=args.models, manifest=args.manifest, force=args.force)
+    else:
+        models = args.models or (every_model_id() if args.all else None)
+        done = reproduce_mlspl(args.coco_root, models=models, runs_root=args.runs, device=args.device,
+                               force=args.force, data_dir=args.mlspl_data, manifest=args.manifest)
+    if done.reports:
+        written = write_all(runs_root=args.runs, out_dir=args.tables, manifest=args.manifest)
+        print(f"\n{len(done.model_ids) - len(done.failed)} of {len(done.model_ids)} models done; "
+              f"report: {', '.join(str(p) for p in written)}")
+        for mid, why in done.failed:
+            print(f"  {mid} failed: {why}")
+    return 1 if done.failed else 0

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from harness import records
 from harness.data.coco import annotation_path, load_labels
-from harness.download.verify import file_digest
 from harness.errors import UserError
+from harness.files import file_digest
 from harness.manifest import load_manifest
 from harness.report.judge import status_of
 from harness.report.verify import Annotations, check_run

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.images import decode_problem
-from harness.download.verify import file_digest
 from harness.errors import UserError
+from harness.files import file_digest
 
 SPLIT_SIZES = {"val2014": (40504, 40137), "train2014": (82783, 82081)}  # (all, annotated)
 

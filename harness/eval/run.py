@@ -29,12 +29,12 @@ from harness.data.loader import make_loader
 from harness.data.smoke import is_smoke_root
 from harness.data.transforms import ResizeToUint8, to_model_input
 from harness.distributed import World, partial_name, pick_device, progress_name
-from harness.download.verify import write_atomically
 from harness.errors import UserError
 from harness.eval.batch_size import choose_batch_size
 from harness.eval.config import EvalConfig
 from harness.eval.numerics import tf32_mode
 from harness.eval.shared_pass import Scorer, UnreadableError, ride_together, run_pass
+from harness.files import write_atomically
 from harness.manifest import ModelSpec
 from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.measure.throughput import AMP_DTYPES

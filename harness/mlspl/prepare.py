@@ -15,8 +15,8 @@ import numpy as np
 
 from harness.data.coco import SPLIT_SIZES
 from harness.data.smoke import is_smoke_root
-from harness.download.verify import file_digest as file_sha256
 from harness.errors import UserError
+from harness.files import file_digest as file_sha256
 
 SEED = 1200  # their seed for the single positives and for the split
 VAL_FRAC = 0.2

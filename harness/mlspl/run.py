@@ -23,8 +23,8 @@ from harness import records
 from harness.data.categories import COCO_CATEGORIES
 from harness.data.coco import labels_sha256
 from harness.distributed import World, pick_device
-from harness.download.verify import write_atomically
 from harness.errors import UserError
+from harness.files import write_atomically
 from harness.manifest import get_spec
 from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.mlspl import checks

@@ -14,7 +14,9 @@ from harness.records.store import (
                                      RECORD,
                                      SETTINGS,
                                      FinishedRun,
+                                     Reproduction,
                                      check_runs_root,
+                                     complete_run,
                                      hold_run,
                                      is_finished,
                                      iter_records,
@@ -30,8 +32,8 @@ from harness.records.store import (
                                      write_record,
 )
 
-__all__ = ["FinishedRun", "KINDS", "RECORD", "SCHEMA", "SETTINGS", "SCORE_FILES", "Record", "check_runs_root",
-           "config_section", "cpu_name", "environment", "environment_file", "environment_pins",
+__all__ = ["FinishedRun", "KINDS", "RECORD", "SCHEMA", "SETTINGS", "SCORE_FILES", "Record", "Reproduction",
+           "check_runs_root", "complete_run", "config_section", "cpu_name", "environment", "environment_file", "environment_pins",
            "hold_run", "image_libraries", "is_finished", "iter_records", "matching_environment_file", "model_section",
            "names_versions",
            "new_run_dir", "new_run_id", "read_record", "read_settings", "refuse_changed_settings", "save_arrays",

@@ -18,7 +18,6 @@ try:
 except ImportError:  # a source tree never installed
     built = None  # type: ignore[assignment]
 from harness.manifest import PACKAGE_DATA, REPO_ROOT
-from harness.measure.nvml import handle_by_uuid
 
 
 def _version(package):
@@ -52,6 +51,19 @@ def built_from():
     installed, or a version from outside git)."""
     node = getattr(built, "__commit__", None) or ""
     return (node[1:], getattr(built, "__dirty__", None)) if node.startswith("g") and len(node) > 8 else (None, None)
+
+
+def handle_by_uuid(uuid):
+    """(NVML handle, []) for torch's UUID of a GPU or MIG slice (with or without its prefix), or
+    (None, [why for each form tried]). NVML must be initialised."""
+    raw = str(uuid)
+    errors = []
+    for candidate in [raw] if raw.startswith(("GPU-", "MIG-")) else [f"GPU-{raw}", f"MIG-{raw}"]:
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(candidate), []
+        except pynvml.NVMLError as e:
+            errors.append(f"{candidate}: {e}")
+    return None, errors
 
 
 def _gpu(torch, device_index):

@@ -18,14 +18,22 @@ from typing import NamedTuple
 
 import numpy as np
 
-from harness.download.verify import file_digest
 from harness.errors import UserError
+from harness.files import file_digest
 from harness.records.schema import Record
 
 logger = logging.getLogger(__name__)
 
 RECORD = "record.json"
 SETTINGS = "settings.json"  # what a resume must repeat
+
+
+class Reproduction(NamedTuple):
+    """What a whole reproduction job did: the models it was asked for, those that failed with why,
+    and whether this process reports them (under torchrun only rank 0 does)."""
+    model_ids: list
+    failed: list  # [(model id, why)]
+    reports: bool
 
 
 class FinishedRun(NamedTuple):
@@ -229,3 +237,19 @@ def iter_records(runs_root, on_problem=_warn):
             on_problem(f"skipping {path.parent}: {e}")
 
 
+def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
+    """The newest finished, non-smoke run of this kind and model with these settings, or None."""
+    found = []
+    for record_file in (Path(runs_root) / model_id).glob("*/record.json"):
+        try:
+            record = read_record(record_file.parent)
+        except UserError:  # a damaged record is no complete run
+            continue
+        ev = record.eval
+        same_amp = (ev.get("amp_source") != "--amp" if amp is None  # the paper's choice, not a forced one
+                    else ev.get("amp", False) == (False if amp == "off" else amp))
+        same_batch = (ev.get("batch_size_source") != "--batch-size" if batch_size is None  # the authors' choice
+                      else ev.get("batch_size") == batch_size)
+        if record.kind == kind and not record.smoke and same_batch and same_amp:
+            found.append(record_file.parent)
+    return max(found, key=lambda p: p.name) if found else None

@@ -33,8 +33,8 @@ import numpy as np
 from harness.data.coco import SPLIT_SIZES, labels_sha256
 from harness.download.lock import lock_entry
 from harness.download.settings import lock_file_for
-from harness.download.verify import file_digest
 from harness.errors import UserError
+from harness.files import file_digest
 from harness.manifest import ModelSpec
 from harness.records import Record, environment_file, environment_pins, names_versions
 from harness.report import recompute

@@ -18,7 +18,7 @@ from harness import records
 from harness.cli import main
 from harness.data.authors_labels import compare
 from harness.data.coco import load_labels
-from harness.download.verify import git_blob_id
+from harness.files import git_blob_id
 from harness.manifest import read_yaml
 from harness.metrics import compute_metrics
 

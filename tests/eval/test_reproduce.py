@@ -47,7 +47,7 @@ def test_reproduce_skips_a_complete_real_run_and_explains_missing_coco(smoke_roo
 
 def test_a_run_with_forced_amp_does_not_stand_in_for_the_paper_setting(tmp_path):
     from harness import records
-    from harness.eval.reproduce import complete_run
+    from harness.records import complete_run
 
     def write(name, amp, source):
         folder = tmp_path / "q2l-r101-448" / name

@@ -15,8 +15,8 @@ from tiny_release import make_release
 from harness.cli import main
 from harness.data.authors_labels import TRAIN_USE, choose_train_labels
 from harness.data.coco import load_labels
-from harness.download.verify import git_blob_id
 from harness.errors import UserError
+from harness.files import git_blob_id
 from harness.manifest import load_manifest, read_yaml
 
 PINNED = "https://raw.githubusercontent.com/SlongLiu/query2labels/55eb05064f4badbe03423b79e5c9d143da2dff2e/"

@@ -146,7 +146,7 @@ def test_a_schema_1_record_is_unverifiable_not_broken(honest):
 
 def test_labels_are_checked_against_your_own_annotations(smoke_root, tmp_path, lock_file):
     from harness.data.coco import annotation_path, fingerprint, load_labels
-    from harness.download.verify import file_digest
+    from harness.files import file_digest
     from harness.report.verify import Annotations
 
     coco = load_labels(smoke_root, "val2014", "all")
