@@ -1,0 +1,211 @@
+"""Per-class AP of two runs under paired permutations, from one sorted order per class.
+
+A paired permutation (harness.explain.compare) gives run A' each image's score from A or from B, and B'
+the other. Sort each class's 2n scores of A and B once: A' is then a filter of that order (per
+image its entry of A when the image is not swapped, else its entry of B) and B' the rest. Every
+image sits once in A', so the k-th positive of A' has rank k plus the negatives of A' above it.
+Those are counted for many permutations at once: the flags of 8 permutations are the 8 bytes of
+one uint64, and a sparse product sums them over runs of negatives (at most 255 entries a run, so
+no byte overflows).
+
+`bounds` gives, per permutation, side (A', B') and class, a low and a high value between which
+lies the AP that harness.metrics computes by sorting that permuted column (`exact` computes it).
+From the ranks, the terms are harness.metrics' own arithmetic on the same numbers:
+  q2l    precision k / rank at each positive, its envelope (the running maximum from the last
+         positive: between positives precision only falls), times the recall step, summed over
+         the positives in order by np.sum, as ap_sorted: low == high, the same bits;
+  asl    k / rank at each positive, summed, / (npos + 1e-8);
+  mlspl  ap_grouped's term at each positive, (recall before - recall after) x precision, with the
+         precision at the end of its step (its run of equal scores); max(0, -sum).
+asl and mlspl add their terms in another order (harness.metrics sums an n-long vector, zero
+elsewhere, and mlspl one term per step): any order of adding N terms of one sign errs by less
+than N 2**-53 of their sum, and each term by 2 2**-53, so low and high are widened by (4n + 16) 2**-53.
+Ties. mlspl: a step is its run of equal scores in A', as in its sort. q2l and asl order tied scores
+as numpy's unstable argsort leaves them, which no merged order can replay; ties within one label
+cannot move their AP (the labels read in rank order are the same). Where A' holds a positive and a
+negative of one score, each positive's rank lies between its rank with the tied positives first
+(high) and with them last (low), and every step of the arithmetic above is monotone (for asl up to
+the widening), so the AP lies between those two.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+
+from harness import metrics
+
+LANE_BITS = 8
+LANES = 64 // LANE_BITS          # permutations per uint64
+MAX_RUN = 2 ** LANE_BITS - 1     # negatives summed in one byte
+UNIT = 2.0 ** -53                # float64 rounding unit
+AT_ONCE = 64                     # permutations per pass over a class's entries (their arrays stay in cache)
+
+
+@dataclass
+class _Class:
+    """One class's merged order (2n entries), reduced to what the permutations need."""
+    npos: int
+    runs: scipy.sparse.csr_matrix  # runs of negatives x 2n packed swap rows: the entries each run sums
+    run_ends: np.ndarray           # entries up to each run's end, from 0
+    pos_rows: np.ndarray           # per positive entry, in merged order: its row of _in_a
+    runs_before: np.ndarray        #   runs of negatives wholly above it
+    negatives_before: np.ndarray   #   negative entries (A's and B's) above it
+    spans: tuple                   # per group (below): first, end positive entry; first, end run
+    group_of_pos: np.ndarray       # per positive entry: its group, or -1
+
+
+def _layout(values, is_a, image, y, n, protocol):
+    """The _Class of one class: values, is_a, image of the 2n entries, y per image. Its groups, runs
+    of equal scores: q2l, asl, those holding both labels; mlspl, those of >= 2 entries holding a positive."""
+    label = y[image]
+    order = np.lexsort((~label, -values))  # high to low; within equal scores positives first
+    values, is_a, image, label = values[order], is_a[order], image[order], label[order]
+    group = np.concatenate(([0], np.cumsum(values[1:] != values[:-1])))
+    size = np.bincount(group)
+    positives_in = np.bincount(group, weights=label).astype(np.int64)
+    if protocol == "mlspl":
+        special = (positives_in > 0) & (size >= 2)  # a step of several entries holding a positive
+    else:
+        special = (positives_in > 0) & (positives_in < size)  # a tie of both labels
+    positive, negative = np.flatnonzero(label), np.flatnonzero(~label)
+    # runs of negatives: cut where a positive lies between, around a group, every MAX_RUN entries
+    cut = np.ones(len(negative), bool)
+    if len(negative):
+        g = group[negative]
+        cut[1:] = (np.diff(negative) > 1) | ((g[1:] != g[:-1]) & (special[g[1:]] | special[g[:-1]]))
+        run_start = np.flatnonzero(cut)
+        cut |= (np.arange(len(negative)) - run_start[np.cumsum(cut) - 1]) % MAX_RUN == 0
+    starts = np.flatnonzero(cut)
+    run_ends = np.append(starts, len(negative))
+    rows = image + n * ~is_a  # rows of _in_a: A's entries, then B's
+    runs = scipy.sparse.csr_matrix((np.ones(len(negative), np.uint64), rows[negative], run_ends),
+                                   shape=(len(starts), 2 * n))
+    runs.sort_indices()  # within a run any order sums the same: rising rows read memory more in order
+    first_entry = negative[starts]
+    run_group, pos_group = group[first_entry], group[positive]
+    groups = np.flatnonzero(special)
+    spans = (np.searchsorted(pos_group, groups), np.searchsorted(pos_group, groups, side="right"),
+             np.searchsorted(run_group, groups), np.searchsorted(run_group, groups, side="right"))
+    group_of_pos = np.where(special[pos_group], np.searchsorted(groups, pos_group), -1)
+    return _Class(npos=int(y.sum()), runs=runs, run_ends=run_ends, pos_rows=rows[positive],
+                  runs_before=np.searchsorted(first_entry, positive),
+                  negatives_before=(positive - np.arange(len(positive))).astype(np.int32),
+                  spans=spans, group_of_pos=group_of_pos)
+
+
+def _in_a(swaps):
+    """P x n swap flags -> 2n x P' uint8 (P' = P rounded up to a multiple of 8): 1 where the entry
+    is in A' (rows of A's entries: not swapped; then B's: swapped). Viewed as uint64, 8 permutations
+    a word, one a byte: a sum of <= 255 rows never carries into the next byte, in either byte order."""
+    n_perm, n = swaps.shape
+    flags = np.zeros((2 * n, -(-n_perm // LANES) * LANES), np.uint8)
+    flags[:n, :n_perm] = ~swaps.T
+    flags[n:, :n_perm] = swaps.T
+    return flags
+
+
+def _running(counts):
+    """P x m counts -> P x (m + 1) running sums from 0 (int32)."""
+    out = np.zeros((len(counts), counts.shape[1] + 1), np.int32)
+    np.cumsum(counts, axis=1, dtype=np.int32, out=out[:, 1:])
+    return out
+
+
+class PermutedAP:
+    """Per-class AP of A' and B' for batches of paired permutations (rows of swap flags)."""
+
+    def __init__(self, scores_a, scores_b, positives, protocol):
+        metrics._check_protocol(protocol)
+        self.scores_a, self.scores_b, self.positives, self.protocol = scores_a, scores_b, positives, protocol
+        self.n = n = len(positives)
+        self.margin = (4 * n + 16) * UNIT if protocol != "q2l" else 0.0
+        image = np.concatenate((np.arange(n), np.arange(n)))
+        is_a = np.arange(2 * n) < n
+        self.classes = [_layout(np.concatenate((scores_a[:, c], scores_b[:, c])).astype(np.float64), is_a, image,
+                                positives[:, c], n, protocol) for c in range(positives.shape[1])]
+
+    def bounds(self, swaps):
+        """(low, high), each 2 x permutations x classes, bounding the AP of A' (row 0) and B'
+        (row 1) for swap flags permutations x images (see the module's docstring)."""
+        n_perm = len(swaps)
+        in_a = _in_a(swaps)
+        low, high = np.empty((2, 2, n_perm, len(self.classes)))
+        for c, layout in enumerate(self.classes):
+            if layout.npos == 0:
+                low[:, :, c] = high[:, :, c] = np.nan if self.protocol == "q2l" else 0.0
+                continue
+            counts = (layout.runs @ in_a.view(np.uint64)).view(np.uint8)  # runs x permutations: A's negatives
+            positives = np.take(in_a, layout.pos_rows, axis=0)                # positive entries x permutations
+            for start in range(0, n_perm, AT_ONCE):
+                part = slice(start, min(start + AT_ONCE, n_perm))
+                negatives = _running(np.ascontiguousarray(counts[:, part].T))  # A's negatives, running
+                chosen = np.ascontiguousarray(positives[:, part].T)            # 1: the positive entry is in A'
+                low[:, part, c], high[:, part, c] = self._ranked(layout, chosen, _running(chosen), negatives)
+        return low, high
+
+    def exact(self, swap, c, side):
+        """AP of class c of A' (side 0) or B' (side 1) for one permutation, by sorting its column."""
+        a, b = self.scores_a[:, c], self.scores_b[:, c]
+        column = np.where(swap, b, a) if side == 0 else np.where(swap, a, b)
+        return metrics.class_ap(column, self.positives[:, c], self.protocol)
+
+    def _widen(self, low, high):
+        return low * (1 - self.margin), high * (1 + self.margin)
+
+    def _ranked(self, layout, chosen, positives_a, negatives):
+        """(low, high), each sides x permutations, from the rank of each side's k-th positive."""
+        npos, (n_perm, m) = layout.npos, chosen.shape
+        in_a = chosen.view(np.int8)
+        k_a = positives_a[:, 1:]                                   # k of each entry of A'
+        rank_a = k_a + np.take(negatives, layout.runs_before, axis=1)
+        total = np.arange(1, m + 1, dtype=np.int32) + layout.negatives_before  # rank in A' + rank in B' of the entry
+        rank = (total - rank_a) + in_a * (2 * rank_a - total)      # rank in the entry's side
+        index = np.arange(1, m + 1, dtype=np.int32)
+        slot = (npos - 1 + index - k_a) + in_a * (2 * k_a - npos - index)  # side x k, in the entry's permutation
+        wide = np.int64 if 2 * npos * n_perm >= 2 ** 31 else np.int32
+        slot = slot + (2 * npos * np.arange(n_perm, dtype=wide))[:, None]
+        ranks = np.empty((n_perm, 2, npos), np.int32)
+        ranks.ravel()[slot.ravel()] = rank.ravel()
+        precision = np.arange(1, npos + 1) / ranks
+        first, end, run_first, run_end = layout.spans
+        entries = np.flatnonzero(layout.group_of_pos >= 0)         # positive entries in a group (below)
+        g = layout.group_of_pos[entries]
+        if self.protocol == "mlspl":
+            if len(first):  # a tied step: each of its positives gets the precision at the step's end
+                tp_a = positives_a[:, end]
+                seen_a = tp_a + negatives[:, run_end]
+                tp_b = end - tp_a
+                seen_b = tp_b + (layout.run_ends[run_end] - negatives[:, run_end])
+                with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 where a side has none of it
+                    at_end = np.where(chosen[:, entries], (tp_a / seen_a)[:, g], (tp_b / seen_b)[:, g])
+                precision.ravel()[slot[:, entries].ravel()] = at_end.ravel()
+            ap = self._ap(precision)
+            return self._widen(ap, ap)
+        high = self._ap(precision)
+        low = high.copy()
+        if len(first):  # ties of both labels: their negatives first gives the low bound
+            pos_a = positives_a[:, end] - positives_a[:, first]
+            neg_a = negatives[:, run_end] - negatives[:, run_first]
+            pos_b, neg_b = (end - first) - pos_a, (layout.run_ends[run_end] - layout.run_ends[run_first]) - neg_a
+            tied = (((pos_a > 0) & (neg_a > 0)).any(1), ((pos_b > 0) & (neg_b > 0)).any(1))
+            behind = np.where(chosen[:, entries], neg_a[:, g], neg_b[:, g])  # negatives tied with that positive
+            ranks.ravel()[slot[:, entries].ravel()] += behind.ravel()
+            for side in (0, 1):
+                rows = np.flatnonzero(tied[side])
+                if len(rows):
+                    low[side, rows] = self._ap(np.arange(1, npos + 1) / ranks[rows][:, side:side + 1])[0]
+        return self._widen(low, high)
+
+    def _ap(self, precision):
+        """permutations x sides x k precision at the k-th positive -> sides x permutations AP."""
+        npos = precision.shape[2]
+        tp = np.arange(1, npos + 1, dtype=np.float64)
+        if self.protocol == "asl":
+            return (precision.sum(axis=2) / (npos + metrics.ASL_EPS)).T
+        if self.protocol == "mlspl":  # ap_grouped's terms: (recall before - recall after) x precision
+            recall = np.arange(npos + 1) / float(npos)
+            total = ((recall[:-1] - recall[1:]) * precision).sum(axis=2).T
+            return np.where(-total > 0.0, -total, 0.0)  # max(0.0, -sum), as ap_grouped
+        envelope = np.maximum.accumulate(precision[:, :, ::-1], axis=2)[:, :, ::-1]
+        step = tp / npos - (tp - 1) / npos  # np.diff of the recall, at each positive
+        return (step * envelope).sum(axis=2).T  # np.sum of each row of npos terms, in order: ap_sorted's bits
