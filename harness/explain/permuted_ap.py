@@ -58,7 +58,8 @@ def _layout(values, is_a, image, y, n, protocol):
     """The _Class of one class: values, is_a, image of the 2n entries, y per image. Its groups, runs
     of equal scores: q2l, asl, those holding both labels; mlspl, those of >= 2 entries holding a positive."""
     label = y[image]
-    order = np.lexsort((~label, -values))  # high to low; within equal scores positives first
+    first = np.argsort(~label, kind="stable")
+    order = first[np.argsort(-values[first], kind="stable")]  # high to low; within equal scores positives first
     values, is_a, image, label = values[order], is_a[order], image[order], label[order]
     group = np.concatenate(([0], np.cumsum(values[1:] != values[:-1])))
     size = np.bincount(group)
@@ -156,14 +157,24 @@ class PermutedAP:
         """(low, high), each sides x permutations, from the rank of each side's k-th positive."""
         npos, (n_perm, m) = layout.npos, chosen.shape
         in_a = chosen.view(np.int8)
-        k_a = positives_a[:, 1:]                                   # k of each entry of A'
-        rank_a = k_a + np.take(negatives, layout.runs_before, axis=1)
-        total = np.arange(1, m + 1, dtype=np.int32) + layout.negatives_before  # rank in A' + rank in B' of the entry
-        rank = (total - rank_a) + in_a * (2 * rank_a - total)      # rank in the entry's side
+        # in place and without np.where: these arrays are the bulk of the work
+        k_a = positives_a[:, 1:]                                   # k of each entry in A'
+        rank_a = np.take(negatives, layout.runs_before, axis=1)
+        rank_a += k_a                                              # rank of each entry in A'
         index = np.arange(1, m + 1, dtype=np.int32)
-        slot = (npos - 1 + index - k_a) + in_a * (2 * k_a - npos - index)  # side x k, in the entry's permutation
+        total = index + layout.negatives_before                    # its rank in A' + its rank in B'
+        rank = total - rank_a                                      # rank in B' ...
+        rank_a *= 2
+        rank_a -= total
+        rank_a *= in_a
+        rank += rank_a                                             # ... or in A': rank in the entry's side
         wide = np.int64 if 2 * npos * n_perm >= 2 ** 31 else np.int32
-        slot = slot + (2 * npos * np.arange(n_perm, dtype=wide))[:, None]
+        slot = (npos - 1 + index) + (2 * npos * np.arange(n_perm, dtype=wide))[:, None]
+        slot -= k_a                                                # B': side 1, k = index - k_a ...
+        k_a = k_a * 2
+        k_a -= npos + index
+        k_a *= in_a
+        slot += k_a                                                # ... or A': side 0, k = k_a
         ranks = np.empty((n_perm, 2, npos), np.int32)
         ranks.ravel()[slot.ravel()] = rank.ravel()
         precision = np.arange(1, npos + 1) / ranks
