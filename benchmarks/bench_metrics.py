@@ -8,7 +8,7 @@ The "authors' style" reference is written here: a Python loop per class and per 
 Query2Label voc_mAP is structured, and its bootstrap is timed on a few resamples and extrapolated.
 Scores are synthetic (about 2.9 positives per image, like COCO; for compare, two runs on the same
 labels: see synthetic_pair; --tied for the case of many ties). Per protocol, compare's
-statistics (harness.compare.paired_statistics: per-class AP, paired bootstrap, permutation test)
+statistics (harness.explain.compare.paired_statistics: per-class AP, paired bootstrap, permutations)
 are timed beside compute_metrics with its CI (what `harness metrics` computes), and the
 permutation test of before (each permuted column sorted) on a few permutations, extrapolated.
 The last line is the largest compare/metrics wall-time ratio over the protocols (the line before,
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from harness import compare as C
 from harness import metrics as M
+from harness.explain import compare as C
 
 
 def synthetic(n_images, n_classes, seed):
@@ -80,6 +80,37 @@ def timed_both(fn):
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
     return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def metrics_alone(args):
+    """compute_metrics, its parts and its bootstrap, beside the authors'-style loop."""
+    scores, labels = synthetic(args.n_images, args.n_classes, args.seed)
+    positives = labels > 0
+    print(f"scores {scores.shape[0]} x {scores.shape[1]}, numpy {np.__version__}\n")
+    print(f"{'what':66s} {'seconds':>10s}")
+    for protocol in M.PROTOCOLS:
+        t, m = timed(lambda: M.compute_metrics(scores, labels, protocol, ci=False), repeat=3)
+        print(f"{'compute_metrics ' + protocol + ' --no-ci (mAP, per-class AP, F1, top-3, ties)':66s} {t:10.3f}")
+    t, _ = timed(lambda: M.per_class_ap(scores, positives, "q2l"), repeat=3)
+    print(f"{'  of which per-class AP + tie-free AP + tie counts (q2l)':66s} {t:10.3f}")
+    t, _ = timed(lambda: (M.f1_family(scores, positives), M.f1_family(scores, positives, top_k=3)), repeat=3)
+    print(f"{'  of which F1 family at 0.5 and top-3':66s} {t:10.3f}")
+    for protocol in M.PROTOCOLS:
+        _, _, _, _, orders = M.per_class_ap(scores, positives, protocol)
+        t, maps = timed(lambda: M.bootstrap_map(orders, M.resample_counts(len(scores), args.n_boot), protocol))
+        print(f"{f'bootstrap {protocol}, {args.n_boot} resamples':66s} {t:10.3f}   "
+              f"CI [{np.percentile(maps, 2.5):.2f}, {np.percentile(maps, 97.5):.2f}]")
+    t_loop, loop_map = timed(lambda: loop_style_map(scores, labels))
+    ours = M.compute_metrics(scores, labels, "q2l", ci=False)["mAP"]
+    print(f"{'loop style (per class, per image) q2l mAP':66s} {t_loop:10.3f}   |diff| {abs(loop_map - ours):.1e}")
+    rng = np.random.default_rng(1)
+    start = time.perf_counter()
+    for _ in range(args.loop_resamples):
+        idx = rng.integers(0, len(scores), len(scores))
+        loop_style_map(scores[idx], labels[idx])
+    per = (time.perf_counter() - start) / args.loop_resamples
+    print(f"{f'loop style bootstrap, {args.n_boot} resamples (extrapolated)':66s} {per * args.n_boot:10.1f}")
+
 
 
 def compare_against_metrics(args):

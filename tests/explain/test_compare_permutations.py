@@ -4,6 +4,7 @@ p-value, CI and difference must be the same bits, for every protocol, with ties 
 classes without positives, tiny and moderate inputs, and any permutation count and seed."""
 import numpy as np
 import pytest
+from test_compare import make_run
 
 from harness import metrics
 from harness.cli import main
@@ -11,7 +12,6 @@ from harness.errors import UserError
 from harness.explain import compare
 from harness.explain.compare import load_run
 from harness.explain.permuted_ap import PermutedAP
-from test_compare import make_run
 
 PROTOCOLS = metrics.PROTOCOLS
 
