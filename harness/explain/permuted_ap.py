@@ -4,9 +4,10 @@ A paired permutation (harness.explain.compare) gives run A' each image's score f
 the other. Sort each class's 2n scores of A and B once: A' is then a filter of that order (per
 image its entry of A when the image is not swapped, else its entry of B) and B' the rest. Every
 image sits once in A', so the k-th positive of A' has rank k plus the negatives of A' above it.
-Those are counted for many permutations at once: the flags of 8 permutations are the 8 bytes of
-one uint64, and a sparse product sums them over runs of negatives (at most 255 entries a run, so
-no byte overflows).
+Those are counted for many permutations at once: the swap flags of 8 permutations are the 8 bytes
+of one uint64, and two sparse products sum them over runs of negatives (at most 255 entries a run,
+so no byte overflows): a run's negatives in A' are its entries of A, less those swapped, plus its
+entries of B swapped.
 
 `bounds` gives, per permutation, side (A', B') and class, a low and a high value between which
 lies the AP that harness.metrics computes by sorting that permuted column (`exact` computes it).
@@ -45,9 +46,12 @@ AT_ONCE = 64                     # permutations per pass over a class's entries 
 class _Class:
     """One class's merged order (2n entries), reduced to what the permutations need."""
     npos: int
-    runs: scipy.sparse.csr_matrix  # runs of negatives x 2n packed swap rows: the entries each run sums
+    runs_of_a: scipy.sparse.csr_matrix  # runs of negatives x n images: A's entries in each run
+    runs_of_b: scipy.sparse.csr_matrix  #   B's
+    run_a_sizes: np.ndarray        # A's entries in each run
     run_ends: np.ndarray           # entries up to each run's end, from 0
-    pos_rows: np.ndarray           # per positive entry, in merged order: its row of _in_a
+    pos_image: np.ndarray          # per positive entry, in merged order: its image
+    pos_is_a: np.ndarray           #   from A (else from B)
     runs_before: np.ndarray        #   runs of negatives wholly above it
     negatives_before: np.ndarray   #   negative entries (A's and B's) above it
     spans: tuple                   # per group (below): first, end positive entry; first, end run
@@ -78,30 +82,35 @@ def _layout(values, is_a, image, y, n, protocol):
         cut |= (np.arange(len(negative)) - run_start[np.cumsum(cut) - 1]) % MAX_RUN == 0
     starts = np.flatnonzero(cut)
     run_ends = np.append(starts, len(negative))
-    rows = image + n * ~is_a  # rows of _in_a: A's entries, then B's
-    runs = scipy.sparse.csr_matrix((np.ones(len(negative), np.uint64), rows[negative], run_ends),
-                                   shape=(len(starts), 2 * n))
-    runs.sort_indices()  # within a run any order sums the same: rising rows read memory more in order
+    run_of = np.cumsum(cut) - 1
+    from_a = is_a[negative]
+
+    def runs_of(which):  # runs x images, 1 where the run holds that image's entry of A (or B)
+        runs = scipy.sparse.csr_matrix((np.ones(which.sum(), np.uint64), (run_of[which], image[negative][which])),
+                                       shape=(len(starts), n))
+        runs.sort_indices()  # rising rows read the swap flags more in order
+        return runs
     first_entry = negative[starts]
     run_group, pos_group = group[first_entry], group[positive]
     groups = np.flatnonzero(special)
     spans = (np.searchsorted(pos_group, groups), np.searchsorted(pos_group, groups, side="right"),
              np.searchsorted(run_group, groups), np.searchsorted(run_group, groups, side="right"))
     group_of_pos = np.where(special[pos_group], np.searchsorted(groups, pos_group), -1)
-    return _Class(npos=int(y.sum()), runs=runs, run_ends=run_ends, pos_rows=rows[positive],
+    return _Class(npos=int(y.sum()), runs_of_a=runs_of(from_a), runs_of_b=runs_of(~from_a),
+                  run_a_sizes=np.bincount(run_of[from_a], minlength=len(starts)).astype(np.int16),
+                  run_ends=run_ends, pos_image=image[positive], pos_is_a=is_a[positive],
                   runs_before=np.searchsorted(first_entry, positive),
                   negatives_before=(positive - np.arange(len(positive))).astype(np.int32),
                   spans=spans, group_of_pos=group_of_pos)
 
 
-def _in_a(swaps):
-    """P x n swap flags -> 2n x P' uint8 (P' = P rounded up to a multiple of 8): 1 where the entry
-    is in A' (rows of A's entries: not swapped; then B's: swapped). Viewed as uint64, 8 permutations
-    a word, one a byte: a sum of <= 255 rows never carries into the next byte, in either byte order."""
+def _swapped(swaps):
+    """P x n swap flags -> n x P' uint8 (P' = P rounded up to a multiple of 8). Viewed as uint64, 8
+    permutations a word, one a byte: a sum of <= 255 rows never carries into the next byte, in
+    either byte order."""
     n_perm, n = swaps.shape
-    flags = np.zeros((2 * n, -(-n_perm // LANES) * LANES), np.uint8)
-    flags[:n, :n_perm] = ~swaps.T
-    flags[n:, :n_perm] = swaps.T
+    flags = np.zeros((n, -(-n_perm // LANES) * LANES), np.uint8)
+    flags[:, :n_perm] = swaps.T
     return flags
 
 
@@ -129,18 +138,22 @@ class PermutedAP:
         """(low, high), each 2 x permutations x classes, bounding the AP of A' (row 0) and B'
         (row 1) for swap flags permutations x images (see the module's docstring)."""
         n_perm = len(swaps)
-        in_a = _in_a(swaps)
+        swapped = _swapped(swaps)
+        words = swapped.view(np.uint64)
         low, high = np.empty((2, 2, n_perm, len(self.classes)))
         for c, layout in enumerate(self.classes):
             if layout.npos == 0:
                 low[:, :, c] = high[:, :, c] = np.nan if self.protocol == "q2l" else 0.0
                 continue
-            counts = (layout.runs @ in_a.view(np.uint64)).view(np.uint8)  # runs x permutations: A's negatives
-            positives = np.take(in_a, layout.pos_rows, axis=0)                # positive entries x permutations
+            # A' holds a run's entries of A not swapped and of B swapped: sizes - swapped A + swapped B
+            swapped_a = (layout.runs_of_a @ words).view(np.uint8)       # runs x permutations
+            swapped_b = (layout.runs_of_b @ words).view(np.uint8)
+            positives = np.take(swapped, layout.pos_image, axis=0) ^ layout.pos_is_a[:, None]  # 1: in A'
             for start in range(0, n_perm, AT_ONCE):
                 part = slice(start, min(start + AT_ONCE, n_perm))
-                negatives = _running(np.ascontiguousarray(counts[:, part].T))  # A's negatives, running
-                chosen = np.ascontiguousarray(positives[:, part].T)            # 1: the positive entry is in A'
+                counts = layout.run_a_sizes - swapped_a[:, part].T + swapped_b[:, part].T
+                negatives = _running(counts)                              # A's negatives, running
+                chosen = np.ascontiguousarray(positives[:, part].T)
                 low[:, part, c], high[:, part, c] = self._ranked(layout, chosen, _running(chosen), negatives)
         return low, high
 
