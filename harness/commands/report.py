@@ -45,7 +45,7 @@ def run(args):
     if args.compare:
         compare = compare_runs(*(load_run(find_run(args.runs, name)) for name in args.compare),
                                protocol=args.compare_protocol, common_images=args.compare_common_images,
-                               progress=lambda m: print(f"harness report: {m}", file=sys.stderr))
+                               progress=not args.no_progress)
     if args.format == "all":
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
             raise UserError(f"--format all writes five files into a folder, but --out {args.out} is a file; "
