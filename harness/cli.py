@@ -3,10 +3,12 @@ import argparse
 import errno
 import importlib
 import logging
+import os
+import shlex
 import sys
 
-from harness import __version__
-from harness.errors import UserError
+from harness import __version__, progress
+from harness.errors import Interrupted, UserError
 
 # Subcommand name -> module in harness.commands exposing add_arguments(parser) and run(args).
 COMMANDS = {
@@ -108,6 +110,7 @@ def configure_logging(args):
         logger.addHandler(_ConsoleLines())
     if args.quiet:
         args.no_progress = True
+    progress.set_bars(not args.no_progress)
 
 
 def main(argv=None):
@@ -129,14 +132,49 @@ def main(argv=None):
     except OSError as e:  # a path, permission, full disk or network problem: the user's to fix, not a bug
         print(f"harness {args.command}: error: {os_error_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"harness {args.command}: interrupted", file=sys.stderr)
+        if isinstance(e, Interrupted) and os.environ.get("RANK", "0") == "0":
+            _say_how_to_continue(e, argv)
         return 130
     finally:
         if "torch.distributed" in sys.modules:  # only a command that loaded torch can have joined a group
             from harness.distributed import leave_process_group  # lazy: it loads torch, which --help must not
 
             leave_process_group(finished)
+
+
+def _say_how_to_continue(interrupted, argv):
+    for line in interrupted.saved:
+        print(line, file=sys.stderr)
+    if interrupted.resume is None:
+        return
+    command = continue_command(argv, interrupted.resume, interrupted.drop)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the launcher's own flags are not ours to repeat
+        print(f"continue with your torchrun command, the same processes, ending in: {command.removeprefix('harness ')}",
+              file=sys.stderr)
+    else:
+        print(f"continue with: {command}", file=sys.stderr)
+
+
+def continue_command(argv, flags, drop=()):
+    """The command as typed, with `flags` in place of any of the same name (a flag's value is the next
+    word that is not a flag, as argparse reads an optional value) and the words of `drop` left out."""
+    names = {f for f in flags if f.startswith("--")}
+    words, skip = [], False
+    for k, word in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        name = word.split("=", 1)[0]
+        if name in names:
+            nxt = argv[k + 1] if k + 1 < len(argv) else None
+            skip = "=" not in word and nxt is not None and not nxt.startswith("-") and nxt not in drop and \
+                nxt not in COMMANDS
+            continue
+        if word not in drop:
+            words.append(word)
+    return shlex.join(["harness", *words, *flags])
 
 
 if __name__ == "__main__":

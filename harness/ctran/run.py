@@ -25,7 +25,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.models import ResNet101_Weights
-from tqdm import tqdm
 
 from harness import records
 from harness.checkpoints import sha256_of
@@ -50,11 +49,13 @@ from harness.ctran.record import (
 )
 from harness.ctran.run_folder import open_run
 from harness.data.coco import check_images, fingerprint, load_labels
+from harness.data.loader import usable_cores
 from harness.distributed import pick_device
-from harness.errors import UserError
+from harness.errors import Interrupted, UserError
 from harness.manifest import get_spec
 from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.models.ctran import CTran
+from harness.progress import bar, bars_enabled
 from harness.records import utc_now
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def split_rows(n, fraction, seed):
 def _loader(dataset, batch_size, workers, shuffle=False, seed=0, size=1, rank=0, epoch=0):
     """Their DataLoader (shuffled for training); with several processes, this process's shard."""
     g = torch.Generator().manual_seed(seed)
+    workers = usable_cores() if workers is None else workers
     if size == 1:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g)
     sampler = DistributedSampler(dataset, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed)
@@ -97,7 +99,8 @@ def predict(model, loader, device, use_lmt, progress=False, size=1, on_batch=Non
     model.eval()
     logits, all_labels, all_masks, rows = [], [], [], []
     with torch.no_grad():
-        for images, labels, mask, row in tqdm(loader, disable=not progress, leave=False, desc="eval"):
+        for images, labels, mask, row in bar(len(loader), "eval", unit="batch", enabled=progress, leave=False,
+                                             iterable=loader):
             logits.append(model(images.to(device), mask.to(device)).cpu())
             if on_batch is not None:
                 on_batch(len(images))
@@ -124,7 +127,7 @@ def train_step(model, optimizer, images, labels, mask, use_lmt, size=1):
 def train_epoch(model, loader, optimizer, device, use_lmt, progress=False, size=1):
     model.train()
     total, n = 0.0, 0
-    for images, labels, mask, _ in tqdm(loader, disable=not progress, leave=False, desc="train"):
+    for images, labels, mask, _ in bar(len(loader), "train", unit="batch", enabled=progress, leave=False, iterable=loader):
         total += train_step(model, optimizer, images.to(device), labels.to(device), mask.to(device), use_lmt, size)
         n += len(labels)
     return total / max(n, 1)
@@ -135,7 +138,7 @@ def load_backbone_weights(model, source):
     if source == "random":
         return {"source": "random", "sha256": None}
     if source == "imagenet":
-        state = ResNet101_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        state = ResNet101_Weights.IMAGENET1K_V1.get_state_dict(progress=bars_enabled())
         info = {"source": "torchvision ResNet101_Weights.IMAGENET1K_V1", "sha256": None}
     else:
 
@@ -179,6 +182,19 @@ def load_training_data(config):
 def train(config):
     """Train C-Tran as `config` (CtranTrainConfig) asks, then score val2014 with the selected
     checkpoint; returns (run folder, record), (None, None) on ranks other than 0."""
+    where = {}  # the run folder and its state, once known: an interruption names them
+    try:
+        return _train(config, where)
+    except KeyboardInterrupt:
+        if "run_dir" not in where:
+            raise Interrupted(["no run folder was opened yet: nothing was kept"], resume=None) from None
+        done = where["state"]["epoch"] if "state" in where else 0
+        kept = f"epochs 1-{done} are" if done else "no epoch had finished; its settings are"
+        raise Interrupted([f"{config.model_id}: {kept} kept in {where['run_dir']}"],
+                          resume=("--resume", str(where["run_dir"]))) from None
+
+
+def _train(config, where):
     rank, size, device = distributed.setup(pick_device(config.device))
     if config.batch_size % size:
         raise UserError(f"--batch-size {config.batch_size} does not split evenly over {size} processes; "
@@ -192,7 +208,9 @@ def train(config):
         dist.broadcast_object_list(shared, src=0)
         run_dir = shared[0]
 
+    where["run_dir"] = run_dir
     model, optimizer, scheduler, state = _start(config, run_dir, device)
+    where["state"] = state
     if state["epoch"] and rank == 0:
         _say(f"resuming {run_dir} after epoch {state['epoch']}/{config.epochs}")
     net = distributed.wrap(model, device, size)

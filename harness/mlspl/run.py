@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import records
+from harness import progress, records
 from harness.data.categories import COCO_CATEGORIES
 from harness.data.coco import labels_sha256
 from harness.distributed import World, pick_device
 from harness.download.verify import write_atomically
-from harness.errors import UserError
+from harness.errors import Interrupted, UserError
 from harness.manifest import get_spec
 from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.mlspl import checks
@@ -137,18 +137,18 @@ def _work_dir(config, mid, data_id):
 
 def _say(enabled, total):
     """A line per epoch: N/total, val mAP per grid point, and the time left at this pace."""
-    start, first = time.perf_counter(), []
+    start, first = progress.clock(), []
 
-    def progress(epoch, val_maps):
+    def say(epoch, val_maps):
         if not enabled:
             return
         if not first:  # a resumed run starts past epoch 1
             first.append(epoch)
         done = epoch - first[0] + 1  # epochs count from 0
-        left = (time.perf_counter() - start) / done * (total - epoch - 1)
+        left = (progress.clock() - start) / done * (total - epoch - 1)
         logger.info(f"  epoch {epoch + 1}/{total}: val mAP " + " ".join(f"{m:.2f}" for m in val_maps) +
-                    f" (ETA {left / 60:.1f} min)")
-    return progress
+                    f" (about {progress.duration(left)} left for this grid point)")
+    return say
 
 
 def _linear(data, feats, config, work, tag):
@@ -209,21 +209,11 @@ def train_and_evaluate(config):
     started, t0 = records.utc_now(), time.perf_counter()
 
     baseline_mib = nvml_baseline_mib(config.device)  # before features or a model reach the GPU
-    with SpanMeasurement(config.device, baseline_mib=baseline_mib) as measurement:
-        feats, features_info, linear_phase, weights_info = None, None, None, None
-        if config.features_dir:
-            feats, features_info = _load_features(config.features_dir, data)
-            feats = {k: v.to(config.device) for k, v in feats.items()}
-        if config.mode == "linear":
-            results = _linear(data, feats, config, work, "linear")
-        else:
-            if config.mode == "linear-init":
-                init_lr, init_bs = config.init_point
-                phase = config.replace(points=((init_bs, init_lr),), epochs=EPOCHS["linear"])
-                # one process trains the linear phase (seconds on features); every rank starts from it
-                linear_phase = world.broadcast(_linear(data, feats, phase, work, "linear_phase")[0]
-                                               if world.main else None)
-            results, weights_info = _fine_tune(data, config, work, linear_phase, world)
+    try:
+        with SpanMeasurement(config.device, baseline_mib=baseline_mib) as measurement:
+            results, linear_phase, features_info, weights_info = _train(data, config, work, world)
+    except KeyboardInterrupt:
+        raise Interrupted([f"{mid}: every finished epoch is kept in {work}"], resume=()) from None
     trained = Trained(results, select(results), linear_phase, features_info, weights_info,
                       time.perf_counter() - t0, _training_measurement(measurement.result()))
     ranks = world.gather(world.describe(config.device))
@@ -240,6 +230,24 @@ def train_and_evaluate(config):
     record = _record(config, trained, context)
     records.write_record(run_dir, record)
     return records.FinishedRun(run_dir, record)
+
+
+def _train(data, config, work, world):
+    """(every grid point, the linear phase, where the features came from, the ImageNet weights file)."""
+    feats, features_info, linear_phase, weights_info = None, None, None, None
+    if config.features_dir:
+        with progress.step(f"loading the features from {config.features_dir}", logger):
+            feats, features_info = _load_features(config.features_dir, data)
+        feats = {k: v.to(config.device) for k, v in feats.items()}
+    if config.mode == "linear":
+        return _linear(data, feats, config, work, "linear"), None, features_info, None
+    if config.mode == "linear-init":
+        init_lr, init_bs = config.init_point
+        phase = config.replace(points=((init_bs, init_lr),), epochs=EPOCHS["linear"])
+        # one process trains the linear phase (seconds on features); every rank starts from it
+        linear_phase = world.broadcast(_linear(data, feats, phase, work, "linear_phase")[0] if world.main else None)
+    results, weights_info = _fine_tune(data, config, work, linear_phase, world)
+    return results, linear_phase, features_info, weights_info
 
 
 def _resolved(config):

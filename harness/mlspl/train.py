@@ -22,6 +22,7 @@ Each loop saves its whole state after every epoch (`torch.save`, loadable with
 weights_only=True) and resumes from it when started again with the same configuration.
 """
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import resnet50
 
+from harness import progress
 from harness.data.loader import make_loader
 from harness.data.transforms import to_model_input
 from harness.distributed import World
@@ -41,6 +43,8 @@ from harness.mlspl.authors_rng import AuthorsShuffle, eval_iterators, global_dra
 from harness.mlspl.features import ImageRows
 from harness.mlspl.losses import compute_loss
 from harness.models.mlspl import FEATURE_DIM, LabelEstimator, initial_label_logits, logit
+
+logger = logging.getLogger(__name__)
 
 GRID_BATCH_SIZES = (8, 16)
 GRID_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -184,6 +188,7 @@ def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=
         for r, saved in zip(results, state["results"]):
             _restore_point(r, saved)
         start = state["epoch"] + 1
+        _say_resumed(state_path, start, epochs)
 
     for epoch in range(start, epochs):
         order = shuffled_rows(n, generator, semantics).to(device)
@@ -284,10 +289,17 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
         generator.set_state(state["generator"])
         _restore_point(result, state["result"])
         first = state["epoch"] + 1
+        if world.main:
+            _say_resumed(state_path, first, epochs)
 
+    shown = config.progress and world.main
+    per_epoch = scored_rows(len(observed), batch_size) // batch_size
+    per_epoch = per_epoch if config.max_steps is None else min(per_epoch, config.max_steps)
     for epoch in range(first, epochs):
         model.train()
         total, steps = 0.0, 0
+        bar = progress.bar(per_epoch, f"epoch {epoch + 1}/{epochs} train (bs {batch_size}, lr {lr:g})", unit="batch",
+                           enabled=shown, leave=False)
         for batch, rows in images.train():
             if config.max_steps is not None and steps >= config.max_steps:
                 break
@@ -299,7 +311,10 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
             ddp.sum_gradients(model, world)
             optimizer.step()
             total, steps = total + batch_loss.item(), steps + 1
-        val_scores, val_labels = _predict(model, images.evaluation("val"), data["val"].labels, device, world)
+            bar.update(1)
+        bar.close()
+        val_scores, val_labels = _predict(model, images.evaluation("val"), data["val"].labels, device, world,
+                                          f"epoch {epoch + 1}/{epochs} val", shown)
         val_map = mlspl_map(val_scores, val_labels)
         result.history.append({"epoch": epoch, "train_loss": total / max(steps, 1), "val_mAP": val_map})
         if val_map > result.val_map:
@@ -307,7 +322,7 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
             result.head = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             result.table = estimator.logits.detach().cpu().clone() if estimator is not None else None
             result.test_scores, test_labels = _predict(model, images.evaluation("test"), data["test"].labels, device,
-                                                       world)
+                                                       world, f"epoch {epoch + 1}/{epochs} test (new best)", shown)
             result.test_map = mlspl_map(result.test_scores, test_labels)
         else:
             eval_iterators(generator, count=1)  # their test iterator of this epoch
@@ -346,15 +361,25 @@ class _ImageLoaders:
         return make_loader(mine, bs, c.device or "cpu", c.workers, generator=self.generator)
 
 
-def _predict(model, loader, labels, device, world):
+def _say_resumed(state_path, done, epochs):
+    if done >= epochs:
+        logger.info(f"already trained: all {epochs} epochs are in {state_path}")
+    else:
+        logger.info(f"resuming from {state_path}: epochs 1-{done} of {epochs} were trained before it stopped")
+
+
+def _predict(model, loader, labels, device, world, desc="scoring", shown=False):
     """Sigmoid scores of the rows the loaders of every rank yield, in row order, with their labels."""
     model.eval()
     scores, rows_seen = [], []
     with torch.no_grad():
+        bar = progress.bar(len(loader), desc, unit="batch", enabled=shown, leave=False)
         for images, rows in loader:
             x = to_model_input(images.to(device, non_blocking=True), "imagenet")
             scores.append(torch.sigmoid(model(x)).float().cpu().numpy())
             rows_seen.append(rows.numpy())
+            bar.update(1)
+        bar.close()
     parts = world.gather((scores, rows_seen))  # rank order is row order: each rank scores a contiguous shard
     scores = np.concatenate([s for part, _ in parts for s in part])
     rows_seen = np.concatenate([r for _, part in parts for r in part])
