@@ -94,10 +94,12 @@ def chosen_command(argv):
 
 class _ConsoleLines(logging.Handler):
     """The library's log as the CLI shows it, one plain line each: what a step is doing (INFO) on
-    stdout, what the user should know of (WARNING and up) on stderr; the streams of the moment."""
+    stdout, what the user should know of (WARNING and up) and progress lines (harness.progress, beside
+    the bars) on stderr, so stdout holds a command's result alone; the streams of the moment."""
 
     def emit(self, record):
-        stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        to_stderr = record.levelno >= logging.WARNING or record.name == progress.logger.name
+        stream = sys.stderr if to_stderr else sys.stdout
         stream.write(record.getMessage() + "\n")
         stream.flush()
 

@@ -8,8 +8,11 @@ names itself, and a step with a count draws a bar with its ETA.
     Eta(total)        "3/10 done, about 2 min 10 s left" for steps that report in lines rather than a bar
     set_bars(on)      the CLI's --no-progress / --quiet: no bar anywhere in this process
 
-Lines go through logging (INFO: the CLI shows them on stdout; --quiet hides them); bars go to
-stderr. Every duration reads `clock`, which a test may replace with a fake one.
+    say(line)         one progress line
+
+Lines go through this module's logger at INFO (the CLI shows them on stderr beside the bars, so a
+command's stdout holds its result alone, e.g. `predict --format json`; --quiet hides them); bars go
+to stderr. Every duration reads `clock`, which a test may replace with a fake one.
 """
 import logging
 import sys
@@ -45,16 +48,20 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def say(line: str) -> None:
+    logger.info(line)
+
+
 @contextmanager
-def step(what: str, log: logging.Logger = logger):
+def step(what: str):
     """Say `what` as it starts and, when it took a second or more, how long (not when it fails: the
     error says why)."""
     start = clock()
-    log.info(f"{what} ...")
+    say(f"{what} ...")
     yield
     took = clock() - start
     if took >= 1.0:
-        log.info(f"{what}: done in {duration(took)}")
+        say(f"{what}: done in {duration(took)}")
 
 
 def bar(total: int | None, desc: str, *, unit: str = "img", initial: int = 0, enabled: bool = True,

@@ -3,7 +3,6 @@ memory and energy per batch size, and the largest batch that fits a VRAM budget 
 one AdamW training step). Models get random weights: bench measures cost, never accuracy.
 Writes one record of kind "bench" per model under --runs; `harness report` shows them."""
 import dataclasses
-import logging
 import sys
 
 from tabulate import tabulate
@@ -15,11 +14,9 @@ from harness.measure.bench import BenchConfig, CannotBuild, bench_model, models_
 from harness.measure.fit import parse_size_mib
 from harness.measure.measurement import nvml_baseline_mib
 from harness.measure.throughput import free_memory
-from harness.progress import Eta
+from harness.progress import Eta, say
 from harness.records import check_runs_root, environment, new_run_dir, write_record
 from harness.report import COST_COLUMNS, bench_row, display_cost
-
-logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser):
@@ -83,8 +80,7 @@ def run(args):
     eta = Eta(len(specs))
     for k, spec in enumerate(specs):
         if len(specs) > 1:
-            logger.info(f"harness bench: model {k + 1} of {len(specs)}, {spec.id}"
-                        + (f" ({eta.line(k)})" if k else ""))
+            say(f"harness bench: model {k + 1} of {len(specs)}, {spec.id}" + (f" ({eta.line(k)})" if k else ""))
         try:
             record = bench_model(spec, device, config, baseline)
         except CannotBuild as e:

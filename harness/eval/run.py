@@ -343,14 +343,14 @@ def _prepare(spec, session):
     """Check the inputs, build the model (on the CPU until its turn) and open or resume its run."""
     config, device, world = session.config, session.device, session.world
     with progress.step(f"{spec.id}: reading the val2014 labels (image set {spec.eval.image_set}) and checking "
-                       f"the images", logger):
+                       f"the images"):
         coco_labels = load_labels(config.coco_root, "val2014", spec.eval.image_set)
         check_images(config.coco_root, coco_labels)
     n_total = min(config.limit, len(coco_labels)) if config.limit else len(coco_labels)
     label_choice = choose_labels(spec, config.coco_root, coco_labels, weights_dir=config.weights_dir)
 
     what = f"random weights, seed {config.seed}" if config.weights == "random" else "loading its checkpoint"
-    with progress.step(f"{spec.id}: building the model ({what})", logger):
+    with progress.step(f"{spec.id}: building the model ({what})"):
         model, weights_info = _build_model(spec, config, "cpu")
     precision, precision_source = _choose_precision(spec, config.amp, device)
     model = _for_precision(model, precision)

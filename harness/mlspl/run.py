@@ -236,7 +236,7 @@ def _train(data, config, work, world):
     """(every grid point, the linear phase, where the features came from, the ImageNet weights file)."""
     feats, features_info, linear_phase, weights_info = None, None, None, None
     if config.features_dir:
-        with progress.step(f"loading the features from {config.features_dir}", logger):
+        with progress.step(f"loading the features from {config.features_dir}"):
             feats, features_info = _load_features(config.features_dir, data)
         feats = {k: v.to(config.device) for k, v in feats.items()}
     if config.mode == "linear":
