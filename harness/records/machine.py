@@ -106,16 +106,23 @@ def image_libraries():
             "libjpeg": version(features.version_codec, "jpg")}
 
 
+def code_version():
+    """{harness, git_commit, git_dirty}: the harness's version and the commit of its checkout (null
+    for an installed wheel; HARNESS_GIT_COMMIT names the commit of a copy without .git)."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
+        commit = os.environ.get("HARNESS_GIT_COMMIT") or None
+    return {"harness": __version__, "git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
 def environment(device_index=0):
     """Library versions, hardware and code version of this process, for a record."""
     try:
         import torch  # lazy: reports read records without torch (and a machine may lack it)
     except ImportError:
         torch = None
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
-        commit = os.environ.get("HARNESS_GIT_COMMIT") or None
+    code = code_version()
     python = platform.python_version()
     torch_version = torch.__version__ if torch is not None else None
     cudnn = None
@@ -133,8 +140,6 @@ def environment(device_index=0):
         "gpu": _gpu(torch, device_index),
         "cpu": cpu_name(),
         "platform": platform.platform(),
-        "harness": __version__,
-        "git_commit": commit,
-        "git_dirty": None if status is None else bool(status),
+        **code,
         "matches_environment_file": matching_environment_file(python, torch_version),
     }

@@ -4,6 +4,7 @@ import base64
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 from tabulate import tabulate
@@ -14,6 +15,7 @@ from harness.explain.compare import to_html as compare_html
 from harness.explain.compare import to_markdown as compare_markdown
 from harness.manifest import load_manifest
 from harness.metrics import F1_RULES, PROTOCOL_DESCRIPTIONS, THRESHOLD, TOP3_RULE
+from harness.records import code_version, utc_now
 from harness.report.files import (
     HTML_MARK,
     MARK,
@@ -228,9 +230,21 @@ def _csv(keys, rows):
 
 
 def to_csv(data):
-    """One line per model with machine-readable values (lists joined with ';')."""
-    keys = [k for k in data["models"][0] if k != "family"] if data["models"] else []
-    return _csv(["family", *keys], data["models"])
+    """One line per model with machine-readable values: the CI in two columns (ci95_low, ci95_high),
+    other lists joined with ';'."""
+    rows = [_ci_columns(r) for r in data["models"]]
+    keys = [k for k in rows[0] if k != "family"] if rows else []
+    return _csv(["family", *keys], rows)
+
+
+def _ci_columns(row):
+    out = {}
+    for k, v in row.items():
+        if k == "ci95":
+            out["ci95_low"], out["ci95_high"] = v if v else (None, None)
+        else:
+            out[k] = v
+    return out
 
 
 COST_CSV_KEYS = ["model", "resolution", "params_m", "gflops", "options", "vram_b1", "vram_b16", "images_per_s",
@@ -243,11 +257,28 @@ def cost_to_csv(data):
     return _csv(COST_CSV_KEYS, data["cost"])
 
 
+REPORT_SCHEMA = 1  # harness/report/report.schema.json describes this version
+
+
 def to_json(data):
-    out = {"generator": MARK, **data}
+    """The report as one JSON object (harness/report/report.schema.json): what produced it, then the rows."""
+    code = code_version()
+    out = {"generator": MARK, "schema": REPORT_SCHEMA, "harness_version": code["harness"],
+           "git_commit": code["git_commit"], "git_dirty": code["git_dirty"], "generated_at": utc_now(), **data}
     out["footnotes"] = {f: footnotes(f, [r for r in data["models"] if r["family"] == f])
                         for f in FAMILIES if any(r["family"] == f for r in data["models"])}
-    return json.dumps(out, indent=2) + "\n"
+    return json.dumps(_finite(out), indent=2, allow_nan=False) + "\n"
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: such a number is null, so the file is valid JSON always."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 

@@ -81,6 +81,10 @@ def model_row(spec, record, tables):
         "precision": ev.get("precision", spec.eval.precision),
         "batch_size": ev.get("batch_size"),
         "fidelity_notes": record_notes(record),
+        # the conditions of the number, as timm's results CSVs carry theirs (params and GFLOPs: from a bench)
+        "params_m": None, "gflops": None, "torch": record.environment.get("torch"),
+        "cuda": record.environment.get("cuda") if ev.get("device") not in (None, "cpu") else None,
+        "date": (record.finished_at or "")[:10] or None,
     }
     if spec.family == "mlspl":
         row["paper_confidence"], row["reruns_by_others"] = _mlspl_context(spec, tables)
@@ -203,6 +207,10 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
         chosen = _latest([r for r in found if not r.smoke]) or _latest(found)
         rows.append(model_row(spec, chosen, tables))
     cost = [bench_row(specs[key[0]], _latest(rs)) for key, rs in sorted(benches.items(), key=lambda kv: str(kv[0]))]
+    for row in rows:  # a model's size does not depend on where it ran: any of its benches says it
+        sized = [c for c in cost if c["model"] == row["model"] and c["params_m"] is not None]
+        if sized:
+            row["params_m"], row["gflops"] = sized[0]["params_m"], sized[0]["gflops"]
 
     return {"models": rows, "cost": cost, "pick": pick_rows(rows, cost), "notes": notes,
             "ctran": partial_rows(evals, specs)}
