@@ -57,6 +57,7 @@ from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.models.ctran import CTran
 from harness.progress import bar, bars_enabled
 from harness.records import utc_now
+from harness.records.curves import TrainingCurves
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ def _train(config, where):
                            rows=data.val_rows)
     train_reasons = training_reasons(config)  # the checkpoint carries them
     batch = config.batch_size // size
+    curves = TrainingCurves(run_dir) if rank == 0 else None  # run_dir/tensorboard, live
     for epoch in range(state["epoch"] + 1, epochs + 1):
         t0 = time.perf_counter()
         random.seed(f"ctran-epoch:{seed}:{epoch}" + (f":{rank}" if size > 1 else ""))
@@ -253,12 +255,14 @@ def _train(config, where):
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "state_json": json.dumps(state)}, tmp)
         tmp.replace(run_dir / STATE)
+        curves.epoch(epoch, train_loss=train_loss, learning_rate=lr_now, val_loss=val_loss, val_mAP=val_map)
         per_epoch = state["wall_s"] / epoch
         _say(f"epoch {epoch}/{epochs}  train loss {train_loss:.3f}  val loss {val_loss:.3f}  val mAP "
              f"{val_map if val_map is None else round(val_map, 2)}  lr {lr_now:g}  ETA "
              f"{(epochs - epoch) * per_epoch / 60:.1f} min")
     if rank:  # rank 0 scores the test set with the selected checkpoint and writes the record
         return None, None
+    curves.close()
     return _finish_training(Trained(config, run_dir, settings, state, data.test_rows), device)
 
 

@@ -46,6 +46,7 @@ from harness.mlspl.train import (
     train_linear_group,
 )
 from harness.models import build_from_arch
+from harness.records.curves import copy_curves
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def _linear(data, feats, config, work, tag):
         lrs = [lr for b, lr in config.points if b == bs]
         logger.info(f"{tag}: linear, batch size {bs}, lr {', '.join(map(str, lrs))}")
         results = train_linear_group(train, val, test, config, bs, lrs, state_path=work / f"{tag}_bs{bs}.pt",
-                                     on_epoch=_say(config.progress, config.epochs))
+                                     on_epoch=_say(config.progress, config.epochs), curves=(work, tag))
         by_point.update({(bs, r.lr): r for r in results})
     return [by_point[p] for p in config.points]
 
@@ -176,7 +177,8 @@ def _fine_tune(data, config, work, start, world):
         if not config.random_weights:
             weights_info = load_imagenet_v1(model)
         r = train_fine_tuned(model, data, config, (bs, lr), start=start, state_dir=_point_dir(work, bs, lr),
-                             on_epoch=_say(config.progress and world.main, config.epochs), world=world)
+                             on_epoch=_say(config.progress and world.main, config.epochs), world=world,
+                             curves_dir=work)
         best = select([best, r] if best else [r])
         if r is not best:  # keep one full model in memory, not one per point
             r.head = r.table = r.test_scores = None
@@ -225,6 +227,7 @@ def train_and_evaluate(config):
     labels = test.labels[:n_scored].astype(np.uint8)  # their test loader drops the last partial batch
     records.save_arrays(run_dir, trained.best.test_scores.astype(np.float32), labels, test.image_ids[:n_scored])
     checkpoints = rec.save_checkpoints(run_dir, trained.best, data["train"].rows)
+    copy_curves(work, run_dir)  # every grid point's TensorBoard curves, written as it trained
     distributed = {"world_size": world.size, "backend": world.backend, "ranks": ranks} if world.size > 1 else None
     context = RunContext(run_dir, mid, data, prep, started, checkpoints, distributed)
     record = _record(config, trained, context)

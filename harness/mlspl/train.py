@@ -43,6 +43,7 @@ from harness.mlspl.authors_rng import AuthorsShuffle, eval_iterators, global_dra
 from harness.mlspl.features import ImageRows
 from harness.mlspl.losses import compute_loss
 from harness.models.mlspl import FEATURE_DIM, LabelEstimator, initial_label_logits, logit
+from harness.records.curves import TrainingCurves
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +148,9 @@ def score_batches(x, weight, bias, batch_size):
                           for i in range(0, n, batch_size)]).cpu().numpy()
 
 
-def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=None, on_epoch=None):
+def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=None, on_epoch=None, curves=None):
     """Train one linear head per learning rate on features; return a PointResult per lr.
+    curves: (folder, tag): each lr's TensorBoard curves go to folder/tensorboard/<tag>_bs<bs>_lr<lr>.
 
     train: (features (N, 2048) tensor, observed labels (N, C) tensor); val, test: (features,
     labels as numpy 0/1). Features may live on the device already. config: a TrainConfig (its
@@ -190,6 +192,7 @@ def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=
         start = state["epoch"] + 1
         _say_resumed(state_path, start, epochs)
 
+    writers = [TrainingCurves(curves[0], f"{curves[1]}_bs{batch_size}_lr{lr:g}") for lr in lrs] if curves else []
     for epoch in range(start, epochs):
         order = shuffled_rows(n, generator, semantics).to(device)
         total = torch.zeros((), device=device)
@@ -221,8 +224,13 @@ def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=
                                      "params": [p.detach().cpu() for p in weights + biases + tables],
                                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                                      "results": [_point_state(r) for r in results]})
+        for writer, r, lr in zip(writers, results, lrs):  # the loss is the group's mean, as the history's
+            writer.epoch(epoch + 1, train_loss=r.history[-1]["train_loss_mean_over_groups"], learning_rate=lr,
+                         val_mAP=r.history[-1]["val_mAP"])
         if on_epoch:
             on_epoch(epoch, [r.history[-1]["val_mAP"] for r in results])
+    for writer in writers:
+        writer.close()
     return results
 
 
@@ -238,7 +246,8 @@ def _restore_point(r, saved):
     r.test_scores = None if saved["test_scores"] is None else saved["test_scores"].numpy()
 
 
-def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, on_epoch=None, world=None):
+def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, on_epoch=None, world=None,
+                     curves_dir=None):
     """Train `model` (MLSPLResNet50 with its starting backbone) end to end on images.
 
     data: load_prepared's splits; observed labels come from data['train'].labels_obs (the full
@@ -247,7 +256,8 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
     linear phase's PointResult (linear-init: its classifier and ROLE label estimates); None: a
     fresh head and ROLE's random table, as in their code. max_steps limits the steps of each epoch
     and the batches of each evaluation (tests, smoke). world: harness.distributed.World (torchrun),
-    see harness/mlspl/ddp.py; the global batch stays `point`'s batch size.
+    see harness/mlspl/ddp.py; the global batch stays `point`'s batch size. curves_dir: rank 0 writes the
+    point's TensorBoard curves into curves_dir/tensorboard/fine_tune_bs<bs>_lr<lr>.
     """
     world = world or World()
     batch_size, lr = point
@@ -293,6 +303,7 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
             _say_resumed(state_path, first, epochs)
 
     shown = config.progress and world.main
+    curves = TrainingCurves(curves_dir, f"fine_tune_bs{batch_size}_lr{lr:g}") if curves_dir and world.main else None
     per_epoch = scored_rows(len(observed), batch_size) // batch_size
     per_epoch = per_epoch if config.max_steps is None else min(per_epoch, config.max_steps)
     for epoch in range(first, epochs):
@@ -331,8 +342,12 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
                                      "estimator": estimator.state_dict() if estimator is not None else None,
                                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                                      "result": _point_state(result)})
+        if curves:
+            curves.epoch(epoch + 1, train_loss=result.history[-1]["train_loss"], learning_rate=lr, val_mAP=val_map)
         if on_epoch:
             on_epoch(epoch, [val_map])
+    if curves:
+        curves.close()
     return result
 
 

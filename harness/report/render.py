@@ -1,6 +1,5 @@
 """The report's renderings: markdown, csv, latex, json and html, each with its footnotes, and
 write_all into a folder (only new files or earlier reports are replaced)."""
-import base64
 import csv
 import io
 import json
@@ -11,20 +10,18 @@ from tabulate import tabulate
 
 from harness.ctran.report import tables as ctran_tables
 from harness.explain.compare import plot_png
-from harness.explain.compare import to_html as compare_html
 from harness.explain.compare import to_markdown as compare_markdown
 from harness.manifest import load_manifest
 from harness.metrics import F1_RULES, PROTOCOL_DESCRIPTIONS, THRESHOLD, TOP3_RULE
 from harness.records import code_version, utc_now
 from harness.report.files import (
-    HTML_MARK,
     MARK,
     check_target,
     mark,
     write_report_file,
     write_report_png,
 )
-from harness.report.plots import plots
+from harness.report.html import html_page
 from harness.report.rows import (
     COLUMNS,
     COST_COLUMNS,
@@ -282,44 +279,8 @@ def _finite(value):
 
 
 
-def _html_table(headers, cells):
-    """An HTML table whose smoke rows are shaded (class "smoke")."""
-    head = "".join(f"<th>{_escape(h)}</th>" for h in headers)
-    rows = []
-    for row in cells:
-        shade = ' class="smoke"' if any(str(c).startswith("smoke") for c in row) else ""
-        rows.append(f"<tr{shade}>" + "".join(f"<td>{_escape(c)}</td>" for c in row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-
-
-SMOKE_BANNER = ("<p class='banner'>Some rows below are SMOKE runs (random weights, the synthetic subset or "
-                "--limit): their numbers test the pipeline and never count as a reproduction.</p>")
-
-
 def to_html(data):
-    body = ["<h1>Reproduction report</h1>"]
-    if any(r["status"] == "smoke" for r in data["models"]):
-        body.append(SMOKE_BANNER)
-    for title, headers, cells, notes in _tables(data):
-        body.append(f"<h2>{_escape(title)}</h2>")
-        body.append(_html_table(headers, cells))
-        body.append("<ul>" + "".join(f"<li>{_escape(n)}</li>" for n in notes) + "</ul>")
-    for name, png in plots(data).items():
-        body.append(f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" '
-                    f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
-    if data.get("compare"):  # optional: `harness report --compare A B`
-        body.append(compare_html(data["compare"]))
-    if data["notes"]:
-        body.append("<h2>Runs not shown</h2><ul>" + "".join(f"<li>{_escape(n)}</li>" for n in data["notes"]) + "</ul>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}tr.smoke{background:#eee;color:#777}"
-             ".banner{background:#fff3cd;border:1px solid #e0c060;padding:8px;font-weight:bold}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'>{HTML_MARK}<title>Reproduction report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def _escape(text):
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return html_page(data, _tables(data))
 
 
 RENDERERS = {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json, "html": to_html}

@@ -7,6 +7,8 @@ from pathlib import Path
 from harness.ctran.report import partial_rows
 from harness.manifest import PACKAGE_DATA
 from harness.records import Record, iter_records
+from harness.records.curves import FOLDER as CURVES_FOLDER
+from harness.records.curves import read_curves
 from harness.report.fidelity_notes import record_notes
 from harness.report.judge import smoke_reasons, status_of
 
@@ -168,15 +170,15 @@ def _provenance(environment, device):
 
 
 def _records(roots, on_problem):
-    """Every record under the given folders (each folder once), tagged with where it was found."""
+    """(run folder, record) under the given folders (each folder once), tagged with where it was found."""
     kwargs = {"on_problem": on_problem} if on_problem else {}
     seen = set()
     for root, source in roots:
         if root is None or Path(root).resolve() in seen:
             continue
         seen.add(Path(root).resolve())
-        for _, record in iter_records(root, **kwargs):
-            yield dataclasses.replace(record, found_in=source)
+        for run_dir, record in iter_records(root, **kwargs):
+            yield run_dir, dataclasses.replace(record, found_in=source)
 
 
 def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEASURED):
@@ -185,8 +187,9 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
     Records come from runs_root and from measured_root (the measured records committed in
     tables/measured/; None to leave them out).
     """
-    evals, benches, notes = {}, {}, []
-    for record in _records([(runs_root, "runs"), (measured_root, "tables/measured")], on_problem):
+    evals, benches, notes, folders = {}, {}, [], {}
+    for run_dir, record in _records([(runs_root, "runs"), (measured_root, "tables/measured")], on_problem):
+        folders[id(record)] = run_dir
         model_id = record.model_id
         if model_id not in specs:
             notes.append(f"run {record.run_id} of '{model_id}' is not in the manifest: not shown")
@@ -201,11 +204,16 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
                              f"{specs[model_id].eval.protocol}: not compared")
                 continue
             evals.setdefault(model_id, []).append(record)
-    rows = []
+    rows, curves = [], []
     for model_id, spec in specs.items():
         found = evals.get(model_id, [])
         chosen = _latest([r for r in found if not r.smoke]) or _latest(found)
         rows.append(model_row(spec, chosen, tables))
+        trained = [r for r in found if (folders[id(r)] / CURVES_FOLDER).is_dir()]  # C-Tran: the training, not --known
+        shown = _latest([r for r in trained if not r.smoke]) or _latest(trained)
+        series = read_curves(folders[id(shown)]) if shown is not None else {}
+        if series:  # a training run's curves, from the TensorBoard events it wrote
+            curves.append({"model": model_id, "run_id": shown.run_id, "smoke": bool(shown.smoke), "series": series})
     cost = [bench_row(specs[key[0]], _latest(rs)) for key, rs in sorted(benches.items(), key=lambda kv: str(kv[0]))]
     for row in rows:  # a model's size does not depend on where it ran: any of its benches says it
         sized = [c for c in cost if c["model"] == row["model"] and c["params_m"] is not None]
@@ -213,7 +221,7 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
             row["params_m"], row["gflops"] = sized[0]["params_m"], sized[0]["gflops"]
 
     return {"models": rows, "cost": cost, "pick": pick_rows(rows, cost), "notes": notes,
-            "ctran": partial_rows(evals, specs)}
+            "ctran": partial_rows(evals, specs), "curves": curves}
 
 
 def pick_rows(rows, cost):
