@@ -26,6 +26,7 @@ COMMANDS = {
     "compare": "Paired comparison of two runs on the same images (bootstrap CI, permutation p).",
     "mlspl": "Single-positive-label (MLSPL) preparation, features and training.",
     "ctran": "C-Tran: label-mask training (evaluation with partial labels: `harness eval --known`).",
+    "export": "Export a finished run (record, metrics, training curves) to MLflow or Weights & Biases.",
 }
 
 
@@ -70,7 +71,8 @@ def build_parser(only=None):
             p.description = module.__doc__ or help_text
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
-        add_output_flags(p, argparse.SUPPRESS)
+        for each in _with_subcommands(p):  # `mlspl train -q` too
+            add_output_flags(each, argparse.SUPPRESS)
     parser.set_defaults(quiet=False, verbose=False, no_progress=False)
     return parser
 
@@ -84,6 +86,15 @@ def add_output_flags(parser, default):
     parser.add_argument("-v", "--verbose", action="store_true", default=default, help="also the library's debug lines")
     if "--no-progress" not in have:
         parser.add_argument("--no-progress", action="store_true", default=default, help="no progress bars")
+
+
+def _with_subcommands(parser):
+    """The parser and, depth first, the parsers of its own subcommands (mlspl train, ctran train)."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _with_subcommands(sub)
 
 
 def chosen_command(argv):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.models import ResNet101_Weights
 
-from harness import records
+from harness import progress, records
 from harness.checkpoints import sha256_of
 from harness.ctran import checkpoint as ckpt
 from harness.ctran import distributed, masks
@@ -65,7 +65,7 @@ STATE, LAST, BEST = "state.pt", "last.safetensors", "best.safetensors"
 
 
 def _say(text):
-    logger.warning(text)
+    progress.say(text)  # beside the bars, on stderr; --quiet hides it
 
 
 def split_rows(n, fraction, seed):
@@ -258,8 +258,8 @@ def _train(config, where):
         curves.epoch(epoch, train_loss=train_loss, learning_rate=lr_now, val_loss=val_loss, val_mAP=val_map)
         per_epoch = state["wall_s"] / epoch
         _say(f"epoch {epoch}/{epochs}  train loss {train_loss:.3f}  val loss {val_loss:.3f}  val mAP "
-             f"{val_map if val_map is None else round(val_map, 2)}  lr {lr_now:g}  ETA "
-             f"{(epochs - epoch) * per_epoch / 60:.1f} min")
+             f"{val_map if val_map is None else round(val_map, 2)}  lr {lr_now:g}  about "
+             f"{progress.duration((epochs - epoch) * per_epoch)} left")
     if rank:  # rank 0 scores the test set with the selected checkpoint and writes the record
         return None, None
     curves.close()

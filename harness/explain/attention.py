@@ -87,7 +87,18 @@ def upsample(grid_map, size):
 
 
 def figure_png(image, maps, labels, scores, title, max_side=448, random_weights=False):
-    """PNG bytes: per label a row (the image, each head, the mean of heads), maps overlaid on the image.
+    """PNG bytes of `attention_figure`."""
+    import matplotlib.pyplot as plt  # lazy: plotting loads slowly and only the PNG needs it
+
+    fig = attention_figure(image, maps, labels, scores, title, max_side, random_weights)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def attention_figure(image, maps, labels, scores, title, max_side=448, random_weights=False):
+    """A matplotlib figure: per label a row (the image, each head, the mean of heads), maps overlaid.
 
     One colour scale for every panel, with its colour bar and the uniform level (1 / (H x W), where
     a map that looks nowhere in particular sits) marked on it: near-uniform attention, as a random
@@ -136,7 +147,4 @@ def figure_png(image, maps, labels, scores, title, max_side=448, random_weights=
         fig.text(0.5, 1 - (0.7 + 0.38) / height, "RANDOM WEIGHTS: an untrained model, so these maps are not where "
                  "Query2Label looks", ha="center", va="center", fontsize=13, weight="bold", color="white",
                  bbox={"facecolor": "#b91c1c", "edgecolor": "none", "boxstyle": "square,pad=0.45"})
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return fig
