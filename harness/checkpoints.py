@@ -194,7 +194,6 @@ def read_state(path, *, sha256, cache_dir=None, name=None, trust=False, pinned_s
     safetensors copy when one exists for this sha256 (nothing unpickled), else safely unpickled."""
     cached = _cache_file(cache_dir, name or Path(path).stem, sha256) if cache_dir else None
     if cached is not None and cached.is_file():
-
         with safe_open(str(cached), "pt") as f:
             meta = f.metadata() or {}
         if meta.get("source_sha256") == sha256:

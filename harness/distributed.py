@@ -10,12 +10,21 @@ every rank stop with the same one line. Without torchrun (WORLD_SIZE unset or 1)
 """
 import os
 import socket
-import sys
 
 import torch
 import torch.distributed as dist
 
 from harness.errors import UserError
+
+
+def _env_int(name, default):
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{name}={text!r} is not a whole number; torchrun sets it: unset it to run one process")
 
 
 def pick_device(requested=None):
@@ -31,18 +40,28 @@ class World:
         self.rank, self.size, self.local_rank, self.backend = rank, size, local_rank, backend
 
     @classmethod
-    def from_env(cls, device):
-        size = int(os.environ.get("WORLD_SIZE", "1"))
-        if size < 2:
-            return cls()
+    def declared(cls):
+        """The place torchrun gave this process (RANK, WORLD_SIZE, LOCAL_RANK), before any group is
+        joined; one process without torchrun."""
+        rank, size, local_rank = (_env_int(name, default) for name, default in
+                                  (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+        if size < 1 or not 0 <= rank < size:
+            raise UserError(f"RANK={rank} of WORLD_SIZE={size} is not a place in a group; torchrun sets both: "
+                            f"unset them to run one process")
+        return cls(rank, size, local_rank)
 
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    @classmethod
+    def from_env(cls, device):
+        """This process's place, the process group joined when torchrun started several."""
+        declared = cls.declared()
+        if declared.size < 2:
+            return cls()
         if device == "cuda":
-            torch.cuda.set_device(local_rank)  # "cuda" is this rank's GPU from here on
+            torch.cuda.set_device(declared.local_rank)  # "cuda" is this rank's GPU from here on
         backend = "nccl" if device == "cuda" else "gloo"
         if not dist.is_initialized():
             dist.init_process_group(backend)
-        return cls(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+        return cls(dist.get_rank(), dist.get_world_size(), declared.local_rank, backend)
 
     @property
     def main(self):
@@ -94,8 +113,7 @@ def leave_process_group(finished):
     can abort the process ("terminate called without an active exception"; seen in about one launch
     in eight), which torchrun takes for a failed rank and answers by killing the others, rank 0
     perhaps mid-record. A rank that finished its command waits for the others first."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
+    if not dist.is_available() or not dist.is_initialized():
         return
     if finished:
         dist.barrier()

@@ -1,8 +1,9 @@
 """The exceptions a user meets: a UserError (one line, exit 2) and an interruption that says how to go on."""
 
 
-class UserError(Exception):
-    """Bad input from the user. The message names the problem and the fix."""
+class UserError(ValueError):
+    """Bad input from the user. The message names the problem and the fix. A ValueError, so Python
+    callers of the harness can catch it as one."""
 
 
 class Interrupted(KeyboardInterrupt):

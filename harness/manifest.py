@@ -85,9 +85,9 @@ class ModelSpec:
     released: bool  # False: no released weights, trained here
     files: dict = field(default_factory=dict)  # role ("checkpoint", "config") -> WeightFile
     eval: EvalSpec = None
-    train: dict | None = None  # MLSPL: {"loss", "mode"}; C-Tran: {"use_lmt", "known"}
+    train: dict | None = None  # MLSPL: {"loss", "mode"}; C-Tran: {"use_lmt", "known"}; Q2L: {"authors_labels"}
     manifest_path: Path | None = None  # the file it came from (its lock file sits beside it)
-    references: dict = field(default_factory=dict)  # reference_files id -> WeightFile, those eval names
+    references: dict = field(default_factory=dict)  # reference_files id -> WeightFile, those eval and train name
 
     @property
     def paper_map(self):
@@ -189,11 +189,18 @@ def _parse_entry(path, model_id, data, references=None):
         authors_labels=f.get(ev, "authors_labels", str, required=False, prefix="eval."),
     )
     refs = {}
-    if spec.authors_labels is not None:
-        if spec.authors_labels not in (references or {}):
-            f.fail("eval.authors_labels", f"names '{spec.authors_labels}', which is not under reference_files")
-        refs[spec.authors_labels] = references[spec.authors_labels]
+
+    def reference(name, ref_id):  # a reference file the entry names: it must exist
+        if ref_id is not None:
+            if ref_id not in (references or {}):
+                f.fail(name, f"names '{ref_id}', which is not under reference_files")
+            refs[ref_id] = references[ref_id]
+
+    reference("eval.authors_labels", spec.authors_labels)
     train = None
+    if family == "q2l" and "train" in data:  # the label file their training read
+        train = f.get(data, "train", dict)
+        reference("train.authors_labels", f.get(train, "authors_labels", str, required=False, prefix="train."))
     if family == "mlspl":
         train = f.get(data, "train", dict)
         f.get(train, "loss", str, prefix="train.")
@@ -244,7 +251,7 @@ def load_manifest(path=None):
 
 def _parse_references(path, data):
     """reference_files: {id: {filename, sha256, sources, git_blob}}: files of the authors' repositories
-    that their evaluation read (not weights), fetched and verified as weights are."""
+    that their evaluation or training read (not weights), fetched and verified as weights are."""
     if not isinstance(data, dict):
         raise UserError(f"{path}: 'reference_files' must map ids to files")
     return {ref: _parse_files(_Field(path.name, ref), {"file": spec})["file"] for ref, spec in data.items()}

@@ -65,14 +65,11 @@ def bench_config(args):
 def run(args):
     _check_args(args)
 
-
     parse_size_mib(args.vram_budget)  # a bad budget fails before any model is built
     config = bench_config(args)
     specs = models_to_run(args.model, args.manifest)
     device = pick_device(args.device)
     check_runs_root(args.runs)  # before minutes of measuring, not after
-
-
 
     baseline = nvml_baseline_mib(device)  # before this process allocates anything on the GPU
     env = environment()

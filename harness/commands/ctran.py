@@ -50,9 +50,9 @@ def run(args):
                               scale=args.scale, crop=args.crop, tiny=args.tiny, backbone=args.backbone,
                               holdout=args.holdout, limit=args.limit, device=args.device, workers=args.workers,
                               runs_root=args.runs, resume=args.resume, progress=not args.no_progress)
-    run_dir, record = train(config)
-    if record is not None:  # under torchrun only rank 0 has one
-        _print(record, run_dir)
+    finished = train(config)
+    if finished.record is not None:  # under torchrun only rank 0 has one
+        _print(finished.record, finished.run_dir)
 
 
 def _print(record, run_dir):

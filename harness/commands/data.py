@@ -45,7 +45,6 @@ def _smoke(args):
 
 def _coco(args):
     if args.download:
-
         fetch_coco(args.root, splits=("annotations", *args.splits))
     for split in args.splits:
         labels = load_labels(args.root, split, "all")

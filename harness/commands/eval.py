@@ -6,10 +6,10 @@ Several models of one resolution are scored from one decode of the images.
 """
 
 
-import os
 
 from harness.commands import add_runs_argument
 from harness.commands.ctran import evaluate as evaluate_ctran
+from harness.distributed import World
 from harness.errors import UserError
 from harness.eval.config import EvalConfig
 from harness.eval.run import evaluate_many
@@ -61,7 +61,7 @@ def run(args):
     if args.known or args.draw != "ctran":
         raise UserError(f"--known and --draw are for C-Tran models only; {specs[0].id} is {specs[0].family}")
     config = eval_config(args)
-    quiet_rank = os.environ.get("RANK", "0") != "0"  # torchrun: rank 0 says the results (and any failure, once)
+    quiet_rank = not World.declared().main  # torchrun: rank 0 says the results (and any failure, once)
     try:
         results = evaluate_many(specs, config)
     except UserError:

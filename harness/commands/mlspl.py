@@ -77,25 +77,20 @@ def add_arguments(parser):
 
 def run(args):
     if args.action == "prepare":
-
         meta = prepare(args.coco_root, args.out)
         print(f"wrote {args.out}: train {meta['counts']['train']}, val {meta['counts']['val']}, "
               f"test {meta['counts']['test']} images")
     elif args.action == "extract-features":
-
         config = FeatureConfig(resolution=args.resolution, batch_size=args.batch_size, device=pick_device(args.device),
                                workers=args.workers, random_weights=args.random_weights, seed=args.seed)
         out = extract_features(args.data, args.coco_root, args.out, config)
         print(f"features in {out}")
     elif args.action == "fetch-features":
-
         for path in fetch_features(args.out, args.key, args.cache):
             print(path)
     elif args.action == "compare-features":
-
         print(json.dumps(compare_features(args.ours, args.theirs, args.sample), indent=1))
     elif args.action == "train":
-
         finished = train_and_evaluate(train_config(args))
         if finished is None:  # a torchrun rank other than 0: rank 0 writes and prints
             return

@@ -50,7 +50,6 @@ def _render(args):
         raise UserError(f"measured records folder not found: {measured}; pass --measured DIR or --measured none")
     compare = None
     if args.compare:
-
         compare = compare_runs(*(load_run(find_run(args.runs, name)) for name in args.compare),
                                protocol=args.compare_protocol, common_images=args.compare_common_images,
                                progress=lambda m: print(f"harness report: {m}", file=sys.stderr))

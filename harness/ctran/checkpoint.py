@@ -29,7 +29,6 @@ def read(path):
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; pass the best.safetensors of a `harness ctran train` run")
     if path.suffix == ".safetensors":
-
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}

@@ -14,7 +14,7 @@ from torchvision import transforms as T
 
 from harness.ctran import masks
 from harness.data.images import load_rgb
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SquishResize
 
 SCALE, CROP = 640, 576
 TRAIN_CROPS = (640, 576, 512, 384, 320)
@@ -27,14 +27,15 @@ def train_transform(scale=SCALE, crop=CROP):
     loop seeds both. `scale`/`crop` other than 640/576 are for smoke runs: the crop sizes scale too.
     """
     crops = [max(1, round(c * scale / SCALE)) for c in TRAIN_CROPS]
-    return T.Compose([T.Resize((scale, scale)), T.RandomChoice([T.RandomCrop(c) for c in crops]),
-                      T.Resize((crop, crop)), T.RandomHorizontalFlip(), T.ToTensor(),
+    return T.Compose([SquishResize(scale), T.RandomChoice([T.RandomCrop(c) for c in crops]),
+                      SquishResize(crop), T.RandomHorizontalFlip(), T.ToTensor(),
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def eval_transform(scale=SCALE, crop=CROP):
-    """Theirs: squish to 640, centre crop 576, ImageNet normalisation."""
-    return T.Compose([T.Resize((scale, scale)), T.CenterCrop(crop), T.ToTensor(),
+    """Theirs: squish to 640, centre crop 576, ImageNet normalisation (squish: Resize((S, S)) with the
+    bits of the Pillow they ran, harness.data.images.resize_bilinear)."""
+    return T.Compose([SquishResize(scale), T.CenterCrop(crop), T.ToTensor(),
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 

@@ -11,49 +11,27 @@ computed them per GPU; CPU has no SyncBatchNorm). Label masks are keyed by image
 process draws the same mask for an image; crops and flips are seeded per (seed, epoch, rank).
 Validation is sharded too and gathered; only rank 0 writes files.
 """
-import os
-
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 
-def world():
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def setup(device):
-    """Join the process group when started by torchrun; returns (rank, world size, device)."""
-    rank, size, local = world()
-    if size == 1:
-        return 0, 1, device
-    if device == "cuda":
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return rank, size, device
-
-
-def wrap(model, device, size):
-    if size == 1:
+def wrap(model, device, world):
+    if world.size == 1:
         return model
     # torchvision's fc is kept for their keys but never used: DDP would wait forever for its gradient
     # (and skip reducing its bucket); Adam skips it either way, so freezing it changes nothing.
     model.backbone.base_network.fc.requires_grad_(False)
     if str(device).startswith("cuda"):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return DistributedDataParallel(model, device_ids=[torch.device(device).index])
+        return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])
     return DistributedDataParallel(model)
 
 
-def gather(tensors, size):
+def gather(tensors, world):
     """Concatenate each process's list of CPU tensors (same order on every process)."""
-    if size == 1:
+    if world.size == 1:
         return tensors
-    parts = [None] * size
-    dist.all_gather_object(parts, tensors)
+    parts = world.gather(tensors)
     return [torch.cat([p[i] for p in parts]) for i in range(len(tensors))]
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.models import ResNet101_Weights
@@ -50,13 +49,13 @@ from harness.ctran.record import (
 from harness.ctran.run_folder import open_run
 from harness.data.coco import check_images, fingerprint, load_labels
 from harness.data.loader import usable_cores
-from harness.distributed import pick_device
+from harness.distributed import World, pick_device
 from harness.errors import Interrupted, UserError
 from harness.manifest import get_spec
 from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.models.ctran import CTran
 from harness.progress import bar, bars_enabled
-from harness.records import utc_now
+from harness.records import FinishedRun, utc_now
 from harness.records.curves import TrainingCurves
 
 logger = logging.getLogger(__name__)
@@ -75,13 +74,14 @@ def split_rows(n, fraction, seed):
     return np.sort(perm[: n - n_val]), np.sort(perm[n - n_val:])
 
 
-def _loader(dataset, batch_size, workers, shuffle=False, seed=0, size=1, rank=0, epoch=0):
+def _loader(dataset, batch_size, workers, shuffle=False, seed=0, world=None, epoch=0):
     """Their DataLoader (shuffled for training); with several processes, this process's shard."""
+    world = world or World()
     g = torch.Generator().manual_seed(seed)
     workers = usable_cores() if workers is None else workers
-    if size == 1:
+    if world.size == 1:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g)
-    sampler = DistributedSampler(dataset, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed)
+    sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=shuffle, seed=seed)
     sampler.set_epoch(epoch)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=g)
 
@@ -92,11 +92,12 @@ def unknown_loss(pred, labels, mask, use_lmt):
     return ((mask == -1).float() * loss).sum() if use_lmt else loss.sum()
 
 
-def predict(model, loader, device, use_lmt, progress=False, size=1, on_batch=None):
+def predict(model, loader, device, use_lmt, progress=False, world=None, on_batch=None):
     """(logits, masks, rows, summed unknown-entry loss / N) as their run_epoch in eval mode.
 
     With several processes each scores its shard; the shards are gathered (rows a padded sampler
     repeats are kept once) and every process returns the same arrays."""
+    world = world or World()
     model.eval()
     logits, all_labels, all_masks, rows = [], [], [], []
     with torch.no_grad():
@@ -108,7 +109,7 @@ def predict(model, loader, device, use_lmt, progress=False, size=1, on_batch=Non
             all_labels.append(labels)
             all_masks.append(mask)
             rows.append(row)
-    logits, labels, masks_, rows = gather([torch.cat(x) for x in (logits, all_labels, all_masks, rows)], size)
+    logits, labels, masks_, rows = gather([torch.cat(x) for x in (logits, all_labels, all_masks, rows)], world)
     _, first = np.unique(rows.numpy(), return_index=True)
     keep = torch.as_tensor(np.sort(first))
     logits, labels, masks_, rows = logits[keep], labels[keep], masks_[keep], rows[keep]
@@ -142,7 +143,6 @@ def load_backbone_weights(model, source):
         state = ResNet101_Weights.IMAGENET1K_V1.get_state_dict(progress=bars_enabled())
         info = {"source": "torchvision ResNet101_Weights.IMAGENET1K_V1", "sha256": None}
     else:
-
         state = torch.load(source, map_location="cpu", weights_only=True)
         info = {"source": str(source), "sha256": sha256_of(source)}
     ckpt.load_into(model.backbone.base_network, state, source)
@@ -182,7 +182,7 @@ def load_training_data(config):
 
 def train(config):
     """Train C-Tran as `config` (CtranTrainConfig) asks, then score val2014 with the selected
-    checkpoint; returns (run folder, record), (None, None) on ranks other than 0."""
+    checkpoint; returns its FinishedRun (the record None on torchrun ranks other than 0)."""
     where = {}  # the run folder and its state, once known: an interruption names them
     try:
         return _train(config, where)
@@ -196,25 +196,23 @@ def train(config):
 
 
 def _train(config, where):
-    rank, size, device = distributed.setup(pick_device(config.device))
-    if config.batch_size % size:
-        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {size} processes; "
+    device = pick_device(config.device)
+    world = World.from_env(device)  # under torchrun "cuda" is this rank's GPU from here on
+    if config.batch_size % world.size:
+        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {world.size} processes; "
                         "pass a multiple")
     data = load_training_data(config)
-    settings = {**config.settings(), "n_train": len(data.train_rows), "n_val": len(data.val_rows), "processes": size}
-    run_dir = open_run(config, settings) if rank == 0 else None
-    if size > 1:  # every process reads the same run folder (resume state); only rank 0 writes
-
-        shared = [run_dir]
-        dist.broadcast_object_list(shared, src=0)
-        run_dir = shared[0]
+    settings = {**config.settings(), "n_train": len(data.train_rows), "n_val": len(data.val_rows),
+                "processes": world.size}
+    # every process reads the same run folder (resume state); only rank 0 writes
+    run_dir = world.broadcast(open_run(config, settings) if world.main else None)
 
     where["run_dir"] = run_dir
     model, optimizer, scheduler, state = _start(config, run_dir, device)
     where["state"] = state
-    if state["epoch"] and rank == 0:
+    if state["epoch"] and world.main:
         _say(f"resuming {run_dir} after epoch {state['epoch']}/{config.epochs}")
-    net = distributed.wrap(model, device, size)
+    net = distributed.wrap(model, device, world)
 
     seed, epochs, scale, crop, arch = config.seed, config.epochs, config.scale, config.crop, config.arch
     train_set = MaskedImages(data.root, data.train_labels, train_transform(scale, crop),
@@ -222,25 +220,25 @@ def _train(config, where):
     val_set = MaskedImages(data.root, data.val_labels, eval_transform(scale, crop), TestDraw(known=0),
                            rows=data.val_rows)
     train_reasons = training_reasons(config)  # the checkpoint carries them
-    batch = config.batch_size // size
-    curves = TrainingCurves(run_dir) if rank == 0 else None  # run_dir/tensorboard, live
+    batch = config.batch_size // world.size
+    curves = TrainingCurves(run_dir) if world.main else None  # run_dir/tensorboard, live
     for epoch in range(state["epoch"] + 1, epochs + 1):
         t0 = time.perf_counter()
-        random.seed(f"ctran-epoch:{seed}:{epoch}" + (f":{rank}" if size > 1 else ""))
-        torch.manual_seed(seed * 100003 + epoch + 7919 * rank)
+        random.seed(f"ctran-epoch:{seed}:{epoch}" + (f":{world.rank}" if world.size > 1 else ""))
+        torch.manual_seed(seed * 100003 + epoch + 7919 * world.rank)
         train_set.epoch = epoch
         lr_now = optimizer.param_groups[0]["lr"]
-        shown = config.progress and rank == 0
+        shown = config.progress and world.main
         train_loss = train_epoch(net, _loader(train_set, batch, config.workers, True, seed * 100003 + epoch,
-                                              size, rank, epoch), optimizer, device, config.use_lmt, shown, size)
-        logits, val_masks, rows, val_loss = predict(net, _loader(val_set, batch, config.workers, size=size,
-                                                                 rank=rank), device, config.use_lmt, shown, size)
+                                              world, epoch), optimizer, device, config.use_lmt, shown, world.size)
+        logits, val_masks, rows, val_loss = predict(net, _loader(val_set, batch, config.workers, world=world),
+                                                    device, config.use_lmt, shown, world)
         val_map = compute_ctran_metrics(torch.sigmoid(logits).numpy(), data.val_labels.labels[rows],
                                         val_masks.numpy())["mAP"]
         scheduler.step(val_loss)
         if val_map is not None and val_map >= state["best_mAP"]:  # their >=: a tie goes to the later epoch
             state["best_mAP"], state["best_epoch"] = val_map, epoch
-            if rank == 0:
+            if world.main:
                 ckpt.save(run_dir / BEST, model, arch, {"epoch": epoch, "selection": config.selection,
                                                         "val_mAP": val_map, "scale": scale, "crop": crop,
                                                         "smoke_reasons": train_reasons})
@@ -248,7 +246,7 @@ def _train(config, where):
         state["wall_s"] += time.perf_counter() - t0
         state["history"].append({"epoch": epoch, "lr": lr_now, "train_loss": train_loss, "val_loss": val_loss,
                                  "val_mAP": val_map})
-        if rank:
+        if not world.main:
             continue
         ckpt.save(run_dir / LAST, model, arch, {"epoch": epoch})
         tmp = run_dir / (STATE + ".tmp")
@@ -260,8 +258,8 @@ def _train(config, where):
         _say(f"epoch {epoch}/{epochs}  train loss {train_loss:.3f}  val loss {val_loss:.3f}  val mAP "
              f"{val_map if val_map is None else round(val_map, 2)}  lr {lr_now:g}  about "
              f"{progress.duration((epochs - epoch) * per_epoch)} left")
-    if rank:  # rank 0 scores the test set with the selected checkpoint and writes the record
-        return None, None
+    if not world.main:  # rank 0 scores the test set with the selected checkpoint and writes the record
+        return FinishedRun(run_dir, None)
     curves.close()
     return _finish_training(Trained(config, run_dir, settings, state, data.test_rows), device)
 
@@ -292,7 +290,7 @@ def _finish_training(trained, device):
         raise UserError(f"{run_dir}: no epoch gave a validation mAP (no positives in the validation images?)")
     test = CtranEvalConfig(weights=str(run_dir / BEST), coco_root=config.coco_root, model_ids=(config.model_id,),
                            known_percents=(0,), device=device, workers=config.workers, batch_size=config.batch_size)
-    return run_dir, evaluate_checkpoint(test, trained)[0]
+    return FinishedRun(run_dir, evaluate_checkpoint(test, trained)[0])
 
 
 def evaluate_checkpoint(config, trained=None):

@@ -1,4 +1,4 @@
-"""The label file the authors' evaluation read, checked against the labels built from the json.
+"""The label files the authors' evaluation and training read, checked against the labels built from the json.
 
 Query2Label's loader reads `data/coco/val_label_vectors_coco14.npy` (committed in their repository,
 binarised with `> 0`) whenever it exists, and builds labels from instances_val2014.json only when it
@@ -6,7 +6,10 @@ does not: their published mAP was computed against that file. So on every run of
 manifest entry names such a file (`eval.authors_labels`) it is fetched (verified like the weights)
 and compared with the json labels: rows, order and values. When they differ, the metrics use the
 authors' file (that is what their number means) and the record gives the json-label mAP beside it.
-The smoke subset is not checked (the file is for the real val2014).
+Their training reads `data/coco/train_label_vectors_coco14.npy` the same way (`train.authors_labels`):
+`choose_train_labels` checks it against instances_train2014.json alike, and training uses the
+authors' file where they differ (what their runs learnt from).
+The smoke subset is not checked (the files are for the real val2014 and train2014).
 """
 import logging
 from dataclasses import dataclass, field
@@ -44,9 +47,10 @@ def reference_spec(spec, ref_id):
                      files={"labels": spec.references[ref_id]}, eval=None, manifest_path=spec.manifest_path)
 
 
-def fetch_authors_labels(spec, **options):
-    """The verified local path of the label file `spec` names (options: those of download.fetch)."""
-    return fetch(reference_spec(spec, spec.eval.authors_labels), "labels", **options)
+def fetch_authors_labels(spec, ref_id=None, **options):
+    """The verified local path of the label file `ref_id` (default: the one `spec`'s evaluation names;
+    options: those of download.fetch)."""
+    return fetch(reference_spec(spec, ref_id or spec.eval.authors_labels), "labels", **options)
 
 
 def read_label_file(path):
@@ -60,8 +64,13 @@ def read_label_file(path):
     return (values > 0).astype(np.uint8)
 
 
-def compare(authors, json_labels):
-    """Rows, order and values of the authors' labels against the json's: the record's `check`."""
+EVAL_USE = "metrics use the authors' file, the json-label mAP is given beside it"
+TRAIN_USE = "training learns from the authors' file, as theirs did"
+
+
+def compare(authors, json_labels, use=EVAL_USE):
+    """Rows, order and values of the authors' labels against the json's: the record's `check` (`use`:
+    what the run does with the authors' file when they differ)."""
     check = {"rows_authors_file": int(authors.shape[0]), "rows_json": int(json_labels.shape[0])}
     if authors.shape != json_labels.shape:
         return {**check, "status": "shape differs",
@@ -77,15 +86,24 @@ def compare(authors, json_labels):
     check["same_rows_other_order"] = bool(reordered)
     how = "the same rows in another order" if reordered else "other values"
     return {**check, "status": "differ",
-            "message": f"{len(differ)} of {len(authors)} label rows differ from the authors' file ({how}); "
-                       f"metrics use the authors' file, the json-label mAP is given beside it"}
+            "message": f"{len(differ)} of {len(authors)} label rows differ from the authors' file ({how}); {use}"}
 
 
 def choose_labels(spec, coco_root, coco_labels, *, weights_dir=None, cache_dir=None):
     """The labels this run's metrics use, and what the record says about them."""
+    return _choose(spec, spec.eval.authors_labels, coco_root, coco_labels, weights_dir, cache_dir, EVAL_USE)
+
+
+def choose_train_labels(spec, coco_root, coco_labels, *, weights_dir=None, cache_dir=None):
+    """The train2014 labels a training of `spec` learns from (the file its `train.authors_labels` names,
+    where it differs from the json's), and what the record says about them."""
+    ref_id = (spec.train or {}).get("authors_labels")
+    return _choose(spec, ref_id, coco_root, coco_labels, weights_dir, cache_dir, TRAIN_USE)
+
+
+def _choose(spec, ref_id, coco_root, coco_labels, weights_dir, cache_dir, use):
     json_labels = coco_labels.labels
     plain = {"used": "instances json"}
-    ref_id = spec.eval.authors_labels
     if ref_id is None:
         return LabelChoice(json_labels, {**plain, "check": None}, json_labels)
     source = {"id": ref_id, "git_blob": spec.references[ref_id].git_blob,
@@ -94,7 +112,7 @@ def choose_labels(spec, coco_root, coco_labels, *, weights_dir=None, cache_dir=N
         return LabelChoice(json_labels, {**plain, "authors_file": source, "check": {
             "status": "skipped", "message": "smoke subset: not compared with the authors' label file"}}, json_labels)
     try:
-        path = fetch_authors_labels(spec, weights_dir=weights_dir, cache_dir=cache_dir, quiet=True)
+        path = fetch_authors_labels(spec, ref_id, weights_dir=weights_dir, cache_dir=cache_dir, quiet=True)
         authors = read_label_file(path)
     except UserError as e:
         logger.warning(f"warning: {spec.id}: the authors' label file could not be had, so the labels were not checked "
@@ -105,7 +123,7 @@ def choose_labels(spec, coco_root, coco_labels, *, weights_dir=None, cache_dir=N
     cached = read_record(path)
     sha = cached["sha256"] if cached and unchanged_since(path, cached) else file_digest(path)
     source.update(path=str(path), sha256=sha)
-    check = compare(authors, json_labels)
+    check = compare(authors, json_labels, use)
     if check["status"] != "differ":
         return LabelChoice(json_labels, {**plain, "authors_file": source, "check": check}, json_labels)
     logger.warning(f"{spec.id}: {check['message']}")

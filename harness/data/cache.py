@@ -22,11 +22,14 @@ from torch.utils.data import Dataset
 from harness.data.images import DECODE_ERRORS, UnreadableImages, load_rgb, reason
 
 IMAGES, CHECKSUMS, META = "images.npy", "crc32.npy", "cache.json"
+# The resize the cache stores, by version: 2 is resize_bilinear (width then height, the authors'
+# Pillow's bits); a cache of version 1 (Pillow's own order, which Pillow 13 changed) is never reused.
+RESIZE_VERSION = 2
 
 
 def cache_key(folder, names, resolution):
-    """Changes when an image file, the list, the size or Pillow (whose resize it stores) changes."""
-    h = hashlib.sha256(f"{Path(folder).resolve()}|{resolution}|{PIL.__version__}".encode())
+    """Changes when an image file, the list, the size, Pillow or the resize it stores changes."""
+    h = hashlib.sha256(f"{Path(folder).resolve()}|{resolution}|{PIL.__version__}|resize {RESIZE_VERSION}".encode())
     for name in names:
         st = (Path(folder) / name).stat()
         h.update(f"|{name}:{st.st_size}:{st.st_mtime_ns}".encode())

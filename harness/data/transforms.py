@@ -3,20 +3,29 @@
 The loader ships the resize output as it is, uint8 (a quarter of the bytes of float32), and the
 rest runs where the model runs: `to_model_input` is ToTensor's `.float().div(255)` and
 Normalize's `.sub(mean).div(std)` as the same separate float32 operations, each exactly rounded
-on CPU and GPU alike, so it gives the very bits of `eval_transform` (tests/fixtures/test_loader.py).
+on CPU and GPU alike, so it gives the very bits of `eval_transform` (tests/data/test_loader.py).
 """
 import numpy as np
 import torch
-from PIL import Image
+
+from harness.data.images import resize_bilinear
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _resize(resolution):
-    from torchvision import transforms as T  # lazy: a second per process, and TResNet models need none of it
+class SquishResize:
+    """The authors' Resize((S, S)) (torchvision, PIL bilinear, no aspect kept) with the bits of the
+    Pillow they ran (harness.data.images.resize_bilinear): a PIL image in, a PIL image out."""
 
-    return T.Resize((resolution, resolution), interpolation=T.InterpolationMode.BILINEAR)
+    def __init__(self, resolution):
+        self.size = (resolution, resolution)
+
+    def __call__(self, image):
+        return resize_bilinear(image, self.size)
+
+    def __repr__(self):
+        return f"SquishResize({self.size[0]})"
 
 
 def eval_transform(eval_spec):
@@ -24,7 +33,7 @@ def eval_transform(eval_spec):
     (the authors' CPU path: the reference that `ResizeToUint8` + `to_model_input` reproduce)."""
     from torchvision import transforms as T  # lazy: a second per process, and TResNet models need none of it
 
-    steps = [_resize(eval_spec.resolution), T.ToTensor()]
+    steps = [SquishResize(eval_spec.resolution), T.ToTensor()]
     if eval_spec.normalize == "imagenet":
         steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
     # "none": TResNet models take inputs in [0, 1] (the authors' mean 0 / std 1).
@@ -36,15 +45,14 @@ class ResizeToUint8:
 
     torchvision's Resize((S, S)) + PILToTensor on a PIL image are Pillow's bilinear resize (none when
     the image is already S x S) and the HWC -> CHW bytes; written here with Pillow alone, because
-    importing torchvision costs each process about a second (it loads torch._dynamo). The test
-    holds it to torchvision's transform bit for bit."""
+    importing torchvision costs each process about a second (it loads torch._dynamo), and with the
+    resize of the Pillow the authors ran (resize_bilinear; tests/data/test_resize.py)."""
 
     def __init__(self, resolution):
         self.size = (resolution, resolution)
 
     def __call__(self, image):
-        if image.size != self.size:
-            image = image.resize(self.size, Image.Resampling.BILINEAR)
+        image = resize_bilinear(image, self.size)
         return torch.from_numpy(np.array(image, copy=True)).view(*self.size[::-1], -1).permute(2, 0, 1)
 
 

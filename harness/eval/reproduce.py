@@ -4,14 +4,13 @@ Models whose complete, non-smoke run already exists are skipped; a model that fa
 stop the others, and every failure is listed at the end with its reason.
 """
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from harness.data.coco import SPLIT_SIZES, annotation_path, check_images, load_labels
-from harness.distributed import pick_device
+from harness.distributed import World, pick_device
 from harness.errors import UserError
 from harness.eval.run import evaluate_many
 from harness.manifest import load_manifest, resolve_id
@@ -90,7 +89,7 @@ def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, fo
         except Exception as e:  # one model alone raises its error: it is that model's failure
             results = {runnable[0].id: e} if len(runnable) == 1 else {s.id: e for s in runnable}
 
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports (every rank scored its shard)
+    if not World.declared().main:  # torchrun: rank 0 reports (every rank scored its shard)
         return 1 if any(isinstance(r, BaseException) for r in results.values()) else 0
 
     def job(spec):

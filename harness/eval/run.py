@@ -11,7 +11,6 @@ model again.
 import contextlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -149,7 +148,7 @@ def _attempt(results, key, single, work):
 
 def _record_failure(results, key, error):
     results[key] = error
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says every rank's failures
+    if World.declared().main:  # under torchrun, rank 0 says every rank's failures
         logger.warning(f"{key}: FAILED: {_line(error)}")
 
 

@@ -71,7 +71,6 @@ def models_to_run(name, manifest=None):
 def _device_info(device):
     """The device and the backend flags that change its speed (TF32, cuDNN autotuning)."""
     if device == "cuda":
-
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         return {"type": "cuda", "index": index, "name": props.name, "uuid": cuda_uuid(device),

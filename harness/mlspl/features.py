@@ -107,7 +107,6 @@ class ImageRows:
             if position in mine:
                 items.append(self[row])
             elif self.flip:
-
                 torch.rand(1)  # RandomHorizontalFlip's draw for another rank's image
         return items
 
@@ -118,7 +117,6 @@ def load_imagenet_v1(model):
     The file is taken from torch's hub cache ($TORCH_HOME/hub/checkpoints/resnet50-0676ba61.pth);
     when absent, torchvision downloads it there (which needs the internet).
     """
-
 
     path = Path(torch.hub.get_dir()) / "checkpoints" / V1_FILE
     if not path.is_file() and is_offline():

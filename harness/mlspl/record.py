@@ -22,7 +22,6 @@ def save_checkpoints(run_dir, point, train_rows):
     save_file(head, run_dir / CLASSIFIER, metadata={"format": "MLSPLResNet50 state dict"})
     paths = {"classifier": str(run_dir / CLASSIFIER)}
     if point.table is not None:
-
         save_file({"logits": point.table.contiguous(), "rows": torch.as_tensor(train_rows, dtype=torch.int64)},
                   run_dir / ESTIMATOR, metadata={"format": "ROLE label estimator: sigmoid(logits) = estimates"})
         paths["label_estimator"] = str(run_dir / ESTIMATOR)

@@ -12,6 +12,11 @@ import pynvml
 from PIL import features
 
 from harness import __version__
+
+try:
+    from harness import _version  # written by setuptools-scm at install time
+except ImportError:  # a source tree never installed
+    _version = None
 from harness.manifest import PACKAGE_DATA, REPO_ROOT
 from harness.measure.nvml import handle_by_uuid
 
@@ -42,6 +47,13 @@ def _git(*args):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def built_from():
+    """(commit, dirty) that harness/_version.py names (None, None without one: a source tree never
+    installed, or a version from outside git)."""
+    node = getattr(_version, "__commit__", "") or ""
+    return (node[1:], getattr(_version, "__dirty__", None)) if node.startswith("g") and len(node) > 8 else (None, None)
+
+
 def _gpu(torch, device_index):
     """Name, driver, uuid and memory of torch's GPU `device_index`, from NVML (asked by UUID:
     CUDA_VISIBLE_DEVICES renumbers indices), else from torch, else None."""
@@ -49,8 +61,6 @@ def _gpu(torch, device_index):
     if torch is not None and torch.cuda.is_available():
         uuid = torch.cuda.get_device_properties(device_index).uuid
     try:
-
-
         pynvml.nvmlInit()
         try:
             handle = handle_by_uuid(uuid)[0] if uuid else pynvml.nvmlDeviceGetHandleByIndex(device_index)
@@ -107,10 +117,12 @@ def image_libraries():
 
 
 def code_version():
-    """{harness, git_commit, git_dirty}: the harness's version and the commit of its checkout (null
-    for an installed wheel; HARNESS_GIT_COMMIT names the commit of a copy without .git)."""
+    """{harness, git_commit, git_dirty}: the harness's version and the commit of its checkout (an
+    installed wheel: the commit it was built from; HARNESS_GIT_COMMIT names that of a copy without .git)."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
+        commit, status = built_from()
     if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
         commit = os.environ.get("HARNESS_GIT_COMMIT") or None
     return {"harness": __version__, "git_commit": commit, "git_dirty": None if status is None else bool(status)}

@@ -7,6 +7,7 @@ import torch.multiprocessing as mp
 
 from harness.ctran import distributed
 from harness.ctran.run import train_step
+from harness.distributed import World
 from harness.models.ctran import CTran
 
 
@@ -31,12 +32,12 @@ def _worker(rank, port, out):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    rank, size, device = distributed.setup("cpu")
+    world = World.from_env("cpu")
     model = _model()
-    net = distributed.wrap(model, device, size)
-    images, labels, mask = (t[2 * rank: 2 * rank + 2] for t in _batch())
-    train_step(net, torch.optim.SGD(model.parameters(), lr=0.0), images, labels, mask, True, size)
-    if rank == 0:
+    net = distributed.wrap(model, "cpu", world)
+    images, labels, mask = (t[2 * world.rank: 2 * world.rank + 2] for t in _batch())
+    train_step(net, torch.optim.SGD(model.parameters(), lr=0.0), images, labels, mask, True, world.size)
+    if world.main:
         torch.save(_grads(model), out)
     torch.distributed.destroy_process_group()
 

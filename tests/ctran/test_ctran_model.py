@@ -4,9 +4,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from paths import FIXTURES
 
 from harness.models.ctran import CTran
-from paths import FIXTURES
 
 DATA = FIXTURES
 sys.path.insert(0, str(FIXTURES))
