@@ -1,3 +1,4 @@
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -14,8 +15,17 @@ import yaml
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
+from harness.cli import configure_logging
 from harness.data.smoke import make_smoke
 from harness.manifest import read_yaml
+
+
+@pytest.fixture(autouse=True)
+def library_log_as_the_cli_shows_it():
+    """The library's log lines on stdout/stderr as under `harness ...` (INFO shown), whatever test ran
+    before in this process (main() installs the same handler; `-q` raises the level): tests read
+    them with capsys."""
+    configure_logging(argparse.Namespace(quiet=False, verbose=False, no_progress=False))
 
 
 @pytest.fixture(scope="session")
