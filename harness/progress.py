@@ -1,7 +1,8 @@
 """What a long step is doing, said as it happens: every step that can take more than a few seconds
 names itself, and a step with a count draws a bar with its ETA.
 
-    step(what)        a context manager: logs "what ..." as it starts and, past a second, "what: done in 12 s"
+    step(what)        a context manager: "what ..." once it has run a second (a quick step, or a quick
+                      failure, says nothing) and, past a second, "what: done in 12 s" as it ends
     bar(total, desc)  a tqdm bar on stderr with its ETA (a silent one under --no-progress)
     Ticker(bars)      redraws bars every second from a thread, so their elapsed time moves while
                       one long call runs (a batch that holds every image, a model being built)
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 logger = logging.getLogger(__name__)
 
 clock = time.monotonic
+SAY_AFTER_S = 1.0  # a step says what it is doing once it has run this long; 0: at once (tests)
 _bars = {"enabled": True}
 
 
@@ -54,11 +56,20 @@ def say(line: str) -> None:
 
 @contextmanager
 def step(what: str):
-    """Say `what` as it starts and, when it took a second or more, how long (not when it fails: the
-    error says why)."""
+    """Say `what` once it has run SAY_AFTER_S and, when it took a second or more, how long (not when
+    it fails: the error says why, alone when it came quickly)."""
     start = clock()
-    say(f"{what} ...")
-    yield
+    timer = threading.Timer(SAY_AFTER_S, say, [f"{what} ..."]) if SAY_AFTER_S > 0 else None
+    if timer is None:
+        say(f"{what} ...")
+    else:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
     took = clock() - start
     if took >= 1.0:
         say(f"{what}: done in {duration(took)}")

@@ -148,7 +148,7 @@ def _say(enabled, total):
         done = epoch - first[0] + 1  # epochs count from 0
         left = (progress.clock() - start) / done * (total - epoch - 1)
         logger.info(f"  epoch {epoch + 1}/{total}: val mAP " + " ".join(f"{m:.2f}" for m in val_maps) +
-                    f" (about {progress.duration(left)} left for this grid point)")
+                    f" (ETA {progress.duration(left)} for this grid point)")
     return say
 
 

@@ -73,7 +73,7 @@ def html_page(data, tables):
         body.append("<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")
     images = plots(data)
     for name, png in images.items():
-        body.append(_html_image(name.replace("_", " "), png))
+        body.append(_html_image(name.replace("_", " "), png, alt=name))
     if data["cost"] or any(r["run_id"] for r in data["models"]):
         if "vram_vs_speed" not in images:
             body.append(f"<p class='note'>{escape(NO_VRAM_PLOT)}</p>")
@@ -96,8 +96,8 @@ def html_page(data, tables):
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def _html_image(name, png, level=2):
-    return (f'<h{level}>{escape(name)}</h{level}><img alt="{escape(name)}" '
+def _html_image(title, png, level=2, alt=None):
+    return (f'<h{level}>{escape(title)}</h{level}><img alt="{escape(alt or title)}" '
             f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
 
 

@@ -35,9 +35,10 @@ def manifest(tmp_path):
 
 @pytest.fixture()
 def fake_clock(monkeypatch):
-    """Each reading of the progress clock is 2.5 s after the last."""
+    """Each reading of the progress clock is 2.5 s after the last; steps say what they do at once."""
     ticks = itertools.count(0.0, 2.5)
     monkeypatch.setattr(progress, "clock", lambda: next(ticks))
+    monkeypatch.setattr(progress, "SAY_AFTER_S", 0)
 
 
 def _eval(manifest, smoke_root, runs, *extra):
@@ -57,7 +58,9 @@ def test_eval_names_each_step_with_its_time_and_counts_every_image_on_its_bar(ma
     assert "tiny-progress: mAP" in out and "|" not in out
 
 
-def test_no_progress_keeps_the_step_lines_and_quiet_keeps_only_the_result(manifest, smoke_root, tmp_path, capsys):
+def test_no_progress_keeps_the_step_lines_and_quiet_keeps_only_the_result(manifest, smoke_root, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setattr(progress, "SAY_AFTER_S", 0)
     assert main(_eval(manifest, smoke_root, tmp_path / "a", "--no-progress")) == 0
     out, err = capsys.readouterr()
     assert "building the model" in err and "24/24" not in err and "%|" not in err
@@ -168,3 +171,48 @@ def test_bench_says_how_long_its_timed_calls_will_take(caplog):
 class _Flat(nn.Module):
     def forward(self, x):
         return x.flatten(1).sum(1)
+
+
+def test_an_interrupted_reproduce_is_continued_by_the_same_command(smoke_root, tmp_path, capsys, monkeypatch):
+    from authors_checkpoints import SMALL, randomised, save_authors_checkpoint, small_q2l_manifest
+
+    monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HARNESS_OFFLINE", "1")
+    weights = tmp_path / "weights" / "small-q2l-tresl22k-448"
+    weights.mkdir(parents=True)
+    save_authors_checkpoint(randomised(SMALL, 3), weights / "checkpoint.pkl")
+    (weights / "config_new.json").write_text('{"img_size": 64, "orid_norm": "True", "batch_size": 8}')
+    argv = ["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(small_q2l_manifest(tmp_path)),
+            "--models", "small-q2l-tresl22k-448", "--weights-dir", str(tmp_path / "weights"), "--runs",
+            str(tmp_path / "runs"), "--report-dir", str(tmp_path / "tables"), "--no-progress"]
+    real = Scorer._score
+
+    def stop_at_the_second_batch(self, rows, images):
+        if rows[0] > 0:
+            raise KeyboardInterrupt
+        real(self, rows, images)
+
+    monkeypatch.setattr(Scorer, "_score", stop_at_the_second_batch)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    (run_dir,) = (tmp_path / "runs" / "small-q2l-tresl22k-448").iterdir()
+    assert f"small-q2l-tresl22k-448: 8 of 24 images scored, kept in {run_dir}" in err
+    assert f"continue with: {shlex.join(['harness', *argv])}\n" in err
+    monkeypatch.setattr(Scorer, "_score", real)
+    assert main(argv) == 0
+    assert f"resuming {run_dir}: 8 of 24 images were scored" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "runs" / "small-q2l-tresl22k-448").iterdir()] == [run_dir.name]
+    assert (run_dir / "record.json").is_file()
+
+
+def test_a_quick_step_says_nothing_and_a_slow_one_says_what_it_does(monkeypatch, caplog):
+    import threading
+
+    monkeypatch.setattr(progress, "SAY_AFTER_S", 0.05)
+    with caplog.at_level("INFO", logger="harness"):
+        with progress.step("quick"):
+            pass
+        done = threading.Event()
+        with progress.step("slow"):
+            done.wait(0.5)  # past SAY_AFTER_S: the line comes while it runs
+    assert "quick" not in caplog.text and "slow ..." in caplog.text

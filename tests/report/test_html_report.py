@@ -51,10 +51,10 @@ def test_smoke_rows_are_amber_not_grey(tmp_path):
 def test_a_dropped_plot_is_said(tmp_path):
     _run(tmp_path, "q2l-r101-448", smoke=False, vram=None)
     html = _html(tmp_path)
-    assert NO_VRAM_PLOT.split(":")[0] in html and 'alt="vram vs speed"' not in html
+    assert NO_VRAM_PLOT.split(":")[0] in html and 'alt="vram_vs_speed"' not in html
     _run(tmp_path, "q2l-r101-576", smoke=False, vram=4000.0)
     html = _html(tmp_path)
-    assert NO_VRAM_PLOT.split(":")[0] not in html and 'alt="vram vs speed"' in html
+    assert NO_VRAM_PLOT.split(":")[0] not in html and 'alt="vram_vs_speed"' in html
 
 
 def test_a_report_without_runs_says_where_they_would_be(tmp_path):
