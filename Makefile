@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 COCO_ROOT ?= data/coco
 RUNS ?= runs
 
-.PHONY: install test check-install smoke smoke-ctran bench reproduce-q2l reproduce-mlspl reproduce-ctran report clean-venv
+.PHONY: install test lint check-install smoke smoke-ctran bench reproduce-q2l reproduce-mlspl reproduce-ctran report clean-venv
 
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu: PyTorch's CPU-only wheels (about 1 GB instead of 5) for a
 # machine without a GPU; installed first, so the harness's own install keeps them.
@@ -23,6 +23,12 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ruff over the package and the tests (config in pyproject.toml); mypy over the typed surface
+# (the public API, records/, metrics.py, eval/).
+lint: $(STAMP)
+	$(BIN)/ruff check harness tests benchmarks
+	$(BIN)/mypy
 
 # The wheel installed into a fresh venv, run from outside the repository (CI runs it after the tests).
 check-install: $(STAMP)

@@ -12,8 +12,9 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from harness import progress, records
 from harness.checkpoints import read_config
 from harness.data.authors_labels import choose_labels
 from harness.data.cache import DecodeCache, PassImages
-from harness.data.coco import check_images, fingerprint, is_full_split, load_labels
+from harness.data.coco import CocoLabels, check_images, fingerprint, is_full_split, load_labels
 from harness.data.loader import make_loader
 from harness.data.smoke import is_smoke_root
 from harness.data.transforms import ResizeToUint8, to_model_input
@@ -33,6 +34,7 @@ from harness.eval.batch_size import choose_batch_size
 from harness.eval.config import EvalConfig
 from harness.eval.numerics import tf32_mode
 from harness.eval.shared_pass import Scorer, UnreadableError, ride_together, run_pass
+from harness.manifest import ModelSpec
 from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.measure.throughput import AMP_DTYPES
 from harness.metrics import compute_metrics
@@ -155,7 +157,7 @@ def _record_failure(results, key, error):
 def _evaluate_resolution(specs, session):
     """The models of one resolution: those of the most common image order ride one pass; the others
     (and any that do not fit beside them) run in turn over the cache it wrote."""
-    results = {}
+    results: dict = {}
     baseline_mib = nvml_baseline_mib(session.device)  # before any model reaches the GPU
     jobs = [job for job in (_attempt(results, spec.id, session.single, lambda spec=spec: _prepare(spec, session))
                             for spec in specs) if job is not None]
@@ -240,7 +242,7 @@ def _score_jobs(jobs, loader, session, baseline_mib, results, shared, source):
             _record_failure(results, scorer.job.spec.id, error)
             scorer.job.release()
 
-        error = None
+        error: Exception | None = None
         try:
             run_pass(scorers, loader, session.device, on_failure)
         except UnreadableError as e:
@@ -289,19 +291,46 @@ def _line(error):
     return str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
 
 
+@dataclass(eq=False)
 class _Job:
-    """One model's run: built, its run folder opened and locked, its rows (a shard under torchrun)."""
-
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
-        self.measurement = None
-        self.scores = None
+    """One model's run: built, its run folder opened and locked, its rows (a shard under torchrun);
+    what its scoring measures is filled in as it goes."""
+    session: _Session
+    spec: ModelSpec
+    coco_labels: CocoLabels
+    model: torch.nn.Module | None
+    weights_info: dict
+    settings: dict
+    run_dir: Path
+    done: int  # the first row not yet scored
+    held: Any  # the run folder's lock (released with the job)
+    rows: range
+    device: str
+    amp: str | None
+    amp_dtype: torch.dtype | None
+    amp_source: str
+    batch_size: int
+    batch_size_source: str
+    deviations: list
+    precision: str
+    precision_source: str
+    labels: dict
+    world: World
+    scores: Any = None  # this rank's rows: a memory map while scoring, all rows once saved
+    measurement: Any = None  # the SpanMeasurement of the span it is scored in
+    batch_norm: str | None = None
+    t0: float = 0.0
+    wall_s: float = 0.0
+    started: str | None = None
+    distributed: dict = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)
 
     @property
     def half(self):
         return self.precision == "fp16-fused"
 
     def to_device(self):
+        assert self.model is not None, "a released job has no model"
         self.model = self.model.to(self.device)
         self.batch_norm = batch_norm_used(self.model, self.device)
         n, c = self.settings["n_images"], self.coco_labels.labels.shape[1]
@@ -318,6 +347,7 @@ class _Job:
     def score_batch(self, rows, images):
         x = to_model_input(images, self.spec.eval.normalize)  # on the device, this model's normalisation
         x = x.half() if self.half else x  # fp16-fused: fp16 inputs, as ML-Decoder's validate.py
+        assert self.model is not None, "a released job has no model"
         with torch.autocast(device_type=self.device, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.model(x)
             logits = logits if self.half else logits.float()

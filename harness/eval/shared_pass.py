@@ -83,7 +83,9 @@ def ride_together(jobs, device):
     if torch.device(device).type != "cuda" or len(jobs) < 2:
         return list(jobs), []
     free, _ = torch.cuda.mem_get_info(torch.device(device))
-    together, alone, used = [], [], 0
+    together: list = []
+    alone: list = []
+    used = 0
     for job in jobs:
         size = sum(t.numel() * t.element_size() for t in [*job.model.parameters(), *job.model.buffers()])
         (together if not together or used + size <= PARAMS_SHARE * free else alone).append(job)

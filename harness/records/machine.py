@@ -14,9 +14,9 @@ from PIL import features
 from harness import __version__
 
 try:
-    from harness import _version  # written by setuptools-scm at install time
+    from harness import _version as built  # written by setuptools-scm at install time
 except ImportError:  # a source tree never installed
-    _version = None
+    built = None  # type: ignore[assignment]
 from harness.manifest import PACKAGE_DATA, REPO_ROOT
 from harness.measure.nvml import handle_by_uuid
 
@@ -50,8 +50,8 @@ def _git(*args):
 def built_from():
     """(commit, dirty) that harness/_version.py names (None, None without one: a source tree never
     installed, or a version from outside git)."""
-    node = getattr(_version, "__commit__", "") or ""
-    return (node[1:], getattr(_version, "__dirty__", None)) if node.startswith("g") and len(node) > 8 else (None, None)
+    node = getattr(built, "__commit__", None) or ""
+    return (node[1:], getattr(built, "__dirty__", None)) if node.startswith("g") and len(node) > 8 else (None, None)
 
 
 def _gpu(torch, device_index):
@@ -117,14 +117,14 @@ def image_libraries():
 
 
 def code_version():
-    """{harness, git_commit, git_dirty}: the harness's version and the commit of its checkout (an
-    installed wheel: the commit it was built from; HARNESS_GIT_COMMIT names that of a copy without .git)."""
+    """{harness, git_commit, git_dirty}: the harness's version and the commit of its checkout (HARNESS_GIT_COMMIT
+    names that of a copy without .git; an installed wheel, the commit it was built from)."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
-        commit, status = built_from()
     if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
         commit = os.environ.get("HARNESS_GIT_COMMIT") or None
+    if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
+        commit, status = built_from()
     return {"harness": __version__, "git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
@@ -133,7 +133,7 @@ def environment(device_index=0):
     try:
         import torch  # lazy: reports read records without torch (and a machine may lack it)
     except ImportError:
-        torch = None
+        torch = None  # type: ignore[assignment]
     code = code_version()
     python = platform.python_version()
     torch_version = torch.__version__ if torch is not None else None

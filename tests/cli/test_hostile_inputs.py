@@ -1,6 +1,6 @@
 """The harness tried as a hostile user would: nothing lost or poisoned, one line (exit 2), never a traceback.
 
-Each test names the numbered promise of docs/RELIABILITY.md it holds.
+Each test names the numbered promise of docs/reliability.md it holds.
 """
 import hashlib
 import io

@@ -45,7 +45,7 @@ def as_authors_layers(model):
     from inplace_abn import InPlaceABN
 
     theirs = copy.deepcopy(model)
-    for name, module in list(theirs.named_modules()):
+    for _name, module in list(theirs.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, ABN):
                 layer = InPlaceABN(child.num_features, activation=child.activation, activation_param=child.slope)
