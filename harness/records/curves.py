@@ -29,7 +29,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 FOLDER = "tensorboard"
-_warned = set()
+_warned: set[str] = set()
 
 
 def _warn_once(key, message):
