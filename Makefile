@@ -39,11 +39,11 @@ clean-venv:
 
 # The main job: every Q2L model + the ASL baseline on COCO val2014, then the report in tables/.
 reproduce-q2l: $(STAMP)
-	$(BIN)/harness reproduce q2l --coco-root $(COCO_ROOT) --runs $(RUNS) --tables tables
+	$(BIN)/harness reproduce q2l --coco-root $(COCO_ROOT) --runs $(RUNS) --report-dir tables
 
 # MLSPL: ROLE linear + fine-tuned by default; ALL=1 for every loss and mode.
 reproduce-mlspl: $(STAMP)
-	$(BIN)/harness reproduce mlspl --coco-root $(COCO_ROOT) --runs $(RUNS) --tables tables $(if $(ALL),--all,)
+	$(BIN)/harness reproduce mlspl --coco-root $(COCO_ROOT) --runs $(RUNS) --report-dir tables $(if $(ALL),--all,)
 
 # C-Tran: train (100 epochs, resumable: rerun the target to continue), then evaluate at 0/25/50/75% known,
 # with and without label-mask training. SELECTION=held-out for the protocol that does not choose on test.
@@ -72,7 +72,7 @@ report: $(STAMP)
 SMOKE_DIR ?= runs/smoke
 smoke: $(STAMP)
 	test -d $(SMOKE_DIR)/data || $(BIN)/harness data smoke --out $(SMOKE_DIR)/data --images 16 --train-images 0
-	$(BIN)/harness eval q2l-r101-448 --coco-root $(SMOKE_DIR)/data --weights random --runs $(SMOKE_DIR)/runs --no-progress
+	$(BIN)/harness eval q2l-r101-448 --coco-root $(SMOKE_DIR)/data --weights random --runs $(SMOKE_DIR)/runs
 	$(BIN)/harness report --runs $(SMOKE_DIR)/runs --format markdown --out $(SMOKE_DIR)/report.md
 	@echo "smoke report: $(SMOKE_DIR)/report.md (html: $(BIN)/harness report --runs $(SMOKE_DIR)/runs --format html --out $(SMOKE_DIR)/report.html)"
 

@@ -20,7 +20,7 @@ def add_arguments(parser):
     parser.add_argument("--common-images", action="store_true",
                         help="compare on the images both runs scored (same annotation file and labels), e.g. "
                              "a Q2L run (all 40,504) against an ASL run (the 40,137 annotated)")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or json")
     parser.add_argument("--plot", metavar="FILE.png", help="also save the sorted per-class AP difference chart")
 
 

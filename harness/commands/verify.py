@@ -25,7 +25,8 @@ EXIT = {"holds": 0, "failed": 1, "unverified": 3}
 
 def add_arguments(parser):
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders, each holding record.json and its arrays")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text: a verdict per run and a line per finding; json: the same for machines")
     parser.add_argument("--coco-root", metavar="DIR",
                         help="your own COCO 2014: check each run's annotation file and labels against "
                              "DIR/annotations/instances_val2014.json")

@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from harness import records
+from harness import progress, records
 from harness.checkpoints import read_config
 from harness.data.authors_labels import choose_labels
 from harness.data.cache import DecodeCache, PassImages
@@ -29,7 +28,7 @@ from harness.data.loader import make_loader
 from harness.data.smoke import is_smoke_root
 from harness.data.transforms import ResizeToUint8, to_model_input
 from harness.distributed import World, partial_name, pick_device, progress_name
-from harness.errors import UserError
+from harness.errors import Interrupted, UserError
 from harness.eval.batch_size import choose_batch_size
 from harness.eval.config import EvalConfig
 from harness.eval.numerics import tf32_mode
@@ -88,6 +87,7 @@ class _Session:
     numerics: dict     # the GPU flags that change results (TF32, cuDNN)
     single: bool       # one model: its error is raised, not kept as its result
     progress: bool     # rank 0 only under torchrun
+    opened: list       # the jobs whose run folder is open: an interruption names them
 
 
 def evaluate(spec, config):
@@ -113,11 +113,28 @@ def evaluate_many(specs, config):
     results = {}
     with tf32_mode(config.tf32) as numerics:
         session = _Session(config, device, world, numerics, single=len(specs) == 1,
-                           progress=config.progress and world.main)
-        for resolution in dict.fromkeys(spec.eval.resolution for spec in specs):
-            results.update(_evaluate_resolution([spec for spec in specs if spec.eval.resolution == resolution],
-                                                session))
+                           progress=config.progress and world.main, opened=[])
+        try:
+            for resolution in dict.fromkeys(spec.eval.resolution for spec in specs):
+                results.update(_evaluate_resolution([spec for spec in specs if spec.eval.resolution == resolution],
+                                                    session))
+        except KeyboardInterrupt:
+            raise _interrupted(session, specs) from None
     return [results[spec.id] for spec in specs]
+
+
+def _interrupted(session, specs):
+    """What an interruption kept (each open run's scored rows) and the flags that continue it."""
+    kept = [job for job in session.opened if not records.is_finished(job.run_dir)]
+    if not kept:
+        return Interrupted(["no run folder was opened yet: nothing was kept"], resume=None)
+    saved = [f"{job.spec.id}: {job.done - job.rows.start} of {len(job.rows)} images scored, kept in {job.run_dir}"
+             for job in kept]
+    if len(specs) == 1:
+        return Interrupted(saved, resume=("--resume", str(kept[0].run_dir)))
+    unfinished = {job.spec.id for job in kept}
+    done = tuple(spec.id for spec in specs if spec.id not in unfinished)
+    return Interrupted(saved, resume=("--resume",), drop=done)  # each model's newest unfinished run
 
 
 def _attempt(results, key, single, work):
@@ -354,12 +371,16 @@ class _Job:
 def _prepare(spec, session):
     """Check the inputs, build the model (on the CPU until its turn) and open or resume its run."""
     config, device, world = session.config, session.device, session.world
-    coco_labels = load_labels(config.coco_root, "val2014", spec.eval.image_set)
+    with progress.step(f"{spec.id}: reading the val2014 labels (image set {spec.eval.image_set}) and checking "
+                       f"the images"):
+        coco_labels = load_labels(config.coco_root, "val2014", spec.eval.image_set)
+        check_images(config.coco_root, coco_labels)
     n_total = min(config.limit, len(coco_labels)) if config.limit else len(coco_labels)
-    check_images(config.coco_root, coco_labels)
     label_choice = choose_labels(spec, config.coco_root, coco_labels, weights_dir=config.weights_dir)
 
-    model, weights_info = _build_model(spec, config, "cpu")
+    what = f"random weights, seed {config.seed}" if config.weights == "random" else "loading its checkpoint"
+    with progress.step(f"{spec.id}: building the model ({what})"):
+        model, weights_info = _build_model(spec, config, "cpu")
     precision, precision_source = _choose_precision(spec, config.amp, device)
     model = _for_precision(model, precision)
     amp, amp_source = _choose_amp(spec, config.amp, weights_info.get("config"), device)
@@ -380,11 +401,17 @@ def _prepare(spec, session):
         run_dir, done, held = _open_run(config.runs_root, spec.id, config.resume, settings, world, rows)
     else:
         run_dir, done, held = _open_run_together(session, spec, settings, rows)
-    return _Job(session=session, spec=spec, coco_labels=coco_labels, model=model, weights_info=weights_info,
-                settings=settings, run_dir=run_dir, done=done, held=held, rows=rows, device=device, amp=amp,
-                amp_dtype=AMP_DTYPES.get(amp), amp_source=amp_source,
-                batch_size=batch_size, batch_size_source=batch_source, deviations=deviations,
-                precision=precision, precision_source=precision_source, labels=label_choice, world=world)
+    job = _Job(session=session, spec=spec, coco_labels=coco_labels, model=model, weights_info=weights_info,
+               settings=settings, run_dir=run_dir, done=done, held=held, rows=rows, device=device, amp=amp,
+               amp_dtype=AMP_DTYPES.get(amp), amp_source=amp_source,
+               batch_size=batch_size, batch_size_source=batch_source, deviations=deviations,
+               precision=precision, precision_source=precision_source, labels=label_choice, world=world)
+    session.opened.append(job)
+    if world.main:
+        batches = -(-(rows.stop - done) // batch_size)
+        logger.info(f"{spec.id}: {rows.stop - done} images to score in {batches} batch(es) of {batch_size} "
+                    f"on {device}; run folder {run_dir}")
+    return job
 
 
 def _open_run_together(session, spec, settings, rows):
@@ -580,7 +607,11 @@ def _build_model(spec, config, device):
 
 
 def _open_run(runs_root, model_id, resume, settings, world, rows):
-    """(run folder, its count of finished rows, its held lock): a new folder, or the one to resume."""
+    """(run folder, its count of finished rows, its held lock): a new folder, or the one to resume
+    (`resume` "auto": the newest unfinished run of these very settings, else a new folder)."""
+    if resume == "auto":
+        resume = next((str(p) for p in reversed(records.unfinished_runs(runs_root, model_id))
+                       if _same_settings(p, settings)), None)
     if resume:
         interrupted = records.unfinished_runs(runs_root, model_id)
         run_dir = (interrupted[-1] if interrupted else None) if resume == "latest" else Path(resume)
@@ -596,11 +627,21 @@ def _open_run(runs_root, model_id, resume, settings, world, rows):
             held.close()
             raise
         settings["resumed_from_row"] = done = _rows_done(run_dir, rows, world)
+        logger.info(f"{model_id}: resuming {run_dir}: {done - rows.start} of {len(rows)} images were scored "
+                    f"before it stopped" + ("; writing its record" if done == rows.stop else ""))
         return run_dir, done, held
     run_dir = records.new_run_dir(runs_root, model_id)
     held = records.hold_run(run_dir)
     _write_json_atomic(run_dir / SETTINGS, {**settings, "started_at": utc_now()})
     return run_dir, rows.start, held
+
+
+def _same_settings(run_dir, settings):
+    try:
+        saved = records.read_settings(run_dir / SETTINGS)
+    except UserError:  # a damaged folder is not resumed by itself
+        return False
+    return all(saved.get(k) == v for k, v in settings.items())
 
 
 def _rows_done(run_dir, rows, world):
@@ -613,5 +654,4 @@ def _rows_done(run_dir, rows, world):
 
 
 def _progress_bar(total, done, name, enabled, position=0):
-    return tqdm(total=total, initial=done, desc=name, unit="img", disable=not enabled, dynamic_ncols=True,
-                position=position)
+    return progress.bar(total, name, initial=done, enabled=enabled, position=position)

@@ -165,18 +165,25 @@ def image_libraries():
             "libjpeg": version(features.version_codec, "jpg")}
 
 
-def environment(device_index=0):
-    """Library versions, hardware and code version of this process, for a record."""
-    try:
-        import torch  # lazy: reports read records without torch (and a machine may lack it)
-    except ImportError:
-        torch = None  # type: ignore[assignment]
+def code_version():
+    """{harness, git_commit, git_dirty}: the harness's version and the commit of its checkout (HARNESS_GIT_COMMIT
+    names that of a copy without .git; an installed wheel, the commit it was built from)."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
         commit = os.environ.get("HARNESS_GIT_COMMIT") or None
     if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
         commit, status = built_from()
+    return {"harness": __version__, "git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
+def environment(device_index=0):
+    """Library versions, hardware and code version of this process, for a record."""
+    try:
+        import torch  # lazy: reports read records without torch (and a machine may lack it)
+    except ImportError:
+        torch = None  # type: ignore[assignment]
+    code = code_version()
     python = platform.python_version()
     torch_version = torch.__version__ if torch is not None else None
     cudnn = None
@@ -194,8 +201,6 @@ def environment(device_index=0):
         "gpu": _gpu(torch, device_index),
         "cpu": cpu_name(),
         "platform": platform.platform(),
-        "harness": __version__,
-        "git_commit": commit,
-        "git_dirty": None if status is None else bool(status),
+        **code,
         "matches_environment_file": matching_environment_file(python, torch_version),
     }

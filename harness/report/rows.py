@@ -7,6 +7,8 @@ from pathlib import Path
 from harness.ctran.report import partial_rows
 from harness.manifest import PACKAGE_DATA
 from harness.records import Record, iter_records
+from harness.records.curves import FOLDER as CURVES_FOLDER
+from harness.records.curves import read_curves
 from harness.report.fidelity_notes import record_notes
 from harness.report.judge import facts_of, problems, smoke_reasons, status_of
 
@@ -91,6 +93,10 @@ def model_row(spec, record, tables, facts=None):
         "precision": ev.get("precision", spec.eval.precision),
         "batch_size": ev.get("batch_size"),
         "fidelity_notes": record_notes(record),
+        # the conditions of the number, as timm's results CSVs carry theirs (params and GFLOPs: from a bench)
+        "params_m": None, "gflops": None, "torch": record.environment.get("torch"),
+        "cuda": record.environment.get("cuda") if ev.get("device") not in (None, "cpu") else None,
+        "date": (record.finished_at or "")[:10] or None,
     }
     if spec.family == "mlspl":
         row["paper_confidence"], row["reruns_by_others"] = _mlspl_context(spec, tables)
@@ -174,15 +180,15 @@ def _provenance(environment, device):
 
 
 def _records(roots, on_problem):
-    """Every record under the given folders (each folder once), tagged with where it was found."""
+    """(run folder, record) under the given folders (each folder once), tagged with where it was found."""
     kwargs = {"on_problem": on_problem} if on_problem else {}
     seen = set()
     for root, source in roots:
         if root is None or Path(root).resolve() in seen:
             continue
         seen.add(Path(root).resolve())
-        for _, record in iter_records(root, **kwargs):
-            yield dataclasses.replace(record, found_in=source)
+        for run_dir, record in iter_records(root, **kwargs):
+            yield run_dir, dataclasses.replace(record, found_in=source)
 
 
 def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEASURED):
@@ -191,8 +197,9 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
     Records come from runs_root and from measured_root (the measured records committed in
     tables/measured/; None to leave them out).
     """
-    evals, benches, notes = {}, {}, []
-    for record in _records([(runs_root, "runs"), (measured_root, "tables/measured")], on_problem):
+    evals, benches, notes, folders = {}, {}, [], {}
+    for run_dir, record in _records([(runs_root, "runs"), (measured_root, "tables/measured")], on_problem):
+        folders[id(record)] = run_dir
         model_id = record.model_id
         if model_id not in specs:
             notes.append(f"run {record.run_id} of '{model_id}' is not in the manifest: not shown")
@@ -218,15 +225,25 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
     def counts(spec, record):  # smoke never stands for a model when something else does
         return status_of(spec, record, judged(spec, record))[0] != "smoke"
 
-    rows = []
+    rows, curves = [], []
     for model_id, spec in specs.items():
         found = evals.get(model_id, [])
         chosen = first_counting(found, lambda r, spec=spec: counts(spec, r))
         rows.append(model_row(spec, chosen, tables, judged(spec, chosen) if chosen else None))
+        trained = [r for r in found if (folders[id(r)] / CURVES_FOLDER).is_dir()]  # C-Tran: the training, not --known
+        shown = _latest([r for r in trained if not r.smoke]) or _latest(trained)
+        series = read_curves(folders[id(shown)]) if shown is not None else {}
+        if series:  # a training run's curves, from the TensorBoard events it wrote
+            curves.append({"model": model_id, "run_id": shown.run_id, "smoke": bool(shown.smoke), "series": series})
     cost = [bench_row(specs[key[0]], _latest(rs)) for key, rs in sorted(benches.items(), key=lambda kv: str(kv[0]))]
+    for row in rows:  # a model's size does not depend on where it ran: any of its benches says it
+        sized = [c for c in cost if c["model"] == row["model"] and c["params_m"] is not None]
+        if sized:
+            row["params_m"], row["gflops"] = sized[0]["params_m"], sized[0]["gflops"]
 
     return {"models": rows, "cost": cost, "pick": pick_rows(rows, cost), "notes": notes,
-            "ctran": partial_rows(evals, specs, lambda spec, record: status_of(spec, record, judged(spec, record))[0])}
+            "ctran": partial_rows(evals, specs, lambda spec, record: status_of(spec, record, judged(spec, record))[0]),
+            "curves": curves}
 
 
 def pick_rows(rows, cost):

@@ -9,7 +9,9 @@ import pytest
 from paths import REPO
 
 PACKAGE = REPO / "harness"
-LAZY_LIBRARIES = {"torch", "torchvision", "matplotlib", "pycocotools", "gdown", "inplace_abn", "tqdm"}
+# the costly ones, and the optional ones (inplace_abn; tensorboard for training curves; the export extras)
+LAZY_LIBRARIES = {"torch", "torchvision", "matplotlib", "pycocotools", "gdown", "inplace_abn", "tqdm", "tensorboard",
+                  "mlflow", "wandb"}
 
 
 def _modules():

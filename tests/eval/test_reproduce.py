@@ -16,7 +16,7 @@ def test_reproduce_goes_on_after_a_failure_and_writes_the_report(smoke_root, tmp
     save_authors_checkpoint(randomised(SMALL, 3), weights / "checkpoint.pkl")
     (weights / "config_new.json").write_text(json.dumps({"img_size": 64, "orid_norm": "True"}))
     args = ["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(manifest), "--weights-dir",
-            str(tmp_path / "weights"), "--out", str(tmp_path / "runs"), "--tables", str(tmp_path / "tables")]
+            str(tmp_path / "weights"), "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "tables")]
     code = main(args)
     out = capsys.readouterr().out
     assert code == 1  # one model failed
@@ -38,7 +38,7 @@ def test_reproduce_skips_a_complete_real_run_and_explains_missing_coco(smoke_roo
         metrics={"mAP": 1.0}, files=dict(records.SCORE_FILES), digests=dict.fromkeys(records.SCORE_FILES, "0" * 64),
         eval={"batch_size": 4, "amp": False}))
     args = ["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(manifest),
-            "--models", "small-q2l-tresl22k-448", "--out", str(tmp_path / "runs"), "--tables", str(tmp_path / "t")]
+            "--models", "small-q2l-tresl22k-448", "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "t")]
     assert main(args) == 0
     assert "complete run exists" in capsys.readouterr().out
     assert main(["reproduce", "q2l", "--coco-root", str(tmp_path / "nococo"), "--manifest", str(manifest)]) == 2
