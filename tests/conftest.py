@@ -1,5 +1,6 @@
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -33,6 +34,15 @@ def no_lock_entries(tmp_path, monkeypatch):
     """Checkpoints are checked against this machine's lock file: a test reads an empty one, never the lock
     file of a checkout that has downloaded real releases (`pytestmark = pytest.mark.usefixtures(...)`)."""
     monkeypatch.setenv("HARNESS_LOCK_FILE", str(tmp_path / "weights_manifest.lock.yaml"))
+
+
+@pytest.fixture
+def coco(smoke_root, tmp_path):
+    """The smoke images as an ordinary COCO folder (the smoke subset itself is never checked)."""
+    root = tmp_path / "coco"
+    shutil.copytree(smoke_root, root)
+    (root / "SMOKE").unlink()
+    return root
 
 
 @pytest.fixture(scope="session")
