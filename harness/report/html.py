@@ -39,7 +39,12 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-
 
 
 def _no_run(headers, row):
-    return "status" in headers and row[headers.index("status")] == "no run yet"
+    """A row with nothing measured: its status says so, or (tables without one, C-Tran's) every
+    'ours' cell is n/a or '-'."""
+    if "status" in headers:
+        return row[headers.index("status")] == "no run yet"
+    ours = [str(c) for h, c in zip(headers, row) if "ours" in h]
+    return bool(ours) and all(c.startswith(("n/a", "-")) for c in ours)
 
 
 def what_was_run(data):

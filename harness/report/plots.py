@@ -29,7 +29,7 @@ def plots(data):
     low, high = min(values) - 1, max(values) + 1
     ax.plot([low, high], [low, high], "k--", lw=0.8, label="ours = paper")
     ax.set(xlabel="paper mAP", ylabel="our mAP",
-           title="Paper vs ours (green reproduced, red not, amber smoke, grey failed or unverifiable checks)")
+           title="Paper vs ours\ngreen reproduced, red not, amber smoke, grey failed checks")
     ax.legend(loc="upper left", fontsize=8)
     images["paper_vs_ours"] = _png(fig)
 
