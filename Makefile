@@ -6,8 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 COCO_ROOT ?= data/coco
 RUNS ?= runs
 
-.PHONY: install test check-install smoke smoke-ctran smoke-q2l-train bench reproduce-q2l reproduce-mlspl reproduce-ctran \
-	reproduce-q2l-train report clean-venv
+.PHONY: install test lint check-install smoke smoke-ctran smoke-q2l-train bench reproduce-q2l reproduce-mlspl \
+	reproduce-ctran reproduce-q2l-train report clean-venv
 
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu: PyTorch's CPU-only wheels (about 1 GB instead of 5) for a
 # machine without a GPU; installed first, so the harness's own install keeps them.
@@ -25,6 +25,12 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff over the package and the tests (config in pyproject.toml); mypy over the typed surface
+# (the public API, records/, metrics.py, eval/).
+lint: $(STAMP)
+	$(BIN)/ruff check harness tests benchmarks
+	$(BIN)/mypy
+
 # The wheel installed into a fresh venv, run from outside the repository (CI runs it after the tests).
 check-install: $(STAMP)
 	bash .ci/check_installed.sh
@@ -34,11 +40,11 @@ clean-venv:
 
 # The main job: every Q2L model + the ASL baseline on COCO val2014, then the report in tables/.
 reproduce-q2l: $(STAMP)
-	$(BIN)/harness reproduce q2l --coco-root $(COCO_ROOT) --runs $(RUNS) --tables tables
+	$(BIN)/harness reproduce q2l --coco-root $(COCO_ROOT) --runs $(RUNS) --report-dir tables
 
 # MLSPL: ROLE linear + fine-tuned by default; ALL=1 for every loss and mode.
 reproduce-mlspl: $(STAMP)
-	$(BIN)/harness reproduce mlspl --coco-root $(COCO_ROOT) --runs $(RUNS) --tables tables $(if $(ALL),--all,)
+	$(BIN)/harness reproduce mlspl --coco-root $(COCO_ROOT) --runs $(RUNS) --report-dir tables $(if $(ALL),--all,)
 
 # C-Tran: train (100 epochs, resumable: rerun the target to continue), then evaluate at 0/25/50/75% known,
 # with and without label-mask training. SELECTION=held-out for the protocol that does not choose on test.
@@ -76,7 +82,7 @@ report: $(STAMP)
 SMOKE_DIR ?= runs/smoke
 smoke: $(STAMP)
 	test -d $(SMOKE_DIR)/data || $(BIN)/harness data smoke --out $(SMOKE_DIR)/data --images 16 --train-images 0
-	$(BIN)/harness eval q2l-r101-448 --coco-root $(SMOKE_DIR)/data --weights random --runs $(SMOKE_DIR)/runs --no-progress
+	$(BIN)/harness eval q2l-r101-448 --coco-root $(SMOKE_DIR)/data --weights random --runs $(SMOKE_DIR)/runs
 	$(BIN)/harness report --runs $(SMOKE_DIR)/runs --format markdown --out $(SMOKE_DIR)/report.md
 	@echo "smoke report: $(SMOKE_DIR)/report.md (html: $(BIN)/harness report --runs $(SMOKE_DIR)/runs --format html --out $(SMOKE_DIR)/report.html)"
 

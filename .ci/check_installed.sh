@@ -5,6 +5,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
+commit=$(git -C "$repo" rev-parse HEAD)
 trap 'rm -rf "$tmp"' EXIT
 "$repo/.venv/bin/pip" wheel -q --no-deps --no-build-isolation -w "$tmp/dist" "$repo"
 python3 -m venv "$tmp/venv"
@@ -24,11 +25,14 @@ OMP_NUM_THREADS=1 "$tmp/venv/bin/harness" eval q2l-r101-448 --coco-root smoke --
   --batch-size 2 > /dev/null
 OMP_NUM_THREADS=1 "$tmp/venv/bin/python" -m torch.distributed.run --standalone --nproc_per_node 2 -m harness eval \
   q2l-r101-448 --coco-root smoke --weights random --runs runs-2 --workers 0 --no-progress --batch-size 2 > /dev/null
-"$tmp/venv/bin/python" - <<'CHECK'
-import json, pathlib, numpy as np
+BUILT_COMMIT=$commit "$tmp/venv/bin/python" - <<'CHECK'
+import json, os, pathlib, numpy as np
 [one], [two] = (list(pathlib.Path(f"runs-{n}/q2l-r101-448").iterdir()) for n in (1, 2))
 assert json.loads((two / "record.json").read_text())["distributed"]["world_size"] == 2
 assert np.array_equal(np.load(one / "scores.npy"), np.load(two / "scores.npy")), "torchrun changed the scores"
+# run outside any git checkout: the wheel itself names the commit it was built from (setuptools-scm)
+env = json.loads((one / "record.json").read_text())["environment"]
+assert env["git_commit"] == os.environ["BUILT_COMMIT"], ("the installed wheel's record names", env["git_commit"])
 CHECK
 "$tmp/venv/bin/harness" report --runs runs --format markdown > report.md
 grep -q "smoke (random weights" report.md

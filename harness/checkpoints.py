@@ -21,8 +21,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from harness.download.verify import file_digest, read_record, unchanged_since
+from harness.download.verify import read_record, unchanged_since
 from harness.errors import UserError
+from harness.files import file_digest
 from harness.models.q2l import checkpoint_sizes, config_problems
 
 logger = logging.getLogger(__name__)

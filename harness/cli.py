@@ -3,10 +3,12 @@ import argparse
 import errno
 import importlib
 import logging
+import os
+import shlex
 import sys
 
-from harness import __version__
-from harness.errors import UserError
+from harness import __version__, progress
+from harness.errors import Interrupted, UserError
 
 # Subcommand name -> module in harness.commands exposing add_arguments(parser) and run(args).
 COMMANDS = {
@@ -19,12 +21,14 @@ COMMANDS = {
     "metrics": "Compute a paper's metrics from saved scores and labels.",
     "rescore": "Recompute the metrics of a saved run from its scores.",
     "report": "Render the run records into tables against the papers.",
+    "verify": "Check run folders from their own files: digests, image count, labels, every metric, checkpoint.",
     "predict": "Labels of your own images (the model's own eval transform and scoring).",
     "attention": "Query2Label's per-label cross-attention maps on your images (PNG + .npy).",
     "compare": "Paired comparison of two runs on the same images (bootstrap CI, permutation p).",
     "mlspl": "Single-positive-label (MLSPL) preparation, features and training.",
     "ctran": "C-Tran: label-mask training (evaluation with partial labels: `harness eval --known`).",
     "q2l": "Query2Label: train as the authors' main_mlc.py (seeded, resumable, torchrun, 12 GB techniques).",
+    "export": "Export a finished run (record, metrics, training curves) to MLflow or Weights & Biases.",
 }
 
 
@@ -69,7 +73,8 @@ def build_parser(only=None):
             p.description = module.__doc__ or help_text
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
-        add_output_flags(p, argparse.SUPPRESS)
+        for each in _with_subcommands(p):  # `mlspl train -q` too
+            add_output_flags(each, argparse.SUPPRESS)
     parser.set_defaults(quiet=False, verbose=False, no_progress=False)
     return parser
 
@@ -85,6 +90,15 @@ def add_output_flags(parser, default):
         parser.add_argument("--no-progress", action="store_true", default=default, help="no progress bars")
 
 
+def _with_subcommands(parser):
+    """The parser and, depth first, the parsers of its own subcommands (mlspl train, ctran train)."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _with_subcommands(sub)
+
+
 def chosen_command(argv):
     """The subcommand named in argv ("" when none): the only command module main() imports."""
     first = next((a for a in argv if not a.startswith("-")), "")
@@ -93,10 +107,12 @@ def chosen_command(argv):
 
 class _ConsoleLines(logging.Handler):
     """The library's log as the CLI shows it, one plain line each: what a step is doing (INFO) on
-    stdout, what the user should know of (WARNING and up) on stderr; the streams of the moment."""
+    stdout, what the user should know of (WARNING and up) and progress lines (harness.progress, beside
+    the bars) on stderr, so stdout holds a command's result alone; the streams of the moment."""
 
     def emit(self, record):
-        stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        to_stderr = record.levelno >= logging.WARNING or record.name == progress.logger.name
+        stream = sys.stderr if to_stderr else sys.stdout
         stream.write(record.getMessage() + "\n")
         stream.flush()
 
@@ -109,6 +125,7 @@ def configure_logging(args):
         logger.addHandler(_ConsoleLines())
     if args.quiet:
         args.no_progress = True
+    progress.set_bars(not args.no_progress)
 
 
 def main(argv=None):
@@ -130,14 +147,49 @@ def main(argv=None):
     except OSError as e:  # a path, permission, full disk or network problem: the user's to fix, not a bug
         print(f"harness {args.command}: error: {os_error_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"harness {args.command}: interrupted", file=sys.stderr)
+        if isinstance(e, Interrupted) and os.environ.get("RANK", "0") == "0":
+            _say_how_to_continue(e, argv)
         return 130
     finally:
         if "torch.distributed" in sys.modules:  # only a command that loaded torch can have joined a group
             from harness.distributed import leave_process_group  # lazy: it loads torch, which --help must not
 
             leave_process_group(finished)
+
+
+def _say_how_to_continue(interrupted, argv):
+    for line in interrupted.saved:
+        print(line, file=sys.stderr)
+    if interrupted.resume is None:
+        return
+    command = continue_command(argv, interrupted.resume, interrupted.drop)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the launcher's own flags are not ours to repeat
+        print(f"continue with your torchrun command, the same processes, ending in: {command.removeprefix('harness ')}",
+              file=sys.stderr)
+    else:
+        print(f"continue with: {command}", file=sys.stderr)
+
+
+def continue_command(argv, flags, drop=()):
+    """The command as typed, with `flags` in place of any of the same name (a flag's value is the next
+    word that is not a flag, as argparse reads an optional value) and the words of `drop` left out."""
+    names = {f for f in flags if f.startswith("--")}
+    words, skip = [], False
+    for k, word in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        name = word.split("=", 1)[0]
+        if name in names:
+            nxt = argv[k + 1] if k + 1 < len(argv) else None
+            skip = "=" not in word and nxt is not None and not nxt.startswith("-") and nxt not in drop and \
+                nxt not in COMMANDS
+            continue
+        if word not in drop:
+            words.append(word)
+    return shlex.join(["harness", *words, *flags])
 
 
 if __name__ == "__main__":

@@ -131,6 +131,17 @@ def ap_sorted(y, protocol):
     raise ValueError("mlspl needs the scores for its tie steps: use ap_grouped")
 
 
+def class_ap(column, y, protocol):
+    """AP (fraction) of one class from its scores and labels (bool), sorted as the authors' code
+    sorts (q2l on float64, others in the column's dtype)."""
+    if protocol == "q2l":
+        column = column.astype(np.float64)
+    order = sort_order(column, protocol)
+    if protocol == "mlspl":
+        return ap_grouped(column[order], y[order], protocol)
+    return ap_sorted(y[order], protocol)
+
+
 def ap_grouped(sorted_scores, y, protocol):
     """AP (fraction) with each run of tied scores as one threshold step: mlspl's AP, and the
     tie-free reference of q2l and asl (it does not depend on how a sort orders ties)."""
@@ -336,10 +347,11 @@ def bootstrap_class_ap(order, sorted_scores, y, counts, protocol, packed=None, h
         return np.einsum("ij,ij->i", positives, precision) / np.maximum(npos, 1)
 
 
-def bootstrap_map(orders, counts, protocol, chunk=None):
+def bootstrap_map(orders, counts, protocol, chunk=None, on_chunk=None):
     """mAP (percent) of each resample (rows of counts); orders as returned by per_class_ap.
     Resamples are scored `chunk` at a time (each on its own: the chunking moves no bit); by default
-    as many as keep a chunk near 200,000 image counts (63 at COCO's 40,504), few chunks on a small set."""
+    as many as keep a chunk near 200,000 image counts (63 at COCO's 40,504), few chunks on a small set.
+    on_chunk(k): called after each chunk with its k resamples (a progress bar)."""
     n_boot, n_images = counts.shape
     chunk = chunk or max(63, 200_000 // max(n_images, 1))
     harmonic = _harmonic(n_images) if protocol == "asl" else None
@@ -354,6 +366,8 @@ def bootstrap_map(orders, counts, protocol, chunk=None):
                 maps[start:start + chunk] = np.where(none, np.nan, 100 * np.nanmean(np.where(none, 0, aps), axis=0))
         else:
             maps[start:start + chunk] = 100 * aps.mean(0)
+        if on_chunk:
+            on_chunk(len(part))
     return maps
 
 

@@ -1,4 +1,6 @@
+import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,8 +16,33 @@ import yaml
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
+from harness.cli import configure_logging
 from harness.data.smoke import make_smoke
 from harness.manifest import read_yaml
+
+
+@pytest.fixture(autouse=True)
+def library_log_as_the_cli_shows_it():
+    """The library's log lines on stdout/stderr as under `harness ...` (INFO shown), whatever test ran
+    before in this process (main() installs the same handler; `-q` raises the level): tests read
+    them with capsys."""
+    configure_logging(argparse.Namespace(quiet=False, verbose=False, no_progress=False))
+
+
+@pytest.fixture()
+def no_lock_entries(tmp_path, monkeypatch):
+    """Checkpoints are checked against this machine's lock file: a test reads an empty one, never the lock
+    file of a checkout that has downloaded real releases (`pytestmark = pytest.mark.usefixtures(...)`)."""
+    monkeypatch.setenv("HARNESS_LOCK_FILE", str(tmp_path / "weights_manifest.lock.yaml"))
+
+
+@pytest.fixture
+def coco(smoke_root, tmp_path):
+    """The smoke images as an ordinary COCO folder (the smoke subset itself is never checked)."""
+    root = tmp_path / "coco"
+    shutil.copytree(smoke_root, root)
+    (root / "SMOKE").unlink()
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -63,9 +63,9 @@ def run(args):
             print(f"{path}: no label >= {args.threshold:g}; showing the highest, {CLASS_NAMES[columns[0]]}",
                   file=sys.stderr)
         labels = [CLASS_NAMES[c] for c in columns]
-        title = f"{spec.id} on {path.name}: last decoder layer cross-attention" + (
-            f" ({RANDOM_NOTE})" if info["random_weights"] else "")
-        png = figure_png(load_rgb(path), image_maps[columns], labels, row[columns], title)
+        title = f"{spec.id} on {path.name}: last decoder layer cross-attention"
+        png = figure_png(load_rgb(path), image_maps[columns], labels, row[columns], title,
+                         random_weights=info["random_weights"])
         meta = {"image": str(path), "model": spec.id, "random_weights": info["random_weights"],
                 "weights_sha256": info["sha256"], "classes": CLASS_NAMES, "scores": [float(v) for v in row],
                 "shown": labels, "npy_layout": "labels (80, classes order) x heads x H x W; sums to 1 over H x W",

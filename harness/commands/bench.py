@@ -14,6 +14,7 @@ from harness.measure.bench import BenchConfig, CannotBuild, bench_model, models_
 from harness.measure.fit import parse_size_mib
 from harness.measure.measurement import nvml_baseline_mib
 from harness.measure.throughput import free_memory
+from harness.progress import Eta, say
 from harness.records import check_runs_root, environment, new_run_dir, write_record
 from harness.report import COST_COLUMNS, bench_row, display_cost
 
@@ -73,7 +74,10 @@ def run(args):
     baseline = nvml_baseline_mib(device)  # before this process allocates anything on the GPU
     env = environment()
     rows, skipped = [], []
-    for spec in specs:
+    eta = Eta(len(specs))
+    for k, spec in enumerate(specs):
+        if len(specs) > 1:
+            say(f"harness bench: model {k + 1} of {len(specs)}, {spec.id}" + (f" ({eta.line(k)})" if k else ""))
         try:
             record = bench_model(spec, device, config, baseline)
         except CannotBuild as e:

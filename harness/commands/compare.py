@@ -15,13 +15,12 @@ def add_arguments(parser):
     parser.add_argument("--protocol", choices=("q2l", "asl", "mlspl"),
                         help="whose AP (default: the runs' own; required when they differ)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (1000)")
-    parser.add_argument("--n-perm", type=int, default=1000,
-                        help="permutations (1000; on all of COCO val2014 about a second each on one core)")
+    parser.add_argument("--n-perm", type=int, default=1000, help="permutations (1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both the resamples and the permutations (0)")
     parser.add_argument("--common-images", action="store_true",
                         help="compare on the images both runs scored (same annotation file and labels), e.g. "
                              "a Q2L run (all 40,504) against an ASL run (the 40,137 annotated)")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or json")
     parser.add_argument("--plot", metavar="FILE.png", help="also save the sorted per-class AP difference chart")
 
 
@@ -30,7 +29,7 @@ def run(args):
         raise UserError(f"--plot {args.plot}: name a .png file")
     result = compare_runs(load_run(args.run_a), load_run(args.run_b), protocol=args.protocol, n_boot=args.n_boot,
                           n_perm=args.n_perm, seed=args.seed, common_images=args.common_images,
-                          progress=lambda m: print(m, file=sys.stderr))
+                          progress=not args.no_progress)
     sys.stdout.write(to_text(result) if args.format == "text" else json.dumps(result, indent=1) + "\n")
     if args.plot:
         try:

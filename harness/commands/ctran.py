@@ -22,9 +22,10 @@ def add_arguments(parser):
                    help="test: the authors' protocol (LR schedule and checkpoint chosen on val2014, flagged "
                         "'selected on test'); held-out: on a seeded part of train2014 (--holdout)")
     p.add_argument("--holdout", type=float, default=0.1, help="held-out fraction of train2014 (default 0.1)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--epochs", type=int, default=100, help="epochs (default 100, theirs)")
+    p.add_argument("--batch-size", type=int, default=16, help="global batch, split over torchrun's processes (default "
+                   "16, theirs)")
+    p.add_argument("--lr", type=float, default=1e-5, help="Adam's learning rate (default 1e-5, theirs)")
     p.add_argument("--seed", type=int, default=0, help="seeds masks, crops, flips, dropout, shuffle (recorded)")
     p.add_argument("--backbone", default="imagenet",
                    help="imagenet (torchvision's ResNet-101 V1, as their pretrained=True), a .pth file, or random")
@@ -33,12 +34,14 @@ def add_arguments(parser):
     p.add_argument("--crop", type=int, default=576, help="crop / model input size")
     p.add_argument("--limit", type=int, help="only the first N training and validation images (flagged smoke)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=4,
+                   help="image loader workers (default 4): the crops and flips are drawn inside them, so their "
+                        "number changes the training's draws (the same number repeats a run on any machine)")
     add_runs_argument(p)
     p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                    help="continue after the last finished epoch (default: the newest unfinished run; "
                         "'auto': that run if its settings are these, else a new run)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args):
@@ -86,7 +89,7 @@ def evaluate(args, spec):
     batch_size = spec.eval.batch_size if args.batch_size is None else args.batch_size
     config = CtranEvalConfig(weights=args.weights, coco_root=args.coco_root,
                              model_ids=tuple(siblings[k] for k in known), known_percents=tuple(known),
-                             draw=args.draw, device=args.device, workers=args.workers or 0, batch_size=batch_size,
+                             draw=args.draw, device=args.device, workers=args.workers, batch_size=batch_size,
                              runs_root=args.runs, manifest=args.manifest, limit=args.limit,
                              progress=not args.no_progress)
     records = evaluate_checkpoint(config)

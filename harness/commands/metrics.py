@@ -21,7 +21,8 @@ def add_arguments(parser):
                         help="F1 threshold on the sigmoid scores (default 0.5; 0.8 with --f1 asl, ASL's --thre)")
     parser.add_argument("--mask", metavar="MASKS.npy",
                         help="ctran only: images x classes, -1 unknown, 0/1 known label (default: all unknown)")
-    parser.add_argument("--format", choices=("json", "text"), default="json")
+    parser.add_argument("--format", choices=("json", "text"), default="json",
+                        help="json: one object with every metric (default); text: the headline numbers")
     parser.add_argument("--no-ci", action="store_true", help="skip the bootstrap (mAP_ci95 is then null)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")

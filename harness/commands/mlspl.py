@@ -21,27 +21,33 @@ def add_arguments(parser):
     p.add_argument("--data", required=True, help="folder made by `harness mlspl prepare`")
     p.add_argument("--coco-root", required=True, help="COCO root holding train2014/ and val2014/")
     p.add_argument("--out", required=True, help="folder for {train,val}_features_imagenet_resnet50.npy")
-    p.add_argument("--resolution", type=int, default=448)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--resolution", type=int, default=448, help="input size (default 448, the authors'; another "
+                   "is recorded in features_meta.json)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64; the features "
+                   "do not depend on it beyond float rounding)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default (auto): cuda when available")
     p.add_argument("--workers", type=int, help="loader workers (default: every usable core)")
     p.add_argument("--random-weights", action="store_true", help="random ResNet-50 (smoke runs only)")
     p.add_argument("--seed", type=int, default=0, help="with --random-weights: the torch seed of the random network "
                                                       "(recorded in features_meta.json)")
 
     p = sub.add_parser("fetch-features", help="the authors' features from Zenodo record 10162606")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder the two feature files are linked into (the download stays in the cache)")
     p.add_argument("--key", action="append", help="Zenodo file key (repeatable; default: the two feature files)")
     p.add_argument("--cache", help="download cache folder")
 
     p = sub.add_parser("compare-features", help="cosine similarity of two feature folders on sampled rows")
-    p.add_argument("ours")
-    p.add_argument("theirs")
-    p.add_argument("--sample", type=int, default=1000)
+    p.add_argument("ours", help="a feature folder (e.g. from `harness mlspl extract-features`)")
+    p.add_argument("theirs", help="another feature folder (e.g. the authors', from `harness mlspl fetch-features`)")
+    p.add_argument("--sample", type=int, default=1000, help="rows compared, drawn evenly (default 1000)")
 
     p = sub.add_parser("train", help="train one loss and mode over the grid, select on val, score test")
-    p.add_argument("--loss", required=True, choices=["BCE", "AN", "AN-LS", "WAN", "EPR", "ROLE"])
-    p.add_argument("--mode", required=True, choices=["linear", "fine-tuned", "linear-init"])
+    p.add_argument("--loss", required=True, choices=["BCE", "AN", "AN-LS", "WAN", "EPR", "ROLE"],
+                   help="the paper's losses (BCE: full labels, the upper bound)")
+    p.add_argument("--mode", required=True, choices=["linear", "fine-tuned", "linear-init"],
+                   help="linear: a head on fixed features; fine-tuned: end to end on images; linear-init: a "
+                        "linear phase, then fine-tuning from it")
     p.add_argument("--data", required=True, help="folder made by `harness mlspl prepare`")
     p.add_argument("--features", help="feature folder (modes linear and linear-init)")
     p.add_argument("--coco-root", help="COCO root with the images (modes fine-tuned and linear-init)")
@@ -59,9 +65,11 @@ def add_arguments(parser):
                         "script's with torch.manual_seed(P['seed']) added")
     p.add_argument("--dataloader-semantics", choices=["torch>=1.9", "torch-1.7-1.8"], default="torch>=1.9",
                    help="which torch's DataLoader(shuffle=True) draws to replay (their requirements.txt: torch 1.7.0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default (auto): cuda when available")
     p.add_argument("--workers", type=int, default=4,
-                   help="image loader workers (default 4); their number fixes which worker draws each flip")
+                   help="image loader workers (default 4, the authors' P['num_workers']): each flip is drawn in "
+                        "a worker, so their number changes the draws, and 4 replays theirs (unlike `harness eval`, "
+                        "whose workers draw nothing and default to every core)")
     add_runs_argument(p)
     p.add_argument("--manifest", metavar="FILE",
                    help="manifest for the record's model entry and paper numbers (default: weights_manifest.yaml)")

@@ -1,5 +1,6 @@
 """List the models of the manifest: id, family, resolution, paper mAP, and what each needs."""
 import json
+import math
 
 from tabulate import tabulate
 
@@ -9,7 +10,8 @@ from harness.manifest import FAMILIES, load_manifest
 def add_arguments(parser):
     parser.add_argument("--manifest", help="manifest file (default: weights_manifest.yaml of the repository)")
     parser.add_argument("--family", choices=FAMILIES, help="only this family")
-    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--format", choices=["table", "json"], default="table",
+                        help="table (default) or json (a list of objects; a missing number is null)")
 
 
 def rows(specs):
@@ -33,7 +35,11 @@ def run(args):
     if args.family:
         specs = {k: v for k, v in specs.items() if v.family == args.family}
     table = list(rows(specs))
-    if args.format == "json":
-        print(json.dumps(table, indent=2))
+    if args.format == "json":  # valid JSON always: a NaN or infinite number (a manifest's .nan) is null
+        print(json.dumps([{k: _finite(v) for k, v in row.items()} for row in table], indent=2, allow_nan=False))
     else:
         print(tabulate(table, headers="keys", missingval="n/a"))
+
+
+def _finite(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value

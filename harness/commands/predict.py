@@ -31,7 +31,8 @@ def add_model_arguments(parser):
 def add_arguments(parser):
     add_model_arguments(parser)
     parser.add_argument("--top-k", type=int, default=10, help="at most this many labels per image (10)")
-    parser.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    parser.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                        help="text: one line per image (default); json, csv: every class's score too")
     parser.add_argument("--out", metavar="FILE", help="write here (never replaces a file) instead of printing")
 
 

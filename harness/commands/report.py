@@ -1,10 +1,12 @@
 """Render the run records into tables against the papers (one per family: paper mAP, ours, the
 difference, 95% CI, status, CF1/OF1, peak VRAM, images/s, GPU; and a cost table from bench runs).
 Reads only the records, the manifest and tables/paper/*.csv; never runs a model."""
+import argparse
 import sys
 from pathlib import Path
 
 from harness import report
+from harness.commands import OldSpelling
 from harness.errors import UserError
 from harness.explain.compare import compare_runs, find_run, load_run, plot_png
 from harness.manifest import load_manifest
@@ -18,8 +20,9 @@ def add_arguments(parser):
     parser.add_argument("--measured", metavar="DIR", default=None,
                         help="measured records committed with the code, also read (default: tables/measured of "
                              "the repository; 'none' to leave them out)")
-    parser.add_argument("--paper-tables", "--tables", dest="paper_tables", metavar="DIR",
-                        help="the paper tables (default: tables/paper of the repository; --tables is the old spelling)")
+    parser.add_argument("--paper-tables", dest="paper_tables", metavar="DIR",
+                        help="the paper tables (default: tables/paper of the repository)")
+    parser.add_argument("--tables", dest="paper_tables", action=OldSpelling, new="--paper-tables", help=argparse.SUPPRESS)
     parser.add_argument("--manifest", metavar="FILE", help="the model manifest (default: weights_manifest.yaml)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
                         help="add a paired comparison of two models' latest runs (or two run folders), as "
@@ -31,12 +34,16 @@ def add_arguments(parser):
 
 
 def run(args):
+    _render(args)
+    if not any(Path(args.runs).glob("*/*/record.json")):  # after the report: an error, if any, comes alone
+        print(f"harness report: {_no_runs_line(Path(args.runs))}", file=sys.stderr)
+
+
+def _render(args):
     if args.paper_tables and not Path(args.paper_tables).is_dir():
         raise UserError(f"paper tables folder not found: {args.paper_tables}; pass --paper-tables DIR with the *.csv files")
     if Path(args.runs).exists() and not Path(args.runs).is_dir():
         raise UserError(f"--runs {args.runs} is a file, not a runs folder; pass the folder `harness eval` wrote (e.g. runs)")
-    if not Path(args.runs).is_dir():
-        print(f"harness report: no runs folder {args.runs}: every model shows 'no run yet'", file=sys.stderr)
     measured = report.DEFAULT_MEASURED if args.measured is None else (
         None if args.measured.lower() == "none" else Path(args.measured))
     if measured is not None and args.measured is not None and not measured.is_dir():
@@ -45,7 +52,7 @@ def run(args):
     if args.compare:
         compare = compare_runs(*(load_run(find_run(args.runs, name)) for name in args.compare),
                                protocol=args.compare_protocol, common_images=args.compare_common_images,
-                               progress=lambda m: print(f"harness report: {m}", file=sys.stderr))
+                               progress=not args.no_progress)
     if args.format == "all":
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
             raise UserError(f"--format all writes five files into a folder, but --out {args.out} is a file; "
@@ -68,3 +75,15 @@ def run(args):
 
         chart = report.write_report_png(out.with_name(f"{out.stem}-compare.png"), plot_png(compare))
         print(f"written: {chart}", file=sys.stderr)
+
+
+def _no_runs_line(runs):
+    """No record under --runs: say so, and name the runs folders that do hold records (`make smoke`
+    writes runs/smoke/runs, which the default --runs runs does not read)."""
+    where = runs if runs.is_dir() else Path(".")
+    patterns = ("/".join(["*"] * depth) + "/record.json" for depth in range(2, 6))  # bounded: no walk of COCO
+    found = sorted({str(p.parent.parent.parent) for pattern in patterns for p in where.glob(pattern)})[:3]
+    line = f"no run record under {runs}/ (every model shows 'no run yet')"
+    if found:
+        return line + f"; records are under {' and '.join(found)}: pass --runs " + found[0]
+    return line + "; pass --runs DIR, the folder `harness eval` wrote (make smoke: --runs runs/smoke/runs)"

@@ -19,10 +19,11 @@ def add_arguments(parser):
     parser.add_argument("run_dir", help="a run folder holding record.json, scores.npy and labels.npy")
     parser.add_argument("--protocol", choices=("q2l", "asl", "mlspl", "ctran"),
                         help="default: the protocol the run was evaluated with")
-    parser.add_argument("--format", choices=("json", "text"), default="json")
+    parser.add_argument("--format", choices=("json", "text"), default="json",
+                        help="json: one object with every metric (default); text: the headline numbers")
     parser.add_argument("--no-ci", action="store_true", help="skip the bootstrap")
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CI (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0, as `harness eval`)")
     parser.add_argument("--emulate-ranks", type=int, metavar="W",
                         help="the number Query2Label's q2l_infer.py would have printed on W GPUs "
                              "(DistributedSampler row order and padding)")

@@ -98,7 +98,7 @@ class CtranEvalConfig:
     known_percents: tuple
     draw: str = "ctran"
     device: str | None = None
-    workers: int = 4
+    workers: int | None = None  # None: every core this process may use (scoring draws nothing in them)
     batch_size: int = 16
     runs_root: str = "runs"
     manifest: str | None = None
@@ -108,5 +108,7 @@ class CtranEvalConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.workers is not None and self.workers < 0:
+            raise UserError(f"--workers must be 0 or more (got {self.workers}); 0 loads images in the main process")
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be a positive number of images")

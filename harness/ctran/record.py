@@ -75,6 +75,7 @@ class Scored:
     metrics: dict
     measured: dict
     wall_s: float
+    digests: dict  # sha256 of each saved array (records.save_arrays)
 
 
 def record_reasons(config, checkpoint, trained=None):
@@ -95,7 +96,7 @@ def build_record(config, checkpoint, scored, trained=None):
                     "arch": checkpoint.arch, "epoch": checkpoint.meta.get("epoch")},
         config=config_section(trained.config if trained else config),
         dataset={"name": "coco2014-val", "root": str(root.resolve()), "image_set": "annotated",
-                 "n_images": scored.n_images, "fingerprint": {**scored.fingerprint, "n_images": scored.n_images},
+                 "n_images": scored.n_images, "fingerprint": scored.fingerprint,  # of the whole annotated split
                  "smoke_subset": is_smoke_root(root)},
         eval={"protocol": config.draw, "known_percent": scored.percent, "known_labels": scored.known,
               "resolution": checkpoint.crop, "scale": checkpoint.scale, "resize": "squish then centre crop",
@@ -108,6 +109,7 @@ def build_record(config, checkpoint, scored, trained=None):
         started_at=trained.state["started_at"] if trained else utc_now(), finished_at=utc_now(),
         smoke_reasons=record_reasons(config, checkpoint, trained),
         files={"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy", "masks": "masks.npy"},
+        digests=scored.digests,
         train=_train_section(trained, checkpoint) if trained else {},
         extra={"train_wall_s": trained.state["wall_s"]} if trained else {})
 

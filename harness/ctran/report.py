@@ -14,13 +14,15 @@ def _num(v, digits=1):
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
-def _pick(records):
-    done = [r for r in records if not r.smoke]
-    return max(done or records, key=lambda r: (r.finished_at or "", r.run_id or ""), default=None)
+def _pick(records, status):
+    """The latest record that is not smoke, else the latest (newest first: only those newer are judged)."""
+    newest_first = sorted(records, key=lambda r: (r.finished_at or "", r.run_id or ""), reverse=True)
+    return next((r for r in newest_first if status(r) != "smoke"), newest_first[0] if newest_first else None)
 
 
-def partial_rows(evals, specs):
-    """[{training, selection, known: {percent: cell dict}}] for the C-Tran entries of the manifest."""
+def partial_rows(evals, specs, status):
+    """[{training, selection, known: {percent: cell dict}}] for the C-Tran entries of the manifest;
+    status(spec, record): the report's judgement of a record (harness.report.judge, from its files)."""
     out = []
     for use_lmt in (True, False):
         entries = {s.train["known"]: s for s in specs.values() if s.family == "ctran" and s.train["use_lmt"] == use_lmt}
@@ -30,13 +32,14 @@ def partial_rows(evals, specs):
             cells = {}
             for known, spec in entries.items():
                 found = [r for r in evals.get(spec.id, []) if r.ctran.get("selection") == selection]
-                r = _pick(found)
+                r = _pick(found, lambda record, spec=spec: status(spec, record))
+                judged = status(spec, r) if r else None
                 m = r.metrics if r else {}
                 cells[known] = {"model": spec.id, "paper_mAP": spec.paper_map, "mAP": m.get("mAP"),
                                 "CF1": m.get("CF1"), "OF1": m.get("OF1"),
                                 "unknown_CF1": (m.get("unknown_only") or {}).get("CF1"),
                                 "unknown_OF1": (m.get("unknown_only") or {}).get("OF1"),
-                                "smoke": bool(r and r.smoke), "run_id": r.run_id if r else None}
+                                "status": judged, "run_id": r.run_id if r else None}
             out.append({"training": "LMT" if use_lmt else "no LMT", "selection": selection, "known": cells})
     return out
 
@@ -45,7 +48,7 @@ def _cell(c):
     if c is None:
         return "-"
     text = f"{_num(c['mAP'], 2)} / {_num(c['paper_mAP'])}"
-    return text + (" (smoke)" if c["smoke"] else "")
+    return text + (f" ({c['status']})" if c["status"] in ("smoke", "failed checks", "unverifiable") else "")
 
 
 def _f1(c):
@@ -70,5 +73,6 @@ def tables(rows):
              "unknown labels only.",
              "Selected on test: the authors' validation loader is val2014, so their LR schedule and checkpoint "
              "were chosen on the test set; the held-out row chooses on part of train2014 instead.",
-             "'-': the paper reports no such setting; smoke runs never count."]
+             "'-': the paper reports no such setting; smoke runs never count, nor do runs whose files fail "
+             "their checks or cannot be checked (`harness verify RUN` says why)."]
     return [("C-Tran, partial labels known at inference", headers, cells, notes)]

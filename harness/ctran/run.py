@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.models import ResNet101_Weights
-from tqdm import tqdm
 
-from harness import records
+from harness import progress, records
 from harness.checkpoints import sha256_of
 from harness.ctran import checkpoint as ckpt
 from harness.ctran import distributed, masks
@@ -49,12 +48,15 @@ from harness.ctran.record import (
 )
 from harness.ctran.run_folder import open_run
 from harness.data.coco import check_images, fingerprint, load_labels
+from harness.data.loader import usable_cores
 from harness.distributed import World, pick_device
-from harness.errors import UserError
+from harness.errors import Interrupted, UserError
 from harness.manifest import get_spec
 from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.models.ctran import CTran
+from harness.progress import bar, bars_enabled
 from harness.records import FinishedRun, utc_now
+from harness.records.curves import TrainingCurves
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ STATE, LAST, BEST = "state.pt", "last.safetensors", "best.safetensors"
 
 
 def _say(text):
-    logger.warning(text)
+    progress.say(text)  # beside the bars, on stderr; --quiet hides it
 
 
 def split_rows(n, fraction, seed):
@@ -76,6 +78,7 @@ def _loader(dataset, batch_size, workers, shuffle=False, seed=0, world=None, epo
     """Their DataLoader (shuffled for training); with several processes, this process's shard."""
     world = world or World()
     g = torch.Generator().manual_seed(seed)
+    workers = usable_cores() if workers is None else workers
     if world.size == 1:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g)
     sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=shuffle, seed=seed)
@@ -98,7 +101,8 @@ def predict(model, loader, device, use_lmt, progress=False, world=None, on_batch
     model.eval()
     logits, all_labels, all_masks, rows = [], [], [], []
     with torch.no_grad():
-        for images, labels, mask, row in tqdm(loader, disable=not progress, leave=False, desc="eval"):
+        for images, labels, mask, row in bar(len(loader), "eval", unit="batch", enabled=progress, leave=False,
+                                             iterable=loader):
             logits.append(model(images.to(device), mask.to(device)).cpu())
             if on_batch is not None:
                 on_batch(len(images))
@@ -125,7 +129,7 @@ def train_step(model, optimizer, images, labels, mask, use_lmt, size=1):
 def train_epoch(model, loader, optimizer, device, use_lmt, progress=False, size=1):
     model.train()
     total, n = 0.0, 0
-    for images, labels, mask, _ in tqdm(loader, disable=not progress, leave=False, desc="train"):
+    for images, labels, mask, _ in bar(len(loader), "train", unit="batch", enabled=progress, leave=False, iterable=loader):
         total += train_step(model, optimizer, images.to(device), labels.to(device), mask.to(device), use_lmt, size)
         n += len(labels)
     return total / max(n, 1)
@@ -136,7 +140,7 @@ def load_backbone_weights(model, source):
     if source == "random":
         return {"source": "random", "sha256": None}
     if source == "imagenet":
-        state = ResNet101_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        state = ResNet101_Weights.IMAGENET1K_V1.get_state_dict(progress=bars_enabled())
         info = {"source": "torchvision ResNet101_Weights.IMAGENET1K_V1", "sha256": None}
     else:
         state = torch.load(source, map_location="cpu", weights_only=True)
@@ -179,6 +183,19 @@ def load_training_data(config):
 def train(config):
     """Train C-Tran as `config` (CtranTrainConfig) asks, then score val2014 with the selected
     checkpoint; returns its FinishedRun (the record None on torchrun ranks other than 0)."""
+    where = {}  # the run folder and its state, once known: an interruption names them
+    try:
+        return _train(config, where)
+    except KeyboardInterrupt:
+        if "run_dir" not in where:
+            raise Interrupted(["no run folder was opened yet: nothing was kept"], resume=None) from None
+        done = where["state"]["epoch"] if "state" in where else 0
+        kept = f"epochs 1-{done} are" if done else "no epoch had finished; its settings are"
+        raise Interrupted([f"{config.model_id}: {kept} kept in {where['run_dir']}"],
+                          resume=("--resume", str(where["run_dir"]))) from None
+
+
+def _train(config, where):
     device = pick_device(config.device)
     world = World.from_env(device)  # under torchrun "cuda" is this rank's GPU from here on
     if config.batch_size % world.size:
@@ -190,7 +207,9 @@ def train(config):
     # every process reads the same run folder (resume state); only rank 0 writes
     run_dir = world.broadcast(open_run(config, settings) if world.main else None)
 
+    where["run_dir"] = run_dir
     model, optimizer, scheduler, state = _start(config, run_dir, device)
+    where["state"] = state
     if state["epoch"] and world.main:
         _say(f"resuming {run_dir} after epoch {state['epoch']}/{config.epochs}")
     net = distributed.wrap(model, device, world)
@@ -202,6 +221,7 @@ def train(config):
                            rows=data.val_rows)
     train_reasons = training_reasons(config)  # the checkpoint carries them
     batch = config.batch_size // world.size
+    curves = TrainingCurves(run_dir) if world.main else None  # run_dir/tensorboard, live
     for epoch in range(state["epoch"] + 1, epochs + 1):
         t0 = time.perf_counter()
         random.seed(f"ctran-epoch:{seed}:{epoch}" + (f":{world.rank}" if world.size > 1 else ""))
@@ -233,12 +253,14 @@ def train(config):
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "state_json": json.dumps(state)}, tmp)
         tmp.replace(run_dir / STATE)
+        curves.epoch(epoch, train_loss=train_loss, learning_rate=lr_now, val_loss=val_loss, val_mAP=val_map)
         per_epoch = state["wall_s"] / epoch
         _say(f"epoch {epoch}/{epochs}  train loss {train_loss:.3f}  val loss {val_loss:.3f}  val mAP "
-             f"{val_map if val_map is None else round(val_map, 2)}  lr {lr_now:g}  ETA "
-             f"{(epochs - epoch) * per_epoch / 60:.1f} min")
+             f"{val_map if val_map is None else round(val_map, 2)}  lr {lr_now:g}  about "
+             f"{progress.duration((epochs - epoch) * per_epoch)} left")
     if not world.main:  # rank 0 scores the test set with the selected checkpoint and writes the record
         return FinishedRun(run_dir, None)
+    curves.close()
     return _finish_training(Trained(config, run_dir, settings, state, data.test_rows), device)
 
 
@@ -311,11 +333,10 @@ def evaluate_checkpoint(config, trained=None):
         scores = torch.sigmoid(logits).numpy()
         metrics = compute_ctran_metrics(scores, labels.labels[got_rows], mask.numpy())
         run_dir = run_dir or records.new_run_dir(config.runs_root, spec.id)
-        records.save_arrays(run_dir, scores, labels.labels[got_rows], labels.image_ids[got_rows])
-        known_mask = mask.numpy().astype(np.int8)
-        records.write_new(run_dir / "masks.npy", lambda f: np.save(f, known_mask))
+        digests = records.save_arrays(run_dir, scores, labels.labels[got_rows], labels.image_ids[got_rows],
+                                      masks=mask.numpy())
         scored = Scored(spec, percent, known, run_dir, len(got_rows), fingerprint(labels), loss, metrics, measured,
-                        time.perf_counter() - t_setting)
+                        time.perf_counter() - t_setting, digests)
         record = build_record(config, checkpoint, scored, trained)
         records.write_record(run_dir, record)
         out.append(record)

@@ -18,8 +18,9 @@ import numpy as np
 
 from harness.data.smoke import is_smoke_root
 from harness.download import fetch
-from harness.download.verify import file_digest, read_record, unchanged_since
+from harness.download.verify import read_record, unchanged_since
 from harness.errors import UserError
+from harness.files import file_digest
 from harness.manifest import ModelSpec
 from harness.metrics import compute_metrics
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.images import decode_problem
-from harness.download.verify import file_digest
 from harness.errors import UserError
+from harness.files import file_digest
+from harness.progress import bar as progress_bar
 
 SPLIT_SIZES = {"val2014": (40504, 40137), "train2014": (82783, 82081)}  # (all, annotated)
 
@@ -173,11 +174,9 @@ def check_images(root, coco_labels, show=3):
 
 def unreadable_images(root, coco_labels, progress=True):
     """[(file name, reason)] of every listed image that the loader could not decode (reads them all)."""
-    from tqdm import tqdm  # lazy: `harness data` and the report load this module, and only this check shows a bar
-
     folder = Path(root) / coco_labels.split
     names = coco_labels.file_names
     with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:  # decoding releases the GIL
-        problems = list(tqdm(pool.map(lambda n: decode_problem(folder / n), names), total=len(names),
-                             desc=f"decoding {coco_labels.split}", unit="img", disable=not progress))
+        problems = list(progress_bar(len(names), f"decoding {coco_labels.split}", enabled=progress,
+                                     iterable=pool.map(lambda n: decode_problem(folder / n), names)))
     return [(name, why) for name, why in zip(names, problems) if why]

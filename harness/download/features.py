@@ -15,8 +15,8 @@ from harness.download import zenodo
 from harness.download.errors import SourceError, disk_full
 from harness.download.settings import harness_home, is_offline
 from harness.download.url import Published, fetch_url
-from harness.download.verify import write_atomically
 from harness.errors import UserError
+from harness.files import write_atomically
 
 MLSPL_RECORD = "10162606"
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz")

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from harness import __version__
 from harness.download.errors import SourceError, disk_full
 from harness.download.settings import Patience
+from harness.progress import bars_enabled
 
 CHUNK = 1 << 16  # small: a dropped connection loses at most this much
 
@@ -138,7 +139,8 @@ def _write_body(r, transfer, mode, offset, total):
         raise SourceError("html", f"{host_of(url)} sent an HTML page instead of the file "
                                   f"(an error, login or quota page): {url}")
     bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-               desc=transfer.desc, disable=True if transfer.quiet else None, file=sys.stderr, mininterval=0.5)
+               desc=transfer.desc, disable=True if transfer.quiet or not bars_enabled() else None, file=sys.stderr,
+               mininterval=0.5)
     size = offset
     try:
         with open(part, mode) as f:

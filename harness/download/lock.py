@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from harness.download.verify import write_atomically
 from harness.errors import UserError
+from harness.files import write_atomically
 from harness.manifest import read_yaml
 
 logger = logging.getLogger(__name__)

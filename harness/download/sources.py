@@ -4,7 +4,7 @@ from pathlib import Path
 
 from harness.download import gdrive, http, seafile, zenodo
 from harness.download.errors import SourceError
-from harness.download.verify import file_digest
+from harness.files import file_digest
 
 
 def describe(source):

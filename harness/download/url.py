@@ -9,14 +9,9 @@ from harness.download.errors import SourceError
 from harness.download.lock import exclusive
 from harness.download.settings import Patience, is_offline
 from harness.download.sources import check_size_md5
-from harness.download.verify import (
-    file_digest,
-    move_aside,
-    read_record,
-    unchanged_since,
-    write_record,
-)
+from harness.download.verify import move_aside, read_record, unchanged_since, write_record
 from harness.errors import UserError
+from harness.files import file_digest
 
 logger = logging.getLogger(__name__)
 

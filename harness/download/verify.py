@@ -1,31 +1,12 @@
-"""Hashes, the record kept beside each cached file, a first look at a file's content, and
-moving a bad file out of the way."""
-import hashlib
+"""The record kept beside each cached file, a first look at a file's content, and moving a bad
+file out of the way."""
 import json
 import os
-import secrets
 import time
 import zipfile
 from pathlib import Path
 
-CHUNK = 1 << 20
-
-
-def file_digest(path, algorithm="sha256"):
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def git_blob_id(path):
-    """The file's git object id (sha1 of "blob <size>\\0" + content): what a repository's tree names it by."""
-    h = hashlib.sha1(b"blob %d\0" % Path(path).stat().st_size)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+from harness.files import git_blob_id, write_atomically
 
 
 def content_problem(path, role, git_blob=None):
@@ -77,17 +58,6 @@ def move_aside(path, name_like=None):
     os.replace(path, target)
     record_path(path).unlink(missing_ok=True)
     return target
-
-
-def write_atomically(path, text):
-    """Readers see the old text or the new, never half; the temporary name is unique per writer."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def record_path(path):

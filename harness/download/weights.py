@@ -14,15 +14,9 @@ from harness.download import sources
 from harness.download.errors import SourceError
 from harness.download.lock import check_folder, exclusive, lock_entry, record_lock
 from harness.download.settings import Patience, harness_home, is_offline, lock_file_for
-from harness.download.verify import (
-    content_problem,
-    file_digest,
-    move_aside,
-    read_record,
-    unchanged_since,
-    write_record,
-)
+from harness.download.verify import content_problem, move_aside, read_record, unchanged_since, write_record
 from harness.errors import UserError
+from harness.files import file_digest
 
 logger = logging.getLogger(__name__)
 

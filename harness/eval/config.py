@@ -20,7 +20,7 @@ class EvalConfig:
     workers: int | None = None            # None: every core this process may use
     seed: int = 0                         # of --weights random
     runs_root: str = "runs"
-    resume: str | None = None             # a run folder, "latest", or None
+    resume: str | None = None             # a run folder, "latest", "auto" (that of these settings, else new), or None
     keep_cache: bool = False
     progress: bool = True
 
@@ -37,4 +37,4 @@ class EvalConfig:
     def names_one_model(self):
         """Whether these settings name one model's files (a checkpoint, a config, a run to resume)."""
         return self.weights not in (None, "random") or bool(self.checkpoint_config) or \
-            self.resume not in (None, "latest")
+            self.resume not in (None, "latest", "auto")

@@ -1,43 +1,24 @@
-"""The whole Query2Label job: for each model get the checkpoint, evaluate, then write the report.
+"""The whole Query2Label job: for each model get the checkpoint and evaluate it (`harness reproduce`
+writes the report after).
 
 Models whose complete, non-smoke run already exists are skipped; a model that fails does not
 stop the others, and every failure is listed at the end with its reason.
 """
 import logging
 import time
-from pathlib import Path
 
 import torch
 
 from harness.data.coco import SPLIT_SIZES, annotation_path, check_images, load_labels
 from harness.distributed import World, pick_device
-from harness.errors import UserError
+from harness.errors import UserError, run_each
 from harness.eval.run import evaluate_many
 from harness.manifest import load_manifest, resolve_id
 from harness.models import build_from_arch
 from harness.pretrained import release_files
-from harness.records import check_runs_root, read_record
-from harness.report import write_all
+from harness.records import Reproduction, check_runs_root, complete_run
 
 logger = logging.getLogger(__name__)
-
-
-def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
-    """The newest finished, non-smoke run of this kind and model with these settings, or None."""
-    found = []
-    for record_file in (Path(runs_root) / model_id).glob("*/record.json"):
-        try:
-            record = read_record(record_file.parent)
-        except UserError:  # a damaged record is no complete run
-            continue
-        ev = record.eval
-        same_amp = (ev.get("amp_source") != "--amp" if amp is None  # the paper's choice, not a forced one
-                    else ev.get("amp", False) == (False if amp == "off" else amp))
-        same_batch = (ev.get("batch_size_source") != "--batch-size" if batch_size is None  # the authors' choice
-                      else ev.get("batch_size") == batch_size)
-        if record.kind == kind and not record.smoke and same_batch and same_amp:
-            found.append(record_file.parent)
-    return max(found, key=lambda p: p.name) if found else None
 
 
 def estimate_cpu_hours(spec, n_images, batch_size):
@@ -51,9 +32,10 @@ def estimate_cpu_hours(spec, n_images, batch_size):
     return per_image * n_images / 3600
 
 
-def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, force=False):
+def reproduce_q2l(config, *, models=None, manifest=None, force=False):
     """Every chosen model (default: the Query2Label tables' six and the ASL baseline) evaluated as
-    `config` (an EvalConfig) asks, complete runs skipped unless `force`; then the report."""
+    `config` (an EvalConfig) asks, complete runs skipped unless `force`; its Reproduction (the
+    command then writes the report)."""
     specs = load_manifest(manifest)
     chosen = [resolve_id(m, specs) or m for m in models] if models else [
         m for m, s in specs.items() if s.paper.get("csv", "").startswith("q2l_")]
@@ -90,7 +72,8 @@ def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, fo
             results = {runnable[0].id: e} if len(runnable) == 1 else {s.id: e for s in runnable}
 
     if not World.declared().main:  # torchrun: rank 0 reports (every rank scored its shard)
-        return 1 if any(isinstance(r, BaseException) for r in results.values()) else 0
+        failed = [(mid, str(r)) for mid, r in results.items() if isinstance(r, BaseException)]
+        return Reproduction(chosen, failed, False)
 
     def job(spec):
         existing = existing_run(spec)
@@ -103,7 +86,7 @@ def reproduce_q2l(config, *, models=None, tables_dir="tables", manifest=None, fo
             raise results[spec.id]
         return results[spec.id].run_dir
 
-    return run_each([(mid, lambda spec=specs[mid]: job(spec)) for mid in chosen], runs_root, tables_dir, manifest)
+    return Reproduction(chosen, run_each([(mid, lambda spec=specs[mid]: job(spec)) for mid in chosen]), True)
 
 
 def _missing_weights(specs, weights_dir):
@@ -120,28 +103,3 @@ def _missing_weights(specs, weights_dir):
 
 def _hours(hours):
     return f"{hours:.1f} h" if hours >= 0.1 else f"{hours * 60:.0f} min"
-
-
-def run_each(jobs, runs_root, tables_dir, manifest=None):
-    """Run (model id, job) pairs in turn: one model's failure, whatever it is, never stops the
-    others nor loses their runs; then write the report and list every failure with its reason."""
-    failed = []
-    for mid, job in jobs:
-        try:
-            job()
-        except UserError as e:
-            failed.append((mid, str(e)))
-            logger.info(f"{mid}: FAILED: {e}")
-        except Exception as e:  # a crash too: the other models' runs still count
-            failed.append((mid, f"{type(e).__name__}: {e}"))
-            logger.info(f"{mid}: FAILED: {type(e).__name__}: {e}")
-    written = write_report(runs_root, tables_dir, manifest)
-    logger.info(f"\n{len(jobs) - len(failed)} of {len(jobs)} models done; report: {', '.join(str(p) for p in written)}")
-    for mid, why in failed:
-        logger.info(f"  {mid} failed: {why}")
-    return 1 if failed else 0
-
-
-def write_report(runs_root, tables_dir, manifest=None):
-    """Render every report format into tables_dir; returns the files written."""
-    return write_all(runs_root=runs_root, out_dir=tables_dir, manifest=manifest)

@@ -12,28 +12,29 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from harness import records
+from harness import progress, records
 from harness.checkpoints import read_config
 from harness.data.authors_labels import choose_labels
 from harness.data.cache import DecodeCache, PassImages
-from harness.data.coco import check_images, fingerprint, is_full_split, load_labels
+from harness.data.coco import CocoLabels, check_images, fingerprint, is_full_split, load_labels
 from harness.data.loader import make_loader
 from harness.data.smoke import is_smoke_root
 from harness.data.transforms import ResizeToUint8, to_model_input
 from harness.distributed import World, partial_name, pick_device, progress_name
-from harness.download.verify import write_atomically
-from harness.errors import UserError
+from harness.errors import Interrupted, UserError
 from harness.eval.batch_size import choose_batch_size
 from harness.eval.config import EvalConfig
 from harness.eval.numerics import tf32_mode
 from harness.eval.shared_pass import Scorer, UnreadableError, ride_together, run_pass
+from harness.files import write_atomically
+from harness.manifest import ModelSpec
 from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.measure.throughput import AMP_DTYPES
 from harness.metrics import compute_metrics
@@ -86,6 +87,7 @@ class _Session:
     numerics: dict     # the GPU flags that change results (TF32, cuDNN)
     single: bool       # one model: its error is raised, not kept as its result
     progress: bool     # rank 0 only under torchrun
+    opened: list       # the jobs whose run folder is open: an interruption names them
 
 
 def evaluate(spec, config):
@@ -111,11 +113,28 @@ def evaluate_many(specs, config):
     results = {}
     with tf32_mode(config.tf32) as numerics:
         session = _Session(config, device, world, numerics, single=len(specs) == 1,
-                           progress=config.progress and world.main)
-        for resolution in dict.fromkeys(spec.eval.resolution for spec in specs):
-            results.update(_evaluate_resolution([spec for spec in specs if spec.eval.resolution == resolution],
-                                                session))
+                           progress=config.progress and world.main, opened=[])
+        try:
+            for resolution in dict.fromkeys(spec.eval.resolution for spec in specs):
+                results.update(_evaluate_resolution([spec for spec in specs if spec.eval.resolution == resolution],
+                                                    session))
+        except KeyboardInterrupt:
+            raise _interrupted(session, specs) from None
     return [results[spec.id] for spec in specs]
+
+
+def _interrupted(session, specs):
+    """What an interruption kept (each open run's scored rows) and the flags that continue it."""
+    kept = [job for job in session.opened if not records.is_finished(job.run_dir)]
+    if not kept:
+        return Interrupted(["no run folder was opened yet: nothing was kept"], resume=None)
+    saved = [f"{job.spec.id}: {job.done - job.rows.start} of {len(job.rows)} images scored, kept in {job.run_dir}"
+             for job in kept]
+    if len(specs) == 1:
+        return Interrupted(saved, resume=("--resume", str(kept[0].run_dir)))
+    unfinished = {job.spec.id for job in kept}
+    done = tuple(spec.id for spec in specs if spec.id not in unfinished)
+    return Interrupted(saved, resume=("--resume",), drop=done)  # each model's newest unfinished run
 
 
 def _attempt(results, key, single, work):
@@ -138,7 +157,7 @@ def _record_failure(results, key, error):
 def _evaluate_resolution(specs, session):
     """The models of one resolution: those of the most common image order ride one pass; the others
     (and any that do not fit beside them) run in turn over the cache it wrote."""
-    results = {}
+    results: dict = {}
     baseline_mib = nvml_baseline_mib(session.device)  # before any model reaches the GPU
     jobs = [job for job in (_attempt(results, spec.id, session.single, lambda spec=spec: _prepare(spec, session))
                             for spec in specs) if job is not None]
@@ -223,7 +242,7 @@ def _score_jobs(jobs, loader, session, baseline_mib, results, shared, source):
             _record_failure(results, scorer.job.spec.id, error)
             scorer.job.release()
 
-        error = None
+        error: Exception | None = None
         try:
             run_pass(scorers, loader, session.device, on_failure)
         except UnreadableError as e:
@@ -272,19 +291,46 @@ def _line(error):
     return str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
 
 
+@dataclass(eq=False)
 class _Job:
-    """One model's run: built, its run folder opened and locked, its rows (a shard under torchrun)."""
-
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
-        self.measurement = None
-        self.scores = None
+    """One model's run: built, its run folder opened and locked, its rows (a shard under torchrun);
+    what its scoring measures is filled in as it goes."""
+    session: _Session
+    spec: ModelSpec
+    coco_labels: CocoLabels
+    model: torch.nn.Module | None
+    weights_info: dict
+    settings: dict
+    run_dir: Path
+    done: int  # the first row not yet scored
+    held: Any  # the run folder's lock (released with the job)
+    rows: range
+    device: str
+    amp: str | None
+    amp_dtype: torch.dtype | None
+    amp_source: str
+    batch_size: int
+    batch_size_source: str
+    deviations: list
+    precision: str
+    precision_source: str
+    labels: dict
+    world: World
+    scores: Any = None  # this rank's rows: a memory map while scoring, all rows once saved
+    measurement: Any = None  # the SpanMeasurement of the span it is scored in
+    batch_norm: str | None = None
+    t0: float = 0.0
+    wall_s: float = 0.0
+    started: str | None = None
+    distributed: dict = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)
 
     @property
     def half(self):
         return self.precision == "fp16-fused"
 
     def to_device(self):
+        assert self.model is not None, "a released job has no model"
         self.model = self.model.to(self.device)
         self.batch_norm = batch_norm_used(self.model, self.device)
         n, c = self.settings["n_images"], self.coco_labels.labels.shape[1]
@@ -301,6 +347,7 @@ class _Job:
     def score_batch(self, rows, images):
         x = to_model_input(images, self.spec.eval.normalize)  # on the device, this model's normalisation
         x = x.half() if self.half else x  # fp16-fused: fp16 inputs, as ML-Decoder's validate.py
+        assert self.model is not None, "a released job has no model"
         with torch.autocast(device_type=self.device, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.model(x)
             logits = logits if self.half else logits.float()
@@ -324,12 +371,16 @@ class _Job:
 def _prepare(spec, session):
     """Check the inputs, build the model (on the CPU until its turn) and open or resume its run."""
     config, device, world = session.config, session.device, session.world
-    coco_labels = load_labels(config.coco_root, "val2014", spec.eval.image_set)
+    with progress.step(f"{spec.id}: reading the val2014 labels (image set {spec.eval.image_set}) and checking "
+                       f"the images"):
+        coco_labels = load_labels(config.coco_root, "val2014", spec.eval.image_set)
+        check_images(config.coco_root, coco_labels)
     n_total = min(config.limit, len(coco_labels)) if config.limit else len(coco_labels)
-    check_images(config.coco_root, coco_labels)
     label_choice = choose_labels(spec, config.coco_root, coco_labels, weights_dir=config.weights_dir)
 
-    model, weights_info = _build_model(spec, config, "cpu")
+    what = f"random weights, seed {config.seed}" if config.weights == "random" else "loading its checkpoint"
+    with progress.step(f"{spec.id}: building the model ({what})"):
+        model, weights_info = _build_model(spec, config, "cpu")
     precision, precision_source = _choose_precision(spec, config.amp, device)
     model = _for_precision(model, precision)
     amp, amp_source = _choose_amp(spec, config.amp, weights_info.get("config"), device)
@@ -350,11 +401,17 @@ def _prepare(spec, session):
         run_dir, done, held = _open_run(config.runs_root, spec.id, config.resume, settings, world, rows)
     else:
         run_dir, done, held = _open_run_together(session, spec, settings, rows)
-    return _Job(session=session, spec=spec, coco_labels=coco_labels, model=model, weights_info=weights_info,
-                settings=settings, run_dir=run_dir, done=done, held=held, rows=rows, device=device, amp=amp,
-                amp_dtype=AMP_DTYPES.get(amp), amp_source=amp_source,
-                batch_size=batch_size, batch_size_source=batch_source, deviations=deviations,
-                precision=precision, precision_source=precision_source, labels=label_choice, world=world)
+    job = _Job(session=session, spec=spec, coco_labels=coco_labels, model=model, weights_info=weights_info,
+               settings=settings, run_dir=run_dir, done=done, held=held, rows=rows, device=device, amp=amp,
+               amp_dtype=AMP_DTYPES.get(amp), amp_source=amp_source,
+               batch_size=batch_size, batch_size_source=batch_source, deviations=deviations,
+               precision=precision, precision_source=precision_source, labels=label_choice, world=world)
+    session.opened.append(job)
+    if world.main:
+        batches = -(-(rows.stop - done) // batch_size)
+        logger.info(f"{spec.id}: {rows.stop - done} images to score in {batches} batch(es) of {batch_size} "
+                    f"on {device}; run folder {run_dir}")
+    return job
 
 
 def _open_run_together(session, spec, settings, rows):
@@ -460,10 +517,10 @@ def _finish(job, scores):
     """Saved arrays, metrics, record; the partial scores go only once the record is written."""
     spec, run_dir = job.spec, job.run_dir
     labels = job.labels.labels[:len(scores)]  # the authors' label file where it differs from the json
-    records.save_arrays(run_dir, scores, labels, job.coco_labels.image_ids[:len(scores)], keep_equal=True)
+    digests = records.save_arrays(run_dir, scores, labels, job.coco_labels.image_ids[:len(scores)], keep_equal=True)
     metrics = compute_metrics(scores, labels, spec.eval.protocol, class_names=job.coco_labels.category_names,
                               f1=spec.eval.f1, threshold=spec.eval.threshold)
-    record = _eval_record(job, scores, metrics)
+    record = _eval_record(job, scores, metrics, digests)
     records.write_record(run_dir, record)
     ranks = [*run_dir.glob("scores.rank*-of-*.partial.npy"), *run_dir.glob("progress.rank*-of-*.json")]
     for leftover in (PARTIAL, PROGRESS, *ranks, ".in-progress"):  # the lock file goes too: the record now refuses a resume
@@ -471,7 +528,7 @@ def _finish(job, scores):
     return record
 
 
-def _eval_record(job, scores, metrics):
+def _eval_record(job, scores, metrics, digests):
     spec, config = job.spec, job.session.config
     smoke_root = is_smoke_root(config.coco_root)
     return Record(
@@ -491,7 +548,7 @@ def _eval_record(job, scores, metrics):
         measurement=job.measured, distributed=job.distributed, environment=environment(),
         started_at=json.loads((job.run_dir / SETTINGS).read_text()).get("started_at", job.started),
         finished_at=utc_now(), smoke_reasons=_smoke_reasons(job.weights_info, job.coco_labels, config.limit, smoke_root),
-        files=dict(SCORE_FILES))
+        files=dict(SCORE_FILES), digests=digests)
 
 
 def _load_saved_scores(run_dir, n, c):
@@ -550,7 +607,11 @@ def _build_model(spec, config, device):
 
 
 def _open_run(runs_root, model_id, resume, settings, world, rows):
-    """(run folder, its count of finished rows, its held lock): a new folder, or the one to resume."""
+    """(run folder, its count of finished rows, its held lock): a new folder, or the one to resume
+    (`resume` "auto": the newest unfinished run of these very settings, else a new folder)."""
+    if resume == "auto":
+        resume = next((str(p) for p in reversed(records.unfinished_runs(runs_root, model_id))
+                       if _same_settings(p, settings)), None)
     if resume:
         interrupted = records.unfinished_runs(runs_root, model_id)
         run_dir = (interrupted[-1] if interrupted else None) if resume == "latest" else Path(resume)
@@ -566,11 +627,21 @@ def _open_run(runs_root, model_id, resume, settings, world, rows):
             held.close()
             raise
         settings["resumed_from_row"] = done = _rows_done(run_dir, rows, world)
+        logger.info(f"{model_id}: resuming {run_dir}: {done - rows.start} of {len(rows)} images were scored "
+                    f"before it stopped" + ("; writing its record" if done == rows.stop else ""))
         return run_dir, done, held
     run_dir = records.new_run_dir(runs_root, model_id)
     held = records.hold_run(run_dir)
     _write_json_atomic(run_dir / SETTINGS, {**settings, "started_at": utc_now()})
     return run_dir, rows.start, held
+
+
+def _same_settings(run_dir, settings):
+    try:
+        saved = records.read_settings(run_dir / SETTINGS)
+    except UserError:  # a damaged folder is not resumed by itself
+        return False
+    return all(saved.get(k) == v for k, v in settings.items())
 
 
 def _rows_done(run_dir, rows, world):
@@ -583,5 +654,4 @@ def _rows_done(run_dir, rows, world):
 
 
 def _progress_bar(total, done, name, enabled, position=0):
-    return tqdm(total=total, initial=done, desc=name, unit="img", disable=not enabled, dynamic_ncols=True,
-                position=position)
+    return progress.bar(total, name, initial=done, enabled=enabled, position=position)

@@ -13,6 +13,7 @@ import contextlib
 import numpy as np
 import torch
 
+from harness import progress
 from harness.data.images import UnreadableImages
 
 PARAMS_SHARE = 0.25  # models ride together while their weights take at most this share of free device memory
@@ -26,6 +27,7 @@ class Scorer:
         self.next = self.done = job.done  # first row not yet taken / not yet scored
         self.pending, self.n_pending = [], 0
         self.bar = job.progress_bar(bar_position)
+        self.bar.set_postfix_str("decoding images", refresh=False)
 
     @property
     def finished(self):
@@ -67,8 +69,11 @@ class Scorer:
         return np.concatenate(rows), (images[0] if len(images) == 1 else torch.cat(images))
 
     def _score(self, rows, images):
+        # said on the bar while the batch runs: with one batch of every image, the bar moves only at the end
+        self.bar.set_postfix_str(f"scoring a batch of {len(rows)}", refresh=True)
         self.job.score_batch(rows, images)
         self.done = int(rows[-1]) + 1
+        self.bar.set_postfix_str("" if self.finished else "decoding images", refresh=False)
         self.bar.update(len(rows))
 
 
@@ -78,7 +83,9 @@ def ride_together(jobs, device):
     if torch.device(device).type != "cuda" or len(jobs) < 2:
         return list(jobs), []
     free, _ = torch.cuda.mem_get_info(torch.device(device))
-    together, alone, used = [], [], 0
+    together: list = []
+    alone: list = []
+    used = 0
     for job in jobs:
         size = sum(t.numel() * t.element_size() for t in [*job.model.parameters(), *job.model.buffers()])
         (together if not together or used + size <= PARAMS_SHARE * free else alone).append(job)
@@ -90,7 +97,7 @@ def run_pass(scorers, loader, device, on_failure):
     """Feed every batch of `loader` (uint8 images, rows) to each scorer; one copy to the device per batch.
     `on_failure(scorer, error)` handles a model that fails (it stops feeding that one) or re-raises."""
     active = [s for s in scorers if not s.finished]
-    with torch.inference_mode():
+    with torch.inference_mode(), progress.Ticker([s.bar for s in scorers]):  # the bars' clocks move between batches
         for batch in loader:
             if not active:
                 break

@@ -86,35 +86,65 @@ def upsample(grid_map, size):
     return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def figure_png(image, maps, labels, scores, title, max_side=448):
-    """PNG bytes: per label a row (the image, each head, the mean), maps overlaid on the image."""
-    import matplotlib  # lazy: plotting loads slowly and only the PNG needs it
+def figure_png(image, maps, labels, scores, title, max_side=448, random_weights=False):
+    """PNG bytes of `attention_figure`."""
+    import matplotlib.pyplot as plt  # lazy: plotting loads slowly and only the PNG needs it
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scale = min(1.0, max_side / max(image.size))
-    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-    pixels = np.asarray(image)
-    n_heads = maps.shape[1]
-    columns = n_heads + 2
-    aspect = image.height / image.width
-    fig, axes = plt.subplots(len(labels), columns, figsize=(2.2 * columns, 2.2 * aspect * len(labels) + 0.6),
-                             squeeze=False)
-    for row, (name, score, label_maps) in enumerate(zip(labels, scores, maps)):
-        panels = [None, *label_maps, label_maps.mean(0)]
-        names = [f"{name} {score:.2f}", *(f"head {h + 1}" for h in range(n_heads)), "mean of heads"]
-        for ax, panel, panel_name in zip(axes[row], panels, names):
-            ax.imshow(pixels)
-            if panel is not None:
-                ax.imshow(upsample(panel, (image.height, image.width)), cmap="jet", alpha=0.5,
-                          vmin=0, vmax=float(panel.max()) or 1.0)
-                panel_name += f" (max {panel.max():.3f})"
-            ax.set_title(panel_name, fontsize=8)
-            ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig = attention_figure(image, maps, labels, scores, title, max_side, random_weights)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def attention_figure(image, maps, labels, scores, title, max_side=448, random_weights=False):
+    """A matplotlib figure: per label a row (the image, each head, the mean of heads), maps overlaid.
+
+    One colour scale for every panel, with its colour bar and the uniform level (1 / (H x W), where
+    a map that looks nowhere in particular sits) marked on it: near-uniform attention, as a random
+    model's, looks flat instead of showing vivid hot spots. Each head's title says its peak as a
+    multiple of uniform. `random_weights`: a red banner across the top that cannot be missed."""
+    import matplotlib  # lazy: plotting loads slowly and only the PNG needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable  # lazy: as above
+    from matplotlib.colors import Normalize  # lazy: as above
+
+    scale = min(1.0, max_side / max(image.size))
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    pixels = np.asarray(image)
+    n_heads, grid = maps.shape[1], maps.shape[-2:]
+    uniform = 1.0 / (grid[0] * grid[1])
+    rows = [[*label_maps, label_maps.mean(0)] for label_maps in maps]
+    norm = Normalize(0.0, max(max(float(m.max()) for row in rows for m in row), 2 * uniform))
+    cmap = "inferno"
+    columns, panel, header = n_heads + 2, 2.2, 0.7 + (0.75 if random_weights else 0.0)
+    width = panel * columns + 1.3  # + the colour bar
+    height = (panel * image.height / image.width + 0.35) * len(labels) + header
+    fig, axes = plt.subplots(len(labels), columns, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=1 - 1.3 / width, top=1 - header / height, bottom=0.02, wspace=0.04,
+                        hspace=0.25)
+    for row, (name, score, panels) in enumerate(zip(labels, scores, rows)):
+        axes[row][0].imshow(pixels)
+        axes[row][0].set_title(f"{name}: score {score:.2f}", fontsize=8)
+        for ax, grid_map, panel_name in zip(axes[row][1:], panels, [*(f"head {h + 1}" for h in range(n_heads)),
+                                                                      "mean of heads"]):
+            ax.imshow(pixels)
+            ax.imshow(upsample(grid_map, (image.height, image.width)), cmap=cmap, norm=norm, alpha=0.6)
+            ax.set_title(f"{panel_name}: peak {grid_map.max() / uniform:.1f}x uniform", fontsize=7)
+        for ax in axes[row]:
+            ax.axis("off")
+    bar_axes = fig.add_axes((1 - 0.95 / width, 0.06, 0.18 / width, 1 - header / height - 0.1))
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=bar_axes)
+    bar.ax.axhline(uniform, color="cyan", lw=2.5)
+    bar.ax.text(-0.4, uniform, "uniform", transform=bar.ax.get_yaxis_transform(), ha="right", va="center",
+                fontsize=7, color="black")
+    bar.set_label(f"attention weight, one scale for every panel (uniform 1/{grid[0] * grid[1]} = {uniform:.4f})",
+                  fontsize=7)
+    fig.text(0.5, 1 - 0.35 / height, title, ha="center", va="center", fontsize=10)
+    if random_weights:
+        fig.text(0.5, 1 - (0.7 + 0.38) / height, "RANDOM WEIGHTS: an untrained model, so these maps are not where "
+                 "Query2Label looks", ha="center", va="center", fontsize=13, weight="bold", color="white",
+                 bbox={"facecolor": "#b91c1c", "edgecolor": "none", "boxstyle": "square,pad=0.45"})
+    return fig

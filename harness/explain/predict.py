@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from harness import progress
 from harness.checkpoints import load_state_dict_strict, sha256_of
 from harness.data.categories import COCO_CATEGORIES
 from harness.data.dataset import ImageFiles
@@ -57,13 +58,13 @@ def load_model(spec, weights=None, *, weights_dir=None, config=None, trust=False
     device = pick_device(device)
     if amp not in (None, "off") and device != "cuda":
         raise UserError("--amp needs a CUDA GPU; drop --amp to run in fp32 on CPU")
-    if spec.family == "mlspl" and weights and Path(weights).is_dir():
-        model, info = mlspl_run_model(spec, Path(weights), device)
-    else:
-        # random weights: seed 0, as `harness eval --weights random`, so all three show the same model
-        asked = EvalConfig(coco_root="", weights=weights, weights_dir=weights_dir, checkpoint_config=config,
-                           trust_checkpoint=trust)
-        model, info = _build_model(spec, asked, device)
+    with progress.step(f"{spec.id}: building the model ({'random weights' if weights == 'random' else 'its weights'})"):
+        if spec.family == "mlspl" and weights and Path(weights).is_dir():
+            model, info = mlspl_run_model(spec, Path(weights), device)
+        else:  # random weights: seed 0, as `harness eval --weights random`, so all three show the same model
+            asked = EvalConfig(coco_root="", weights=weights, weights_dir=weights_dir, checkpoint_config=config,
+                               trust_checkpoint=trust)
+            model, info = _build_model(spec, asked, device)
     amp, _ = _choose_amp(spec, amp, info.get("config"), device)
 
     return model, info, device, AMP_DTYPES.get(amp)
@@ -98,7 +99,8 @@ def score_images(model, spec, paths, *, device, batch_size=None, amp_dtype=None)
                                          shuffle=False, num_workers=0, pin_memory=device == "cuda")
     parts = []
     with torch.inference_mode():
-        for images, _ in loader:
+        for images, _ in progress.bar(len(loader), f"{spec.id}: scoring", iterable=loader, unit="batch",
+                                      leave=False) if len(loader) > 1 else loader:
             images = images.to(device, non_blocking=True)
             with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(images).float()

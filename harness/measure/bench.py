@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness import progress
 from harness.manifest import get_spec, load_manifest
 from harness.measure.cost import count_gflops, count_params
 from harness.measure.fit import find_fits, parse_size_mib
@@ -81,11 +82,11 @@ def _device_info(device):
 
 
 def _stage_printer(model_id):
-    """Prints each stage of a bench as it starts, with the seconds since the first."""
-    start = time.perf_counter()
+    """Says each stage of a bench as it starts, with the time since the first."""
+    start = progress.clock()
 
     def say(stage):
-        logger.warning(f"{model_id}: {stage} ({time.perf_counter() - start:.0f} s)")
+        logger.info(f"{model_id}: {stage} (at {progress.duration(progress.clock() - start)})")
     return say
 
 

@@ -15,6 +15,8 @@ import time
 
 import pynvml
 
+from harness.records.machine import handle_by_uuid
+
 MIB = 1024 * 1024
 
 
@@ -23,19 +25,6 @@ def _why(fn_name, err, is_mig):
     if is_mig and getattr(err, "value", None) == pynvml.NVML_ERROR_NOT_SUPPORTED:
         return f"not reported by NVML for a MIG slice ({text})"
     return text
-
-
-def handle_by_uuid(uuid):
-    """(NVML handle, []) for torch's UUID of a GPU or MIG slice (with or without its prefix), or
-    (None, [why for each form tried]). NVML must be initialised."""
-    raw = str(uuid)
-    errors = []
-    for candidate in [raw] if raw.startswith(("GPU-", "MIG-")) else [f"GPU-{raw}", f"MIG-{raw}"]:
-        try:
-            return pynvml.nvmlDeviceGetHandleByUUID(candidate), []
-        except pynvml.NVMLError as e:
-            errors.append(f"{candidate}: {e}")
-    return None, errors
 
 
 class _Series:

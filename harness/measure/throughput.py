@@ -8,13 +8,17 @@ A batch-size sweep records an out-of-memory as such, frees the memory and goes o
 """
 import contextlib
 import gc
+import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from harness import progress
 from harness.measure.measurement import SpanMeasurement, synchronize
+
+logger = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 RESULT_KEYS = ("peak_vram_mib", "torch_max_allocated_mib", "torch_max_reserved_mib",
@@ -73,13 +77,17 @@ def time_model(model, batch_size, device, inputs, timing, baseline_mib=None):
     x = synthetic_batch(batch_size, inputs.resolution, device, inputs.channels_last)
     latencies = []
     with torch.inference_mode(), autocast(device, inputs.amp):
-        start, n, first_call_s = time.perf_counter(), 0, None
+        start, n, first_call_s, call_s = time.perf_counter(), 0, None, 0.0
         while n < timing.warmup or time.perf_counter() - start < timing.warmup_s:
+            t = time.perf_counter()
             model(x)
             synchronize(device)
-            n += 1
+            n, call_s = n + 1, time.perf_counter() - t
             if first_call_s is None:  # holds compilation, autotuning and lazy initialisation
-                first_call_s = time.perf_counter() - start
+                first_call_s = call_s
+        expected = max(timing.iters * call_s, timing.min_time_s)  # at the last warm-up call's pace
+        logger.info(f"  batch {batch_size}: {n} warm-up call(s) in {progress.duration(time.perf_counter() - start)}; "
+                    f"now at least {timing.iters} timed calls, about {progress.duration(expected)}")
         with SpanMeasurement(device, baseline_mib=baseline_mib) as m:
             span_start = time.perf_counter()
             while len(latencies) < timing.iters or time.perf_counter() - span_start < timing.min_time_s:

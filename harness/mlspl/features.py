@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torchvision import transforms
 from torchvision.models import ResNet50_Weights
-from tqdm import tqdm
 
 from harness.data.images import load_rgb
 from harness.data.loader import make_loader
@@ -27,6 +26,8 @@ from harness.mlspl import checks
 from harness.mlspl.config import FeatureConfig
 from harness.mlspl.prepare import file_sha256
 from harness.models.mlspl import FEATURE_DIM, MLSPLResNet50
+from harness.progress import bar as progress_bar
+from harness.progress import bars_enabled
 from harness.records.partial_rows import open_rows, rows_done, save_progress
 
 ZENODO_RECORD = "10162606"
@@ -123,7 +124,7 @@ def load_imagenet_v1(model):
                         f"{ResNet50_Weights.IMAGENET1K_V1.url} there, or unset HARNESS_OFFLINE")
     if not path.is_file():
         try:
-            ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+            ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=bars_enabled())
         except Exception as e:  # no network, proxy, disk: the fix is the same
             raise UserError(f"ImageNet ResNet-50 V1 weights not found at {path} and not downloadable ({e}); "
                             f"copy {ResNet50_Weights.IMAGENET1K_V1.url} there, or pass --random-weights for a smoke run")
@@ -181,7 +182,7 @@ def extract_features(data_dir, coco_root, out_dir, config=None, progress=True):
         feats = open_rows(partial, (len(images), FEATURE_DIM), fresh=not done)
         dataset = torch.utils.data.Subset(ImageRows(coco_root, images, resolution), range(done, len(images)))
         loader = make_loader(dataset, batch_size, device, config.workers)
-        bar = tqdm(total=len(images), initial=done, desc=f"features {split}", unit="img", disable=not progress)
+        bar = progress_bar(len(images), f"features {split}", initial=done, enabled=progress)
         with torch.inference_mode():
             for batch, rows in loader:
                 x = to_model_input(batch.to(device, non_blocking=True), "imagenet")

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import progress
 from harness.data.coco import SPLIT_SIZES
 from harness.data.smoke import is_smoke_root
-from harness.download.verify import file_digest as file_sha256
 from harness.errors import UserError
+from harness.files import file_digest as file_sha256
 
 SEED = 1200  # their seed for the single positives and for the split
 VAL_FRAC = 0.2
@@ -94,7 +95,8 @@ def prepare(coco_root, out_dir):
     arrays, meta = {}, {"seed": SEED, "val_frac": VAL_FRAC, "annotations_sha256": {}, "n_json_images": {}}
     categories = None
     for split in ("train", "val"):
-        instances, path = _read_instances(coco_root, split)
+        with progress.step(f"reading instances_{split}2014.json and formatting its labels"):
+            instances, path = _read_instances(coco_root, split)
         cats = [(c["id"], c["name"]) for c in instances["categories"]]
         if categories is not None and cats != categories:  # their script asserts the same
             raise UserError("train2014 and val2014 list different categories; use the official annotation files")

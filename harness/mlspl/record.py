@@ -9,7 +9,7 @@ Checkpoints (safetensors, in the run folder):
 import torch
 from safetensors.torch import save_file
 
-from harness.download.verify import file_digest as file_sha256
+from harness.files import file_digest as file_sha256
 from harness.metrics import compute_metrics
 
 CLASSIFIER, ESTIMATOR = "classifier.safetensors", "label_estimator.safetensors"

@@ -1,15 +1,16 @@
 """The whole MLSPL job: prepare the authors' label files, get features, train each (loss, mode)
-on the paper's grid, then write the report. Complete runs are skipped; failures are listed."""
+on the paper's grid (`harness reproduce` writes the report after). Complete runs are skipped;
+failures are listed."""
 import logging
 from pathlib import Path
 
 from harness.distributed import pick_device
-from harness.errors import UserError
-from harness.eval.reproduce import complete_run, run_each
+from harness.errors import UserError, run_each
 from harness.mlspl.config import FeatureConfig, TrainConfig
 from harness.mlspl.features import extract_features, feature_paths, fetch_features
 from harness.mlspl.prepare import prepare
 from harness.mlspl.run import model_id, train_and_evaluate
+from harness.records import Reproduction, complete_run
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,10 @@ def every_model_id():
     return [model_id(loss, mode) for loss, mode in EVERY]
 
 
-def reproduce_mlspl(coco_root, *, models=None, runs_root="runs", tables_dir="tables", device=None, force=False,
-                    data_dir="data/mlspl", manifest=None):
-    """models: model ids (every_model_id() for all of them); None: ROLE linear and fine-tuned."""
+def reproduce_mlspl(coco_root, *, models=None, runs_root="runs", device=None, force=False, data_dir="data/mlspl",
+                    manifest=None):
+    """models: model ids (every_model_id() for all of them); None: ROLE linear and fine-tuned. Its
+    Reproduction (the command then writes the report)."""
     jobs = DEFAULT
     if models:
         by_id = {model_id(loss, mode): (loss, mode) for loss, mode in EVERY}
@@ -65,5 +67,5 @@ def reproduce_mlspl(coco_root, *, models=None, runs_root="runs", tables_dir="tab
         if finished is not None:  # under torchrun, rank 0 writes and says it
             logger.info(f"{mid}: done -> {finished.run_dir}")
 
-    return run_each([(model_id(loss, mode), lambda pair=(loss, mode): job(*pair)) for loss, mode in jobs],
-                    runs_root, tables_dir, manifest)
+    ids = [model_id(loss, mode) for loss, mode in jobs]
+    return Reproduction(ids, run_each([(mid, lambda pair=pair: job(*pair)) for mid, pair in zip(ids, jobs)]), True)

@@ -13,18 +13,18 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from harness import records
+from harness import progress, records
 from harness.data.categories import COCO_CATEGORIES
 from harness.data.coco import labels_sha256
 from harness.distributed import World, pick_device
-from harness.download.verify import write_atomically
-from harness.errors import UserError
+from harness.errors import Interrupted, UserError
+from harness.files import write_atomically
 from harness.manifest import get_spec
 from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.mlspl import checks
@@ -46,6 +46,7 @@ from harness.mlspl.train import (
     train_linear_group,
 )
 from harness.models import build_from_arch
+from harness.records.curves import copy_curves
 
 logger = logging.getLogger(__name__)
 
@@ -137,18 +138,18 @@ def _work_dir(config, mid, data_id):
 
 def _say(enabled, total):
     """A line per epoch: N/total, val mAP per grid point, and the time left at this pace."""
-    start, first = time.perf_counter(), []
+    start, first = progress.clock(), []
 
-    def progress(epoch, val_maps):
+    def say(epoch, val_maps):
         if not enabled:
             return
         if not first:  # a resumed run starts past epoch 1
             first.append(epoch)
         done = epoch - first[0] + 1  # epochs count from 0
-        left = (time.perf_counter() - start) / done * (total - epoch - 1)
+        left = (progress.clock() - start) / done * (total - epoch - 1)
         logger.info(f"  epoch {epoch + 1}/{total}: val mAP " + " ".join(f"{m:.2f}" for m in val_maps) +
-                    f" (ETA {left / 60:.1f} min)")
-    return progress
+                    f" (ETA {progress.duration(left)} for this grid point)")
+    return say
 
 
 def _linear(data, feats, config, work, tag):
@@ -160,7 +161,7 @@ def _linear(data, feats, config, work, tag):
         lrs = [lr for b, lr in config.points if b == bs]
         logger.info(f"{tag}: linear, batch size {bs}, lr {', '.join(map(str, lrs))}")
         results = train_linear_group(train, val, test, config, bs, lrs, state_path=work / f"{tag}_bs{bs}.pt",
-                                     on_epoch=_say(config.progress, config.epochs))
+                                     on_epoch=_say(config.progress, config.epochs), curves=(work, tag))
         by_point.update({(bs, r.lr): r for r in results})
     return [by_point[p] for p in config.points]
 
@@ -176,7 +177,8 @@ def _fine_tune(data, config, work, start, world):
         if not config.random_weights:
             weights_info = load_imagenet_v1(model)
         r = train_fine_tuned(model, data, config, (bs, lr), start=start, state_dir=_point_dir(work, bs, lr),
-                             on_epoch=_say(config.progress and world.main, config.epochs), world=world)
+                             on_epoch=_say(config.progress and world.main, config.epochs), world=world,
+                             curves_dir=work)
         best = select([best, r] if best else [r])
         if r is not best:  # keep one full model in memory, not one per point
             r.head = r.table = r.test_scores = None
@@ -209,21 +211,11 @@ def train_and_evaluate(config):
     started, t0 = records.utc_now(), time.perf_counter()
 
     baseline_mib = nvml_baseline_mib(config.device)  # before features or a model reach the GPU
-    with SpanMeasurement(config.device, baseline_mib=baseline_mib) as measurement:
-        feats, features_info, linear_phase, weights_info = None, None, None, None
-        if config.features_dir:
-            feats, features_info = _load_features(config.features_dir, data)
-            feats = {k: v.to(config.device) for k, v in feats.items()}
-        if config.mode == "linear":
-            results = _linear(data, feats, config, work, "linear")
-        else:
-            if config.mode == "linear-init":
-                init_lr, init_bs = config.init_point
-                phase = config.replace(points=((init_bs, init_lr),), epochs=EPOCHS["linear"])
-                # one process trains the linear phase (seconds on features); every rank starts from it
-                linear_phase = world.broadcast(_linear(data, feats, phase, work, "linear_phase")[0]
-                                               if world.main else None)
-            results, weights_info = _fine_tune(data, config, work, linear_phase, world)
+    try:
+        with SpanMeasurement(config.device, baseline_mib=baseline_mib) as measurement:
+            results, linear_phase, features_info, weights_info = _train(data, config, work, world)
+    except KeyboardInterrupt:
+        raise Interrupted([f"{mid}: every finished epoch is kept in {work}"], resume=()) from None
     trained = Trained(results, select(results), linear_phase, features_info, weights_info,
                       time.perf_counter() - t0, _training_measurement(measurement.result()))
     ranks = world.gather(world.describe(config.device))
@@ -233,13 +225,33 @@ def train_and_evaluate(config):
     run_dir = records.new_run_dir(config.runs_root, mid)
     test, n_scored = data["test"], len(trained.best.test_scores)
     labels = test.labels[:n_scored].astype(np.uint8)  # their test loader drops the last partial batch
-    records.save_arrays(run_dir, trained.best.test_scores.astype(np.float32), labels, test.image_ids[:n_scored])
+    digests = records.save_arrays(run_dir, trained.best.test_scores.astype(np.float32), labels,
+                                  test.image_ids[:n_scored])
     checkpoints = rec.save_checkpoints(run_dir, trained.best, data["train"].rows)
+    copy_curves(work, run_dir)  # every grid point's TensorBoard curves, written as it trained
     distributed = {"world_size": world.size, "backend": world.backend, "ranks": ranks} if world.size > 1 else None
     context = RunContext(run_dir, mid, data, prep, started, checkpoints, distributed)
-    record = _record(config, trained, context)
+    record = replace(_record(config, trained, context), digests=digests)
     records.write_record(run_dir, record)
     return records.FinishedRun(run_dir, record)
+
+
+def _train(data, config, work, world):
+    """(every grid point, the linear phase, where the features came from, the ImageNet weights file)."""
+    feats, features_info, linear_phase, weights_info = None, None, None, None
+    if config.features_dir:
+        with progress.step(f"loading the features from {config.features_dir}"):
+            feats, features_info = _load_features(config.features_dir, data)
+        feats = {k: v.to(config.device) for k, v in feats.items()}
+    if config.mode == "linear":
+        return _linear(data, feats, config, work, "linear"), None, features_info, None
+    if config.mode == "linear-init":
+        init_lr, init_bs = config.init_point
+        phase = config.replace(points=((init_bs, init_lr),), epochs=EPOCHS["linear"])
+        # one process trains the linear phase (seconds on features); every rank starts from it
+        linear_phase = world.broadcast(_linear(data, feats, phase, work, "linear_phase")[0] if world.main else None)
+    results, weights_info = _fine_tune(data, config, work, linear_phase, world)
+    return results, linear_phase, features_info, weights_info
 
 
 def _resolved(config):

@@ -22,6 +22,7 @@ Each loop saves its whole state after every epoch (`torch.save`, loadable with
 weights_only=True) and resumes from it when started again with the same configuration.
 """
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import resnet50
 
+from harness import progress
 from harness.data.loader import make_loader
 from harness.data.transforms import to_model_input
 from harness.distributed import World
@@ -41,6 +43,9 @@ from harness.mlspl.authors_rng import AuthorsShuffle, eval_iterators, global_dra
 from harness.mlspl.features import ImageRows
 from harness.mlspl.losses import compute_loss
 from harness.models.mlspl import FEATURE_DIM, LabelEstimator, initial_label_logits, logit
+from harness.records.curves import TrainingCurves
+
+logger = logging.getLogger(__name__)
 
 GRID_BATCH_SIZES = (8, 16)
 GRID_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -143,8 +148,9 @@ def score_batches(x, weight, bias, batch_size):
                           for i in range(0, n, batch_size)]).cpu().numpy()
 
 
-def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=None, on_epoch=None):
+def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=None, on_epoch=None, curves=None):
     """Train one linear head per learning rate on features; return a PointResult per lr.
+    curves: (folder, tag): each lr's TensorBoard curves go to folder/tensorboard/<tag>_bs<bs>_lr<lr>.
 
     train: (features (N, 2048) tensor, observed labels (N, C) tensor); val, test: (features,
     labels as numpy 0/1). Features may live on the device already. config: a TrainConfig (its
@@ -184,7 +190,9 @@ def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=
         for r, saved in zip(results, state["results"]):
             _restore_point(r, saved)
         start = state["epoch"] + 1
+        _say_resumed(state_path, start, epochs)
 
+    writers = [TrainingCurves(curves[0], f"{curves[1]}_bs{batch_size}_lr{lr:g}") for lr in lrs] if curves else []
     for epoch in range(start, epochs):
         order = shuffled_rows(n, generator, semantics).to(device)
         total = torch.zeros((), device=device)
@@ -216,8 +224,13 @@ def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=
                                      "params": [p.detach().cpu() for p in weights + biases + tables],
                                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                                      "results": [_point_state(r) for r in results]})
+        for writer, r, lr in zip(writers, results, lrs):  # the loss is the group's mean, as the history's
+            writer.epoch(epoch + 1, train_loss=r.history[-1]["train_loss_mean_over_groups"], learning_rate=lr,
+                         val_mAP=r.history[-1]["val_mAP"])
         if on_epoch:
             on_epoch(epoch, [r.history[-1]["val_mAP"] for r in results])
+    for writer in writers:
+        writer.close()
     return results
 
 
@@ -233,7 +246,8 @@ def _restore_point(r, saved):
     r.test_scores = None if saved["test_scores"] is None else saved["test_scores"].numpy()
 
 
-def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, on_epoch=None, world=None):
+def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, on_epoch=None, world=None,
+                     curves_dir=None):
     """Train `model` (MLSPLResNet50 with its starting backbone) end to end on images.
 
     data: load_prepared's splits; observed labels come from data['train'].labels_obs (the full
@@ -242,7 +256,8 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
     linear phase's PointResult (linear-init: its classifier and ROLE label estimates); None: a
     fresh head and ROLE's random table, as in their code. max_steps limits the steps of each epoch
     and the batches of each evaluation (tests, smoke). world: harness.distributed.World (torchrun),
-    see harness/mlspl/ddp.py; the global batch stays `point`'s batch size.
+    see harness/mlspl/ddp.py; the global batch stays `point`'s batch size. curves_dir: rank 0 writes the
+    point's TensorBoard curves into curves_dir/tensorboard/fine_tune_bs<bs>_lr<lr>.
     """
     world = world or World()
     batch_size, lr = point
@@ -284,10 +299,18 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
         generator.set_state(state["generator"])
         _restore_point(result, state["result"])
         first = state["epoch"] + 1
+        if world.main:
+            _say_resumed(state_path, first, epochs)
 
+    shown = config.progress and world.main
+    curves = TrainingCurves(curves_dir, f"fine_tune_bs{batch_size}_lr{lr:g}") if curves_dir and world.main else None
+    per_epoch = scored_rows(len(observed), batch_size) // batch_size
+    per_epoch = per_epoch if config.max_steps is None else min(per_epoch, config.max_steps)
     for epoch in range(first, epochs):
         model.train()
         total, steps = 0.0, 0
+        bar = progress.bar(per_epoch, f"epoch {epoch + 1}/{epochs} train (bs {batch_size}, lr {lr:g})", unit="batch",
+                           enabled=shown, leave=False)
         for batch, rows in images.train():
             if config.max_steps is not None and steps >= config.max_steps:
                 break
@@ -299,7 +322,10 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
             ddp.sum_gradients(model, world)
             optimizer.step()
             total, steps = total + batch_loss.item(), steps + 1
-        val_scores, val_labels = _predict(model, images.evaluation("val"), data["val"].labels, device, world)
+            bar.update(1)
+        bar.close()
+        val_scores, val_labels = _predict(model, images.evaluation("val"), data["val"].labels, device, world,
+                                          f"epoch {epoch + 1}/{epochs} val", shown)
         val_map = mlspl_map(val_scores, val_labels)
         result.history.append({"epoch": epoch, "train_loss": total / max(steps, 1), "val_mAP": val_map})
         if val_map > result.val_map:
@@ -307,7 +333,7 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
             result.head = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             result.table = estimator.logits.detach().cpu().clone() if estimator is not None else None
             result.test_scores, test_labels = _predict(model, images.evaluation("test"), data["test"].labels, device,
-                                                       world)
+                                                       world, f"epoch {epoch + 1}/{epochs} test (new best)", shown)
             result.test_map = mlspl_map(result.test_scores, test_labels)
         else:
             eval_iterators(generator, count=1)  # their test iterator of this epoch
@@ -316,8 +342,12 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
                                      "estimator": estimator.state_dict() if estimator is not None else None,
                                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                                      "result": _point_state(result)})
+        if curves:
+            curves.epoch(epoch + 1, train_loss=result.history[-1]["train_loss"], learning_rate=lr, val_mAP=val_map)
         if on_epoch:
             on_epoch(epoch, [val_map])
+    if curves:
+        curves.close()
     return result
 
 
@@ -346,15 +376,25 @@ class _ImageLoaders:
         return make_loader(mine, bs, c.device or "cpu", c.workers, generator=self.generator)
 
 
-def _predict(model, loader, labels, device, world):
+def _say_resumed(state_path, done, epochs):
+    if done >= epochs:
+        logger.info(f"already trained: all {epochs} epochs are in {state_path}")
+    else:
+        logger.info(f"resuming from {state_path}: epochs 1-{done} of {epochs} were trained before it stopped")
+
+
+def _predict(model, loader, labels, device, world, desc="scoring", shown=False):
     """Sigmoid scores of the rows the loaders of every rank yield, in row order, with their labels."""
     model.eval()
     scores, rows_seen = [], []
     with torch.no_grad():
+        bar = progress.bar(len(loader), desc, unit="batch", enabled=shown, leave=False)
         for images, rows in loader:
             x = to_model_input(images.to(device, non_blocking=True), "imagenet")
             scores.append(torch.sigmoid(model(x)).float().cpu().numpy())
             rows_seen.append(rows.numpy())
+            bar.update(1)
+        bar.close()
     parts = world.gather((scores, rows_seen))  # rank order is row order: each rank scores a contiguous shard
     scores = np.concatenate([s for part, _ in parts for s in part])
     rows_seen = np.concatenate([r for _, part in parts for r in part])

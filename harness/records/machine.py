@@ -14,11 +14,10 @@ from PIL import features
 from harness import __version__
 
 try:
-    from harness import _version  # written by setuptools-scm at install time
+    from harness import _version as built  # written by setuptools-scm at install time
 except ImportError:  # a source tree never installed
-    _version = None
+    built = None  # type: ignore[assignment]
 from harness.manifest import PACKAGE_DATA, REPO_ROOT
-from harness.measure.nvml import handle_by_uuid
 
 
 def _version(package):
@@ -50,8 +49,21 @@ def _git(*args):
 def built_from():
     """(commit, dirty) that harness/_version.py names (None, None without one: a source tree never
     installed, or a version from outside git)."""
-    node = getattr(_version, "__commit__", "") or ""
-    return (node[1:], getattr(_version, "__dirty__", None)) if node.startswith("g") and len(node) > 8 else (None, None)
+    node = getattr(built, "__commit__", None) or ""
+    return (node[1:], getattr(built, "__dirty__", None)) if node.startswith("g") and len(node) > 8 else (None, None)
+
+
+def handle_by_uuid(uuid):
+    """(NVML handle, []) for torch's UUID of a GPU or MIG slice (with or without its prefix), or
+    (None, [why for each form tried]). NVML must be initialised."""
+    raw = str(uuid)
+    errors = []
+    for candidate in [raw] if raw.startswith(("GPU-", "MIG-")) else [f"GPU-{raw}", f"MIG-{raw}"]:
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(candidate), []
+        except pynvml.NVMLError as e:
+            errors.append(f"{candidate}: {e}")
+    return None, errors
 
 
 def _gpu(torch, device_index):
@@ -83,20 +95,57 @@ def _text(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def matching_environment_file(python_version, torch_version, folder=None):
-    """The first environments/*.txt|*.yml|*.yaml naming this torch and Python version, else None."""
-    folder = Path(folder) if folder else (PACKAGE_DATA / "environments").resolve()
-    if not torch_version or not folder.is_dir():
-        return None
+def _environments_folder(folder=None):
+    return Path(folder) if folder else (PACKAGE_DATA / "environments").resolve()
+
+
+def _names(path, python_version, torch_version):
+    """Whether an environment file names this torch and Python (minor) version."""
     torch_base = torch_version.split("+")[0]
     py_minor = ".".join(python_version.split(".")[:2])
     torch_re = re.compile(rf"\btorch\s*(==|=|:|\s)\s*{re.escape(torch_base)}(?![\d.])", re.I)
     python_re = re.compile(rf"\bpython\s*(==|=|:|\s)\s*{re.escape(py_minor)}(?!\d)", re.I)
+    text = path.read_text(errors="replace")
+    return bool(torch_re.search(text) and python_re.search(text))
+
+
+def matching_environment_file(python_version, torch_version, folder=None):
+    """The first environments/*.txt|*.yml|*.yaml naming this torch and Python version, else None."""
+    folder = _environments_folder(folder)
+    if not torch_version or not folder.is_dir():
+        return None
     for path in sorted(p for ext in ("*.txt", "*.yml", "*.yaml") for p in folder.glob(ext)):
-        text = path.read_text(errors="replace")
-        if torch_re.search(text) and python_re.search(text):
+        if _names(path, python_version, torch_version):
             return f"environments/{path.name}"
     return None
+
+
+def environment_file(named: str, folder: str | Path | None = None) -> Path | None:
+    """The file a record's `matches_environment_file` names ("environments/x.txt"), if this harness has it."""
+    name = Path(str(named)).name
+    path = _environments_folder(folder) / name
+    return path if name and path.is_file() else None
+
+
+def names_versions(path: str | Path, python_version: str | None, torch_version: str | None) -> bool:
+    """Whether the environment file at `path` names this torch and Python version (what "matches" means)."""
+    return bool(torch_version and python_version) and _names(Path(path), python_version, torch_version)
+
+
+# "torch==2.2.1" (pip) or "- pytorch=1.9.0" (conda), comments aside; the record's names for them
+_PIN = re.compile(r"^\s*-?\s*([A-Za-z][A-Za-z0-9_.-]*)\s*==?\s*([0-9][^\s#;,]*)")
+_RECORD_NAMES = {"pytorch": "torch", "pillow": "pillow", "scikit_learn": "scikit-learn"}
+
+
+def environment_pins(path: str | Path) -> dict[str, str]:
+    """{name as a record's environment spells it: version} of every pinned package in an environment file."""
+    pins = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        match = _PIN.match(line.split("#", 1)[0])
+        if match:
+            name = match.group(1).lower()
+            pins[_RECORD_NAMES.get(name, name)] = match.group(2)
+    return pins
 
 
 def image_libraries():
@@ -116,18 +165,25 @@ def image_libraries():
             "libjpeg": version(features.version_codec, "jpg")}
 
 
+def code_version():
+    """{harness, git_commit, git_dirty}: the harness's version and the commit of its checkout (HARNESS_GIT_COMMIT
+    names that of a copy without .git; an installed wheel, the commit it was built from)."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
+        commit = os.environ.get("HARNESS_GIT_COMMIT") or None
+    if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
+        commit, status = built_from()
+    return {"harness": __version__, "git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
 def environment(device_index=0):
     """Library versions, hardware and code version of this process, for a record."""
     try:
         import torch  # lazy: reports read records without torch (and a machine may lack it)
     except ImportError:
-        torch = None
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
-        commit, status = built_from()
-    if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
-        commit = os.environ.get("HARNESS_GIT_COMMIT") or None
+        torch = None  # type: ignore[assignment]
+    code = code_version()
     python = platform.python_version()
     torch_version = torch.__version__ if torch is not None else None
     cudnn = None
@@ -145,8 +201,6 @@ def environment(device_index=0):
         "gpu": _gpu(torch, device_index),
         "cpu": cpu_name(),
         "platform": platform.platform(),
-        "harness": __version__,
-        "git_commit": commit,
-        "git_dirty": None if status is None else bool(status),
+        **code,
         "matches_environment_file": matching_environment_file(python, torch_version),
     }

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.download.verify import write_atomically
 from harness.errors import UserError
+from harness.files import write_atomically
 from harness.records import utc_now
 
 

@@ -1,7 +1,7 @@
-"""The one record schema (version 1), as lm-eval keeps its results schema: every kind of run
+"""The one record schema (version 2), as lm-eval keeps its results schema: every kind of run
 (eval, bench, train) writes and reads its record.json through `Record`.
 
-    schema 1; kind: eval | bench | train; run_id "20261122T010203Z-3f9a"
+    schema 2; kind: eval | bench | train; run_id "20261122T010203Z-3f9a"
     model:       {id, family, arch, paper (the manifest's paper dict)}       (model_section)
     checkpoint:  {path, sha256, pinned, random_weights, ...}
     config:      what the run was asked to do (EvalConfig / TrainConfig / BenchConfig, as a dict)
@@ -18,18 +18,26 @@
     environment: harness.records.machine.environment()
     started_at, finished_at (ISO-8601 UTC); smoke: bool; smoke_reasons: [...]
     files:       {scores: scores.npy, labels: labels.npy, image_ids: image_ids.npy, ...}
+    digests:     {scores: sha256 of scores.npy, labels: ..., image_ids: ..., masks: ...}: one per file named in
+                 `files`, taken when the file was written (records.store.save_arrays)
 
 A section a record does not have reads as {}: readers write `record.measurement.get("peak_vram_mib")`.
+
+Versions: schema 2 added `digests` and must carry one for every file it names (checked when written).
+A schema 1 record (written before digests) is still read as it is and keeps its version when written
+again: it is not broken, but its files cannot be shown to be the ones it was computed from, so
+`harness verify` and the report call it unverifiable (harness.report.verify).
 """
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import PurePath
 
-SCHEMA = 1
+SCHEMA = 2
+READABLE = (1, 2)  # 1: before digests (see the docstring)
 KINDS = ("eval", "bench", "train")
 REQUIRED = ("schema", "kind", "run_id", "model", "started_at", "finished_at", "smoke")
 REQUIRED_BY_KIND = {"eval": ("dataset", "eval", "metrics", "files"), "bench": ("bench",), "train": ()}
 SECTIONS = ("model", "checkpoint", "config", "dataset", "eval", "metrics", "labels", "timings", "measurement",
-            "distributed", "bench", "train", "ctran", "environment", "files")
+            "distributed", "bench", "train", "ctran", "environment", "files", "digests")
 TEXTS = ("run_id", "started_at", "finished_at")
 NUMERIC_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3_CP", "top3_CR", "top3_CF1", "top3_OP",
                    "top3_OR", "top3_OF1")
@@ -45,6 +53,7 @@ RESULT_FIELDS = {"images_per_s": "a number", "peak_vram_mib": "a number", "energ
                  "peak_rss_mib": "a number", "memory_check": "an object"}
 _IS = {"text": lambda v: isinstance(v, str), "a number": lambda v: _is_number(v), "an object": lambda v: isinstance(v, dict)}
 SCORE_FILES = {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"}
+SHA256_HEX = frozenset("0123456789abcdef")
 
 
 def _section():
@@ -76,8 +85,11 @@ class Record:
     ctran: dict = _section()
     environment: dict = _section()
     files: dict = _section()
+    digests: dict = _section()
     extra: dict = _section()
+    schema: int = SCHEMA  # an older record read and written again keeps its version
     found_in: str = field(default="runs", compare=False)  # where a report found it; never written
+    folder: str | None = field(default=None, compare=False)  # the run folder it was read from; never written
 
     def __post_init__(self):
         if self.smoke is None:
@@ -89,21 +101,25 @@ class Record:
 
     def to_json(self):
         """The dict written as record.json (checked against the schema first)."""
-        data = {"schema": SCHEMA, "kind": self.kind, "run_id": self.run_id, "model": self.model}
+        data = {"schema": self.schema, "kind": self.kind, "run_id": self.run_id, "model": self.model}
         data.update({name: getattr(self, name) for name in SECTIONS[1:]
                      if getattr(self, name) or name in REQUIRED_BY_KIND.get(self.kind, ())})
         data.update(started_at=self.started_at, finished_at=self.finished_at, smoke=self.smoke,
                     smoke_reasons=list(self.smoke_reasons), **self.extra)
         validate_record(data)
+        undigested = [name for key, name in self.files.items() if key not in self.digests]
+        if self.schema >= 2 and undigested:  # a builder's bug: never write a record its files cannot be checked by
+            raise ValueError(f"record names {', '.join(undigested)} without their sha256 (records.save_arrays "
+                             f"returns them)")
         return data
 
     @classmethod
     def from_json(cls, data):
         """A Record from a record.json's dict; ValueError naming what is wrong with it."""
         validate_record(data)
-        known = {f.name for f in fields(cls)} - {"extra", "found_in"}
+        known = {f.name for f in fields(cls)} - {"extra", "found_in", "folder"}
         values = {k: v for k, v in data.items() if k in known and v is not None}
-        extra = {k: v for k, v in data.items() if k not in known and k != "schema"}
+        extra = {k: v for k, v in data.items() if k not in known}
         return cls(**values, extra=extra)
 
 
@@ -127,8 +143,9 @@ def validate_record(record):
     missing += [k for k in REQUIRED_BY_KIND[record["kind"]] if k not in record]
     if missing:
         raise ValueError(f"record lacks {', '.join(missing)}")
-    if record["schema"] != SCHEMA:
-        raise ValueError(f"record schema {record['schema']!r}; this harness writes schema {SCHEMA}")
+    if record["schema"] not in READABLE or isinstance(record["schema"], bool):
+        raise ValueError(f"record schema {record['schema']!r}; this harness reads schemas "
+                         f"{', '.join(map(str, READABLE))} (writes {SCHEMA})")
     if not isinstance(record["model"], dict) or "id" not in record["model"]:
         raise ValueError("record model must be a dict with an 'id'")
     problem = _type_problem(record)
@@ -158,6 +175,9 @@ def _type_problem(record):
     for key, value in (record.get("files") or {}).items():
         if not isinstance(value, str):
             return f"files '{key}' must be a file name, not {type(value).__name__}"
+    for key, value in (record.get("digests") or {}).items():
+        if not (isinstance(value, str) and len(value) == 64 and set(value) <= SHA256_HEX):
+            return f"digests '{key}' must be a sha256 (64 lowercase hex digits)"
     for key in TEXTS:
         if not isinstance(record.get(key), (str, type(None))):
             return f"'{key}' must be text"

@@ -3,8 +3,10 @@
     <runs>/<model_id>/<run_id>/   record.json, scores.npy (float32 N x C sigmoid probabilities),
                                   labels.npy (uint8 N x C), image_ids.npy (int64 N)
 record.json is written last and atomically; a folder without it is an unfinished run. Its contents:
-harness.records.schema. A record can be re-scored from its saved scores without a GPU.
+harness.records.schema. A record can be re-scored from its saved scores without a GPU, and it holds
+the sha256 of each array (save_arrays returns them), so a copy can be checked (`harness verify`).
 """
+import dataclasses
 import fcntl
 import json
 import logging
@@ -17,12 +19,21 @@ from typing import NamedTuple
 import numpy as np
 
 from harness.errors import UserError
+from harness.files import file_digest
 from harness.records.schema import Record
 
 logger = logging.getLogger(__name__)
 
 RECORD = "record.json"
 SETTINGS = "settings.json"  # what a resume must repeat
+
+
+class Reproduction(NamedTuple):
+    """What a whole reproduction job did: the models it was asked for, those that failed with why,
+    and whether this process reports them (under torchrun only rank 0 does)."""
+    model_ids: list
+    failed: list  # [(model id, why)]
+    reports: bool
 
 
 class FinishedRun(NamedTuple):
@@ -112,26 +123,34 @@ def write_new(path, write):
         tmp.unlink(missing_ok=True)
 
 
-def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False):
+def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False, masks=None) -> dict[str, str]:
     """scores.npy (float32, or float16 as an fp16 run scored them: ties then sort as the authors'),
-    labels.npy (uint8), image_ids.npy (int64), checked for shape.
+    labels.npy (uint8), image_ids.npy (int64) and, for C-Tran, masks.npy (int8 -1/0/1), checked for
+    shape. Returns {key of SCORE_FILES (and "masks"): sha256 of the file as written}: the record's
+    `digests`, which `harness verify` and the report check the files against.
 
     keep_equal=True (finishing an interrupted finish): a file already there is kept when it holds
     the same array, and refused otherwise; never overwritten either way."""
     scores, labels, image_ids = np.asarray(scores), np.asarray(labels), np.asarray(image_ids)
-    if scores.ndim != 2 or labels.shape != scores.shape or image_ids.shape != (scores.shape[0],):
+    if scores.ndim != 2 or labels.shape != scores.shape or image_ids.shape != (scores.shape[0],) or \
+            (masks is not None and np.shape(masks) != scores.shape):
         raise ValueError(f"shapes do not agree: scores {scores.shape}, labels {labels.shape}, "
-                         f"image_ids {image_ids.shape}")
-    for name, array in (("scores.npy", scores.astype(np.float16 if scores.dtype == np.float16 else np.float32)),
-                        ("labels.npy", (labels > 0).astype(np.uint8)),
-                        ("image_ids.npy", image_ids.astype(np.int64))):
-        path = Path(run_dir) / name
+                         f"image_ids {image_ids.shape}" + ("" if masks is None else f", masks {np.shape(masks)}"))
+    arrays = {"scores": scores.astype(np.float16 if scores.dtype == np.float16 else np.float32),
+              "labels": (labels > 0).astype(np.uint8), "image_ids": image_ids.astype(np.int64)}
+    if masks is not None:
+        arrays["masks"] = np.asarray(masks).astype(np.int8)
+    digests = {}
+    for key, array in arrays.items():
+        path = Path(run_dir) / f"{key}.npy"
         if keep_equal and path.exists():
             if not np.array_equal(np.load(path), array):
                 raise UserError(f"{path} does not match this run's data (did the annotations change?); "
                                 "start a new run")
-            continue
-        write_new(path, lambda f, a=array: np.save(f, a))
+        else:
+            write_new(path, lambda f, a=array: np.save(f, a))
+        digests[key] = file_digest(path)  # the file as it lies on disk, read back once
+    return digests
 
 
 def write_record(run_dir, record):
@@ -165,7 +184,7 @@ def read_record(run_dir):
     except OSError as e:  # e.g. a folder named record.json
         raise UserError(f"{path} cannot be read ({e.strerror}); the record is damaged")
     try:
-        return Record.from_json(record)
+        return dataclasses.replace(Record.from_json(record), folder=str(run_dir))
     except (ValueError, TypeError) as e:
         raise UserError(f"{path}: {e}")
 
@@ -218,3 +237,19 @@ def iter_records(runs_root, on_problem=_warn):
             on_problem(f"skipping {path.parent}: {e}")
 
 
+def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
+    """The newest finished, non-smoke run of this kind and model with these settings, or None."""
+    found = []
+    for record_file in (Path(runs_root) / model_id).glob("*/record.json"):
+        try:
+            record = read_record(record_file.parent)
+        except UserError:  # a damaged record is no complete run
+            continue
+        ev = record.eval
+        same_amp = (ev.get("amp_source") != "--amp" if amp is None  # the paper's choice, not a forced one
+                    else ev.get("amp", False) == (False if amp == "off" else amp))
+        same_batch = (ev.get("batch_size_source") != "--batch-size" if batch_size is None  # the authors' choice
+                      else ev.get("batch_size") == batch_size)
+        if record.kind == kind and not record.smoke and same_batch and same_amp:
+            found.append(record_file.parent)
+    return max(found, key=lambda p: p.name) if found else None

@@ -8,8 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from harness.download.verify import write_atomically
 from harness.errors import UserError
+from harness.files import write_atomically
 
 MARK = "written by harness report"
 MARKS = {"markdown": f"<!-- {MARK} -->\n", "latex": f"% {MARK}\n"}

@@ -1,40 +1,46 @@
-"""Whether a record counts: its smoke reasons (re-checked here, not only trusted) and its status
-against the paper (tolerance, or the paper value inside our 95% CI)."""
-
-
+"""Whether a record counts, from facts, not flags: harness.report.verify checks its files (digests,
+image count, labels, the mAP recomputed from its own scores, the checkpoint, its own flags), and
+only a record whose facts hold is compared with the paper (tolerance, or the paper value inside
+our 95% CI). `harness verify` prints the same findings."""
+from harness.manifest import ModelSpec
+from harness.records import Record
+from harness.report.verify import Facts, check_run, record_reasons
 
 TOLERANCE = {True: 0.1, False: 1.0}  # |ours - paper| in mAP points: released checkpoint, trained here
-STATUSES = ("reproduced", "not reproduced", "no paper value", "smoke", "no run yet")
+STATUSES = ("reproduced", "not reproduced", "no paper value", "smoke", "unverifiable", "failed checks", "no run yet")
 
 
-def smoke_reasons(spec, record):
-    """Why a record cannot count: its own smoke reasons, and what the report re-checks itself (a
-    record from an older harness, or a pin added after the run, must not slip through)."""
-    reasons = list(record.smoke_reasons or (["flagged smoke"] if record.smoke else []))
-    checkpoint, ev, dataset = record.checkpoint, record.eval, record.dataset
-    derived = [("random weights", checkpoint.get("random_weights")),
-               (f"--limit {ev.get('limit')}", ev.get("limit")),
-               ("smoke subset", dataset.get("smoke_subset")),
-               # the resolution check: the entry's resolution and image set, or no reproduction
-               (f"resolution {ev.get('resolution')}, not the paper's {spec.eval.resolution}",
-                ev.get("resolution") not in (None, spec.eval.resolution)),
-               (f"image set {dataset.get('image_set')}, not the paper's {spec.eval.image_set}",
-                dataset.get("image_set") not in (None, spec.eval.image_set))]
-    pinned = spec.files["checkpoint"].sha256 if spec.released and "checkpoint" in spec.files else None
-    if pinned and checkpoint.get("sha256") and checkpoint["sha256"] != pinned:
-        derived.append(("weights are not the pinned release", True))
-    reasons += [text for text, applies in derived if applies and not any(text in r for r in reasons)]
-    return reasons
+def facts_of(spec: ModelSpec | None, record: Record, facts: Facts | None = None) -> Facts:
+    """The record's Facts: `facts` when the caller has them, else checked now (its folder's files)."""
+    return facts if facts is not None else check_run(record, spec)
 
 
-def status_of(spec, record):
+def smoke_reasons(spec: ModelSpec | None, record: Record, facts: Facts | None = None) -> list[str]:
+    """Why a record cannot count: what its fields say (flags, --limit, resolution, image set) and what
+    its files show (part of the split, random weights, not the pinned release)."""
+    reasons = record_reasons(spec, record)
+    return reasons + [r for r in facts_of(spec, record, facts).smoke if not any(r in said for said in reasons)]
+
+
+def problems(spec: ModelSpec | None, record: Record, facts: Facts | None = None) -> list[str]:
+    """Each failed finding, then each essential one that could not be made, as "check: why"."""
+    facts = facts_of(spec, record, facts)
+    return [f"{f.check}: {f.why}" for f in (facts.failed or facts.unverifiable)]
+
+
+def status_of(spec: ModelSpec, record: Record | None, facts: Facts | None = None) -> tuple[str, float, str | None]:
     """(status, tolerance, rule): rule says what made it "reproduced" ("tolerance" or "CI")."""
     tolerance = TOLERANCE[bool(spec.released)]
     if record is None:
         return "no run yet", tolerance, None
-    if smoke_reasons(spec, record):
+    facts = facts_of(spec, record, facts)
+    if facts.failed:
+        return "failed checks", tolerance, None
+    if smoke_reasons(spec, record, facts):
         return "smoke", tolerance, None
-    paper, ours = spec.paper_map, record.metrics.get("mAP")
+    if facts.unverifiable:
+        return "unverifiable", tolerance, None
+    paper, ours = spec.paper_map, record.metrics.get("mAP")  # equal to the recomputed one: the mAP check held
     if paper is None:
         return "no paper value", tolerance, None
     if ours is None:

@@ -1,29 +1,28 @@
 """The report's renderings: markdown, csv, latex, json and html, each with its footnotes, and
 write_all into a folder (only new files or earlier reports are replaced)."""
-import base64
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 from tabulate import tabulate
 
 from harness.ctran.report import tables as ctran_tables
 from harness.explain.compare import plot_png
-from harness.explain.compare import to_html as compare_html
 from harness.explain.compare import to_markdown as compare_markdown
 from harness.manifest import load_manifest
 from harness.metrics import F1_RULES, PROTOCOL_DESCRIPTIONS, THRESHOLD, TOP3_RULE
 from harness.q2l.report import tables as q2l_trained_tables
+from harness.records import code_version, utc_now
 from harness.report.files import (
-    HTML_MARK,
     MARK,
     check_target,
     mark,
     write_report_file,
     write_report_png,
 )
-from harness.report.plots import plots
+from harness.report.html import html_page
 from harness.report.rows import (
     COLUMNS,
     COST_COLUMNS,
@@ -52,6 +51,7 @@ def display(row):
     """The table cells of one model row."""
     ci = row["ci95"]
     status = row["status"] + (f" ({', '.join(row['smoke_reasons'])})" if row["status"] == "smoke" else "") \
+        + (f" ({'; '.join(row['problems'])})" if row.get("problems") else "") \
         + (" (paper inside CI)" if row.get("reproduced_by") == "CI" else "")
     status += " (selected on test)" if row.get("selection") == "test" else ""
     return {"model": row["model"], "resolution": row["resolution"], "paper_mAP": _num(row["paper_mAP"], 1),
@@ -85,7 +85,8 @@ def display_pick(row):
 
 
 PICK_NOTES = [
-    "Every COCO model with an evaluation record, sorted by our mAP (smoke runs, which are no result, last). "
+    "Every COCO model with an evaluation record, sorted by our mAP (smoke runs and runs whose files fail or escape "
+    "their checks, which are no result, last). "
     "mAP is each paper's own protocol and image set (see the tables above), so rows of different families "
     "differ in protocol as well as model.",
     "peak VRAM and images/s: the evaluation run's own (NVML, at its batch size and precision); where it did not "
@@ -129,6 +130,10 @@ def footnotes(family, rows):
         f"Reproduced: |ours - paper| <= {tolerance}, or the paper value inside our 95% bootstrap CI "
         f"(images resampled; such rows say 'paper inside CI'). Smoke runs (random weights, smoke subset, "
         f"--limit, unverified weights) never count.",
+        "Each status is read from the run's files, not its flags: the sha256 of its arrays, its image count "
+        "against the whole image set, its labels against its dataset fingerprint, its mAP recomputed from its "
+        "own scores, its checkpoint against the pin or lock. 'failed checks' names what does not hold, "
+        "'unverifiable' what could not be checked (`harness verify RUN` prints every finding).",
     ]
     if family == "ctran":  # their F1 family, not ML-GCN's: harness/ctran/metrics.py
         notes[2] = ("CF1 / OF1: C-Tran's (scikit-learn macro / micro precision and recall at 0.5 over all labels, "
@@ -230,9 +235,21 @@ def _csv(keys, rows):
 
 
 def to_csv(data):
-    """One line per model with machine-readable values (lists joined with ';')."""
-    keys = [k for k in data["models"][0] if k != "family"] if data["models"] else []
-    return _csv(["family", *keys], data["models"])
+    """One line per model with machine-readable values: the CI in two columns (ci95_low, ci95_high),
+    other lists joined with ';'."""
+    rows = [_ci_columns(r) for r in data["models"]]
+    keys = [k for k in rows[0] if k != "family"] if rows else []
+    return _csv(["family", *keys], rows)
+
+
+def _ci_columns(row):
+    out = {}
+    for k, v in row.items():
+        if k == "ci95":
+            out["ci95_low"], out["ci95_high"] = v if v else (None, None)
+        else:
+            out[k] = v
+    return out
 
 
 COST_CSV_KEYS = ["model", "resolution", "params_m", "gflops", "options", "vram_b1", "vram_b16", "images_per_s",
@@ -245,52 +262,33 @@ def cost_to_csv(data):
     return _csv(COST_CSV_KEYS, data["cost"])
 
 
+REPORT_SCHEMA = 1  # harness/report/report.schema.json describes this version
+
+
 def to_json(data):
-    out = {"generator": MARK, **data}
+    """The report as one JSON object (harness/report/report.schema.json): what produced it, then the rows."""
+    code = code_version()
+    out = {"generator": MARK, "schema": REPORT_SCHEMA, "harness_version": code["harness"],
+           "git_commit": code["git_commit"], "git_dirty": code["git_dirty"], "generated_at": utc_now(), **data}
     out["footnotes"] = {f: footnotes(f, [r for r in data["models"] if r["family"] == f])
                         for f in FAMILIES if any(r["family"] == f for r in data["models"])}
-    return json.dumps(out, indent=2) + "\n"
+    return json.dumps(_finite(out), indent=2, allow_nan=False) + "\n"
 
 
+def _finite(value):
+    """JSON has no NaN or infinity: such a number is null, so the file is valid JSON always."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
-def _html_table(headers, cells):
-    """An HTML table whose smoke rows are shaded (class "smoke")."""
-    head = "".join(f"<th>{_escape(h)}</th>" for h in headers)
-    rows = []
-    for row in cells:
-        shade = ' class="smoke"' if any(str(c).startswith("smoke") for c in row) else ""
-        rows.append(f"<tr{shade}>" + "".join(f"<td>{_escape(c)}</td>" for c in row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-
-
-SMOKE_BANNER = ("<p class='banner'>Some rows below are SMOKE runs (random weights, the synthetic subset or "
-                "--limit): their numbers test the pipeline and never count as a reproduction.</p>")
 
 
 def to_html(data):
-    body = ["<h1>Reproduction report</h1>"]
-    if any(r["status"] == "smoke" for r in data["models"]):
-        body.append(SMOKE_BANNER)
-    for title, headers, cells, notes in _tables(data):
-        body.append(f"<h2>{_escape(title)}</h2>")
-        body.append(_html_table(headers, cells))
-        body.append("<ul>" + "".join(f"<li>{_escape(n)}</li>" for n in notes) + "</ul>")
-    for name, png in plots(data).items():
-        body.append(f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" '
-                    f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
-    if data.get("compare"):  # optional: `harness report --compare A B`
-        body.append(compare_html(data["compare"]))
-    if data["notes"]:
-        body.append("<h2>Runs not shown</h2><ul>" + "".join(f"<li>{_escape(n)}</li>" for n in data["notes"]) + "</ul>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}tr.smoke{background:#eee;color:#777}"
-             ".banner{background:#fff3cd;border:1px solid #e0c060;padding:8px;font-weight:bold}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'>{HTML_MARK}<title>Reproduction report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def _escape(text):
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return html_page(data, _tables(data))
 
 
 RENDERERS = {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json, "html": to_html}

@@ -8,14 +8,17 @@ from harness.ctran.report import partial_rows
 from harness.manifest import PACKAGE_DATA
 from harness.q2l.report import trained_rows
 from harness.records import Record, iter_records
+from harness.records.curves import FOLDER as CURVES_FOLDER
+from harness.records.curves import read_curves
 from harness.report.fidelity_notes import record_notes
-from harness.report.judge import smoke_reasons, status_of
+from harness.report.judge import facts_of, problems, smoke_reasons, status_of
 
 FAMILIES = {"q2l": "Query2Label", "asl": "ASL", "mldecoder": "ML-Decoder",
             "mlspl": "MLSPL (single positive labels, trained here)", "ctran": "C-Tran (trained here)"}
 IMAGE_SETS = {"all": "all 40,504 COCO val2014 images (unannotated ones are all-negative rows)",
               "annotated": "the 40,137 annotated COCO val2014 images"}
 BUDGET_MIB = 12 * 1024
+NO_RESULT = ("smoke", "failed checks", "unverifiable")  # statuses whose numbers are no result
 DEFAULT_TABLES = (PACKAGE_DATA / "paper").resolve()
 DEFAULT_MEASURED = (PACKAGE_DATA / "measured").resolve()  # measured records committed with the code
 
@@ -36,6 +39,13 @@ def _latest(records):
     return max(records, key=lambda r: (r.finished_at or "", r.run_id or ""), default=None)
 
 
+def first_counting(records, counts):
+    """The latest record that counts(record), else the latest: newest first, so that only the
+    records newer than the one shown have their files checked."""
+    newest_first = sorted(records, key=lambda r: (r.finished_at or "", r.run_id or ""), reverse=True)
+    return next((r for r in newest_first if counts(r)), newest_first[0] if newest_first else None)
+
+
 def load_paper_tables(tables_dir=None):
     """{csv file name: list of row dicts} of tables/paper/*.csv (empty if the folder is missing)."""
     folder = Path(tables_dir) if tables_dir else DEFAULT_TABLES
@@ -53,9 +63,11 @@ def _mlspl_context(spec, tables):
     return confidence, "; ".join(reruns) or None
 
 
-def model_row(spec, record, tables):
-    status, tolerance, rule = status_of(spec, record)
-    reasons = smoke_reasons(spec, record) if record else []
+def model_row(spec, record, tables, facts=None):
+    facts = facts_of(spec, record, facts) if record else None
+    status, tolerance, rule = status_of(spec, record, facts)
+    reasons = smoke_reasons(spec, record, facts) if record else []
+    troubles = problems(spec, record, facts) if status in ("failed checks", "unverifiable") else []
     record = record or Record(kind="eval", model={"id": spec.id})  # no run yet: every section empty
     m, ev = record.metrics, record.eval
     paper = spec.paper.get("metrics", {})
@@ -74,7 +86,7 @@ def model_row(spec, record, tables):
         "gpu": "cpu" if ev.get("device") == "cpu" else gpu,
         "protocol": m.get("protocol", spec.eval.protocol), "image_set": spec.eval.image_set,
         "n_images": m.get("n_images"), "run_id": record.run_id,
-        "smoke_reasons": reasons, "reproduced_by": rule,
+        "smoke_reasons": reasons, "problems": troubles, "reproduced_by": rule,
         "paper_row": spec.paper.get("row"),
         "tf32": (ev.get("numerics") or {}).get("tf32"),
         "classes_without_positives": m.get("classes_without_positives") or [],
@@ -82,6 +94,10 @@ def model_row(spec, record, tables):
         "precision": ev.get("precision", spec.eval.precision),
         "batch_size": ev.get("batch_size"),
         "fidelity_notes": record_notes(record),
+        # the conditions of the number, as timm's results CSVs carry theirs (params and GFLOPs: from a bench)
+        "params_m": None, "gflops": None, "torch": record.environment.get("torch"),
+        "cuda": record.environment.get("cuda") if ev.get("device") not in (None, "cpu") else None,
+        "date": (record.finished_at or "")[:10] or None,
     }
     if spec.family == "mlspl":
         row["paper_confidence"], row["reruns_by_others"] = _mlspl_context(spec, tables)
@@ -165,15 +181,15 @@ def _provenance(environment, device):
 
 
 def _records(roots, on_problem):
-    """Every record under the given folders (each folder once), tagged with where it was found."""
+    """(run folder, record) under the given folders (each folder once), tagged with where it was found."""
     kwargs = {"on_problem": on_problem} if on_problem else {}
     seen = set()
     for root, source in roots:
         if root is None or Path(root).resolve() in seen:
             continue
         seen.add(Path(root).resolve())
-        for _, record in iter_records(root, **kwargs):
-            yield dataclasses.replace(record, found_in=source)
+        for run_dir, record in iter_records(root, **kwargs):
+            yield run_dir, dataclasses.replace(record, found_in=source)
 
 
 def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEASURED):
@@ -182,8 +198,9 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
     Records come from runs_root and from measured_root (the measured records committed in
     tables/measured/; None to leave them out).
     """
-    evals, benches, trained, notes = {}, {}, {}, []
-    for record in _records([(runs_root, "runs"), (measured_root, "tables/measured")], on_problem):
+    evals, benches, q2l_trained, notes, folders = {}, {}, {}, [], {}
+    for run_dir, record in _records([(runs_root, "runs"), (measured_root, "tables/measured")], on_problem):
+        folders[id(record)] = run_dir
         model_id = record.model_id
         if model_id not in specs:
             notes.append(f"run {record.run_id} of '{model_id}' is not in the manifest: not shown")
@@ -192,7 +209,7 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
             key = (model_id, _bench_device(record), _options_text(record.bench.get("options")))
             benches.setdefault(key, []).append(record)
         elif record.kind == "train" and specs[model_id].family == "q2l":  # trained here, not the release
-            trained.setdefault(model_id, []).append(record)
+            q2l_trained.setdefault(model_id, []).append(record)
         elif record.kind in ("eval", "train"):  # a train record holds its test evaluation
             protocol = record.eval.get("protocol")
             if protocol != specs[model_id].eval.protocol:
@@ -200,15 +217,36 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
                              f"{specs[model_id].eval.protocol}: not compared")
                 continue
             evals.setdefault(model_id, []).append(record)
-    rows = []
+    checked = {}
+
+    def judged(spec, record):  # each record's files are checked once (harness.report.verify)
+        key = (spec.id, record.folder, record.run_id)
+        if key not in checked:
+            checked[key] = facts_of(spec, record)
+        return checked[key]
+
+    def counts(spec, record):  # smoke never stands for a model when something else does
+        return status_of(spec, record, judged(spec, record))[0] != "smoke"
+
+    rows, curves = [], []
     for model_id, spec in specs.items():
         found = evals.get(model_id, [])
-        chosen = _latest([r for r in found if not r.smoke]) or _latest(found)
-        rows.append(model_row(spec, chosen, tables))
+        chosen = first_counting(found, lambda r, spec=spec: counts(spec, r))
+        rows.append(model_row(spec, chosen, tables, judged(spec, chosen) if chosen else None))
+        trained = [r for r in found if (folders[id(r)] / CURVES_FOLDER).is_dir()]  # C-Tran: the training, not --known
+        shown = _latest([r for r in trained if not r.smoke]) or _latest(trained)
+        series = read_curves(folders[id(shown)]) if shown is not None else {}
+        if series:  # a training run's curves, from the TensorBoard events it wrote
+            curves.append({"model": model_id, "run_id": shown.run_id, "smoke": bool(shown.smoke), "series": series})
     cost = [bench_row(specs[key[0]], _latest(rs)) for key, rs in sorted(benches.items(), key=lambda kv: str(kv[0]))]
+    for row in rows:  # a model's size does not depend on where it ran: any of its benches says it
+        sized = [c for c in cost if c["model"] == row["model"] and c["params_m"] is not None]
+        if sized:
+            row["params_m"], row["gflops"] = sized[0]["params_m"], sized[0]["gflops"]
 
     return {"models": rows, "cost": cost, "pick": pick_rows(rows, cost), "notes": notes,
-            "ctran": partial_rows(evals, specs), "q2l_trained": trained_rows(trained, specs)}
+            "ctran": partial_rows(evals, specs, lambda spec, record: status_of(spec, record, judged(spec, record))[0]),
+            "curves": curves, "q2l_trained": trained_rows(q2l_trained, specs)}
 
 
 def pick_rows(rows, cost):
@@ -230,4 +268,4 @@ def pick_rows(rows, cost):
                     "status": r["status"], "precision": r["precision"], "peak_vram_mib": vram, "images_per_s": ips,
                     "cost_source": source if vram is not None or ips is not None else None, "fits": fits,
                     "gpu": r["gpu"]})
-    return sorted(out, key=lambda p: (p["status"] == "smoke", -(p["mAP"] if p["mAP"] is not None else -1)))
+    return sorted(out, key=lambda p: (p["status"] in NO_RESULT, -(p["mAP"] if p["mAP"] is not None else -1)))

@@ -1,6 +1,6 @@
 """The harness tried as a hostile user would: nothing lost or poisoned, one line (exit 2), never a traceback.
 
-Each test names the numbered promise of docs/RELIABILITY.md it holds.
+Each test names the numbered promise of docs/reliability.md it holds.
 """
 import hashlib
 import io
@@ -328,7 +328,7 @@ def test_reproduce_offline_without_checkpoints_builds_nothing(smoke_root, tmp_pa
     monkeypatch.setenv("HARNESS_OFFLINE", "1")
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
     code = main(["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(small_q2l_manifest(tmp_path)),
-                 "--out", str(tmp_path / "runs"), "--tables", str(tmp_path / "tables")])
+                 "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "tables")])
     assert code == 1 and built == []  # no estimate (no model build) for a model that cannot run
     assert "offline" in capsys.readouterr().out
 

@@ -69,6 +69,11 @@ def test_eval_at_four_settings_then_report(trained, smoke_root, tmp_path, capsys
         assert record["smoke"] and record["eval"]["known_labels"] == known
         assert ((np.load(d / "masks.npy") != -1).sum(1) == known).all()
         assert "random backbone weights" in record["smoke_reasons"]  # carried by the checkpoint
+    capsys.readouterr()
+    assert main(["verify", str(d), str(run_dir), "--no-progress", "--format", "json"]) == 3  # masks included
+    for verified in json.loads(capsys.readouterr().out)["runs"]:  # nothing fails; --limit 8 leaves the labels
+        unchecked = [f["check"] for f in verified["findings"] if f["outcome"] != "held"]  # against the whole split's
+        assert verified["verdict"] == "unverified" and unchecked == ["labels"], verified  # fingerprint unchecked
     assert main(["report", "--runs", str(out), "--format", "markdown", "--out", str(tmp_path / "r.md")]) == 0
     text = (tmp_path / "r.md").read_text()
     assert "C-Tran, partial labels known at inference" in text and "(smoke)" in text

@@ -2,14 +2,13 @@
 verified (git object id, then sha256 locked), compared with the json labels on every run, and used
 for the metrics where it differs, with the json-label mAP beside it."""
 import hashlib
-import io
 import json
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 import yaml
+from authors_label_files import as_authors_saved
 from download_helpers import isolated, server  # noqa: F401  (fixtures: loopback server, fresh cache)
 from loopback_server import file_route
 from tiny_release import make_release
@@ -18,25 +17,9 @@ from harness import records
 from harness.cli import main
 from harness.data.authors_labels import compare
 from harness.data.coco import load_labels
-from harness.download.verify import git_blob_id
+from harness.files import git_blob_id
 from harness.manifest import read_yaml
 from harness.metrics import compute_metrics
-
-
-def as_authors_saved(labels):
-    """A label file as their save_datalabels writes one: np.save of float64 0/1 rows."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(labels, dtype=np.float64))
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def coco(smoke_root, tmp_path):
-    """The smoke images as an ordinary COCO folder (the smoke subset itself is never checked)."""
-    root = tmp_path / "coco"
-    shutil.copytree(smoke_root, root)
-    (root / "SMOKE").unlink()
-    return root
 
 
 def setup(tmp_path, server, body, git_blob=None):

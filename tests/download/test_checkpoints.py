@@ -11,8 +11,8 @@ from authors_checkpoints import SMALL, randomised, save_authors_checkpoint
 
 from harness import checkpoints
 from harness.checkpoints import load_checkpoint_into, read_config, read_pickle
-from harness.download.verify import file_digest
 from harness.errors import UserError
+from harness.files import file_digest
 from harness.manifest import get_spec, read_yaml
 from harness.models import build_from_arch
 from harness.pretrained import build_pretrained
@@ -222,7 +222,8 @@ def test_weights_given_by_path_count_only_when_they_are_the_release(tmp_path, mo
 
 def test_a_download_record_beside_a_named_file_is_not_trusted(tmp_path):
     from harness.checkpoints import sha256_of
-    from harness.download.verify import file_digest, write_record
+    from harness.download.verify import write_record
+    from harness.files import file_digest
 
     path = tmp_path / "checkpoint.pkl"
     path.write_bytes(b"the released bytes")

@@ -54,7 +54,7 @@ def test_transformer_sizes_come_from_the_checkpoint(smoke_root, tmp_path, monkey
     ckpt = save_authors_checkpoint(randomised(SMALL, 5), tmp_path / "checkpoint.pkl")  # ff 32, 2 decoder layers
     args = ["eval", "small-q2l", "--manifest", str(manifest), "--coco-root", str(smoke_root), "--weights",
             str(ckpt), "--limit", "2", "--workers", "0", "--out", str(tmp_path / "runs"), "--no-progress"]
-    for attempt in range(2):  # the second load reads the safetensors copy
+    for _attempt in range(2):  # the second load reads the safetensors copy
         assert main(args) == 0
         assert "built with the checkpoint's sizes" in capsys.readouterr().err
     records = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "small-q2l").glob("*/record.json")]

@@ -16,7 +16,7 @@ def test_reproduce_goes_on_after_a_failure_and_writes_the_report(smoke_root, tmp
     save_authors_checkpoint(randomised(SMALL, 3), weights / "checkpoint.pkl")
     (weights / "config_new.json").write_text(json.dumps({"img_size": 64, "orid_norm": "True"}))
     args = ["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(manifest), "--weights-dir",
-            str(tmp_path / "weights"), "--out", str(tmp_path / "runs"), "--tables", str(tmp_path / "tables")]
+            str(tmp_path / "weights"), "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "tables")]
     code = main(args)
     out = capsys.readouterr().out
     assert code == 1  # one model failed
@@ -35,9 +35,10 @@ def test_reproduce_skips_a_complete_real_run_and_explains_missing_coco(smoke_roo
     # a finished real run, as far as the skip decision reads it
     records.write_record(run_dir, records.Record(
         kind="eval", model={"id": "small-q2l-tresl22k-448"}, run_id=run_dir.name, dataset={"n_images": 1},
-        metrics={"mAP": 1.0}, files=dict(records.SCORE_FILES), eval={"batch_size": 4, "amp": False}))
+        metrics={"mAP": 1.0}, files=dict(records.SCORE_FILES), digests=dict.fromkeys(records.SCORE_FILES, "0" * 64),
+        eval={"batch_size": 4, "amp": False}))
     args = ["reproduce", "q2l", "--coco-root", str(smoke_root), "--manifest", str(manifest),
-            "--models", "small-q2l-tresl22k-448", "--out", str(tmp_path / "runs"), "--tables", str(tmp_path / "t")]
+            "--models", "small-q2l-tresl22k-448", "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "t")]
     assert main(args) == 0
     assert "complete run exists" in capsys.readouterr().out
     assert main(["reproduce", "q2l", "--coco-root", str(tmp_path / "nococo"), "--manifest", str(manifest)]) == 2
@@ -46,14 +47,15 @@ def test_reproduce_skips_a_complete_real_run_and_explains_missing_coco(smoke_roo
 
 def test_a_run_with_forced_amp_does_not_stand_in_for_the_paper_setting(tmp_path):
     from harness import records
-    from harness.eval.reproduce import complete_run
+    from harness.records import complete_run
 
     def write(name, amp, source):
         folder = tmp_path / "q2l-r101-448" / name
         folder.mkdir(parents=True)
         records.write_record(folder, records.Record(
             kind="eval", model={"id": "q2l-r101-448"}, run_id=name, dataset={"n_images": 1}, metrics={"mAP": 1.0},
-            files=dict(records.SCORE_FILES), eval={"batch_size": 16, "amp": amp, "amp_source": source}))
+            files=dict(records.SCORE_FILES), digests=dict.fromkeys(records.SCORE_FILES, "0" * 64),
+            eval={"batch_size": 16, "amp": amp, "amp_source": source}))
         return folder
 
     write("a-forced", "bf16", "--amp")

@@ -12,6 +12,7 @@ import yaml
 from conftest import SMALL_Q2L
 from paths import REPO
 
+from harness import records
 from harness.cli import main
 from harness.models import build_from_arch, register_model
 
@@ -89,7 +90,7 @@ def test_bench_on_cpu_writes_a_complete_record(manifest, tmp_path, capsys):
     out = tmp_path / "runs"
     assert _bench(manifest, out, "tiny-a", "--batch-size", "1", "4", "16") == 0
     rec = _records(out)["tiny-a"]
-    assert rec["schema"] == 1 and rec["kind"] == "bench" and rec["run_id"]
+    assert rec["schema"] == records.SCHEMA and rec["kind"] == "bench" and rec["run_id"]
     assert rec["smoke"] is True and rec["smoke_reasons"] == ["random weights"]
     assert rec["checkpoint"]["random_weights"] is True
     assert rec["model"]["family"] == "q2l" and rec["environment"]

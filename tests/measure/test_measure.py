@@ -311,7 +311,10 @@ def test_sweep_records_oom_frees_memory_and_goes_on():
 
 def test_oom_activations_are_released():
     net = CountingNet(oom_from=1)
-    rows, _ = throughput.sweep_batch_sizes([4], lambda b: throughput.time_model(net, b, "cpu", SyntheticInput(8), Timing(iters=1, warmup=0)), "cpu")
+    def timed(b):
+        return throughput.time_model(net, b, "cpu", SyntheticInput(8), Timing(iters=1, warmup=0))
+
+    rows, _ = throughput.sweep_batch_sizes([4], timed, "cpu")
     assert rows[0]["oom"] and net.held() is None  # nothing still holds the failed batch's tensors
 
 

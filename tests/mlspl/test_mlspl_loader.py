@@ -46,7 +46,8 @@ def authors_passes(root, data, workers, passes):
     return out, generator.get_state()
 
 
-def shared_passes(root, data, workers, passes, world=World()):
+def shared_passes(root, data, workers, passes, world=None):
+    world = world or World()
     generator = torch.Generator().manual_seed(SEED)
     torch.manual_seed(SEED)
     config = TrainConfig("AN", "fine-tuned", coco_root=root, resolution=RESOLUTION, workers=workers)

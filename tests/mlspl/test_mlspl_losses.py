@@ -14,28 +14,28 @@ def nl(x):
 
 def reference(name, p, y, g=None):
     """Each loss as a double loop over entries, then / (N L), plus the regularisers."""
-    n, l = p.shape
+    n, n_classes = p.shape
     total = 0.0
     for i in range(n):
-        for j in range(l):
+        for j in range(n_classes):
             pos = y[i, j] == 1
             if name in ("AN", "BCE"):
                 total += nl(p[i, j]) if pos else nl(1 - p[i, j])
             elif name == "AN-LS":
                 total += 0.9 * nl(p[i, j]) + 0.1 * nl(1 - p[i, j]) if pos else 0.9 * nl(1 - p[i, j]) + 0.1 * nl(p[i, j])
             elif name == "WAN":
-                total += nl(p[i, j]) if pos else nl(1 - p[i, j]) / (l - 1)
+                total += nl(p[i, j]) if pos else nl(1 - p[i, j]) / (n_classes - 1)
             elif name == "EPR":
                 total += nl(p[i, j]) if pos else 0.0
             elif name == "ROLE":
                 total += 0.5 * ((nl(p[i, j]) + nl(g[i, j])) if pos else 0.0)
                 total += 0.5 * (g[i, j] * nl(p[i, j]) + (1 - g[i, j]) * nl(1 - p[i, j]))
                 total += 0.5 * (p[i, j] * nl(g[i, j]) + (1 - p[i, j]) * nl(1 - g[i, j]))
-    loss = total / (n * l)
+    loss = total / (n * n_classes)
     if name == "EPR":
-        loss += (p.sum(1).mean() - K) ** 2 / l**2
+        loss += (p.sum(1).mean() - K) ** 2 / n_classes**2
     if name == "ROLE":
-        loss += 0.5 * ((p.sum(1).mean() - K) ** 2 + (g.sum(1).mean() - K) ** 2) / l**2
+        loss += 0.5 * ((p.sum(1).mean() - K) ** 2 + (g.sum(1).mean() - K) ** 2) / n_classes**2
     return loss
 
 

@@ -45,7 +45,7 @@ def as_authors_layers(model):
     from inplace_abn import InPlaceABN
 
     theirs = copy.deepcopy(model)
-    for name, module in list(theirs.named_modules()):
+    for _name, module in list(theirs.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, ABN):
                 layer = InPlaceABN(child.num_features, activation=child.activation, activation_param=child.slope)
@@ -67,3 +67,22 @@ def test_the_kernel_runs_when_installed_and_equals_the_authors_layers():
     assert torch.equal(ours, theirs)  # bit for bit: the same kernel
     assert not torch.equal(ours, plain)  # and it is not plain torch that ran
     torch.testing.assert_close(ours, plain, rtol=0, atol=1e-4)
+
+
+def test_the_recorded_version_is_the_built_source_not_a_wheels_0_0_0(monkeypatch):
+    """A wheel built from their sdist without setuptools_scm says 0.0.0 in its metadata, but ships the
+    sdist's inplace_abn/_version.py: the record names that version."""
+    import sys
+    import types
+
+    import harness.models.backbones.tresnet as tresnet
+
+    built = types.ModuleType("inplace_abn")
+    built.__version__ = "1.1.0"
+    monkeypatch.setitem(sys.modules, "inplace_abn", built)
+    monkeypatch.setattr(tresnet, "version", lambda name: "0.0.0")
+    assert tresnet.inplace_abn_version() == "1.1.0"
+    del built.__version__  # no _version.py: the metadata, unless it is the 0.0.0 of a build without setuptools_scm
+    assert tresnet.inplace_abn_version() == "(version unknown: its metadata says 0.0.0)"
+    monkeypatch.setattr(tresnet, "version", lambda name: "1.1.0")
+    assert tresnet.inplace_abn_version() == "1.1.0"

@@ -2,12 +2,11 @@
 repository at 55eb050, verified by its git object id, compared with instances_train2014.json, and
 used by a training where it differs, as the val file is for evaluation (tests/data/test_authors_labels.py)."""
 import hashlib
-import io
-import shutil
 
 import numpy as np
 import pytest
 import yaml
+from authors_label_files import as_authors_saved
 from download_helpers import isolated, server  # noqa: F401  (fixtures: loopback server, fresh cache)
 from loopback_server import file_route
 from tiny_release import make_release
@@ -15,27 +14,11 @@ from tiny_release import make_release
 from harness.cli import main
 from harness.data.authors_labels import TRAIN_USE, choose_train_labels
 from harness.data.coco import load_labels
-from harness.download.verify import git_blob_id
 from harness.errors import UserError
+from harness.files import git_blob_id
 from harness.manifest import load_manifest, read_yaml
 
 PINNED = "https://raw.githubusercontent.com/SlongLiu/query2labels/55eb05064f4badbe03423b79e5c9d143da2dff2e/"
-
-
-def as_authors_saved(labels):
-    """A label file as their save_datalabels writes one: np.save of float64 0/1 rows."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(labels, dtype=np.float64))
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def coco(smoke_root, tmp_path):
-    """The smoke images as an ordinary COCO folder (the smoke subset itself is never checked)."""
-    root = tmp_path / "coco"
-    shutil.copytree(smoke_root, root)
-    (root / "SMOKE").unlink()
-    return root
 
 
 def served_spec(tmp_path, server, body, git_blob="same"):

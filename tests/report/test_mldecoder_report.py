@@ -1,24 +1,30 @@
 """The report's "what a user would pick instead" table, and its resolution and image-set check."""
 import numpy as np
-from fake_records import eval_record, problem
+import pytest
+from fake_records import eval_record, full_record, problem
 
 from harness import records, report
 from harness.manifest import load_manifest
 from harness.metrics import Bootstrap, compute_metrics
 
+pytestmark = pytest.mark.usefixtures("no_lock_entries")
 SPECS = load_manifest()
 
 
 def write_eval(runs, model_id, *, mAP_shift=0.0, smoke=False, resolution=None, peak=3500.0, seed=0):
-    _, labels = problem(150, 5, seed=seed)
-    scores = np.clip(np.random.default_rng(seed).random(labels.shape) + mAP_shift * labels, 0, 1).astype(np.float32)
+    """A smoke run of 150 images, or (smoke=False) a run over the model's whole image set."""
     run_dir = records.new_run_dir(runs, model_id)
     spec = SPECS[model_id]
-    rec = eval_record(run_dir, scores, labels, model_id=model_id, protocol=spec.eval.protocol, smoke=smoke)
+    if smoke:
+        _, labels = problem(150, 5, seed=seed)
+        scores = np.clip(np.random.default_rng(seed).random(labels.shape) + mAP_shift * labels, 0, 1).astype(np.float32)
+        rec = eval_record(run_dir, scores, labels, model_id=model_id, protocol=spec.eval.protocol, smoke=True)
+        rec["metrics"] = compute_metrics(scores, labels, spec.eval.protocol, ci=Bootstrap(50), f1=spec.eval.f1,
+                                         threshold=spec.eval.threshold)
+    else:
+        rec = full_record(run_dir, model_id, seed=seed, signal=mAP_shift / 2, specs=SPECS)
     rec["eval"].update(resolution=resolution or spec.eval.resolution, batch_size=32, precision=spec.eval.precision)
     rec["dataset"]["image_set"] = spec.eval.image_set
-    rec["metrics"] = compute_metrics(scores, labels, spec.eval.protocol, ci=Bootstrap(50), f1=spec.eval.f1,
-                                     threshold=spec.eval.threshold)
     rec["measurement"]["peak_vram_mib"] = peak
     records.write_record(run_dir, rec)
     return rec
@@ -58,7 +64,9 @@ def test_a_record_at_another_resolution_never_counts(tmp_path):
     write_eval(runs, "asl-tresnetxl-640", mAP_shift=1.0, resolution=448)  # ASL #23: XL evaluated at 448
     row = next(r for r in report.collect(runs, SPECS, {}, measured_root=None)["models"]
                if r["model"] == "asl-tresnetxl-640")
-    assert row["status"] == "smoke" and "resolution 448, not the paper's 640" in row["smoke_reasons"]
+    # a record at another resolution that does not say so is a claim its own fields contradict
+    assert row["status"] == "failed checks" and "resolution 448, not the paper's 640" in row["smoke_reasons"]
+    assert any("smoke flags" in p and "resolution 448" in p for p in row["problems"])
 
 
 def test_footnotes_name_each_models_f1_rule_and_threshold(tmp_path):

@@ -46,7 +46,7 @@ def test_bad_records_are_refused(tmp_path):
     record = eval_record(run_dir, scores, labels)
     for broken, message in (({k: v for k, v in record.items() if k != "metrics"}, "metrics"),
                             ({**record, "kind": "nonsense"}, "kind"),
-                            ({**record, "schema": 2}, "schema")):
+                            ({**record, "schema": 3}, "schema")):
         with pytest.raises(ValueError, match=message):
             records.write_record(run_dir, broken)
     with pytest.raises(ValueError):  # NaN is not JSON

@@ -8,14 +8,17 @@ import sys
 
 import numpy as np
 import pytest
-from fake_records import eval_record, problem
+from fake_records import eval_record, full_record, problem
 
 from harness import records, report
 from harness.cli import main
 from harness.manifest import load_manifest
+from harness.report.verify import HELD, Facts, Finding
 
+pytestmark = pytest.mark.usefixtures("no_lock_entries")
 SPECS = load_manifest()
 RELEASED, TRAINED = SPECS["q2l-r101-448"], SPECS["mlspl-an-fine-tuned"]  # paper 84.9 / 64.1
+HOLDING = Facts((Finding("mAP", HELD, "as recorded"),))  # what a run folder whose files hold gives
 
 
 def record_with(mAP, ci=None, smoke=False, **sections):
@@ -32,11 +35,16 @@ def record_with(mAP, ci=None, smoke=False, **sections):
     (SPECS["mlspl-wan-linear"], 60.0, None, False, "no paper value"),
 ])
 def test_status_rules(spec, mAP, ci, smoke, status):
-    assert report.status_of(spec, record_with(mAP, ci, smoke))[0] == status
+    """The rules once the facts hold (harness.report.verify checks the files; tests/report/test_verify.py)."""
+    assert report.status_of(spec, record_with(mAP, ci, smoke), HOLDING)[0] == status
 
 
 def test_no_record_is_no_run_yet():
     assert report.status_of(RELEASED, None)[0] == "no run yet"
+
+
+def test_a_record_without_its_files_is_unverifiable_whatever_it_says():
+    assert report.status_of(RELEASED, record_with(84.9, [84.0, 85.5]))[0] == "unverifiable"
 
 
 def write_run(runs, model_id, smoke, finished_at, seed=0, protocol=None):
@@ -50,11 +58,18 @@ def write_run(runs, model_id, smoke, finished_at, seed=0, protocol=None):
     return rec
 
 
+def write_full_run(runs, model_id, finished_at, **options):
+    run_dir = records.new_run_dir(runs, model_id)
+    rec = full_record(run_dir, model_id, finished_at=finished_at, specs=SPECS, **options)
+    records.write_record(run_dir, rec)
+    return rec
+
+
 @pytest.fixture
 def runs(tmp_path):
-    """q2l-r101-448: a real run, then a later smoke run; q2l-r101-576: smoke only; a bench run."""
+    """q2l-r101-448: a whole-split run, then a later smoke run; q2l-r101-576: smoke only; a bench run."""
     root = tmp_path / "runs"
-    real = write_run(root, "q2l-r101-448", False, "2026-01-01T00:00:00+00:00", seed=1)
+    real = write_full_run(root, "q2l-r101-448", "2026-01-01T00:00:00+00:00", seed=1)
     write_run(root, "q2l-r101-448", True, "2026-02-01T00:00:00+00:00", seed=2)
     write_run(root, "q2l-r101-576", True, "2026-01-05T00:00:00+00:00", seed=3)
     write_run(root, "q2l-tresl-448", False, "2026-01-05T00:00:00+00:00", seed=4, protocol="asl")  # wrong protocol
@@ -88,7 +103,7 @@ def test_collect_picks_latest_non_smoke_and_shows_smoke_only_as_smoke(runs):
     assert cost["device"] == "NVIDIA H100" and cost["options"] == "fp32"
 
 
-def test_smoke_never_shows_as_reproduced(tmp_path):
+def test_a_smoke_record_edited_to_the_papers_map_never_shows_as_reproduced(tmp_path):
     root = tmp_path / "runs"
     rec = write_run(root, "q2l-r101-448", True, "2026-01-01T00:00:00+00:00")
     run_dir = root / "q2l-r101-448" / rec["run_id"]
@@ -99,11 +114,15 @@ def test_smoke_never_shows_as_reproduced(tmp_path):
     records.write_record(run_dir, patched)
     data = report.collect(root, SPECS, {})
     row = next(r for r in data["models"] if r["model"] == "q2l-r101-448")
-    assert row["status"] == "smoke"
+    assert row["status"] == "failed checks" and any(p.startswith("mAP: recomputed") for p in row["problems"])
     for fmt in report.FORMATS:
         text = report.render(data, fmt)
-        line = next(line for line in text.splitlines() if "q2l-r101-448" in line)
-        assert "reproduced" not in line
+        if fmt == "json":
+            shown = next(r for r in json.loads(text)["models"] if r["model"] == "q2l-r101-448")
+            assert shown["status"] == "failed checks" and "mAP: recomputed" in shown["problems"][0]
+            continue
+        line = next(line for line in text.splitlines() if "q2l-r101-448" in line)  # its row in the table
+        assert "reproduced" not in line and "failed checks" in line and "mAP: recomputed" in line
 
 
 def test_every_format_renders(runs):
@@ -256,23 +275,19 @@ def test_bench_row_reads_batch_1_16_oom_and_fit_reasons():
 
 
 def test_the_report_rechecks_what_a_record_says_about_itself():
-
     clean = record_with(84.9, [84.0, 85.5])
-    assert report.status_of(RELEASED, clean)[0] == "reproduced"
+    assert report.status_of(RELEASED, clean, HOLDING)[0] == "reproduced"
     for extra, reason in (({"checkpoint": {"random_weights": True}}, "random weights"),
                           ({"eval": {"limit": 100}}, "--limit 100"),
                           ({"dataset": {"smoke_subset": True}}, "smoke subset")):
-        record = dataclasses.replace(clean, **extra)  # an older record that forgot to flag itself
-        assert report.status_of(RELEASED, record)[0] == "smoke" and report.smoke_reasons(RELEASED, record) == [reason]
-    pinned = dataclasses.replace(RELEASED.files["checkpoint"], sha256="a" * 64)
-    spec = dataclasses.replace(RELEASED, files={**RELEASED.files, "checkpoint": pinned})
-    assert report.status_of(spec, dataclasses.replace(clean, checkpoint={"sha256": "a" * 64}))[0] == "reproduced"
-    assert report.status_of(spec, dataclasses.replace(clean, checkpoint={"sha256": "b" * 64}))[0] == "smoke"
+        record = dataclasses.replace(clean, **extra)  # a record that does not flag itself
+        assert report.status_of(RELEASED, record, HOLDING)[0] == "smoke"
+        assert report.smoke_reasons(RELEASED, record, HOLDING) == [reason]
 
 
 def test_a_status_reached_through_the_ci_says_so():
-    by_ci = report.display(report.model_row(RELEASED, record_with(84.75, [84.5, 85.0]), {}))
-    by_tolerance = report.display(report.model_row(RELEASED, record_with(84.95, [84.0, 84.8]), {}))
+    by_ci = report.display(report.model_row(RELEASED, record_with(84.75, [84.5, 85.0]), {}, HOLDING))
+    by_tolerance = report.display(report.model_row(RELEASED, record_with(84.95, [84.0, 84.8]), {}, HOLDING))
     assert by_ci["status"] == "reproduced (paper inside CI)" and by_tolerance["status"] == "reproduced"
 
 

@@ -28,6 +28,15 @@ def test_a_train_record_is_shown_in_the_report(trained):
     assert not data["notes"]
 
 
+def test_a_train_record_holds_under_verify(trained, capsys):
+    """Its arrays, labels, mAP and the classifier kept in its folder are what the record says."""
+    _, run_dir, _ = trained
+    assert main(["verify", str(run_dir), "--no-ci"]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "held          checkpoint: trained here: classifier.safetensors in the run folder" in out
+    assert "less the last partial batch of 16" in out
+
+
 def test_a_train_record_can_be_rescored(trained, capsys):
     _, run_dir, record = trained
     assert main(["rescore", str(run_dir), "--no-ci"]) == 0

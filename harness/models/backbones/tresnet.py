@@ -42,12 +42,25 @@ def batch_norm_used(model, device):
     if not any(isinstance(m, ABN) for m in model.modules()):
         return None
     if _inplace_abn_kernel(torch.device(device).type) is not None:
-        try:
-            found = version("inplace-abn")
-        except PackageNotFoundError:
-            found = "(version unknown)"
-        return f"inplace_abn {found} kernel (as the authors' InPlaceABN)"
+        return f"inplace_abn {inplace_abn_version()} kernel (as the authors' InPlaceABN)"
     return "plain torch batch_norm with weight |w| + eps (inplace_abn not importable or not on this device)"
+
+
+def inplace_abn_version():
+    """The version of the inplace_abn that runs: its own `__version__` (inplace_abn/_version.py, which
+    their sdist ships: 1.1.0), else the installed metadata's. A wheel built from that sdist without
+    setuptools_scm installed says 0.0.0 in its metadata (setup.py's `use_scm_version` is then an
+    unknown option), whatever source was built."""
+    import inplace_abn  # lazy: an optional extra; only asked once its kernel has been imported
+
+    own = getattr(inplace_abn, "__version__", None)
+    if own:
+        return own
+    try:
+        found = version("inplace-abn")
+    except PackageNotFoundError:
+        return "(version unknown)"
+    return found if found != "0.0.0" else "(version unknown: its metadata says 0.0.0)"
 
 
 class ABN(nn.BatchNorm2d):
