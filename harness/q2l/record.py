@@ -46,8 +46,8 @@ def finish(session, parts, progress) -> FinishedRun:
     scores, rows = scores[keep], rows[keep]
     labels = (test_labels[rows] > 0).astype(np.uint8)
     metrics = compute_metrics(scores, labels, "q2l", class_names=test.category_names)
-    save_arrays(session.run_dir, scores, labels, test.image_ids[rows])
-    record = build_record(session, parts, progress, metrics, len(rows))
+    digests = save_arrays(session.run_dir, scores, labels, test.image_ids[rows])
+    record = build_record(session, parts, progress, metrics, len(rows), digests)
     write_record(session.run_dir, record)
     return FinishedRun(session.run_dir, record)
 
@@ -82,13 +82,16 @@ def smoke_reasons(session, progress):
     return reasons
 
 
-def build_record(session, parts, progress, metrics, n_images) -> Record:
+def build_record(session, parts, progress, metrics, n_images, digests) -> Record:
+    """The run's Record; `digests`: sha256 of the saved arrays (records.save_arrays); the trained weights,
+    best.safetensors, are the record's checkpoint (path and sha256)."""
     c, sel, root = session.config, progress["selection"], Path(session.config.coco_root)
     best = run_folder.BEST
+    weights_sha = sha256_of(session.run_dir / best)
     peak = progress["peak"]
     return Record(
         kind="train", run_id=session.run_dir.name, model=model_section(session.spec),
-        checkpoint={"path": str(session.run_dir / best), "sha256": sha256_of(session.run_dir / best), "pinned": False,
+        checkpoint={"path": str(session.run_dir / best), "sha256": weights_sha, "pinned": False,
                     "random_weights": False, "arch": parts.model.arch, "epoch": sel["best_epoch"],
                     "model": sel["best_model"]},
         config=config_section(c),
@@ -106,7 +109,7 @@ def build_record(session, parts, progress, metrics, n_images) -> Record:
         distributed={"world_size": session.world.size, "backend": session.world.backend},
         train=train_section(session, parts, progress), environment=environment(),
         started_at=progress["started_at"], finished_at=utc_now(), smoke_reasons=smoke_reasons(session, progress),
-        files={"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy", "weights": best})
+        files={"scores": "scores.npy", "labels": "labels.npy", "image_ids": "image_ids.npy"}, digests=digests)
 
 
 def _mean_speed(history):

@@ -12,6 +12,7 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from harness.errors import Interrupted
 from harness.measure.measurement import SpanMeasurement
 from harness.q2l import data, run_folder, train
 from harness.q2l.ema import ModelEma
@@ -21,6 +22,7 @@ from harness.q2l.record import finish
 from harness.q2l.schedule import build_optimizer, build_schedule, steps_per_epoch
 from harness.q2l.session import amp_dtype, prepare, seed_training_stream
 from harness.records import FinishedRun, utc_now
+from harness.records.curves import TrainingCurves
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +50,27 @@ def build_parts(session, model):
 
 def fit(config, on_epoch=None) -> FinishedRun:
     """Train as `config` asks, then record; FinishedRun(run_dir, record) (record None on ranks > 0).
-    `on_epoch(summary)` is called on rank 0 after every epoch (the command prints it)."""
+    `on_epoch(summary)` is called on rank 0 after every epoch (the command prints it). Ctrl-C says
+    what was kept and the flag that continues it."""
+    where = {}  # the run folder and the progress, once known
+    try:
+        return _fit(config, on_epoch, where)
+    except KeyboardInterrupt:
+        if "run_dir" not in where:
+            raise Interrupted(["no run folder was opened yet: nothing was kept"], resume=None) from None
+        done = where["progress"]["epoch"] if "progress" in where else 0
+        kept = f"epochs 0-{done - 1} are" if done else "no epoch had finished; its settings are"
+        raise Interrupted([f"{config.model_id}: {kept} kept in {where['run_dir']}"],
+                          resume=("--resume", str(where["run_dir"]))) from None
+
+
+def _fit(config, on_epoch, where):
     session, model, backbone_info = prepare(config)
     world = session.world
     settings = {**config.settings(), "n_train": int(len(session.data.train_rows)),
                 "n_select": int(len(session.data.select_rows)), "processes": world.size}
     run_dir = run_folder.open_run(config.runs_root, config.model_id, config.resume, settings) if world.main else None
-    session.run_dir = world.broadcast(run_dir)
+    session.run_dir = where["run_dir"] = world.broadcast(run_dir)
     parts = build_parts(session, model)
     progress = {"epoch": 0, "selection": train.Selection().__dict__, "history": [], "stopped": None,
                 "backbone": backbone_info, "started_at": utc_now(), "wall_s": 0.0, "gpu_s": 0.0,
@@ -64,10 +80,19 @@ def fit(config, on_epoch=None) -> FinishedRun:
         logger.info("resuming %s after epoch %d", session.run_dir, progress["epoch"] - 1)
     else:
         seed_training_stream(config.seed, world.rank)
+    where["progress"] = progress
+    curves = TrainingCurves(session.run_dir) if world.main else None  # run_dir/tensorboard, live
     while progress["epoch"] < config.epochs and not progress["stopped"]:
         summary = _epoch(session, parts, progress)
-        if world.main and on_epoch:
-            on_epoch(summary)
+        where["progress"] = progress
+        if world.main:
+            curves.epoch(summary["epoch"] + 1, train_loss=summary["train_loss"], learning_rate=summary["lr_end"],
+                         val_loss=summary["val_loss"], val_mAP=summary["mAP"], val_loss_ema=summary["val_loss_ema"],
+                         val_mAP_ema=summary["mAP_ema"])
+            if on_epoch:
+                on_epoch(summary)
+    if curves:
+        curves.close()
     return finish(session, parts, progress)
 
 

@@ -238,6 +238,11 @@ def collect(runs_root, specs, tables, on_problem=None, measured_root=DEFAULT_MEA
         series = read_curves(folders[id(shown)]) if shown is not None else {}
         if series:  # a training run's curves, from the TensorBoard events it wrote
             curves.append({"model": model_id, "run_id": shown.run_id, "smoke": bool(shown.smoke), "series": series})
+    for model_id, found in q2l_trained.items():  # a Query2Label training's curves (its own table, not the release's)
+        shown = _latest([r for r in found if not r.smoke]) or _latest(found)
+        series = read_curves(folders[id(shown)])
+        if series:
+            curves.append({"model": model_id, "run_id": shown.run_id, "smoke": bool(shown.smoke), "series": series})
     cost = [bench_row(specs[key[0]], _latest(rs)) for key, rs in sorted(benches.items(), key=lambda kv: str(kv[0]))]
     for row in rows:  # a model's size does not depend on where it ran: any of its benches says it
         sized = [c for c in cost if c["model"] == row["model"] and c["params_m"] is not None]
