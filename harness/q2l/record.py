@@ -27,6 +27,11 @@ NOTES = ["their main_mlc.py is unseeded and uses cudnn.benchmark: here every ran
          "saved, so a run repeats bit for bit on CPU",
          "their commit ce9ffb2 removed --arch, so their script crashes at its first checkpoint save (their #31, #40)",
          "epochs are numbered from 0, as their logs print them"]
+TRESNET_NOTE = ("TResNet: their InPlaceABN(Sync) is plain BatchNorm with weight |w| + eps here (the same maths, "
+                "other rounding in the backward), and on several GPUs each rank's statistics are its own (theirs "
+                "were synchronised)")
+CONFIG_NOTE = ("config_new.json's batch_size is also what their q2l_infer.py applies for inference: where it "
+               "decides the training batch (no log), it may be an inference batch")
 
 
 def finish(session, parts, progress) -> FinishedRun:
@@ -139,6 +144,8 @@ def train_section(session, parts, progress):
         "skipped_steps": progress["skipped_steps"], "backbone_weights": progress["backbone"],
         "world_size": session.world.size, "n_train": int(len(session.data.train_rows)),
         "n_select": int(len(session.data.select_rows)), "select_split": session.data.select_split,
-        "label_sources": session.data.label_sources, "smoke": c.smoke, "notes": NOTES,
+        "label_sources": session.data.label_sources, "smoke": c.smoke,
+        "notes": NOTES + [TRESNET_NOTE] * c.recipe["backbone"].startswith("tresnet")
+        + [CONFIG_NOTE] * (c.recipe.sources["batch_size"] == "config_new.json"),
     }
 
