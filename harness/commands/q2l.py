@@ -92,9 +92,10 @@ def build_config(args):
 
 
 def _print_epoch(s):
-    best = "n/a" if s["best_epoch"] < 0 else f"{s['best_mAP']:.2f} ({s['best_model']}, epoch {s['best_epoch']})"
+    # epochs counted from 1 on the console, as the bar counts them (records keep their code's 0-based count)
+    best = "n/a" if s["best_epoch"] < 0 else f"{s['best_mAP']:.2f} ({s['best_model']}, epoch {s['best_epoch'] + 1})"
     left = s["total_wall_s"] / (s["epoch"] + 1) * (s["epochs"] - s["epoch"] - 1)
-    print(f"epoch {s['epoch']}/{s['epochs'] - 1}  loss {s['train_loss']:.3f}  mAP {_n(s['mAP'])}  EMA {_n(s['mAP_ema'])}"
+    print(f"epoch {s['epoch'] + 1}/{s['epochs']}  loss {s['train_loss']:.3f}  mAP {_n(s['mAP'])}  EMA {_n(s['mAP_ema'])}"
           f"  best {best}  lr {s['lr_end']:.2e}  {_n(s['images_per_s'], '.1f')} img/s  ETA {left / 3600:.2f} h"
           + (f"  stopped: {s['stopped']}" if s["stopped"] else ""), flush=True)
 
@@ -103,7 +104,7 @@ def _print(finished):
     record = finished.record
     m, t = record.metrics, record.train
     flag = f"  SMOKE ({', '.join(record.smoke_reasons)}): never counts" if record.smoke else ""
-    print(f"{record.model_id}: mAP {_n(m['mAP'])} on val2014 ({t['best_model']} model of epoch {t['best_epoch']}, "
+    print(f"{record.model_id}: mAP {_n(m['mAP'])} on val2014 ({t['best_model']} model of epoch {t['best_epoch'] + 1}, "
           f"{t['selection_note'].split(' (')[0]}; paper {record.model['paper']['metrics'].get('mAP')}){flag}")
     print(f"record: {finished.run_dir / 'record.json'}")
 

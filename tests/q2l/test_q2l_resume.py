@@ -33,7 +33,7 @@ def _kill_after_first_epoch(command):
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         for line in proc.stdout:
-            if line.startswith("epoch 0/"):  # printed after state.pt holds epoch 0
+            if line.startswith("epoch 1/"):  # printed after state.pt holds the first epoch (0 in the record)
                 os.kill(proc.pid, signal.SIGKILL)
                 break
     finally:
