@@ -35,10 +35,13 @@ Bootstrap: images resampled with replacement (fixed seed), the same protocol on 
 and its AP is computed from counts summed between the positives (copies of an image sit
 together in the sorted order), so 1,000 resamples of 40,504 x 80 take seconds.
 """
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse
+from numpy.typing import ArrayLike
 
 from harness.errors import UserError
 
@@ -65,7 +68,7 @@ TOP3_RULE = "top-3 scores of each image, and >= 0.5 (ML-GCN overall_topk); ties 
 
 # ---------------------------------------------------------------- inputs
 
-def check_inputs(scores, labels):
+def check_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """(scores as an array of their own float dtype, positives as bool), or UserError."""
     scores, labels = np.asarray(scores), np.asarray(labels)
     if scores.ndim != 2 or labels.ndim != 2:
@@ -90,14 +93,14 @@ def check_inputs(scores, labels):
     return np.ascontiguousarray(scores), np.ascontiguousarray(labels > 0)
 
 
-def _check_protocol(protocol):
+def _check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol '{protocol}'; use one of {', '.join(PROTOCOLS)}")
 
 
 # ---------------------------------------------------------------- one class
 
-def sort_order(column, protocol):
+def sort_order(column: np.ndarray, protocol: str) -> np.ndarray:
     """Indices that sort one class's scores from high to low, tie order as the authors' code."""
     if protocol == "q2l":
         return np.argsort(-column)  # column is float64: the call voc_mAP makes
@@ -106,13 +109,13 @@ def sort_order(column, protocol):
     return np.argsort(-column, kind="stable")  # mlspl: ties form one step, any order will do
 
 
-def _group_ends(sorted_scores):
+def _group_ends(sorted_scores: np.ndarray) -> np.ndarray:
     """Exclusive end index of each run of equal scores in a sorted column."""
     change = np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]) + 1
     return np.append(change, len(sorted_scores))
 
 
-def ap_sorted(y, protocol):
+def ap_sorted(y: np.ndarray, protocol: str) -> float:
     """AP (fraction) of one class from its labels in ranked order, with the authors' arithmetic."""
     n = len(y)
     tp = np.cumsum(y, dtype=np.float64)
@@ -131,7 +134,7 @@ def ap_sorted(y, protocol):
     raise ValueError("mlspl needs the scores for its tie steps: use ap_grouped")
 
 
-def class_ap(column, y, protocol):
+def class_ap(column: np.ndarray, y: np.ndarray, protocol: str) -> float:
     """AP (fraction) of one class from its scores and labels (bool), sorted as the authors' code
     sorts (q2l on float64, others in the column's dtype)."""
     if protocol == "q2l":
@@ -142,7 +145,7 @@ def class_ap(column, y, protocol):
     return ap_sorted(y[order], protocol)
 
 
-def ap_grouped(sorted_scores, y, protocol):
+def ap_grouped(sorted_scores: np.ndarray, y: np.ndarray, protocol: str) -> float:
     """AP (fraction) with each run of tied scores as one threshold step: mlspl's AP, and the
     tie-free reference of q2l and asl (it does not depend on how a sort orders ties)."""
     ends = _group_ends(sorted_scores)
@@ -161,7 +164,7 @@ def ap_grouped(sorted_scores, y, protocol):
     return max(0.0, -np.sum(np.diff(recall) * precision[::-1]))
 
 
-def tie_counts(sorted_scores, y):
+def tie_counts(sorted_scores: np.ndarray, y: np.ndarray) -> tuple[int, int]:
     """(scores sharing their value with another, of those the ones in a run holding both a
     positive and a negative: only these can move AP)."""
     ends = _group_ends(sorted_scores)
@@ -181,7 +184,7 @@ def _class_columns(scores, protocol):
     return scores.T
 
 
-def per_class_ap(scores, positives, protocol):
+def per_class_ap(scores: np.ndarray, positives: np.ndarray, protocol: str) -> tuple:
     """Per-class AP (fractions), tie-free AP, tied and mixed-tie counts, and each class's order."""
     columns = _class_columns(scores, protocol)
     n_classes = columns.shape[0]
@@ -198,7 +201,7 @@ def per_class_ap(scores, positives, protocol):
     return ap, ap_tie_free, tied, mixed, orders
 
 
-def mean_ap(ap, protocol):
+def mean_ap(ap: np.ndarray, protocol: str) -> float | None:
     """Mean in percent, as the authors average (q2l: over classes with positives, see above)."""
     if protocol == "q2l":
         ap = ap[~np.isnan(ap)]
@@ -206,7 +209,8 @@ def mean_ap(ap, protocol):
     return float(100 * np.mean(ap))
 
 
-def f1_family(scores, positives, threshold=THRESHOLD, top_k=None):
+def f1_family(scores: np.ndarray, positives: np.ndarray, threshold: float = THRESHOLD,
+              top_k: int | None = None) -> dict:
     """CP, CR, CF1, OP, OR, OF1 in percent (None where undefined: no positives at all)."""
     predicted = scores >= threshold
     if top_k is not None and top_k < scores.shape[1]:
@@ -231,7 +235,7 @@ def f1_family(scores, positives, threshold=THRESHOLD, top_k=None):
             "OP": 100 * op, "OR": 100 * orr, "OF1": 100 * f1(op, orr)}
 
 
-def asl_f1_family(scores, positives, threshold):
+def asl_f1_family(scores: np.ndarray, positives: np.ndarray, threshold: float) -> dict:
     """CP, CR, CF1, OP, OR, OF1 in percent as ASL's validate.py prints them (P_C ... F_O).
 
     Predicted positive when score > threshold, compared in the scores' own dtype (torch's `gt`
@@ -261,7 +265,7 @@ def asl_f1_family(scores, positives, threshold):
 
 # ---------------------------------------------------------------- bootstrap
 
-def resample_counts(n_images, n_boot, seed=0):
+def resample_counts(n_images: int, n_boot: int, seed: int = 0) -> np.ndarray:
     """resamples x images array: how often each image is drawn (each row sums to n_images)."""
     rng = np.random.default_rng(seed)
     counts = np.empty((n_boot, n_images), dtype=np.uint16)
@@ -303,7 +307,7 @@ class _Packed:
         return lanes.reshape(-1, ints.shape[1])[:self.n_boot]
 
 
-def _harmonic(n):
+def _harmonic(n: int) -> np.ndarray:
     return np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, n + 1))))
 
 
@@ -347,7 +351,8 @@ def bootstrap_class_ap(order, sorted_scores, y, counts, protocol, packed=None, h
         return np.einsum("ij,ij->i", positives, precision) / np.maximum(npos, 1)
 
 
-def bootstrap_map(orders, counts, protocol, chunk=None, on_chunk=None):
+def bootstrap_map(orders: list, counts: np.ndarray, protocol: str, chunk: int | None = None,
+                  on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
     """mAP (percent) of each resample (rows of counts); orders as returned by per_class_ap.
     Resamples are scored `chunk` at a time (each on its own: the chunking moves no bit); by default
     as many as keep a chunk near 200,000 image counts (63 at COCO's 40,504), few chunks on a small set.
@@ -373,7 +378,7 @@ def bootstrap_map(orders, counts, protocol, chunk=None, on_chunk=None):
 
 # ---------------------------------------------------------------- everything
 
-def _plain(values):
+def _plain(values: Any) -> Any:
     """A list of floats with None for NaN (JSON has no NaN)."""
     return [None if np.isnan(v) else float(v) for v in values]
 
@@ -382,7 +387,7 @@ OUTSIDE_CI_NOTE = ("mAP lies outside its bootstrap interval: too few positives p
                    "to be trusted on this image set")
 
 
-def outside_ci(value, ci, tolerance=1e-9):
+def outside_ci(value: float | None, ci: list | None, tolerance: float = 1e-9) -> bool:
     """True when `value` lies outside the interval `ci` by more than float rounding."""
     if value is None or not ci or None in ci:
         return False
@@ -402,7 +407,8 @@ class Bootstrap:
             raise UserError(f"--seed must be 0 or more (got {self.seed}): numpy draws from non-negative seeds")
 
 
-def compute_metrics(scores, labels, protocol, *, ci=True, class_names=None, f1="ml-gcn", threshold=THRESHOLD):
+def compute_metrics(scores: ArrayLike, labels: ArrayLike, protocol: str, *, ci: "Bootstrap | bool" = True,
+                    class_names: list | None = None, f1: str = "ml-gcn", threshold: float = THRESHOLD) -> dict:
     """Every metric of one run as a JSON-serialisable dict (percentages). `ci`: a Bootstrap, True
     (the default one) or False (no interval); `f1` and `threshold` pick the F1 family's definition
     (F1_RULES) and threshold. C-Tran's protocol, with its known-label mask, is harness/ctran/metrics.py."""
