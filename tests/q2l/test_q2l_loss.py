@@ -1,11 +1,13 @@
 """The asymmetric loss against their AsymmetricLossOptimized (fixture: tests/fixtures/q2l_authors/loss.npz,
-made by make_fixtures.py, which also asserted bit-equality on the machine that made it).
+made by make_fixtures.py, which also asserted bit-equality on the machine that made it, an AMD EPYC).
 
-Bits hold wherever ATen runs its vectorised kernels (AVX2 or AVX512: the fixture's, measured equal at
-1 and 2 threads, MKL_CBWR unset / COMPATIBLE / AVX2). With ATEN_CPU_CAPABILITY=default, ATen's
-scalar sigmoid and log round differently; measured there (1 and 2 threads) against the fixture:
-float64 logits: loss equal, gradient within 4.4e-16 (bound 1e-15); float32 logits: loss within
-5.1e-9 relative (bound 1e-8), gradient within 4.8e-7 absolute (bound 1e-6, |gradient| <= 1.8).
+Bits do not travel between CPU models: sigmoid and log round differently on an Intel Xeon than on the
+AMD EPYC that made the fixture, under the same ATen kernels. So this test holds a bound measured across
+both CPUs, ATEN_CPU_CAPABILITY default / avx2 / avx512 and 1 and 2 threads (the worst case, scalar
+kernels on the Xeon): float64 logits: loss equal, gradient within 4.4e-16 (bound 1e-15); float32
+logits: loss within 7.2e-9 relative (bound 3e-8), gradient within 4.8e-7 absolute (bound 2e-6,
+|gradient| <= 1.8, a float32 step there is 1.2e-7). Bit-equality beside their code is the fixture
+script's check, where their code runs.
 """
 import doctest
 
@@ -19,19 +21,16 @@ from harness.q2l.loss import asymmetric_loss
 
 THEIRS = np.load(Q2L_FIXTURES / "loss.npz")
 CASES = sorted({key.rsplit("/", 1)[0] for key in THEIRS.files if key.endswith("/logits")})
-VECTORISED = torch.backends.cpu.get_cpu_capability() != "DEFAULT"
 
 
 def assert_theirs(loss, grad, their_loss, their_grad):
-    """Bits under vectorised kernels; the measured bound under scalar ones (see the module's docstring)."""
-    if VECTORISED:
-        assert loss == their_loss and torch.equal(grad, their_grad)
-    elif grad.dtype == torch.float64:
-        assert loss == their_loss
+    """Within the bound measured across CPUs (see the module's docstring)."""
+    if grad.dtype == torch.float64:
+        assert loss == pytest.approx(their_loss, rel=1e-13, abs=0)
         torch.testing.assert_close(grad, their_grad, rtol=0, atol=1e-15)
     else:
-        assert loss == pytest.approx(their_loss, rel=1e-8, abs=0)
-        torch.testing.assert_close(grad, their_grad, rtol=0, atol=1e-6)
+        assert loss == pytest.approx(their_loss, rel=3e-8, abs=0)
+        torch.testing.assert_close(grad, their_grad, rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize("dtgfl", [True, False])
