@@ -89,6 +89,7 @@ def evaluate(model_ids: str | list[str], coco_root: str, *, manifest: str | None
     for finished in evaluate_many(specs, EvalConfig(coco_root=str(coco_root), **settings)):
         if isinstance(finished, BaseException):
             raise finished
+        assert finished.record is not None, "under torchrun only rank 0 has the records"
         out.append({**finished.record.to_json(), "run_dir": str(finished.run_dir)})
     return out
 
