@@ -9,11 +9,14 @@ Each function is what the command of the same name does, with the same checks: b
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from PIL import Image
 
 from harness import records
 from harness.data.transforms import eval_transform as _transform_for
@@ -63,7 +66,7 @@ def create_model(model_id: str, pretrained: bool = True, weights: str | None = N
     return model
 
 
-def eval_transform(model_id: str, *, manifest: str | None = None):
+def eval_transform(model_id: str, *, manifest: str | None = None) -> Callable[[Image.Image], torch.Tensor]:
     """The transform `harness eval` applies to a PIL image for `model_id` (the authors' squish resize,
     ToTensor, their normalisation).
 
@@ -89,6 +92,7 @@ def evaluate(model_ids: str | list[str], coco_root: str, *, manifest: str | None
     for finished in evaluate_many(specs, EvalConfig(coco_root=str(coco_root), **settings)):
         if isinstance(finished, BaseException):
             raise finished
+        assert finished.record is not None, "under torchrun only rank 0 has the records"
         out.append({**finished.record.to_json(), "run_dir": str(finished.run_dir)})
     return out
 
@@ -114,7 +118,7 @@ def compare(run_a: str | Path, run_b: str | Path, *, protocol: str | None = None
                         seed=seed, common_images=common_images)
 
 
-def read_runs(runs_dir: str | Path = "runs"):
+def read_runs(runs_dir: str | Path = "runs") -> pd.DataFrame:
     """Every finished run under `runs_dir` as a pandas DataFrame, one row per run with its
     conditions (model, kind, metric, CI, image set and count, resolution, precision, batch size,
     device and GPU, cost, smoke flags, checkpoint, versions, commit, folder). Damaged records are

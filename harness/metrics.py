@@ -177,7 +177,7 @@ def tie_counts(sorted_scores: np.ndarray, y: np.ndarray) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- all classes
 
-def _class_columns(scores, protocol):
+def _class_columns(scores: np.ndarray, protocol: str) -> np.ndarray:
     """classes x images array in the dtype each protocol sorts (see sort_order)."""
     if protocol == "q2l":
         return scores.astype(np.float64).T
@@ -228,7 +228,7 @@ def f1_family(scores: np.ndarray, positives: np.ndarray, threshold: float = THRE
     op = float(correct.sum() / np.maximum(n_predicted, 1).sum())  # ML-GCN counts 1 per never-predicted class
     orr = float(correct.sum() / n_true.sum())
 
-    def f1(p, r):
+    def f1(p: float, r: float) -> float:
         return 2 * p * r / (p + r) if p + r else 0.0
 
     return {"CP": 100 * cp, "CR": 100 * cr, "CF1": 100 * f1(cp, cr),
@@ -256,7 +256,7 @@ def asl_f1_family(scores: np.ndarray, positives: np.ndarray, threshold: float) -
         f_o = np.float32(2) * p_o * r_o / (p_o + r_o)
     n = len(tp)
 
-    def plain(v):
+    def plain(v: np.float32) -> float | None:
         return None if np.isnan(v) else float(v)
 
     return {"CP": sum(p_c) / n, "CR": sum(r_c) / n, "CF1": sum(f_c) / n,
@@ -278,7 +278,7 @@ class _Packed:
     """Several resamples' counts in one float64 (lanes of `bits` bits, exact while every sum stays
     below 2**52), so one sparse product sums them all: the bootstrap's main cost."""
 
-    def __init__(self, counts):
+    def __init__(self, counts: np.ndarray) -> None:
         n_boot, n_images = counts.shape
         self.bits = max(int(n_images).bit_length(), 1)  # a lane holds any count sum <= n_images
         self.lanes = max(52 // self.bits, 1)
@@ -289,7 +289,7 @@ class _Packed:
             part = counts[k::self.lanes].T
             self.values[:, :part.shape[1]] += part * float(2 ** (self.bits * k))
 
-    def unit_sums(self, images, per_unit):
+    def unit_sums(self, images: np.ndarray, per_unit: np.ndarray) -> np.ndarray:
         """packs x units: packed counts summed per unit; `images` lists the images of unit 0,
         then unit 1, ..., `per_unit` how many each (a sparse product, no sort needed)."""
         indptr = np.concatenate(([0], np.cumsum(per_unit)))
@@ -297,7 +297,7 @@ class _Packed:
                                          shape=(len(per_unit), len(self.values)))
         return np.ascontiguousarray((select @ self.values).T)
 
-    def unpack(self, packed):
+    def unpack(self, packed: np.ndarray) -> np.ndarray:
         """packs x units packed sums -> resamples x units integer sums."""
         ints = packed.astype(np.int64)
         mask = (1 << self.bits) - 1
@@ -311,7 +311,8 @@ def _harmonic(n: int) -> np.ndarray:
     return np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, n + 1))))
 
 
-def bootstrap_class_ap(order, sorted_scores, y, counts, protocol, packed=None, harmonic=None):
+def bootstrap_class_ap(order: np.ndarray, sorted_scores: np.ndarray, y: np.ndarray, counts: np.ndarray, protocol: str,
+                       packed: _Packed | None = None, harmonic: np.ndarray | None = None) -> np.ndarray:
     """AP (fractions) of one class on each resample; counts is resamples x images.
 
     Copies of a drawn image sit together in the class's sorted order. Units: each positive
@@ -400,7 +401,7 @@ class Bootstrap:
     n_resamples: int = 1000
     seed: int = 0
 
-    def __post_init__(self):  # the flags that set them: --n-boot, --seed
+    def __post_init__(self) -> None:  # the flags that set them: --n-boot, --seed
         if self.n_resamples < 1:
             raise UserError(f"--n-boot must be at least 1 (got {self.n_resamples}); pass --no-ci for no interval")
         if self.seed < 0:

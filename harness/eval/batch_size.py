@@ -5,11 +5,14 @@ config's `batch_size` (e.g. 128) set the batch, not `-b`. Batch size moves the l
 scores (and through ties, mAP), so the harness does the same; `--batch-size` overrides it and the
 record calls that a deviation. Models without such a config use the manifest's `eval.batch_size`.
 """
+from pathlib import Path
+
 from harness.checkpoints import read_config
 from harness.errors import UserError
+from harness.manifest import ModelSpec
 
 
-def config_batch_size(config_path):
+def config_batch_size(config_path: str | Path | None) -> int | None:
     """The `batch_size` of an authors' config_new.json, or None when it has none."""
     if not config_path:
         return None
@@ -27,7 +30,7 @@ def config_batch_size(config_path):
     return size
 
 
-def choose_batch_size(spec, asked, config_path):
+def choose_batch_size(spec: ModelSpec, asked: int | None, config_path: str | Path | None) -> tuple[int, str, list[str]]:
     """(batch size, where it came from, deviations [text]) for a run record."""
     from_config = config_batch_size(config_path)
     if asked is None:

@@ -24,7 +24,7 @@ class EvalConfig:
     keep_cache: bool = False
     progress: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {self.batch_size}); leave it out for the paper's")
         if self.workers is not None and self.workers < 0:
@@ -34,7 +34,7 @@ class EvalConfig:
         if not -2**63 <= self.seed < 2**64:  # torch.manual_seed's range
             raise UserError(f"--seed {self.seed} is outside torch's seed range (-2**63 to 2**64-1); pass a smaller one")
 
-    def names_one_model(self):
+    def names_one_model(self) -> bool:
         """Whether these settings name one model's files (a checkpoint, a config, a run to resume)."""
         return self.weights not in (None, "random") or bool(self.checkpoint_config) or \
             self.resume not in (None, "latest", "auto")

@@ -6,13 +6,15 @@ but on for cuDNN convolutions. `--tf32 off` (the default) turns both off: the fl
 `--tf32 on` turns both on, as the authors' GPUs ran. On a CPU none of this changes a bit.
 """
 import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from harness.errors import UserError
 
 
-def state():
+def state() -> dict[str, Any]:
     """What the record says: each switch as torch holds it now."""
     return {
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
@@ -24,7 +26,7 @@ def state():
 
 
 @contextlib.contextmanager
-def tf32_mode(tf32):
+def tf32_mode(tf32: str) -> Iterator[dict[str, Any]]:
     """Set TF32 on or off (and cuDNN to its deterministic, untuned algorithms) for the span; restore after."""
     if tf32 not in ("on", "off"):
         raise UserError(f"--tf32 must be on or off (got {tf32!r}); off is the float32 reference")

@@ -7,11 +7,12 @@ order (which reorders tied scores) and, when W does not divide the image count, 
 images counted twice.
 """
 import numpy as np
+from numpy.typing import NDArray
 
 from harness.errors import UserError
 
 
-def distributed_order(n_rows, world_size):
+def distributed_order(n_rows: int, world_size: int) -> NDArray[np.intp]:
     """Indices into the harness's rows, in the order their W rank files hold them (padding included)."""
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise UserError(f"--emulate-ranks must be a whole number of GPUs, at least 1 (got {world_size!r})")
@@ -20,7 +21,7 @@ def distributed_order(n_rows, world_size):
     return np.concatenate([padded[rank::world_size] for rank in range(world_size)])
 
 
-def as_ranks_wrote(scores, labels, world_size):
+def as_ranks_wrote(scores: np.ndarray, labels: np.ndarray, world_size: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(scores, labels, note) as their script would have passed them to voc_mAP on `world_size` GPUs."""
     order = distributed_order(len(scores), world_size)
     repeated = len(order) - len(scores)

@@ -6,14 +6,17 @@ stop the others, and every failure is listed at the end with its reason.
 """
 import logging
 import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 
 from harness.data.coco import SPLIT_SIZES, annotation_path, check_images, load_labels
 from harness.distributed import World, pick_device
 from harness.errors import UserError, run_each
+from harness.eval.config import EvalConfig
 from harness.eval.run import evaluate_many
-from harness.manifest import load_manifest, resolve_id
+from harness.manifest import ModelSpec, load_manifest, resolve_id
 from harness.models import build_from_arch
 from harness.pretrained import release_files
 from harness.records import Reproduction, check_runs_root, complete_run
@@ -21,7 +24,7 @@ from harness.records import Reproduction, check_runs_root, complete_run
 logger = logging.getLogger(__name__)
 
 
-def estimate_cpu_hours(spec, n_images, batch_size):
+def estimate_cpu_hours(spec: ModelSpec, n_images: int, batch_size: int) -> float:
     """Time one synthetic batch on CPU and extrapolate (said before a long CPU run starts)."""
     model = build_from_arch(spec.arch).eval()
     x = torch.rand(batch_size, 3, spec.eval.resolution, spec.eval.resolution)
@@ -32,7 +35,8 @@ def estimate_cpu_hours(spec, n_images, batch_size):
     return per_image * n_images / 3600
 
 
-def reproduce_q2l(config, *, models=None, manifest=None, force=False):
+def reproduce_q2l(config: EvalConfig, *, models: Sequence[str] | None = None, manifest: str | Path | None = None,
+                  force: bool = False) -> Reproduction:
     """Every chosen model (default: the Query2Label tables' six and the ASL baseline) evaluated as
     `config` (an EvalConfig) asks, complete runs skipped unless `force`; its Reproduction (the
     command then writes the report)."""
@@ -50,7 +54,7 @@ def reproduce_q2l(config, *, models=None, manifest=None, force=False):
     check_runs_root(runs_root)
     device = pick_device(config.device)
 
-    def existing_run(spec):
+    def existing_run(spec: ModelSpec) -> Path | None:
         return None if force else complete_run(runs_root, spec.id, config.batch_size, config.amp)
 
     to_run = [specs[mid] for mid in chosen if not existing_run(specs[mid])]
@@ -75,7 +79,7 @@ def reproduce_q2l(config, *, models=None, manifest=None, force=False):
         failed = [(mid, str(r)) for mid, r in results.items() if isinstance(r, BaseException)]
         return Reproduction(chosen, failed, False)
 
-    def job(spec):
+    def job(spec: ModelSpec) -> Path:
         existing = existing_run(spec)
         if existing and spec.id not in results:
             logger.info(f"{spec.id}: complete run exists ({existing}); skipped (use --force to run again)")
@@ -89,7 +93,7 @@ def reproduce_q2l(config, *, models=None, manifest=None, force=False):
     return Reproduction(chosen, run_each([(mid, lambda spec=specs[mid]: job(spec)) for mid in chosen]), True)
 
 
-def _missing_weights(specs, weights_dir):
+def _missing_weights(specs: Iterable[ModelSpec], weights_dir: str | None) -> dict[str, UserError]:
     """{model id: UserError} for the models whose release cannot be had (fetched now when it can)."""
     missing = {}
     for spec in specs:
@@ -101,5 +105,5 @@ def _missing_weights(specs, weights_dir):
     return missing
 
 
-def _hours(hours):
+def _hours(hours: float) -> str:
     return f"{hours:.1f} h" if hours >= 0.1 else f"{hours * 60:.0f} min"

@@ -8,22 +8,28 @@ protocol and `record.json` is written; only then are the partial scores and the 
 removed, so a run interrupted while finishing resumes from its saved scores without running the
 model again.
 """
+from __future__ import annotations
+
 import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TextIO, TypeVar, cast
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
+from torch.utils.data import DataLoader
 
 from harness import progress, records
 from harness.checkpoints import read_config
-from harness.data.authors_labels import choose_labels
+from harness.data.authors_labels import LabelChoice, choose_labels
 from harness.data.cache import DecodeCache, PassImages
 from harness.data.coco import CocoLabels, check_images, fingerprint, is_full_split, load_labels
+from harness.data.images import UnreadableImages
 from harness.data.loader import make_loader
 from harness.data.smoke import is_smoke_root
 from harness.data.transforms import ResizeToUint8, to_model_input
@@ -57,13 +63,16 @@ from harness.records.partial_rows import open_rows, rows_done, save_progress
 logger = logging.getLogger(__name__)
 
 PARTIAL, PROGRESS = "scores.partial.npy", "progress.json"
+_Results = dict[str, FinishedRun | Exception]  # model id -> its finished run, or what stopped it
+T = TypeVar("T")
 
 
-def _write_json_atomic(path, data):
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     write_atomically(path, json.dumps(data, indent=2))
 
 
-def _smoke_reasons(weights_info, coco_labels, limit, smoke_root):
+def _smoke_reasons(weights_info: Mapping[str, Any], coco_labels: CocoLabels, limit: int | None,
+                   smoke_root: bool) -> list[str]:
     reasons = []
     if weights_info["random_weights"]:
         reasons.append("random weights")
@@ -83,19 +92,19 @@ class _Session:
     """One `evaluate_many` call: what it was asked (config) and what that resolved to here."""
     config: EvalConfig
     device: str
-    world: object      # harness.distributed.World
+    world: World
     numerics: dict     # the GPU flags that change results (TF32, cuDNN)
     single: bool       # one model: its error is raised, not kept as its result
     progress: bool     # rank 0 only under torchrun
-    opened: list       # the jobs whose run folder is open: an interruption names them
+    opened: list[_Job]  # the jobs whose run folder is open: an interruption names them
 
 
-def evaluate(spec, config):
+def evaluate(spec: ModelSpec, config: EvalConfig) -> FinishedRun:
     """Evaluate `spec` (a manifest ModelSpec) as `config` (an EvalConfig) asks; its finished run."""
-    return evaluate_many([spec], config)[0]
+    return cast(FinishedRun, evaluate_many([spec], config)[0])  # one model: its error is raised, not returned
 
 
-def evaluate_many(specs, config):
+def evaluate_many(specs: Sequence[ModelSpec], config: EvalConfig) -> list[FinishedRun | Exception]:
     """Evaluate several models, one decode of the images per resolution (harness.eval.shared_pass); each
     model gets its own run folder and record. Returns, per spec, its FinishedRun, or (several models
     only) the exception that stopped it: one model's failure does not stop the others."""
@@ -123,7 +132,7 @@ def evaluate_many(specs, config):
     return [results[spec.id] for spec in specs]
 
 
-def _interrupted(session, specs):
+def _interrupted(session: _Session, specs: Sequence[ModelSpec]) -> Interrupted:
     """What an interruption kept (each open run's scored rows) and the flags that continue it."""
     kept = [job for job in session.opened if not records.is_finished(job.run_dir)]
     if not kept:
@@ -137,7 +146,7 @@ def _interrupted(session, specs):
     return Interrupted(saved, resume=("--resume",), drop=done)  # each model's newest unfinished run
 
 
-def _attempt(results, key, single, work):
+def _attempt(results: _Results, key: str, single: bool, work: Callable[..., T]) -> T | None:
     """Run work(); for one model let its error through, for several keep it as that model's result."""
     if single:
         return work()
@@ -148,13 +157,13 @@ def _attempt(results, key, single, work):
         return None
 
 
-def _record_failure(results, key, error):
+def _record_failure(results: _Results, key: str, error: Exception) -> None:
     results[key] = error
     if World.declared().main:  # under torchrun, rank 0 says every rank's failures
         logger.warning(f"{key}: FAILED: {_line(error)}")
 
 
-def _evaluate_resolution(specs, session):
+def _evaluate_resolution(specs: list[ModelSpec], session: _Session) -> _Results:
     """The models of one resolution: those of the most common image order ride one pass; the others
     (and any that do not fit beside them) run in turn over the cache it wrote."""
     results: dict = {}
@@ -185,7 +194,7 @@ class _DecodePlan:
     """Which images the pass decodes (the riders' rows, then the rows only later models need) and
     the loaders that feed them; a cache when some model runs later, or --keep-cache."""
 
-    def __init__(self, session, riders, later):
+    def __init__(self, session: _Session, riders: list[_Job], later: list[_Job]) -> None:
         self.session = session
         some = (riders or later)[0]
         self.folder = Path(session.config.coco_root) / some.coco_labels.split
@@ -208,22 +217,23 @@ class _DecodePlan:
                 logger.warning(f"no room on disk for the {self.resolution}px image cache: the models after the first pass "
                             f"decode the images again")
 
-    def _loader(self, items, batch_size):
+    def _loader(self, items: list[tuple[int, int]], batch_size: int) -> DataLoader[Any]:
         dataset = PassImages(self.folder, self.names, ResizeToUint8(self.resolution), items, self.cache)
         return make_loader(dataset, batch_size, self.session.device, self.session.config.workers)
 
-    def rider_loader(self, riders):
+    def rider_loader(self, riders: list[_Job]) -> DataLoader[Any] | list[Any]:
         """Rows in the riders' order; each batch goes to every rider (each cuts its own batches)."""
         items = [(k, self.start + k) for k in range(self.stop - self.start)]
         return self._loader(items, max(job.batch_size for job in riders)) if items else []
 
-    def later_loader(self, job):
+    def later_loader(self, job: _Job) -> DataLoader[Any] | list[Any]:
         names = job.coco_labels.file_names
         items = [(self.position[names[row]], row) for row in range(job.done, job.rows.stop)]
         return self._loader(items, job.batch_size) if items else []
 
 
-def _score_jobs(jobs, loader, session, baseline_mib, results, shared, source):
+def _score_jobs(jobs: list[_Job], loader: Iterable[Any], session: _Session, baseline_mib: float | None,
+                results: _Results, shared: list[str] | None, source: str) -> None:
     """Score `jobs` from one loader, each inside its own measurement, then finish each."""
     if not jobs:
         return
@@ -236,7 +246,7 @@ def _score_jobs(jobs, loader, session, baseline_mib, results, shared, source):
             job.t0 = time.perf_counter()
             scorers.append(Scorer(job, session.device, bar_position=k))
 
-        def on_failure(scorer, error):
+        def on_failure(scorer: Scorer, error: Exception) -> None:
             if session.single:
                 raise error
             _record_failure(results, scorer.job.spec.id, error)
@@ -265,7 +275,7 @@ def _score_jobs(jobs, loader, session, baseline_mib, results, shared, source):
         job.release()
 
 
-def _agree(world, jobs, results, error):
+def _agree(world: World, jobs: list[_Job], results: _Results, error: Exception | None) -> None:
     """Under torchrun, every rank learns which ranks failed: a failure of the whole pass stops every
     rank with the same one line; a model that failed on one rank has failed on all."""
     if world.size == 1:
@@ -287,7 +297,7 @@ def _agree(world, jobs, results, error):
                 job.release()
 
 
-def _line(error):
+def _line(error: object) -> str:
     return str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
 
 
@@ -306,7 +316,7 @@ class _Job:
     held: Any  # the run folder's lock (released with the job)
     rows: range
     device: str
-    amp: str | None
+    amp: str | Literal[False]  # fp16 | bf16, or False: no autocast
     amp_dtype: torch.dtype | None
     amp_source: str
     batch_size: int
@@ -314,7 +324,7 @@ class _Job:
     deviations: list
     precision: str
     precision_source: str
-    labels: dict
+    labels: LabelChoice
     world: World
     scores: Any = None  # this rank's rows: a memory map while scoring, all rows once saved
     measurement: Any = None  # the SpanMeasurement of the span it is scored in
@@ -326,10 +336,10 @@ class _Job:
     measured: dict = field(default_factory=dict)
 
     @property
-    def half(self):
+    def half(self) -> bool:
         return self.precision == "fp16-fused"
 
-    def to_device(self):
+    def to_device(self) -> None:
         assert self.model is not None, "a released job has no model"
         self.model = self.model.to(self.device)
         self.batch_norm = batch_norm_used(self.model, self.device)
@@ -341,10 +351,10 @@ class _Job:
             self.scores = open_rows(self.run_dir / partial_name(self.world), (len(self.rows), c),
                                     dtype=np.float16 if self.half else np.float32, fresh=self.done == self.rows.start)
 
-    def progress_bar(self, position):
+    def progress_bar(self, position: int) -> Any:
         return _progress_bar(len(self.rows), self.done - self.rows.start, self.spec.id, self.session.progress, position)
 
-    def score_batch(self, rows, images):
+    def score_batch(self, rows: NDArray[np.int64], images: torch.Tensor) -> None:
         x = to_model_input(images, self.spec.eval.normalize)  # on the device, this model's normalisation
         x = x.half() if self.half else x  # fp16-fused: fp16 inputs, as ML-Decoder's validate.py
         assert self.model is not None, "a released job has no model"
@@ -360,7 +370,7 @@ class _Job:
         save_progress(self.run_dir / progress_name(self.world), self.done)
         self.measurement.count(len(rows))
 
-    def release(self):
+    def release(self) -> None:
         """Free the model (its device memory goes with it) and the run's lock."""
         self.model = None
         self.held.close()
@@ -368,7 +378,7 @@ class _Job:
             torch.cuda.empty_cache()
 
 
-def _prepare(spec, session):
+def _prepare(spec: ModelSpec, session: _Session) -> _Job:
     """Check the inputs, build the model (on the CPU until its turn) and open or resume its run."""
     config, device, world = session.config, session.device, session.world
     with progress.step(f"{spec.id}: reading the val2014 labels (image set {spec.eval.image_set}) and checking "
@@ -397,13 +407,14 @@ def _prepare(spec, session):
     if world.size > 1:  # the shards are whole batches of this many ranks: a resume needs the same
         settings["world_size"] = world.size
     rows = world.shard(n_total, batch_size)
+    held: TextIO | _NoLock  # rank 0's lock on the run folder, or the other ranks' stand-in
     if world.size == 1:
         run_dir, done, held = _open_run(config.runs_root, spec.id, config.resume, settings, world, rows)
     else:
         run_dir, done, held = _open_run_together(session, spec, settings, rows)
     job = _Job(session=session, spec=spec, coco_labels=coco_labels, model=model, weights_info=weights_info,
                settings=settings, run_dir=run_dir, done=done, held=held, rows=rows, device=device, amp=amp,
-               amp_dtype=AMP_DTYPES.get(amp), amp_source=amp_source,
+               amp_dtype=AMP_DTYPES.get(amp) if amp else None, amp_source=amp_source,
                batch_size=batch_size, batch_size_source=batch_source, deviations=deviations,
                precision=precision, precision_source=precision_source, labels=label_choice, world=world)
     session.opened.append(job)
@@ -414,7 +425,8 @@ def _prepare(spec, session):
     return job
 
 
-def _open_run_together(session, spec, settings, rows):
+def _open_run_together(session: _Session, spec: ModelSpec, settings: dict[str, Any],
+                       rows: range) -> tuple[Path, int, TextIO | _NoLock]:
     """Rank 0 opens (and locks) the run folder; every rank learns it, or the one line why not."""
     world, opened, problem = session.world, None, None
     if world.main:
@@ -426,6 +438,7 @@ def _open_run_together(session, spec, settings, rows):
     if problem:
         raise UserError(problem)
     if world.main:
+        assert opened is not None  # rank 0 opened it, or raised its problem above
         return opened
     return Path(run_dir), _rows_done(Path(run_dir), rows, world), _NoLock()
 
@@ -433,11 +446,11 @@ def _open_run_together(session, spec, settings, rows):
 class _NoLock:
     """The other ranks' stand-in for rank 0's lock on the run folder."""
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
-def _finish_job(job, started, notes):
+def _finish_job(job: _Job, started: str, notes: list[str]) -> FinishedRun:
     """The scored job's FinishedRun (metrics and record), as a run of its own finishes; under torchrun
     rank 0 writes the record and the other ranks return their run folder only."""
     n_total = job.settings["n_images"]
@@ -463,7 +476,7 @@ def _finish_job(job, started, notes):
     return FinishedRun(job.run_dir, _finish(job, final_scores))
 
 
-def _all_scores(job):
+def _all_scores(job: _Job) -> np.ndarray:
     """Every row's scores: this process's, or (rank 0 under torchrun) each rank's part in row order."""
     if job.world.size == 1 or len(job.scores) == job.settings["n_images"]:
         return np.array(job.scores)
@@ -472,7 +485,7 @@ def _all_scores(job):
     return np.concatenate(parts)
 
 
-def _merge_measurements(ranks, n_total):
+def _merge_measurements(ranks: list[dict[str, Any]], n_total: int) -> dict[str, Any]:
     """Rank 0's measurement, with every rank's figures, the peak per device and the total energy."""
     measured = dict(ranks[0]["measurement"])
     wall = max(r["measurement"]["wall_s"] for r in ranks)
@@ -491,7 +504,7 @@ def _merge_measurements(ranks, n_total):
     return measured
 
 
-def _unreadable_message(bad, coco_root, coco_labels, run_dir):
+def _unreadable_message(bad: UnreadableImages, coco_root: str, coco_labels: CocoLabels, run_dir: Path | None) -> str:
     """One line: which images, why, how to get them again, and that the run resumes."""
     folder = Path(coco_root) / coco_labels.split
     named = "; ".join(f"{folder / name} (COCO id {int(coco_labels.image_ids[row])}): {why}"
@@ -501,7 +514,7 @@ def _unreadable_message(bad, coco_root, coco_labels, run_dir):
             f"with `--resume{f' {run_dir}' if run_dir else ''}`")
 
 
-def _non_finite_message(model_id, amp, rows, image_ids):
+def _non_finite_message(model_id: str, amp: str | Literal[False], rows: list[int], image_ids: NDArray[np.int64]) -> str:
     """One line: which model, which images, and what to do (the batch is not saved)."""
     where = f"rows {rows[0]}-{rows[-1]}, COCO image ids {int(image_ids[rows[0]])}-{int(image_ids[rows[-1]])}"
     if amp:
@@ -513,7 +526,7 @@ def _non_finite_message(model_id, amp, rows, image_ids):
     return f"{model_id} returned NaN or inf scores for the batch of {where}; {fix}"
 
 
-def _finish(job, scores):
+def _finish(job: _Job, scores: np.ndarray) -> Record:
     """Saved arrays, metrics, record; the partial scores go only once the record is written."""
     spec, run_dir = job.spec, job.run_dir
     labels = job.labels.labels[:len(scores)]  # the authors' label file where it differs from the json
@@ -522,13 +535,13 @@ def _finish(job, scores):
                               f1=spec.eval.f1, threshold=spec.eval.threshold)
     record = _eval_record(job, scores, metrics, digests)
     records.write_record(run_dir, record)
-    ranks = [*run_dir.glob("scores.rank*-of-*.partial.npy"), *run_dir.glob("progress.rank*-of-*.json")]
+    ranks: list[str | Path] = [*run_dir.glob("scores.rank*-of-*.partial.npy"), *run_dir.glob("progress.rank*-of-*.json")]
     for leftover in (PARTIAL, PROGRESS, *ranks, ".in-progress"):  # the lock file goes too: the record now refuses a resume
         (run_dir / leftover).unlink(missing_ok=True)
     return record
 
 
-def _eval_record(job, scores, metrics, digests):
+def _eval_record(job: _Job, scores: np.ndarray, metrics: dict[str, Any], digests: dict[str, str]) -> Record:
     spec, config = job.spec, job.session.config
     smoke_root = is_smoke_root(config.coco_root)
     return Record(
@@ -551,14 +564,14 @@ def _eval_record(job, scores, metrics, digests):
         files=dict(SCORE_FILES), digests=digests)
 
 
-def _load_saved_scores(run_dir, n, c):
+def _load_saved_scores(run_dir: Path, n: int, c: int) -> np.ndarray:
     scores = np.load(run_dir / "scores.npy")
     if scores.shape != (n, c):
         raise UserError(f"{run_dir / 'scores.npy'} holds {scores.shape}, not ({n}, {c}); start a new run")
     return scores
 
 
-def _choose_amp(spec, asked, config_path, device):
+def _choose_amp(spec: ModelSpec, asked: str | None, config_path: str | None, device: str) -> tuple[str | Literal[False], str]:
     """(amp, why): the user's --amp wins; else the authors' config (their inference script ran under
     autocast exactly when its `amp` was set), else the manifest. CPU runs fp32 and says so."""
     if asked is not None:
@@ -573,7 +586,7 @@ def _choose_amp(spec, asked, config_path, device):
     return False, "fp32 (manifest)"
 
 
-def _choose_precision(spec, asked_amp, device):
+def _choose_precision(spec: ModelSpec, asked_amp: str | None, device: str) -> tuple[str, str]:
     """(precision, why): the manifest's. fp16-fused (ML-Decoder's validate.py: batch norm folded, then
     `.half()`) is a CUDA path: on CPU the fused model runs in fp32 (`fp32-fused`, said and recorded);
     `--amp` asks for the plain model under autocast (or in fp32 with `--amp off`) instead."""
@@ -587,14 +600,14 @@ def _choose_precision(spec, asked_amp, device):
     return "fp16-fused", "manifest eval.precision (as the authors' validate.py)"
 
 
-def _for_precision(model, precision):
+def _for_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     if precision == "fp32":
         return model
     model = fuse_bn(model)
     return model.half() if precision == "fp16-fused" else model
 
 
-def _build_model(spec, config, device):
+def _build_model(spec: ModelSpec, config: EvalConfig, device: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     if config.weights == "random":  # seeded, so a smoke run is repeatable and a resume continues the same model
         info = {"path": None, "sha256": None, "pinned": False, "random_weights": True, "seed": config.seed}
         with torch.random.fork_rng(devices=[]):
@@ -606,7 +619,8 @@ def _build_model(spec, config, device):
     return model.eval().to(device), info
 
 
-def _open_run(runs_root, model_id, resume, settings, world, rows):
+def _open_run(runs_root: str | Path, model_id: str, resume: str | None, settings: dict[str, Any], world: World,
+              rows: range) -> tuple[Path, int, TextIO]:
     """(run folder, its count of finished rows, its held lock): a new folder, or the one to resume
     (`resume` "auto": the newest unfinished run of these very settings, else a new folder)."""
     if resume == "auto":
@@ -636,7 +650,7 @@ def _open_run(runs_root, model_id, resume, settings, world, rows):
     return run_dir, rows.start, held
 
 
-def _same_settings(run_dir, settings):
+def _same_settings(run_dir: Path, settings: Mapping[str, Any]) -> bool:
     try:
         saved = records.read_settings(run_dir / SETTINGS)
     except UserError:  # a damaged folder is not resumed by itself
@@ -644,7 +658,7 @@ def _same_settings(run_dir, settings):
     return all(saved.get(k) == v for k, v in settings.items())
 
 
-def _rows_done(run_dir, rows, world):
+def _rows_done(run_dir: Path, rows: range, world: World) -> int:
     """The first of `rows` (this rank's) not yet scored, as its progress file says; rows count as
     finished only while their scores exist."""
     if (run_dir / "scores.npy").exists():  # every row was scored, then the finish was interrupted
@@ -653,5 +667,5 @@ def _rows_done(run_dir, rows, world):
                      most=rows.stop)
 
 
-def _progress_bar(total, done, name, enabled, position=0):
+def _progress_bar(total: int, done: int, name: str, enabled: bool, position: int = 0) -> Any:
     return progress.bar(total, name, initial=done, enabled=enabled, position=position)

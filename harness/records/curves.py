@@ -22,9 +22,12 @@ every scalar of every event file under run_dir/tensorboard/ (a sub-folder's tags
 name), one value per step (the last written: a resumed run may have written an epoch twice);
 {} when there is no such folder, or tensorboard is not installed (a warning says so once).
 """
+from __future__ import annotations
+
 import logging
 import shutil
 from pathlib import Path
+from typing import Literal
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ FOLDER = "tensorboard"
 _warned: set[str] = set()
 
 
-def _warn_once(key, message):
+def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         logger.warning(message)
@@ -41,7 +44,7 @@ def _warn_once(key, message):
 class TrainingCurves:
     """Per-epoch scalars of one training (or one grid point) as TensorBoard event files."""
 
-    def __init__(self, run_dir, name: str | None = None):
+    def __init__(self, run_dir: str | Path, name: str | None = None) -> None:
         self.folder = Path(run_dir) / FOLDER / (name or "")
         try:
             from torch.utils.tensorboard import SummaryWriter  # lazy: torch, and the optional tensorboard package
@@ -67,15 +70,15 @@ class TrainingCurves:
             self.writer.close()
             self.writer = None
 
-    def __enter__(self):
+    def __enter__(self) -> TrainingCurves:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 
 
-def read_curves(run_dir) -> dict:
+def read_curves(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """{tag: [(step, value), ...] by step} of every event file under run_dir/tensorboard/."""
     root = Path(run_dir) / FOLDER
     folders = sorted({p.parent for p in root.rglob("events.out.tfevents.*")}) if root.is_dir() else []
@@ -100,7 +103,7 @@ def read_curves(run_dir) -> dict:
     return curves
 
 
-def copy_curves(source_dir, run_dir) -> None:
+def copy_curves(source_dir: str | Path, run_dir: str | Path) -> None:
     """Copy a work folder's curves (source_dir/tensorboard) into a finished run's folder."""
     source = Path(source_dir) / FOLDER
     if source.is_dir():

@@ -3,8 +3,11 @@ import os
 import platform
 import re
 import subprocess
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import PIL
@@ -16,18 +19,18 @@ from harness import __version__
 try:
     from harness import _version as built  # written by setuptools-scm at install time
 except ImportError:  # a source tree never installed
-    built = None  # type: ignore[assignment]
+    built = None  # type: ignore[assignment, unused-ignore]  # used only where _version.py exists
 from harness.manifest import PACKAGE_DATA, REPO_ROOT
 
 
-def _version(package):
+def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
 
 
-def cpu_name():
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -37,7 +40,7 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def _git(*args):
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO_ROOT), *args],
                              capture_output=True, text=True, timeout=10)
@@ -46,14 +49,14 @@ def _git(*args):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def built_from():
+def built_from() -> tuple[str | None, bool | None]:
     """(commit, dirty) that harness/_version.py names (None, None without one: a source tree never
     installed, or a version from outside git)."""
     node = getattr(built, "__commit__", None) or ""
     return (node[1:], getattr(built, "__dirty__", None)) if node.startswith("g") and len(node) > 8 else (None, None)
 
 
-def handle_by_uuid(uuid):
+def handle_by_uuid(uuid: object) -> tuple[Any, list[str]]:
     """(NVML handle, []) for torch's UUID of a GPU or MIG slice (with or without its prefix), or
     (None, [why for each form tried]). NVML must be initialised."""
     raw = str(uuid)
@@ -66,7 +69,7 @@ def handle_by_uuid(uuid):
     return None, errors
 
 
-def _gpu(torch, device_index):
+def _gpu(torch: ModuleType | None, device_index: int) -> dict[str, Any] | None:
     """Name, driver, uuid and memory of torch's GPU `device_index`, from NVML (asked by UUID:
     CUDA_VISIBLE_DEVICES renumbers indices), else from torch, else None."""
     uuid = None
@@ -91,15 +94,15 @@ def _gpu(torch, device_index):
     return None
 
 
-def _text(value):
+def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _environments_folder(folder=None):
+def _environments_folder(folder: str | Path | None = None) -> Path:
     return Path(folder) if folder else (PACKAGE_DATA / "environments").resolve()
 
 
-def _names(path, python_version, torch_version):
+def _names(path: Path, python_version: str, torch_version: str) -> bool:
     """Whether an environment file names this torch and Python (minor) version."""
     torch_base = torch_version.split("+")[0]
     py_minor = ".".join(python_version.split(".")[:2])
@@ -109,7 +112,8 @@ def _names(path, python_version, torch_version):
     return bool(torch_re.search(text) and python_re.search(text))
 
 
-def matching_environment_file(python_version, torch_version, folder=None):
+def matching_environment_file(python_version: str, torch_version: str | None,
+                              folder: str | Path | None = None) -> str | None:
     """The first environments/*.txt|*.yml|*.yaml naming this torch and Python version, else None."""
     folder = _environments_folder(folder)
     if not torch_version or not folder.is_dir():
@@ -129,7 +133,7 @@ def environment_file(named: str, folder: str | Path | None = None) -> Path | Non
 
 def names_versions(path: str | Path, python_version: str | None, torch_version: str | None) -> bool:
     """Whether the environment file at `path` names this torch and Python version (what "matches" means)."""
-    return bool(torch_version and python_version) and _names(Path(path), python_version, torch_version)
+    return bool(torch_version and python_version and _names(Path(path), python_version, torch_version))
 
 
 # "torch==2.2.1" (pip) or "- pytorch=1.9.0" (conda), comments aside; the record's names for them
@@ -148,14 +152,14 @@ def environment_pins(path: str | Path) -> dict[str, str]:
     return pins
 
 
-def image_libraries():
+def image_libraries() -> dict[str, str | None]:
     """Pillow and its JPEG decoder: resize and decode differ by +-1/255 on some JPEGs between versions."""
     try:
         pass
     except ImportError:
         return {"pillow": None, "libjpeg_turbo": None, "libjpeg": None}
 
-    def version(get, name):
+    def version(get: Callable[[str], str | None], name: str) -> str | None:
         try:
             return get(name)
         except Exception:  # an old Pillow without version reporting
@@ -165,11 +169,11 @@ def image_libraries():
             "libjpeg": version(features.version_codec, "jpg")}
 
 
-def code_version():
+def code_version() -> dict[str, Any]:
     """{harness, git_commit, git_dirty}: the harness's version and the commit of its checkout (HARNESS_GIT_COMMIT
     names that of a copy without .git; an installed wheel, the commit it was built from)."""
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    status: str | bool | None = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
         commit = os.environ.get("HARNESS_GIT_COMMIT") or None
     if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
@@ -177,7 +181,7 @@ def code_version():
     return {"harness": __version__, "git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
-def environment(device_index=0):
+def environment(device_index: int = 0) -> dict[str, Any]:
     """Library versions, hardware and code version of this process, for a record."""
     try:
         import torch  # lazy: reports read records without torch (and a machine may lack it)

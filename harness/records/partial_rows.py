@@ -5,13 +5,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from harness.errors import UserError
 from harness.files import write_atomically
 from harness.records import utc_now
 
 
-def open_rows(path, shape, dtype=np.float32, fresh=True):
+def open_rows(path: str | Path, shape: tuple[int, ...], dtype: DTypeLike = np.float32, fresh: bool = True) -> np.memmap:
     """The partial array at `path`: a new one (unfinished rows NaN: visibly not computed), or the
     one an interrupted run left."""
     path = Path(path)
@@ -29,7 +30,7 @@ def open_rows(path, shape, dtype=np.float32, fresh=True):
     return rows
 
 
-def rows_done(progress, partial, default=0, most=None):
+def rows_done(progress: str | Path, partial: str | Path, default: int = 0, most: int | None = None) -> int:
     """How many rows the progress file says are done (default when it or the array is missing);
     one line naming the file when it is damaged (not a count from default to `most`)."""
     progress, partial = Path(progress), Path(partial)
@@ -45,5 +46,5 @@ def rows_done(progress, partial, default=0, most=None):
     return done
 
 
-def save_progress(progress, done):
+def save_progress(progress: str | Path, done: int) -> None:
     write_atomically(progress, json.dumps({"done": int(done), "updated_at": utc_now()}, indent=2))

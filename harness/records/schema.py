@@ -28,8 +28,16 @@ A schema 1 record (written before digests) is still read as it is and keeps its 
 again: it is not broken, but its files cannot be shown to be the ones it was computed from, so
 `harness verify` and the report call it unverifiable (harness.report.verify).
 """
+from __future__ import annotations
+
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import PurePath
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: the schema itself imports nothing
+    from _typeshed import DataclassInstance
+
+    from harness.manifest import ModelSpec
 
 SCHEMA = 2
 READABLE = (1, 2)  # 1: before digests (see the docstring)
@@ -56,7 +64,7 @@ SCORE_FILES = {"scores": "scores.npy", "labels": "labels.npy", "image_ids": "ima
 SHA256_HEX = frozenset("0123456789abcdef")
 
 
-def _section():
+def _section() -> dict[str, Any]:
     return field(default_factory=dict)
 
 
@@ -91,15 +99,15 @@ class Record:
     found_in: str = field(default="runs", compare=False)  # where a report found it; never written
     folder: str | None = field(default=None, compare=False)  # the run folder it was read from; never written
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.smoke is None:
             object.__setattr__(self, "smoke", bool(self.smoke_reasons))
 
     @property
-    def model_id(self):
+    def model_id(self) -> str | None:
         return self.model.get("id")
 
-    def to_json(self):
+    def to_json(self) -> dict[str, Any]:
         """The dict written as record.json (checked against the schema first)."""
         data = {"schema": self.schema, "kind": self.kind, "run_id": self.run_id, "model": self.model}
         data.update({name: getattr(self, name) for name in SECTIONS[1:]
@@ -114,7 +122,7 @@ class Record:
         return data
 
     @classmethod
-    def from_json(cls, data):
+    def from_json(cls, data: dict[str, Any]) -> Record:
         """A Record from a record.json's dict; ValueError naming what is wrong with it."""
         validate_record(data)
         known = {f.name for f in fields(cls)} - {"extra", "found_in", "folder"}
@@ -123,17 +131,17 @@ class Record:
         return cls(**values, extra=extra)
 
 
-def model_section(spec):
+def model_section(spec: ModelSpec) -> dict[str, Any]:
     """The record's model section for a manifest entry."""
     return {"id": spec.id, "family": spec.family, "arch": spec.arch, "paper": spec.paper}
 
 
-def config_section(config):
+def config_section(config: DataclassInstance) -> dict[str, Any]:
     """The record's config section for a run's config dataclass: every field, paths as text."""
     return {k: str(v) if isinstance(v, PurePath) else v for k, v in asdict(config).items()}
 
 
-def validate_record(record):
+def validate_record(record: object) -> None:
     """Raise ValueError naming what a record lacks or has of the wrong type."""
     if not isinstance(record, dict):
         raise ValueError("a record must be a dict")
@@ -153,11 +161,11 @@ def validate_record(record):
         raise ValueError(problem)
 
 
-def _is_number(value):
+def _is_number(value: object) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
-def _type_problem(record):
+def _type_problem(record: dict[str, Any]) -> str | None:
     """What in a record has the wrong type for the code that reads it (a damaged or hand-edited file)."""
     for key in SECTIONS:
         if record.get(key) is not None and not isinstance(record[key], dict):

@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, BinaryIO, NamedTuple, Protocol, TextIO
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from harness.errors import UserError
 from harness.files import file_digest
@@ -42,22 +44,28 @@ class FinishedRun(NamedTuple):
     record: Record | None
 
 
-def is_finished(run_dir):
+class Writer(Protocol):
+    """What write_new calls to fill a file: it writes the bytes into the open file it is given. (A Protocol,
+    not a Callable: mypy infers the `lambda f, a=array: ...` of a loop only against a Protocol.)"""
+    def __call__(self, file: BinaryIO, /) -> object: ...
+
+
+def is_finished(run_dir: str | Path) -> bool:
     """Whether a run folder holds its record (written last: a folder without one is unfinished)."""
     return (Path(run_dir) / RECORD).exists()
 
 
-def utc_now():
+def utc_now() -> str:
     """The time stamps of records: UTC, to the second, ISO 8601."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def new_run_id(now=None):
+def new_run_id(now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(2)}"
 
 
-def new_run_dir(runs_root, model_id):
+def new_run_dir(runs_root: str | Path, model_id: str) -> Path:
     """Create <runs_root>/<model_id>/<run_id>/ exclusively and return it."""
     if not model_id or "/" in model_id or model_id.startswith("."):
         raise UserError(f"bad model id for a run folder: {model_id!r}")
@@ -73,7 +81,7 @@ def new_run_dir(runs_root, model_id):
     raise RuntimeError(f"could not create a fresh run folder under {parent}")
 
 
-def check_runs_root(runs_root, flag="--runs"):
+def check_runs_root(runs_root: str | Path, flag: str = "--runs") -> None:
     """Before any model is built: the runs folder is a folder, or can be made one."""
     root = Path(runs_root)
     existing = next((p for p in [root, *root.parents] if p.exists()), None)
@@ -83,7 +91,7 @@ def check_runs_root(runs_root, flag="--runs"):
         raise UserError(f"{flag} {runs_root}: {existing} is not writable; pass a folder you can write to")
 
 
-def hold_run(run_dir):
+def hold_run(run_dir: str | Path) -> TextIO:
     """An exclusive lock on a run folder while it is evaluated (an open file: closing it releases the
     lock, and so does the end of the process). A second process gets one line naming the holder."""
     handle = open(Path(run_dir) / ".in-progress", "a+")
@@ -102,7 +110,7 @@ def hold_run(run_dir):
     return handle
 
 
-def write_new(path, write):
+def write_new(path: str | Path, write: Writer) -> None:
     """Write through a temporary file, then link it into place: never replaces an existing file."""
     path = Path(path)
     if path.exists():
@@ -123,7 +131,8 @@ def write_new(path, write):
         tmp.unlink(missing_ok=True)
 
 
-def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False, masks=None) -> dict[str, str]:
+def save_arrays(run_dir: str | Path, scores: ArrayLike, labels: ArrayLike, image_ids: ArrayLike, keep_equal: bool = False,
+                masks: ArrayLike | None = None) -> dict[str, str]:
     """scores.npy (float32, or float16 as an fp16 run scored them: ties then sort as the authors'),
     labels.npy (uint8), image_ids.npy (int64) and, for C-Tran, masks.npy (int8 -1/0/1), checked for
     shape. Returns {key of SCORE_FILES (and "masks"): sha256 of the file as written}: the record's
@@ -136,7 +145,7 @@ def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False, masks=None
             (masks is not None and np.shape(masks) != scores.shape):
         raise ValueError(f"shapes do not agree: scores {scores.shape}, labels {labels.shape}, "
                          f"image_ids {image_ids.shape}" + ("" if masks is None else f", masks {np.shape(masks)}"))
-    arrays = {"scores": scores.astype(np.float16 if scores.dtype == np.float16 else np.float32),
+    arrays: dict[str, np.ndarray] = {"scores": scores.astype(np.float16 if scores.dtype == np.float16 else np.float32),
               "labels": (labels > 0).astype(np.uint8), "image_ids": image_ids.astype(np.int64)}
     if masks is not None:
         arrays["masks"] = np.asarray(masks).astype(np.int8)
@@ -153,7 +162,7 @@ def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False, masks=None
     return digests
 
 
-def write_record(run_dir, record):
+def write_record(run_dir: str | Path, record: Record | dict[str, Any]) -> Path:
     """Write a Record (or a record's dict, checked against the schema) as record.json, atomically;
     refuse if the folder already has one."""
     data = record.to_json() if isinstance(record, Record) else Record.from_json(record).to_json()
@@ -162,7 +171,7 @@ def write_record(run_dir, record):
     return Path(run_dir) / RECORD
 
 
-def _json_default(value):
+def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -172,7 +181,7 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def read_record(run_dir):
+def read_record(run_dir: str | Path) -> Record:
     """The Record of a finished run folder; one line naming the problem when it cannot be read."""
     path = Path(run_dir) / RECORD
     try:
@@ -189,13 +198,13 @@ def read_record(run_dir):
         raise UserError(f"{path}: {e}")
 
 
-def unfinished_runs(runs_root, model_id):
+def unfinished_runs(runs_root: str | Path, model_id: str) -> list[Path]:
     """A model's interrupted runs: folders holding settings.json but no record yet, oldest first."""
     folder = Path(runs_root) / model_id
     return sorted(p for p in folder.glob("*") if (p / SETTINGS).is_file() and not is_finished(p))
 
 
-def refuse_changed_settings(run_dir, saved, settings):
+def refuse_changed_settings(run_dir: str | Path, saved: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
     """One line naming the fields of `settings` that differ from the interrupted run's `saved` ones."""
     changed = [k for k, v in settings.items() if saved.get(k) != v]
     if changed:
@@ -203,7 +212,7 @@ def refuse_changed_settings(run_dir, saved, settings):
                         f"use the same settings or start a new run")
 
 
-def read_settings(path):
+def read_settings(path: str | Path) -> dict[str, Any]:
     """A run's settings.json (what a resume must repeat) as a dict; one line naming the file when damaged."""
     path = Path(path)
     try:
@@ -217,11 +226,11 @@ def read_settings(path):
     return settings
 
 
-def _warn(message):
+def _warn(message: str) -> None:
     logger.warning(f"harness: {message}")
 
 
-def iter_records(runs_root, on_problem=_warn):
+def iter_records(runs_root: str | Path, on_problem: Callable[[str], object] = _warn) -> Iterator[tuple[Path, Record]]:
     """Yield (run_dir, record) for every finished run under runs_root, oldest first.
 
     Folders without record.json (unfinished runs) are skipped quietly; a record that cannot be
@@ -237,7 +246,8 @@ def iter_records(runs_root, on_problem=_warn):
             on_problem(f"skipping {path.parent}: {e}")
 
 
-def complete_run(runs_root, model_id, batch_size=None, amp=None, kind="eval"):
+def complete_run(runs_root: str | Path, model_id: str, batch_size: int | None = None, amp: str | None = None,
+                 kind: str = "eval") -> Path | None:
     """The newest finished, non-smoke run of this kind and model with these settings, or None."""
     found = []
     for record_file in (Path(runs_root) / model_id).glob("*/record.json"):
