@@ -84,7 +84,9 @@ def evaluate(model_ids: str | list[str], coco_root: str, *, manifest: str | None
 
     settings: any field of harness.eval.config.EvalConfig (weights, weights_dir, batch_size, amp,
     device, limit, workers, seed, runs_root, resume, progress, ...). With several models, one model's
-    failure raises for that model only after the others finished.
+    failure raises for that model only after the others finished. Under torchrun every rank scores
+    its share and rank 0 writes: rank 0 gets the records, the other ranks an empty list (as lm-eval's
+    simple_evaluate gives None there).
     """
     ids = [model_ids] if isinstance(model_ids, str) else list(model_ids)
     specs: list[ModelSpec] = [get_spec(mid, manifest) for mid in ids]
@@ -92,7 +94,8 @@ def evaluate(model_ids: str | list[str], coco_root: str, *, manifest: str | None
     for finished in evaluate_many(specs, EvalConfig(coco_root=str(coco_root), **settings)):
         if isinstance(finished, BaseException):
             raise finished
-        assert finished.record is not None, "under torchrun only rank 0 has the records"
+        if finished.record is None:  # another rank than 0 under torchrun: rank 0 holds the record
+            continue
         out.append({**finished.record.to_json(), "run_dir": str(finished.run_dir)})
     return out
 

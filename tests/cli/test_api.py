@@ -74,3 +74,11 @@ def test_compare_is_the_command_as_a_dict(small, smoke_root, tmp_path):
     a, b = (next((tmp_path / f"r{s}" / "small-q2l").iterdir()) for s in (0, 1))
     result = harness.compare(a, b, n_boot=20, n_perm=20)
     assert result["n_images"] == 4 and result["verdict"] and 0 <= result["p_value"] <= 1
+
+
+def test_evaluate_on_a_rank_other_than_0_returns_no_records(small, monkeypatch):
+    """Under torchrun only rank 0 writes a record: the other ranks get an empty list, not a crash."""
+    from harness.records.store import FinishedRun
+
+    monkeypatch.setattr(harness.api, "evaluate_many", lambda specs, config: iter([FinishedRun(config.runs_root, None)]))
+    assert harness.evaluate("small-q2l", "unused", manifest=str(small)) == []
