@@ -86,3 +86,48 @@ def test_the_recorded_version_is_the_built_source_not_a_wheels_0_0_0(monkeypatch
     assert tresnet.inplace_abn_version() == "(version unknown: its metadata says 0.0.0)"
     monkeypatch.setattr(tresnet, "version", lambda name: "1.1.0")
     assert tresnet.inplace_abn_version() == "1.1.0"
+
+
+def inplace_abn_weight_gradient(x, weight, bias, eps, slope, grad_out):
+    """dL/dweight of a training-mode InPlaceABN, written from inplace_abn's own backward (1.0.x to 1.1.0):
+    backward_reduce inverts the leaky ReLU and the affine map, xhat = (y - bias) / (|w| + eps), sums
+    xhat * dy per channel, and functions.py flips the sign where `weight < 0` (so sign(0) = +1)."""
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)  # biased, as their statistics()
+    gamma = (weight.abs() + eps).view(1, -1, 1, 1)
+    y = (x - mean) / torch.sqrt(var + eps) * gamma + bias.view(1, -1, 1, 1)
+    dy = torch.where(y >= 0, grad_out, grad_out * slope)  # their LeakyReLU backward (y >= 0: slope 1)
+    xhat = (y - bias.view(1, -1, 1, 1)) / gamma
+    dweight = (xhat * dy).sum(dim=(0, 2, 3))
+    dweight[weight < 0] *= -1
+    return dweight
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "identity"])
+def test_training_weight_gradient_is_inplace_abns_also_at_a_weight_of_exactly_zero(monkeypatch, activation):
+    """A weight of exactly 0 (TResNet's zero-initialised residual ABNs) gets inplace_abn's gradient, sign +1:
+    torch.abs' gradient there is 0, which would keep such a weight at 0 for the whole training."""
+    monkeypatch.setenv("HARNESS_TRESNET_BN", "torch")
+    torch.manual_seed(0)
+    layer = ABN(4, activation, 1e-2).double().train()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.0, 0.7, -0.4, 0.0], dtype=torch.float64))
+        layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0], dtype=torch.float64))
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    grad_out = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    layer(x.clone()).backward(grad_out)
+    slope = 1e-2 if activation == "leaky_relu" else 1.0
+    want = inplace_abn_weight_gradient(x, layer.weight.detach(), layer.bias.detach(), layer.eps, slope, grad_out)
+    assert bool((want[[0, 3]] != 0).all())  # the zero weights do get a gradient from inplace_abn
+    torch.testing.assert_close(layer.weight.grad, want, rtol=1e-9, atol=1e-12)
+    assert torch.equal(layer.weight.grad.sign(), want.sign())
+
+
+def test_the_forward_and_eval_paths_keep_plain_abs(monkeypatch):
+    """Without a gradient (evaluation, the EMA copy) |w| + eps is torch.abs as before: the same bits."""
+    monkeypatch.setenv("HARNESS_TRESNET_BN", "torch")
+    model = tiny_tresnet()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = model(x)
+    assert torch.equal(model(x), plain)  # with autograd on, the forward's bits are unchanged

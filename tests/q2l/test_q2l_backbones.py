@@ -72,3 +72,19 @@ def test_a_file_of_another_backbone_is_refused(tmp_path):
     torch.save(backbones.backbone_module(_tiny("CvT_w24")).state_dict(), file)
     with pytest.raises(UserError, match="is not a pretrained swin_L_384_22k file"):
         backbones.load_pretrained(_tiny("swin_L_384_22k"), "swin_L_384_22k", file, "the Swin file")
+
+
+@pytest.mark.parametrize("backbone", ["tresnetl", "tresnetl_v2"])
+def test_zero_initialised_residual_abns_get_a_gradient_as_inplace_abn_gives(backbone, monkeypatch):
+    """TResNet starts each residual branch's last ABN at weight 0; their InPlaceABN's backward gives such a
+    weight the gradient sum(xhat * dy) (sign(0) = +1), so it trains. torch.abs' gradient there is 0."""
+    monkeypatch.setenv("HARNESS_TRESNET_BN", "torch")
+    model = _tiny(backbone)
+    backbones.freeze(model)
+    zero = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("1.weight") and p.dim() == 1
+            and bool((p == 0).all())]
+    assert zero  # layer2-4's residual ABNs
+    model.train()
+    loss = asymmetric_loss(model(torch.randn(4, 3, 64, 64)), (torch.rand(4, 80) < 0.3).double())
+    loss.backward()
+    assert all(bool((p.grad != 0).any()) for p in zero)

@@ -1,5 +1,10 @@
 """main_worker()'s bookkeeping: best = the higher of the regular and EMA mAP; early stop 8 epochs past
 both bests while the latest EMA mAP is below its best."""
+import json
+
+import pytest
+from paths import FIXTURES
+
 from harness.q2l.train import Selection
 
 
@@ -30,3 +35,23 @@ def test_early_stop_needs_both_bests_eight_epochs_back_and_ema_below_its_best():
     assert [e for e, o in enumerate(out) if o[2]][0] == 18  # the regular best at epoch 9 postpones it
     _, out = _run([(70, 71), (72, 73)] + [(60, 73)] * 12)  # the EMA holds its best: never
     assert not any(o[2] for o in out)
+
+
+AUTHORS = json.loads((FIXTURES / "q2l_authors" / "selection.json").read_text())
+
+
+@pytest.mark.parametrize("case", AUTHORS["cases"], ids=lambda c: f"{len(c['pairs'])}-epochs")
+def test_best_and_early_stop_equal_their_main_worker_lines(case):
+    """Their main_mlc.py lines, run on the same mAP sequences (fixture by make_selection.py): after every
+    epoch the same is_best, best epoch and mAP, best regular epoch, best EMA mAP, saved model; the same stop."""
+    s, stopped = Selection(), None
+    for epoch, (regular, ema) in enumerate(case["pairs"]):
+        is_best = s.update(epoch, float(regular), float(ema))
+        ours = [is_best, s.best_epoch, s.best_mAP, s.best_regular_epoch, s.best_ema_mAP]
+        assert ours == case["after"][epoch][:5], epoch
+        if is_best:
+            assert s.best_model == case["after"][epoch][5]
+        if s.early_stop(epoch):
+            stopped = epoch
+            break
+    assert stopped == case["stopped"]

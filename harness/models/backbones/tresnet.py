@@ -63,6 +63,29 @@ def inplace_abn_version():
     return found if found != "0.0.0" else "(version unknown: its metadata says 0.0.0)"
 
 
+class _AbsWithSignOfZeroOne(torch.autograd.Function):
+    """|w| whose gradient takes the sign of w with sign(0) = +1, as inplace_abn's backward
+    (functions.py: `dweight = sum_xhat_dy; dweight[weight < 0] *= -1`); torch.abs gives 0 at w == 0,
+    which would leave a weight at exactly 0 (TResNet's zero-initialised residual ABNs) there forever."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        ctx.save_for_backward(weight)
+        return weight.abs()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return torch.where(weight < 0, -grad, grad)
+
+
+def abn_scale(weight, eps):
+    """inplace_abn's scale |weight| + eps; with a gradient, the gradient inplace_abn gives."""
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return _AbsWithSignOfZeroOne.apply(weight) + eps
+    return weight.abs() + eps
+
+
 class ABN(nn.BatchNorm2d):
     """Activated BatchNorm with inplace_abn's scale |weight| + eps (it keeps the op invertible)."""
 
@@ -77,7 +100,7 @@ class ABN(nn.BatchNorm2d):
                           self.activation, self.slope)
         if self.training and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight.abs() + self.eps, self.bias,
+        x = F.batch_norm(x, self.running_mean, self.running_var, abn_scale(self.weight, self.eps), self.bias,
                          self.training, self.momentum, self.eps)
         return F.leaky_relu(x, self.slope) if self.activation == "leaky_relu" else x
 
