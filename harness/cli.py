@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 
-from harness import __version__, progress
+from harness import __version__, environment_variables, progress
 from harness.errors import Interrupted, UserError
 
 # Subcommand name -> module in harness.commands exposing add_arguments(parser) and run(args).
@@ -138,6 +138,7 @@ def main(argv=None):
         return 2
     finished = False
     try:
+        environment_variables.check_all()  # every HARNESS_* variable, whether or not this command reads it
         code = args._run(args) or 0
         finished = True
         return code

@@ -78,12 +78,23 @@ def release_files(spec, path=None, config=None, *, weights_dir=None, cache_dir=N
         if config is None and "config" in spec.files:
             config = fetch(spec, "config", cache_dir=cache_dir, weights_dir=weights_dir, lock=False)
     elif not Path(path).is_file():
-        raise UserError(f"--weights {path}: no such file; pass a checkpoint file (or 'random'), or leave "
+        raise UserError(f"--weights {path}: {_not_a_file(path)}; pass a checkpoint file (or 'random'), or leave "
                         f"--weights out to use the verified release")
     sibling = Path(path).with_name("config_new.json")
     if config is None and spec.family == "q2l" and sibling.is_file():
         config = sibling
     return Path(path), config
+
+
+def _not_a_file(path):
+    """What `path` is instead of a checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        return (f"is a folder; pass the checkpoint file in it (--weights {path / 'checkpoint.pkl'}), or the folder "
+                f"of hand-placed releases with --weights-dir {path}")
+    if path.exists():
+        return "is not a regular file (a device, FIFO or socket)"
+    return "no such file"
 
 
 def unverified_reason(spec, sha256):

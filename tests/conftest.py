@@ -11,7 +11,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core (pytest -n auto
 
 import pytest
 import torch
-import yaml
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
@@ -19,6 +18,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 from harness.cli import configure_logging
 from harness.data.smoke import make_smoke
 from harness.manifest import read_yaml
+from harness.yaml_files import dump_yaml
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +93,7 @@ def tiny_manifest(folder, model_id, arch, base="q2l-r101-448", **eval_overrides)
     entry["eval"].update(eval_overrides)
     data["models"] = {model_id: entry}
     path = folder / "manifest.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(dump_yaml(data))
     return path
 
 

@@ -10,11 +10,10 @@ import re
 import time
 from pathlib import Path
 
-import yaml
-
+from harness.environment_variables import lock_file_path
 from harness.errors import UserError
 from harness.files import write_atomically
-from harness.manifest import read_yaml
+from harness.yaml_files import dump_yaml, read_yaml_file
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +62,11 @@ def check_folder(path):
 
 
 def read_lock(path):
-    path = Path(path)
+    path = lock_file_path(path, writing=False)
     if not path.exists():
         return {}
-    try:
-        data = read_yaml(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix or delete the file")
+    data = read_yaml_file(path, "lock file", "fix or delete the file (it is re-recorded at the next download)")
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of model ids; fix or delete the file")
     for model_id, roles in data.items():
@@ -78,17 +75,23 @@ def read_lock(path):
 
 
 def _check_entry(path, model_id, roles):
-    """Each model maps roles to {sha256: <64 hex digits>, ...}; an emptied model (`id:`) is fine."""
+    """Each model maps roles to {sha256: <64 hex digits>, size: bytes, ...}; an emptied model (`id:`) is fine."""
     if roles is None:
         return
     bad = None
-    if not isinstance(roles, dict):
+    if not isinstance(model_id, str):
+        bad = f"{model_id!r:.40} must be a model id (a text)"
+    elif not isinstance(roles, dict):
         bad = f"'{model_id}' must map roles (checkpoint, config) to entries, not {roles!r:.40}"
     else:
         for role, entry in roles.items():
             sha = entry.get("sha256") if isinstance(entry, dict) else None
-            if not (isinstance(sha, str) and SHA256.fullmatch(sha)):
-                bad = f"'{model_id}: {role}' must be a mapping with a 64-hex-digit sha256, not {entry!r:.60}"
+            if not (isinstance(role, str) and isinstance(sha, str) and SHA256.fullmatch(sha)):
+                bad = f"'{model_id}: {role!s:.40}' must be a mapping with a 64-hex-digit sha256, not {entry!r:.60}"
+                break
+            size = entry.get("size")
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+                bad = f"'{model_id}: {role}: size' must be a number of bytes, not {size!r:.40}"
                 break
     if bad:
         raise UserError(f"{path}: entry {bad}; fix or delete that entry (it is re-recorded at the next download)")
@@ -107,8 +110,7 @@ def record_lock(path, model_id, role, sha256, size, source, *, keep_existing=Fal
     """Write one entry and return the entry the file now holds for (model_id, role). The read, change
     and write happen under a file lock, so concurrent runs never lose each other's entries;
     keep_existing=True leaves an entry another run recorded first in place."""
-    path = Path(path)
-    check_folder(path)
+    path = lock_file_path(path)
     with exclusive(path):
         data = read_lock(path)
         roles = data.setdefault(model_id, {})
@@ -117,7 +119,7 @@ def record_lock(path, model_id, role, sha256, size, source, *, keep_existing=Fal
         roles[role] = {"sha256": sha256, "size": size, "source": source,
                        "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         try:
-            write_atomically(path, HEADER + yaml.safe_dump(data, sort_keys=True))
+            write_atomically(path, HEADER + dump_yaml(data, sort_keys=True))
         except OSError as e:
             raise UserError(f"cannot write the lock file {path} ({e.strerror or e}); make it writable, "
                             "or set HARNESS_LOCK_FILE to a writable file")

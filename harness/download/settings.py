@@ -2,12 +2,11 @@
 
 Every base URL can be replaced (a mirror, or a server on 127.0.0.1 in the tests).
 """
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import UserError
+from harness import environment_variables
 from harness.manifest import DEFAULT_MANIFEST
 
 DEFAULT_HOME = Path.home() / ".cache" / "harness"
@@ -18,24 +17,24 @@ COCO_URL = "http://images.cocodataset.org"
 
 def harness_home(cache_dir=None):
     """The cache root: --cache, else $HARNESS_HOME, else ~/.cache/harness."""
-    return Path(cache_dir or os.environ.get("HARNESS_HOME") or DEFAULT_HOME).expanduser()
+    return Path(cache_dir).expanduser() if cache_dir else environment_variables.home(DEFAULT_HOME)
 
 
 def is_offline(offline=None):
     if offline is not None:
         return bool(offline)
-    return os.environ.get("HARNESS_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+    return environment_variables.flag("HARNESS_OFFLINE")
 
 
 def lock_file_for(manifest=None):
     """The lock file sits beside the manifest it pins."""
     if os.environ.get("HARNESS_LOCK_FILE"):
-        return Path(os.environ["HARNESS_LOCK_FILE"])
+        return environment_variables.lock_file_path(os.environ["HARNESS_LOCK_FILE"], named_by="HARNESS_LOCK_FILE")
     return Path(manifest or DEFAULT_MANIFEST).with_name("weights_manifest.lock.yaml")
 
 
 def base_url(name, default):
-    return os.environ.get(name, default).rstrip("/")
+    return environment_variables.url(name, default)
 
 
 @dataclass(frozen=True)
@@ -49,27 +48,12 @@ class Patience:
     @classmethod
     def from_env(cls):
         return cls(
-            connect_timeout=_number("HARNESS_CONNECT_TIMEOUT", cls.connect_timeout, "15", positive=True),
-            read_timeout=_number("HARNESS_READ_TIMEOUT", cls.read_timeout, "60", positive=True),
-            retries=_number("HARNESS_RETRIES", cls.retries, "3", whole=True),
-            backoff=_number("HARNESS_BACKOFF", cls.backoff, "1.0"),
+            connect_timeout=environment_variables.number("HARNESS_CONNECT_TIMEOUT", cls.connect_timeout),
+            read_timeout=environment_variables.number("HARNESS_READ_TIMEOUT", cls.read_timeout),
+            retries=environment_variables.number("HARNESS_RETRIES", cls.retries),
+            backoff=environment_variables.number("HARNESS_BACKOFF", cls.backoff),
         )
 
     def delay(self, attempt):
         return min(self.backoff * 2 ** attempt, 60.0)
 
-
-def _number(name, default, example, *, whole=False, positive=False):
-    """The number in environment variable `name` (default when unset); a UserError names a bad one."""
-    text = os.environ.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text) if whole else float(text)
-    except ValueError:
-        value = None
-    if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
-        kind = "a whole number" if whole else "a number of seconds"
-        bound = "above 0" if positive else "0 or more"
-        raise UserError(f"{name}={text!r} is not {kind} {bound}; set it like {name}={example}, or unset it")
-    return value

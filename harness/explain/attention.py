@@ -19,17 +19,18 @@ from harness.errors import UserError
 from harness.explain.predict import score_images
 from harness.models.q2l import Query2Label
 
-NO_ATTENTION = {
-    "asl": "ASL's TResNet-L pools its features globally and has no attention",
-    "mlspl": "the MLSPL ResNet-50 pools its features globally and has no attention",
+NO_ATTENTION = {  # why, for the model its manifest entry describes
+    "asl": "pools its TResNet features globally and has no attention",
+    "mlspl": "pools its ResNet-50 features globally and has no attention",
 }
 
 
 def check_has_attention(spec):
     """One line for a model without label-to-image attention (before any weights are loaded)."""
     if spec.family != "q2l":
-        why = NO_ATTENTION.get(spec.family, f"{spec.family} models have no label-to-image attention")
-        raise UserError(f"{spec.id}: {why}; attention maps exist for the Query2Label models (q2l-*): "
+        why = NO_ATTENTION.get(spec.family, "has no label-to-image attention")
+        named = f" ({spec.description})" if spec.description else ""
+        raise UserError(f"{spec.id}{named} {why}; attention maps exist for the Query2Label models (q2l-*): "
                         f"use `harness predict` for this one")
 
 

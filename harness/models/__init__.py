@@ -4,7 +4,9 @@
 the builder registered under `arch["name"]` with the remaining fields as keyword arguments.
 Nothing here knows of files or downloads: released weights are loaded by harness.pretrained.
 """
+import difflib
 import importlib
+import inspect
 
 from harness.errors import UserError
 from harness.manifest import get_spec
@@ -40,9 +42,23 @@ def build_from_arch(arch, **overrides):
     params.update(overrides)
     if arch["name"] not in _BUILDERS:
         known = ", ".join(registered_architectures())
-        raise UserError(f"no builder for architecture '{arch['name']}' (known: {known}); "
+        close = difflib.get_close_matches(str(arch["name"]), known.split(", "), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"no builder for architecture '{arch['name']}'; {hint}(known: {known}); "
                         f"fix the manifest entry's arch.name")
-    return _BUILDERS[arch["name"]](**params)
+    builder = _BUILDERS[arch["name"]]
+    _check_keywords(arch["name"], builder, params)
+    return builder(**params)
+
+
+def _check_keywords(name, builder, params):
+    """A keyword the builder does not take (or one it needs and lacks) is one line, before building."""
+    try:
+        inspect.signature(builder).bind(**params)
+    except TypeError as e:
+        takes = [p for p in inspect.signature(builder).parameters if p not in ("sizes", "kwargs")]
+        raise UserError(f"architecture '{name}': {e}; its keywords are {', '.join(takes)}: fix the manifest "
+                        f"entry's arch") from None
 
 
 def create_model(name, manifest=None, **overrides):

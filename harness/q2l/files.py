@@ -6,10 +6,9 @@ verified against a pinned or locked sha256; an unpinned one is locked only once 
 backbone loaded into its model, a log parsed), so a wrong file never poisons the lock.
 """
 from dataclasses import dataclass
-from pathlib import Path
 
 from harness.errors import UserError
-from harness.manifest import ModelSpec, _Field, _parse_files, default_manifest, read_yaml
+from harness.manifest import ID_PATTERN, ModelSpec, _Field, _parse_files, read_manifest_data
 
 
 @dataclass(frozen=True)
@@ -21,15 +20,19 @@ class PretrainedBackbone:
 
 
 def _section(manifest_path, name):
-    path = Path(manifest_path) if manifest_path else default_manifest()
-    data = read_yaml(path.read_text()).get(name) or {}
+    path, manifest = read_manifest_data(manifest_path)
+    data = manifest.get(name) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: '{name}' must map ids to files")
+    for entry_id in data:
+        if not isinstance(entry_id, str) or not ID_PATTERN.fullmatch(entry_id):
+            raise UserError(f"{path}: {name} id {entry_id!r:.80} must be a word of letters, digits, '.', '-' and '_': "
+                            f"it names a folder")
     return path, data
 
 
 def _file_spec(path, entry_id, entry, role, family="q2l"):
-    files = _parse_files(_Field(path.name, entry_id), {role: entry})
+    files = _parse_files(_Field(path, entry_id), {role: entry}, extra_keys=("backbone", "description"))
     return ModelSpec(id=entry_id, family=family, description=entry.get("description", ""), arch={}, paper={},
                      released=True, files=files, manifest_path=path.resolve())
 

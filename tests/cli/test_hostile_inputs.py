@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 from conftest import tiny_manifest
 from paths import REPO
 from torch import nn
@@ -25,6 +24,7 @@ from harness.eval.config import EvalConfig
 from harness.eval.run import evaluate
 from harness.manifest import get_spec, read_yaml
 from harness.models import register_model
+from harness.yaml_files import dump_yaml
 
 
 class Unseeded(nn.Module):
@@ -100,7 +100,7 @@ def _released_manifest(tmp_path):
     data = read_yaml(path.read_text())
     for f in data["models"]["tiny-q2l"]["files"].values():
         f["sha256"], f["sources"] = None, [{"type": "http", "url": "http://127.0.0.1:9/none"}]
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(dump_yaml(data))
     return path
 
 

@@ -2,9 +2,8 @@
 import json
 from pathlib import Path
 
-import yaml
-
 from harness.cli import main
+from harness.yaml_files import dump_yaml
 
 
 def test_bench_ctran_on_cpu(tmp_path):
@@ -15,7 +14,7 @@ def test_bench_ctran_on_cpu(tmp_path):
              "eval": {"resolution": 64, "resize": "squish", "normalize": "imagenet", "image_set": "annotated",
                       "protocol": "ctran", "batch_size": 2}}
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(yaml.safe_dump({"schema": 1, "models": {"ctran-tiny": entry}}))
+    manifest.write_text(dump_yaml({"schema": 1, "models": {"ctran-tiny": entry}}))
     assert main(["bench", "ctran-tiny", "--device", "cpu", "--manifest", str(manifest), "--out", str(tmp_path),
                  "--iters", "1", "--warmup", "0", "--batch-size", "1", "--vram-budget", "none"]) == 0
     (path,) = Path(tmp_path).glob("ctran-tiny/*/record.json")

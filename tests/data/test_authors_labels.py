@@ -7,7 +7,6 @@ import subprocess
 
 import numpy as np
 import pytest
-import yaml
 from authors_label_files import as_authors_saved
 from download_helpers import isolated, server  # noqa: F401  (fixtures: loopback server, fresh cache)
 from loopback_server import file_route
@@ -20,6 +19,7 @@ from harness.data.coco import load_labels
 from harness.files import git_blob_id
 from harness.manifest import read_yaml
 from harness.metrics import compute_metrics
+from harness.yaml_files import dump_yaml
 
 
 def setup(tmp_path, server, body, git_blob=None):
@@ -29,7 +29,7 @@ def setup(tmp_path, server, body, git_blob=None):
     server.routes["/labels.npy"] = file_route(body)
     ref["sources"] = [{"type": "http", "url": server.url + "/labels.npy"}]
     ref["git_blob"] = git_blob
-    manifest.write_text(yaml.safe_dump(data))
+    manifest.write_text(dump_yaml(data))
     return manifest
 
 
@@ -115,7 +115,7 @@ def test_download_fetches_it_by_name_and_with_each_q2l_model(tmp_path, server, c
     data = read_yaml(manifest.read_text())
     for wfile in data["models"]["tiny-q2l"]["files"].values():
         wfile["sources"] = [{"type": "http", "url": server.url + "/missing"}]
-    manifest.write_text(yaml.safe_dump(data))
+    manifest.write_text(dump_yaml(data))
     assert main(["download", "q2l-val-labels", "--manifest", str(manifest), "-q"]) == 0
     out = capsys.readouterr().out
     assert "q2l-val-labels  labels" in out and f"sha256 {hashlib.sha256(body).hexdigest()}" in out

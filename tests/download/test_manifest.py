@@ -1,11 +1,11 @@
 import csv
 
 import pytest
-import yaml
 from paths import REPO
 
 from harness.errors import UserError
 from harness.manifest import DEFAULT_MANIFEST, load_manifest, read_yaml
+from harness.yaml_files import dump_yaml
 
 PAPER = REPO / "tables" / "paper"
 Q2L_IDS = {"q2l-r101-448", "q2l-r101-576", "q2l-tresl-448", "q2l-tresl22k-448", "q2l-swinl-384", "q2l-cvtw24-384"}
@@ -89,7 +89,7 @@ def _broken(tmp_path, mutate):
     data = read_yaml(DEFAULT_MANIFEST.read_text())
     mutate(data["models"])
     path = tmp_path / "m.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(dump_yaml(data))
     return path
 
 

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import torch
-import yaml
 from authors_checkpoints import SMALL, randomised, save_authors_checkpoint
 
 from harness.cli import main
@@ -11,6 +10,7 @@ from harness.data.coco import load_labels
 from harness.data.dataset import CocoImages
 from harness.data.transforms import eval_transform
 from harness.manifest import DEFAULT_MANIFEST, get_spec, read_yaml
+from harness.yaml_files import dump_yaml
 
 
 def test_eval_of_a_saved_checkpoint_scores_like_the_model(smoke_root, tmp_path, monkeypatch):
@@ -21,7 +21,7 @@ def test_eval_of_a_saved_checkpoint_scores_like_the_model(smoke_root, tmp_path, 
     entry["eval"].update(resolution=64, batch_size=3)
     data["models"] = {"small-q2l": entry}
     manifest = tmp_path / "manifest.yaml"
-    manifest.write_text(yaml.safe_dump(data))
+    manifest.write_text(dump_yaml(data))
 
     model = randomised(SMALL, 7)
     ckpt = save_authors_checkpoint(model, tmp_path / "checkpoint.pkl")
@@ -50,7 +50,7 @@ def test_transformer_sizes_come_from_the_checkpoint(smoke_root, tmp_path, monkey
     entry["eval"].update(resolution=64, batch_size=2)
     data["models"] = {"small-q2l": entry}
     manifest = tmp_path / "manifest.yaml"
-    manifest.write_text(yaml.safe_dump(data))
+    manifest.write_text(dump_yaml(data))
     ckpt = save_authors_checkpoint(randomised(SMALL, 5), tmp_path / "checkpoint.pkl")  # ff 32, 2 decoder layers
     args = ["eval", "small-q2l", "--manifest", str(manifest), "--coco-root", str(smoke_root), "--weights",
             str(ckpt), "--limit", "2", "--workers", "0", "--out", str(tmp_path / "runs"), "--no-progress"]
@@ -72,7 +72,7 @@ def test_amp_follows_the_authors_config_and_cpu_says_it_ran_fp32(smoke_root, tmp
     entry["eval"].update(resolution=64, batch_size=2)
     data["models"] = {"small-q2l": entry}
     manifest = tmp_path / "manifest.yaml"
-    manifest.write_text(yaml.safe_dump(data))
+    manifest.write_text(dump_yaml(data))
     save_authors_checkpoint(randomised(SMALL, 2), tmp_path / "checkpoint.pkl")
     (tmp_path / "config_new.json").write_text(json.dumps({"amp": "True", "img_size": 64}))
     args = ["eval", "small-q2l", "--manifest", str(manifest), "--coco-root", str(smoke_root), "--weights",

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 from conftest import TinyConvNet
 from tiny_models import MODELS, write_manifest
 
@@ -14,6 +13,7 @@ from harness.eval.config import EvalConfig
 from harness.eval.run import evaluate, evaluate_many
 from harness.manifest import get_spec, read_yaml
 from harness.models import register_model
+from harness.yaml_files import dump_yaml
 
 
 @pytest.fixture()
@@ -96,7 +96,7 @@ def test_one_failing_model_does_not_stop_the_others(manifest, smoke_root, tmp_pa
     data = read_yaml(manifest.read_text())
     data["models"]["sd-nan"] = json.loads(json.dumps(data["models"]["sd-b"]))
     data["models"]["sd-nan"]["arch"] = {"name": "tiny_nan_net", "num_classes": 80}
-    manifest.write_text(yaml.safe_dump(data))
+    manifest.write_text(dump_yaml(data))
     specs = [get_spec(mid, manifest) for mid in ("sd-nan", "sd-a")]
     failed, done = evaluate_many(specs, config(smoke_root, tmp_path / "r"))
     assert "NaN" in str(failed) and (done.run_dir / "record.json").is_file()

@@ -2,11 +2,11 @@
 checkpoint, eval and reproduce tests."""
 import numpy as np
 import torch
-import yaml
 from conftest import SMALL_Q2L
 
 from harness.manifest import DEFAULT_MANIFEST, read_yaml
 from harness.models import build_from_arch
+from harness.yaml_files import dump_yaml
 
 SMALL = SMALL_Q2L  # conftest: a small Q2L with the authors' key names
 
@@ -49,5 +49,5 @@ def small_q2l_manifest(tmp_path):
         models["small-" + mid] = entry
     data["models"] = models
     path = tmp_path / "manifest.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(dump_yaml(data))
     return path

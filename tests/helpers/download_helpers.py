@@ -6,10 +6,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 from loopback_server import LoopbackServer
 
 from harness.manifest import load_manifest
+from harness.yaml_files import dump_yaml
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -60,7 +60,7 @@ def make_spec(tmp_path, files, model_id="q2l-test", release_folder="Q2L-Test"):
     }
     unreleased = dict(entry, released=False, files=None)
     path = tmp_path / "manifest.yaml"
-    path.write_text(yaml.safe_dump({"models": {model_id: entry, "mlspl-test": unreleased}}))
+    path.write_text(dump_yaml({"models": {model_id: entry, "mlspl-test": unreleased}}))  # entry and unreleased share fields
     return load_manifest(path)[model_id]
 
 

@@ -2,11 +2,11 @@
 batch size, and a manifest naming them: for shared-decode and torchrun tests."""
 import json
 
-import yaml
 from conftest import TinyConvNet
 
 from harness.manifest import DEFAULT_MANIFEST, read_yaml
 from harness.models import register_model
+from harness.yaml_files import dump_yaml
 
 # id: (resolution, image set, normalisation, batch size, width)
 MODELS = {"sd-a": (32, "all", "imagenet", 4, 4), "sd-b": (32, "all", "none", 5, 3),
@@ -30,5 +30,5 @@ def write_manifest(folder):
         models[mid] = entry
     data["models"] = models
     path = folder / "manifest.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(dump_yaml(data))
     return path

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from conftest import SMALL_Q2L
 from paths import REPO
 
 from harness import records
 from harness.cli import main
 from harness.models import build_from_arch, register_model
+from harness.yaml_files import dump_yaml
 
 GPU_FIELDS = ("peak_vram_mib", "torch_max_allocated_mib", "torch_max_reserved_mib", "energy_j_per_image")
 
@@ -58,7 +58,7 @@ def _entry(family, arch, resolution=32, batch_size=4):
              "eval": {"resolution": resolution, "resize": "squish", "normalize": "imagenet", "image_set": "all",
                       "protocol": family, "batch_size": batch_size}}
     if family == "mlspl":
-        entry["train"] = {"loss": "an", "mode": "linear"}
+        entry["train"] = {"loss": "AN", "mode": "linear"}
     return entry
 
 
@@ -72,7 +72,7 @@ def manifest(tmp_path):
         "tiny-broken": _entry("asl", {"name": "tiny_bench_broken", "num_classes": 5}),
     }
     path = tmp_path / "manifest.yaml"
-    path.write_text(yaml.safe_dump({"schema": 1, "models": models}))
+    path.write_text(dump_yaml({"schema": 1, "models": models}))
     return path
 
 
@@ -172,7 +172,7 @@ def test_bench_runs_from_a_bare_checkout_without_data_packages(tmp_path):
     """As on a lent GPU machine (benchmarks/measure_gpu.sh): no install, no pycocotools, no gdown; a
     small Q2L with the authors' layout, so the fresh interpreter spends its time on the command."""
     manifest = tmp_path / "manifest.yaml"
-    manifest.write_text(yaml.safe_dump({"schema": 1, "models": {"small-q2l": _entry("q2l", SMALL_Q2L, resolution=64)}}))
+    manifest.write_text(dump_yaml({"schema": 1, "models": {"small-q2l": _entry("q2l", SMALL_Q2L, resolution=64)}}))
     code = ("import sys; sys.modules['pycocotools'] = sys.modules['gdown'] = None; "
             "from harness.cli import main; sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HARNESS_GIT_COMMIT": "a" * 40}

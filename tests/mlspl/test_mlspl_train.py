@@ -19,6 +19,7 @@ from harness.mlspl.prepare import load_prepared
 from harness.mlspl.run import train_and_evaluate
 from harness.mlspl.train import mlspl_map, train_fine_tuned, train_linear_group
 from harness.models.mlspl import MLSPLResNet50
+from harness.yaml_files import dump_yaml
 
 
 def tensors(data_dir, feats_dir):
@@ -210,7 +211,6 @@ def test_map_matches_the_authors_rule():
 
 
 def test_cli_train_takes_the_model_entry_from_manifest(synth, tmp_path):
-    import yaml
 
     from harness.manifest import DEFAULT_MANIFEST
 
@@ -220,7 +220,7 @@ def test_cli_train_takes_the_model_entry_from_manifest(synth, tmp_path):
     entry["paper"]["metrics"]["mAP"] = 12.5  # not the paper's: only this file says so
     manifest["models"] = {"mlspl-an-linear": entry}
     path = tmp_path / "manifest.yaml"
-    path.write_text(yaml.safe_dump(manifest))
+    path.write_text(dump_yaml(manifest))
     assert main(["mlspl", "train", "--loss", "AN", "--mode", "linear", "--data", str(base / "data"),
                  "--features", str(feats), "--lr", "1e-3", "--batch-size", "16", "--epochs", "1",
                  "--device", "cpu", "--runs", str(tmp_path / "runs"), "--manifest", str(path)]) == 0

@@ -5,7 +5,6 @@ import hashlib
 
 import numpy as np
 import pytest
-import yaml
 from authors_label_files import as_authors_saved
 from download_helpers import isolated, server  # noqa: F401  (fixtures: loopback server, fresh cache)
 from loopback_server import file_route
@@ -17,6 +16,7 @@ from harness.data.coco import load_labels
 from harness.errors import UserError
 from harness.files import git_blob_id
 from harness.manifest import load_manifest, read_yaml
+from harness.yaml_files import dump_yaml
 
 PINNED = "https://raw.githubusercontent.com/SlongLiu/query2labels/55eb05064f4badbe03423b79e5c9d143da2dff2e/"
 
@@ -30,7 +30,7 @@ def served_spec(tmp_path, server, body, git_blob="same"):
     ref = data["reference_files"]["q2l-train-labels"]
     ref["sources"] = [{"type": "http", "url": server.url + "/train.npy"}]
     ref["git_blob"] = git_blob_id(tmp_path / "theirs.npy") if git_blob == "same" else git_blob
-    manifest.write_text(yaml.safe_dump(data))
+    manifest.write_text(dump_yaml(data))
     return load_manifest(manifest)["tiny-q2l"]
 
 
@@ -87,6 +87,6 @@ def test_a_train_reference_that_does_not_exist_is_refused(tmp_path):
     manifest, _ = make_release(tmp_path)
     data = read_yaml(manifest.read_text())
     data["models"]["tiny-q2l"]["train"]["authors_labels"] = "q2l-train-labelz"
-    manifest.write_text(yaml.safe_dump(data))
+    manifest.write_text(dump_yaml(data))
     with pytest.raises(UserError, match="train.authors_labels.*q2l-train-labelz"):
         load_manifest(manifest)

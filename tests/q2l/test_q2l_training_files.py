@@ -12,6 +12,7 @@ from harness.errors import UserError
 from harness.manifest import DEFAULT_MANIFEST, get_spec, read_yaml
 from harness.q2l.files import training_log_spec
 from harness.q2l.recipe import load_recipe
+from harness.yaml_files import dump_yaml
 
 LOG = (b"[09/16 10:02:11.339]: Command: main_mlc.py --backbone resnet101 --img_size 448 -b 128 --lr 1e-4 --amp "
        b"--early-stop --dtgfl --cutout --epochs 60\n[09/16 10:02:11.341]: world size: 2\n")
@@ -25,7 +26,7 @@ def _manifest(tmp_path, server_url):
     data["models"]["q2l-r101-448"]["files"] = {}  # no config_new.json here: the log decides
     data["models"]["q2l-r101-448"]["released"] = False
     path = tmp_path / "manifest.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(dump_yaml(data))
     return path
 
 

@@ -107,10 +107,9 @@ def test_the_csv_has_the_ci_in_two_columns_and_the_runs_conditions(runs):
     assert unrun["ci95_low"] == unrun["ci95_high"] == unrun["torch"] == ""
 
 
-def test_models_json_is_valid_json_even_with_a_nan_in_the_manifest(tmp_path, capsys):
+def test_models_json_never_prints_nan_a_nan_in_the_manifest_is_refused(tmp_path, capsys):
     path = tmp_path / "manifest.yaml"
     path.write_text(DEFAULT_MANIFEST.read_text().replace("mAP: 84.9", "mAP: .nan", 1))
-    assert main(["models", "--manifest", str(path), "--format", "json"]) == 0
-    out = capsys.readouterr().out
-    rows = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
-    assert next(r for r in rows if r["id"] == "q2l-r101-448")["paper_mAP"] is None
+    assert main(["models", "--manifest", str(path), "--format", "json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "entry 'q2l-r101-448': field 'paper.metrics.mAP' must be a number from 0 to 100" in err

@@ -7,13 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 from fake_records import eval_record, full_record, problem
 
 from harness import records, report
 from harness.manifest import load_manifest
 from harness.report import recompute
 from harness.report.verify import FAILED, HELD, UNCHECKED, check_run
+from harness.yaml_files import dump_yaml
 
 SPECS = load_manifest()
 SPEC = SPECS["q2l-r101-448"]
@@ -24,7 +24,7 @@ SHA = "ab" * 32
 def lock_file(tmp_path, monkeypatch):
     """This machine's lock file, holding the sha256 the test runs' checkpoint has."""
     path = tmp_path / "weights_manifest.lock.yaml"
-    path.write_text(yaml.safe_dump({SPEC.id: {"checkpoint": {"sha256": SHA, "size": 1, "source": "test"}}}))
+    path.write_text(dump_yaml({SPEC.id: {"checkpoint": {"sha256": SHA, "size": 1, "source": "test"}}}))
     monkeypatch.setenv("HARNESS_LOCK_FILE", str(path))
     return path
 

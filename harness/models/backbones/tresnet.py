@@ -8,7 +8,6 @@ from the kernel's (logits up to a few 1e-5 apart with realistic running statisti
 `HARNESS_TRESNET_BN=torch` forces plain torch. Same parameter names either way, so their state
 dicts load unchanged. Keys follow theirs: body.{conv1, layer1..4}, head.fc.
 """
-import os
 from collections import OrderedDict
 from importlib.metadata import PackageNotFoundError, version
 
@@ -16,12 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import environment_variables
+
 _KERNEL_WORKS = {}  # device type -> inplace_abn's function, or None where it cannot run
 
 
 def _inplace_abn_kernel(device_type):
     """inplace_abn's function when it is importable and runs on this device (probed once), else None."""
-    if os.environ.get("HARNESS_TRESNET_BN") == "torch":
+    if environment_variables.tresnet_bn() == "torch":
         return None
     if device_type not in _KERNEL_WORKS:
         try:
