@@ -172,8 +172,16 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def run_folder(path):
+    """The run folder a user named: itself, or the folder of the record.json named in its place."""
+    path = Path(path)
+    return path.parent if path.name == RECORD and path.is_file() else path
+
+
 def read_record(run_dir):
     """The Record of a finished run folder; one line naming the problem when it cannot be read."""
+    if Path(run_dir).is_file():
+        raise UserError(f"{run_dir} is a file; pass the run folder that holds {RECORD}")
     path = Path(run_dir) / RECORD
     try:
         record = json.loads(path.read_text())
