@@ -20,6 +20,7 @@ import numpy as np
 
 from harness.errors import UserError
 from harness.files import file_digest
+from harness.records.arrays import load_array
 from harness.records.schema import Record
 
 logger = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def save_arrays(run_dir, scores, labels, image_ids, keep_equal=False, masks=None
     for key, array in arrays.items():
         path = Path(run_dir) / f"{key}.npy"
         if keep_equal and path.exists():
-            if not np.array_equal(np.load(path), array):
+            if not np.array_equal(load_array(path, key), array, equal_nan=array.dtype.kind == "f"):
                 raise UserError(f"{path} does not match this run's data (did the annotations change?); "
                                 "start a new run")
         else:
