@@ -16,6 +16,7 @@ Numpy only (no torch): `harness report` calls it too.
 import base64
 import dataclasses
 import io
+import re
 from html import escape
 from pathlib import Path
 
@@ -260,10 +261,24 @@ def to_text(result):
     return "\n".join(lines) + "\n"
 
 
+def markdown_text(value):
+    """A record's string as markdown text, never markup: no HTML (`<` escaped), no link or image
+    (`](` broken), no table cell boundary (`|` escaped) and no line break."""
+    text = " ".join(str(value).splitlines()).replace("<", "&lt;")
+    return text.replace("|", "\\|").replace("](", "]\\(")
+
+
+def _fenced(text):
+    """A code block its text cannot close: a fence longer than any run of backticks in it."""
+    fence = "`" * max(3, 1 + max(map(len, re.findall("`+", text)), default=0))
+    return f"{fence}\n{text}{fence}\n"
+
+
 def to_markdown(result):
     rows = result["per_class"][:SHOWN] + result["per_class"][-SHOWN:]
-    table = "\n".join(f"| {r['class']} | {r['A']:.2f} | {r['B']:.2f} | {r['difference']:+.2f} |" for r in rows)
-    return ("## Paired comparison\n\n```\n" + to_text(result) + "```\n\n"
+    table = "\n".join(f"| {markdown_text(r['class'])} | {r['A']:.2f} | {r['B']:.2f} | {r['difference']:+.2f} |"
+                      for r in rows)
+    return ("## Paired comparison\n\n" + _fenced(to_text(result)) + "\n"
             f"| class (top and bottom {SHOWN}) | AP A | AP B | A - B |\n|---|---|---|---|\n{table}\n")
 
 
