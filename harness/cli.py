@@ -4,6 +4,7 @@ import errno
 import importlib
 import logging
 import os
+import re
 import shlex
 import sys
 
@@ -46,11 +47,26 @@ OS_FIXES = {
 }
 
 
+# the temporary names files are written under (harness.files, harness.records.write_new): the user named the file
+TEMPORARY = re.compile(r"^\.?(?P<name>.+?)\.(?:\d+-)?[0-9a-f]{8}\.tmp$")
+
+
+def named_path(e):
+    """The path an OSError is about, as the user named it: a rename's target, a temporary file's own name."""
+    path = getattr(e, "filename2", None) or getattr(e, "filename", None)
+    if not path:
+        return ""
+    path = str(path)
+    head, _, name = path.rpartition("/")
+    match = TEMPORARY.match(name)
+    return f"{head}/{match['name']}" if match and head else match["name"] if match else path
+
+
 def os_error_line(e):
     """One line for an OSError: the path and the real cause, with its fix."""
-    where = f" {e.filename}" if getattr(e, "filename", None) else ""
+    where = f" {named_path(e)}" if named_path(e) else ""
     if e.errno in OS_FIXES:
-        return f"{e.strerror or e}:{where}; {OS_FIXES[e.errno]}"
+        return f"{e.strerror or e}{':' + where if where else ''}; {OS_FIXES[e.errno]}"
     if isinstance(e, (ConnectionError, TimeoutError)):
         return f"network: {e}; check the connection, or place the files by hand"
     return f"{e.strerror or e}{':' + where if where else ''}"

@@ -1,8 +1,9 @@
 """Average precision exactly as each paper's code computes it, the F1 family, and a bootstrap CI.
 
-Per class AP, then the mean over classes, in percent. Labels > 0 are positives, labels <= 0
-negatives (the Query2Label code's rule). Ties are ordered by the same numpy call each authors'
-code makes, on the same dtype, so tied scores give their number, not just a close one:
+Per class AP, then the mean over classes, in percent. Labels are 1 (positive), 0 or -1 (negative:
+the Query2Label code's rule, > 0 positive); any other value (2, 0.5) is refused, never guessed.
+Ties are ordered by the same numpy call each authors' code makes, on the same dtype, so tied
+scores give their number, not just a close one:
 
   q2l    Query2Label `voc_mAP`: order `np.argsort(-s)` on float64 (their scores pass through a
          text file); precision tp / max(tp + fp, eps); VOC all-point interpolation (precision made
@@ -49,6 +50,7 @@ PROTOCOLS = ("q2l", "asl", "mlspl")
 THRESHOLD = 0.5
 TOP_K = 3
 ASL_EPS = 1e-8
+LABEL_VALUES = (-1, 0, 1)  # positive 1; negative 0, or -1 (the "<= 0 negative" rule's only other value)
 
 PROTOCOL_DESCRIPTIONS = {
     "q2l": "Query2Label voc_mAP: VOC all-point interpolated AP, ties ordered by np.argsort(-s) on float64",
@@ -90,6 +92,11 @@ def check_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.n
         raise UserError(f"{bad} scores are NaN or infinite; fix or re-run the evaluation that wrote them")
     if np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
         raise UserError("labels contain NaN or infinite values; labels must be 0/1")
+    if labels.dtype != bool and not np.isin(labels, LABEL_VALUES).all():  # 2 or 0.5 is no label: never guessed
+        odd = np.unique(labels[~np.isin(labels, LABEL_VALUES)])
+        raise UserError(f"labels hold {', '.join(f'{v:g}' for v in odd[:5])}{' ...' if len(odd) > 5 else ''}: a "
+                        f"label is 1 (positive) or 0 (negative; -1 is read as negative too); "
+                        f"pass 0/1 labels")
     return np.ascontiguousarray(scores), np.ascontiguousarray(labels > 0)
 
 
@@ -265,6 +272,19 @@ def asl_f1_family(scores: np.ndarray, positives: np.ndarray, threshold: float) -
 
 # ---------------------------------------------------------------- bootstrap
 
+MAX_DRAWS = 10**9  # resamples (or permutations) x images: 2 GiB of counts and minutes of work at most
+MAX_REPEATS = 10**6  # resamples or permutations, whatever the image count (each has its own overhead)
+
+
+def check_repeats(flag: str, n: int, n_images: int) -> None:
+    """One line, before any work, when `n` resamples or permutations of `n_images` images (the
+    value of `flag`) cost more than the harness does in one go: the figure and the limit."""
+    if n > MAX_REPEATS or n * n_images > MAX_DRAWS:
+        most = min(MAX_REPEATS, MAX_DRAWS // max(n_images, 1))
+        raise UserError(f"{flag} {n:,} on {n_images:,} images is {n * n_images:.3g} image draws, past the limit of "
+                        f"{MAX_DRAWS:.0e} draws and {MAX_REPEATS:,} repeats: pass {flag} {most:,} or less")
+
+
 def resample_counts(n_images: int, n_boot: int, seed: int = 0) -> np.ndarray:
     """resamples x images array: how often each image is drawn (each row sums to n_images)."""
     rng = np.random.default_rng(seed)
@@ -421,6 +441,8 @@ def compute_metrics(scores: ArrayLike, labels: ArrayLike, protocol: str, *, ci: 
         raise UserError(f"threshold {threshold} is not between 0 and 1; pass a probability such as 0.5")
     scores, positives = check_inputs(scores, labels)
     n_images, n_classes = scores.shape
+    if ci:
+        check_repeats("--n-boot", ci.n_resamples, n_images)
     if class_names is not None and len(class_names) != n_classes:
         raise UserError(f"{len(class_names)} class names for {n_classes} classes; pass one name per column")
     names = list(class_names) if class_names is not None else list(range(n_classes))

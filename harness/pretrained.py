@@ -26,6 +26,7 @@ from harness.download.weights import lock_verified
 from harness.errors import UserError
 from harness.models import build_from_arch
 from harness.models.q2l import SIZES_FROM_CHECKPOINT, checkpoint_sizes
+from harness.user_paths import check_input_file
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ def release_files(spec, path=None, config=None, *, weights_dir=None, cache_dir=N
         path = fetch(spec, "checkpoint", cache_dir=cache_dir, weights_dir=weights_dir, lock=False)
         if config is None and "config" in spec.files:
             config = fetch(spec, "config", cache_dir=cache_dir, weights_dir=weights_dir, lock=False)
-    elif not Path(path).is_file():
-        raise UserError(f"--weights {path}: {_not_a_file(path)}; pass a checkpoint file (or 'random'), or leave "
-                        f"--weights out to use the verified release")
+    else:
+        check_input_file(path, "--weights", "pass a checkpoint file (or 'random'), or leave --weights out to use "
+                                            "the verified release")
     sibling = Path(path).with_name("config_new.json")
     if config is None and spec.family == "q2l" and sibling.is_file():
         config = sibling

@@ -3,6 +3,7 @@ memory and energy per batch size, and the largest batch that fits a VRAM budget 
 one AdamW training step). Models get random weights: bench measures cost, never accuracy.
 Writes one record of kind "bench" per model under --runs; `harness report` shows them."""
 import dataclasses
+import math
 import sys
 
 from tabulate import tabulate
@@ -17,6 +18,9 @@ from harness.measure.throughput import free_memory
 from harness.progress import Eta, say
 from harness.records import check_runs_root, environment, new_run_dir, write_record
 from harness.report import COST_COLUMNS, bench_row, display_cost
+
+MAX_SECONDS = 3600  # --warmup-s, --min-time-s
+MAX_CALLS = 100_000  # --iters, --warmup, --max-fit-batch
 
 
 def add_arguments(parser):
@@ -53,6 +57,15 @@ def _check_args(args):
         raise UserError(f"batch sizes must be positive (got {args.batch_size}); e.g. --batch-size 1 16")
     if any(v is not None and v < 0 for v in (args.warmup, args.warmup_s, args.min_time_s)):
         raise UserError("--warmup, --warmup-s and --min-time-s cannot be negative")
+    for name in ("warmup_s", "min_time_s"):  # nan passes every comparison; inf never ends
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value <= MAX_SECONDS):
+            raise UserError(f"--{name.replace('_', '-')} {value} is not a number of seconds from 0 to {MAX_SECONDS:,} "
+                            f"(an hour); e.g. --{name.replace('_', '-')} 5")
+    for name in ("iters", "warmup", "max_fit_batch"):
+        value = getattr(args, name)
+        if value is not None and value > MAX_CALLS:
+            raise UserError(f"--{name.replace('_', '-')} {value:,} is past the limit of {MAX_CALLS:,}; pass fewer")
 
 
 def bench_config(args):

@@ -15,6 +15,8 @@ from harness.eval.config import EvalConfig
 from harness.eval.run import evaluate_many
 from harness.manifest import get_spec
 from harness.metrics import OUTSIDE_CI_NOTE, outside_ci
+from harness.records import check_runs_root
+from harness.user_paths import check_input_file, what_it_is
 
 
 def add_arguments(parser):
@@ -50,7 +52,24 @@ def add_arguments(parser):
                         help="keep the uint8 cache of resized images (under RUNS/.decode-cache) for a later run")
 
 
+def check_paths(args):
+    """Every file and folder named, before the labels are read or a model is built (minutes on COCO)."""
+    if args.weights not in (None, "random"):
+        check_input_file(args.weights, "--weights", "pass a checkpoint file (or 'random'), or leave --weights out "
+                                                   "to use the verified release")
+    if args.config is not None:
+        check_input_file(args.config, "--config", "pass the model's config_new.json")
+    for flag, folder in (("--coco-root", args.coco_root), ("--weights-dir", args.weights_dir)):
+        kind = what_it_is(folder) if folder else "a folder"
+        if kind == "missing" and flag == "--weights-dir":  # a missing COCO root: its own line says how to get it
+            raise UserError(f"{flag} {folder}: no such folder; pass a folder")
+        if kind not in ("a folder", "missing"):
+            raise UserError(f"{flag} {folder} is {kind or 'a file'}, not a folder; pass a folder")
+    check_runs_root(args.runs)
+
+
 def run(args):
+    check_paths(args)
     specs = [get_spec(model, args.manifest) for model in args.models]
     ctran = [spec for spec in specs if spec.family == "ctran"]
     if ctran:  # trained here, partial labels: harness/commands/ctran.py

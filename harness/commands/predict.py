@@ -4,11 +4,13 @@ Prints per image the COCO labels scoring >= --threshold (at most --top-k, highes
 JSON / CSV (every score of every image). `--weights random` runs untrained weights: every line says so.
 """
 import sys
+from pathlib import Path
 
 from harness.errors import UserError
 from harness.explain.predict import image_paths, load_model, render, score_images
 from harness.manifest import get_spec
 from harness.records import write_new
+from harness.user_paths import check_input_file, check_new_file
 
 
 def add_model_arguments(parser):
@@ -42,6 +44,10 @@ def load(args):
         raise UserError(f"--threshold must be between 0 and 1 (got {args.threshold}); scores are probabilities")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size}); leave it out for the paper's")
+    if args.weights not in (None, "random") and not Path(args.weights).is_dir():  # a folder: an MLSPL run
+        check_input_file(args.weights, "--weights", "pass a checkpoint file, or 'random'")
+    if args.config is not None:
+        check_input_file(args.config, "--config", "pass the model's config_new.json")
     spec = get_spec(args.model, args.manifest)
     paths = image_paths(args.images)
     model, info, device, amp_dtype = load_model(spec, args.weights, weights_dir=args.weights_dir, config=args.config,
@@ -52,6 +58,8 @@ def load(args):
 def run(args):
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1 (got {args.top_k})")
+    if args.out is not None:
+        check_new_file(args.out, "--out")  # before the model is built, not after
     spec, paths, model, info, device, amp_dtype = load(args)
     scores = score_images(model, spec, paths, device=device, batch_size=args.batch_size, amp_dtype=amp_dtype)
     text = render(args.format, spec.id, paths, scores, info, args.threshold, args.top_k)

@@ -3,13 +3,12 @@ its own protocol or another. Prints them and writes rescore-<protocol>.json in t
 record.json is never touched, and an existing rescore file is never replaced."""
 import json
 import sys
-from pathlib import Path
 
 from harness import records
 from harness.commands.metrics import print_metrics
 from harness.ctran.metrics import compute_ctran_metrics
 from harness.errors import UserError
-from harness.eval.ranks import as_ranks_wrote
+from harness.eval.ranks import as_ranks_wrote, check_ranks
 from harness.metrics import Bootstrap, compute_metrics
 from harness.records import new_run_id
 from harness.records.arrays import load_array
@@ -37,7 +36,9 @@ def output_path(run_dir, protocol, ranks=None):
 
 
 def run(args):
-    run_dir = Path(args.run_dir)
+    if args.emulate_ranks is not None:
+        check_ranks(args.emulate_ranks)  # before any file is read
+    run_dir = records.run_folder(args.run_dir)  # RUN/record.json names RUN
     record = records.read_record(run_dir)
     if record.kind not in ("eval", "train"):
         raise UserError(f"{run_dir} is a '{record.kind}' run; only evaluation and training runs have scores "

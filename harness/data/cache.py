@@ -6,10 +6,15 @@ from it (after its checksum is checked) and a decoded one is written to it, so m
 could not ride the first pass (another image order, or no room on the device beside the
 others) read the resized pixels instead of decoding the JPEG again. The cache is a
 memory-mapped (N, 3, S, S) uint8 array with a crc32 per image (-1: not written yet); a wrong
-checksum means the image is decoded again, never used.
+checksum means the image is decoded again, never used. Its two arrays are read through the one
+safe reader (harness.records.arrays): a cache whose arrays are not the announced uint8 images and
+int64 checksums (a pickle, another shape) is made again. A run that read from a cache records which
+(`describe`: its key and a digest of its checksums keyed by that key), so a cache edited with
+matching checksums cannot pass unseen: its digest differs from the one a fresh decode gives.
 """
 import hashlib
 import json
+import logging
 import shutil
 import zlib
 from pathlib import Path
@@ -20,6 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from harness.data.images import DECODE_ERRORS, UnreadableImages, load_rgb, reason
+from harness.errors import UserError
+from harness.records.arrays import load_array, read_header
+
+logger = logging.getLogger(__name__)
 
 IMAGES, CHECKSUMS, META = "images.npy", "crc32.npy", "cache.json"
 # The resize the cache stores, by version: 2 is resize_bilinear (width then height, the authors'
@@ -39,8 +48,9 @@ def cache_key(folder, names, resolution):
 class DecodeCache:
     """The cache folder of one resolution and image list; created, or reused when its key matches."""
 
-    def __init__(self, folder, n, resolution):
+    def __init__(self, folder, n, resolution, key="", reused=False):
         self.folder, self.n, self.resolution = Path(folder), n, resolution
+        self.key, self.reused = key, reused  # reused: made by an earlier run (--keep-cache), not this one
         self._images = self._crc = None
 
     @classmethod
@@ -48,10 +58,13 @@ class DecodeCache:
         """The cache, or None when the disk has no room for it (then images are decoded again)."""
         key = cache_key(image_folder, names, resolution)
         folder = Path(root) / f"{resolution}px-{key}"
-        cache = cls(folder, len(names), resolution)
         meta = {"key": key, "n": len(names), "resolution": resolution}
         if folder.is_dir() and _read_json(folder / META) == meta:
-            return cache
+            problem = cls(folder, len(names), resolution).damage()
+            if problem is None:
+                return cls(folder, len(names), resolution, key, reused=True)
+            logger.warning(f"the decode cache {folder} is damaged ({problem}): making it again")
+        cache = cls(folder, len(names), resolution, key)
         need = len(names) * (3 * resolution * resolution + 8)
         folder.parent.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(folder.parent).free < need * 1.05 + (1 << 30):
@@ -67,11 +80,41 @@ class DecodeCache:
         (folder / META).write_text(json.dumps(meta))
         return cache
 
+    def _shapes(self):
+        s = self.resolution
+        return {IMAGES: ((self.n, 3, s, s), np.dtype(np.uint8)), CHECKSUMS: ((self.n,), np.dtype(np.int64))}
+
+    def damage(self):
+        """What is wrong with the cache's arrays (None: nothing), from their headers alone."""
+        for name, (shape, dtype) in self._shapes().items():
+            try:
+                found, found_dtype, fortran, _ = read_header(self.folder / name, f"decode cache {name}")
+            except UserError as e:
+                return str(e)
+            if (found, found_dtype, fortran) != (shape, dtype, False):
+                return f"{name} holds {found} x {found_dtype}, not {shape} x {dtype}"
+        return None
+
     def _maps(self):
         if self._images is None:  # opened in each process that reads or writes (loader workers too)
-            self._images = np.load(self.folder / IMAGES, mmap_mode="r+")
-            self._crc = np.load(self.folder / CHECKSUMS, mmap_mode="r+")
+            shapes = self._shapes()
+            self._images = load_array(self.folder / IMAGES, "decode cache images", shape=shapes[IMAGES][0],
+                                      kinds="u", mmap_mode="r+")
+            self._crc = load_array(self.folder / CHECKSUMS, "decode cache checksums", shape=shapes[CHECKSUMS][0],
+                                   kinds="i", mmap_mode="r+")
         return self._images, self._crc
+
+    def digest(self):
+        """blake2b of the checksums of every image, keyed by the cache's key (its image list, sizes,
+        resolution, Pillow and resize): which cache, and which pixels in it."""
+        crc = load_array(self.folder / CHECKSUMS, "decode cache checksums", shape=(self.n,), kinds="i")
+        return hashlib.blake2b(np.ascontiguousarray(crc).tobytes(), key=self.key.encode()[:64], digest_size=32).hexdigest()
+
+    def describe(self):
+        """What a record keeps of a cache it read: `harness verify` shows it."""
+        return {"folder": self.folder.name, "key": self.key, "resolution": self.resolution, "images": self.n,
+                "reused": self.reused, "crc32_blake2b": self.digest(),
+                "read": "images whose crc32 matched were read from it instead of decoded"}
 
     def read(self, position):
         """The cached uint8 image, or None when it is not there or its checksum is wrong."""

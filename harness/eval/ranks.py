@@ -11,11 +11,21 @@ from numpy.typing import NDArray
 
 from harness.errors import UserError
 
+MAX_RANKS = 1024  # GPUs; the padded order grows with W (a row per rank at least): W = 10^8 never ends
+
+
+def check_ranks(world_size: int) -> None:
+    """One line when `world_size` is not a number of GPUs the emulation can replay."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise UserError(f"--emulate-ranks must be a whole number of GPUs, at least 1 (got {world_size!r})")
+    if world_size > MAX_RANKS:
+        raise UserError(f"--emulate-ranks {world_size:,} GPUs is past the limit of {MAX_RANKS:,} (their padded order "
+                        f"holds at least one row per GPU); pass the number of GPUs their script ran on, e.g. 8")
+
 
 def distributed_order(n_rows: int, world_size: int) -> NDArray[np.intp]:
     """Indices into the harness's rows, in the order their W rank files hold them (padding included)."""
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise UserError(f"--emulate-ranks must be a whole number of GPUs, at least 1 (got {world_size!r})")
+    check_ranks(world_size)
     total = -(-n_rows // world_size) * world_size
     padded = np.arange(total) % n_rows  # the sampler repeats the list's start to fill the last round
     return np.concatenate([padded[rank::world_size] for rank in range(world_size)])

@@ -11,6 +11,7 @@ model again.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -58,7 +59,8 @@ from harness.records import (
     model_section,
     utc_now,
 )
-from harness.records.partial_rows import open_rows, rows_done, save_progress
+from harness.records.arrays import load_array
+from harness.records.partial_rows import kept_rows, open_rows, rows_done, save_progress
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +185,8 @@ def _evaluate_resolution(specs: list[ModelSpec], session: _Session) -> _Results:
         if plan.cache is not None and not session.config.keep_cache:
             stack.callback(plan.cache.delete)
         shared = [job.spec.id for job in jobs] if len(jobs) > 1 else None
+        for job in later + (riders if plan.cache is not None and plan.cache.reused else []):
+            job.cache = plan.cache  # it reads from the cache: its record says which
         _score_jobs(riders, plan.rider_loader(riders) if riders else [], session, baseline_mib, results, shared, "decoded")
         for job in later:
             _score_jobs([job], plan.later_loader(job), session, baseline_mib, results, shared,
@@ -213,6 +217,9 @@ class _DecodePlan:
         if (later or session.config.keep_cache) and self.names:
             self.cache = DecodeCache.open(Path(session.config.runs_root) / ".decode-cache", self.folder, self.names,
                                           self.resolution)
+            if self.cache is not None and self.cache.reused:
+                logger.info(f"reading the {self.resolution}px images kept in {self.cache.folder} where their crc32 "
+                            f"matches (an earlier --keep-cache run made it); the record names it")
             if self.cache is None:
                 logger.warning(f"no room on disk for the {self.resolution}px image cache: the models after the first pass "
                             f"decode the images again")
@@ -334,6 +341,9 @@ class _Job:
     started: str | None = None
     distributed: dict = field(default_factory=dict)
     measured: dict = field(default_factory=dict)
+    cache: Any = None  # the DecodeCache its images were read from, if any
+    rows_hash: Any = None  # sha256 of the rows scored so far, in order: written with each count of rows done
+    kept: dict | None = None  # the rows a resume kept: their sha256, and whether it was checked
 
     @property
     def half(self) -> bool:
@@ -367,7 +377,8 @@ class _Job:
         self.scores[rows - self.rows.start] = torch.sigmoid(logits).cpu().numpy()  # sigmoid in the logits' dtype, as the authors
         self.scores.flush()
         self.done = int(rows[-1]) + 1
-        save_progress(self.run_dir / progress_name(self.world), self.done)
+        self.rows_hash.update(np.ascontiguousarray(self.scores[rows - self.rows.start]).tobytes())
+        save_progress(self.run_dir / progress_name(self.world), self.done, self.rows_hash.hexdigest())
         self.measurement.count(len(rows))
 
     def release(self) -> None:
@@ -408,12 +419,15 @@ def _prepare(spec: ModelSpec, session: _Session) -> _Job:
         settings["world_size"] = world.size
     rows = world.shard(n_total, batch_size)
     held: TextIO | _NoLock  # rank 0's lock on the run folder, or the other ranks' stand-in
+    n_classes = coco_labels.labels.shape[1]
     if world.size == 1:
-        run_dir, done, held = _open_run(config.runs_root, spec.id, config.resume, settings, world, rows)
+        run_dir, done, held, (rows_hash, kept) = _open_run(config.runs_root, spec.id, config.resume, settings, world,
+                                                           rows, n_classes)
     else:
-        run_dir, done, held = _open_run_together(session, spec, settings, rows)
+        run_dir, done, held, (rows_hash, kept) = _open_run_together(session, spec, settings, rows, n_classes)
     job = _Job(session=session, spec=spec, coco_labels=coco_labels, model=model, weights_info=weights_info,
                settings=settings, run_dir=run_dir, done=done, held=held, rows=rows, device=device, amp=amp,
+               rows_hash=rows_hash, kept=kept,
                amp_dtype=AMP_DTYPES.get(amp) if amp else None, amp_source=amp_source,
                batch_size=batch_size, batch_size_source=batch_source, deviations=deviations,
                precision=precision, precision_source=precision_source, labels=label_choice, world=world)
@@ -425,13 +439,14 @@ def _prepare(spec: ModelSpec, session: _Session) -> _Job:
     return job
 
 
-def _open_run_together(session: _Session, spec: ModelSpec, settings: dict[str, Any],
-                       rows: range) -> tuple[Path, int, TextIO | _NoLock]:
+def _open_run_together(session: _Session, spec: ModelSpec, settings: dict[str, Any], rows: range,
+                       n_classes: int) -> tuple[Path, int, TextIO | _NoLock, tuple[Any, dict[str, Any] | None]]:
     """Rank 0 opens (and locks) the run folder; every rank learns it, or the one line why not."""
     world, opened, problem = session.world, None, None
     if world.main:
         try:
-            opened = _open_run(session.config.runs_root, spec.id, session.config.resume, settings, world, rows)
+            opened = _open_run(session.config.runs_root, spec.id, session.config.resume, settings, world, rows,
+                               n_classes)
         except UserError as e:
             problem = str(e)
     run_dir, problem = world.broadcast((str(opened[0]) if opened else None, problem))
@@ -440,7 +455,8 @@ def _open_run_together(session: _Session, spec: ModelSpec, settings: dict[str, A
     if world.main:
         assert opened is not None  # rank 0 opened it, or raised its problem above
         return opened
-    return Path(run_dir), _rows_done(Path(run_dir), rows, world), _NoLock()
+    done, kept = _resume_point(Path(run_dir), rows, world, settings["batch_size"], n_classes)
+    return Path(run_dir), done, _NoLock(), kept
 
 
 class _NoLock:
@@ -480,7 +496,7 @@ def _all_scores(job: _Job) -> np.ndarray:
     """Every row's scores: this process's, or (rank 0 under torchrun) each rank's part in row order."""
     if job.world.size == 1 or len(job.scores) == job.settings["n_images"]:
         return np.array(job.scores)
-    parts = [np.load(job.run_dir / partial_name(World(k, job.world.size)), mmap_mode="r")
+    parts = [load_array(job.run_dir / partial_name(World(k, job.world.size)), "partial rows", ndim=2, mmap_mode="r")
              for k in range(job.world.size)]
     return np.concatenate(parts)
 
@@ -530,6 +546,11 @@ def _finish(job: _Job, scores: np.ndarray) -> Record:
     """Saved arrays, metrics, record; the partial scores go only once the record is written."""
     spec, run_dir = job.spec, job.run_dir
     labels = job.labels.labels[:len(scores)]  # the authors' label file where it differs from the json
+    unscored = np.flatnonzero(~np.isfinite(scores).all(axis=1))
+    if len(unscored):  # never saved: a later resume would meet them as "saved scores"
+        raise UserError(f"{run_dir}: row(s) {', '.join(map(str, unscored[:5]))} hold no scores (NaN) although every "
+                        f"row was counted done: {PROGRESS} or {PARTIAL} was changed; delete both (and any "
+                        f"scores.npy) to score the images again")
     digests = records.save_arrays(run_dir, scores, labels, job.coco_labels.image_ids[:len(scores)], keep_equal=True)
     metrics = compute_metrics(scores, labels, spec.eval.protocol, class_names=job.coco_labels.category_names,
                               f1=spec.eval.f1, threshold=spec.eval.threshold)
@@ -557,15 +578,18 @@ def _eval_record(job: _Job, scores: np.ndarray, metrics: dict[str, Any], digests
               "numerics": job.session.numerics},
         metrics=metrics, labels=job.labels.summary(scores, spec.eval.protocol),
         timings={"wall_s": job.wall_s, "images_per_s": job.measured.get("images_per_s"),
-                 "resumed_from_row": job.settings.get("resumed_from_row", 0)},
-        measurement=job.measured, distributed=job.distributed, environment=environment(),
+                 "resumed_from_row": job.settings.get("resumed_from_row", 0),
+                 **({"partial_rows_sha256": job.kept["rows_sha256"], "partial_rows_checked": job.kept["checked"]}
+                    if job.kept and job.world.size == 1 else {})},
+        measurement={**job.measured, **({"decode_cache": job.cache.describe()} if job.cache else {})},
+        distributed=job.distributed, environment=environment(),
         started_at=json.loads((job.run_dir / SETTINGS).read_text()).get("started_at", job.started),
         finished_at=utc_now(), smoke_reasons=_smoke_reasons(job.weights_info, job.coco_labels, config.limit, smoke_root),
         files=dict(SCORE_FILES), digests=digests)
 
 
 def _load_saved_scores(run_dir: Path, n: int, c: int) -> np.ndarray:
-    scores = np.load(run_dir / "scores.npy")
+    scores = load_array(run_dir / "scores.npy", "saved scores", kinds="f")
     if scores.shape != (n, c):
         raise UserError(f"{run_dir / 'scores.npy'} holds {scores.shape}, not ({n}, {c}); start a new run")
     return scores
@@ -620,9 +644,10 @@ def _build_model(spec: ModelSpec, config: EvalConfig, device: str) -> tuple[torc
 
 
 def _open_run(runs_root: str | Path, model_id: str, resume: str | None, settings: dict[str, Any], world: World,
-              rows: range) -> tuple[Path, int, TextIO]:
-    """(run folder, its count of finished rows, its held lock): a new folder, or the one to resume
-    (`resume` "auto": the newest unfinished run of these very settings, else a new folder)."""
+              rows: range, n_classes: int) -> tuple[Path, int, TextIO, tuple[Any, dict[str, Any] | None]]:
+    """(run folder, its count of finished rows, its held lock, (running sha256 of the kept rows, what
+    was kept)): a new folder, or the one to resume (`resume` "auto": the newest unfinished run of
+    these very settings, else a new folder)."""
     if resume == "auto":
         resume = next((str(p) for p in reversed(records.unfinished_runs(runs_root, model_id))
                        if _same_settings(p, settings)), None)
@@ -640,14 +665,19 @@ def _open_run(runs_root: str | Path, model_id: str, resume: str | None, settings
         except UserError:
             held.close()
             raise
-        settings["resumed_from_row"] = done = _rows_done(run_dir, rows, world)
+        try:
+            done, kept = _resume_point(run_dir, rows, world, settings["batch_size"], n_classes)
+        except UserError:
+            held.close()
+            raise
+        settings["resumed_from_row"] = done
         logger.info(f"{model_id}: resuming {run_dir}: {done - rows.start} of {len(rows)} images were scored "
                     f"before it stopped" + ("; writing its record" if done == rows.stop else ""))
-        return run_dir, done, held
+        return run_dir, done, held, kept
     run_dir = records.new_run_dir(runs_root, model_id)
     held = records.hold_run(run_dir)
     _write_json_atomic(run_dir / SETTINGS, {**settings, "started_at": utc_now()})
-    return run_dir, rows.start, held
+    return run_dir, rows.start, held, (hashlib.sha256(), None)
 
 
 def _same_settings(run_dir: Path, settings: Mapping[str, Any]) -> bool:
@@ -656,6 +686,18 @@ def _same_settings(run_dir: Path, settings: Mapping[str, Any]) -> bool:
     except UserError:  # a damaged folder is not resumed by itself
         return False
     return all(saved.get(k) == v for k, v in settings.items())
+
+
+def _resume_point(run_dir: Path, rows: range, world: World, batch_size: int,
+                  n_classes: int) -> tuple[int, tuple[Any, dict[str, Any] | None]]:
+    """(first row to score, (running sha256 of the rows kept, what was kept)): the progress file's
+    count, its rows checked against the digest written with them, back to a batch boundary."""
+    done = _rows_done(run_dir, rows, world)
+    if (run_dir / "scores.npy").exists():  # every row scored: scores.npy is checked when it is read
+        return done, (None, None)
+    done, rows_hash, kept = kept_rows(run_dir / progress_name(world), run_dir / partial_name(world), done, rows.start,
+                                      rows.stop, batch_size, (len(rows), n_classes))
+    return done, (rows_hash, kept)
 
 
 def _rows_done(run_dir: Path, rows: range, world: World) -> int:

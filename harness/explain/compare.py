@@ -16,6 +16,7 @@ Numpy only (no torch): `harness report` calls it too.
 import base64
 import dataclasses
 import io
+import re
 from html import escape
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 from harness import metrics
 from harness.errors import UserError
 from harness.explain.permuted_ap import PermutedAP
-from harness.records import is_finished, iter_records, read_record
+from harness.records import is_finished, iter_records, read_record, run_folder
 from harness.records.arrays import load_array
 
 VERDICTS = ("A better", "B better", "not distinguishable at 95%")
@@ -35,7 +36,7 @@ PERMUTATIONS_AT_ONCE = 128  # scored together (harness.explain.permuted_ap); mov
 
 def load_run(run_dir):
     """{"dir", "record", "scores", "labels", "image_ids"} of a finished eval or train run."""
-    run_dir = Path(run_dir)
+    run_dir = run_folder(run_dir)  # RUN/record.json names RUN
     record = read_record(run_dir)
     if record.kind not in ("eval", "train"):
         raise UserError(f"{run_dir} is a '{record.kind}' run: it has no scores; pass an evaluation run folder")
@@ -210,6 +211,8 @@ def compare_runs(a, b, *, protocol=None, n_boot=1000, n_perm=1000, seed=0, commo
     metrics.Bootstrap(n_boot, seed)  # checks the seed as every bootstrap of the harness does
     scores_a, positives = metrics.check_inputs(a["scores"], a["labels"])
     scores_b, _ = metrics.check_inputs(b["scores"], b["labels"])
+    metrics.check_repeats("--n-boot", n_boot, len(positives))
+    metrics.check_repeats("--n-perm", n_perm, len(positives))
     stats = paired_statistics(scores_a, scores_b, positives, protocol, n_boot=n_boot, n_perm=n_perm, seed=seed,
                               progress=progress)
     ap_a, ap_b = (ap * 100 for ap in stats["aps"])
@@ -258,10 +261,24 @@ def to_text(result):
     return "\n".join(lines) + "\n"
 
 
+def markdown_text(value):
+    """A record's string as markdown text, never markup: no HTML (`<` escaped), no link or image
+    (`](` broken), no table cell boundary (`|` escaped) and no line break."""
+    text = " ".join(str(value).splitlines()).replace("<", "&lt;")
+    return text.replace("|", "\\|").replace("](", "]\\(")
+
+
+def _fenced(text):
+    """A code block its text cannot close: a fence longer than any run of backticks in it."""
+    fence = "`" * max(3, 1 + max(map(len, re.findall("`+", text)), default=0))
+    return f"{fence}\n{text}{fence}\n"
+
+
 def to_markdown(result):
     rows = result["per_class"][:SHOWN] + result["per_class"][-SHOWN:]
-    table = "\n".join(f"| {r['class']} | {r['A']:.2f} | {r['B']:.2f} | {r['difference']:+.2f} |" for r in rows)
-    return ("## Paired comparison\n\n```\n" + to_text(result) + "```\n\n"
+    table = "\n".join(f"| {markdown_text(r['class'])} | {r['A']:.2f} | {r['B']:.2f} | {r['difference']:+.2f} |"
+                      for r in rows)
+    return ("## Paired comparison\n\n" + _fenced(to_text(result)) + "\n"
             f"| class (top and bottom {SHOWN}) | AP A | AP B | A - B |\n|---|---|---|---|\n{table}\n")
 
 

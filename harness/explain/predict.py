@@ -28,6 +28,7 @@ from harness.mlspl.features import load_imagenet_v1
 from harness.mlspl.record import CLASSIFIER
 from harness.models import build_from_arch
 from harness.records import read_record
+from harness.user_paths import what_it_is
 
 CLASS_NAMES = [name for _, name, _ in COCO_CATEGORIES]
 RANDOM_NOTE = "RANDOM WEIGHTS: not a trained model, these scores mean nothing"
@@ -43,10 +44,12 @@ def image_paths(items):
                 raise UserError(f"{item} holds no images ({', '.join(IMAGE_SUFFIXES)}); pass a folder of "
                                 f"images or the image files themselves")
             paths += found
-        elif item.is_file():
+        elif what_it_is(item) is None:
             paths.append(item)
-        else:
+        elif what_it_is(item) == "missing":
             raise UserError(f"{item}: no such file or folder; pass image files or folders of images")
+        else:  # a FIFO, a device: never opened (a FIFO would block)
+            raise UserError(f"{item} is {what_it_is(item)}, not an image file; pass image files or folders of images")
     return paths
 
 

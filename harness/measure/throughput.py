@@ -9,6 +9,7 @@ A batch-size sweep records an out-of-memory as such, frees the memory and goes o
 import contextlib
 import gc
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -50,7 +51,28 @@ def autocast(device, amp):
     return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp])
 
 
+class HostOutOfMemory(MemoryError):
+    """A CPU batch that cannot be held in this machine's free memory: recorded as an out-of-memory."""
+
+
+def host_memory_available():
+    """Bytes of host memory free for a new allocation (Linux's MemAvailable; else the free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def synthetic_batch(batch_size, resolution, device, channels_last=False):
+    if torch.device(device).type == "cpu":  # past free memory the kernel's OOM killer ends the process: refuse first
+        need, free = batch_size * 3 * resolution * resolution * 4, host_memory_available()
+        if need > free:
+            raise HostOutOfMemory(f"the input batch alone needs {need / 2**30:,.1f} GiB, {free / 2**30:,.1f} GiB "
+                                  f"of host memory is free")
     x = torch.randn(batch_size, 3, resolution, resolution, device=device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -108,12 +130,19 @@ def time_model(model, batch_size, device, inputs, timing, baseline_mib=None):
     return row, measurement
 
 
-def oom_row(batch_size):
+def oom_row(batch_size, why=None):
     row = {"batch_size": batch_size, "oom": True, "images_per_s": None,
            "latency_ms": {"p50": None, "p90": None, "p99": None}}
     row.update({k: None for k in RESULT_KEYS})
-    row["reasons"] = {k: "out of memory at this batch size" for k in ("images_per_s", *RESULT_KEYS)}
+    reason = "out of memory at this batch size" + (f": {why}" if why else "")
+    row["reasons"] = {k: reason for k in ("images_per_s", *RESULT_KEYS)}
     return row
+
+
+def is_host_out_of_memory(error):
+    """Whether `error` is a failed host allocation (torch's CPU allocator raises a RuntimeError)."""
+    return isinstance(error, MemoryError) or "can't allocate memory" in str(error) or \
+        "DefaultCPUAllocator" in str(error)
 
 
 def sweep_batch_sizes(batch_sizes, run_one, device):
@@ -125,13 +154,19 @@ def sweep_batch_sizes(batch_sizes, run_one, device):
     for b in batch_sizes:
         free_memory(device)
         oom = False
+        why = None
         try:
             row, measurements[b] = run_one(b)
         except torch.cuda.OutOfMemoryError:
             oom = True  # handled outside `except`, once the traceback (and its tensors) is gone
+        except (MemoryError, RuntimeError) as e:  # the host's allocator: "can't allocate memory"
+            if not is_host_out_of_memory(e):
+                raise
+            oom, why = True, str(e).splitlines()[0][:160]
         if oom:
             free_memory(device, collect=True)
-            row = oom_row(b)
+            row = oom_row(b, why)
+            logger.info(f"  batch {b}: out of memory{f' ({why})' if why else ''}; going on")
         rows.append(row)
     free_memory(device)
     return rows, measurements

@@ -26,6 +26,7 @@ from harness.records.store import (
                                      read_record,
                                      read_settings,
                                      refuse_changed_settings,
+                                     run_folder,
                                      save_arrays,
                                      unfinished_runs,
                                      utc_now,
@@ -37,5 +38,5 @@ __all__ = ["FinishedRun", "KINDS", "RECORD", "SCHEMA", "SETTINGS", "SCORE_FILES"
            "check_runs_root", "code_version", "complete_run", "config_section", "cpu_name", "environment",
            "environment_file", "environment_pins", "hold_run", "image_libraries", "is_finished", "iter_records",
            "matching_environment_file", "model_section", "names_versions", "new_run_dir", "new_run_id", "read_record",
-           "read_settings", "refuse_changed_settings", "save_arrays", "unfinished_runs", "utc_now", "validate_record",
-           "write_new", "write_record"]
+           "read_settings", "refuse_changed_settings", "run_folder", "save_arrays", "unfinished_runs", "utc_now",
+           "validate_record", "write_new", "write_record"]

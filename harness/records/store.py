@@ -22,6 +22,7 @@ from numpy.typing import ArrayLike
 
 from harness.errors import UserError
 from harness.files import file_digest
+from harness.records.arrays import load_array
 from harness.records.schema import Record
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def save_arrays(run_dir: str | Path, scores: ArrayLike, labels: ArrayLike, image
     for key, array in arrays.items():
         path = Path(run_dir) / f"{key}.npy"
         if keep_equal and path.exists():
-            if not np.array_equal(np.load(path), array):
+            if not np.array_equal(load_array(path, key), array, equal_nan=array.dtype.kind == "f"):
                 raise UserError(f"{path} does not match this run's data (did the annotations change?); "
                                 "start a new run")
         else:
@@ -181,8 +182,16 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def run_folder(path: str | Path) -> Path:
+    """The run folder a user named: itself, or the folder of the record.json named in its place."""
+    path = Path(path)
+    return path.parent if path.name == RECORD and path.is_file() else path
+
+
 def read_record(run_dir: str | Path) -> Record:
     """The Record of a finished run folder; one line naming the problem when it cannot be read."""
+    if Path(run_dir).is_file():
+        raise UserError(f"{run_dir} is a file; pass the run folder that holds {RECORD}")
     path = Path(run_dir) / RECORD
     try:
         record = json.loads(path.read_text())

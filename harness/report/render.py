@@ -9,7 +9,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness.ctran.report import tables as ctran_tables
-from harness.explain.compare import plot_png
+from harness.explain.compare import markdown_text, plot_png
 from harness.explain.compare import to_markdown as compare_markdown
 from harness.manifest import load_manifest
 from harness.metrics import F1_RULES, PROTOCOL_DESCRIPTIONS, THRESHOLD, TOP3_RULE
@@ -204,14 +204,17 @@ def _tables(data):
 
 
 def to_markdown(data):
+    """Markdown; every string from a record is text, never markup (markdown_text), as in html, csv and latex."""
     parts = ["# Reproduction report\n"]
     for title, headers, cells, notes in _tables(data):
-        parts.append(f"## {title}\n\n{tabulate(cells, headers, tablefmt='pipe', disable_numparse=True)}\n")
-        parts.append("\n".join(f"- {n}" for n in notes) + "\n")
+        table = tabulate([[markdown_text(c) for c in row] for row in cells], [markdown_text(h) for h in headers],
+                         tablefmt="pipe", disable_numparse=True)
+        parts.append(f"## {markdown_text(title)}\n\n{table}\n")
+        parts.append("\n".join(f"- {markdown_text(n)}" for n in notes) + "\n")
     if data.get("compare"):  # optional: `harness report --compare A B`
         parts.append(compare_markdown(data["compare"]))
     if data["notes"]:
-        parts.append("## Runs not shown\n\n" + "\n".join(f"- {n}" for n in data["notes"]) + "\n")
+        parts.append("## Runs not shown\n\n" + "\n".join(f"- {markdown_text(n)}" for n in data["notes"]) + "\n")
     return "\n".join(parts)
 
 

@@ -24,6 +24,7 @@ The harness holds no pinned fingerprint of the real val2014 labels (nothing meas
 COCO on the machine that wrote this), so the labels are checked against the record's fingerprint,
 and, with your own annotation file (`harness verify --coco-root`), against the real thing.
 """
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +38,14 @@ from harness.errors import UserError
 from harness.files import file_digest
 from harness.manifest import ModelSpec
 from harness.records import Record, environment_file, environment_pins, names_versions
+from harness.records.arrays import load_array
 from harness.report import recompute
 
 logger = logging.getLogger(__name__)
 
 HELD, FAILED, UNCHECKED = "held", "failed", "cannot check"
 N_CLASSES = 80  # COCO's categories
-# where the hostile-input work records what a resumed run merged and which decode cache it read
+# where a record keeps the sha256 of the rows a resume merged (timings) and the decode cache it read (measurement)
 RESUME_DIGEST, CACHE_DIGEST = "partial_rows_sha256", "decode_cache"
 
 
@@ -144,7 +146,7 @@ def _safe_name(name):
 
 def _load(path):
     """An .npy array, never unpickled; its size checked against its header before it is read."""
-    return np.array(np.load(path, mmap_mode="r", allow_pickle=False))
+    return np.array(load_array(path, Path(path).name, mmap_mode="r"))
 
 
 def _files(run):
@@ -158,10 +160,9 @@ def _files(run):
             continue
         try:
             arrays[key] = _load(run.folder / name)
-        except FileNotFoundError:
-            problems.append(f"{name} is missing")
-        except (ValueError, OSError, EOFError) as e:
-            problems.append(f"{name} is not a readable .npy array ({str(e)[:80]})")
+        except UserError as e:
+            problems.append(f"{name} is missing" if not (run.folder / name).exists() else
+                            f"{name} is not a readable .npy array ({str(e)[:120]})")
     if not problems:
         problems = _shape_problems(arrays)
     if problems:
@@ -518,20 +519,44 @@ def _same_version(recorded, pinned):
 
 
 def _resume_and_cache(run):
-    """The digests the hostile-input work adds; a record without them says so where it matters."""
+    """A resumed run: the rows it merged (scores.npy's first rows) have the sha256 the resume took of
+    them, after checking them against the digest written with them. A run that read a decode cache:
+    the record names it (key, keyed digest of its checksums)."""
     record = run.record
-    resumed = (record.timings.get("resumed_from_row") or 0) > 0
-    if resumed:
-        digest = record.timings.get(RESUME_DIGEST) or record.eval.get(RESUME_DIGEST)
-        if digest:
-            run.add("resume", HELD, f"resumed at row {record.timings['resumed_from_row']}; the rows merged carry "
-                                    f"sha256 {str(digest)[:12]}, checked when they were merged")
-        else:
-            run.add("resume", UNCHECKED, f"resumed at row {record.timings['resumed_from_row']}: this record keeps no "
-                                         f"digest of the rows it merged")
-    cache = record.eval.get(CACHE_DIGEST)
+    resumed = record.timings.get("resumed_from_row") or 0
+    if isinstance(resumed, int) and resumed > 0:
+        run.add(*_merged_rows(run, resumed))
+    cache = record.measurement.get(CACHE_DIGEST) or record.eval.get(CACHE_DIGEST)
     from_cache = any("images from the cache" in str(n) for n in record.measurement.get("notes") or [])
     if cache:
-        run.add("decode cache", HELD, f"read a decode cache, recorded as {str(cache)[:60]}")
+        run.add(*_cache_named(cache))
     elif from_cache:
         run.add("decode cache", UNCHECKED, "its images came from a decode cache this record keeps no digest of")
+
+
+def _merged_rows(run, resumed):
+    record = run.record
+    digest = record.timings.get(RESUME_DIGEST) or record.eval.get(RESUME_DIGEST)
+    if not isinstance(digest, str):
+        return "resume", UNCHECKED, f"resumed at row {resumed}: this record keeps no digest of the rows it merged"
+    if run.arrays is None:
+        return "resume", UNCHECKED, "the files could not be read"
+    rows = np.ascontiguousarray(run.arrays["scores"][:resumed])
+    actual = hashlib.sha256(rows.tobytes()).hexdigest()
+    if actual != digest:
+        return "resume", FAILED, (f"the {resumed} rows merged at the resume have sha256 {actual[:12]} in scores.npy, "
+                                  f"the record {digest[:12]}: changed after they were merged")
+    checked = record.timings.get("partial_rows_checked")
+    how = "checked against the digest written with them" if checked else \
+        "kept unchecked (their progress file, of an older harness, had no digest)"
+    return "resume", HELD if checked else UNCHECKED, f"resumed at row {resumed}: the rows merged have sha256 " \
+                                                     f"{digest[:12]} in scores.npy, as recorded; {how}"
+
+
+def _cache_named(cache):
+    digest = cache.get("crc32_blake2b") if isinstance(cache, dict) else None
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        return "decode cache", FAILED, f"the record says a decode cache was read but names it as {str(cache)[:60]}"
+    return "decode cache", HELD, (f"read the {cache.get('resolution')}px decode cache {cache.get('key')} "
+                                  f"({'made by an earlier run' if cache.get('reused') else 'made by this run'}); "
+                                  f"keyed digest of its checksums {digest[:12]}")

@@ -14,7 +14,7 @@ from paths import REPO
 from harness import records
 from harness.cli import main
 from harness.models import build_from_arch, register_model
-from harness.yaml_files import dump_yaml
+from harness.yaml_files import dump_yaml, read_yaml
 
 GPU_FIELDS = ("peak_vram_mib", "torch_max_allocated_mib", "torch_max_reserved_mib", "energy_j_per_image")
 
@@ -196,3 +196,48 @@ def test_bench_checks_out_before_measuring(manifest, tmp_path, capsys):
     blocker.write_text("")
     assert _bench(manifest, blocker / "runs", "tiny-a") == 2
     assert "--runs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ hostile numbers (issue 23)
+
+@pytest.mark.parametrize("argv", [["--min-time-s", "nan"], ["--min-time-s", "inf"], ["--warmup-s", "nan"],
+                                  ["--min-time-s", "1e9"], ["--iters", "1000000000"], ["--warmup", "1000000000"]])
+def test_bench_refuses_nan_inf_and_endless_timings_before_any_model(manifest, tmp_path, capsys, argv):
+    argv = ["bench", "tiny-a", "--device", "cpu", "--manifest", str(manifest), "--out", str(tmp_path / "runs"), *argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert argv[-2] in err and "Traceback" not in err and ("limit" in err or "seconds from 0" in err)
+    assert not (tmp_path / "runs").exists()
+
+
+class HostAllocatorNet(TinyNet):
+    """Fails as torch's CPU allocator does when a batch does not fit in the host's memory."""
+
+    def forward(self, x):
+        if x.shape[0] >= 8:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 60211200000 bytes. Error code 12")
+        return super().forward(x)
+
+
+@register_model
+def tiny_bench_host_oom(num_classes=5):
+    return HostAllocatorNet(num_classes)
+
+
+def test_a_host_allocation_failure_is_recorded_as_out_of_memory_and_the_sweep_goes_on(manifest, tmp_path):
+    models = read_yaml(manifest.read_text())
+    models["models"]["tiny-host"] = _entry("asl", {"name": "tiny_bench_host_oom", "num_classes": 5})
+    manifest.write_text(dump_yaml(models))
+    assert _bench(manifest, tmp_path / "runs", "tiny-host", "--batch-size", "2", "16", "4") == 0
+    results = _records(tmp_path / "runs")["tiny-host"]["bench"]["results"]
+    assert [(r["batch_size"], r["oom"]) for r in results] == [(2, False), (16, True), (4, False)]
+    assert "DefaultCPUAllocator" in results[1]["reasons"]["images_per_s"]
+
+
+def test_a_cpu_batch_past_free_memory_is_out_of_memory_before_it_is_allocated(manifest, tmp_path, monkeypatch):
+    monkeypatch.setattr("harness.measure.throughput.host_memory_available", lambda: 10 * 3 * 32 * 32 * 4)
+    assert _bench(manifest, tmp_path / "runs", "tiny-a", "--batch-size", "2", "100000", "4") == 0
+    results = _records(tmp_path / "runs")["tiny-a"]["bench"]["results"]
+    assert [(r["batch_size"], r["oom"]) for r in results] == [(2, False), (100000, True), (4, False)]
+    assert "GiB of host memory is free" in results[1]["reasons"]["images_per_s"]
