@@ -79,23 +79,20 @@ def release_files(spec, path=None, config=None, *, weights_dir=None, cache_dir=N
         if config is None and "config" in spec.files:
             config = fetch(spec, "config", cache_dir=cache_dir, weights_dir=weights_dir, lock=False)
     else:
-        check_input_file(path, "--weights", "pass a checkpoint file (or 'random'), or leave --weights out to use "
-                                            "the verified release")
+        check_weights_file(path)
     sibling = Path(path).with_name("config_new.json")
     if config is None and spec.family == "q2l" and sibling.is_file():
         config = sibling
     return Path(path), config
 
 
-def _not_a_file(path):
-    """What `path` is instead of a checkpoint file."""
-    path = Path(path)
-    if path.is_dir():
-        return (f"is a folder; pass the checkpoint file in it (--weights {path / 'checkpoint.pkl'}), or the folder "
-                f"of hand-placed releases with --weights-dir {path}")
-    if path.exists():
-        return "is not a regular file (a device, FIFO or socket)"
-    return "no such file"
+def check_weights_file(path):
+    """`--weights PATH` names a readable checkpoint file, or one line saying what it is instead."""
+    if Path(path).is_dir():
+        raise UserError(f"--weights {path} is a folder; pass the checkpoint file in it (--weights "
+                        f"{Path(path) / 'checkpoint.pkl'}), or the folder of hand-placed releases with --weights-dir {path}")
+    check_input_file(path, "--weights", "pass a checkpoint file (or 'random'), or leave --weights out to use the "
+                                        "verified release")
 
 
 def unverified_reason(spec, sha256):

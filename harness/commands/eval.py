@@ -15,6 +15,7 @@ from harness.eval.config import EvalConfig
 from harness.eval.run import evaluate_many
 from harness.manifest import get_spec
 from harness.metrics import OUTSIDE_CI_NOTE, outside_ci
+from harness.pretrained import check_weights_file
 from harness.records import check_runs_root
 from harness.user_paths import check_input_file, what_it_is
 
@@ -55,8 +56,7 @@ def add_arguments(parser):
 def check_paths(args):
     """Every file and folder named, before the labels are read or a model is built (minutes on COCO)."""
     if args.weights not in (None, "random"):
-        check_input_file(args.weights, "--weights", "pass a checkpoint file (or 'random'), or leave --weights out "
-                                                   "to use the verified release")
+        check_weights_file(args.weights)
     if args.config is not None:
         check_input_file(args.config, "--config", "pass the model's config_new.json")
     for flag, folder in (("--coco-root", args.coco_root), ("--weights-dir", args.weights_dir)):

@@ -15,7 +15,7 @@ def test_attention_on_an_asl_model_names_that_model(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind, says", [("folder", "is a folder; pass the checkpoint file in it"),
-                                        ("fifo", "is not a regular file"), ("missing", "no such file")])
+                                        ("fifo", "is a FIFO (named pipe), not a file"), ("missing", "no such file")])
 def test_eval_weights_that_are_not_a_file_say_what_they_are(smoke_root, tmp_path, capsys, kind, says):
     weights = tmp_path / "weights"
     if kind == "folder":
