@@ -159,10 +159,14 @@ def main(argv=None):
         finished = True
         return code
     except UserError as e:
-        print(f"harness {args.command}: error: {e}", file=sys.stderr)
+        finished = getattr(e, "on_every_rank", False)  # torchrun's ranks all stopped here: they leave together
+        if not getattr(e, "shown_elsewhere", False):  # and the rank that failed says it
+            print(f"harness {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a path, permission, full disk or network problem: the user's to fix, not a bug
-        print(f"harness {args.command}: error: {os_error_line(e)}", file=sys.stderr)
+        finished = getattr(e, "on_every_rank", False)
+        if not getattr(e, "shown_elsewhere", False):
+            print(f"harness {args.command}: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         print(f"harness {args.command}: interrupted", file=sys.stderr)

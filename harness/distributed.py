@@ -91,6 +91,43 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def main_only(self, step):
+        """step() on rank 0 alone, the others waiting for its outcome: its value on rank 0 (None on the
+        others), and a failure there raised on every rank, so no rank is left waiting in a collective
+        for one that has stopped (a UserError or OSError keeps its one line on every rank)."""
+        value, failure = None, None
+        if self.main:
+            try:
+                value = step()
+            except Exception as e:
+                failure = e
+        if self.size > 1:
+            shared = self.broadcast(None if failure is None else _shareable(failure))
+            if shared is not None and not self.main:
+                raise shared
+        if failure is not None:
+            failure.on_every_rank = self.size > 1
+            raise failure
+        return value
+
+    def every_rank(self, step):
+        """step() on every rank; a failure on any rank raised on every rank (the lowest failing rank's,
+        shown by that rank alone), so they stop together instead of some waiting in the next collective."""
+        value, failure = None, None
+        try:
+            value = step()
+        except Exception as e:
+            failure = e
+        if self.size > 1:
+            failures = self.gather(None if failure is None else _shareable(failure))
+            first = next((rank for rank, f in enumerate(failures) if f is not None), None)
+            if first is not None and first != self.rank:  # one rank says it; the others stop with it
+                raise failures[first]
+        if failure is not None:
+            failure.on_every_rank = self.size > 1
+            raise failure
+        return value
+
     def describe(self, device):
         """This rank's place and device, for the record."""
         where = {"rank": self.rank, "host": socket.gethostname(), "device": device}
@@ -98,6 +135,27 @@ class World:
             props = torch.cuda.get_device_properties(torch.cuda.current_device())
             where.update(gpu=props.name, uuid=str(props.uuid), index=torch.cuda.current_device())
         return where
+
+
+def _shareable(error):
+    """What another rank raises for `error`: the same one line for a UserError or OSError (shown once,
+    by the rank that failed), else a UserError naming the failure and where its traceback is."""
+    if isinstance(error, (UserError, OSError)):
+        copy = type(error)(*error.args) if not isinstance(error, OSError) else OSError(error.errno, error.strerror,
+                                                                                       error.filename)
+    else:
+        copy = UserError(f"another process failed ({type(error).__name__}: {str(error)[:200]}); see its traceback")
+    copy.shown_elsewhere = True  # the CLI prints it on the rank that failed only
+    copy.on_every_rank = True
+    return copy
+
+
+def refuse_another_world(run_dir, saved, settings):
+    """A run resumes on as many processes as it started with: its shards, seeds and state are per process."""
+    if "processes" in saved and saved["processes"] != settings["processes"]:
+        raise UserError(f"cannot resume {run_dir} on {settings['processes']} process(es): it was trained on "
+                        f"{saved['processes']}; start it with torchrun --nproc_per_node {saved['processes']} "
+                        f"(or without torchrun for 1), or start a new run")
 
 
 def partial_name(world):

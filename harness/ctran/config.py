@@ -4,6 +4,7 @@ A training's settings.json holds the config's fields that define the run (not wh
 many loader processes, where runs go, whether to resume or show progress) and what the run found
 (image counts, processes); a resume compares them field by field.
 """
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -46,17 +47,26 @@ class CtranTrainConfig:
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be a positive number of images")
-        for name, v in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
+        for name, v in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--scale", self.scale),
+                        ("--crop", self.crop)):
             if v < 1:
                 raise UserError(f"{name} must be at least 1 (got {v})")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be positive (got {self.lr})")
+        if not (math.isfinite(self.lr) and self.lr > 0):  # nan > 0 is False, but so is nan <= 0
+            raise UserError(f"--lr must be a positive finite number (got {self.lr}); theirs is {PAPER['lr']}")
+        if self.crop > self.scale:
+            raise UserError(f"--crop {self.crop} is larger than --scale {self.scale}: the crop would be zero-padded; "
+                            f"pass --crop <= --scale (theirs: --scale {PAPER['scale']} --crop {PAPER['crop']})")
+        if not 0 <= self.seed < 2**32:  # numpy's RandomState (the held-out split) takes no other
+            raise UserError(f"--seed must be a whole number from 0 to 2**32 - 1 (got {self.seed})")
         if self.workers < 0:
             raise UserError(f"--workers must be 0 or more (got {self.workers})")
         if not 0 < self.holdout < 1:
             raise UserError(f"--holdout must be a fraction between 0 and 1 (got {self.holdout})")
         if self.selection not in SELECTIONS:
             raise UserError(f"--selection must be one of {', '.join(SELECTIONS)} (got {self.selection})")
+        if self.backbone not in ("imagenet", "random") and not Path(self.backbone).is_file():
+            raise UserError(f"--backbone {self.backbone} names no file (nor imagenet or random); pass imagenet, "
+                            f"random, or a ResNet-101 .pth file")
 
     @property
     def model_id(self):

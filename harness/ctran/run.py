@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.models import ResNet101_Weights
 
 from harness import progress, records
-from harness.checkpoints import sha256_of
+from harness.checkpoints import find_state_dict, read_pickle, sha256_of
 from harness.ctran import checkpoint as ckpt
 from harness.ctran import distributed, masks
 from harness.ctran.config import CtranEvalConfig
@@ -55,8 +55,9 @@ from harness.manifest import get_spec
 from harness.measure.measurement import SpanMeasurement, nvml_baseline_mib
 from harness.models.ctran import CTran
 from harness.progress import bar, bars_enabled
-from harness.records import FinishedRun, utc_now
+from harness.records import FinishedRun, check_runs_root, utc_now
 from harness.records.curves import TrainingCurves
+from harness.training_state import check_epoch, read_state, restoring
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +137,20 @@ def train_epoch(model, loader, optimizer, device, use_lmt, progress=False, size=
 
 
 def load_backbone_weights(model, source):
-    """ImageNet weights for their ResNet-101 (torchvision's V1, as their pretrained=True), a file, or random."""
+    """ImageNet weights for their ResNet-101 (torchvision's V1, as their pretrained=True), a file, or random.
+    A file is read without running code (a pickle that needs code is refused) and must fit the backbone."""
     if source == "random":
         return {"source": "random", "sha256": None}
     if source == "imagenet":
         state = ResNet101_Weights.IMAGENET1K_V1.get_state_dict(progress=bars_enabled())
         info = {"source": "torchvision ResNet101_Weights.IMAGENET1K_V1", "sha256": None}
     else:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-        info = {"source": str(source), "sha256": sha256_of(source)}
+        try:
+            ckpt.load_into(model.backbone.base_network, find_state_dict(read_pickle(source)), source)
+        except UserError as e:  # the reason, with the fix for this flag
+            raise UserError(f"--backbone {source}: {str(e).rsplit('; ', 1)[0]}; pass imagenet, random, or a "
+                            f"state dict file of torchvision's ResNet-101") from None
+        return {"source": str(source), "sha256": sha256_of(source)}
     ckpt.load_into(model.backbone.base_network, state, source)
     return info
 
@@ -198,17 +204,14 @@ def train(config):
 def _train(config, where):
     device = pick_device(config.device)
     world = World.from_env(device)  # under torchrun "cuda" is this rank's GPU from here on
-    if config.batch_size % world.size:
-        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {world.size} processes; "
-                        "pass a multiple")
-    data = load_training_data(config)
+    data, model, file_backbone = world.every_rank(lambda: _checked(config, world, device))
     settings = {**config.settings(), "n_train": len(data.train_rows), "n_val": len(data.val_rows),
                 "processes": world.size}
-    # every process reads the same run folder (resume state); only rank 0 writes
-    run_dir = world.broadcast(open_run(config, settings) if world.main else None)
+    # every process reads the same run folder (resume state); only rank 0 writes; a refusal stops every rank
+    run_dir = world.broadcast(world.main_only(lambda: open_run(config, settings)))
 
     where["run_dir"] = run_dir
-    model, optimizer, scheduler, state = _start(config, run_dir, device)
+    optimizer, scheduler, state = world.every_rank(lambda: _start(config, run_dir, model, file_backbone))
     where["state"] = state
     if state["epoch"] and world.main:
         _say(f"resuming {run_dir} after epoch {state['epoch']}/{config.epochs}")
@@ -258,29 +261,64 @@ def _train(config, where):
         _say(f"epoch {epoch}/{epochs}  train loss {train_loss:.3f}  val loss {val_loss:.3f}  val mAP "
              f"{val_map if val_map is None else round(val_map, 2)}  lr {lr_now:g}  about "
              f"{progress.duration((epochs - epoch) * per_epoch)} left")
-    if not world.main:  # rank 0 scores the test set with the selected checkpoint and writes the record
-        return FinishedRun(run_dir, None)
-    curves.close()
-    return _finish_training(Trained(config, run_dir, settings, state, data.test_rows), device)
+    # rank 0 scores the test set with the selected checkpoint and writes the record; the others wait for it
+    # (a refusal there reaches them) instead of in the final barrier
+    if world.main:
+        curves.close()
+    record = world.main_only(lambda: _finish_training(Trained(config, run_dir, settings, state, data.test_rows),
+                                                      device))
+    return record if world.main else FinishedRun(run_dir, None)
 
 
-def _start(config, run_dir, device):
-    """(model, optimizer, scheduler, state): seeded initial weights, or those after the last finished epoch."""
-    resumed = (run_dir / STATE).exists()
+def _checked(config, world, device):
+    """Everything checked before a run folder exists: (training data, the seeded model with its backbone
+    file loaded, that file's info or None). imagenet's weights are fetched for a new run only."""
+    if config.batch_size % world.size:
+        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {world.size} processes; "
+                        "pass a multiple")
+    check_runs_root(config.runs_root)
+    data = load_training_data(config)
     torch.manual_seed(config.seed)  # the initial weights (their weights_init and torchvision's) are seeded too
     model = CTran(**{k: v for k, v in config.arch.items() if k not in ("name", "img_size")}).to(device)
-    backbone_info = load_backbone_weights(model, config.backbone) if not resumed else None
+    file_backbone = None if config.backbone in ("imagenet", "random") else load_backbone_weights(model, config.backbone)
+    return data, model, file_backbone
+
+
+STATE_KEYS = {"epoch": int, "best_mAP": float, "history": list, "wall_s": float}
+
+
+def _start(config, run_dir, model, file_backbone):
+    """(optimizer, scheduler, state) of the seeded model (its backbone file loaded), or all three as after
+    the last finished epoch. A damaged state.pt is one line naming it."""
+    resumed = (run_dir / STATE).exists()
+    backbone_info = None
+    if not resumed:
+        backbone_info = file_backbone or load_backbone_weights(model, config.backbone)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=5)
     state = {"epoch": 0, "best_mAP": 0.0, "best_epoch": None, "history": [], "backbone": backbone_info,
              "started_at": utc_now(), "wall_s": 0.0}
     if resumed:  # resume after the last finished epoch
-        saved = torch.load(run_dir / STATE, map_location="cpu", weights_only=True)
-        state = json.loads(saved["state_json"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        ckpt.load_into(model, ckpt.read(run_dir / LAST)[0], run_dir / LAST)
-    return model, optimizer, scheduler, state
+        fix = f"delete {run_dir} to start over, or run without --resume for a new run"
+        saved = read_state(run_dir / STATE, ("optimizer", "scheduler", "state_json"), fix)
+        with restoring(run_dir / STATE, fix):
+            state = json.loads(saved["state_json"])
+            wrong = [k for k, kind in STATE_KEYS.items() if not isinstance(state.get(k), (int, float) if kind is float
+                                                                           else kind)]
+            if wrong:
+                raise ValueError(f"its progress lacks a valid {wrong[0]!r}")
+            check_epoch(run_dir / STATE, state["epoch"], fix)
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        try:
+            weights, _, meta = ckpt.read(run_dir / LAST)
+            ckpt.load_into(model, weights, run_dir / LAST)
+        except UserError:
+            raise UserError(f"{run_dir / LAST} is missing, unreadable or of another model; {fix}") from None
+        if meta.get("epoch") != state["epoch"]:  # stopped between its two writes: weights and optimizer disagree
+            raise UserError(f"{run_dir / LAST} holds epoch {meta.get('epoch')}, {run_dir / STATE} epoch "
+                            f"{state['epoch']}; {fix}")
+    return optimizer, scheduler, state
 
 
 def _finish_training(trained, device):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from harness import records
 from harness.ctran.config import read_settings
+from harness.distributed import refuse_another_world
 from harness.errors import UserError
 from harness.records import (
     SETTINGS,
@@ -33,7 +34,9 @@ def open_run(config, settings):
         raise UserError(f"nothing to resume for {model_id} under {runs_root}; run without --resume")
     if is_finished(run_dir):
         raise UserError(f"{run_dir} is already complete; run without --resume for a new run")
-    refuse_changed_settings(run_dir, saved_settings(run_dir), settings)
+    saved = saved_settings(run_dir)
+    refuse_another_world(run_dir, saved, settings)
+    refuse_changed_settings(run_dir, saved, settings)
     return run_dir
 
 

@@ -104,9 +104,19 @@ def _load_features(features_dir, data):
             raise UserError(f"{features_dir}: {split.source} features have {len(feats)} rows, not one per "
                             f"formatted_{split.source}_images.npy row; extract them from this --data")
         out[name] = torch.from_numpy(np.ascontiguousarray(feats[split.rows], dtype=np.float32))
+        _check_finite(out[name], split, feature_paths(features_dir)[split.source])
     meta = feature_meta(features_dir)
     return out, {"dir": str(Path(features_dir).resolve()), "source": "extracted here" if meta else "other (authors')",
                  "extraction": meta}
+
+
+def _check_finite(feats, split, path):
+    """Features with a NaN or an infinity would train a NaN head whose mAP still reads as a number."""
+    bad = (~feats.isfinite()).any(dim=1).nonzero()
+    if len(bad):
+        row = int(split.rows[int(bad[0])])  # the file's row, as the user can look it up
+        raise UserError(f"{path}: row {row} holds a non-finite value (NaN or infinity; {len(bad)} such rows are "
+                        f"used here); extract the features again (`harness mlspl extract-features`)")
 
 
 def _observed(loss, split):

@@ -44,6 +44,7 @@ from harness.mlspl.features import ImageRows
 from harness.mlspl.losses import compute_loss
 from harness.models.mlspl import FEATURE_DIM, LabelEstimator, initial_label_logits, logit
 from harness.records.curves import TrainingCurves
+from harness.training_state import check_epoch, read_state, restoring
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +112,28 @@ def _save_state(path, state):
     os.replace(tmp, path)
 
 
-def _load_state(path, config):
-    """The saved state if it belongs to this exact configuration, else None."""
+STATE_FIX = "delete it to train this grid point from its start, or pass another --runs to train elsewhere"
+
+
+def _load_state(path, config, keys):
+    """The saved state if it belongs to this exact configuration, else None; one line for a damaged one."""
     if not path or not Path(path).is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if json.loads(state["config"]) != config:
+    state = read_state(path, ("config", "epoch", *keys), STATE_FIX)
+    with restoring(path, STATE_FIX):
+        saved = json.loads(state["config"])
+    if saved != config:
         raise UserError(f"{path} was saved by another configuration; delete it or use another --out")
+    check_epoch(path, state["epoch"], STATE_FIX)
     return state
+
+
+def _copy_saved(param, saved):
+    """A saved tensor into its parameter: the same shape (copy_ would broadcast a smaller one)."""
+    if not isinstance(saved, torch.Tensor) or saved.shape != param.shape:
+        raise ValueError(f"a saved parameter has shape {getattr(saved, 'shape', type(saved).__name__)}, "
+                         f"not {tuple(param.shape)}")
+    param.copy_(saved)
 
 
 def _random_start(generator, observed, backbone=False):
@@ -180,15 +195,15 @@ def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=
     results = [PointResult(batch_size, lr) for lr in lrs]
     start = 0
 
-    state = _load_state(state_path, config)
+    state = _load_state(state_path, config, ("params", "optimizer", "generator", "results"))
     if state is not None:
-        with torch.no_grad():
-            for p, saved in zip(weights + biases + tables, state["params"]):
-                p.copy_(saved)
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        for r, saved in zip(results, state["results"]):
-            _restore_point(r, saved)
+        with restoring(state_path, STATE_FIX), torch.no_grad():
+            for p, saved in zip(weights + biases + tables, state["params"], strict=True):
+                _copy_saved(p, saved)
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            for r, saved in zip(results, state["results"], strict=True):
+                _restore_point(r, saved, num_classes)
         start = state["epoch"] + 1
         _say_resumed(state_path, start, epochs)
 
@@ -207,6 +222,9 @@ def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=
             batch_loss.backward()
             optimizer.step()
             total += batch_loss.detach()
+        diverged = [lr for lr, w, b in zip(lrs, weights, biases) if not (w.isfinite().all() and b.isfinite().all())]
+        if diverged or not total.isfinite():
+            raise _diverged(epoch, batch_size, diverged or lrs, state_path)
         eval_iterators(generator)  # their val and test iterators of this epoch
         with torch.no_grad():
             for g, r in enumerate(results):
@@ -234,16 +252,28 @@ def train_linear_group(train, val, test, config, batch_size, lrs, *, state_path=
     return results
 
 
+def _diverged(epoch, batch_size, lrs, state_path):
+    """A loss that turned NaN or infinite: no epoch of it can be selected (their sklearn scoring refuses
+    NaN scores too); the state of the epochs before it stays in state_path."""
+    kept = f"; the epochs before it stay in {state_path}" if state_path else ""
+    return UserError(f"the training loss became non-finite in epoch {epoch + 1} (batch size {batch_size}, lr "
+                     f"{', '.join(f'{lr:g}' for lr in lrs)}): stopped, nothing is selected from a diverged "
+                     f"training{kept}; try a smaller --lr, or check the features for NaN")
+
+
 def _point_state(r):
     return {"summary": json.dumps(r.summary()), "head": r.head, "table": r.table,
             "test_scores": None if r.test_scores is None else torch.from_numpy(r.test_scores)}
 
 
-def _restore_point(r, saved):
+def _restore_point(r, saved, num_classes):
     s = json.loads(saved["summary"])
     r.best_epoch, r.val_map, r.test_map, r.history = s["best_epoch"], s["val_mAP"], s["test_mAP"], s["history"]
     r.head, r.table = saved["head"], saved["table"]
-    r.test_scores = None if saved["test_scores"] is None else saved["test_scores"].numpy()
+    scores = saved["test_scores"]
+    if scores is not None and (scores.ndim != 2 or scores.shape[1] != num_classes):
+        raise ValueError(f"saved test scores of shape {tuple(scores.shape)}, not (rows, {num_classes})")
+    r.test_scores = None if scores is None else scores.numpy()
 
 
 def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, on_epoch=None, world=None,
@@ -289,15 +319,16 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
 
     result = PointResult(batch_size, lr)
     state_path = Path(state_dir) / "state.pt" if state_dir else None
-    state = _load_state(state_path, saved_config)
+    state = _load_state(state_path, saved_config, ("model", "estimator", "optimizer", "generator", "result"))
     first = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        if estimator is not None:
-            estimator.load_state_dict(state["estimator"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        _restore_point(result, state["result"])
+        with restoring(state_path, STATE_FIX):
+            model.load_state_dict(state["model"])
+            if estimator is not None:
+                estimator.load_state_dict(state["estimator"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            _restore_point(result, state["result"], observed.shape[1])
         first = state["epoch"] + 1
         if world.main:
             _say_resumed(state_path, first, epochs)
@@ -324,6 +355,8 @@ def train_fine_tuned(model, data, config, point, *, start=None, state_dir=None, 
             total, steps = total + batch_loss.item(), steps + 1
             bar.update(1)
         bar.close()
+        if not math.isfinite(total):
+            raise _diverged(epoch, batch_size, [lr], state_path)
         val_scores, val_labels = _predict(model, images.evaluation("val"), data["val"].labels, device, world,
                                           f"epoch {epoch + 1}/{epochs} val", shown)
         val_map = mlspl_map(val_scores, val_labels)

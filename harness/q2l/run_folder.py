@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from harness.distributed import refuse_another_world
 from harness.errors import UserError
 from harness.records import SETTINGS, is_finished, new_run_dir, read_settings, refuse_changed_settings, unfinished_runs
 
@@ -38,7 +39,9 @@ def open_run(runs_root, model_id, resume, settings):
         raise UserError(f"nothing to resume for {model_id} under {runs_root}; run without --resume")
     if is_finished(run_dir):
         raise UserError(f"{run_dir} is already complete; run without --resume for a new run")
-    refuse_changed_settings(run_dir, read_settings(run_dir / SETTINGS), settings)
+    saved = read_settings(run_dir / SETTINGS)
+    refuse_another_world(run_dir, saved, settings)
+    refuse_changed_settings(run_dir, saved, settings)
     return run_dir
 
 
