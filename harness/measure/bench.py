@@ -21,7 +21,6 @@ from harness.measure.throughput import (
     time_model,
 )
 from harness.models import create_model
-from harness.models.ctran import AllUnknown
 from harness.records import Record, config_section, cpu_name, model_section, utc_now
 
 logger = logging.getLogger(__name__)
@@ -49,6 +48,19 @@ class BenchConfig:
     def timing(self, device):
         """The Timing on this device: what was asked, else the device's defaults."""
         return Timing(**{k: v if getattr(self, k) is None else getattr(self, k) for k, v in DEFAULTS[device].items()})
+
+
+class AllUnknown(torch.nn.Module):
+    """C-Tran at regular inference, images only (every label unknown): for cost measurements. Here, not
+    in harness/models/ctran.py, so that measuring any other model does not import torchvision."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        mask = torch.full((images.shape[0], self.model.num_labels), -1.0, device=images.device)
+        return self.model(images, mask)
 
 
 class CannotBuild(Exception):

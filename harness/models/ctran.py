@@ -111,15 +111,3 @@ def ctran(num_labels=80, use_lmt=True, layers=3, heads=4, dropout=0.1, blocks=RE
           block="bottleneck", img_size=576):
     """img_size is the evaluation resolution (kept in the manifest's arch for bench); it sizes nothing."""
     return CTran(num_labels, use_lmt, layers, heads, dropout, tuple(blocks), block)
-
-
-class AllUnknown(nn.Module):
-    """C-Tran at regular inference, images only (every label unknown): for cost measurements."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images):
-        mask = torch.full((images.shape[0], self.model.num_labels), -1.0, device=images.device)
-        return self.model(images, mask)

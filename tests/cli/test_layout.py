@@ -2,6 +2,7 @@
 only for what costs start-up time (each saying why), no print outside the CLI, no import cycle, and
 the floors read commands -> systems -> shared machinery -> records/metrics."""
 import ast
+import json
 import subprocess
 import sys
 
@@ -62,13 +63,40 @@ def test_the_library_never_imports_the_cli():
     assert not upward
 
 
-@pytest.mark.parametrize("module", ["harness.cli", "harness.commands.report", "harness.commands.metrics",
-                                    "harness.commands.compare", "harness.commands.models", "harness.commands.data",
-                                    "harness.commands.verify"])
-def test_the_commands_that_need_no_model_start_without_torch(module):
-    code = f"import sys, {module}; print('torch' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
-    assert done.stdout.strip() == "False"
+TORCH_FREE = ["harness.cli", "harness.commands.report", "harness.commands.metrics", "harness.commands.compare",
+              "harness.commands.models", "harness.commands.data", "harness.commands.verify"]
+# One interpreter for all of them: it loads harness.cli and libraries that never load torch, then forks a
+# child per module that imports it and says whether torch came with it; each child sees exactly what a
+# fresh interpreter importing the module would add (a base that loaded torch shows in every answer).
+IMPORT_EACH_IN_A_CHILD = """
+import json, os, sys
+import numpy, pandas, yaml, harness.cli
+seen = {}
+for module in sys.argv[1:]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        __import__(module)
+        os.write(write, json.dumps('torch' in sys.modules).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        seen[module] = answer.read()
+    assert os.waitpid(pid, 0)[1] == 0, module
+print(json.dumps({m: json.loads(a) for m, a in seen.items()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def torch_loaded_by():
+    done = subprocess.run([sys.executable, "-c", IMPORT_EACH_IN_A_CHILD, *TORCH_FREE], capture_output=True, text=True,
+                          check=True, cwd=REPO)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_the_commands_that_need_no_model_start_without_torch(module, torch_loaded_by):
+    assert torch_loaded_by[module] is False
 
 
 def _module_name(path):

@@ -3,16 +3,18 @@ rank fails the run with one line; the run resumes per rank."""
 import json
 import multiprocessing
 import os
+import signal
 import socket
-import subprocess
 import sys
+from types import SimpleNamespace
 
 import conftest
 import numpy as np
 import pytest
 import torch
-from paths import REPO, TESTS
 from tiny_models import write_manifest
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from harness.cli import main
 from harness.eval.config import EvalConfig
@@ -20,25 +22,22 @@ from harness.eval.run import evaluate
 from harness.manifest import get_spec
 
 # torchrun's own launcher (elastic_launch, what `torchrun --standalone` calls: its agent, rendezvous,
-# worker environment and failure handling) with the CLI as the entry point, the test models
-# registered. Its workers are forked from the launcher, not started as `python -m harness`, which
-# saves two interpreters' torch import; .ci/check_installed.sh launches the installed command itself.
-LAUNCHER = """
-import sys
-sys.path[:0] = {paths!r}
-import torch, tiny_models
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-from harness.cli import main
+# worker environment and failure handling) with the CLI as the entry point, run in this process: its
+# workers are forked from it, not started as `python -m harness`, and the launcher is not a fresh
+# interpreter either, which saves three interpreters' torch import; .ci/check_installed.sh launches
+# the installed command itself.
+TORCHRUN = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, rdzv_backend="c10d", rdzv_endpoint="localhost:0",
+                        max_restarts=0, start_method="fork")
+# the launcher's handlers (each raises in the process it runs in), put back after each launch
+LAUNCHER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGALRM)
+TIMEOUT_S = 300  # a hung launch fails the test (the agent's shutdown ends its workers)
 
-def rank_main(argv):
-    torch.set_num_threads(1)
+
+def _rank_main(argv):
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 for a started worker
     return main(argv)
 
-if __name__ == "__main__":
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", max_restarts=0, start_method="fork")
-    sys.exit(max(elastic_launch(config, rank_main)(sys.argv[1:]).values()))
-"""
+
 FLAGS = ["--weights", "random", "--device", "cpu", "--workers", "0", "--no-progress"]
 
 
@@ -63,13 +62,25 @@ def _eval_argv(tmp_path, manifest, smoke_root, *args):
             "--runs", str(tmp_path / "runs")]
 
 
+def _timed_out(signum, frame):
+    raise TimeoutError(f"torchrun ran past {TIMEOUT_S} s")
+
+
 def _torchrun(tmp_path, manifest, smoke_root, *args):
-    launcher = tmp_path / "launcher.py"
-    launcher.write_text(LAUNCHER.format(paths=[str(TESTS), str(TESTS / "helpers")]))
-    command = [sys.executable, str(launcher), *_eval_argv(tmp_path, manifest, smoke_root, *args)]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1",
-                   "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), str(TESTS / "helpers")])}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    """(returncode, stderr) of the launch as torchrun ends: the largest rank exit code, or 1 and the
+    launcher's account of the failed ranks."""
+    handlers = {s: signal.getsignal(s) for s in LAUNCHER_SIGNALS}
+    signal.signal(signal.SIGALRM, _timed_out)
+    signal.alarm(TIMEOUT_S)
+    try:
+        codes = elastic_launch(TORCHRUN, _rank_main)(_eval_argv(tmp_path, manifest, smoke_root, *args))
+        return SimpleNamespace(returncode=max(codes.values()), stderr="")
+    except ChildFailedError as failed:
+        return SimpleNamespace(returncode=1, stderr=str(failed))
+    finally:
+        signal.alarm(0)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
 
 
 def _forked_ranks(tmp_path, manifest, smoke_root, *args, world=2):

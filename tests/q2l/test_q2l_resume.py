@@ -1,26 +1,30 @@
 """A training killed with SIGKILL mid-epoch and resumed equals the uninterrupted run, bit for bit (CPU):
-weights, EMA, AdamW state, every epoch's losses and mAPs, the final scores."""
+weights, EMA, AdamW state, every epoch's losses and mAPs, the final scores. Each run is a process of its
+own, forked from this one (forked_cli.py: its imports are this process's, its random states a fresh
+interpreter's), so the resumed run knows only what the killed one left on disk."""
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
+import forked_cli
 import numpy as np
 import torch
 from q2l_train_helpers import tiny_coco
+
+import harness.commands.q2l  # noqa: F401  (imported once here, not again in each forked run)
 
 EPOCHS = "2"
 
 
 def _command(coco, runs, *extra):
-    return [sys.executable, "-m", "harness", "q2l", "train", "q2l-r101-448", "--coco-root", str(coco), "--smoke",
+    return ["q2l", "train", "q2l-r101-448", "--coco-root", str(coco), "--smoke",
             "--epochs", EPOCHS, "--runs", str(runs), "--no-progress", *extra]
 
 
-def _env():
-    return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
+def _run(command):
+    code, out = forked_cli.run(command)
+    assert code == 0, out
 
 
 def _run_dir(runs):
@@ -30,25 +34,25 @@ def _run_dir(runs):
 
 def _kill_after_first_epoch(command):
     """Start the training, SIGKILL it once its first epoch is saved (it is then inside the second)."""
-    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    pid, stdout = forked_cli.start(command)
     try:
-        for line in proc.stdout:
+        for line in stdout:
             if line.startswith("epoch 1/"):  # printed after state.pt holds the first epoch (0 in the record)
-                os.kill(proc.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
                 break
     finally:
-        proc.wait()
-    return proc.returncode
+        code, _ = forked_cli.wait(pid, stdout)
+    return code
 
 
 def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     coco = tiny_coco(tmp_path / "coco", n_train=8)  # one step an epoch
-    subprocess.run(_command(coco, tmp_path / "whole"), env=_env(), check=True, capture_output=True)
+    _run(_command(coco, tmp_path / "whole"))
     assert _kill_after_first_epoch(_command(coco, tmp_path / "cut")) == -signal.SIGKILL
     cut = _run_dir(tmp_path / "cut")
     assert not (cut / "record.json").exists()
     assert json.loads(torch.load(cut / "state.pt", weights_only=True)["progress"])["epoch"] == 1
-    subprocess.run(_command(coco, tmp_path / "cut", "--resume"), env=_env(), check=True, capture_output=True)
+    _run(_command(coco, tmp_path / "cut", "--resume"))
 
     whole = _run_dir(tmp_path / "whole")
     a, b = (torch.load(d / "state.pt", weights_only=True) for d in (whole, cut))
