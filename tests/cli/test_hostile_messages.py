@@ -50,7 +50,7 @@ def test_predict_out_is_checked_before_the_model_is_built(tmp_path, capsys, monk
 
 
 @pytest.mark.parametrize("flags,words", [
-    (["--weights", "{tmp}"], "--weights {tmp} is a folder, not a file"),
+    (["--weights", "{tmp}"], "--weights {tmp} is a folder; pass the checkpoint file in it"),
     (["--weights", "{tmp}/none.pth"], "--weights {tmp}/none.pth: no such file"),
     (["--weights", "random", "--config", "{tmp}/none.json"], "--config {tmp}/none.json: no such file"),
     (["--weights", "random", "--weights-dir", "{tmp}/file"], "--weights-dir {tmp}/file is a file, not a folder"),
