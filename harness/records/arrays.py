@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import UserError
+from harness.files import file_digest
 
 MAGIC = b"\x93NUMPY"
 FIX = "pass a .npy array saved with numpy.save"
@@ -71,6 +72,23 @@ def read_header(path, what):
         raise UserError(f"{what}: {path} is damaged: its header announces {shape} x {dtype} ({expected:,} bytes) "
                         f"but the file holds {st.st_size:,} bytes; {FIX}")
     return shape, dtype, fortran, offset
+
+
+def load_run_array(run_dir, record, key, *, mmap_mode=None):
+    """A run folder's array `key` (scores, labels, image_ids, masks) as its record names it, checked
+    against the sha256 the record took when it wrote the file (records that keep one): a file edited
+    after the run is refused, never rescored or compared as if it were the run's."""
+    name = record.files.get(key, f"{key}.npy")
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise UserError(f"{run_dir}/record.json names its {key} file {name!r}, a path outside the run folder; "
+                        f"the record is damaged")
+    path = Path(run_dir) / name
+    array = load_array(path, key, mmap_mode=mmap_mode)
+    expected = (record.digests or {}).get(key)
+    if isinstance(expected, str) and file_digest(path) != expected:
+        raise UserError(f"{path} is not the file its run wrote (sha256 {file_digest(path)[:12]}, recorded "
+                        f"{expected[:12]}): it was changed after the run; `harness verify {run_dir}` says more")
+    return array
 
 
 def load_array(path, what, *, ndim=None, shape=None, kinds=None, mmap_mode=None):
