@@ -111,3 +111,14 @@ def test_eval_resume_of_a_file_says_it_is_no_run_folder(tmp_path, capsys, smoke_
                         "--workers", "0", "--no-progress"]
     assert main(["eval", "asl-tresnetm-224", *monkeypatch_free, "--resume", str(tmp_path / "notes.txt")]) == 2
     assert "is not a run folder (no settings.json" in _one_line(capsys)
+
+
+def test_record_strings_never_start_a_formula_in_the_csv_report(tmp_path):
+    scores, labels = problem(n=40, c=5)
+    labels[:, 4] = 0  # a class without positives: its name is listed in the csv
+    run_dir = records.new_run_dir(tmp_path / "runs", "q2l-r101-448")
+    record = eval_record(run_dir, scores, labels)
+    record["metrics"]["classes_without_positives"] = ['=HYPERLINK("http://x","y")']
+    records.write_record(run_dir, record)
+    text = report.render(report.collect(tmp_path / "runs", load_manifest(), {}, measured_root=None), "csv")
+    assert "'=HYPERLINK" in text and ',=HYPERLINK' not in text and ',"=HYPERLINK' not in text
