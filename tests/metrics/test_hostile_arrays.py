@@ -210,3 +210,11 @@ def test_verify_fails_a_resume_row_that_is_no_number(run_dir):
     (run_dir / "record.json").write_text(json.dumps(record))
     finding = next(f for f in check_run(records.read_record(run_dir)).findings if f.check == "resume")
     assert finding.outcome == "failed" and "'abc'" in finding.why
+
+
+def test_the_authors_label_file_goes_through_the_same_reader(tmp_path):
+    from harness.data.authors_labels import read_label_file
+    bad = tmp_path / "labels.npy"
+    bad.write_bytes(_header_claiming((10**12, 80)))
+    with pytest.raises(UserError, match="not a readable .npy label file .* announces"):
+        read_label_file(bad)
