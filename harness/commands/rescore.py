@@ -46,6 +46,8 @@ def run(args):
     files = record.files
     scores = load_run_array(run_dir, record, "scores")
     labels = load_run_array(run_dir, record, "labels")
+    if "image_ids" in record.files:  # not used here, but a run whose files were changed is not rescored
+        load_run_array(run_dir, record, "image_ids", mmap_mode="r")
     recorded = record.metrics
     protocol = args.protocol or record.eval.get("protocol")
     if protocol is None:

@@ -197,6 +197,13 @@ def test_rescore_and_compare_refuse_scores_edited_after_the_run(run_dir, capsys)
     assert not list(run_dir.glob("rescore-*"))
 
 
+def test_rescore_refuses_a_run_whose_image_ids_were_replaced(run_dir, capsys):
+    np.save(run_dir / "image_ids.npy", np.zeros(10**6, np.int64))
+    assert main(["rescore", str(run_dir), "--no-ci"]) == 2
+    assert "image_ids.npy is not the file its run wrote" in _one_line(capsys)
+    assert not list(run_dir.glob("rescore-*"))
+
+
 def test_report_on_a_symlink_loop_is_one_line(tmp_path, capsys):
     os.symlink(tmp_path / "loop", tmp_path / "loop")
     assert main(["report", "--runs", str(tmp_path / "loop"), "--format", "markdown"]) == 2
