@@ -81,9 +81,9 @@ def check_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.n
                         f"pass the labels of the same images and classes")
     if scores.shape[0] == 0 or scores.shape[1] == 0:
         raise UserError(f"no images or no classes (shape {scores.shape}); pass a non-empty score matrix")
-    if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
+    if scores.dtype.kind not in "iuf":
         raise UserError(f"scores must be numbers (got dtype {scores.dtype})")
-    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool):
+    if labels.dtype.kind not in "biuf":  # complex 1+0j is no label either
         raise UserError(f"labels must be numbers 0/1 (got dtype {labels.dtype})")
     if not np.issubdtype(scores.dtype, np.floating):
         scores = scores.astype(np.float64)

@@ -24,6 +24,7 @@ from harness.explain.attention import (
 from harness.explain.predict import CLASS_NAMES, RANDOM_NOTE, image_paths, predicted
 from harness.manifest import get_spec
 from harness.records import write_new
+from harness.user_paths import what_it_is
 
 
 def add_arguments(parser):
@@ -46,6 +47,9 @@ def run(args):
     check_has_attention(get_spec(args.model, args.manifest))  # before any download
     chosen = label_indices(args.label, CLASS_NAMES)
     out = Path(args.out)
+    kind = what_it_is(out)
+    if kind not in ("a folder", "missing"):  # before the model is built: mkdir would fail after it
+        raise UserError(f"--out {out} is {kind or 'a file'}, not a folder; pass a folder for the maps")
     names = _names(image_paths(args.images))
     taken = [out / f"{n}.attention.{ext}" for n in names for ext in ("png", "npy", "json")]
     if any(p.exists() for p in taken):

@@ -7,6 +7,7 @@ import sys
 from harness.errors import UserError
 from harness.explain.compare import compare_runs, load_run, plot_png, to_text
 from harness.records import write_new
+from harness.user_paths import check_new_file
 
 
 def add_arguments(parser):
@@ -27,6 +28,8 @@ def add_arguments(parser):
 def run(args):
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UserError(f"--plot {args.plot}: name a .png file")
+    if args.plot:
+        check_new_file(args.plot, "--plot")  # before minutes of resampling, not after
     result = compare_runs(load_run(args.run_a), load_run(args.run_b), protocol=args.protocol, n_boot=args.n_boot,
                           n_perm=args.n_perm, seed=args.seed, common_images=args.common_images,
                           progress=not args.no_progress)

@@ -7,6 +7,8 @@ Several models of one resolution are scored from one decode of the images.
 
 
 
+from pathlib import Path
+
 from harness.commands import add_runs_argument
 from harness.commands.ctran import evaluate as evaluate_ctran
 from harness.distributed import World
@@ -16,7 +18,7 @@ from harness.eval.run import evaluate_many
 from harness.manifest import get_spec
 from harness.metrics import OUTSIDE_CI_NOTE, outside_ci
 from harness.pretrained import check_weights_file
-from harness.records import check_runs_root
+from harness.records import SETTINGS, check_runs_root
 from harness.user_paths import check_input_file, what_it_is
 
 
@@ -65,6 +67,9 @@ def check_paths(args):
             raise UserError(f"{flag} {folder}: no such folder; pass a folder")
         if kind not in ("a folder", "missing"):
             raise UserError(f"{flag} {folder} is {kind or 'a file'}, not a folder; pass a folder")
+    if args.resume not in (None, "latest", "auto") and not (Path(args.resume) / SETTINGS).is_file():
+        raise UserError(f"--resume {args.resume} is not a run folder (no {SETTINGS} in it); pass the run folder an "
+                        f"interrupted eval named, or --resume alone for the model's newest")
     check_runs_root(args.runs)
 
 

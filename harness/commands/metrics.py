@@ -2,11 +2,15 @@
 and top-3, tie counts) from saved scores and labels (.npy, images x classes), exactly as that
 paper's code computes mAP. Prints one JSON object (or a short text summary)."""
 import json
+import os
 
 from harness.ctran.metrics import compute_ctran_metrics
 from harness.errors import UserError
 from harness.metrics import Bootstrap, compute_metrics
 from harness.records.arrays import load_array
+from harness.user_paths import check_input_file
+
+MAX_CLASS_NAMES_BYTES = 1 << 20  # names of thousands of classes; /dev/zero never ends
 
 
 def add_arguments(parser):
@@ -33,10 +37,16 @@ def add_arguments(parser):
 def load_class_names(path):
     if path is None:
         return None
+    check_input_file(path, "--class-names", "pass a text file, one class name per line, or a JSON list")
+    if os.path.getsize(path) > MAX_CLASS_NAMES_BYTES:
+        raise UserError(f"--class-names {path} holds {os.path.getsize(path):,} bytes, past the limit of "
+                        f"{MAX_CLASS_NAMES_BYTES:,} for a list of class names; pass the class names file")
     try:
         text = open(path, encoding="utf-8").read()
     except OSError as e:
         raise UserError(f"cannot read class names from {path} ({e.strerror})")
+    except UnicodeDecodeError:
+        raise UserError(f"--class-names {path} is not UTF-8 text; pass one class name per line, or a JSON list")
     if text.lstrip().startswith("["):
         try:
             return [str(n) for n in json.loads(text)]
@@ -81,6 +91,8 @@ def print_metrics(metrics, fmt):
 
 
 def run(args):
+    if args.class_names is not None:  # before any array is read
+        check_input_file(args.class_names, "--class-names", "pass a text file, one class name per line, or a JSON list")
     if args.n_boot < 1:
         raise UserError("--n-boot must be at least 1 (or use --no-ci)")
     scores = load_array(args.scores, "scores")

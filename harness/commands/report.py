@@ -10,6 +10,7 @@ from harness.commands import OldSpelling
 from harness.errors import UserError
 from harness.explain.compare import compare_runs, find_run, load_run, plot_png
 from harness.manifest import load_manifest
+from harness.user_paths import what_it_is
 
 
 def add_arguments(parser):
@@ -34,6 +35,9 @@ def add_arguments(parser):
 
 
 def run(args):
+    kind = what_it_is(args.runs)
+    if kind not in ("a folder", "missing"):  # a file, a device, a symlink loop: one line, not a traceback
+        raise UserError(f"--runs {args.runs} is {kind or 'a file'}, not a runs folder; pass the folder eval wrote into")
     _render(args)
     if not any(Path(args.runs).glob("*/*/record.json")):  # after the report: an error, if any, comes alone
         print(f"harness report: {_no_runs_line(Path(args.runs))}", file=sys.stderr)

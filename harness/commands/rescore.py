@@ -11,7 +11,7 @@ from harness.errors import UserError
 from harness.eval.ranks import as_ranks_wrote, check_ranks
 from harness.metrics import Bootstrap, compute_metrics
 from harness.records import new_run_id
-from harness.records.arrays import load_array
+from harness.records.arrays import load_run_array
 
 
 def add_arguments(parser):
@@ -44,8 +44,10 @@ def run(args):
         raise UserError(f"{run_dir} is a '{record.kind}' run; only evaluation and training runs have scores "
                         "to rescore")
     files = record.files
-    scores = load_array(run_dir / files.get("scores", "scores.npy"), "scores")
-    labels = load_array(run_dir / files.get("labels", "labels.npy"), "labels")
+    scores = load_run_array(run_dir, record, "scores")
+    labels = load_run_array(run_dir, record, "labels")
+    if "image_ids" in record.files:  # not used here, but a run whose files were changed is not rescored
+        load_run_array(run_dir, record, "image_ids", mmap_mode="r")
     recorded = record.metrics
     protocol = args.protocol or record.eval.get("protocol")
     if protocol is None:
@@ -54,7 +56,7 @@ def run(args):
     extra = {}
     if protocol.startswith("ctran"):  # C-Tran's AP needs the run's known-label mask (masks.npy)
         mask_file = run_dir / files.get("masks", "masks.npy")
-        extra["mask"] = load_array(mask_file, "mask") if mask_file.exists() else None
+        extra["mask"] = load_run_array(run_dir, record, "masks") if mask_file.exists() else None
     ranks_note = None
     if args.emulate_ranks is not None:
         if extra:

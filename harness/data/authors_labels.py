@@ -23,6 +23,7 @@ from harness.errors import UserError
 from harness.files import file_digest
 from harness.manifest import ModelSpec
 from harness.metrics import compute_metrics
+from harness.records.arrays import load_array
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ def fetch_authors_labels(spec, ref_id=None, **options):
 def read_label_file(path):
     """The authors' label matrix as their loader reads it: `np.load(...) > 0`."""
     try:
-        values = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        values = load_array(path, "authors' labels", kinds="biuf")  # header and size checked before reading
+    except UserError as e:
         raise UserError(f"{path} is not a readable .npy label file ({e}); delete it and run again")
     if values.ndim != 2:
         raise UserError(f"{path} holds an array of shape {values.shape}, not images x classes; delete it and run again")

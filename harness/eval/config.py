@@ -1,8 +1,13 @@
 """What an evaluation is asked to do: one typed value built from the command line (or a test),
 passed down whole and embedded in each record as its `config` section."""
+import os
 from dataclasses import dataclass
 
 from harness.errors import UserError
+
+
+def max_workers() -> int:
+    return 4 * (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,9 @@ class EvalConfig:
             raise UserError(f"--batch-size must be at least 1 (got {self.batch_size}); leave it out for the paper's")
         if self.workers is not None and self.workers < 0:
             raise UserError(f"--workers must be 0 or more (got {self.workers}); 0 loads images in the main process")
+        if self.workers is not None and self.workers > max_workers():  # 10^5 processes never start
+            raise UserError(f"--workers {self.workers:,} is past the limit of {max_workers()} (4 per core of this "
+                            f"machine); leave it out for one per core")
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be a positive number of images")
         if not -2**63 <= self.seed < 2**64:  # torch.manual_seed's range

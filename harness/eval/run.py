@@ -654,8 +654,11 @@ def _open_run(runs_root: str | Path, model_id: str, resume: str | None, settings
     if resume:
         interrupted = records.unfinished_runs(runs_root, model_id)
         run_dir = (interrupted[-1] if interrupted else None) if resume == "latest" else Path(resume)
-        if run_dir is None or not (run_dir / SETTINGS).is_file():
+        if run_dir is None:
             raise UserError(f"nothing to resume for {model_id} under {runs_root}; run without --resume")
+        if not (run_dir / SETTINGS).is_file():
+            raise UserError(f"--resume {run_dir} is not a run folder (no {SETTINGS} in it); pass the run folder an "
+                            f"interrupted eval named, or --resume alone for {model_id}'s newest")
         held = records.hold_run(run_dir)  # before reading its state: another process may be changing it
         if records.is_finished(run_dir):
             held.close()

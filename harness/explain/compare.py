@@ -26,7 +26,7 @@ from harness import metrics
 from harness.errors import UserError
 from harness.explain.permuted_ap import PermutedAP
 from harness.records import is_finished, iter_records, read_record, run_folder
-from harness.records.arrays import load_array
+from harness.records.arrays import load_run_array
 
 VERDICTS = ("A better", "B better", "not distinguishable at 95%")
 SHOWN = 10  # classes listed at each end
@@ -40,9 +40,7 @@ def load_run(run_dir):
     record = read_record(run_dir)
     if record.kind not in ("eval", "train"):
         raise UserError(f"{run_dir} is a '{record.kind}' run: it has no scores; pass an evaluation run folder")
-    files = record.files
-    arrays = {name: load_array(run_dir / files.get(name, f"{name}.npy"), name)
-              for name in ("scores", "labels", "image_ids")}
+    arrays = {name: load_run_array(run_dir, record, name) for name in ("scores", "labels", "image_ids")}
     return {"dir": run_dir, "record": record, **arrays}
 
 

@@ -5,11 +5,15 @@ allocated, so a 1 KB file claiming 10^12 rows is one line, not an allocation of 
 import os
 import stat
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from harness.errors import UserError
+from harness.files import file_digest
+
+if TYPE_CHECKING:  # for the annotation only
+    from harness.records.schema import Record
 
 MAGIC = b"\x93NUMPY"
 FIX = "pass a .npy array saved with numpy.save"
@@ -72,6 +76,24 @@ def read_header(path: str | Path, what: str) -> tuple[tuple[int, ...], np.dtype,
         raise UserError(f"{what}: {path} is damaged: its header announces {shape} x {dtype} ({expected:,} bytes) "
                         f"but the file holds {st.st_size:,} bytes; {FIX}")
     return shape, dtype, fortran, offset
+
+
+def load_run_array(run_dir: str | Path, record: Record, key: str, *,
+                   mmap_mode: Literal["r"] | None = None) -> np.ndarray:
+    """A run folder's array `key` (scores, labels, image_ids, masks) as its record names it, checked
+    against the sha256 the record took when it wrote the file (records that keep one): a file edited
+    after the run is refused, never rescored or compared as if it were the run's."""
+    name = record.files.get(key, f"{key}.npy")
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise UserError(f"{run_dir}/record.json names its {key} file {name!r}, a path outside the run folder; "
+                        f"the record is damaged")
+    path = Path(run_dir) / name
+    array = load_array(path, key, mmap_mode=mmap_mode)
+    expected = (record.digests or {}).get(key)
+    if isinstance(expected, str) and file_digest(path) != expected:
+        raise UserError(f"{path} is not the file its run wrote (sha256 {file_digest(path)[:12]}, recorded "
+                        f"{expected[:12]}): it was changed after the run; `harness verify {run_dir}` says more")
+    return array
 
 
 def load_array(path: str | Path, what: str, *, ndim: int | None = None, shape: tuple[int, ...] | None = None,

@@ -155,8 +155,9 @@ def save_arrays(run_dir: str | Path, scores: ArrayLike, labels: ArrayLike, image
         path = Path(run_dir) / f"{key}.npy"
         if keep_equal and path.exists():
             if not np.array_equal(load_array(path, key), array, equal_nan=array.dtype.kind == "f"):
-                raise UserError(f"{path} does not match this run's data (did the annotations change?); "
-                                "start a new run")
+                cause = ("it is not the scores this run scored: it was changed" if key == "scores" else
+                         "the annotation file changed since the run started")
+                raise UserError(f"{path} does not match this run's data ({cause}); start a new run")
         else:
             write_new(path, lambda f, a=array: np.save(f, a))
         digests[key] = file_digest(path)  # the file as it lies on disk, read back once

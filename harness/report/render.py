@@ -232,9 +232,15 @@ def _csv(keys, rows):
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(keys)
     for row in rows:
-        writer.writerow([";".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v)
-                         for v in (row.get(k) for k in keys)])
+        writer.writerow([_csv_text(";".join(map(str, v))) if isinstance(v, list) else ("" if v is None else
+                         _csv_text(v)) for v in (row.get(k) for k in keys)])
     return buffer.getvalue()
+
+
+def _csv_text(value):
+    """A record's string as a spreadsheet shows it as text: one that would start a formula (=, +, -, @)
+    gets a leading apostrophe; numbers stay numbers."""
+    return f"'{value}" if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def to_csv(data):

@@ -524,7 +524,9 @@ def _resume_and_cache(run):
     the record names it (key, keyed digest of its checksums)."""
     record = run.record
     resumed = record.timings.get("resumed_from_row") or 0
-    if isinstance(resumed, int) and resumed > 0:
+    if not isinstance(resumed, int) or isinstance(resumed, bool) or resumed < 0:
+        run.add("resume", FAILED, f"the record says it resumed from row {resumed!r}, which is no row number")
+    elif resumed > 0:
         run.add(*_merged_rows(run, resumed))
     cache = record.measurement.get(CACHE_DIGEST) or record.eval.get(CACHE_DIGEST)
     from_cache = any("images from the cache" in str(n) for n in record.measurement.get("notes") or [])

@@ -88,3 +88,37 @@ def test_record_strings_are_text_in_the_markdown_report(tmp_path):
     md = report.render(report.collect(tmp_path / "runs", load_manifest(), {}, measured_root=None), "markdown")
     assert "onerror" in md  # shown, as text
     assert "<img" not in md and "](javascript" not in md and "&lt;img src=x onerror=alert(1)> \\|" in md
+
+
+def test_attention_out_that_is_a_file_is_refused_before_the_model_is_built(tmp_path, capsys, monkeypatch):
+    (tmp_path / "maps").write_text("kept")
+    monkeypatch.setattr("harness.commands.attention.load", _never)
+    assert main(["attention", "q2l-r101-448", str(tmp_path), "--weights", "random", "--out", str(tmp_path / "maps")]) == 2
+    assert "is a file, not a folder" in _one_line(capsys) and (tmp_path / "maps").read_text() == "kept"
+
+
+def test_eval_workers_past_four_per_core_is_refused_before_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("harness.eval.run.load_labels", _never)
+    assert main(["eval", "asl-tresnetm-224", "--coco-root", str(tmp_path), "--weights", "random", "--runs",
+                 str(tmp_path / "runs"), "--workers", "100000"]) == 2
+    assert "--workers 100,000 is past the limit" in _one_line(capsys)
+
+
+def test_eval_resume_of_a_file_says_it_is_no_run_folder(tmp_path, capsys, smoke_root, monkeypatch):
+    (tmp_path / "notes.txt").write_text("x")
+    monkeypatch.setattr("harness.eval.run.load_labels", _never)
+    monkeypatch_free = ["--coco-root", str(smoke_root), "--weights", "random", "--runs", str(tmp_path / "runs"),
+                        "--workers", "0", "--no-progress"]
+    assert main(["eval", "asl-tresnetm-224", *monkeypatch_free, "--resume", str(tmp_path / "notes.txt")]) == 2
+    assert "is not a run folder (no settings.json" in _one_line(capsys)
+
+
+def test_record_strings_never_start_a_formula_in_the_csv_report(tmp_path):
+    scores, labels = problem(n=40, c=5)
+    labels[:, 4] = 0  # a class without positives: its name is listed in the csv
+    run_dir = records.new_run_dir(tmp_path / "runs", "q2l-r101-448")
+    record = eval_record(run_dir, scores, labels)
+    record["metrics"]["classes_without_positives"] = ['=HYPERLINK("http://x","y")']
+    records.write_record(run_dir, record)
+    text = report.render(report.collect(tmp_path / "runs", load_manifest(), {}, measured_root=None), "csv")
+    assert "'=HYPERLINK" in text and ',=HYPERLINK' not in text and ',"=HYPERLINK' not in text

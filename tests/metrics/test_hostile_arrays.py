@@ -2,6 +2,7 @@
 one line (exit 2) naming the problem, before any work, never a traceback, a hang or an allocation of
 what a header claims."""
 import io
+import json
 import os
 import pickle
 
@@ -155,3 +156,72 @@ def test_rescore_and_compare_take_a_runs_record_json_for_its_folder(run_dir, cap
     assert main(["compare", str(run_dir / "record.json"), str(run_dir), "--n-boot", "10", "--n-perm", "10",
                  "--no-progress"]) == 0
     assert "record.json/record.json" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the hostile pass (docs/reliability.md, probes)
+
+@pytest.mark.parametrize("make", ["fifo", "device"])
+def test_class_names_from_a_fifo_or_device_are_refused_without_reading(arrays, tmp_path, capsys, make):
+    path = tmp_path / "names.txt"
+    if make == "fifo":
+        os.mkfifo(path)  # open() would wait for a writer forever
+    else:
+        path = "/dev/zero"  # read() would never end
+    assert main(["metrics", str(arrays[0]), str(arrays[1]), "--protocol", "q2l", "--no-ci",
+                 "--class-names", str(path)]) == 2
+    assert "not a file" in _one_line(capsys)
+
+
+def test_complex_labels_are_refused(tmp_path, arrays, capsys):
+    labels = _npy(tmp_path / "c.npy", arrays[2].astype(complex))
+    assert main(["metrics", str(arrays[0]), str(labels), "--protocol", "asl", "--no-ci"]) == 2
+    assert "labels must be numbers 0/1" in _one_line(capsys)
+
+
+def test_compare_plot_is_checked_before_any_resampling(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("harness.commands.compare.compare_runs", lambda *a, **k: pytest.fail("compared first"))
+    (tmp_path / "taken.png").write_bytes(b"kept")
+    for plot, words in ((tmp_path / "taken.png", "exists"), (tmp_path / "no" / "x.png", "does not exist")):
+        assert main(["compare", str(run_dir), str(run_dir), "--plot", str(plot), "--no-progress"]) == 2
+        assert words in _one_line(capsys)
+
+
+def test_rescore_and_compare_refuse_scores_edited_after_the_run(run_dir, capsys):
+    scores = np.load(run_dir / "scores.npy")
+    scores[0, 0] = 0.5
+    np.save(run_dir / "scores.npy", scores)
+    assert main(["rescore", str(run_dir), "--no-ci"]) == 2
+    assert "changed after the run" in _one_line(capsys)
+    assert main(["compare", str(run_dir), str(run_dir), "--no-progress"]) == 2
+    assert "changed after the run" in _one_line(capsys)
+    assert not list(run_dir.glob("rescore-*"))
+
+
+def test_rescore_refuses_a_run_whose_image_ids_were_replaced(run_dir, capsys):
+    np.save(run_dir / "image_ids.npy", np.zeros(10**6, np.int64))
+    assert main(["rescore", str(run_dir), "--no-ci"]) == 2
+    assert "image_ids.npy is not the file its run wrote" in _one_line(capsys)
+    assert not list(run_dir.glob("rescore-*"))
+
+
+def test_report_on_a_symlink_loop_is_one_line(tmp_path, capsys):
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    assert main(["report", "--runs", str(tmp_path / "loop"), "--format", "markdown"]) == 2
+    assert "not a runs folder" in _one_line(capsys)
+
+
+def test_verify_fails_a_resume_row_that_is_no_number(run_dir):
+    from harness.report.verify import check_run
+    record = json.loads((run_dir / "record.json").read_text())
+    record["timings"]["resumed_from_row"] = "abc"
+    (run_dir / "record.json").write_text(json.dumps(record))
+    finding = next(f for f in check_run(records.read_record(run_dir)).findings if f.check == "resume")
+    assert finding.outcome == "failed" and "'abc'" in finding.why
+
+
+def test_the_authors_label_file_goes_through_the_same_reader(tmp_path):
+    from harness.data.authors_labels import read_label_file
+    bad = tmp_path / "labels.npy"
+    bad.write_bytes(_header_claiming((10**12, 80)))
+    with pytest.raises(UserError, match="not a readable .npy label file .* announces"):
+        read_label_file(bad)
