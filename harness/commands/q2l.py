@@ -75,6 +75,9 @@ def build_config(args):
     if not (Path(args.coco_root) / "annotations").is_dir():
         raise UserError(f"--coco-root {args.coco_root}: no annotations/ folder there; pass the COCO 2014 root "
                         f"(`harness data coco --root DIR --download`, or `harness data smoke --out DIR`)")
+    if args.smoke and args.backbone_weights not in ("pretrained", "random"):  # --smoke's tiny backbone is random
+        raise UserError(f"--smoke trains a tiny backbone from random weights, so --backbone-weights "
+                        f"{args.backbone_weights} would go unused; drop one of the two")
     spec = get_spec(args.model, args.manifest)
     recipe = load_recipe(spec, weights_dir=args.weights_dir, fetch_files=not args.smoke)
     defaults = SMOKE_DEFAULTS if args.smoke else {"epochs": recipe["epochs"], "batch_size": recipe["batch_size"]}

@@ -22,7 +22,7 @@ import torch
 from harness import progress, records
 from harness.data.categories import COCO_CATEGORIES
 from harness.data.coco import labels_sha256
-from harness.distributed import World, pick_device
+from harness.distributed import World, pick_device, refuse_another_world
 from harness.errors import Interrupted, UserError
 from harness.files import write_atomically
 from harness.manifest import get_spec
@@ -124,9 +124,10 @@ def _observed(loss, split):
     return split.labels if loss == "BCE" else split.labels_obs
 
 
-def _work_dir(config, mid, data_id):
+def _work_dir(config, mid, data_id, processes=1):
     """The run's work folder: keyed by what its numbers depend on (the key of earlier versions), with
-    the whole TrainConfig in settings.json, which a resumed run must match field by field."""
+    the whole TrainConfig in settings.json, which a resumed run must match field by field, and the
+    number of torchrun processes, which it must repeat."""
     key_settings = {"model_id": mid, "data": data_id, "points": config.points, "epochs": config.epochs,
                     "seed": config.seed, "resolution": config.resolution, "random_weights": config.random_weights,
                     "max_steps": config.max_steps, "init_point": config.init_point,
@@ -142,7 +143,9 @@ def _work_dir(config, mid, data_id):
         if changed:
             raise UserError(f"{path} holds a run started with other settings ({'; '.join(changed)}); "
                             f"repeat its settings to resume it, or delete that folder")
-    write_atomically(settings_file, json.dumps({**config.as_json(), **key_settings}, indent=1) + "\n")
+        refuse_another_world(path, records.read_settings(settings_file), {"processes": processes})
+    write_atomically(settings_file, json.dumps({**config.as_json(), **key_settings, "processes": processes},
+                                               indent=1) + "\n")
     return path
 
 
@@ -212,12 +215,8 @@ def train_and_evaluate(config):
     torch.manual_seed(config.seed)  # their code seeded numpy only; torch is seeded here too, and recorded
     np.random.seed(config.seed)  # as their np.random.seed(P['seed']); training itself draws from torch only
 
-    data = load_prepared(config.data_dir)
-    _check_batch_sizes(data, config, asked)
-    prep_file = Path(config.data_dir) / "mlspl_prepare.json"
-    prep = json.loads(prep_file.read_text()) if prep_file.is_file() else {}
+    data, prep, work = world.every_rank(lambda: _prepared(config, asked, world))  # a refusal stops every rank
     mid = model_id(config.loss, config.mode)
-    work = _work_dir(config, mid, prep.get("sha256") or str(Path(config.data_dir).resolve()))
     started, t0 = records.utc_now(), time.perf_counter()
 
     baseline_mib = nvml_baseline_mib(config.device)  # before features or a model reach the GPU
@@ -229,9 +228,26 @@ def train_and_evaluate(config):
     trained = Trained(results, select(results), linear_phase, features_info, weights_info,
                       time.perf_counter() - t0, _training_measurement(measurement.result()))
     ranks = world.gather(world.describe(config.device))
-    if not world.main:
-        return None
+    # rank 0 writes; the others wait for it (a refusal there reaches them) instead of in the final barrier
+    return world.main_only(lambda: _write_run(config, data, prep, trained, work, started, ranks, world))
 
+
+def _prepared(config, asked, world):
+    """(prepared data, mlspl_prepare.json, the work folder), checked before any training."""
+    records.check_runs_root(config.runs_root)
+    if config.features_dir:
+        feature_paths(config.features_dir)  # both files there, before the work folder is made
+    data = load_prepared(config.data_dir)
+    _check_batch_sizes(data, config, asked)
+    prep_file = Path(config.data_dir) / "mlspl_prepare.json"
+    prep = json.loads(prep_file.read_text()) if prep_file.is_file() else {}
+    mid = model_id(config.loss, config.mode)
+    return data, prep, _work_dir(config, mid, prep.get("sha256") or str(Path(config.data_dir).resolve()), world.size)
+
+
+def _write_run(config, data, prep, trained, work, started, ranks, world):
+    """The run folder of a finished training: test scores, checkpoints, curves, the record."""
+    mid = model_id(config.loss, config.mode)
     run_dir = records.new_run_dir(config.runs_root, mid)
     test, n_scored = data["test"], len(trained.best.test_scores)
     labels = test.labels[:n_scored].astype(np.uint8)  # their test loader drops the last partial batch

@@ -30,8 +30,8 @@ def check_flags(epochs=None, batch_size=None, lr=None, seed=0, micro_batch=None,
             raise UserError(f"{name} must be a whole number, at least 1 (got {v})")
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise UserError(f"--lr must be a positive finite number (got {lr}); the authors' is 1e-4")
-    if seed < 0:
-        raise UserError(f"--seed must be 0 or more (got {seed})")
+    if not 0 <= seed < 2**32:  # numpy's global seed takes no other
+        raise UserError(f"--seed must be a whole number from 0 to 2**32 - 1 (got {seed})")
     if workers < 0:
         raise UserError(f"--workers must be 0 or more (got {workers})")
 

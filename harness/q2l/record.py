@@ -36,14 +36,13 @@ CONFIG_NOTE = ("config_new.json's batch_size is also what their q2l_infer.py app
 
 def finish(session, parts, progress) -> FinishedRun:
     """Score (held-out selection), then on rank 0 write the arrays and the record."""
-    sel = progress["selection"]
-    if sel["best_epoch"] < 0:
-        why = progress["stopped"] or "see the history in state.pt"
-        raise UserError(f"{session.run_dir}: no epoch gave a validation mAP above 0 ({why}); train longer or "
-                        f"with another --lr")
-    scores, rows = _test_scores(session, parts)
-    if not session.world.main:
-        return FinishedRun(session.run_dir, None)
+    scores, rows = session.world.every_rank(lambda: _test_scores(session, parts, progress))  # one line if refused
+    # rank 0 writes; the others wait for it (a refusal there reaches them) instead of in the final barrier
+    written = session.world.main_only(lambda: _write(session, parts, progress, scores, rows))
+    return written if session.world.main else FinishedRun(session.run_dir, None)
+
+
+def _write(session, parts, progress, scores, rows):
     test, test_labels = session.data.test, session.data.test_labels
     first = np.sort(np.unique(rows, return_index=True)[1])  # each image once (padding repeats dropped)
     order = np.argsort(rows[first], kind="stable")
@@ -57,11 +56,21 @@ def finish(session, parts, progress) -> FinishedRun:
     return FinishedRun(session.run_dir, record)
 
 
-def _test_scores(session, parts):
+def _test_scores(session, parts, progress):
     """(scores, rows) of val2014 by the selected model: saved (selection on test) or scored now."""
+    if progress["selection"]["best_epoch"] < 0:
+        why = progress["stopped"] or "see the history in state.pt"
+        raise UserError(f"{session.run_dir}: no epoch gave a validation mAP above 0 ({why}); train longer or "
+                        f"with another --lr")
     run_dir = Path(session.run_dir)
     if session.config.selection == "test":
-        return np.load(run_dir / run_folder.SELECTION_SCORES), np.load(run_dir / run_folder.SELECTION_ROWS)
+        if not session.world.main:  # rank 0 writes them after the last epoch, maybe while this rank reads
+            return None, None
+        try:
+            return np.load(run_dir / run_folder.SELECTION_SCORES), np.load(run_dir / run_folder.SELECTION_ROWS)
+        except (OSError, ValueError) as e:  # a file cut short or removed since the best epoch
+            raise UserError(f"{run_dir}: the best epoch's scores cannot be read ({type(e).__name__}: "
+                            f"{str(e)[:160]}); delete {run_dir} and train again") from None
     model = copy.deepcopy(parts.model)
     model.load_state_dict(load_file(str(run_dir / run_folder.BEST)))
     size = sizes(session.config.recipe, session.config.smoke)["img_size"]

@@ -69,14 +69,15 @@ def _fit(config, on_epoch, where):
     world = session.world
     settings = {**config.settings(), "n_train": int(len(session.data.train_rows)),
                 "n_select": int(len(session.data.select_rows)), "processes": world.size}
-    run_dir = run_folder.open_run(config.runs_root, config.model_id, config.resume, settings) if world.main else None
+    # rank 0 opens the folder; a refusal there (another number of processes, other settings) stops every rank
+    run_dir = world.main_only(lambda: run_folder.open_run(config.runs_root, config.model_id, config.resume, settings))
     session.run_dir = where["run_dir"] = world.broadcast(run_dir)
     parts = build_parts(session, model)
     progress = {"epoch": 0, "selection": train.Selection().__dict__, "history": [], "stopped": None,
                 "backbone": backbone_info, "started_at": utc_now(), "wall_s": 0.0, "gpu_s": 0.0,
                 "peak": {}, "skipped_steps": 0}
     if (session.run_dir / run_folder.STATE).exists():
-        progress = run_folder.load_state(session.run_dir, parts, world.rank)
+        progress = world.every_rank(lambda: run_folder.load_state(session.run_dir, parts, world.rank))
         logger.info("resuming %s after epoch %d", session.run_dir, progress["epoch"] - 1)
     else:
         seed_training_stream(config.seed, world.rank)

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from harness.distributed import refuse_another_world
 from harness.errors import UserError
 from harness.records import SETTINGS, is_finished, new_run_dir, read_settings, refuse_changed_settings, unfinished_runs
+from harness.training_state import check_epoch, read_state, restoring
 
 STATE, BEST = "state.pt", "best.safetensors"
 SELECTION_SCORES, SELECTION_ROWS = "selection_scores.npy", "selection_rows.npy"
@@ -82,15 +83,27 @@ def save_state(run_dir, parts, progress, rng_by_rank):
     tmp.replace(Path(run_dir) / STATE)  # whole or absent
 
 
+PROGRESS_KEYS = ("epoch", "selection", "history", "stopped", "wall_s", "gpu_s", "peak", "skipped_steps")
+
+
 def load_state(run_dir, parts, rank):
-    """Restore everything after the last finished epoch; returns the progress dict."""
-    saved = torch.load(Path(run_dir) / STATE, map_location="cpu", weights_only=True)
-    parts.model.load_state_dict(saved["model"])
-    parts.ema.module.load_state_dict(saved["ema"])
-    parts.optimizer.load_state_dict(saved["optimizer"])
-    parts.scheduler.load_state_dict(saved["scheduler"])
-    set_rng_states(saved["rng"][rank])
-    return json.loads(saved["progress"])
+    """Restore everything after the last finished epoch; returns the progress dict. A state.pt that is
+    damaged, needs code to unpickle, or is of another run's shape is one line naming it."""
+    path = Path(run_dir) / STATE
+    fix = f"delete {run_dir} to start over, or run without --resume for a new run"
+    saved = read_state(path, ("model", "ema", "optimizer", "scheduler", "rng", "progress"), fix)
+    with restoring(path, fix):
+        progress = json.loads(saved["progress"])
+        missing = [k for k in PROGRESS_KEYS if k not in progress]
+        if missing:
+            raise KeyError(f"its progress has no {missing[0]!r}")
+        check_epoch(path, progress["epoch"], fix)
+        parts.model.load_state_dict(saved["model"])
+        parts.ema.module.load_state_dict(saved["ema"])
+        parts.optimizer.load_state_dict(saved["optimizer"])
+        parts.scheduler.load_state_dict(saved["scheduler"])
+        set_rng_states(saved["rng"][rank])
+    return progress
 
 
 def save_weights(path, module, arch, meta):

@@ -20,6 +20,7 @@ from harness.q2l.files import pretrained_backbone
 from harness.q2l.memory import MemoryPlan
 from harness.q2l.micro_batches import BATCH_STATISTICS, check_micro_batch
 from harness.q2l.plan import plan_for_budget
+from harness.records import check_runs_root
 
 RANK_SEED_STRIDE = 7919
 
@@ -54,6 +55,9 @@ def check_world(config, world):
         raise UserError(f"--batch-size {config.batch_size} does not split evenly over {world.size} processes "
                         f"(theirs asserts the same); pass a multiple of {world.size}")
     check_micro_batch(config.recipe["backbone"], config.micro_batch, config.batch_size // world.size)
+    if config.seed + RANK_SEED_STRIDE * (world.size - 1) >= 2**32:  # numpy's seed of the last rank's stream
+        raise UserError(f"--seed {config.seed} is too large for {world.size} processes: each seeds numpy with seed + "
+                        f"{RANK_SEED_STRIDE} x rank, below 2**32; pass a smaller --seed")
 
 
 def seed_training_stream(seed, rank):
@@ -85,7 +89,12 @@ def prepare(config):
         raise UserError(f"{spec.id} is not a Query2Label model; `harness q2l train` trains q2l-* models")
     device = pick_device(config.device)
     world = World.from_env(device)
+    return world.every_rank(lambda: _prepared(config, spec, world, device))  # a refusal stops every rank
+
+
+def _prepared(config, spec, world, device):
     check_world(config, world)
+    check_runs_root(config.runs_root)
     amp_dtype(config, device)
     training_data = data.load_training_data(config, spec)
     plan, trials = memory_plan(config, world, device)

@@ -101,3 +101,17 @@ def test_a_loss_that_turns_nan_stops_instead_of_selecting_an_epoch(synth, tmp_pa
     err = _one_line(capsys)
     assert "loss became non-finite in epoch 2 (batch size 16, lr 0.001)" in err, err
     assert not (tmp_path / "runs" / "mlspl-an-linear").exists()
+
+
+def test_a_fine_tuning_resumed_on_another_number_of_processes_is_refused(tmp_path):
+    from harness.errors import UserError
+    from harness.mlspl.config import TrainConfig
+    from harness.mlspl.run import _work_dir
+
+    config = TrainConfig("AN", "fine-tuned", data_dir=tmp_path, coco_root=tmp_path, points=((8, 1e-3),), epochs=2,
+                         device="cpu", runs_root=tmp_path / "runs")
+    work = _work_dir(config, "mlspl-an-fine-tuned", "data-sha", processes=2)
+    assert _work_dir(config, "mlspl-an-fine-tuned", "data-sha", processes=2) == work
+    with pytest.raises(UserError, match=r"cannot resume .* on 3 process\(es\): it was trained on 2; start it with "
+                                        r"torchrun --nproc_per_node 2"):
+        _work_dir(config, "mlspl-an-fine-tuned", "data-sha", processes=3)
