@@ -72,18 +72,27 @@ def os_error_line(e):
     return f"{e.strerror or e}{':' + where if where else ''}"
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad flag said in one line (the problem, then where the flags are described)
+    instead of the usage block and the line; `--help` is unchanged. Subcommands inherit it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser(only=None):
     """The whole parser; with `only`, the arguments of that subcommand alone (the others are listed
     by name and help, their modules not imported: a command's module may load torch)."""
-    parser = argparse.ArgumentParser(
-        prog="harness",
+    parser = _OneLineParser(
+        prog="harness", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Reproduce published multi-label classification results and compare them with the papers.",
     )
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
     add_output_flags(parser, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # the examples keep their lines
         if only is None or name == only:
             module = importlib.import_module(f"harness.commands.{name}")  # lazy: see the docstring
             p.description = module.__doc__ or help_text

@@ -78,7 +78,7 @@ def read_header(path: str | Path, what: str) -> tuple[tuple[int, ...], np.dtype,
     return shape, dtype, fortran, offset
 
 
-def load_run_array(run_dir: str | Path, record: Record, key: str, *,
+def load_run_array(run_dir: str | Path, record: "Record", key: str, *,
                    mmap_mode: Literal["r"] | None = None) -> np.ndarray:
     """A run folder's array `key` (scores, labels, image_ids, masks) as its record names it, checked
     against the sha256 the record took when it wrote the file (records that keep one): a file edited

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.files import write_atomically
+from harness.user_paths import what_it_is
 
 MARK = "written by harness report"
 MARKS = {"markdown": f"<!-- {MARK} -->\n", "latex": f"% {MARK}\n"}
@@ -39,9 +40,12 @@ def is_report(path):
 def check_target(path):
     """A UserError unless `path` is free, or holds a report this harness wrote."""
     path = Path(path)
-    if path.is_dir():
+    kind = what_it_is(path)
+    if kind == "a folder":
         raise UserError(f"--out {path} is a folder; pass a file name such as {path / 'report.md'}")
-    if path.exists() and not is_report(path):
+    if kind not in (None, "missing"):  # a FIFO would block the read below; a device is nobody's report
+        raise UserError(f"--out {path} is {kind}, not a file; pass a new file name")
+    if kind is None and not is_report(path):
         raise UserError(f"--out {path} exists and is not a report written by `harness report` (a run record, "
                         f"scores or a file of yours?): refused, nothing was overwritten; pass a new file name")
 

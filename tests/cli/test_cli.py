@@ -70,3 +70,13 @@ def test_runs_and_out_naming_two_folders_is_refused(argv, capsys):
     assert e.value.code == 2
     assert "--runs A and --out B name two runs folders" in capsys.readouterr().err
     assert parser.parse_args([*argv, "--out", "A", "--runs", "A"]).runs == "A"  # the same folder twice is fine
+
+
+@pytest.mark.parametrize("argv", [["data", "smoke", "--out", "x", "--images", "abc"], ["frobnicate"], ["eval"],
+                                  ["mlspl", "train", "--bogus"], ["models", "--format", "xml"]])
+def test_a_bad_flag_is_one_line_naming_the_help(argv, capsys):
+    """argparse printed its usage block before the error (up to 10 lines): one line now, and where to look."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and "error: " in err and "--help`" in err

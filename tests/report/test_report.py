@@ -3,6 +3,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -166,6 +167,15 @@ def test_report_command_writes_a_file(runs, tmp_path, capsys):
     assert main(["report", "--runs", str(root), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["models"]
     assert main(["report", "--tables", str(tmp_path / "nope")]) == 2
+
+
+def test_report_out_that_is_a_fifo_is_one_line_and_never_opened(runs, tmp_path, capsys):
+    """A FIFO named by --out was opened to see whether it held a report: the command hung forever."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main(["report", "--runs", str(runs[0]), "--out", str(fifo)]) == 2  # hangs without the check
+    err = capsys.readouterr().err
+    assert "is a FIFO (named pipe), not a file" in err and len(err.splitlines()) == 1
 
 
 def test_report_does_not_import_torch():
