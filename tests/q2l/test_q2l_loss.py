@@ -1,11 +1,14 @@
 """The asymmetric loss against their AsymmetricLossOptimized (fixture: tests/fixtures/q2l_authors/loss.npz,
 made by make_fixtures.py, which also asserted bit-equality on the machine that made it).
 
-Bits hold wherever ATen runs its vectorised kernels (AVX2 or AVX512: the fixture's, measured equal at
-1 and 2 threads, MKL_CBWR unset / COMPATIBLE / AVX2). With ATEN_CPU_CAPABILITY=default, ATen's
-scalar sigmoid and log round differently; measured there (1 and 2 threads) against the fixture:
-float64 logits: loss equal, gradient within 4.4e-16 (bound 1e-15); float32 logits: loss within
-5.1e-9 relative (bound 1e-8), gradient within 4.8e-7 absolute (bound 1e-6, |gradient| <= 1.8).
+The fixture's bits are those of the CPU that made it (AMD EPYC): there, ATen's vectorised kernels (AVX2,
+AVX512) gave them exactly. Another CPU's sigmoid and log can round otherwise: on an Intel Xeon under
+AVX2 / AVX512 the float32 loss moved by 2.1e-9 relative and its gradient by 1.2e-7, the float64 gradient
+by 1.1e-19 (their code and the harness still equal bit for bit on that machine, run side by side). With
+ATEN_CPU_CAPABILITY=default the scalar kernels round differently again: float64 logits: loss equal,
+gradient within 4.4e-16; float32 logits: loss within 7.2e-9 relative, gradient within 4.8e-7 absolute
+(|gradient| <= 1.8). So the test compares within bounds on every CPU: float64 loss 1e-15 relative and
+gradient 1e-15, float32 loss 1e-8 relative and gradient 1e-6.
 """
 import doctest
 
@@ -19,15 +22,12 @@ from harness.q2l.loss import asymmetric_loss
 
 THEIRS = np.load(Q2L_FIXTURES / "loss.npz")
 CASES = sorted({key.rsplit("/", 1)[0] for key in THEIRS.files if key.endswith("/logits")})
-VECTORISED = torch.backends.cpu.get_cpu_capability() != "DEFAULT"
 
 
 def assert_theirs(loss, grad, their_loss, their_grad):
-    """Bits under vectorised kernels; the measured bound under scalar ones (see the module's docstring)."""
-    if VECTORISED:
-        assert loss == their_loss and torch.equal(grad, their_grad)
-    elif grad.dtype == torch.float64:
-        assert loss == their_loss
+    """Within the bounds measured over CPUs and ATen kernels (see the module's docstring)."""
+    if grad.dtype == torch.float64:
+        assert loss == pytest.approx(their_loss, rel=1e-15, abs=0)
         torch.testing.assert_close(grad, their_grad, rtol=0, atol=1e-15)
     else:
         assert loss == pytest.approx(their_loss, rel=1e-8, abs=0)
