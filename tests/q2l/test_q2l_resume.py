@@ -5,14 +5,19 @@ interpreter's), so the resumed run knows only what the killed one left on disk."
 import json
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import forked_cli
 import numpy as np
+import pytest
 import torch
-from q2l_train_helpers import tiny_coco
+from q2l_train_helpers import smoke_config, tiny_coco
 
 import harness.commands.q2l  # noqa: F401  (imported once here, not again in each forked run)
+from harness.errors import Interrupted
+from harness.q2l import train
+from harness.q2l.run import fit
 
 EPOCHS = "2"
 
@@ -66,3 +71,35 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     ha, hb = (json.loads((d / "record.json").read_text())["train"]["history"] for d in (whole, cut))
     assert [{k: h[k] for k in figures} for h in ha] == [{k: h[k] for k in figures} for h in hb]
     assert np.array_equal(np.load(whole / "scores.npy"), np.load(cut / "scores.npy"))
+
+
+def test_resume_after_an_interruption_inside_an_epoch_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    """Ctrl-C after the first of two steps of the second epoch (that step's update is lost with the process's
+    memory), resumed with 2 loader workers and their augmentation: the same bits as one uninterrupted run."""
+    coco = tiny_coco(tmp_path / "coco", n_train=16)
+    config = smoke_config(coco, tmp_path / "whole", augment="authors")
+    whole = fit(config)
+    real = train.train_epoch
+
+    def interrupted(parts, loader, epoch, on_batch=None):
+        def stop(_images):
+            if epoch == 1:
+                raise KeyboardInterrupt
+        return real(parts, loader, epoch, stop)
+
+    monkeypatch.setattr(train, "train_epoch", interrupted)
+    cut = replace(config, runs_root=str(tmp_path / "cut"))
+    with pytest.raises(Interrupted):
+        fit(cut)
+    monkeypatch.setattr(train, "train_epoch", real)
+    (run_dir,) = (tmp_path / "cut" / "q2l-r101-448").iterdir()
+    resumed = fit(replace(cut, resume=str(run_dir), workers=2))
+    a, b = (torch.load(r.run_dir / "state.pt", weights_only=True) for r in (whole, resumed))
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    for i, state in a["optimizer"]["state"].items():
+        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][i][k]))
+                   for k, v in state.items())
+    assert json.loads(a["progress"])["history"] == [
+        {**h, "wall_s": w["wall_s"], "images_per_s": w["images_per_s"]}
+        for h, w in zip(json.loads(b["progress"])["history"], json.loads(a["progress"])["history"], strict=True)]
