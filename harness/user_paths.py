@@ -51,3 +51,15 @@ def check_new_file(path, flag):
         raise UserError(f"{flag} {path}: {folder} is {kind or 'a file'}, not a folder; pass another path")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {folder} is not writable; pass a path you can write to")
+
+
+def check_output_folder(path, flag):
+    """`path` (given with `flag`) is a folder or can be made one: not a file, no part of it a file."""
+    kind = what_it_is(path)
+    if kind not in ("a folder", "missing"):
+        raise UserError(f"{flag} {path} is {kind or 'a file'}, not a folder; pass a folder to write into")
+    parent = Path(path).parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if what_it_is(parent) != "a folder":
+        raise UserError(f"{flag} {path}: {parent} is {what_it_is(parent) or 'a file'}, not a folder; pass another path")

@@ -14,6 +14,7 @@ from harness.eval.config import EvalConfig
 from harness.eval.reproduce import reproduce_q2l
 from harness.mlspl.reproduce import every_model_id, reproduce_mlspl
 from harness.report import write_all
+from harness.user_paths import check_output_folder
 
 
 def add_arguments(parser):
@@ -51,6 +52,7 @@ def run(args):
 
 
 def _reproduce(args):
+    check_output_folder(args.report_dir, "--report-dir")  # before hours of evaluation, not after
     if args.family == "q2l":
         config = EvalConfig(coco_root=args.coco_root, weights_dir=args.weights_dir, batch_size=args.batch_size,
                             amp=args.amp, device=args.device, tf32=args.tf32, limit=args.limit, runs_root=args.runs,

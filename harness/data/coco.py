@@ -23,6 +23,7 @@ from harness.data.images import decode_problem
 from harness.errors import UserError
 from harness.files import file_digest
 from harness.progress import bar as progress_bar
+from harness.user_paths import what_it_is
 
 SPLIT_SIZES = {"val2014": (40504, 40137), "train2014": (82783, 82081)}  # (all, annotated)
 
@@ -115,6 +116,10 @@ def _load_coco(ann_file):
 def load_labels(root, split="val2014", image_set="all"):
     """Read `<root>/annotations/instances_<split>.json` into a CocoLabels."""
     ann_file = annotation_path(root, split)
+    kind = what_it_is(root)
+    if kind not in ("a folder", "missing"):
+        raise UserError(f"COCO root {root} is {kind or 'a file'}, not a folder; pass the folder holding "
+                        f"annotations/ and {split}/")
     if not ann_file.is_file():
         raise UserError(
             f"COCO annotations not found: {ann_file}; get them with "

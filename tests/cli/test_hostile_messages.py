@@ -122,3 +122,22 @@ def test_record_strings_never_start_a_formula_in_the_csv_report(tmp_path):
     records.write_record(run_dir, record)
     text = report.render(report.collect(tmp_path / "runs", load_manifest(), {}, measured_root=None), "csv")
     assert "'=HYPERLINK" in text and ',=HYPERLINK' not in text and ',"=HYPERLINK' not in text
+
+
+@pytest.mark.parametrize("under", ["", "x/y"])
+def test_reproduce_checks_its_report_folder_before_any_model(tmp_path, capsys, monkeypatch, under):
+    """--report-dir naming a file was found only after every model ran, and called --out."""
+    monkeypatch.setattr("harness.commands.reproduce.reproduce_q2l", _never)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    report_dir = a_file / under if under else a_file
+    assert main(["reproduce", "q2l", "--coco-root", str(tmp_path), "--runs", str(tmp_path / "runs"),
+                 "--report-dir", str(report_dir)]) == 2
+    assert "--report-dir" in _one_line(capsys) and a_file.read_text() == "mine"
+
+
+def test_a_coco_root_that_is_a_file_is_named_so(tmp_path, capsys):
+    a_file = tmp_path / "coco"
+    a_file.write_text("")
+    assert main(["data", "coco", "--root", str(a_file)]) == 2
+    assert "COCO root" in (line := _one_line(capsys)) and "is a file, not a folder" in line
