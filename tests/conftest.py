@@ -141,3 +141,20 @@ def pytest_collection_finish(session):
 
 def pytest_sessionfinish(session):
     gc.unfreeze()  # collectable again at exit (extension types warn of instances still alive)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def resnet50_built_once_per_starting_state():
+    """resnet50(weights=None) as the harness calls it, each starting state built once (resnet_cache.py)."""
+    import torchvision
+    from resnet_cache import cached
+
+    import harness.mlspl.train
+    import harness.models.mlspl
+
+    patch = pytest.MonkeyPatch()
+    resnet50 = cached(torchvision.models.resnet50)
+    for module in (torchvision.models, harness.mlspl.train, harness.models.mlspl):
+        patch.setattr(module, "resnet50", resnet50)
+    yield
+    patch.undo()
