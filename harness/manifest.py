@@ -343,7 +343,20 @@ def load_manifest(path=None):
     """Return {model id: ModelSpec} in file order; raise UserError naming any bad entry."""
     path, data = read_manifest_data(path)
     references = _parse_references(path, data.get("reference_files") or {})
-    return {mid: _parse_entry(path, mid, entry, references) for mid, entry in data["models"].items()}
+    specs = {mid: _parse_entry(path, mid, entry, references) for mid, entry in data["models"].items()}
+    _check_names_unambiguous(path, specs)
+    return specs
+
+
+def _check_names_unambiguous(path, specs):
+    """A model is found by its id or its release folder, ignoring case: no two entries may answer to one name."""
+    named = {}
+    for mid, spec in specs.items():
+        for name in {mid.lower(), str(spec.arch.get("release_folder") or "").lower()} - {""}:
+            other = named.setdefault(name, mid)
+            if other != mid:
+                raise UserError(f"{path}: entries '{other}' and '{mid}' both answer to the name '{name}' (ids and "
+                                f"release folders are matched ignoring case); rename one")
 
 
 def _parse_references(path, data):
@@ -374,7 +387,10 @@ def resolve_id(name, specs):
     """The manifest id that `name` means: itself, or an id or release folder equal to it ignoring case."""
     if name in specs:
         return name
+    if not name:
+        return None
     for mid, spec in specs.items():
-        if name.lower() in (mid.lower(), str(spec.arch.get("release_folder", "")).lower()):
+        folder = str(spec.arch.get("release_folder") or "")
+        if name.lower() == mid.lower() or (folder and name.lower() == folder.lower()):
             return mid
     return None

@@ -89,6 +89,8 @@ def release_files(spec, path=None, config=None, *, weights_dir=None, cache_dir=N
 def _not_a_file(path):
     """What `path` is instead of a checkpoint file."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return "is a link to nothing (a missing target, or a loop of links)"
     if path.is_dir():
         return (f"is a folder; pass the checkpoint file in it (--weights {path / 'checkpoint.pkl'}), or the folder "
                 f"of hand-placed releases with --weights-dir {path}")
