@@ -349,14 +349,13 @@ def load_manifest(path=None):
 
 
 def _check_names_unambiguous(path, specs):
-    """A model is found by its id or its release folder, ignoring case: no two entries may answer to one name."""
+    """A model is found by its id ignoring case: no two ids may differ only in case."""
     named = {}
-    for mid, spec in specs.items():
-        for name in {mid.lower(), str(spec.arch.get("release_folder") or "").lower()} - {""}:
-            other = named.setdefault(name, mid)
-            if other != mid:
-                raise UserError(f"{path}: entries '{other}' and '{mid}' both answer to the name '{name}' (ids and "
-                                f"release folders are matched ignoring case); rename one")
+    for mid in specs:
+        other = named.setdefault(mid.lower(), mid)
+        if other != mid:
+            raise UserError(f"{path}: entries '{other}' and '{mid}' both answer to the name '{mid.lower()}' (ids are "
+                            f"matched ignoring case); rename one")
 
 
 def _parse_references(path, data):

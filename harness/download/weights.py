@@ -103,9 +103,8 @@ def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline
     wfile = spec.files[role]
     lock_file = lock_file_for(spec.manifest_path)  # beside the manifest the entry came from
     looked = []
-    if weights_dir and not Path(weights_dir).expanduser().is_dir():
-        what = "is a file" if Path(weights_dir).expanduser().exists() else "does not exist"
-        raise UserError(f"--weights-dir {weights_dir} {what}; pass the folder holding the hand-placed files "
+    if weights_dir and Path(weights_dir).expanduser().exists() and not Path(weights_dir).expanduser().is_dir():
+        raise UserError(f"--weights-dir {weights_dir} is a file; pass the folder holding the hand-placed files "
                         f"(<folder>/{spec.id}/{wfile.filename}), or leave --weights-dir out")
     if weights_dir:
         found = _hand_placed(spec, role, weights_dir, _Expected(spec, role, lock_file), looked, quiet, lock)
