@@ -1,7 +1,7 @@
 """The keywords each architecture's builder takes, as a manifest's `arch` may give them: checked when
 the manifest is read, before any model is built (a misspelt `img_sise` would otherwise reach the
 builder as a TypeError, a `num_classes: 3` would score 80 labels with 3 outputs, a huge `img_size`
-would try to allocate it). The builders live in harness.models; tests/models/test_architectures.py
+would try to allocate it). The builders live in harness.models; tests/download/test_manifest_checks.py
 checks this table against their signatures."""
 import math
 
