@@ -1,16 +1,14 @@
 """The keywords each architecture's builder takes, as a manifest's `arch` may give them: checked when
 the manifest is read, before any model is built (a misspelt `img_sise` would otherwise reach the
 builder as a TypeError, a `num_classes: 3` would score 80 labels with 3 outputs, a huge `img_size`
-would try to allocate it). The builders live in harness.models; tests/models/test_architectures.py
+would try to allocate it). The builders live in harness.models; tests/download/test_manifest_checks.py
 checks this table against their signatures."""
 import math
 
 from harness.data.categories import COCO_CATEGORIES
 
 NUM_CLASSES = len(COCO_CATEGORIES)  # every protocol scores the 80 COCO 2014 categories
-# 16: a backbone still leaves a feature map (the tests run tiny models at 24); 2048: 3.2x the largest paper
-# resolution (640), where one image alone costs gigabytes of activations
-MIN_RESOLUTION, MAX_RESOLUTION = 16, 2048
+MIN_RESOLUTION, MAX_RESOLUTION = 32, 2048  # one stride-32 cell; 3.2x the largest paper resolution (640)
 
 
 def _count(low, high):

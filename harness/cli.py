@@ -5,6 +5,7 @@ import importlib
 import logging
 import os
 import re
+import select
 import shlex
 import sys
 
@@ -173,6 +174,8 @@ def main(argv=None):
             print(f"harness {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a path, permission, full disk or network problem: the user's to fix, not a bug
+        if isinstance(e, BrokenPipeError) and _stdout_closed():  # `harness models | head`: the reader stopped
+            return 141  # as a shell reports a program that SIGPIPE ended; no error line, nothing went wrong here
         finished = getattr(e, "on_every_rank", False)
         if not getattr(e, "shown_elsewhere", False):
             print(f"harness {args.command}: error: {os_error_line(e)}", file=sys.stderr)
@@ -187,6 +190,20 @@ def main(argv=None):
             from harness.distributed import leave_process_group  # lazy: it loads torch, which --help must not
 
             leave_process_group(finished)
+
+
+def _stdout_closed():
+    """Whether stdout is a pipe whose reader has gone (`| head` that closed); stdout then points at
+    devnull, so the interpreter's last flush does not fail again. A network's broken pipe is not this."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, ValueError, OSError):  # no poll (Windows), or stdout is not a file
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return closed
 
 
 def _say_how_to_continue(interrupted, argv):

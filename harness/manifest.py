@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from harness import environment_variables
-from harness.architectures import MAX_RESOLUTION, MIN_RESOLUTION, arch_problems, keywords
+from harness.architectures import MAX_RESOLUTION, arch_problems, keywords
 from harness.errors import UserError
 from harness.yaml_files import read_yaml as read_yaml  # re-exported: callers and tests read YAML through it
 from harness.yaml_files import read_yaml_file
@@ -248,9 +248,9 @@ def _parse_entry(path, model_id, data, references=None):
         f.fail("files.checkpoint", "is missing (a released model needs its checkpoint file)")
     ev = f.get(data, "eval", dict)
     f.unknown_keys(ev, EVAL_KEYS, prefix="eval.")
+    # at least one pixel here (tests' tiny networks run at 24); a known architecture's img_size, which
+    # must equal it, is at least MIN_RESOLUTION (harness.architectures)
     resolution = f.get(ev, "resolution", int, prefix="eval.", high=MAX_RESOLUTION)
-    if resolution < MIN_RESOLUTION:
-        f.fail("eval.resolution", f"must be at least {MIN_RESOLUTION} (got {resolution})")
     _parse_arch(f, arch, resolution)
     spec = EvalSpec(
         resolution=resolution,
@@ -343,7 +343,19 @@ def load_manifest(path=None):
     """Return {model id: ModelSpec} in file order; raise UserError naming any bad entry."""
     path, data = read_manifest_data(path)
     references = _parse_references(path, data.get("reference_files") or {})
-    return {mid: _parse_entry(path, mid, entry, references) for mid, entry in data["models"].items()}
+    specs = {mid: _parse_entry(path, mid, entry, references) for mid, entry in data["models"].items()}
+    _check_names_unambiguous(path, specs)
+    return specs
+
+
+def _check_names_unambiguous(path, specs):
+    """A model is found by its id ignoring case: no two ids may differ only in case."""
+    named = {}
+    for mid in specs:
+        other = named.setdefault(mid.lower(), mid)
+        if other != mid:
+            raise UserError(f"{path}: entries '{other}' and '{mid}' both answer to the name '{mid.lower()}' (ids are "
+                            f"matched ignoring case); rename one")
 
 
 def _parse_references(path, data):
@@ -374,7 +386,10 @@ def resolve_id(name, specs):
     """The manifest id that `name` means: itself, or an id or release folder equal to it ignoring case."""
     if name in specs:
         return name
+    if not name:
+        return None
     for mid, spec in specs.items():
-        if name.lower() in (mid.lower(), str(spec.arch.get("release_folder", "")).lower()):
+        folder = str(spec.arch.get("release_folder") or "")
+        if name.lower() == mid.lower() or (folder and name.lower() == folder.lower()):
             return mid
     return None

@@ -1,6 +1,7 @@
 """The paths a user names on the command line, checked before any work: one line saying what the path
 really is (missing, a folder, a FIFO or device, a symlink loop, unreadable) and what to pass instead.
 A FIFO is never opened: opening it blocks until a writer comes."""
+import errno
 import os
 import stat
 from pathlib import Path
@@ -18,7 +19,7 @@ def what_it_is(path):
     except FileNotFoundError:
         return "missing" if not os.path.lexists(path) else "a symlink to nothing"
     except OSError as e:  # a symlink loop, a part of the path that is a file, a name too long
-        return f"unreadable ({e.strerror})"
+        return "a loop of symbolic links" if e.errno == errno.ELOOP else f"unreadable ({e.strerror})"
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISDIR(mode):

@@ -103,6 +103,9 @@ def fetch(spec, role, *, cache_dir=None, weights_dir=None, verify=False, offline
     wfile = spec.files[role]
     lock_file = lock_file_for(spec.manifest_path)  # beside the manifest the entry came from
     looked = []
+    if weights_dir and Path(weights_dir).expanduser().exists() and not Path(weights_dir).expanduser().is_dir():
+        raise UserError(f"--weights-dir {weights_dir} is a file; pass the folder holding the hand-placed files "
+                        f"(<folder>/{spec.id}/{wfile.filename}), or leave --weights-dir out")
     if weights_dir:
         found = _hand_placed(spec, role, weights_dir, _Expected(spec, role, lock_file), looked, quiet, lock)
         if found:
@@ -152,6 +155,9 @@ def _hand_placed(spec, role, weights_dir, expected, looked, quiet, lock):
     for i, path in enumerate(candidates):
         looked.append(path)
         if not path.is_file():
+            if os.path.lexists(path):  # said, not skipped in silence: the user put something there
+                logger.warning(f"warning: ignoring {path}: it is {'a folder' if path.is_dir() else 'not a regular file'}"
+                               f"; put the {role} file itself there")
             continue
         bare = i == len(candidates) - 1
         if bare and expected.sha256 is None:
