@@ -28,6 +28,7 @@ from harness.mlspl.prepare import file_sha256
 from harness.models.mlspl import FEATURE_DIM, MLSPLResNet50
 from harness.progress import bar as progress_bar
 from harness.progress import bars_enabled
+from harness.records.arrays import load_array
 from harness.records.partial_rows import open_rows, rows_done, save_progress
 
 ZENODO_RECORD = "10162606"
@@ -176,7 +177,7 @@ def extract_features(data_dir, coco_root, out_dir, config=None, progress=True):
         final = out / name
         if final.is_file():
             continue
-        images = np.load(Path(data_dir) / f"formatted_{split}_images.npy")
+        images = load_array(Path(data_dir) / f"formatted_{split}_images.npy", f"{split} image names", ndim=1)
         partial, progress_file = out / (name[:-4] + ".partial.npy"), out / (name[:-4] + ".progress.json")
         done = rows_done(progress_file, partial, most=len(images))
         feats = open_rows(partial, (len(images), FEATURE_DIM), fresh=not done)
@@ -203,7 +204,7 @@ def compare_features(ours_dir, theirs_dir, sample=1000, seed=0):
     ours, theirs = feature_paths(ours_dir), feature_paths(theirs_dir)
     result = {}
     for split in FEATURE_FILES:
-        a, b = np.load(ours[split], mmap_mode="r"), np.load(theirs[split], mmap_mode="r")
+        a, b = (load_array(p, f"{split} features", ndim=2, kinds="f", mmap_mode="r") for p in (ours[split], theirs[split]))
         if a.shape != b.shape:
             raise UserError(f"{split}: our features are {a.shape}, theirs {b.shape}; "
                             f"both must come from the same prepared data")

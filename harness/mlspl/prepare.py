@@ -18,6 +18,7 @@ from harness.data.coco import SPLIT_SIZES
 from harness.data.smoke import is_smoke_root
 from harness.errors import UserError
 from harness.files import file_digest as file_sha256
+from harness.records.arrays import load_array
 
 SEED = 1200  # their seed for the single positives and for the split
 VAL_FRAC = 0.2
@@ -126,7 +127,7 @@ def _write_new(out, arrays, meta):
     for name, array in arrays.items():
         path = out / name
         if path.exists():
-            old = np.load(path)
+            old = load_array(path, "prepared labels")
             if old.dtype != array.dtype or not np.array_equal(old, array):
                 raise UserError(f"{path} exists and differs from this preparation; choose an empty --out directory")
             continue
@@ -158,7 +159,7 @@ def load_prepared(data_dir):
     missing = [name for name in FILES if not (data / name).is_file()]
     if missing:
         raise UserError(f"{data}: missing {', '.join(missing)}; run `harness mlspl prepare --coco-root DIR --out {data}`")
-    src = {name[len("formatted_"):-len(".npy")]: np.load(data / name) for name in FILES}
+    src = {name[len("formatted_"):-len(".npy")]: load_array(data / name, name) for name in FILES}
     train_rows, val_rows = split_train_val(len(src["train_images"]))
     # Their ss_frac_{train,val} = 1.0 subsampling keeps every row in order: nothing to do.
     splits = {"train": ("train", train_rows), "val": ("train", val_rows),

@@ -46,6 +46,7 @@ from harness.mlspl.train import (
     train_linear_group,
 )
 from harness.models import build_from_arch
+from harness.records.arrays import load_array
 from harness.records.curves import copy_curves
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ def select(results):
 
 
 def _load_features(features_dir, data):
-    arrays = {split: np.load(path, mmap_mode="r") for split, path in feature_paths(features_dir).items()}
+    arrays = {split: load_array(path, f"{split} features", ndim=2, kinds="f", mmap_mode="r")
+              for split, path in feature_paths(features_dir).items()}
     out = {}
     for name, split in data.items():
         feats = arrays[split.source]

@@ -22,6 +22,7 @@ from harness.q2l import data, run_folder, train
 from harness.q2l.backbones import sizes
 from harness.q2l.config import AUGMENTS, SELECTIONS
 from harness.records import FinishedRun, Record, config_section, environment, model_section, save_arrays, utc_now, write_record
+from harness.records.arrays import load_array
 
 NOTES = ["their main_mlc.py is unseeded and uses cudnn.benchmark: here every random state is seeded and "
          "saved, so a run repeats bit for bit on CPU",
@@ -67,8 +68,9 @@ def _test_scores(session, parts, progress):
         if not session.world.main:  # rank 0 writes them after the last epoch, maybe while this rank reads
             return None, None
         try:
-            return np.load(run_dir / run_folder.SELECTION_SCORES), np.load(run_dir / run_folder.SELECTION_ROWS)
-        except (OSError, ValueError) as e:  # a file cut short or removed since the best epoch
+            return (load_array(run_dir / run_folder.SELECTION_SCORES, "selection scores", ndim=2, kinds="f"),
+                    load_array(run_dir / run_folder.SELECTION_ROWS, "selection rows", ndim=1, kinds="iu"))
+        except (OSError, ValueError, UserError) as e:  # a file cut short or removed since the best epoch
             raise UserError(f"{run_dir}: the best epoch's scores cannot be read ({type(e).__name__}: "
                             f"{str(e)[:160]}); delete {run_dir} and train again") from None
     model = copy.deepcopy(parts.model)

@@ -86,6 +86,26 @@ def test_features_holding_a_nan_are_refused_naming_the_file_and_row(synth, tmp_p
     assert not (tmp_path / "runs" / "mlspl-an-linear").exists()  # no record, no test mAP
 
 
+@pytest.mark.parametrize("damage", ["pickle", "text", "cut"])
+def test_features_that_are_not_an_array_are_one_line_and_never_unpickled(synth, tmp_path, capsys, damage):
+    """np.load read the feature files as they came: a text file was a traceback, a truncated one too."""
+    base, feats = synth
+    bad = tmp_path / "feats"
+    bad.mkdir()
+    for name in FEATURE_FILES.values():
+        np.save(bad / name, np.load(feats / name))
+    target = bad / FEATURE_FILES["train"]
+    if damage == "pickle":
+        np.save(target, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif damage == "text":
+        target.write_text("not features")
+    else:
+        target.write_bytes(target.read_bytes()[:-100])
+    capsys.readouterr()
+    assert _train(base, bad, tmp_path / "runs") == 2
+    assert str(target) in _one_line(capsys)
+
+
 def test_a_loss_that_turns_nan_stops_instead_of_selecting_an_epoch(synth, tmp_path, capsys, monkeypatch):
     base, feats = synth
     real, calls = mlspl_train.compute_loss, []
