@@ -212,7 +212,8 @@ def _say_how_to_continue(interrupted, argv):
     if interrupted.resume is None:
         return
     command = continue_command(argv, interrupted.resume, interrupted.drop)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the launcher's own flags are not ours to repeat
+    size = os.environ.get("WORLD_SIZE", "1").strip()  # checked at start; never a traceback while stopping
+    if size.isdigit() and int(size) > 1:  # the launcher's own flags are not ours to repeat
         print(f"continue with your torchrun command, the same processes, ending in: {command.removeprefix('harness ')}",
               file=sys.stderr)
     else:
