@@ -1,17 +1,15 @@
 """torchrun with 2 CPU processes (gloo): the same scores as one process, bit for bit; a failing
 rank fails the run with one line; the run resumes per rank."""
 import json
-import multiprocessing
 import os
 import signal
-import socket
-import sys
 from types import SimpleNamespace
 
 import conftest
 import numpy as np
 import pytest
 import torch
+from forked_ranks import run_ranks
 from tiny_models import write_manifest
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -84,35 +82,9 @@ def _torchrun(tmp_path, manifest, smoke_root, *args):
 
 
 def _forked_ranks(tmp_path, manifest, smoke_root, *args, world=2):
-    """The same CLI on `world` ranks forked from this process, each given the environment torchrun
-    gives its workers (all the harness reads of it): a launch without starting torchrun and loading
-    torch again. Returns the ranks' exit codes (99: the command left its process group joined)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = _eval_argv(tmp_path, manifest, smoke_root, *args)
-
-    def rank_main(rank):
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 for the torchrun workers above
-        code = main(argv)
-        if torch.distributed.is_initialized():  # a gloo group alive at exit can abort the process
-            code = 99
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-    context = multiprocessing.get_context("fork")
-    ranks = [context.Process(target=rank_main, args=(rank,)) for rank in range(world)]
-    for process in ranks:
-        process.start()
-    for process in ranks:
-        process.join(120)
-    for process in ranks:
-        if process.exitcode is None:
-            process.kill()
-    return [process.exitcode for process in ranks]
+    """The same CLI on `world` ranks forked from this process (forked_ranks.py): each rank's exit code
+    (99: the command left its process group joined)."""
+    return run_ranks(_eval_argv(tmp_path, manifest, smoke_root, *args), world=world)
 
 
 def _assert_as_one_process(tmp_path, manifest, smoke_root, mid, rows):
