@@ -9,8 +9,9 @@ import select
 import shlex
 import sys
 
-from harness import __version__, environment_variables, progress
+from harness import __version__, progress
 from harness.errors import Interrupted, UserError
+from harness.inputs import environment
 
 # Subcommand name -> module in harness.commands exposing add_arguments(parser) and run(args).
 COMMANDS = {
@@ -164,7 +165,7 @@ def main(argv=None):
         return 2
     finished = False
     try:
-        environment_variables.check_all()  # every HARNESS_* variable, whether or not this command reads it
+        environment.check_all()  # every HARNESS_* variable, whether or not this command reads it
         code = args._run(args) or 0
         finished = True
         return code

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from harness import environment_variables
 from harness.architectures import MAX_RESOLUTION, arch_problems, keywords
 from harness.errors import UserError
-from harness.yaml_files import read_yaml as read_yaml  # re-exported: callers and tests read YAML through it
-from harness.yaml_files import read_yaml_file
+from harness.inputs import environment
+from harness.inputs.yaml_files import read_yaml as read_yaml  # re-exported: callers and tests read YAML through it
+from harness.inputs.yaml_files import read_yaml_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The package's data: in a checkout, links to the repository's copies (resolved, so the lock file
@@ -313,7 +313,7 @@ MANIFEST_FIX = "pass --manifest FILE (or set HARNESS_MANIFEST) naming a weights_
 def default_manifest():
     """$HARNESS_MANIFEST, else the weights_manifest.yaml of the folder the command runs in (a clone's
     own, so its lock file lands beside it), else the one this package was installed from."""
-    named = environment_variables.manifest()
+    named = environment.manifest()
     if named:
         return named
     here = Path.cwd() / DEFAULT_MANIFEST.name

@@ -24,9 +24,9 @@ from harness.download.lock import lock_entry
 from harness.download.settings import harness_home, lock_file_for
 from harness.download.weights import lock_verified
 from harness.errors import UserError
+from harness.inputs.paths import check_input_file
 from harness.models import build_from_arch
 from harness.models.q2l import SIZES_FROM_CHECKPOINT, checkpoint_sizes
-from harness.user_paths import check_input_file
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 from harness.cli import configure_logging
 from harness.data.smoke import make_smoke
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import read_yaml
-from harness.yaml_files import dump_yaml
 
 
 @pytest.fixture(autouse=True)

@@ -22,9 +22,9 @@ from harness.explain.attention import (
     scores_and_maps,
 )
 from harness.explain.predict import CLASS_NAMES, RANDOM_NOTE, image_paths, predicted
+from harness.inputs.paths import what_it_is
 from harness.manifest import get_spec
 from harness.records import write_new
-from harness.user_paths import what_it_is
 
 
 def add_arguments(parser):

@@ -6,8 +6,8 @@ import sys
 
 from harness.errors import UserError
 from harness.explain.compare import compare_runs, load_run, plot_png, to_text
+from harness.inputs.paths import check_new_file
 from harness.records import write_new
-from harness.user_paths import check_new_file
 
 
 def add_arguments(parser):

@@ -15,11 +15,11 @@ from harness.distributed import World
 from harness.errors import UserError
 from harness.eval.config import EvalConfig
 from harness.eval.run import evaluate_many
+from harness.inputs.paths import check_input_file, what_it_is
 from harness.manifest import get_spec
 from harness.metrics import OUTSIDE_CI_NOTE, outside_ci
 from harness.pretrained import check_weights_file
 from harness.records import SETTINGS, check_runs_root
-from harness.user_paths import check_input_file, what_it_is
 
 
 def add_arguments(parser):

@@ -6,9 +6,9 @@ import os
 
 from harness.ctran.metrics import compute_ctran_metrics
 from harness.errors import UserError
+from harness.inputs.paths import check_input_file
 from harness.metrics import Bootstrap, compute_metrics
 from harness.records.arrays import load_array
-from harness.user_paths import check_input_file
 
 MAX_CLASS_NAMES_BYTES = 1 << 20  # names of thousands of classes; /dev/zero never ends
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.explain.predict import image_paths, load_model, render, score_images
+from harness.inputs.paths import check_input_file, check_new_file
 from harness.manifest import get_spec
 from harness.records import write_new
-from harness.user_paths import check_input_file, check_new_file
 
 
 def add_model_arguments(parser):

@@ -9,8 +9,8 @@ from harness import report
 from harness.commands import OldSpelling
 from harness.errors import UserError
 from harness.explain.compare import compare_runs, find_run, load_run, plot_png
+from harness.inputs.paths import what_it_is
 from harness.manifest import load_manifest
-from harness.user_paths import what_it_is
 
 
 def add_arguments(parser):

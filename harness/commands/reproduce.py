@@ -12,9 +12,9 @@ from harness.commands import OldSpelling, add_runs_argument
 from harness.errors import Interrupted
 from harness.eval.config import EvalConfig
 from harness.eval.reproduce import reproduce_q2l
+from harness.inputs.paths import check_output_folder
 from harness.mlspl.reproduce import every_model_id, reproduce_mlspl
 from harness.report import write_all
-from harness.user_paths import check_output_folder
 
 
 def add_arguments(parser):

@@ -57,7 +57,7 @@ from harness.models.ctran import CTran
 from harness.progress import bar, bars_enabled
 from harness.records import FinishedRun, check_runs_root, utc_now
 from harness.records.curves import TrainingCurves
-from harness.training_state import check_epoch, read_state, restoring
+from harness.records.training_state import check_epoch, read_state, restoring
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import numpy as np
 from harness.data.images import decode_problem
 from harness.errors import UserError
 from harness.files import file_digest
+from harness.inputs.paths import what_it_is
 from harness.progress import bar as progress_bar
-from harness.user_paths import what_it_is
 
 SPLIT_SIZES = {"val2014": (40504, 40137), "train2014": (82783, 82081)}  # (all, annotated)
 

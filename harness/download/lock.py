@@ -10,10 +10,10 @@ import re
 import time
 from pathlib import Path
 
-from harness.environment_variables import lock_file_path
 from harness.errors import UserError
 from harness.files import write_atomically
-from harness.yaml_files import dump_yaml, read_yaml_file
+from harness.inputs.environment import lock_file_path
+from harness.inputs.yaml_files import dump_yaml, read_yaml_file
 
 logger = logging.getLogger(__name__)
 

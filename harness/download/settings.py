@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import environment_variables
+from harness.inputs import environment
 from harness.manifest import DEFAULT_MANIFEST
 
 DEFAULT_HOME = Path.home() / ".cache" / "harness"
@@ -17,24 +17,24 @@ COCO_URL = "http://images.cocodataset.org"
 
 def harness_home(cache_dir=None):
     """The cache root: --cache, else $HARNESS_HOME, else ~/.cache/harness."""
-    return Path(cache_dir).expanduser() if cache_dir else environment_variables.home(DEFAULT_HOME)
+    return Path(cache_dir).expanduser() if cache_dir else environment.home(DEFAULT_HOME)
 
 
 def is_offline(offline=None):
     if offline is not None:
         return bool(offline)
-    return environment_variables.flag("HARNESS_OFFLINE")
+    return environment.flag("HARNESS_OFFLINE")
 
 
 def lock_file_for(manifest=None):
     """The lock file sits beside the manifest it pins."""
     if os.environ.get("HARNESS_LOCK_FILE"):
-        return environment_variables.lock_file_path(os.environ["HARNESS_LOCK_FILE"], named_by="HARNESS_LOCK_FILE")
+        return environment.lock_file_path(os.environ["HARNESS_LOCK_FILE"], named_by="HARNESS_LOCK_FILE")
     return Path(manifest or DEFAULT_MANIFEST).with_name("weights_manifest.lock.yaml")
 
 
 def base_url(name, default):
-    return environment_variables.url(name, default)
+    return environment.url(name, default)
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,10 @@ class Patience:
     @classmethod
     def from_env(cls):
         return cls(
-            connect_timeout=environment_variables.number("HARNESS_CONNECT_TIMEOUT", cls.connect_timeout),
-            read_timeout=environment_variables.number("HARNESS_READ_TIMEOUT", cls.read_timeout),
-            retries=environment_variables.number("HARNESS_RETRIES", cls.retries),
-            backoff=environment_variables.number("HARNESS_BACKOFF", cls.backoff),
+            connect_timeout=environment.number("HARNESS_CONNECT_TIMEOUT", cls.connect_timeout),
+            read_timeout=environment.number("HARNESS_READ_TIMEOUT", cls.read_timeout),
+            retries=environment.number("HARNESS_RETRIES", cls.retries),
+            backoff=environment.number("HARNESS_BACKOFF", cls.backoff),
         )
 
     def delay(self, attempt):

@@ -23,12 +23,12 @@ from harness.distributed import pick_device
 from harness.errors import UserError
 from harness.eval.config import EvalConfig
 from harness.eval.run import _build_model, _choose_amp
+from harness.inputs.paths import what_it_is
 from harness.measure.throughput import AMP_DTYPES
 from harness.mlspl.features import load_imagenet_v1
 from harness.mlspl.record import CLASSIFIER
 from harness.models import build_from_arch
 from harness.records import read_record
-from harness.user_paths import what_it_is
 
 CLASS_NAMES = [name for _, name, _ in COCO_CATEGORIES]
 RANDOM_NOTE = "RANDOM WEIGHTS: not a trained model, these scores mean nothing"

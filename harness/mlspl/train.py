@@ -44,7 +44,7 @@ from harness.mlspl.features import ImageRows
 from harness.mlspl.losses import compute_loss
 from harness.models.mlspl import FEATURE_DIM, LabelEstimator, initial_label_logits, logit
 from harness.records.curves import TrainingCurves
-from harness.training_state import check_epoch, read_state, restoring
+from harness.records.training_state import check_epoch, read_state, restoring
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from harness.distributed import refuse_another_world
 from harness.errors import UserError
 from harness.records import SETTINGS, is_finished, new_run_dir, read_settings, refuse_changed_settings, unfinished_runs
-from harness.training_state import check_epoch, read_state, restoring
+from harness.records.training_state import check_epoch, read_state, restoring
 
 STATE, BEST = "state.pt", "best.safetensors"
 SELECTION_SCORES, SELECTION_ROWS = "selection_scores.npy", "selection_rows.npy"

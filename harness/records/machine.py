@@ -13,7 +13,8 @@ import PIL
 import pynvml
 from PIL import features
 
-from harness import __version__, environment_variables
+from harness import __version__
+from harness.inputs import environment as variables
 
 try:
     from harness import _version as built  # written by setuptools-scm at install time
@@ -174,7 +175,7 @@ def code_version() -> dict[str, Any]:
     commit = _git("rev-parse", "HEAD")
     status: str | bool | None = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     if commit is None:  # a copy without .git (a GPU machine): the commit it was copied from, if given
-        commit = environment_variables.git_commit()
+        commit = variables.git_commit()
     if commit is None:  # an installed wheel: the commit setuptools-scm wrote into it when it was built
         commit, status = built_from()
     return {"harness": __version__, "git_commit": commit, "git_dirty": None if status is None else bool(status)}

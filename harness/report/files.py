@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.files import write_atomically
-from harness.user_paths import what_it_is
+from harness.inputs.paths import what_it_is
 
 MARK = "written by harness report"
 MARKS = {"markdown": f"<!-- {MARK} -->\n", "latex": f"% {MARK}\n"}

@@ -2,8 +2,8 @@
 one line naming the variable, the value and what it may be (exit 2)."""
 import pytest
 
-from harness import environment_variables
 from harness.cli import main
+from harness.inputs import environment
 
 
 @pytest.mark.parametrize("name, value, says", [
@@ -35,12 +35,12 @@ def test_good_values_are_read(monkeypatch):
     for name, value in {"HARNESS_TRESNET_BN": "Torch", "HARNESS_OFFLINE": "No", "HARNESS_RETRIES": "0",
                         "HARNESS_GIT_COMMIT": "ABCDEF1", "HARNESS_COCO_URL": "http://127.0.0.1:8/"}.items():
         monkeypatch.setenv(name, value)
-    environment_variables.check_all()
-    assert environment_variables.tresnet_bn() == "torch" and environment_variables.flag("HARNESS_OFFLINE") is False
-    assert environment_variables.url("HARNESS_COCO_URL", "x") == "http://127.0.0.1:8"
+    environment.check_all()
+    assert environment.tresnet_bn() == "torch" and environment.flag("HARNESS_OFFLINE") is False
+    assert environment.url("HARNESS_COCO_URL", "x") == "http://127.0.0.1:8"
 
 
 def test_a_misspelt_variable_is_named_with_the_closest(monkeypatch, caplog):
     monkeypatch.setenv("HARNESS_OFLINE", "1")
-    environment_variables.check_all()
+    environment.check_all()
     assert "HARNESS_OFLINE is set but the harness reads no such variable; did you mean HARNESS_OFFLINE?" in caplog.text

@@ -22,9 +22,9 @@ from harness import records
 from harness.cli import main, os_error_line
 from harness.eval.config import EvalConfig
 from harness.eval.run import evaluate
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import get_spec, read_yaml
 from harness.models import register_model
-from harness.yaml_files import dump_yaml
 
 
 class Unseeded(nn.Module):

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from harness.cli import main
-from harness.yaml_files import dump_yaml
+from harness.inputs.yaml_files import dump_yaml
 
 
 def test_bench_ctran_on_cpu(tmp_path):

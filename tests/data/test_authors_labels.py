@@ -17,9 +17,9 @@ from harness.cli import main
 from harness.data.authors_labels import compare
 from harness.data.coco import load_labels
 from harness.files import git_blob_id
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import read_yaml
 from harness.metrics import compute_metrics
-from harness.yaml_files import dump_yaml
 
 
 def setup(tmp_path, server, body, git_blob=None):

@@ -4,8 +4,8 @@ import pytest
 from paths import REPO
 
 from harness.errors import UserError
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import DEFAULT_MANIFEST, load_manifest, read_yaml
-from harness.yaml_files import dump_yaml
 
 PAPER = REPO / "tables" / "paper"
 Q2L_IDS = {"q2l-r101-448", "q2l-r101-576", "q2l-tresl-448", "q2l-tresl22k-448", "q2l-swinl-384", "q2l-cvtw24-384"}

@@ -7,10 +7,10 @@ import pytest
 from harness.architectures import ARCHITECTURES
 from harness.cli import main
 from harness.errors import UserError
+from harness.inputs.yaml_files import dump_yaml, read_yaml
 from harness.manifest import DEFAULT_MANIFEST, MLSPL_LOSSES, load_manifest
 from harness.mlspl.losses import LOSSES
 from harness.models import _BUILDERS, build_from_arch, register_model, registered_architectures
-from harness.yaml_files import dump_yaml, read_yaml
 
 
 def _broken(tmp_path, mutate):

@@ -1,4 +1,4 @@
-"""The one YAML reader (harness.yaml_files): aliases, duplicate keys and files that are not files are
+"""The one YAML reader (harness.inputs.yaml_files): aliases, duplicate keys and files that are not files are
 one line naming the file and the line, and never hang."""
 import os
 import time
@@ -7,8 +7,8 @@ import pytest
 
 from harness.cli import main
 from harness.errors import UserError
+from harness.inputs.yaml_files import MAX_BYTES, dump_yaml, read_yaml, read_yaml_file
 from harness.manifest import DEFAULT_MANIFEST, load_manifest
-from harness.yaml_files import MAX_BYTES, dump_yaml, read_yaml, read_yaml_file
 
 BOMB = "a: &a ['lol','lol','lol','lol','lol','lol','lol','lol','lol']\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},"

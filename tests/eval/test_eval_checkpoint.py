@@ -9,8 +9,8 @@ from harness.cli import main
 from harness.data.coco import load_labels
 from harness.data.dataset import CocoImages
 from harness.data.transforms import eval_transform
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import DEFAULT_MANIFEST, get_spec, read_yaml
-from harness.yaml_files import dump_yaml
 
 
 def test_eval_of_a_saved_checkpoint_scores_like_the_model(smoke_root, tmp_path, monkeypatch):

@@ -11,9 +11,9 @@ import harness.data.cache
 from harness.cli import main
 from harness.eval.config import EvalConfig
 from harness.eval.run import evaluate, evaluate_many
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import get_spec, read_yaml
 from harness.models import register_model
-from harness.yaml_files import dump_yaml
 
 
 @pytest.fixture()

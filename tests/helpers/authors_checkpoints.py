@@ -4,9 +4,9 @@ import numpy as np
 import torch
 from conftest import SMALL_Q2L
 
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import DEFAULT_MANIFEST, read_yaml
 from harness.models import build_from_arch
-from harness.yaml_files import dump_yaml
 
 SMALL = SMALL_Q2L  # conftest: a small Q2L with the authors' key names
 

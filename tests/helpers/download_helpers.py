@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from loopback_server import LoopbackServer
 
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import load_manifest
-from harness.yaml_files import dump_yaml
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

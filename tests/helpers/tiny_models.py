@@ -4,9 +4,9 @@ import json
 
 from conftest import TinyConvNet
 
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import DEFAULT_MANIFEST, read_yaml
 from harness.models import register_model
-from harness.yaml_files import dump_yaml
 
 # id: (resolution, image set, normalisation, batch size, width)
 MODELS = {"sd-a": (32, "all", "imagenet", 4, 4), "sd-b": (32, "all", "none", 5, 3),

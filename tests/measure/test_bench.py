@@ -13,8 +13,8 @@ from paths import REPO
 
 from harness import records
 from harness.cli import main
+from harness.inputs.yaml_files import dump_yaml, read_yaml
 from harness.models import build_from_arch, register_model
-from harness.yaml_files import dump_yaml, read_yaml
 
 GPU_FIELDS = ("peak_vram_mib", "torch_max_allocated_mib", "torch_max_reserved_mib", "energy_j_per_image")
 

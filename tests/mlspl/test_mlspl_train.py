@@ -12,6 +12,7 @@ from mlspl_data import synthetic_features
 from safetensors.torch import load_file
 
 from harness.cli import main
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import read_yaml
 from harness.mlspl.config import FeatureConfig, TrainConfig
 from harness.mlspl.features import FEATURE_FILES, compare_features, extract_features
@@ -19,7 +20,6 @@ from harness.mlspl.prepare import load_prepared
 from harness.mlspl.run import train_and_evaluate
 from harness.mlspl.train import mlspl_map, train_fine_tuned, train_linear_group
 from harness.models.mlspl import MLSPLResNet50
-from harness.yaml_files import dump_yaml
 
 
 def tensors(data_dir, feats_dir):

@@ -15,8 +15,8 @@ from harness.data.authors_labels import TRAIN_USE, choose_train_labels
 from harness.data.coco import load_labels
 from harness.errors import UserError
 from harness.files import git_blob_id
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import load_manifest, read_yaml
-from harness.yaml_files import dump_yaml
 
 PINNED = "https://raw.githubusercontent.com/SlongLiu/query2labels/55eb05064f4badbe03423b79e5c9d143da2dff2e/"
 

@@ -9,10 +9,10 @@ from loopback_server import file_route, send
 
 from harness.download import fetch
 from harness.errors import UserError
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import DEFAULT_MANIFEST, get_spec, read_yaml
 from harness.q2l.files import training_log_spec
 from harness.q2l.recipe import load_recipe
-from harness.yaml_files import dump_yaml
 
 LOG = (b"[09/16 10:02:11.339]: Command: main_mlc.py --backbone resnet101 --img_size 448 -b 128 --lr 1e-4 --amp "
        b"--early-stop --dtgfl --cutout --epochs 60\n[09/16 10:02:11.341]: world size: 2\n")

@@ -10,10 +10,10 @@ import pytest
 from fake_records import eval_record, full_record, problem
 
 from harness import records, report
+from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import load_manifest
 from harness.report import recompute
 from harness.report.verify import FAILED, HELD, UNCHECKED, check_run
-from harness.yaml_files import dump_yaml
 
 SPECS = load_manifest()
 SPEC = SPECS["q2l-r101-448"]

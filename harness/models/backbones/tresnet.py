@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import environment_variables
+from harness.inputs import environment
 
 _KERNEL_WORKS = {}  # device type -> inplace_abn's function, or None where it cannot run
 
 
 def _inplace_abn_kernel(device_type):
     """inplace_abn's function when it is importable and runs on this device (probed once), else None."""
-    if environment_variables.tresnet_bn() == "torch":
+    if environment.tresnet_bn() == "torch":
         return None
     if device_type not in _KERNEL_WORKS:
         try:

@@ -5,8 +5,10 @@ A file cut short by a crash or a full disk, replaced by another pickle, or of an
 otherwise end a resume in a traceback (or, for a pickle that runs code, worse).
 """
 import numbers
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,7 +19,7 @@ from harness.errors import UserError
 DOES_NOT_FIT = (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError)
 
 
-def read_state(path, keys, fix):
+def read_state(path: str | Path, keys: Iterable[str], fix: str) -> dict[str, Any]:
     """The dict saved in `path` holding at least `keys`; `fix`: what to do instead, for the message."""
     path = Path(path)
     try:
@@ -33,14 +35,14 @@ def read_state(path, keys, fix):
     return state
 
 
-def check_epoch(path, epoch, fix):
+def check_epoch(path: str | Path, epoch: object, fix: str) -> None:
     """A saved epoch count must be a whole number >= 0 (a resume continues after it)."""
     if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
         raise UserError(f"{path} holds epoch {epoch!r}, not a count of finished epochs; {fix}")
 
 
 @contextmanager
-def restoring(path, fix):
+def restoring(path: str | Path, fix: str) -> Iterator[None]:
     """Restore from `path` inside this block: a part that does not fit this run is one line."""
     try:
         yield
