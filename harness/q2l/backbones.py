@@ -79,8 +79,18 @@ def frozen_model(recipe, smoke=False):
 
 def backbone_module(model):
     """What the pretrained file loads into: the CNN inside its `body` holder, or the Swin / CvT itself."""
-    features = model.backbone[0]
+    return _loaded_part(model.backbone[0])
+
+
+def _loaded_part(features):
     return features.body if isinstance(features, Backbone) else features
+
+
+def expected_weights(backbone, img_size):
+    """This backbone's state dict, built on the meta device: the names and shapes a pretrained file
+    must hold, with no memory and no random draws (the seeded build comes after)."""
+    with torch.device("meta"):
+        return _loaded_part(build_features(backbone, img_size)).state_dict()
 
 
 def freeze(model):
@@ -95,21 +105,29 @@ def freeze(model):
     return frozen
 
 
-def load_pretrained(model, backbone, path, source):
-    """Load a pretrained backbone file into `model` as their backbone.py does; returns what was left out.
-    A file that lacks weights of this backbone (another model's file) is one line naming it."""
+def read_pretrained(path, backbone, expected, source):
+    """The weights of `path` that their backbone.py loads (head dropped), checked against `expected`
+    (this backbone's state dict): a file that lacks some, or holds them in other shapes (another
+    model's file), is one line naming it."""
     state = find_state_dict(read_pickle(path))
     state = {k: v for k, v in state.items() if not any(k.startswith(d) or (d == "head" and d in k)
                                                        for d in DROPPED[backbone])}
-    target = backbone_module(model)
-    ours = target.state_dict()
-    missing = [k for k in ours if k not in state and not k.endswith(MAY_LACK)]
-    wrong = [k for k in ours if k in state and tuple(state[k].shape) != tuple(ours[k].shape)]
+    missing = [k for k in expected if k not in state and not k.endswith(MAY_LACK)]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or wrong:
         first = (missing or wrong)[0]
-        raise UserError(f"{path} is not a pretrained {backbone} file: {len(missing)} of its {len(ours)} weights "
+        raise UserError(f"{path} is not a pretrained {backbone} file: {len(missing)} of its {len(expected)} weights "
                         f"missing, {len(wrong)} of another shape (e.g. {first}); a file of another model? pass "
                         f"{source}")
+    return state
+
+
+def load_pretrained(model, backbone, path, source, state=None):
+    """Load a pretrained backbone file into `model` as their backbone.py does; returns what was left out.
+    `state`: the file's weights as read_pretrained returned them (read here when None)."""
+    ours = backbone_module(model).state_dict()
+    if state is None:
+        state = read_pretrained(path, backbone, ours, source)
     unexpected = sorted(k for k in state if k not in ours)
     kept = {k: v for k, v in state.items() if k in ours}
     with torch.no_grad():

@@ -98,9 +98,10 @@ def _prepared(config, spec, world, device):
     amp_dtype(config, device)
     training_data = data.load_training_data(config, spec)
     plan, trials = memory_plan(config, world, device)
+    pretrained = read_backbone_file(config, spec)  # a file of another model: refused before any model
     torch.manual_seed(config.seed)  # the initial weights
     model = backbones.build_model(config.recipe, config.smoke)
-    info = initialise_backbone(model, config, spec)
+    info = initialise_backbone(model, config, pretrained)
     info["frozen"] = backbones.freeze(model)
     size = backbones.sizes(config.recipe, config.smoke)["img_size"]
     train_set = data.LabelledImages(training_data.root, training_data.train, training_data.train_labels,
@@ -112,21 +113,36 @@ def _prepared(config, spec, world, device):
     return session, model, info
 
 
-def initialise_backbone(model, config, spec):
-    """Their pretrained backbone (fetched, verified, locked once loaded), a given file, or random."""
+def read_backbone_file(config, spec):
+    """Their pretrained backbone's file (fetched, verified), or a given one, with its weights checked
+    against the backbone's names and shapes: (path, weights, manifest entry or None), or None when the
+    backbone starts from random weights."""
     backbone = config.recipe["backbone"]
     if config.smoke or config.backbone_weights == "random":
-        return {"source": "random (seeded)", "smoke": config.smoke}
+        return None
     if config.backbone_weights != "pretrained":
-        path = config.backbone_weights
-        loaded = backbones.load_pretrained(model, backbone, path, "a pretrained file of this backbone")
-        return {"source": str(path), "sha256": sha256_of(path), "verified": False, **loaded}
-    if not config.recipe["pretrained"] and backbone != "resnet101":  # their R101 is always pretrained
+        path, entry, source = config.backbone_weights, None, "a pretrained file of this backbone"
+    elif not config.recipe["pretrained"] and backbone != "resnet101":  # their R101 is always pretrained
+        return None
+    else:
+        entry = pretrained_backbone(backbone, spec.manifest_path)
+        path = fetch(entry.spec, "checkpoint", weights_dir=config.weights_dir, lock=False)
+        source = f"{entry.spec.files['checkpoint'].filename} ({entry.description})"
+    expected = backbones.expected_weights(backbone, config.recipe["img_size"])
+    return path, backbones.read_pretrained(path, backbone, expected, source), entry
+
+
+def initialise_backbone(model, config, pretrained):
+    """Load what read_backbone_file read (a release's sha256 locked once it has loaded), or say why the
+    backbone's weights are random."""
+    if pretrained is None:
+        if config.smoke or config.backbone_weights == "random":
+            return {"source": "random (seeded)", "smoke": config.smoke}
         return {"source": "random: the authors' recipe has no --pretrained"}
-    entry = pretrained_backbone(backbone, spec.manifest_path)
-    path = fetch(entry.spec, "checkpoint", weights_dir=config.weights_dir, lock=False)
-    loaded = backbones.load_pretrained(model, backbone, path, f"{entry.spec.files['checkpoint'].filename} "
-                                                              f"({entry.description})")
+    path, state, entry = pretrained
+    loaded = backbones.load_pretrained(model, config.recipe["backbone"], path, None, state=state)
+    if entry is None:
+        return {"source": str(path), "sha256": sha256_of(path), "verified": False, **loaded}
     lock_verified(entry.spec, "checkpoint", path)
     return {"source": entry.id, "description": entry.description, "path": str(path), **loaded}
 

@@ -9,6 +9,7 @@ from q2l_train_helpers import smoke_config, tiny_coco
 from harness.cli import main
 from harness.distributed import World
 from harness.errors import UserError
+from harness.q2l import backbones
 from harness.q2l.run import fit
 from harness.q2l.session import amp_dtype, check_world
 
@@ -86,11 +87,26 @@ def test_a_backbone_file_of_another_model_is_one_line(coco, tmp_path, capsys, mo
     torch.save({"model": tresnet_l(layers=(1, 1, 1, 1), width_factor=0.125).state_dict()}, other)
     monkeypatch.setenv("HARNESS_OFFLINE", "1")  # the authors' log and config: not fetched, not needed here
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(backbones, "build_model", _never_built)  # checked against the meta-device backbone first
     code = main(["q2l", "train", "q2l-r101-448", "--coco-root", str(coco), "--runs", str(tmp_path / "runs"),
                  "--batch-size", "8", "--backbone-weights", str(other), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "is not a pretrained resnet101 file" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def _never_built(*_args, **_kwargs):
+    pytest.fail("the model was built before its backbone file was checked")
+
+
+@pytest.mark.parametrize("backbone", ["resnet101", "tresnetl", "swin_L_384_22k", "CvT_w24"])
+def test_the_names_and_shapes_a_backbone_file_must_hold_cost_no_random_draw(backbone):
+    """A backbone file is checked before the seeded build, against the backbone built on the meta
+    device: that build must leave torch's stream where it was, and hold no memory."""
+    before = torch.get_rng_state()
+    expected = backbones.expected_weights(backbone, 384)
+    assert torch.equal(before, torch.get_rng_state())
+    assert expected and all(v.is_meta for v in expected.values())
 
 
 def test_amp_fp16_on_cpu_is_refused(coco, tmp_path):
