@@ -23,6 +23,7 @@ from harness.q2l.schedule import build_optimizer, build_schedule, steps_per_epoc
 from harness.q2l.session import amp_dtype, prepare, seed_training_stream
 from harness.records import FinishedRun, utc_now
 from harness.records.curves import TrainingCurves
+from harness.records.training_run import open_training_run
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _fit(config, on_epoch, where):
     settings = {**config.settings(), "n_train": int(len(session.data.train_rows)),
                 "n_select": int(len(session.data.select_rows)), "processes": world.size}
     # rank 0 opens the folder; a refusal there (another number of processes, other settings) stops every rank
-    run_dir = world.main_only(lambda: run_folder.open_run(config.runs_root, config.model_id, config.resume, settings))
+    run_dir = world.main_only(lambda: open_training_run(config.runs_root, config.model_id, config.resume, settings))
     session.run_dir = where["run_dir"] = world.broadcast(run_dir)
     parts = build_parts(session, model)
     progress = {"epoch": 0, "selection": train.Selection().__dict__, "history": [], "stopped": None,

@@ -17,39 +17,11 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from harness.distributed import refuse_another_world
-from harness.errors import UserError
-from harness.records import SETTINGS, is_finished, new_run_dir, read_settings, refuse_changed_settings, unfinished_runs
 from harness.records.training_state import check_epoch, read_state, restoring
 
 STATE, BEST = "state.pt", "best.safetensors"
 SELECTION_SCORES, SELECTION_ROWS = "selection_scores.npy", "selection_rows.npy"
 FORMAT = "q2l trained state dict"
-
-
-def open_run(runs_root, model_id, resume, settings):
-    """The folder to train in: a new one, or with --resume the interrupted one (same settings)."""
-    if not resume:
-        return _new(runs_root, model_id, settings)
-    candidates = unfinished_runs(runs_root, model_id)
-    if resume == "auto":  # the newest unfinished run with these settings, else a new run
-        same = [p for p in candidates if read_settings(p / SETTINGS) == settings]
-        return same[-1] if same else _new(runs_root, model_id, settings)
-    run_dir = Path(resume) if resume != "latest" else (candidates[-1] if candidates else None)
-    if run_dir is None or not (run_dir / SETTINGS).is_file():
-        raise UserError(f"nothing to resume for {model_id} under {runs_root}; run without --resume")
-    if is_finished(run_dir):
-        raise UserError(f"{run_dir} is already complete; run without --resume for a new run")
-    saved = read_settings(run_dir / SETTINGS)
-    refuse_another_world(run_dir, saved, settings)
-    refuse_changed_settings(run_dir, saved, settings)
-    return run_dir
-
-
-def _new(runs_root, model_id, settings):
-    run_dir = new_run_dir(runs_root, model_id)
-    (run_dir / SETTINGS).write_text(json.dumps(settings, indent=2))
-    return run_dir
 
 
 def rng_states():
