@@ -38,3 +38,12 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, saved: list[str], resume: tuple[str, ...] | None = (), drop: tuple[str, ...] = ()):
         super().__init__("; ".join(saved))
         self.saved, self.resume, self.drop = list(saved), resume, tuple(drop)
+
+    @classmethod
+    def in_training(cls, model_id: str, run_dir: object, epochs_done: int) -> "Interrupted":
+        """Ctrl-C in a training (C-Tran, Query2Label): the epochs kept in `run_dir` (None: no folder
+        was opened yet), counted from 1 as the epoch lines count them, and the --resume that continues."""
+        if run_dir is None:
+            return cls(["no run folder was opened yet: nothing was kept"], resume=None)
+        kept = f"epochs 1-{epochs_done} are" if epochs_done else "no epoch had finished; its settings are"
+        return cls([f"{model_id}: {kept} kept in {run_dir}"], resume=("--resume", str(run_dir)))

@@ -193,12 +193,8 @@ def train(config):
     try:
         return _train(config, where)
     except KeyboardInterrupt:
-        if "run_dir" not in where:
-            raise Interrupted(["no run folder was opened yet: nothing was kept"], resume=None) from None
         done = where["state"]["epoch"] if "state" in where else 0
-        kept = f"epochs 1-{done} are" if done else "no epoch had finished; its settings are"
-        raise Interrupted([f"{config.model_id}: {kept} kept in {where['run_dir']}"],
-                          resume=("--resume", str(where["run_dir"]))) from None
+        raise Interrupted.in_training(config.model_id, where.get("run_dir"), done) from None
 
 
 def _train(config, where):

@@ -57,12 +57,8 @@ def fit(config, on_epoch=None) -> FinishedRun:
     try:
         return _fit(config, on_epoch, where)
     except KeyboardInterrupt:
-        if "run_dir" not in where:
-            raise Interrupted(["no run folder was opened yet: nothing was kept"], resume=None) from None
         done = where["progress"]["epoch"] if "progress" in where else 0
-        kept = f"epochs 0-{done - 1} are" if done else "no epoch had finished; its settings are"
-        raise Interrupted([f"{config.model_id}: {kept} kept in {where['run_dir']}"],
-                          resume=("--resume", str(where["run_dir"]))) from None
+        raise Interrupted.in_training(config.model_id, where.get("run_dir"), done) from None
 
 
 def _fit(config, on_epoch, where):

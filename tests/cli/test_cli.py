@@ -80,3 +80,13 @@ def test_a_bad_flag_is_one_line_naming_the_help(argv, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.splitlines()) == 1 and "error: " in err and "--help`" in err
+
+
+def test_an_interrupted_training_counts_its_kept_epochs_from_1_as_its_epoch_lines_do(tmp_path):
+    """C-Tran and Query2Label share the line; Query2Label's said 'epochs 0-1' for its epoch lines 1 and 2."""
+    from harness.errors import Interrupted
+
+    stop = Interrupted.in_training("q2l-r101-448", tmp_path, 2)
+    assert stop.saved == [f"q2l-r101-448: epochs 1-2 are kept in {tmp_path}"] and stop.resume == ("--resume", str(tmp_path))
+    assert Interrupted.in_training("x", tmp_path, 0).saved == [f"x: no epoch had finished; its settings are kept in {tmp_path}"]
+    assert Interrupted.in_training("x", None, 0).resume is None
