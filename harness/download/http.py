@@ -46,6 +46,33 @@ def network_reason(error):
     return text.splitlines()[0][:160] if text else type(error).__name__
 
 
+def get_json(url, who, what, patience=None):
+    """The JSON answer of an API call (a listing: small) from `who` ("Zenodo") about `what` ("record 1"),
+    with a download's bounded retries on a dropped connection, 5xx or 429; anything else is a
+    SourceError naming who answered what."""
+    patience = patience or Patience.from_env()
+    last = None
+    for attempt in range(patience.retries + 1):
+        if attempt:
+            time.sleep(patience.delay(attempt - 1))
+        try:
+            r = requests.get(url, timeout=(patience.connect_timeout, patience.read_timeout),
+                             headers={"Accept": "application/json"})
+        except (requests.ConnectionError, requests.Timeout) as e:
+            last = e
+            continue
+        if r.status_code >= 500 or r.status_code == 429:
+            last = RuntimeError(f"HTTP {r.status_code}")
+            continue
+        if r.status_code != 200:
+            raise SourceError("http", f"{who} answered HTTP {r.status_code} for {what} ({url})")
+        try:
+            return r.json()
+        except ValueError:
+            raise SourceError("html", f"{who} sent something other than JSON for {what} ({url})") from None
+    raise SourceError("network", f"cannot reach {who} ({network_reason(last)}, {patience.retries + 1} attempts)")
+
+
 def looks_like_html(response, first_bytes):
     if response.headers.get("Content-Type", "").lower().startswith("text/html"):
         return True

@@ -1,12 +1,9 @@
 """Zenodo through its records API: <api>/records/<id> lists each file's key, size, md5 and link."""
-import time
 from dataclasses import dataclass
 
-import requests
-
 from harness.download.errors import SourceError
-from harness.download.http import network_reason
-from harness.download.settings import ZENODO_API, Patience, base_url
+from harness.download.http import get_json
+from harness.download.settings import ZENODO_API, base_url
 
 
 @dataclass(frozen=True)
@@ -19,30 +16,12 @@ class ZenodoFile:
 
 def list_record(record, patience=None):
     """{key: ZenodoFile} of one published record (HARNESS_ZENODO_API replaces the API's base)."""
-    patience = patience or Patience.from_env()
     api = base_url("HARNESS_ZENODO_API", ZENODO_API)
     url = f"{api}/records/{record}"
-    last = None
-    for attempt in range(patience.retries + 1):
-        if attempt:
-            time.sleep(patience.delay(attempt - 1))
-        try:
-            r = requests.get(url, timeout=(patience.connect_timeout, patience.read_timeout),
-                             headers={"Accept": "application/json"})
-        except (requests.ConnectionError, requests.Timeout) as e:
-            last = e
-            continue
-        if r.status_code >= 500 or r.status_code == 429:
-            last = RuntimeError(f"HTTP {r.status_code}")
-            continue
-        if r.status_code != 200:
-            raise SourceError("http", f"Zenodo answered HTTP {r.status_code} for record {record} ({url})")
-        try:
-            entries = r.json().get("files") or []
-        except ValueError:
-            raise SourceError("html", f"Zenodo sent something other than JSON for record {record} ({url})")
-        return {f.key: f for f in (_parse(api, record, e) for e in entries)}
-    raise SourceError("network", f"cannot reach Zenodo ({network_reason(last)}, {patience.retries + 1} attempts)")
+    answer = get_json(url, "Zenodo", f"record {record}", patience)
+    if not isinstance(answer, dict):
+        raise SourceError("html", f"Zenodo sent something other than a record for record {record} ({url})")
+    return {f.key: f for f in (_parse(api, record, e) for e in answer.get("files") or [])}
 
 
 def _parse(api, record, entry):

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 from download_helpers import isolated, make_spec, server, sha  # noqa: F401 (fixtures)
-from loopback_server import add_zenodo_record, file_route
+from loopback_server import add_zenodo_record, file_route, send
 
 from harness.download import coco, features_dir, fetch, fetch_coco, fetch_mlspl_features
 from harness.errors import UserError
@@ -258,3 +258,14 @@ def test_coco_broken_annotation_by_hand_is_named_and_kept(tmp_path, coco_host):
     with pytest.raises(UserError, match="instances_val2014.json is not a COCO instances file"):
         fetch_coco(root, quiet=True)
     assert broken.read_text() == '{"images": [' and coco_host.log == []
+
+
+@pytest.mark.parametrize("body", [b"[]", b"<html>maintenance</html>"])
+def test_a_zenodo_answer_that_is_not_a_record_is_one_line(zenodo, body):
+    """A JSON list was read with .get(): an AttributeError traceback; HTML was said as not JSON."""
+    from harness.download.errors import SourceError
+    from harness.download.zenodo import list_record
+
+    zenodo.routes["/api/records/7"] = lambda h, q: send(h, body, content_type="application/json")
+    with pytest.raises(SourceError, match="Zenodo sent something other than"):
+        list_record("7")
