@@ -358,15 +358,21 @@ def _check_names_unambiguous(path, specs):
                             f"matched ignoring case); rename one")
 
 
+def check_file_section(path, name, data):
+    """A section mapping ids to files (reference_files, pretrained_backbones, training_logs): each id
+    a word, since it names a folder."""
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: '{name}' must map ids to files")
+    for entry_id in data:
+        if not isinstance(entry_id, str) or not ID_PATTERN.fullmatch(entry_id):
+            raise UserError(f"{path}: {name} id {entry_id!r:.80} must be a word of letters, digits, '.', '-' and '_': "
+                            f"it names a folder")
+
+
 def _parse_references(path, data):
     """reference_files: {id: {filename, sha256, sources, git_blob}}: files of the authors' repositories
     that their evaluation or training read (not weights), fetched and verified as weights are."""
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: 'reference_files' must map ids to files")
-    for ref in data:
-        if not isinstance(ref, str) or not ID_PATTERN.fullmatch(ref):
-            raise UserError(f"{path}: reference_files id {ref!r:.80} must be a word of letters, digits, '.', '-' "
-                            f"and '_': it names a folder")
+    check_file_section(path, "reference_files", data)
     return {ref: _parse_files(_Field(path, ref), {"file": spec})["file"] for ref, spec in data.items()}
 
 

@@ -8,7 +8,7 @@ backbone loaded into its model, a log parsed), so a wrong file never poisons the
 from dataclasses import dataclass
 
 from harness.errors import UserError
-from harness.manifest import ID_PATTERN, ModelSpec, _Field, _parse_files, read_manifest_data
+from harness.manifest import ModelSpec, _Field, _parse_files, check_file_section, read_manifest_data
 
 
 @dataclass(frozen=True)
@@ -22,12 +22,7 @@ class PretrainedBackbone:
 def _section(manifest_path, name):
     path, manifest = read_manifest_data(manifest_path)
     data = manifest.get(name) or {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: '{name}' must map ids to files")
-    for entry_id in data:
-        if not isinstance(entry_id, str) or not ID_PATTERN.fullmatch(entry_id):
-            raise UserError(f"{path}: {name} id {entry_id!r:.80} must be a word of letters, digits, '.', '-' and '_': "
-                            f"it names a folder")
+    check_file_section(path, name, data)
     return path, data
 
 
