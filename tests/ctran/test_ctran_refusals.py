@@ -1,11 +1,11 @@
 """`harness ctran train` refuses bad numbers, backbone files and state files in one line (exit 2), before
 any run folder exists where it can; under torchrun a refusal reaches every rank and none is left waiting."""
 import pickle
-import shutil
 
 import pytest
 import torch
 from forked_ranks import run_ranks
+from stopped_runs import copy_run, edit_state
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from harness.cli import main
@@ -94,28 +94,16 @@ def stopped(smoke_root, tmp_path_factory):
     return run_dir
 
 
-def _copy(stopped, tmp_path):
-    run_dir = tmp_path / "runs" / "ctran-r101-576" / stopped.name
-    shutil.copytree(stopped, run_dir)
-    return run_dir
-
-
-def _edit_state(run_dir, change):
-    state = torch.load(run_dir / "state.pt", weights_only=True)
-    change(state)
-    torch.save(state, run_dir / "state.pt")
-
-
 @pytest.mark.parametrize("damage, words", [
     (lambda d: (d / "state.pt").write_bytes((d / "state.pt").read_bytes()[:300]), "is not a readable training state"),
     (lambda d: torch.save({"optimizer": RunsCode(d / "RAN")}, d / "state.pt"), "only code could rebuild"),
-    (lambda d: _edit_state(d, lambda s: s.update(state_json='{"epoch": "one"}')), "does not fit this run"),
-    (lambda d: _edit_state(d, lambda s: s["optimizer"].update(param_groups=[])), "does not fit this run"),
-    (lambda d: _edit_state(d, lambda s: s.pop("scheduler")), "no 'scheduler'"),
+    (lambda d: edit_state(d, lambda s: s.update(state_json='{"epoch": "one"}')), "does not fit this run"),
+    (lambda d: edit_state(d, lambda s: s["optimizer"].update(param_groups=[])), "does not fit this run"),
+    (lambda d: edit_state(d, lambda s: s.pop("scheduler")), "no 'scheduler'"),
     (lambda d: (d / "last.safetensors").write_bytes(b"\0" * 64), "last.safetensors is missing, unreadable"),
 ])
 def test_a_damaged_state_is_one_line_naming_it(stopped, smoke_root, tmp_path, capsys, damage, words):
-    run_dir = _copy(stopped, tmp_path)
+    run_dir = copy_run(stopped, tmp_path)
     damage(run_dir)
     capsys.readouterr()
     assert _train(smoke_root, tmp_path / "runs", "--resume", str(run_dir)) == 2
@@ -125,15 +113,15 @@ def test_a_damaged_state_is_one_line_naming_it(stopped, smoke_root, tmp_path, ca
 
 
 def test_weights_and_state_of_different_epochs_are_refused(stopped, smoke_root, tmp_path, capsys):
-    run_dir = _copy(stopped, tmp_path)
-    _edit_state(run_dir, lambda s: s.update(state_json=s["state_json"].replace('"epoch": 1', '"epoch": 0')))
+    run_dir = copy_run(stopped, tmp_path)
+    edit_state(run_dir, lambda s: s.update(state_json=s["state_json"].replace('"epoch": 1', '"epoch": 0')))
     capsys.readouterr()
     assert _train(smoke_root, tmp_path / "runs", "--resume", str(run_dir)) == 2
     assert "last.safetensors holds epoch 1" in _one_line(capsys)
 
 
 def test_an_undamaged_stopped_run_resumes(stopped, smoke_root, tmp_path):
-    run_dir = _copy(stopped, tmp_path)
+    run_dir = copy_run(stopped, tmp_path)
     assert _train(smoke_root, tmp_path / "runs", "--resume", str(run_dir)) == 0
     assert (run_dir / "record.json").is_file()
 
@@ -152,7 +140,7 @@ def test_a_resume_on_another_number_of_processes_is_refused_on_every_rank(smoke_
 
 
 def test_a_damaged_state_under_torchrun_is_one_line_for_every_rank(smoke_root, tmp_path, capfd, stopped):
-    run_dir = _copy(stopped, tmp_path)
+    run_dir = copy_run(stopped, tmp_path)
     argv = ["ctran", "train", "--coco-root", str(smoke_root), "--runs", str(tmp_path / "runs"), *TINY,
             "--backbone", "random", "--device", "cpu", "--resume", str(run_dir)]
     (run_dir / "state.pt").write_bytes(b"garbage")

@@ -1,12 +1,12 @@
 """`harness q2l train` refuses, in one line and exit 2, a damaged state file, flags it cannot honour and a
 resume on another number of processes (on every rank under torchrun, none left waiting)."""
 import pickle
-import shutil
 
 import pytest
 import torch
 from forked_ranks import run_ranks
 from q2l_train_helpers import tiny_coco
+from stopped_runs import copy_run, edit_state
 
 from harness.cli import main
 
@@ -48,29 +48,17 @@ def stopped(coco, tmp_path_factory):
     return run_dir
 
 
-def _copy(stopped, tmp_path):
-    run_dir = tmp_path / "runs" / "q2l-r101-448" / stopped.name
-    shutil.copytree(stopped, run_dir)
-    return run_dir
-
-
-def _edit_state(run_dir, change):
-    state = torch.load(run_dir / "state.pt", weights_only=True)
-    change(state)
-    torch.save(state, run_dir / "state.pt")
-
-
 @pytest.mark.parametrize("damage, words", [
     (lambda d: (d / "state.pt").write_bytes((d / "state.pt").read_bytes()[:500]), "is not a readable training state"),
     (lambda d: (d / "state.pt").write_bytes(pickle.dumps({"model": RunsCode(d / "RAN")})), "is not a readable"),
     (lambda d: torch.save({"model": RunsCode(d / "RAN")}, d / "state.pt"), "only code could rebuild"),
-    (lambda d: _edit_state(d, lambda s: s.update(rng=[])), "does not fit this run (IndexError"),
-    (lambda d: _edit_state(d, lambda s: s.update(model={"x": torch.zeros(1)})), "does not fit this run"),
-    (lambda d: _edit_state(d, lambda s: s.update(progress="[]")), "its progress has no 'epoch'"),
-    (lambda d: _edit_state(d, lambda s: s.pop("ema")), "no 'ema'"),
+    (lambda d: edit_state(d, lambda s: s.update(rng=[])), "does not fit this run (IndexError"),
+    (lambda d: edit_state(d, lambda s: s.update(model={"x": torch.zeros(1)})), "does not fit this run"),
+    (lambda d: edit_state(d, lambda s: s.update(progress="[]")), "its progress has no 'epoch'"),
+    (lambda d: edit_state(d, lambda s: s.pop("ema")), "no 'ema'"),
 ])
 def test_a_damaged_state_is_one_line_naming_it(stopped, coco, tmp_path, capsys, damage, words):
-    run_dir = _copy(stopped, tmp_path)
+    run_dir = copy_run(stopped, tmp_path)
     damage(run_dir)
     capsys.readouterr()
     assert main(_args(coco, tmp_path / "runs", "--resume", str(run_dir))) == 2
@@ -80,7 +68,7 @@ def test_a_damaged_state_is_one_line_naming_it(stopped, coco, tmp_path, capsys, 
 
 
 def test_damaged_selection_scores_are_one_line(stopped, coco, tmp_path, capsys):
-    run_dir = _copy(stopped, tmp_path)
+    run_dir = copy_run(stopped, tmp_path)
     (run_dir / "selection_scores.npy").write_bytes(b"\x93NUMPY")
     capsys.readouterr()
     assert main(_args(coco, tmp_path / "runs", "--resume", str(run_dir))) == 2
@@ -88,7 +76,7 @@ def test_damaged_selection_scores_are_one_line(stopped, coco, tmp_path, capsys):
 
 
 def test_an_undamaged_stopped_run_resumes(stopped, coco, tmp_path):
-    run_dir = _copy(stopped, tmp_path)
+    run_dir = copy_run(stopped, tmp_path)
     assert main(_args(coco, tmp_path / "runs", "--resume", str(run_dir))) == 0
     assert (run_dir / "record.json").is_file()
 
