@@ -11,9 +11,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core (pytest -n auto
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # share each, and the same for the processes tests start
 
 import pytest
-import torch
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch  # not at the top: pytest's controller process loads this file too, and never needs torch
+
     torch.set_num_threads(1)
 
 from harness.cli import configure_logging
@@ -96,20 +97,6 @@ def tiny_manifest(folder, model_id, arch, base="q2l-r101-448", **eval_overrides)
     path = folder / "manifest.yaml"
     path.write_text(dump_yaml(data))
     return path
-
-
-class TinyConvNet(torch.nn.Module):
-    """A conv over the normalised pixels, pooled to pool x pool: any bit of difference in the input
-    shows in its scores."""
-
-    def __init__(self, num_classes=80, width=4, pool=4):
-        super().__init__()
-        self.pool = pool
-        self.conv = torch.nn.Conv2d(3, width, 3, stride=2)
-        self.fc = torch.nn.Linear(width * pool * pool, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), self.pool).flatten(1))
 
 
 # Tests that start fresh interpreters take the longest: start them first, so that with one pytest

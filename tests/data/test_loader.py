@@ -3,8 +3,9 @@ import json
 
 import numpy as np
 import torch
-from conftest import TinyConvNet, tiny_manifest
+from conftest import tiny_manifest
 from PIL import Image
+from tiny_convnet import TinyConvNet
 
 from harness.data.coco import load_labels
 from harness.data.dataset import CocoImages

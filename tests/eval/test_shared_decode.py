@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TinyConvNet
+from tiny_convnet import TinyConvNet
 from tiny_models import MODELS, write_manifest
 
 import harness.data.cache

@@ -5,9 +5,9 @@ import os
 import signal
 from types import SimpleNamespace
 
-import conftest
 import numpy as np
 import pytest
+import tiny_convnet
 import torch
 from forked_ranks import run_ranks
 from tiny_models import write_manifest
@@ -40,7 +40,7 @@ FLAGS = ["--weights", "random", "--device", "cpu", "--workers", "0", "--no-progr
 
 
 def nan_on_rank_1_after(calls_before):
-    forward, calls = conftest.TinyConvNet.forward, []
+    forward, calls = tiny_convnet.TinyConvNet.forward, []
 
     def failing(self, x):
         calls.append(self.conv.out_channels == 4)  # sd-a's forward calls only
@@ -115,7 +115,7 @@ def test_two_ranks_score_as_one_process(manifest, smoke_root, tmp_path):
 def test_a_failing_rank_fails_the_run_with_one_line_and_it_resumes_per_rank(manifest, smoke_root, tmp_path,
                                                                            monkeypatch, capfd):
     with monkeypatch.context() as patched:
-        patched.setattr(conftest.TinyConvNet, "forward", nan_on_rank_1_after(2))
+        patched.setattr(tiny_convnet.TinyConvNet, "forward", nan_on_rank_1_after(2))
         assert _forked_ranks(tmp_path, manifest, smoke_root, "sd-c", "sd-a") == [2, 2]  # each rank says it failed
     lines = [line for line in capfd.readouterr().err.splitlines() if ": FAILED: " in line]
     assert len(lines) == 1 and "sd-a: FAILED: rank 1 of 2 failed: sd-a returned NaN" in lines[0], lines

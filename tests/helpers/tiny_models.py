@@ -2,7 +2,7 @@
 batch size, and a manifest naming them: for shared-decode and torchrun tests."""
 import json
 
-from conftest import TinyConvNet
+from tiny_convnet import TinyConvNet
 
 from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import DEFAULT_MANIFEST, read_yaml

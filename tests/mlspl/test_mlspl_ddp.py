@@ -7,7 +7,7 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
-from conftest import TinyConvNet
+from tiny_convnet import TinyConvNet
 
 from harness.distributed import World
 from harness.mlspl.config import TrainConfig
