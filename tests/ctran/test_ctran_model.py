@@ -16,7 +16,11 @@ from make_ctran_fixture import seeded_weights  # noqa: E402  (the fill their mod
 @pytest.fixture(scope="module")
 def small():
     f = np.load(DATA / "ctran_logits.npz")
-    model = CTran(num_labels=80, layers=int(f["layers"]), blocks=tuple(f["blocks"])).eval()
+    with torch.device("meta"):  # no random draw for 60 M weights that seeded_weights overwrites (0.4 s)
+        model = CTran(num_labels=80, layers=int(f["layers"]), blocks=tuple(f["blocks"])).eval()
+    model.to_empty(device="cpu")
+    for counter in (b for b in model.buffers() if not b.is_floating_point()):
+        counter.zero_()  # BatchNorm's num_batches_tracked, as a fresh model holds it
     model.load_state_dict(seeded_weights(model.state_dict(), int(f["seed"])), strict=True)
     return model, f
 

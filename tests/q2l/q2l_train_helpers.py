@@ -10,6 +10,14 @@ from harness.manifest import get_spec
 from harness.q2l.config import Q2LTrainConfig
 from harness.q2l.recipe import Recipe, load_recipe
 
+# The --smoke TResNet-L (an eighth of its width): a 4 MB state.pt where the --smoke ResNet-101 (full-width
+# stages) writes 130 MB, and a quarter of its CPU time an epoch. For the tests whose property holds for
+# any backbone (resume, refusals, memory wiring).
+SMALL = "q2l-tresl-448"
+# The --smoke Swin (LayerNorm only): like ResNet-101's FrozenBatchNorm, no layer sees the batch, so a
+# batch split over processes or micro-batches trains as the whole batch; a sixteenth of its state.pt.
+SWIN = "q2l-swinl-384"
+
 _MADE = {}  # (n_val, n_train, seed) -> a subset made once in this process
 
 
@@ -23,6 +31,13 @@ def tiny_coco(folder, n_val=8, n_train=16, seed=0):
         _MADE[key] = make_smoke(made / "coco", n_val=n_val, n_train=n_train, seed=seed)
     shutil.copytree(_MADE[key], folder, dirs_exist_ok=True)
     return Path(folder)
+
+
+def without_drop_path(monkeypatch):
+    """Swin's DropPath off (as dropout 0 for the transformer): a split batch draws other masks."""
+    from harness.q2l import backbones
+
+    monkeypatch.setattr(backbones, "SWIN_DROP_PATH", 0.0)
 
 
 def smoke_config(coco_root, runs_root, model_id="q2l-r101-448", recipe_changes=None, **changes):

@@ -19,12 +19,18 @@ def no_dropout_swin():
     return tiny_swin_q2l(drop=0, dropout=0)
 
 
+@pytest.fixture(scope="module")
+def full_batch_gradients():
+    """The whole batch's loss and gradients, computed once for every micro-batch size (seeded, read only)."""
+    return gradients_of_one_batch(no_dropout_swin(), None)
+
+
 @pytest.mark.parametrize("micro_batch", [1, 2, 4])  # 4: chunks of 4 and 2 images
-def test_accumulated_gradient_is_the_full_batch_gradient(micro_batch):
+def test_accumulated_gradient_is_the_full_batch_gradient(full_batch_gradients, micro_batch):
     """Bound 1e-5 of the largest gradient; measured at most 6.7e-7 (batch 6, micro-batches 1-4)
     with 1 and 2 threads under ATEN_CPU_CAPABILITY=default/avx2/avx512 and MKL_CBWR=COMPATIBLE/
     AVX2/AVX512 (AMD EPYC, torch 2.15)."""
-    loss_full, full = gradients_of_one_batch(no_dropout_swin(), None)
+    loss_full, full = full_batch_gradients
     loss_micro, micro = gradients_of_one_batch(no_dropout_swin(), micro_batch)
     assert (micro - full).abs().max() <= 1e-5 * full.abs().max()
     assert abs(loss_micro.item() - loss_full.item()) <= 1e-6 * abs(loss_full.item())
@@ -50,17 +56,22 @@ def key_bias(name, tensor):
     return None
 
 
+@pytest.fixture(scope="module")
+def full_batch_weights():
+    """The weights after 3 whole-batch steps, computed once for every micro-batch size (seeded, read only)."""
+    return snapshot(train_steps(no_dropout_swin(), 3, batch_size=6)[0])
+
+
 @pytest.mark.parametrize("micro_batch", [2, 3, 4])
-def test_weights_after_three_adamw_steps_are_within_the_measured_bound(micro_batch):
+def test_weights_after_three_adamw_steps_are_within_the_measured_bound(full_batch_weights, micro_batch):
     """After 3 AdamW + OneCycleLR steps at batch 6: every weight within 2e-4 of the full-batch run,
     except the attention key biases, within 2 x the summed learning rates (AdamW moves a weight by
     about lr a step whatever its gradient's size). Measured: at most 4.0e-5 and 2.4e-4 (Σ lr is
     1.3e-3) over the settings of the gradient test; one step of the wrong sign would be ~1e-3.
     Loose by nature (AdamW's update barely depends on the gradient's scale): the gradient test
     above is the one that catches a wrong chunk weight."""
-    model_f, _, _ = train_steps(no_dropout_swin(), 3, batch_size=6)
     model_m, _, _ = train_steps(no_dropout_swin(), 3, batch_size=6, micro_batch=micro_batch)
-    full, micro = snapshot(model_f), snapshot(model_m)
+    full, micro = full_batch_weights, snapshot(model_m)
     lr_sum = sum(learning_rates(3))
     checked = 0
     for name in full:

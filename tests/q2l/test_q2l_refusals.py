@@ -1,11 +1,12 @@
 """`harness q2l train` refuses, in one line and exit 2, a damaged state file, flags it cannot honour and a
-resume on another number of processes (on every rank under torchrun, none left waiting)."""
+resume on another number of processes (on every rank under torchrun, none left waiting). The refusals are
+the same for every backbone: the small one's runs are made and copied here (q2l_train_helpers.SMALL)."""
 import pickle
 
 import pytest
 import torch
 from forked_ranks import run_ranks
-from q2l_train_helpers import tiny_coco
+from q2l_train_helpers import SMALL, tiny_coco
 from stopped_runs import copy_run, edit_state
 
 from harness.cli import main
@@ -27,7 +28,7 @@ def coco(tmp_path_factory):
 
 
 def _args(coco, runs, *extra):
-    return ["q2l", "train", "q2l-r101-448", "--coco-root", str(coco), "--smoke", "--epochs", "1", "--runs", str(runs),
+    return ["q2l", "train", SMALL, "--coco-root", str(coco), "--smoke", "--epochs", "1", "--runs", str(runs),
             "--no-progress", *extra]
 
 
@@ -42,7 +43,7 @@ def stopped(coco, tmp_path_factory):
     """A finished one-epoch run with its results removed: what a run stopped before its record leaves."""
     runs = tmp_path_factory.mktemp("q2l-stopped")
     assert main(_args(coco, runs)) == 0
-    (run_dir,) = (runs / "q2l-r101-448").iterdir()
+    (run_dir,) = (runs / SMALL).iterdir()
     for name in RESULTS:
         (run_dir / name).unlink()
     return run_dir
@@ -94,7 +95,7 @@ def test_a_flag_it_cannot_honour_is_one_line_before_any_folder(coco, tmp_path, c
 def test_a_resume_on_another_number_of_processes_is_refused_on_every_rank(coco, tmp_path, capfd):
     argv = _args(coco, tmp_path / "runs", "--batch-size", "6")  # splits over 2 and 3
     assert run_ranks(argv, world=2) == [0, 0]
-    (run_dir,) = (tmp_path / "runs" / "q2l-r101-448").iterdir()
+    (run_dir,) = (tmp_path / "runs" / SMALL).iterdir()
     for name in RESULTS:
         (run_dir / name).unlink()
     capfd.readouterr()

@@ -1,7 +1,8 @@
 """A training killed with SIGKILL mid-epoch and resumed equals the uninterrupted run, bit for bit (CPU):
 weights, EMA, AdamW state, every epoch's losses and mAPs, the final scores. Each run is a process of its
 own, forked from this one (forked_cli.py: its imports are this process's, its random states a fresh
-interpreter's), so the resumed run knows only what the killed one left on disk."""
+interpreter's), so the resumed run knows only what the killed one left on disk. The small --smoke TResNet-L
+(q2l_train_helpers.SMALL): its ABN statistics are state a resume must restore too."""
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import forked_cli
 import numpy as np
 import pytest
 import torch
-from q2l_train_helpers import smoke_config, tiny_coco
+from q2l_train_helpers import SMALL, smoke_config, tiny_coco
 
 import harness.commands.q2l  # noqa: F401  (imported once here, not again in each forked run)
 from harness.errors import Interrupted
@@ -23,7 +24,7 @@ EPOCHS = "2"
 
 
 def _command(coco, runs, *extra):
-    return ["q2l", "train", "q2l-r101-448", "--coco-root", str(coco), "--smoke",
+    return ["q2l", "train", SMALL, "--coco-root", str(coco), "--smoke",
             "--epochs", EPOCHS, "--runs", str(runs), "--no-progress", *extra]
 
 
@@ -33,7 +34,7 @@ def _run(command):
 
 
 def _run_dir(runs):
-    (run_dir,) = (Path(runs) / "q2l-r101-448").iterdir()
+    (run_dir,) = (Path(runs) / SMALL).iterdir()
     return run_dir
 
 
@@ -77,7 +78,7 @@ def test_resume_after_an_interruption_inside_an_epoch_equals_the_uninterrupted_r
     """Ctrl-C after the first of two steps of the second epoch (that step's update is lost with the process's
     memory), resumed with 2 loader workers and their augmentation: the same bits as one uninterrupted run."""
     coco = tiny_coco(tmp_path / "coco", n_train=16)
-    config = smoke_config(coco, tmp_path / "whole", augment="authors")
+    config = smoke_config(coco, tmp_path / "whole", model_id=SMALL, augment="authors")
     whole = fit(config)
     real = train.train_epoch
 
@@ -92,7 +93,7 @@ def test_resume_after_an_interruption_inside_an_epoch_equals_the_uninterrupted_r
     with pytest.raises(Interrupted):
         fit(cut)
     monkeypatch.setattr(train, "train_epoch", real)
-    (run_dir,) = (tmp_path / "cut" / "q2l-r101-448").iterdir()
+    (run_dir,) = (tmp_path / "cut" / SMALL).iterdir()
     resumed = fit(replace(cut, resume=str(run_dir), workers=2))
     a, b = (torch.load(r.run_dir / "state.pt", weights_only=True) for r in (whole, resumed))
     for part in ("model", "ema"):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from q2l_train_helpers import smoke_config, tiny_coco
+from q2l_train_helpers import SMALL, smoke_config, tiny_coco
 
 from harness.cli import main
 from harness.distributed import World
@@ -21,10 +21,12 @@ def coco(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(coco, tmp_path_factory):
+    """The small --smoke TResNet-L (q2l_train_helpers.SMALL): a CNN with their frozen parts, a quarter of
+    ResNet-101's time."""
     runs = tmp_path_factory.mktemp("q2l-runs")
-    assert main(["q2l", "train", "q2l-r101-448", "--coco-root", str(coco), "--smoke", "--runs", str(runs),
+    assert main(["q2l", "train", SMALL, "--coco-root", str(coco), "--smoke", "--runs", str(runs),
                  "--no-progress"]) == 0
-    (run_dir,) = (runs / "q2l-r101-448").iterdir()
+    (run_dir,) = (runs / SMALL).iterdir()
     return run_dir, json.loads((run_dir / "record.json").read_text())
 
 
@@ -48,7 +50,7 @@ def test_smoke_run_records_the_training_flagged_smoke(trained, capsys):
 
 def test_the_frozen_parts_are_theirs(trained):
     frozen = trained[1]["train"]["backbone_weights"]["frozen"]
-    assert any(k.startswith("backbone.0.body.conv1") for k in frozen)
+    assert any(k.startswith("backbone.0.body.body.conv1") for k in frozen)  # TResNet's stem in its `body`
     assert any(".layer1." in k for k in frozen) and not any("layer2" in k for k in frozen)
 
 
@@ -117,7 +119,7 @@ def test_amp_fp16_on_cpu_is_refused(coco, tmp_path):
 
 
 def test_held_out_selection_chooses_on_train2014_then_scores_val2014_once(coco, tmp_path):
-    finished = fit(smoke_config(coco, tmp_path, selection="held-out", holdout=0.5, epochs=1))
+    finished = fit(smoke_config(coco, tmp_path, SMALL, selection="held-out", holdout=0.5, epochs=1))
     t, r = finished.record.train, finished.record
     assert t["select_split"] == "train2014" and t["n_select"] == 8 and t["n_train"] == 8
     assert "held-out" in t["selection_note"] and r.dataset["n_images"] == 8  # val2014, every image once
