@@ -45,7 +45,13 @@ def read(path):
 
 def load_into(model, state, path):
     """Strict load; a checkpoint of another model or size is one line naming what differs."""
-    ours = model.state_dict()
+    check_fits(model.state_dict(), state, path)
+    model.load_state_dict(state, strict=True)
+
+
+def check_fits(ours, state, path):
+    """`state` has the keys and shapes of `ours` (a model's state dict, possibly on the meta device), or
+    one line naming what differs."""
     missing = [k for k in ours if k not in state]
     unexpected = [k for k in state if k not in ours]
     wrong = [k for k in ours if k in state and tuple(state[k].shape) != tuple(ours[k].shape)]
@@ -54,4 +60,3 @@ def load_into(model, state, path):
         raise UserError(f"{path} is not a checkpoint of this C-Tran model ({len(missing)} keys missing, "
                         f"{len(unexpected)} unexpected, {len(wrong)} of another shape, e.g. {first}); pass a "
                         f"checkpoint of this model (from `harness ctran train` or the authors' main.py)")
-    model.load_state_dict(state, strict=True)

@@ -341,7 +341,10 @@ def evaluate_checkpoint(config, trained=None):
                         f"{specs[0].id} is {'without' if lmt else 'with'} it; pass that model's checkpoint "
                         f"(or evaluate {'ctran-r101-576' if lmt else 'ctran-r101-576-no-lmt'})")
 
-    model = CTran(**{k: v for k, v in arch.items() if k not in ("name", "img_size")})
+    shape = {k: v for k, v in arch.items() if k not in ("name", "img_size")}
+    with torch.device("meta"):  # names and shapes, no memory, no random draws: another model's file is
+        ckpt.check_fits(CTran(**shape).state_dict(), state, weights)  # refused before a 60 M-weight build
+    model = CTran(**shape)
     ckpt.load_into(model, state, weights)
     baseline_mib = nvml_baseline_mib(device)  # before the model reaches the GPU
     model.to(device)
