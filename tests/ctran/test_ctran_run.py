@@ -1,9 +1,11 @@
 """C-Tran end to end on the smoke subset (tiny backbone, CPU): train, resume, eval at four settings, report."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from stopped_runs import copy_run
 
 from harness.cli import main
 from harness.ctran import run as ctran_run
@@ -23,14 +25,27 @@ def _weights(path):
 
 @pytest.fixture(scope="module")
 def trained(smoke_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ctran_runs")
-    assert _train(smoke_root, out, "--epochs", "2") == 0
+    """A two-epoch run (out, its folder) and a copy of its folder as it stood when epoch 2 began: what a
+    Ctrl-C there leaves, so the resume test need not train epoch 1 again (tests copy it, never write it)."""
+    out, early = tmp_path_factory.mktemp("ctran_runs"), tmp_path_factory.mktemp("ctran_epoch_1")
+    real, calls = ctran_run.train_epoch, []
+
+    def copy_as_epoch_2_begins(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            (run_dir,) = (out / "ctran-r101-576").iterdir()
+            shutil.copytree(run_dir, early / "ctran-r101-576" / run_dir.name)
+        return real(*a, **k)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ctran_run, "train_epoch", copy_as_epoch_2_begins)
+        assert _train(smoke_root, out, "--epochs", "2") == 0
     (run_dir,) = (out / "ctran-r101-576").iterdir()
-    return out, run_dir
+    return out, run_dir, early / "ctran-r101-576" / run_dir.name
 
 
 def test_training_record_is_flagged_and_selected_on_test(trained):
-    out, run_dir = trained
+    out, run_dir, _ = trained
     record = json.loads((run_dir / "record.json").read_text())
     assert record["kind"] == "train" and record["smoke"]
     assert "smoke subset" in record["smoke_reasons"] and "random backbone weights" in record["smoke_reasons"]
@@ -41,26 +56,23 @@ def test_training_record_is_flagged_and_selected_on_test(trained):
 
 
 def test_interrupted_training_resumes_to_the_same_weights(trained, smoke_root, tmp_path, monkeypatch):
-    _, full = trained
-    real, calls = ctran_run.train_epoch, []
+    _, full, at_epoch_2 = trained
+    resumed = copy_run(at_epoch_2, tmp_path)  # the same run's epoch 1, as a run stopped in epoch 2 keeps it
+    real = ctran_run.train_epoch
 
-    def stop_in_epoch_2(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
+    def stop(*a, **k):
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(ctran_run, "train_epoch", stop_in_epoch_2)
-    assert _train(smoke_root, tmp_path, "--epochs", "2") == 130
+    monkeypatch.setattr(ctran_run, "train_epoch", stop)
+    assert _train(smoke_root, tmp_path / "runs", "--epochs", "2", "--resume") == 130  # Ctrl-C in epoch 2
     monkeypatch.setattr(ctran_run, "train_epoch", real)
-    assert _train(smoke_root, tmp_path, "--epochs", "2", "--resume") == 0
-    (resumed,) = (tmp_path / "ctran-r101-576").iterdir()
+    assert _train(smoke_root, tmp_path / "runs", "--epochs", "2", "--resume") == 0
     a, b = _weights(full / "last.safetensors"), _weights(resumed / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_eval_at_four_settings_then_report(trained, smoke_root, tmp_path, capsys):
-    out, run_dir = trained
+    out, run_dir, _ = trained
     assert main(["eval", "ctran-r101-576", "--coco-root", str(smoke_root), "--weights", str(run_dir / "best.safetensors"),
                  "--known", "0", "25", "50", "75", "--out", str(out), "--no-progress", "--limit", "8"]) == 0
     for mid, known in (("ctran-r101-576-known25", 20), ("ctran-r101-576-known75", 60)):
@@ -81,7 +93,7 @@ def test_eval_at_four_settings_then_report(trained, smoke_root, tmp_path, capsys
 
 
 def test_bad_inputs_are_one_line(trained, smoke_root, tmp_path, capsys):
-    out, run_dir = trained
+    out, run_dir, _ = trained
     best = str(run_dir / "best.safetensors")
     base = ["eval", "ctran-r101-576", "--coco-root", str(smoke_root), "--out", str(tmp_path), "--no-progress"]
     cases = [(base + ["--weights", best, "--known", "33"], "--known must be 0, 25, 50 or 75"),
@@ -105,7 +117,7 @@ def test_held_out_split_is_disjoint_and_seeded():
 
 
 def test_rescore_uses_the_runs_mask(trained, capsys):
-    out, _ = trained
+    out, _, _ = trained
     runs = sorted((out / "ctran-r101-576-known50").iterdir()) if (out / "ctran-r101-576-known50").exists() else []
     run_dir = runs[-1] if runs else None
     if run_dir is None:  # the four-settings test writes it; run alone, make one here
