@@ -1,5 +1,6 @@
 """`harness ctran train` refuses bad numbers, backbone files and state files in one line (exit 2), before
 any run folder exists where it can; under torchrun a refusal reaches every rank and none is left waiting."""
+import json
 import pickle
 
 import pytest
@@ -78,20 +79,29 @@ def test_a_missing_backbone_file_is_one_line(smoke_root, tmp_path, capsys):
     assert "names no file" in _one_line(capsys)
 
 
-def test_a_backbone_file_that_fits_still_trains(smoke_root, tmp_path):
-    torch.save(ResNet(BasicBlock, [1, 1, 1, 1]).state_dict(), tmp_path / "tiny.pth")
-    assert _train(smoke_root, tmp_path / "runs", backbone=str(tmp_path / "tiny.pth")) == 0
+@pytest.fixture(scope="module")
+def fitting_backbone(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ctran_backbone") / "tiny.pth"
+    torch.save(ResNet(BasicBlock, [1, 1, 1, 1]).state_dict(), path)
+    return str(path)
 
 
 @pytest.fixture(scope="module")
-def stopped(smoke_root, tmp_path_factory):
-    """A finished one-epoch run with its results removed: what a run stopped before its test pass leaves."""
+def stopped(smoke_root, tmp_path_factory, fitting_backbone):
+    """A finished one-epoch run from a backbone file that fits, its results removed: what a run stopped
+    before its test pass leaves. Its resumes name the same file (a setting of the run)."""
     runs = tmp_path_factory.mktemp("ctran_stopped")
-    assert _train(smoke_root, runs) == 0
+    assert _train(smoke_root, runs, backbone=fitting_backbone) == 0
     (run_dir,) = (runs / "ctran-r101-576").iterdir()
     for name in RESULTS:
         (run_dir / name).unlink()
     return run_dir
+
+
+def test_a_backbone_file_that_fits_still_trains(stopped, fitting_backbone):
+    # the training is the stopped run's (its exit status is asserted there): it trained from the file
+    state = json.loads(torch.load(stopped / "state.pt", weights_only=True)["state_json"])
+    assert state["epoch"] == 1 and state["backbone"]["source"] == fitting_backbone
 
 
 @pytest.mark.parametrize("damage, words", [
@@ -102,27 +112,27 @@ def stopped(smoke_root, tmp_path_factory):
     (lambda d: edit_state(d, lambda s: s.pop("scheduler")), "no 'scheduler'"),
     (lambda d: (d / "last.safetensors").write_bytes(b"\0" * 64), "last.safetensors is missing, unreadable"),
 ])
-def test_a_damaged_state_is_one_line_naming_it(stopped, smoke_root, tmp_path, capsys, damage, words):
+def test_a_damaged_state_is_one_line_naming_it(stopped, fitting_backbone, smoke_root, tmp_path, capsys, damage, words):
     run_dir = copy_run(stopped, tmp_path)
     damage(run_dir)
     capsys.readouterr()
-    assert _train(smoke_root, tmp_path / "runs", "--resume", str(run_dir)) == 2
+    assert _train(smoke_root, tmp_path / "runs", "--resume", str(run_dir), backbone=fitting_backbone) == 2
     err = _one_line(capsys)
     assert words in err and f"delete {run_dir} to start over" in err, err
     assert not (run_dir / "RAN").exists()
 
 
-def test_weights_and_state_of_different_epochs_are_refused(stopped, smoke_root, tmp_path, capsys):
+def test_weights_and_state_of_different_epochs_are_refused(stopped, fitting_backbone, smoke_root, tmp_path, capsys):
     run_dir = copy_run(stopped, tmp_path)
     edit_state(run_dir, lambda s: s.update(state_json=s["state_json"].replace('"epoch": 1', '"epoch": 0')))
     capsys.readouterr()
-    assert _train(smoke_root, tmp_path / "runs", "--resume", str(run_dir)) == 2
+    assert _train(smoke_root, tmp_path / "runs", "--resume", str(run_dir), backbone=fitting_backbone) == 2
     assert "last.safetensors holds epoch 1" in _one_line(capsys)
 
 
-def test_an_undamaged_stopped_run_resumes(stopped, smoke_root, tmp_path):
+def test_an_undamaged_stopped_run_resumes(stopped, fitting_backbone, smoke_root, tmp_path):
     run_dir = copy_run(stopped, tmp_path)
-    assert _train(smoke_root, tmp_path / "runs", "--resume", str(run_dir)) == 0
+    assert _train(smoke_root, tmp_path / "runs", "--resume", str(run_dir), backbone=fitting_backbone) == 0
     assert (run_dir / "record.json").is_file()
 
 
@@ -139,10 +149,11 @@ def test_a_resume_on_another_number_of_processes_is_refused_on_every_rank(smoke_
     assert len(err) == 1 and f"cannot resume {run_dir} on 3 process(es): it was trained on 2" in err[0], err
 
 
-def test_a_damaged_state_under_torchrun_is_one_line_for_every_rank(smoke_root, tmp_path, capfd, stopped):
+def test_a_damaged_state_under_torchrun_is_one_line_for_every_rank(smoke_root, tmp_path, capfd, stopped,
+                                                                   fitting_backbone):
     run_dir = copy_run(stopped, tmp_path)
     argv = ["ctran", "train", "--coco-root", str(smoke_root), "--runs", str(tmp_path / "runs"), *TINY,
-            "--backbone", "random", "--device", "cpu", "--resume", str(run_dir)]
+            "--backbone", fitting_backbone, "--device", "cpu", "--resume", str(run_dir)]
     (run_dir / "state.pt").write_bytes(b"garbage")
     settings = (run_dir / "settings.json").read_text()
     (run_dir / "settings.json").write_text(settings.replace('"processes": 1', '"processes": 2'))
