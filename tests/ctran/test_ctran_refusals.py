@@ -139,13 +139,14 @@ def test_an_undamaged_stopped_run_resumes(stopped, fitting_backbone, smoke_root,
 def test_a_resume_on_another_number_of_processes_is_refused_on_every_rank(smoke_root, tmp_path, capfd):
     argv = ["ctran", "train", "--coco-root", str(smoke_root), "--runs", str(tmp_path / "runs"), *TINY,
             "--backbone", "random", "--device", "cpu", "--batch-size", "6"]  # splits over 2 and 3
-    assert run_ranks(argv, world=2) == [0, 0]
+    # six images: one step of three per rank (eight took two); the refusal needs a finished 2-rank run
+    assert run_ranks([*argv, "--limit", "6"], world=2) == [0, 0]
     (run_dir,) = (tmp_path / "runs" / "ctran-r101-576").iterdir()
     for name in RESULTS:
         (run_dir / name).unlink()
     capfd.readouterr()
-    assert run_ranks([*argv, "--resume", str(run_dir)], world=3) == [2, 2, 2]  # none left waiting, none crashed
-    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert run_ranks([*argv, "--limit", "6", "--resume", str(run_dir)], world=3) == [2, 2, 2]  # none left
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]  # waiting, none crashed
     assert len(err) == 1 and f"cannot resume {run_dir} on 3 process(es): it was trained on 2" in err[0], err
 
 
