@@ -10,7 +10,9 @@ import pytest
 import torch
 from mlspl_data import synthetic_features
 from safetensors.torch import load_file
+from torchvision.models.resnet import Bottleneck, ResNet
 
+import harness.models.mlspl
 from harness.cli import main
 from harness.inputs.yaml_files import dump_yaml
 from harness.manifest import read_yaml
@@ -134,7 +136,15 @@ def _initial_table_after_head(data, generator):
     return _random_start(generator, torch.tensor(data["train"].labels_obs), backbone=True)[1]
 
 
-def test_linear_init_hands_head_and_estimates_to_fine_tuning(smoke_root, smoke_data, tmp_path):
+@pytest.fixture
+def shallow_resnet50(monkeypatch):
+    """MLSPLResNet50's backbone with one block a stage: ResNet-50's widths, its 2048-d features and key
+    names, a third of its weights. For tests of what happens around the network (hand-overs, resumes,
+    seeding), which holds for any depth."""
+    monkeypatch.setattr(harness.models.mlspl, "resnet50", lambda weights=None: ResNet(Bottleneck, [1, 1, 1, 1]))
+
+
+def test_linear_init_hands_head_and_estimates_to_fine_tuning(smoke_root, smoke_data, tmp_path, shallow_resnet50):
     # The smoke val split (9 images) is smaller than the authors' ROLE batch of 16: batch 8 here.
     feats = synthetic_features(smoke_data, tmp_path / "feats")
     run_dir = train_and_evaluate(TrainConfig("ROLE", "linear-init", data_dir=smoke_data, features_dir=feats,
@@ -151,7 +161,7 @@ def test_linear_init_hands_head_and_estimates_to_fine_tuning(smoke_root, smoke_d
     assert estimator["logits"].shape == (len(load_prepared(smoke_data)["train"].images), 80)
 
 
-def test_extraction_resumes_and_compares(smoke_root, smoke_data, tmp_path):
+def test_extraction_resumes_and_compares(smoke_root, smoke_data, tmp_path, shallow_resnet50):
     torch.manual_seed(0)
     config = FeatureConfig(resolution=32, batch_size=8, random_weights=True, workers=0)
     first = extract_features(smoke_data, smoke_root, tmp_path / "a", config, progress=False)
@@ -173,7 +183,7 @@ def test_extraction_resumes_and_compares(smoke_root, smoke_data, tmp_path):
     assert other["train"]["cosine_mean"] < 0.5
 
 
-def test_random_weight_extraction_is_seeded(smoke_root, smoke_data, tmp_path):
+def test_random_weight_extraction_is_seeded(smoke_root, smoke_data, tmp_path, shallow_resnet50):
     few = tmp_path / "few"  # four rows per split: the network, not the images, is under test
     few.mkdir()
     for split in ("train", "val"):
