@@ -42,9 +42,11 @@ def test_two_processes_take_the_one_process_update_of_the_global_batch(smoke_roo
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "ddp.pt")
+    # the one-process run first: the ResNet-50 its start draws (only to move the generator, as theirs) is
+    # then built once and the forked ranks copy it (resnet_cache.py) instead of building it again each
+    one = _train(smoke_root, smoke_data, World())
     # fork: the children reuse the imports (spawn would spend seconds importing torch again)
     mp.start_processes(_worker, args=(port, smoke_root, smoke_data, out), nprocs=2, join=True, start_method="fork")
-    one = _train(smoke_root, smoke_data, World())
     ranks = [torch.load(f"{out}.rank{rank}") for rank in (0, 1)]
     worst = max(float((r["grads"][k] - g).abs().max() / g.abs().max()) for r in ranks for k, g in one["grads"].items())
     print("largest gradient difference / largest gradient entry, per tensor:", worst)
