@@ -1,4 +1,5 @@
 """What a record says of the machine and code that made it: library versions, GPU, CPU, commit."""
+import functools
 import platform
 import re
 import subprocess
@@ -40,6 +41,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache  # read once per process: the code it runs was loaded as the checkout was when it started
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO_ROOT), *args],

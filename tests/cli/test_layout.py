@@ -2,6 +2,7 @@
 only for what costs start-up time (each saying why), no print outside the CLI, no import cycle, and
 the floors read commands -> systems -> shared machinery -> records/metrics."""
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -19,10 +20,26 @@ def _modules():
     return sorted(p for p in PACKAGE.rglob("*.py"))
 
 
+@functools.cache
+def _source(path):
+    return path.read_text()
+
+
+@functools.cache
+def _tree(path):
+    """Each module parsed once for all the checks here (none changes a tree)."""
+    return ast.parse(_source(path))
+
+
+@functools.cache
+def _nodes(path):
+    """Every node of the module, in ast.walk's order."""
+    return tuple(ast.walk(_tree(path)))
+
+
 def _function_imports(path):
-    tree = ast.parse(path.read_text())
-    lines = path.read_text().splitlines()
-    for fn in ast.walk(tree):
+    lines = _source(path).splitlines()
+    for fn in _nodes(path):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for node in ast.walk(fn):
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -44,13 +61,13 @@ def test_imports_inside_functions_are_only_the_costly_libraries_each_with_its_re
 
 def test_only_the_cli_prints():
     found = [f"{p.relative_to(REPO)}:{n.lineno}" for p in _modules() if p.parent.name != "commands" and p.name != "cli.py"
-             for n in ast.walk(ast.parse(p.read_text()))
+             for n in _nodes(p)
              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
     assert not found, "library code logs (logging.getLogger(__name__)); print only in commands/ and cli.py: " + str(found)
 
 
 def _harness_imports(path):
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _nodes(path):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("harness"):
             yield node.module
         elif isinstance(node, ast.Import):
@@ -108,7 +125,7 @@ def _top_level_imports(path, modules=()):
     `from P import m` of a submodule m needs P.m (Python imports it even while P is half done),
     `from P import name` of anything else needs P itself."""
     names = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in _tree(path).body:
         for sub in ast.walk(node):
             if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 break
