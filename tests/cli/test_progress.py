@@ -177,6 +177,7 @@ class _Flat(nn.Module):
         return x.flatten(1).sum(1)
 
 
+@pytest.mark.usefixtures("plots_not_drawn")
 def test_an_interrupted_reproduce_is_continued_by_the_same_command(smoke_root, tmp_path, capsys, monkeypatch):
     from authors_checkpoints import SMALL, randomised, save_authors_checkpoint, small_q2l_manifest
 
