@@ -219,5 +219,8 @@ def test_a_quick_step_says_nothing_and_a_slow_one_says_what_it_does(monkeypatch,
             pass
         done = threading.Event()
         with progress.step("slow"):
-            done.wait(0.5)  # past SAY_AFTER_S: the line comes while it runs
+            for _ in range(500):  # past SAY_AFTER_S the line comes while it runs: waited for, 5 s at most
+                if "slow ..." in caplog.text:
+                    break
+                done.wait(0.01)
     assert "quick" not in caplog.text and "slow ..." in caplog.text
