@@ -522,10 +522,13 @@ class Bootstrap:
 
 
 def compute_metrics(scores: ArrayLike, labels: ArrayLike, protocol: str, *, ci: "Bootstrap | bool" = True,
-                    class_names: list | None = None, f1: str = "ml-gcn", threshold: float = THRESHOLD) -> dict:
+                    class_names: list | None = None, f1: str = "ml-gcn", threshold: float = THRESHOLD,
+                    per_class: tuple | None = None) -> dict:
     """Every metric of one run as a JSON-serialisable dict (percentages). `ci`: a Bootstrap, True
     (the default one) or False (no interval); `f1` and `threshold` pick the F1 family's definition
-    (F1_RULES) and threshold. C-Tran's protocol, with its known-label mask, is harness/ctran/metrics.py."""
+    (F1_RULES) and threshold. C-Tran's protocol, with its known-label mask, is harness/ctran/metrics.py.
+    per_class: per_class_ap's result for these scores and labels, where the caller has it already
+    (harness verify recomputes the point mAP first): the same numbers, one sort of every class less."""
     ci = Bootstrap() if ci is True else ci
     _check_protocol(protocol)
     if f1 not in F1_RULES:
@@ -540,7 +543,7 @@ def compute_metrics(scores: ArrayLike, labels: ArrayLike, protocol: str, *, ci: 
         raise UserError(f"{len(class_names)} class names for {n_classes} classes; pass one name per column")
     names = list(class_names) if class_names is not None else list(range(n_classes))
 
-    ap, ap_tie_free, tied, mixed, orders = per_class_ap(scores, positives, protocol)
+    ap, ap_tie_free, tied, mixed, orders = per_class or per_class_ap(scores, positives, protocol)
     n_true = positives.sum(0)
     missing = [names[c] for c in np.flatnonzero(n_true == 0)]
     notes = []
