@@ -68,10 +68,11 @@ def write_full_run(runs, model_id, finished_at, **options):
     return rec
 
 
-@pytest.fixture
-def runs(tmp_path):
-    """q2l-r101-448: a whole-split run, then a later smoke run; q2l-r101-576: smoke only; a bench run."""
-    root = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """q2l-r101-448: a whole-split run, then a later smoke run; q2l-r101-576: smoke only; a bench run.
+    Written once for the module: its tests only read it (their reports go to their own tmp_path)."""
+    root = tmp_path_factory.mktemp("report-runs") / "runs"
     real = write_full_run(root, "q2l-r101-448", "2026-01-01T00:00:00+00:00", seed=1)
     write_run(root, "q2l-r101-448", True, "2026-02-01T00:00:00+00:00", seed=2)
     write_run(root, "q2l-r101-576", True, "2026-01-05T00:00:00+00:00", seed=3)
