@@ -192,20 +192,113 @@ def _class_columns(scores: np.ndarray, protocol: str) -> np.ndarray:
 
 
 def per_class_ap(scores: np.ndarray, positives: np.ndarray, protocol: str) -> tuple:
-    """Per-class AP (fractions), tie-free AP, tied and mixed-tie counts, and each class's order."""
+    """Per-class AP (fractions), tie-free AP, tied and mixed-tie counts, and each class's order.
+
+    The classes are taken a block at a time as classes x images arrays (numpy calls per block, not
+    per class); each sort is the same call on the same values, and each float sum is numpy's sum of
+    the same 1-D array ap_sorted and ap_grouped make for one class, so every number is theirs to the
+    bit (tests/metrics/test_metrics.py compares them on random and tied scores)."""
     columns = _class_columns(scores, protocol)
-    n_classes = columns.shape[0]
+    n_classes, n_images = columns.shape
     ap, ap_tie_free = np.empty(n_classes), np.empty(n_classes)
     tied, mixed = np.zeros(n_classes, int), np.zeros(n_classes, int)
     orders = []
-    for c in range(n_classes):
-        order = sort_order(columns[c], protocol)
-        s, y = columns[c][order], positives[order, c]
-        ap_tie_free[c] = ap_grouped(s, y, protocol)
-        ap[c] = ap_tie_free[c] if protocol == "mlspl" else ap_sorted(y, protocol)
-        tied[c], mixed[c] = tie_counts(s, y)
-        orders.append((order, s, y))
+    block = max(1, _BLOCK_VALUES // n_images)
+    for first in range(0, n_classes, block):
+        part = slice(first, first + block)
+        order, s, y = _sorted_block(np.ascontiguousarray(columns[part]), np.ascontiguousarray(positives.T[part]),
+                                    protocol)
+        ap[part], ap_tie_free[part], tied[part], mixed[part] = _block_ap(s, y, protocol)
+        orders += list(zip(order, s, y))
     return ap, ap_tie_free, tied, mixed, orders
+
+
+_BLOCK_VALUES = 1 << 16  # scores per block of classes: its arrays stay in the CPU caches (faster than larger)
+
+
+def _sorted_block(columns: np.ndarray, positives: np.ndarray, protocol: str) -> tuple:
+    """(order, sorted scores, labels in that order) of each row (class), as sort_order sorts one."""
+    if protocol == "q2l":
+        order = np.argsort(-columns, axis=1)
+    elif protocol == "asl":
+        order = columns.argsort(axis=1)[:, ::-1]
+    else:
+        order = np.argsort(-columns, axis=1, kind="stable")
+    flat = order + np.arange(0, columns.size, columns.shape[1])[:, None]  # a flat take: faster than take_along_axis
+    return order, columns.ravel().take(flat), positives.ravel().take(flat)
+
+
+def _segment_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """np.sum of each consecutive piece of `values` (counts[i] values each): each piece is a 1-D array
+    of its own, summed as numpy sums one (pairwise), never as part of a longer sum."""
+    ends = np.cumsum(counts).tolist()
+    return np.array([values[end - k:end].sum() for end, k in zip(ends, counts.tolist())], dtype=np.float64)
+
+
+def _block_ap(s: np.ndarray, y: np.ndarray, protocol: str) -> tuple:
+    """ap_sorted, ap_grouped and tie_counts of each row of sorted scores `s` and labels `y`."""
+    n_rows, n = s.shape
+    tp = np.cumsum(y, axis=1).astype(np.float64)  # counts: the same values as a float64 cumsum, sooner
+    npos = tp[:, -1]
+    none = npos == 0
+    is_end = np.ones((n_rows, n), dtype=bool)  # the last score of each run of equal ones ends a group
+    np.not_equal(s[:, 1:], s[:, :-1], out=is_end[:, :-1])
+    is_tied = np.zeros((n_rows, n), dtype=bool)  # equal to a neighbour
+    is_tied[:, 1:] = ~is_end[:, :-1]
+    is_tied[:, :-1] |= is_tied[:, 1:]
+    tied = is_tied.sum(1)
+    flat = np.flatnonzero(is_end)
+    counts = is_end.sum(1)
+    first = np.cumsum(counts) - counts  # each row's first group in the flat group arrays
+    row = np.repeat(np.arange(n_rows), counts)
+    ends = flat - row * n + 1
+    tp_g = tp.ravel()[flat]
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows without positives: set below
+        # ap_sorted
+        rank = np.arange(1, n + 1, dtype=np.float64)
+        if protocol == "asl":
+            ap = _segment_sums(np.where(y, tp / rank, 0.0).ravel(), np.full(n_rows, n)) / (npos + ASL_EPS)
+        elif protocol == "q2l":
+            precision = tp / np.maximum(rank, np.finfo(np.float64).eps)
+            envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+            step = np.diff(tp / npos[:, None], axis=1, prepend=0.0)
+            ap = np.where(none, np.nan, _segment_sums((step * envelope)[y], y.sum(1)))
+        # ap_grouped
+        if protocol == "q2l" and not tied.any():  # each score its own group: the envelope above
+            precision_g = envelope.ravel()
+        elif protocol == "q2l":  # running max from the right within each row (precision >= 0: padding 0 is inert)
+            padded = np.zeros((n_rows, n))
+            padded.ravel()[flat] = tp_g / ends
+            precision_g = np.maximum.accumulate(padded[:, ::-1], axis=1)[:, ::-1].ravel()[flat]
+        else:
+            precision_g = tp_g / ends
+        if protocol == "asl":
+            tie_free = _segment_sums((tp_g - _shifted(tp_g, first)) * precision_g, counts) / (npos + ASL_EPS)
+        else:  # terms in the order scikit-learn's sum takes them: last group first
+            recall = tp_g / npos[row]
+            terms = ((_shifted(recall, first) - recall) * precision_g)[::-1].copy()
+            total = -_segment_sums(terms, counts[::-1])[::-1]
+            tie_free = np.where(total > 0.0, total, 0.0)  # max(0.0, total)
+        tie_free = np.where(none, np.nan if protocol == "q2l" else 0.0, tie_free)
+    if protocol == "mlspl":
+        ap = tie_free
+    # tie_counts: a run of ties can move AP when it holds a positive and a negative
+    mixed = np.zeros(n_rows, int)
+    if tied.any():
+        size = ends - _shifted(ends, first)
+        pos_end = tp_g.astype(np.int64)
+        pos = pos_end - _shifted(pos_end, first)
+        is_mixed = (size > 1) & (pos > 0) & (pos < size)
+        mixed = np.bincount(row, weights=size * is_mixed, minlength=n_rows).astype(int)
+    return ap, tie_free, tied, mixed
+
+
+def _shifted(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """values moved one place on within each row's piece, 0 at each row's first place (np.diff's prepend=0)."""
+    out = np.empty_like(values)
+    out[1:] = values[:-1]
+    out[first] = 0
+    return out
 
 
 def mean_ap(ap: np.ndarray, protocol: str) -> float | None:
@@ -429,10 +522,13 @@ class Bootstrap:
 
 
 def compute_metrics(scores: ArrayLike, labels: ArrayLike, protocol: str, *, ci: "Bootstrap | bool" = True,
-                    class_names: list | None = None, f1: str = "ml-gcn", threshold: float = THRESHOLD) -> dict:
+                    class_names: list | None = None, f1: str = "ml-gcn", threshold: float = THRESHOLD,
+                    per_class: tuple | None = None) -> dict:
     """Every metric of one run as a JSON-serialisable dict (percentages). `ci`: a Bootstrap, True
     (the default one) or False (no interval); `f1` and `threshold` pick the F1 family's definition
-    (F1_RULES) and threshold. C-Tran's protocol, with its known-label mask, is harness/ctran/metrics.py."""
+    (F1_RULES) and threshold. C-Tran's protocol, with its known-label mask, is harness/ctran/metrics.py.
+    per_class: per_class_ap's result for these scores and labels, where the caller has it already
+    (harness verify recomputes the point mAP first): the same numbers, one sort of every class less."""
     ci = Bootstrap() if ci is True else ci
     _check_protocol(protocol)
     if f1 not in F1_RULES:
@@ -447,7 +543,7 @@ def compute_metrics(scores: ArrayLike, labels: ArrayLike, protocol: str, *, ci: 
         raise UserError(f"{len(class_names)} class names for {n_classes} classes; pass one name per column")
     names = list(class_names) if class_names is not None else list(range(n_classes))
 
-    ap, ap_tie_free, tied, mixed, orders = per_class_ap(scores, positives, protocol)
+    ap, ap_tie_free, tied, mixed, orders = per_class or per_class_ap(scores, positives, protocol)
     n_true = positives.sum(0)
     missing = [names[c] for c in np.flatnonzero(n_true == 0)]
     notes = []

@@ -39,6 +39,16 @@ def no_lock_entries(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def plots_not_drawn(monkeypatch):
+    """The HTML report's plots laid out but not rendered to PNG (tight_layout and savefig: most of a
+    report's time), for tests of its text, tables and which plots it holds; test_every_format_renders
+    (tests/report/test_report.py) and the training curves test render them for real."""
+    import harness.report.plots  # noqa: F401 (harness.report exports a function under the same name)
+
+    monkeypatch.setattr(sys.modules["harness.report.plots"], "_png", lambda fig: b"\x89PNG not drawn")
+
+
+@pytest.fixture
 def coco(smoke_root, tmp_path):
     """The smoke images as an ordinary COCO folder (the smoke subset itself is never checked)."""
     root = tmp_path / "coco"

@@ -7,7 +7,7 @@ CPUs (harness.metrics): where tied scores mix positives and negatives, the recor
 between the mAPs of the two extreme tie orders (positives first, positives last), which no honest
 run can leave.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,7 @@ class PointMap:
     low: float | None
     high: float | None
     mixed_ties: int  # tied scores in runs holding both a positive and a negative
+    per_class: tuple | None = field(default=None, repr=False, compare=False)  # per_class_ap's, for all_metrics
 
     def agrees(self, recorded: float | None) -> bool:
         """Whether a recorded mAP is this one, to rounding or within what tie order can move."""
@@ -48,27 +49,30 @@ def point_map(scores: np.ndarray, labels: np.ndarray, protocol: str, masks: np.n
         value = None if value is None else 100 * value
         return PointMap(value, value, value, 0)
     scores, positives = check_inputs(scores, labels)
-    ap, _, _, mixed, orders = per_class_ap(scores, positives, protocol)
+    ap, ap_tie_free, tied, mixed, orders = per_class_ap(scores, positives, protocol)
     value = mean_ap(ap, protocol)
+    per_class = (ap, ap_tie_free, tied, mixed, orders)
     if protocol == "mlspl" or not mixed.any():
-        return PointMap(value, value, value, int(mixed.sum()))
+        return PointMap(value, value, value, int(mixed.sum()), per_class)
     low, high = ap.copy(), ap.copy()
     for c in np.flatnonzero(mixed):
         _, s, y = orders[c]  # s sorted high to low; reorder each run of ties
         high[c] = ap_sorted(y[np.lexsort((~y, -s))], protocol)  # positives first
         low[c] = ap_sorted(y[np.lexsort((y, -s))], protocol)    # positives last
-    return PointMap(value, mean_ap(low, protocol), mean_ap(high, protocol), int(mixed.sum()))
+    return PointMap(value, mean_ap(low, protocol), mean_ap(high, protocol), int(mixed.sum()), per_class)
 
 
 def all_metrics(scores: np.ndarray, labels: np.ndarray, recorded: dict, protocol: str, masks: np.ndarray | None = None,
-                ci: bool = True) -> dict:
-    """Every metric as the run computed it (its F1 rule, threshold, class names and bootstrap)."""
+                ci: bool = True, point: PointMap | None = None) -> dict:
+    """Every metric as the run computed it (its F1 rule, threshold, class names and bootstrap); `point`:
+    point_map's result on the same arrays, whose per-class sort it reuses."""
     if protocol in CTRAN_PROTOCOLS:
         return compute_ctran_metrics(scores, labels, masks)
     boot = recorded.get("bootstrap") or {}
     bootstrap = Bootstrap(boot["n_resamples"], boot.get("seed", 0)) if ci and boot.get("n_resamples") else False
     return compute_metrics(scores, labels, protocol, ci=bootstrap, class_names=recorded.get("class_names"),
-                           f1=recorded.get("f1_rule", "ml-gcn"), threshold=recorded.get("threshold", 0.5))
+                           f1=recorded.get("f1_rule", "ml-gcn"), threshold=recorded.get("threshold", 0.5),
+                           per_class=point.per_class if point else None)
 
 
 def differences(recorded, recomputed, skip: tuple = (), path: str = "") -> list[str]:

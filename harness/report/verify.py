@@ -26,7 +26,7 @@ and, with your own annotation file (`harness verify --coco-root`), against the r
 """
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +135,8 @@ def check_run(record: Record, spec: ModelSpec | None = None, *, folder: str | Pa
     _smoke_flags(run)
     _environment(run)
     _resume_and_cache(run)
-    return Facts(tuple(run.findings), tuple(dict.fromkeys(run.smoke)), run.point)
+    point = replace(run.point, per_class=None) if run.point else None  # the sorted arrays are not kept
+    return Facts(tuple(run.findings), tuple(dict.fromkeys(run.smoke)), point)
 
 
 # ---------------------------------------------------------------- the files
@@ -380,7 +381,7 @@ def _metrics(run, ci):
     protocol = record.eval.get("protocol") or record.metrics.get("protocol")
     try:
         again = recompute.all_metrics(run.arrays["scores"], run.arrays["labels"], record.metrics, protocol,
-                                      run.arrays.get("masks"), ci=ci)
+                                      run.arrays.get("masks"), ci=ci, point=run.point)
     except UserError as e:
         run.add("metrics", FAILED, f"cannot be computed from the files: {e}")
         return

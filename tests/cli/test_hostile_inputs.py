@@ -62,6 +62,7 @@ def _one_line(err):
 
 # ------------------------------------------------------------------ 1. a report never overwrites a result
 
+@pytest.mark.usefixtures("plots_not_drawn")
 def test_report_refuses_to_overwrite_a_record_or_scores_and_replaces_its_own(manifest, smoke_root, tmp_path, capsys):
     runs = tmp_path / "runs"
     assert _eval_cli(manifest, smoke_root, runs, "--weights", "random") == 0
@@ -320,6 +321,7 @@ def test_report_skips_a_damaged_record_with_one_line(manifest, smoke_root, tmp_p
 
 # ------------------------------------------------------------------ 9. inputs checked before any model is built
 
+@pytest.mark.usefixtures("plots_not_drawn")
 def test_reproduce_offline_without_checkpoints_builds_nothing(smoke_root, tmp_path, monkeypatch, capsys):
     from authors_checkpoints import small_q2l_manifest
 
@@ -370,6 +372,7 @@ def test_a_map_outside_its_interval_is_said_on_the_console_and_equality_is_toler
     assert not outside_ci(None, [1, 2]) and not outside_ci(5.0, None)
 
 
+@pytest.mark.usefixtures("plots_not_drawn")
 def test_the_console_line_says_when_map_is_outside_its_ci(manifest, smoke_root, tmp_path, capsys, monkeypatch):
     import harness.metrics
 
@@ -388,6 +391,7 @@ def test_the_console_line_says_when_map_is_outside_its_ci(manifest, smoke_root, 
 
 # ------------------------------------------------------------------ 13. smoke unmistakable in HTML
 
+@pytest.mark.usefixtures("plots_not_drawn")
 def test_html_report_flags_smoke_rows_and_leaves_out_an_empty_plot(manifest, smoke_root, tmp_path):
     assert _eval_cli(manifest, smoke_root, tmp_path / "runs", "--weights", "random") == 0
     assert main(["report", "--runs", str(tmp_path / "runs"), "--manifest", str(manifest), "--format", "html",

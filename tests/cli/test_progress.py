@@ -177,6 +177,7 @@ class _Flat(nn.Module):
         return x.flatten(1).sum(1)
 
 
+@pytest.mark.usefixtures("plots_not_drawn")
 def test_an_interrupted_reproduce_is_continued_by_the_same_command(smoke_root, tmp_path, capsys, monkeypatch):
     from authors_checkpoints import SMALL, randomised, save_authors_checkpoint, small_q2l_manifest
 
@@ -218,5 +219,8 @@ def test_a_quick_step_says_nothing_and_a_slow_one_says_what_it_does(monkeypatch,
             pass
         done = threading.Event()
         with progress.step("slow"):
-            done.wait(0.5)  # past SAY_AFTER_S: the line comes while it runs
+            for _ in range(500):  # past SAY_AFTER_S the line comes while it runs: waited for, 5 s at most
+                if "slow ..." in caplog.text:
+                    break
+                done.wait(0.01)
     assert "quick" not in caplog.text and "slow ..." in caplog.text

@@ -90,6 +90,7 @@ def test_unusable_answers_give_one_clear_line(tmp_path, server, route, message):
 
 def test_slow_server_times_out(tmp_path, server, monkeypatch):
     monkeypatch.setenv("HARNESS_RETRIES", "1")
+    monkeypatch.setenv("HARNESS_READ_TIMEOUT", "0.1")  # two attempts of 0.5 s (isolated's) were a second; 2 s is never met
     server.routes["/slow"] = file_route(DATA, delay=2.0)
     spec = make_spec(tmp_path, {"checkpoint": http_file(server.url + "/slow", sha(DATA))})
     with pytest.raises(UserError, match="timed out"):

@@ -3,6 +3,7 @@
 gdown is real; only its sessions are pointed at 127.0.0.1 (HARNESS_GDRIVE_URL).
 """
 import os
+import sys
 
 import pytest
 from download_helpers import isolated, make_spec, server, sha  # noqa: F401 (fixtures)
@@ -15,9 +16,18 @@ from harness.manifest import read_yaml
 DATA = os.urandom(2_500_000)
 
 
+def no_wait(*, seconds, cancel):
+    pass
+
+
 @pytest.fixture
 def drive(server, monkeypatch):
     monkeypatch.setenv("HARNESS_GDRIVE_URL", server.url)
+    import gdown.download  # noqa: F401 (the gdown package exports a function under the same name)
+
+    # gdown's own wait before a retry (random, up to 2 s here; HARNESS_BACKOFF is the harness's, not gdown's):
+    # the retries themselves are what these tests check
+    monkeypatch.setattr(sys.modules["gdown.download"], "_wait_or_cancel", no_wait)
     d = FakeDrive(server)
     d.root = d.add_folder("Query2Label models")
     d.sub = d.add_folder("Q2L-Test", d.root)

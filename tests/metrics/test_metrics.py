@@ -108,6 +108,46 @@ def test_tie_free_equals_ap_without_ties():
         assert m["ties"]["mAP_tie_free"] == pytest.approx(m["mAP"], abs=1e-10)
 
 
+def per_class_ap_one_by_one(scores, positives, protocol):
+    """per_class_ap as it was written first: one class at a time with the one-class functions."""
+    columns = M._class_columns(scores, protocol)
+    out = [np.empty(columns.shape[0]), np.empty(columns.shape[0]), np.zeros(columns.shape[0], int),
+           np.zeros(columns.shape[0], int)]
+    orders = []
+    for c in range(columns.shape[0]):
+        order = M.sort_order(columns[c], protocol)
+        s, y = columns[c][order], positives[order, c]
+        out[1][c] = M.ap_grouped(s, y, protocol)
+        out[0][c] = out[1][c] if protocol == "mlspl" else M.ap_sorted(y, protocol)
+        out[2][c], out[3][c] = M.tie_counts(s, y)
+        orders.append((order, s, y))
+    return (*out, orders)
+
+
+@pytest.mark.parametrize("protocol", M.PROTOCOLS)
+def test_all_classes_at_once_is_each_class_alone_to_the_bit(protocol, monkeypatch):
+    """per_class_ap takes blocks of classes at once: the same bits as one class at a time, on random,
+    rounded (tied) and constant scores, classes with no or only positives, and blocks of several sizes."""
+    rng = np.random.default_rng(len(protocol))
+    cases = [random_problem(n, c, seed, ties) for n, c, seed, ties in
+             ((1, 3, 0, None), (2, 5, 1, "heavy"), (24, 80, 2, "rounded"), (150, 5, 3, None), (300, 9, 4, "heavy"),
+              (9000, 3, 5, "rounded"), (20000, 2, 6, None))]
+    cases += [random_problem(int(rng.integers(1, 400)), int(rng.integers(1, 12)), seed, ["rounded", "heavy", None][seed % 3])
+              for seed in range(10, 20)]
+    scores, labels = random_problem(50, 6, 7, "heavy")
+    labels[:, 0], labels[:, 1], scores[:, 2] = 0, 1, 0.5  # no positive, all positive, all tied
+    cases += [(scores, labels), (scores.astype(np.float64) * 3 - 1, labels)]
+    for block in (1, 7, 1 << 20):
+        monkeypatch.setattr(M, "_BLOCK_VALUES", block)
+        for scores, labels in cases:
+            positives = labels > 0
+            new, old = M.per_class_ap(scores, positives, protocol), per_class_ap_one_by_one(scores, positives, protocol)
+            for a, b in zip(new[:4], old[:4]):
+                assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), (scores.shape, block)
+            for a, b in zip(new[4], old[4]):
+                assert all(np.array_equal(u, v) and u.dtype == v.dtype for u, v in zip(a, b))
+
+
 def test_tie_counts_on_a_known_column():
     s = np.array([0.9, 0.9, 0.5, 0.5, 0.5, 0.1])
     y = np.array([1, 0, 1, 1, 1, 0], bool)

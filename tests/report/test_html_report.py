@@ -1,12 +1,14 @@
 """The HTML report reads at a glance: what was run comes first, smoke rows in a warning colour,
 the models with no run yet folded away, and a sentence where a plot is left out."""
 import numpy as np
+import pytest
 from fake_records import eval_record, problem
 
 from harness import records, report
 from harness.manifest import load_manifest
 from harness.report.html import NO_VRAM_PLOT
 
+pytestmark = pytest.mark.usefixtures("plots_not_drawn")  # the page's text; test_report.py renders plots for real
 SPECS = load_manifest()
 
 

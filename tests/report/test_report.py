@@ -1,9 +1,11 @@
 """harness report: status rules, the choice of record per model, every format, no torch."""
+import base64
 import csv
 import dataclasses
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -66,10 +68,11 @@ def write_full_run(runs, model_id, finished_at, **options):
     return rec
 
 
-@pytest.fixture
-def runs(tmp_path):
-    """q2l-r101-448: a whole-split run, then a later smoke run; q2l-r101-576: smoke only; a bench run."""
-    root = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """q2l-r101-448: a whole-split run, then a later smoke run; q2l-r101-576: smoke only; a bench run.
+    Written once for the module: its tests only read it (their reports go to their own tmp_path)."""
+    root = tmp_path_factory.mktemp("report-runs") / "runs"
     real = write_full_run(root, "q2l-r101-448", "2026-01-01T00:00:00+00:00", seed=1)
     write_run(root, "q2l-r101-448", True, "2026-02-01T00:00:00+00:00", seed=2)
     write_run(root, "q2l-r101-576", True, "2026-01-05T00:00:00+00:00", seed=3)
@@ -104,6 +107,7 @@ def test_collect_picks_latest_non_smoke_and_shows_smoke_only_as_smoke(runs):
     assert cost["device"] == "NVIDIA H100" and cost["options"] == "fp32"
 
 
+@pytest.mark.usefixtures("plots_not_drawn")
 def test_a_smoke_record_edited_to_the_papers_map_never_shows_as_reproduced(tmp_path):
     root = tmp_path / "runs"
     rec = write_run(root, "q2l-r101-448", True, "2026-01-01T00:00:00+00:00")
@@ -148,6 +152,8 @@ def test_every_format_renders(runs):
 
     html = report.render(data, "html")
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html and "q2l-r101-448" in html
+    for png in re.findall(r'src="data:image/png;base64,([^"]+)"', html):  # drawn for real here (plots_not_drawn)
+        assert base64.b64decode(png).startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_mlspl_rows_carry_the_paper_context():
@@ -184,6 +190,7 @@ def test_report_does_not_import_torch():
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.usefixtures("plots_not_drawn")
 def test_write_all_renders_every_format(runs, tmp_path):
     root, real = runs
     written = report.write_all(runs_root=root, out_dir=tmp_path / "reports")
@@ -301,6 +308,7 @@ def test_a_status_reached_through_the_ci_says_so():
     assert by_ci["status"] == "reproduced (paper inside CI)" and by_tolerance["status"] == "reproduced"
 
 
+@pytest.mark.usefixtures("plots_not_drawn")
 def test_write_all_adds_the_cost_table_as_csv(tmp_path):
     bench_record(tmp_path / "runs", "q2l-r101-448", GPU, "2026-01-01T00:00:00+00:00", environment=GPU_ENV)
     written = report.write_all(runs_root=tmp_path / "runs", out_dir=tmp_path / "out", measured_root=None)

@@ -134,6 +134,17 @@ def test_a_whole_split_run_whose_facts_hold_is_judged_on_its_recomputed_map(tmp_
     assert report.status_of(other, records.read_record(run_dir), facts)[0] == "failed checks"
 
 
+@pytest.mark.parametrize("protocol", ["q2l", "asl", "mlspl"])
+def test_the_metrics_check_reuses_the_point_maps_sort_and_gets_the_same_numbers(protocol):
+    scores, labels = problem(150, 5, seed=3)
+    scores = np.round(scores, 1)  # ties, some of them mixed
+    recorded = {"bootstrap": {"n_resamples": 20, "seed": 1}, "f1_rule": "ml-gcn", "threshold": 0.5}
+    point = recompute.point_map(scores, labels, protocol)
+    assert point.mixed_ties and point.per_class is not None
+    shared = recompute.all_metrics(scores, labels, recorded, protocol, point=point)
+    assert json.dumps(shared) == json.dumps(recompute.all_metrics(scores, labels, recorded, protocol))
+
+
 def test_a_schema_1_record_is_unverifiable_not_broken(honest):
     edit_record(honest, lambda r: (r.update(schema=1), r.pop("digests")))
     record = records.read_record(honest)
