@@ -24,6 +24,7 @@ from harness.eval.config import EvalConfig
 from harness.eval.run import evaluate_many
 from harness.explain.compare import compare_runs, load_run
 from harness.manifest import ModelSpec, get_spec, load_manifest
+from harness.metrics import THRESHOLD, Bootstrap
 from harness.metrics import compute_metrics as _compute_metrics
 from harness.models import build_from_arch
 from harness.pretrained import build_pretrained
@@ -100,17 +101,18 @@ def evaluate(model_ids: str | list[str], coco_root: str, *, manifest: str | None
     return out
 
 
-def compute_metrics(scores: np.ndarray, labels: np.ndarray, protocol: str, **options: Any) -> dict:
+def compute_metrics(scores: np.ndarray, labels: np.ndarray, protocol: str, *, ci: Bootstrap | bool = True,
+                    class_names: list | None = None, f1: str = "ml-gcn", threshold: float = THRESHOLD) -> dict:
     """Every metric of a protocol ("q2l", "asl", "mlspl") from scores (images x classes) and 0/1
     labels, exactly as `harness metrics` computes them: mAP with the protocol's tie order, its 95%
-    bootstrap interval, the F1 families. options: ci, class_names, f1, threshold.
+    bootstrap interval (`ci`: True, False or a metrics.Bootstrap), the F1 families (`f1`, `threshold`).
 
     >>> scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.2, 0.6]])
     >>> labels = np.array([[1, 0], [0, 1], [1, 1]])
     >>> round(harness.compute_metrics(scores, labels, "q2l", ci=False)["mAP"], 2)
     91.67
     """
-    return _compute_metrics(scores, labels, protocol, **options)
+    return _compute_metrics(scores, labels, protocol, ci=ci, class_names=class_names, f1=f1, threshold=threshold)
 
 
 def compare(run_a: str | Path, run_b: str | Path, *, protocol: str | None = None, n_boot: int = 1000,
