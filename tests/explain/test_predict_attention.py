@@ -95,8 +95,12 @@ def test_predict_scores_equal_eval_scores_bit_for_bit(setup, smoke_root, tmp_pat
     assert np.allclose(np.array(rows[1][4:], dtype=np.float64), eval_scores[3], rtol=0, atol=1e-6)
 
 
-def test_random_weights_are_said_on_every_line_and_row(setup, smoke_root, tmp_path, capsys):
+def test_random_weights_are_said_on_every_line_and_row(setup, smoke_root, tmp_path, capsys, monkeypatch):
     manifest, _ = setup
+    # the picture is asked for its banner, not drawn (test_attention_picture.py draws the banner)
+    banners = []
+    monkeypatch.setattr("harness.commands.attention.figure_png",
+                        lambda *a, random_weights: banners.append(random_weights) or b"\x89PNG not drawn")
     folder = smoke_root / "val2014"
     for fmt in ("text", "csv"):
         capsys.readouterr()
@@ -108,7 +112,7 @@ def test_random_weights_are_said_on_every_line_and_row(setup, smoke_root, tmp_pa
     image = sorted(folder.iterdir())[0]
     assert main(["attention", "tiny-q2l", str(image), "--manifest", str(manifest), "--weights", "random",
                  "--label", "person", "--out", str(tmp_path / "maps")]) == 0  # one row of panels is enough here
-    assert "RANDOM WEIGHTS" in capsys.readouterr().out
+    assert "RANDOM WEIGHTS" in capsys.readouterr().out and banners == [True]
     assert json.loads((tmp_path / "maps" / f"{image.stem}.attention.json").read_text())["random_weights"] is True
 
 
