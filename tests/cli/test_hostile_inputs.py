@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -295,16 +296,26 @@ def test_non_finite_weights_are_refused_when_loaded(manifest, smoke_root, tmp_pa
 
 # ------------------------------------------------------------------ 8. damaged records are skipped, not fatal
 
+@pytest.fixture(scope="module")
+def two_runs(smoke_root, tmp_path_factory):
+    """(manifest, runs folder holding two random-weights evals): made once, copied by each test that damages it."""
+    folder = tmp_path_factory.mktemp("two-runs")
+    manifest = tiny_manifest(folder, "tiny-q2l", {"name": "hostile_net", "num_classes": 80}, resolution=32,
+                             batch_size=4)
+    for _ in range(2):
+        assert _eval_cli(manifest, smoke_root, folder / "runs", "--weights", "random") == 0
+    return manifest, folder / "runs"
+
+
 @pytest.mark.parametrize("damage", [
     lambda r: r["metrics"].update(mAP="high"),
     lambda r: r.update(metrics=[1, 2]),
     lambda r: r["metrics"].update(mAP_ci95=[1]),
     lambda r: r.update(measurement="fast"),
 ])
-def test_report_skips_a_damaged_record_with_one_line(manifest, smoke_root, tmp_path, capsys, damage):
-    runs = tmp_path / "runs"
-    assert _eval_cli(manifest, smoke_root, runs, "--weights", "random") == 0
-    assert _eval_cli(manifest, smoke_root, runs, "--weights", "random") == 0
+def test_report_skips_a_damaged_record_with_one_line(two_runs, tmp_path, capsys, damage):
+    manifest, runs = two_runs[0], tmp_path / "runs"
+    shutil.copytree(two_runs[1], runs)
     first, second = sorted(runs.glob("tiny-q2l/*/record.json"))
     record = json.loads(first.read_text())
     damage(record)
