@@ -41,19 +41,33 @@ def verify(manifest, *args):
     return main(["verify", "--manifest", str(manifest), "--no-progress", *map(str, args)])
 
 
-def test_an_honest_smoke_eval_holds_and_is_smoke_never_reproduced(manifest, smoke_root, tmp_path, capsys):
-    run_dir = evaluate(manifest, smoke_root, tmp_path / "runs")
+@pytest.fixture(scope="module")
+def honest_runs(smoke_root, tmp_path_factory):
+    """(manifest, runs folder holding one honest eval): made once, copied by each test that adds to it."""
+    folder = tmp_path_factory.mktemp("honest")
+    with pytest.MonkeyPatch.context() as patch:  # no_lock_entries, for the module
+        patch.setenv("HARNESS_LOCK_FILE", str(folder / "weights_manifest.lock.yaml"))
+        manifest = tiny_manifest(folder, "tiny-verify", {"name": "tiny_verify_net", "num_classes": 80},
+                                 resolution=32, batch_size=4)
+        evaluate(manifest, smoke_root, folder / "runs")
+    return manifest, folder / "runs"
+
+
+def test_an_honest_smoke_eval_holds_and_is_smoke_never_reproduced(honest_runs, capsys):
+    manifest, runs = honest_runs  # only read
+    run_dir = next((runs / "tiny-verify").iterdir())
     capsys.readouterr()
     assert verify(manifest, run_dir) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{run_dir}: HOLDS (tiny-verify; status in the report: smoke; smoke: 24 of the 40,504 images; " \
                      f"random weights)"
     assert len(out) > 8 and all(line.startswith("  held ") for line in out[1:])
-    assert main(["report", "--manifest", str(manifest), "--runs", str(tmp_path / "runs"), "--measured", "none"]) == 0
+    assert main(["report", "--manifest", str(manifest), "--runs", str(runs), "--measured", "none"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny-verify"))
     assert "smoke" in row and "reproduced" not in row
 
 
+@pytest.mark.usefixtures("plots_not_drawn")
 def test_a_copied_4_image_smoke_record_with_flags_cleared_and_the_papers_map_fails(manifest, smoke_root, tmp_path,
                                                                                   capsys):
     run_dir = evaluate(manifest, smoke_root, tmp_path / "runs", "--limit", "4")
@@ -80,9 +94,10 @@ def test_a_copied_4_image_smoke_record_with_flags_cleared_and_the_papers_map_fai
             assert "failed checks" in row and "reproduced" not in row and "4 of the 40,504 images" in row
 
 
-def test_exit_codes_json_and_many_runs(manifest, smoke_root, tmp_path, capsys):
-    runs = tmp_path / "runs"
-    honest = evaluate(manifest, smoke_root, runs)
+def test_exit_codes_json_and_many_runs(honest_runs, tmp_path, capsys):
+    manifest, runs = honest_runs[0], tmp_path / "runs"
+    shutil.copytree(honest_runs[1], runs)
+    honest = next((runs / "tiny-verify").iterdir())
     edited = runs / "tiny-verify" / "edited"
     shutil.copytree(honest, edited)
     edit_record(edited, lambda r: r["metrics"].update(mAP=r["metrics"]["mAP"] + 1))
@@ -113,9 +128,10 @@ def a_damaged_record(root):
 @pytest.mark.parametrize("make, message", [(lambda root: root / "missing", "does not exist"), (a_file, "is a file"),
                                            (lambda root: root, "is a runs folder, not a run folder"),
                                            (a_damaged_record, "is not valid JSON")])
-def test_bad_input_is_one_line_and_exit_2(manifest, smoke_root, tmp_path, capsys, make, message):
-    runs = tmp_path / "runs"
-    honest = evaluate(manifest, smoke_root, runs)
+def test_bad_input_is_one_line_and_exit_2(honest_runs, tmp_path, capsys, make, message):
+    manifest, runs = honest_runs[0], tmp_path / "runs"
+    shutil.copytree(honest_runs[1], runs)
+    honest = next((runs / "tiny-verify").iterdir())
     capsys.readouterr()
     assert verify(manifest, honest, make(runs)) == 2
     captured = capsys.readouterr()
