@@ -162,6 +162,7 @@ def test_cli_text_plot_and_refusals(tmp_path, capsys):
     _one_line(capsys, "record.json")
 
 
+@pytest.mark.usefixtures("plots_not_drawn")  # the report's own plots: the compare chart is still drawn
 def test_report_compare_section_html_and_chart(tmp_path, capsys):
     rng, labels = synthetic(60)
     runs = tmp_path / "runs"
