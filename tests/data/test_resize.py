@@ -1,6 +1,7 @@
 """Every resize of the harness gives the bits of the Pillow the authors ran (8.3.2), whatever Pillow
 is installed: held to hashes that Pillow wrote (tests/fixtures/make_resize_fixture.py; uint8 output
 of integer arithmetic, the same on every CPU)."""
+import functools
 import json
 import sys
 
@@ -16,7 +17,12 @@ from harness.data.transforms import ResizeToUint8, SquishResize
 from harness.q2l.augment import resize_square
 
 sys.path.insert(0, str(FIXTURES))
-from make_resize_fixture import SHAPES, SIZES, digest, image  # noqa: E402  (the fixture's own images)
+from make_resize_fixture import SHAPES, SIZES, digest  # noqa: E402  (the fixture's own images)
+from make_resize_fixture import image as make_image  # noqa: E402
+
+# each seeded image drawn once for all five sizes (drawing one costs about as much as its four resizes;
+# resizing reads it, never writes it)
+image = functools.lru_cache(maxsize=None)(make_image)
 
 THEIRS = json.loads((FIXTURES / "resize_pillow8.json").read_text())
 

@@ -47,9 +47,22 @@ def tiny_eval_net(num_classes=80, **_):
     return TinyNet(num_classes)
 
 
+def _manifest(folder):
+    return tiny_manifest(folder, "tiny-q2l", {"name": "tiny_eval_net", "num_classes": 80}, resolution=32, batch_size=4)
+
+
 @pytest.fixture()
 def manifest(tmp_path):
-    return tiny_manifest(tmp_path, "tiny-q2l", {"name": "tiny_eval_net", "num_classes": 80}, resolution=32, batch_size=4)
+    return _manifest(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, smoke_root):
+    """The scores of one uninterrupted run (once per module, read only): what every resume must give."""
+    folder = tmp_path_factory.mktemp("whole")
+    scores = np.load(_eval(get_spec("tiny-q2l", _manifest(folder)), smoke_root, folder / "runs") / "scores.npy")
+    scores.flags.writeable = False
+    return scores
 
 
 def _eval(spec, smoke_root, runs, **kw):
@@ -86,9 +99,8 @@ def test_eval_writes_a_complete_smoke_record(manifest, smoke_root, tmp_path):
     assert not (run_dir / "scores.partial.npy").exists()
 
 
-def test_resume_after_interruption_gives_the_same_scores(manifest, smoke_root, tmp_path):
+def test_resume_after_interruption_gives_the_same_scores(manifest, smoke_root, tmp_path, whole):
     spec = get_spec("tiny-q2l", manifest)
-    whole = np.load(_eval(spec, smoke_root, tmp_path / "a") / "scores.npy")
     _interrupted(spec, smoke_root, tmp_path / "b", after_batches=3)  # 3 batches of 4 land
     unfinished = next((tmp_path / "b" / "tiny-q2l").iterdir())
     assert json.loads((unfinished / "progress.json").read_text())["done"] == 12
@@ -168,10 +180,9 @@ def _interrupt_in(monkeypatch, module, name):
 
 
 @pytest.mark.parametrize("stop_in", ["compute_metrics", "write_record"])
-def test_interrupted_finish_resumes_from_saved_scores_without_rerunning(manifest, smoke_root, tmp_path,
+def test_interrupted_finish_resumes_from_saved_scores_without_rerunning(manifest, smoke_root, tmp_path, whole,
                                                                           monkeypatch, stop_in):
     spec = get_spec("tiny-q2l", manifest)
-    whole = np.load(_eval(spec, smoke_root, tmp_path / "a") / "scores.npy")
     with monkeypatch.context() as patch:
         _interrupt_in(patch, harness.eval.run if stop_in == "compute_metrics" else harness.records, stop_in)
         with pytest.raises(KeyboardInterrupt):
@@ -209,9 +220,8 @@ def test_resume_finishes_a_folder_left_with_scores_but_no_record(manifest, smoke
     assert json.loads((run_dir / "record.json").read_text())["dataset"]["n_images"] == 24
 
 
-def test_a_partial_file_lost_restarts_from_row_zero(manifest, smoke_root, tmp_path):
+def test_a_partial_file_lost_restarts_from_row_zero(manifest, smoke_root, tmp_path, whole):
     spec = get_spec("tiny-q2l", manifest)
-    whole = np.load(_eval(spec, smoke_root, tmp_path / "a") / "scores.npy")
     _interrupted(spec, smoke_root, tmp_path / "b", after_batches=2)
     unfinished = next((tmp_path / "b" / "tiny-q2l").iterdir())
     (unfinished / "scores.partial.npy").unlink()  # progress.json still says 8 rows, but they are gone

@@ -44,11 +44,24 @@ def hostile_resume_net(num_classes=80, **_):
     return StopAfter(num_classes)
 
 
-@pytest.fixture()
-def spec(tmp_path):
-    manifest = tiny_manifest(tmp_path, "tiny-q2l", {"name": "hostile_resume_net", "num_classes": 80}, resolution=32,
+def _spec(folder):
+    manifest = tiny_manifest(folder, "tiny-q2l", {"name": "hostile_resume_net", "num_classes": 80}, resolution=32,
                              batch_size=4)
     return get_spec("tiny-q2l", manifest)
+
+
+@pytest.fixture()
+def spec(tmp_path):
+    return _spec(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, smoke_root):
+    """The scores of one uninterrupted run (once per module, read only): what every resume must give."""
+    folder = tmp_path_factory.mktemp("whole")
+    scores = np.load(_eval(_spec(folder), smoke_root, folder / "runs") / "scores.npy")
+    scores.flags.writeable = False
+    return scores
 
 
 def _eval(spec, smoke_root, runs, **kw):
@@ -72,8 +85,8 @@ def _digest(rows):
 
 # ---------------------------------------------------------------- the rows a resume keeps
 
-def test_a_resume_checks_the_rows_it_keeps_and_the_record_carries_their_digest(spec, smoke_root, tmp_path):
-    whole = np.load(_eval(spec, smoke_root, tmp_path / "a") / "scores.npy")
+def test_a_resume_checks_the_rows_it_keeps_and_the_record_carries_their_digest(spec, smoke_root, tmp_path,
+                                                                                 whole):
     run_dir = _interrupted(spec, smoke_root, tmp_path / "b", after_batches=3)
     progress = json.loads((run_dir / "progress.json").read_text())
     assert progress["done"] == 12 and progress["rows_sha256"] == _digest(np.load(run_dir / "scores.partial.npy")[:12])
@@ -109,8 +122,8 @@ def test_verify_finds_merged_rows_that_differ_from_the_digest_the_resume_took(sp
     assert record.timings["resumed_from_row"] == 8
 
 
-def test_a_count_off_a_batch_boundary_is_scored_again_from_the_last_boundary(spec, smoke_root, tmp_path):
-    whole = np.load(_eval(spec, smoke_root, tmp_path / "a") / "scores.npy")
+def test_a_count_off_a_batch_boundary_is_scored_again_from_the_last_boundary(spec, smoke_root, tmp_path,
+                                                                             whole):
     run_dir = _interrupted(spec, smoke_root, tmp_path / "b", after_batches=3)
     rows = np.load(run_dir / "scores.partial.npy")
     (run_dir / "progress.json").write_text(json.dumps({"done": 10, "rows_sha256": _digest(rows[:10])}))

@@ -3,6 +3,7 @@ rank fails the run with one line; the run resumes per rank."""
 import json
 import os
 import signal
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from forked_ranks import run_ranks
 from tiny_models import write_manifest
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.rendezvous import dynamic_rendezvous
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from harness.cli import main
@@ -29,6 +31,13 @@ TORCHRUN = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, rdzv_backend
 # the launcher's handlers (each raises in the process it runs in), put back after each launch
 LAUNCHER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGALRM)
 TIMEOUT_S = 300  # a hung launch fails the test (the agent's shutdown ends its workers)
+
+
+def _method_name(depth=2):
+    """dynamic_rendezvous.get_method_name (the caller's caller's name, for the launcher's event log) without
+    inspect.stack(), which reads the source lines of every frame of pytest's deep stack: ~0.03 s a call,
+    twice for each of the launch's rendezvous events."""
+    return sys._getframe(depth).f_code.co_name
 
 
 def _rank_main(argv):
@@ -53,6 +62,23 @@ def nan_on_rank_1_after(calls_before):
 @pytest.fixture()
 def manifest(tmp_path):
     return write_manifest(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, smoke_root):
+    """mid -> the model's run folder from one process (scored once per module, read only): what every
+    launch must equal (the tests' manifests are this one's copies)."""
+    folder = tmp_path_factory.mktemp("one_process")
+    manifest, runs = write_manifest(folder), {}
+
+    def run(mid):
+        if mid not in runs:
+            runs[mid] = evaluate(get_spec(mid, manifest), EvalConfig(coco_root=smoke_root, weights="random",
+                                                                     runs_root=folder / "runs", workers=0,
+                                                                     progress=False)).run_dir
+        return runs[mid]
+
+    return run
 
 
 def _eval_argv(tmp_path, manifest, smoke_root, *args):
@@ -87,10 +113,9 @@ def _forked_ranks(tmp_path, manifest, smoke_root, *args, world=2):
     return run_ranks(_eval_argv(tmp_path, manifest, smoke_root, *args), world=world)
 
 
-def _assert_as_one_process(tmp_path, manifest, smoke_root, mid, rows):
+def _assert_as_one_process(tmp_path, one_process, mid, rows):
     [run_dir] = (tmp_path / "runs" / mid).iterdir()
-    alone = evaluate(get_spec(mid, manifest), EvalConfig(coco_root=smoke_root, weights="random",
-                                                         runs_root=tmp_path / "one", workers=0, progress=False)).run_dir
+    alone = one_process(mid)
     assert np.array_equal(np.load(run_dir / "scores.npy"), np.load(alone / "scores.npy")), mid
     record = json.loads((run_dir / "record.json").read_text())
     assert record["metrics"] == json.loads((alone / "record.json").read_text())["metrics"]
@@ -100,20 +125,21 @@ def _assert_as_one_process(tmp_path, manifest, smoke_root, mid, rows):
     assert not list(run_dir.glob("*.partial.npy")) and not list(run_dir.glob("progress*"))
 
 
-def test_torchrun_scores_as_one_process(manifest, smoke_root, tmp_path):
+def test_torchrun_scores_as_one_process(manifest, smoke_root, tmp_path, one_process, monkeypatch):
+    monkeypatch.setattr(dynamic_rendezvous, "get_method_name", _method_name)
     launched = _torchrun(tmp_path, manifest, smoke_root, "sd-c")
     assert launched.returncode == 0, launched.stderr
-    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-c", [[0, 12], [12, 22]])
+    _assert_as_one_process(tmp_path, one_process, "sd-c", [[0, 12], [12, 22]])
 
 
-def test_two_ranks_score_as_one_process(manifest, smoke_root, tmp_path):
+def test_two_ranks_score_as_one_process(manifest, smoke_root, tmp_path, one_process):
     assert _forked_ranks(tmp_path, manifest, smoke_root, "sd-c", "sd-a") == [0, 0]
-    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-a", [[0, 12], [12, 24]])
-    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-c", [[0, 12], [12, 22]])
+    _assert_as_one_process(tmp_path, one_process, "sd-a", [[0, 12], [12, 24]])
+    _assert_as_one_process(tmp_path, one_process, "sd-c", [[0, 12], [12, 22]])
 
 
 def test_a_failing_rank_fails_the_run_with_one_line_and_it_resumes_per_rank(manifest, smoke_root, tmp_path,
-                                                                           monkeypatch, capfd):
+                                                                           one_process, monkeypatch, capfd):
     with monkeypatch.context() as patched:
         patched.setattr(tiny_convnet.TinyConvNet, "forward", nan_on_rank_1_after(2))
         assert _forked_ranks(tmp_path, manifest, smoke_root, "sd-c", "sd-a") == [2, 2]  # each rank says it failed
@@ -123,5 +149,5 @@ def test_a_failing_rank_fails_the_run_with_one_line_and_it_resumes_per_rank(mani
     assert not (sd_a / "record.json").exists()
     assert json.loads((sd_a / "progress.rank0-of-2.json").read_text())["done"] == 12  # rank 0 finished its half
     assert _forked_ranks(tmp_path, manifest, smoke_root, "sd-a", "--resume") == [0, 0]
-    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-a", [[0, 12], [12, 24]])
-    _assert_as_one_process(tmp_path, manifest, smoke_root, "sd-c", [[0, 12], [12, 22]])
+    _assert_as_one_process(tmp_path, one_process, "sd-a", [[0, 12], [12, 24]])
+    _assert_as_one_process(tmp_path, one_process, "sd-c", [[0, 12], [12, 22]])
