@@ -117,17 +117,21 @@ STARTS_PROCESSES = ("test_torchrun.py::test_torchrun_", "test_bench.py::test_ben
                     "test_mlspl_authors.py::test_linear_training", "test_registry.py::test_a_model_without")
 
 
-# The longest in-process tests (2-6 CPU s each) go next, for the same reason: a worker that draws one
+# The longest in-process tests (1.5-5 CPU s each) go next, for the same reason: a worker that draws one
 # last would otherwise finish alone.
-LONGEST = ("test_q2l_ddp.py::", "test_q2l_resume.py::", "test_q2l_authors_loop.py::", "test_q2l_memory_wiring.py::",
-           "test_verify.py::test_a_whole_split_run", "test_api.py::test_import_loads", "test_q2l_train.py::test_a_backbone")
+LONGEST = ("test_q2l_authors_loop.py::", "test_q2l_ddp.py::", "test_q2l_resume.py::", "test_api.py::test_the_docstring",
+           "test_verify.py::test_a_whole_split_run", "test_curves_and_export.py::test_ctran_training",
+           "test_ctran_refusals.py::test_a_resume_on_another", "test_ctran_model.py::test_logits_equal",
+           "test_mldecoder_report.py::test_pick_table", "test_progress.py::test_fine_tuning_draws")
 
 
 def pytest_collection_modifyitems(items):
-    def first(item):
-        return any(name in item.nodeid for name in STARTS_PROCESSES + LONGEST)
+    early = STARTS_PROCESSES + LONGEST
 
-    items.sort(key=lambda item: not first(item))  # stable
+    def rank(item):
+        return next((i for i, name in enumerate(early) if name in item.nodeid), len(early))
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 def pytest_collection_finish(session):
