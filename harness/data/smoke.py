@@ -74,7 +74,8 @@ def _make_split(out, split, n, rng, taken, first_ann_id):
         w, h = SIZES[rng.randint(len(SIZES))]
         base = rng.randint(90, 166, size=3)
         noise = rng.randint(-12, 13, size=(h // 8, w // 8, 1))
-        pixels = np.clip(base + np.kron(noise, np.ones((8, 8, 1), dtype=int)), 0, 255).astype(np.uint8)
+        blocks = np.clip(base + noise, 0, 255).astype(np.uint8)  # one value per 8 x 8 block, widened below
+        pixels = blocks.repeat(8, axis=0).repeat(8, axis=1)
         img = Image.fromarray(np.ascontiguousarray(pixels[:h, :w]), "RGB")
         if pixels.shape[0] < h or pixels.shape[1] < w:
             img = img.resize((w, h))
