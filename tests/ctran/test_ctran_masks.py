@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from paths import FIXTURES
-from scipy.stats import chisquare
 
 from harness.ctran import masks
 from harness.ctran.data import eval_transform, train_transform
@@ -38,6 +37,8 @@ def test_training_draw_is_theirs_on_the_same_random_state():
 
 
 def test_training_known_counts_are_uniform_on_0_to_60():
+    from scipy.stats import chisquare  # here, not at the top: scipy.stats costs each worker that collects this file ~0.6 s
+
     n = 61 * 300
     counts = np.bincount([80 - len(masks.train_unknown_indices(masks.train_rng(7, 1, i), 80)) for i in range(n)],
                          minlength=61)
