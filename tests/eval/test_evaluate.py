@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_manifest
+from eval_runs import eval_run, frozen_scores
 from torch import nn
 
 import harness.eval.run
@@ -60,14 +61,7 @@ def manifest(tmp_path):
 def whole(tmp_path_factory, smoke_root):
     """The scores of one uninterrupted run (once per module, read only): what every resume must give."""
     folder = tmp_path_factory.mktemp("whole")
-    scores = np.load(_eval(get_spec("tiny-q2l", _manifest(folder)), smoke_root, folder / "runs") / "scores.npy")
-    scores.flags.writeable = False
-    return scores
-
-
-def _eval(spec, smoke_root, runs, **kw):
-    return evaluate(spec, EvalConfig(coco_root=smoke_root, weights="random", runs_root=runs, workers=0, progress=False,
-                                     **kw)).run_dir
+    return frozen_scores(get_spec("tiny-q2l", _manifest(folder)), smoke_root, folder / "runs")
 
 
 def _interrupted(spec, smoke_root, runs, after_batches):
@@ -75,14 +69,14 @@ def _interrupted(spec, smoke_root, runs, after_batches):
     TinyNet.fail_after = after_batches
     try:
         with pytest.raises(KeyboardInterrupt):
-            _eval(spec, smoke_root, runs)
+            eval_run(spec, smoke_root, runs)
     finally:
         TinyNet.fail_after = None
 
 
 def test_eval_writes_a_complete_smoke_record(manifest, smoke_root, tmp_path):
     spec = get_spec("tiny-q2l", manifest)
-    run_dir = _eval(spec, smoke_root, tmp_path / "runs")
+    run_dir = eval_run(spec, smoke_root, tmp_path / "runs")
     record = json.loads((run_dir / "record.json").read_text())
     n = record["dataset"]["n_images"]
     assert n == 24  # the q2l image set: every val image, unannotated ones included
@@ -105,7 +99,7 @@ def test_resume_after_interruption_gives_the_same_scores(manifest, smoke_root, t
     unfinished = next((tmp_path / "b" / "tiny-q2l").iterdir())
     assert json.loads((unfinished / "progress.json").read_text())["done"] == 12
     assert not (unfinished / "record.json").exists()
-    run_dir = _eval(spec, smoke_root, tmp_path / "b", resume="latest")
+    run_dir = eval_run(spec, smoke_root, tmp_path / "b", resume="latest")
     assert run_dir == unfinished
     np.testing.assert_array_equal(np.load(run_dir / "scores.npy"), whole)
     assert json.loads((run_dir / "record.json").read_text())["timings"]["resumed_from_row"] == 12
@@ -118,7 +112,7 @@ def test_a_damaged_progress_file_is_one_line_and_kept(manifest, smoke_root, tmp_
     unfinished = next((tmp_path / "runs" / "tiny-q2l").iterdir())
     (unfinished / "progress.json").write_text(text)
     with pytest.raises(UserError, match=f"{unfinished / 'progress.json'} is damaged"):
-        _eval(spec, smoke_root, tmp_path / "runs", resume="latest")
+        eval_run(spec, smoke_root, tmp_path / "runs", resume="latest")
     assert (unfinished / "progress.json").read_text() == text and not (unfinished / "record.json").exists()
 
 
@@ -132,7 +126,7 @@ def test_a_damaged_partial_scores_file_is_one_line_and_kept(manifest, smoke_root
     partial.write_bytes(damage(partial.read_bytes()))
     before = partial.read_bytes()
     with pytest.raises(UserError, match=f"{partial} is damaged"):
-        _eval(spec, smoke_root, tmp_path / "runs", resume="latest")
+        eval_run(spec, smoke_root, tmp_path / "runs", resume="latest")
     assert partial.read_bytes() == before and not (unfinished / "record.json").exists()
 
 
@@ -147,17 +141,17 @@ def test_resume_refuses_changed_settings_and_finished_runs(manifest, smoke_root,
     spec = get_spec("tiny-q2l", manifest)
     _interrupted(spec, smoke_root, tmp_path / "r", after_batches=1)
     with pytest.raises(UserError, match="batch_size"):
-        _eval(spec, smoke_root, tmp_path / "r", resume="latest", batch_size=8)
-    done = _eval(spec, smoke_root, tmp_path / "r", resume="latest")
+        eval_run(spec, smoke_root, tmp_path / "r", resume="latest", batch_size=8)
+    done = eval_run(spec, smoke_root, tmp_path / "r", resume="latest")
     with pytest.raises(UserError, match="already complete"):
-        _eval(spec, smoke_root, tmp_path / "r", resume=str(done))
+        eval_run(spec, smoke_root, tmp_path / "r", resume=str(done))
 
 
 def test_a_new_run_never_overwrites_an_old_one(manifest, smoke_root, tmp_path):
     spec = get_spec("tiny-q2l", manifest)
-    first = _eval(spec, smoke_root, tmp_path / "runs", limit=5)
+    first = eval_run(spec, smoke_root, tmp_path / "runs", limit=5)
     before = (first / "record.json").read_bytes()
-    second = _eval(spec, smoke_root, tmp_path / "runs", limit=5)
+    second = eval_run(spec, smoke_root, tmp_path / "runs", limit=5)
     assert first != second and (first / "record.json").read_bytes() == before
     assert "--limit 5" in json.loads((second / "record.json").read_text())["smoke_reasons"]
 
@@ -186,13 +180,13 @@ def test_interrupted_finish_resumes_from_saved_scores_without_rerunning(manifest
     with monkeypatch.context() as patch:
         _interrupt_in(patch, harness.eval.run if stop_in == "compute_metrics" else harness.records, stop_in)
         with pytest.raises(KeyboardInterrupt):
-            _eval(spec, smoke_root, tmp_path / "b")
+            eval_run(spec, smoke_root, tmp_path / "b")
     unfinished = next((tmp_path / "b" / "tiny-q2l").iterdir())
     assert not (unfinished / "record.json").exists()
     assert json.loads((unfinished / "progress.json").read_text())["done"] == 24
     assert (unfinished / "scores.partial.npy").exists()  # kept until the record is written
     calls = TinyNet.forward_calls
-    run_dir = _eval(spec, smoke_root, tmp_path / "b", resume="latest")
+    run_dir = eval_run(spec, smoke_root, tmp_path / "b", resume="latest")
     assert run_dir == unfinished and TinyNet.forward_calls == calls  # finished without running the model
     record = json.loads((run_dir / "record.json").read_text())
     np.testing.assert_array_equal(np.load(run_dir / "scores.npy"), whole)
@@ -207,13 +201,13 @@ def test_resume_finishes_a_folder_left_with_scores_but_no_record(manifest, smoke
     with monkeypatch.context() as patch:
         _interrupt_in(patch, harness.records, "write_record")
         with pytest.raises(KeyboardInterrupt):
-            _eval(spec, smoke_root, tmp_path / "r")
+            eval_run(spec, smoke_root, tmp_path / "r")
     unfinished = next((tmp_path / "r" / "tiny-q2l").iterdir())
     saved = np.load(unfinished / "scores.npy")
     (unfinished / "scores.partial.npy").unlink()
     (unfinished / "labels.npy").unlink()  # stopped between two of the saved arrays
     calls = TinyNet.forward_calls
-    run_dir = _eval(spec, smoke_root, tmp_path / "r", resume=str(unfinished))
+    run_dir = eval_run(spec, smoke_root, tmp_path / "r", resume=str(unfinished))
     assert TinyNet.forward_calls == calls
     np.testing.assert_array_equal(np.load(run_dir / "scores.npy"), saved)
     assert np.load(run_dir / "labels.npy").shape == saved.shape
@@ -225,7 +219,7 @@ def test_a_partial_file_lost_restarts_from_row_zero(manifest, smoke_root, tmp_pa
     _interrupted(spec, smoke_root, tmp_path / "b", after_batches=2)
     unfinished = next((tmp_path / "b" / "tiny-q2l").iterdir())
     (unfinished / "scores.partial.npy").unlink()  # progress.json still says 8 rows, but they are gone
-    run_dir = _eval(spec, smoke_root, tmp_path / "b", resume="latest")
+    run_dir = eval_run(spec, smoke_root, tmp_path / "b", resume="latest")
     np.testing.assert_array_equal(np.load(run_dir / "scores.npy"), whole)
     assert json.loads((run_dir / "record.json").read_text())["timings"]["resumed_from_row"] == 0
 
@@ -236,7 +230,7 @@ def test_non_finite_model_output_stops_with_a_user_error_and_no_record(manifest,
     TinyNet.nan_after = 2  # the third batch (rows 8-11) comes back NaN
     try:
         with pytest.raises(UserError) as error:
-            _eval(spec, smoke_root, tmp_path / "n")
+            eval_run(spec, smoke_root, tmp_path / "n")
         message = str(error.value)
         assert "tiny-q2l" in message and "rows 8-11" in message and f"{ids[8]}-{ids[11]}" in message
         assert "checkpoint may be broken" in message and "\n" not in message
@@ -244,7 +238,7 @@ def test_non_finite_model_output_stops_with_a_user_error_and_no_record(manifest,
         assert not (run_dir / "record.json").exists() and not (run_dir / "scores.npy").exists()
         assert json.loads((run_dir / "progress.json").read_text())["done"] == 8  # the bad batch is not kept
         with pytest.raises(UserError, match="NaN or inf"):  # resuming says so again, never loops
-            _eval(spec, smoke_root, tmp_path / "n", resume="latest")
+            eval_run(spec, smoke_root, tmp_path / "n", resume="latest")
     finally:
         TinyNet.nan_after = None
     assert not (run_dir / "record.json").exists()

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_manifest
+from eval_runs import eval_run, frozen_scores
 from torch import nn
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.eval.config import EvalConfig
-from harness.eval.run import evaluate
 from harness.manifest import get_spec
 from harness.models import register_model
 from harness.records import read_record
@@ -59,21 +58,14 @@ def spec(tmp_path):
 def whole(tmp_path_factory, smoke_root):
     """The scores of one uninterrupted run (once per module, read only): what every resume must give."""
     folder = tmp_path_factory.mktemp("whole")
-    scores = np.load(_eval(_spec(folder), smoke_root, folder / "runs") / "scores.npy")
-    scores.flags.writeable = False
-    return scores
-
-
-def _eval(spec, smoke_root, runs, **kw):
-    return evaluate(spec, EvalConfig(coco_root=smoke_root, weights="random", runs_root=runs, workers=0, progress=False,
-                                     **kw)).run_dir
+    return frozen_scores(_spec(folder), smoke_root, folder / "runs")
 
 
 def _interrupted(spec, smoke_root, runs, after_batches):
     StopAfter.stop_after = after_batches
     try:
         with pytest.raises(KeyboardInterrupt):
-            _eval(spec, smoke_root, runs)
+            eval_run(spec, smoke_root, runs)
     finally:
         StopAfter.stop_after = None
     return next((runs / "tiny-q2l").iterdir())
@@ -90,7 +82,7 @@ def test_a_resume_checks_the_rows_it_keeps_and_the_record_carries_their_digest(s
     run_dir = _interrupted(spec, smoke_root, tmp_path / "b", after_batches=3)
     progress = json.loads((run_dir / "progress.json").read_text())
     assert progress["done"] == 12 and progress["rows_sha256"] == _digest(np.load(run_dir / "scores.partial.npy")[:12])
-    assert _eval(spec, smoke_root, tmp_path / "b", resume="latest") == run_dir
+    assert eval_run(spec, smoke_root, tmp_path / "b", resume="latest") == run_dir
     np.testing.assert_array_equal(np.load(run_dir / "scores.npy"), whole)
     record = read_record(run_dir)
     assert record.timings["partial_rows_sha256"] == _digest(whole[:12]) and record.timings["partial_rows_checked"]
@@ -106,13 +98,13 @@ def test_rows_edited_before_a_resume_are_refused_and_kept(spec, smoke_root, tmp_
     del partial
     before = (run_dir / "scores.partial.npy").read_bytes()
     with pytest.raises(UserError, match="are not the rows progress.json was written with .* they were changed"):
-        _eval(spec, smoke_root, tmp_path / "runs", resume="latest")
+        eval_run(spec, smoke_root, tmp_path / "runs", resume="latest")
     assert (run_dir / "scores.partial.npy").read_bytes() == before and not (run_dir / "record.json").exists()
 
 
 def test_verify_finds_merged_rows_that_differ_from_the_digest_the_resume_took(spec, smoke_root, tmp_path):
     run_dir = _interrupted(spec, smoke_root, tmp_path / "runs", after_batches=2)
-    _eval(spec, smoke_root, tmp_path / "runs", resume="latest")
+    eval_run(spec, smoke_root, tmp_path / "runs", resume="latest")
     record = read_record(run_dir)
     edited = json.loads((run_dir / "record.json").read_text())
     edited["timings"]["partial_rows_sha256"] = "0" * 64
@@ -127,7 +119,7 @@ def test_a_count_off_a_batch_boundary_is_scored_again_from_the_last_boundary(spe
     run_dir = _interrupted(spec, smoke_root, tmp_path / "b", after_batches=3)
     rows = np.load(run_dir / "scores.partial.npy")
     (run_dir / "progress.json").write_text(json.dumps({"done": 10, "rows_sha256": _digest(rows[:10])}))
-    _eval(spec, smoke_root, tmp_path / "b", resume="latest")
+    eval_run(spec, smoke_root, tmp_path / "b", resume="latest")
     assert read_record(run_dir).timings["resumed_from_row"] == 8  # batches of 4: rows 8-11 scored whole again
     np.testing.assert_array_equal(np.load(run_dir / "scores.npy"), whole)
 
@@ -138,7 +130,7 @@ def test_a_count_past_the_rows_scored_names_the_progress_file_every_time(spec, s
     for _ in range(2):  # the second resume names the same cause, never "did the annotations change?"
         with pytest.raises(UserError, match="progress.json counts 24 rows done but row.s. 8, 9, 10, 11, 12 .* never "
                                             "scored") as error:
-            _eval(spec, smoke_root, tmp_path / "runs", resume="latest")
+            eval_run(spec, smoke_root, tmp_path / "runs", resume="latest")
         assert "annotations" not in str(error.value)
     assert not (run_dir / "scores.npy").exists() and not (run_dir / "record.json").exists()
 
@@ -148,7 +140,7 @@ def test_a_progress_file_that_is_a_folder_is_named_as_itself(spec, smoke_root, t
     (run_dir / "progress.json").unlink()
     (run_dir / "progress.json").mkdir()
     with pytest.raises(UserError) as error:
-        _eval(spec, smoke_root, tmp_path / "runs", resume="latest")
+        eval_run(spec, smoke_root, tmp_path / "runs", resume="latest")
     assert f"{run_dir / 'progress.json'} is a folder" in str(error.value) and ".tmp" not in str(error.value)
 
 
@@ -162,7 +154,7 @@ def _cache_folder(runs):
 def test_a_damaged_cache_is_made_again_and_the_next_run_without_keep_cache_works(spec, smoke_root, tmp_path, damage,
                                                                                  caplog):
     runs = tmp_path / "runs"
-    first = np.load(_eval(spec, smoke_root, runs, keep_cache=True) / "scores.npy")
+    first = np.load(eval_run(spec, smoke_root, runs, keep_cache=True) / "scores.npy")
     crc = _cache_folder(runs) / "crc32.npy"
     if damage == "pickled":
         np.save(crc, np.array([{"crc": 1}] * 24, dtype=object), allow_pickle=True)
@@ -170,17 +162,17 @@ def test_a_damaged_cache_is_made_again_and_the_next_run_without_keep_cache_works
         np.save(crc, np.zeros((3, 2), np.int64))
     else:
         crc.write_bytes(crc.read_bytes()[:-16])
-    again = _eval(spec, smoke_root, runs, keep_cache=True)
+    again = eval_run(spec, smoke_root, runs, keep_cache=True)
     assert "is damaged" in caplog.text and "making it again" in caplog.text
     np.testing.assert_array_equal(np.load(again / "scores.npy"), first)
     assert "decode_cache" not in read_record(again).measurement  # made again: nothing was read from it
-    np.testing.assert_array_equal(np.load(_eval(spec, smoke_root, runs) / "scores.npy"), first)
+    np.testing.assert_array_equal(np.load(eval_run(spec, smoke_root, runs) / "scores.npy"), first)
 
 
 def test_a_cache_read_is_named_in_the_record_and_an_edited_one_has_another_digest(spec, smoke_root, tmp_path):
     runs = tmp_path / "runs"
-    _eval(spec, smoke_root, runs, keep_cache=True)
-    clean = read_record(_eval(spec, smoke_root, runs, keep_cache=True)).measurement["decode_cache"]
+    eval_run(spec, smoke_root, runs, keep_cache=True)
+    clean = read_record(eval_run(spec, smoke_root, runs, keep_cache=True)).measurement["decode_cache"]
     assert clean["reused"] and len(clean["crc32_blake2b"]) == 64
     folder = _cache_folder(runs)
     images = np.load(folder / "images.npy", mmap_mode="r+")
@@ -189,7 +181,7 @@ def test_a_cache_read_is_named_in_the_record_and_an_edited_one_has_another_diges
     crc[0] = zlib_crc(images[0])
     images.flush(), crc.flush()
     del images, crc
-    edited_run = _eval(spec, smoke_root, runs, keep_cache=True)
+    edited_run = eval_run(spec, smoke_root, runs, keep_cache=True)
     edited = read_record(edited_run).measurement["decode_cache"]
     assert edited["key"] == clean["key"] and edited["crc32_blake2b"] != clean["crc32_blake2b"]
     finding = next(f for f in check_run(read_record(edited_run)).findings if f.check == "decode cache")
@@ -203,7 +195,7 @@ def zlib_crc(pixels):
 
 def test_a_pickled_cache_array_is_never_unpickled(spec, smoke_root, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
-    _eval(spec, smoke_root, runs, keep_cache=True)
+    eval_run(spec, smoke_root, runs, keep_cache=True)
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
     np.save(_cache_folder(runs) / "images.npy", np.array([None], dtype=object), allow_pickle=True)
     assert main(["eval", "tiny-q2l", "--manifest", str(spec.manifest_path), "--coco-root", str(smoke_root), "--runs",
