@@ -9,6 +9,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))  # the shared builders (tests/helpers/*.py)
 
+# No automatic garbage collection while torch, the libraries and the test modules load: each full one walks
+# every object loaded so far (~0.5 M by the end, ~1 s of collections in all), and all of it lives to the end.
+# Collection turns it back on, with all of it frozen (pytest_collection_finish).
+gc.disable()
+
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core (pytest -n auto): one thread each, not a core's
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # share each, and the same for the processes tests start
 
@@ -140,19 +145,24 @@ def pytest_collection_finish(session):
     ones, the harness's own gc.collect() after an OOM, pytest's at its end) walks only what the tests
     create, not ~0.2 s of torch's objects each time."""
     gc.freeze()
+    gc.enable()
     atexit.register(gc.unfreeze)  # collectable again at exit (extension types warn of instances still alive)
 
 
-_MODULES_FROZEN = [0]
+_FROZEN_AT = [None, 0]  # the last test's module, and how many modules were loaded at the last freeze
 
 
 def pytest_runtest_setup(item):
-    """The same for the libraries a test imports late (matplotlib, pandas, scipy, mlflow: ~0.1 s more to
-    each full collection): frozen too, once, before the next test."""
-    if len(sys.modules) != _MODULES_FROZEN[0]:
-        gc.collect()  # what is garbage now is not frozen with them
-        gc.freeze()
-        _MODULES_FROZEN[0] = len(sys.modules)
+    """The same for what the tests so far left alive for good: the libraries a test imports late (matplotlib,
+    pandas, scipy, mlflow), frozen before the next test, and the helpers' caches (parsed sources, built
+    models), frozen before the next test module when there are many (each full collection would walk them
+    again: ~0.3 s each after test_layout.py's parsed sources)."""
+    loaded = len(sys.modules) != _FROZEN_AT[1]
+    if loaded or (item.module is not _FROZEN_AT[0] and len(gc.get_objects()) > 20_000):  # a list, not a walk
+        gc.collect()  # garbage now is collected first: only what is alive is frozen (the last module's
+        gc.freeze()  # module-scoped fixtures are gone by now, this one's are not made yet)
+        _FROZEN_AT[1] = len(sys.modules)
+    _FROZEN_AT[0] = item.module
 
 
 def pytest_unconfigure(config):
