@@ -40,7 +40,7 @@ def test_good_values_are_read(monkeypatch):
     assert environment.url("HARNESS_COCO_URL", "x") == "http://127.0.0.1:8"
 
 
-def test_a_misspelt_variable_is_named_with_the_closest(monkeypatch, caplog):
+def test_a_misspelt_variable_is_named_with_the_closest(monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_OFLINE", "1")
     environment.check_all()
-    assert "HARNESS_OFLINE is set but the harness reads no such variable; did you mean HARNESS_OFFLINE?" in caplog.text
+    assert "HARNESS_OFLINE is set but the harness reads no such variable; did you mean HARNESS_OFFLINE?" in capsys.readouterr().err

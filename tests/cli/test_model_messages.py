@@ -55,7 +55,7 @@ def test_an_empty_name_is_no_model_and_names_are_unambiguous(tmp_path):
         load_manifest(path)
 
 
-def test_weights_dir_that_is_not_a_folder_and_a_folder_in_place_of_a_file_are_said(tmp_path, caplog, monkeypatch):
+def test_weights_dir_that_is_not_a_folder_and_a_folder_in_place_of_a_file_are_said(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HARNESS_OFFLINE", "1")
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
     spec = get_spec("asl-tresnetm-224")
@@ -65,7 +65,7 @@ def test_weights_dir_that_is_not_a_folder_and_a_folder_in_place_of_a_file_are_sa
     placed.mkdir(parents=True)
     with pytest.raises(UserError, match="not on this machine"):
         fetch(spec, "checkpoint", weights_dir=tmp_path / "w")
-    assert f"ignoring {placed}: it is a folder" in caplog.text
+    assert f"ignoring {placed}: it is a folder" in "".join(capsys.readouterr())
 
 
 def test_weights_that_are_a_link_loop_say_so(tmp_path):

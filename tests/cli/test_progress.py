@@ -133,7 +133,7 @@ def test_an_interrupted_mlspl_training_says_to_type_it_again_and_the_rerun_says_
     assert "resuming from " in out and "epochs 1-1 of 2 were trained before it stopped" in out
 
 
-def test_a_linear_group_says_when_everything_was_already_trained(synth, tmp_path, caplog):
+def test_a_linear_group_says_when_everything_was_already_trained(synth, tmp_path, capsys):
     base, feats = synth
     data = load_prepared(base / "data")
     x = {k: torch.from_numpy(np.load(feats / f"{'val' if k == 'test' else 'train'}_features_imagenet_resnet50.npy")
@@ -142,9 +142,9 @@ def test_a_linear_group_says_when_everything_was_already_trained(synth, tmp_path
     config = TrainConfig("AN", epochs=1)
     args = (train, (x["val"], data["val"].labels), (x["test"], data["test"].labels), config, 16, [1e-2])
     train_linear_group(*args, state_path=tmp_path / "state.pt")
-    with caplog.at_level("INFO", logger="harness"):
-        train_linear_group(*args, state_path=tmp_path / "state.pt")
-    assert f"already trained: all 1 epochs are in {tmp_path / 'state.pt'}" in caplog.text
+    capsys.readouterr()
+    train_linear_group(*args, state_path=tmp_path / "state.pt")
+    assert f"already trained: all 1 epochs are in {tmp_path / 'state.pt'}" in "".join(capsys.readouterr())
 
 
 def test_fine_tuning_draws_a_bar_of_its_batches(smoke_root, smoke_data, capsys, monkeypatch):
@@ -166,10 +166,10 @@ def test_eta_lines_read_the_progress_clock(fake_clock):
     assert progress.duration(4000) == "1 h 06 min" and progress.duration(75) == "1 min 15 s"
 
 
-def test_bench_says_how_long_its_timed_calls_will_take(caplog):
-    with caplog.at_level("INFO", logger="harness"):
-        time_model(_Flat(), 2, "cpu", SyntheticInput(8), Timing(iters=3, warmup=1))
-    assert "batch 2: 1 warm-up call(s) in" in caplog.text and "now at least 3 timed calls, about" in caplog.text
+def test_bench_says_how_long_its_timed_calls_will_take(capsys):
+    time_model(_Flat(), 2, "cpu", SyntheticInput(8), Timing(iters=3, warmup=1))
+    said = "".join(capsys.readouterr())
+    assert "batch 2: 1 warm-up call(s) in" in said and "now at least 3 timed calls, about" in said
 
 
 class _Flat(nn.Module):
@@ -210,17 +210,19 @@ def test_an_interrupted_reproduce_is_continued_by_the_same_command(smoke_root, t
     assert (run_dir / "record.json").is_file()
 
 
-def test_a_quick_step_says_nothing_and_a_slow_one_says_what_it_does(monkeypatch, caplog):
+def test_a_quick_step_says_nothing_and_a_slow_one_says_what_it_does(monkeypatch, capsys):
     import threading
 
     monkeypatch.setattr(progress, "SAY_AFTER_S", 0.05)
-    with caplog.at_level("INFO", logger="harness"):
-        with progress.step("quick"):
-            pass
-        done = threading.Event()
-        with progress.step("slow"):
-            for _ in range(500):  # past SAY_AFTER_S the line comes while it runs: waited for, 5 s at most
-                if "slow ..." in caplog.text:
-                    break
-                done.wait(0.01)
-    assert "quick" not in caplog.text and "slow ..." in caplog.text
+    said = ""
+    with progress.step("quick"):
+        pass
+    done = threading.Event()
+    with progress.step("slow"):
+        for _ in range(500):  # past SAY_AFTER_S the line comes while it runs: waited for, 5 s at most
+            said += "".join(capsys.readouterr())
+            if "slow ..." in said:
+                break
+            done.wait(0.01)
+    said += "".join(capsys.readouterr())
+    assert "quick" not in said and "slow ..." in said

@@ -152,7 +152,7 @@ def _cache_folder(runs):
 
 @pytest.mark.parametrize("damage", ["pickled", "wrong-shape", "truncated"])
 def test_a_damaged_cache_is_made_again_and_the_next_run_without_keep_cache_works(spec, smoke_root, tmp_path, damage,
-                                                                                 caplog):
+                                                                                 capsys):
     runs = tmp_path / "runs"
     first = np.load(eval_run(spec, smoke_root, runs, keep_cache=True) / "scores.npy")
     crc = _cache_folder(runs) / "crc32.npy"
@@ -162,8 +162,10 @@ def test_a_damaged_cache_is_made_again_and_the_next_run_without_keep_cache_works
         np.save(crc, np.zeros((3, 2), np.int64))
     else:
         crc.write_bytes(crc.read_bytes()[:-16])
+    capsys.readouterr()
     again = eval_run(spec, smoke_root, runs, keep_cache=True)
-    assert "is damaged" in caplog.text and "making it again" in caplog.text
+    said = "".join(capsys.readouterr())
+    assert "is damaged" in said and "making it again" in said
     np.testing.assert_array_equal(np.load(again / "scores.npy"), first)
     assert "decode_cache" not in read_record(again).measurement  # made again: nothing was read from it
     np.testing.assert_array_equal(np.load(eval_run(spec, smoke_root, runs) / "scores.npy"), first)
