@@ -1,7 +1,7 @@
 """The report's "what a user would pick instead" table, and its resolution and image-set check."""
 import numpy as np
 import pytest
-from fake_records import eval_record, full_record, problem
+from fake_records import eval_record, full_record, problem, small_val2014
 
 from harness import records, report
 from harness.manifest import load_manifest
@@ -40,6 +40,15 @@ def write_bench(runs, model_id, fits):
         "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:10:00+00:00", "smoke": True})
 
 
+@pytest.fixture
+def small_split():
+    """Whole-split runs of a val2014 of 600 images: how the report ranks and judges a whole-split run
+    does not depend on the split's size."""
+    with small_val2014():
+        yield
+
+
+@pytest.mark.usefixtures("small_split")
 def test_pick_table_sorts_by_map_with_costs_and_smoke_last(tmp_path):
     runs = tmp_path / "runs"
     # the ASL run's scores are those of the run at another resolution below (fake_records computes them once)
@@ -60,6 +69,7 @@ def test_pick_table_sorts_by_map_with_costs_and_smoke_last(tmp_path):
     assert md.index("| mldecoder-tresnetl-448") < md.index("| asl-tresnetm-224", md.index("pick instead"))
 
 
+@pytest.mark.usefixtures("small_split")
 def test_a_record_at_another_resolution_never_counts(tmp_path):
     runs = tmp_path / "runs"
     write_eval(runs, "asl-tresnetxl-640", mAP_shift=1.0, resolution=448)  # ASL #23: XL evaluated at 448

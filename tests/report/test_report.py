@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from fake_records import eval_record, full_record, problem
+from fake_records import eval_record, full_record, problem, small_val2014
 
 from harness import records, report
 from harness.cli import main
@@ -66,6 +66,14 @@ def write_full_run(runs, model_id, finished_at, **options):
     rec = full_record(run_dir, model_id, finished_at=finished_at, specs=SPECS, **options)
     records.write_record(run_dir, rec)
     return rec
+
+
+@pytest.fixture(scope="module", autouse=True)
+def val2014_of_600_images():
+    """The whole-split run below covers a val2014 of 600 images: what these tests check of the report
+    (the record it picks, its status, every format) does not depend on the split's size."""
+    with small_val2014():
+        yield
 
 
 @pytest.fixture(scope="module")
