@@ -149,6 +149,31 @@ def pytest_collection_finish(session):
     atexit.register(gc.unfreeze)  # collectable again at exit (extension types warn of instances still alive)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session):
+    """In the controller of a run with workers, once they are starting (each loads torch first, ~2 s): the
+    harness compiled and the test modules rewritten for pytest's assertions, each written once to its
+    cache. Otherwise each worker compiles and rewrites every one of them on a first run (~2 s each). The
+    test modules go last first: a worker that catches up rewrites only the modules the controller had not
+    reached, from the other end. Nothing happens where the caches are already written."""
+    config = session.config
+    if not config.pluginmanager.hasplugin("dsession") or sys.dont_write_bytecode:
+        return
+    import compileall
+
+    from _pytest.assertion import rewrite  # the functions pytest's import hook uses itself
+
+    tests = Path(__file__).parent
+    compileall.compile_dir(tests.parent / "harness", quiet=2)
+    compileall.compile_dir(tests / "helpers", quiet=2)
+    state = config.stash[rewrite.assertstate_key]
+    for module in sorted(tests.rglob("test_*.py"), reverse=True):
+        pyc = rewrite.get_cache_dir(module) / (module.name[:-3] + rewrite.PYC_TAIL)
+        if not rewrite._read_pyc(module, pyc) and rewrite.try_makedirs(pyc.parent):
+            source_hash, code = rewrite._rewrite_test(module, config)
+            rewrite._write_pyc(state, code, source_hash, pyc)
+
+
 _FROZEN_AT = [None, 0]  # the last test's module, and how many modules were loaded at the last freeze
 
 
