@@ -1,11 +1,11 @@
 """`harness bench` on CPU with tiny registered models: complete records, nulls with reasons,
 OOM rows, `all` (one per architecture, unbuildable ones skipped) and user errors."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import after_torch
 import pytest
 import torch
 from conftest import SMALL_Q2L
@@ -171,18 +171,24 @@ REPO = REPO
 DATA_PACKAGES = ("pycocotools", "gdown")
 
 
+# In a fresh interpreter (one answers every such check of the run: tests/helpers/after_torch.py), from
+# another folder: the checkout found by PYTHONPATH, with the data packages made unimportable.
+BENCH_LOADS_WITHOUT_DATA_PACKAGES = after_torch.register("bench: loaded without data packages", """
+import sys
+sys.modules['pycocotools'] = sys.modules['gdown'] = None
+from harness.cli import build_parser
+build_parser(only='bench')  # what main() loads
+answer = True
+""")
+
+
 def test_bench_runs_from_a_bare_checkout_without_data_packages(tmp_path, monkeypatch):
     """As on a lent GPU machine (benchmarks/measure_gpu.sh): no install, no pycocotools, no gdown; a
     small Q2L with the authors' layout. A fresh interpreter loads the command's modules from the checkout
     (a module-level import of a data package fails there); the run itself goes in this process with
     the data packages made unimportable (a lazy import fails here as it would there): the fresh
     interpreter then spends no time on torch's first-call set-up of the FLOP counter (about 2.5 s)."""
-    code = ("import os, sys; sys.modules['pycocotools'] = sys.modules['gdown'] = None; "
-            "from harness.cli import build_parser; build_parser(only='bench'); "  # what main() loads
-            "os._exit(0)")  # loaded: tearing torch's modules down would cost another half second
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert after_torch.answer(BENCH_LOADS_WITHOUT_DATA_PACKAGES) is True
 
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(dump_yaml({"schema": 1, "models": {"small-q2l": _entry("q2l", SMALL_Q2L, resolution=64)}}))

@@ -1,11 +1,6 @@
 """The model registry imports only the module of the architecture asked for."""
-import json
-import os
-import subprocess
-import sys
-
+import after_torch
 from conftest import SMALL_Q2L
-from paths import REPO
 
 from harness import models
 
@@ -16,15 +11,18 @@ def test_every_builder_is_named_with_its_module():
     assert ours == models.BUILDER_MODULES and set(models.BUILDER_MODULES) <= set(known)
 
 
+# In a fresh interpreter (one answers every such check of the run: tests/helpers/after_torch.py)
+BUILT_WITHOUT_TORCHVISION = after_torch.register("registry: a Q2L built without torchvision", f"""
+import sys
+from harness.models import build_from_arch
+build_from_arch({SMALL_Q2L!r})
+answer = sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'harness'))
+""")
+
+
 def test_a_model_without_torchvision_parts_is_built_without_importing_it():
     """torchvision's import costs each process about a second; a TResNet-based Q2L needs none of it."""
-    code = ("import json, os, sys; from harness.models import build_from_arch; build_from_arch(json.loads(sys.argv[1])); "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'harness'))), flush=True); "
-            "os._exit(0)")  # the answer is out: tearing torch's modules down would cost another half second
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(SMALL_Q2L)], env=env, capture_output=True, text=True,
-                          check=True)
-    loaded = json.loads(done.stdout)
+    loaded = after_torch.answer(BUILT_WITHOUT_TORCHVISION)
     assert "harness.models.q2l" in loaded and "harness.models.backbones.tresnet" in loaded
     assert not [m for m in loaded if m.startswith("torchvision")]
     assert not {"harness.models.mlspl", "harness.models.ctran", "harness.models.asl"} & set(loaded)
