@@ -85,9 +85,10 @@ TORCH_FREE = ["harness.cli", "harness.commands.report", "harness.commands.metric
 # One interpreter for all of them: it loads harness.cli and libraries that never load torch, then forks a
 # child per module that imports it and says whether torch came with it; each child sees exactly what a
 # fresh interpreter importing the module would add (a base that loaded torch shows in every answer).
+# The libraries are those the modules share (scipy.sparse, PIL, requests, tabulate): loaded once, not per child.
 IMPORT_EACH_IN_A_CHILD = """
 import json, os, sys
-import numpy, pandas, yaml, harness.cli
+import numpy, pandas, PIL.Image, requests, scipy.sparse, tabulate, yaml, harness.cli
 seen = {}
 for module in sys.argv[1:]:
     read, write = os.pipe()
