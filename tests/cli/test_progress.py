@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_manifest
 from torch import nn
 
+import harness.data.loader
 import harness.mlspl.run
 from harness import progress
 from harness.cli import continue_command, main
@@ -183,6 +184,9 @@ def test_an_interrupted_reproduce_is_continued_by_the_same_command(smoke_root, t
 
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HARNESS_OFFLINE", "1")
+    # reproduce has no --workers: its loader's default (every core) made 0, images loaded in this process
+    # (what is checked is the interruption and the resume, not the loader's worker processes)
+    monkeypatch.setattr(harness.data.loader, "usable_cores", lambda: 0)
     weights = tmp_path / "weights" / "small-q2l-tresl22k-448"
     weights.mkdir(parents=True)
     save_authors_checkpoint(randomised(SMALL, 3), weights / "checkpoint.pkl")

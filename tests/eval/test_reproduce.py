@@ -3,6 +3,7 @@ import json
 
 from authors_checkpoints import SMALL, randomised, save_authors_checkpoint, small_q2l_manifest
 
+import harness.data.loader
 from harness import records
 from harness.cli import main
 
@@ -10,6 +11,9 @@ from harness.cli import main
 def test_reproduce_goes_on_after_a_failure_and_writes_the_report(smoke_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HARNESS_OFFLINE", "1")
+    # reproduce has no --workers: its loader's default (every core) made 0, images loaded in this process
+    # (what is checked is going on past a failure and the report, not the loader's worker processes)
+    monkeypatch.setattr(harness.data.loader, "usable_cores", lambda: 0)
     manifest = small_q2l_manifest(tmp_path)
     weights = tmp_path / "weights" / "small-q2l-tresl22k-448"
     weights.mkdir(parents=True)
