@@ -4,6 +4,7 @@ cache that was read is named in the record; every refusal names its real cause i
 import hashlib
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -150,11 +151,27 @@ def _cache_folder(runs):
     return next((runs / ".decode-cache").iterdir())
 
 
+@pytest.fixture(scope="module")
+def kept(tmp_path_factory, smoke_root):
+    """The scores and decode cache of one --keep-cache run (once per module, read only)."""
+    folder = tmp_path_factory.mktemp("kept")
+    scores = frozen_scores(_spec(folder), smoke_root, folder / "runs", keep_cache=True)
+    return scores, folder / "runs" / ".decode-cache"
+
+
+def _after_a_keep_cache_run(kept, runs):
+    """The cache a first --keep-cache run into `runs` leaves (a copy of the module's: its key names the
+    images and resolution, not the runs folder); returns that run's scores."""
+    scores, cache = kept
+    shutil.copytree(cache, runs / ".decode-cache")
+    return scores
+
+
 @pytest.mark.parametrize("damage", ["pickled", "wrong-shape", "truncated"])
 def test_a_damaged_cache_is_made_again_and_the_next_run_without_keep_cache_works(spec, smoke_root, tmp_path, damage,
-                                                                                 capsys):
+                                                                                 capsys, kept):
     runs = tmp_path / "runs"
-    first = np.load(eval_run(spec, smoke_root, runs, keep_cache=True) / "scores.npy")
+    first = _after_a_keep_cache_run(kept, runs)
     crc = _cache_folder(runs) / "crc32.npy"
     if damage == "pickled":
         np.save(crc, np.array([{"crc": 1}] * 24, dtype=object), allow_pickle=True)
@@ -171,9 +188,9 @@ def test_a_damaged_cache_is_made_again_and_the_next_run_without_keep_cache_works
     np.testing.assert_array_equal(np.load(eval_run(spec, smoke_root, runs) / "scores.npy"), first)
 
 
-def test_a_cache_read_is_named_in_the_record_and_an_edited_one_has_another_digest(spec, smoke_root, tmp_path):
+def test_a_cache_read_is_named_in_the_record_and_an_edited_one_has_another_digest(spec, smoke_root, tmp_path, kept):
     runs = tmp_path / "runs"
-    eval_run(spec, smoke_root, runs, keep_cache=True)
+    _after_a_keep_cache_run(kept, runs)
     clean = read_record(eval_run(spec, smoke_root, runs, keep_cache=True)).measurement["decode_cache"]
     assert clean["reused"] and len(clean["crc32_blake2b"]) == 64
     folder = _cache_folder(runs)
@@ -195,9 +212,9 @@ def zlib_crc(pixels):
     return zlib.crc32(np.ascontiguousarray(pixels))
 
 
-def test_a_pickled_cache_array_is_never_unpickled(spec, smoke_root, tmp_path, monkeypatch):
+def test_a_pickled_cache_array_is_never_unpickled(spec, smoke_root, tmp_path, monkeypatch, kept):
     runs = tmp_path / "runs"
-    eval_run(spec, smoke_root, runs, keep_cache=True)
+    _after_a_keep_cache_run(kept, runs)
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
     np.save(_cache_folder(runs) / "images.npy", np.array([None], dtype=object), allow_pickle=True)
     assert main(["eval", "tiny-q2l", "--manifest", str(spec.manifest_path), "--coco-root", str(smoke_root), "--runs",

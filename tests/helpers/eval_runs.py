@@ -12,8 +12,8 @@ def eval_run(spec, coco_root, runs, **settings):
     return evaluate(spec, config).run_dir
 
 
-def frozen_scores(spec, coco_root, runs):
+def frozen_scores(spec, coco_root, runs, **settings):
     """The scores of one uninterrupted run, read only (a module fixture shares them between tests)."""
-    scores = np.load(eval_run(spec, coco_root, runs) / "scores.npy")
+    scores = np.load(eval_run(spec, coco_root, runs, **settings) / "scores.npy")
     scores.flags.writeable = False
     return scores
