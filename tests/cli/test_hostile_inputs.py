@@ -61,12 +61,24 @@ def _one_line(err):
     return lines[0]
 
 
+@pytest.fixture(scope="module")
+def two_runs(smoke_root, tmp_path_factory):
+    """(manifest, runs folder holding two random-weights evals): made once; a test that may
+    change it works on its own copy."""
+    folder = tmp_path_factory.mktemp("two-runs")
+    manifest = tiny_manifest(folder, "tiny-q2l", {"name": "hostile_net", "num_classes": 80}, resolution=32,
+                             batch_size=4)
+    for _ in range(2):
+        assert _eval_cli(manifest, smoke_root, folder / "runs", "--weights", "random") == 0
+    return manifest, folder / "runs"
+
+
 # ------------------------------------------------------------------ 1. a report never overwrites a result
 
 @pytest.mark.usefixtures("plots_not_drawn")
-def test_report_refuses_to_overwrite_a_record_or_scores_and_replaces_its_own(manifest, smoke_root, tmp_path, capsys):
-    runs = tmp_path / "runs"
-    assert _eval_cli(manifest, smoke_root, runs, "--weights", "random") == 0
+def test_report_refuses_to_overwrite_a_record_or_scores_and_replaces_its_own(two_runs, tmp_path, capsys):
+    manifest, runs = two_runs[0], tmp_path / "runs"
+    shutil.copytree(two_runs[1], runs)  # finished random-weights evals, this test's own copy
     run_dir = next(runs.glob("tiny-q2l/*"))
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
     capsys.readouterr()
@@ -296,17 +308,6 @@ def test_non_finite_weights_are_refused_when_loaded(manifest, smoke_root, tmp_pa
 
 # ------------------------------------------------------------------ 8. damaged records are skipped, not fatal
 
-@pytest.fixture(scope="module")
-def two_runs(smoke_root, tmp_path_factory):
-    """(manifest, runs folder holding two random-weights evals): made once, copied by each test that damages it."""
-    folder = tmp_path_factory.mktemp("two-runs")
-    manifest = tiny_manifest(folder, "tiny-q2l", {"name": "hostile_net", "num_classes": 80}, resolution=32,
-                             batch_size=4)
-    for _ in range(2):
-        assert _eval_cli(manifest, smoke_root, folder / "runs", "--weights", "random") == 0
-    return manifest, folder / "runs"
-
-
 @pytest.mark.parametrize("damage", [
     lambda r: r["metrics"].update(mAP="high"),
     lambda r: r.update(metrics=[1, 2]),
@@ -403,9 +404,9 @@ def test_the_console_line_says_when_map_is_outside_its_ci(manifest, smoke_root, 
 # ------------------------------------------------------------------ 13. smoke unmistakable in HTML
 
 @pytest.mark.usefixtures("plots_not_drawn")
-def test_html_report_flags_smoke_rows_and_leaves_out_an_empty_plot(manifest, smoke_root, tmp_path):
-    assert _eval_cli(manifest, smoke_root, tmp_path / "runs", "--weights", "random") == 0
-    assert main(["report", "--runs", str(tmp_path / "runs"), "--manifest", str(manifest), "--format", "html",
+def test_html_report_flags_smoke_rows_and_leaves_out_an_empty_plot(two_runs, tmp_path):
+    manifest, runs = two_runs  # read only: the report is written outside it
+    assert main(["report", "--runs", str(runs), "--manifest", str(manifest), "--format", "html",
                  "--out", str(tmp_path / "r.html")]) == 0
     html = (tmp_path / "r.html").read_text()
     assert "class='banner'" in html and '<tr class="smoke">' in html
