@@ -19,9 +19,9 @@ from harness.eval.shared_pass import Scorer
 from harness.measure.throughput import SyntheticInput, Timing, time_model
 from harness.mlspl.config import TrainConfig
 from harness.mlspl.prepare import load_prepared
-from harness.mlspl.train import train_fine_tuned, train_linear_group
+from harness.mlspl.train import PointResult, train_fine_tuned, train_linear_group
 from harness.models import register_model
-from harness.models.mlspl import MLSPLResNet50
+from harness.models.mlspl import FEATURE_DIM, MLSPLResNet50
 
 
 @register_model
@@ -155,7 +155,10 @@ def test_fine_tuning_draws_a_bar_of_its_batches(smoke_root, smoke_data, capsys, 
     torch.manual_seed(0)
     config = TrainConfig("AN", "fine-tuned", coco_root=smoke_root, epochs=1, resolution=32, workers=0, seed=0,
                          max_steps=2)
-    train_fine_tuned(MLSPLResNet50(layers=[1, 1, 1, 1]), load_prepared(smoke_data), config, (4, 1e-3))
+    # a head handed over (as linear-init does): the same loop draws the bar, without replaying a random start's
+    # ResNet-50 draws (25 M, about half this test's time; tests/mlspl train from that start)
+    head = PointResult(4, 1e-3, head={"weight": torch.zeros(80, FEATURE_DIM), "bias": torch.zeros(80)})
+    train_fine_tuned(MLSPLResNet50(layers=[1, 1, 1, 1]), load_prepared(smoke_data), config, (4, 1e-3), start=head)
     err = capsys.readouterr().err
     assert "epoch 1/1 train (bs 4, lr 0.001)" in err and "2/2" in err and "epoch 1/1 val" in err
 
