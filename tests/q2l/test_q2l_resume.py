@@ -1,8 +1,10 @@
 """A training killed with SIGKILL mid-epoch and resumed equals the uninterrupted run, bit for bit (CPU):
-weights, EMA, AdamW state, every epoch's losses and mAPs, the final scores. Each run is a process of its
-own, forked from this one (forked_cli.py: its imports are this process's, its random states a fresh
-interpreter's), so the resumed run knows only what the killed one left on disk. The small --smoke TResNet-L
-(q2l_train_helpers.SMALL): its ABN statistics are state a resume must restore too."""
+weights, EMA, AdamW state, every epoch's losses and mAPs, the final scores. The killed and the resumed run
+are each a process of their own, forked from this one (forked_cli.py: its imports are this process's, its
+random states a fresh interpreter's), so the resumed run knows only what the killed one left on disk. The
+small --smoke TResNet-L (q2l_train_helpers.SMALL): its ABN statistics are state a resume must restore too.
+Both tests compare with one uninterrupted run, made once in this process (`harness q2l train --smoke` is its
+config: the authors' augmentation, no loader worker, 2 epochs of batch 8)."""
 import json
 import os
 import signal
@@ -21,6 +23,23 @@ from harness.q2l import train
 from harness.q2l.run import fit
 
 EPOCHS = "2"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run here on one thread, as the forked ones are (float sums in one order), whatever pytest's -n."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def whole(one_thread, tmp_path_factory):
+    """The uninterrupted run (2 steps an epoch), only read by the tests."""
+    coco = tiny_coco(tmp_path_factory.mktemp("q2l-resume-coco"), n_train=16)
+    config = smoke_config(coco, tmp_path_factory.mktemp("q2l-whole"), model_id=SMALL, augment="authors")
+    return config, fit(config).run_dir
 
 
 def _command(coco, runs, *extra):
@@ -51,16 +70,15 @@ def _kill_after_first_epoch(command):
     return code
 
 
-def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
-    coco = tiny_coco(tmp_path / "coco", n_train=8)  # one step an epoch
-    _run(_command(coco, tmp_path / "whole"))
+def test_resume_after_sigkill_equals_the_uninterrupted_run(whole, tmp_path):
+    config, whole = whole
+    coco = config.coco_root
     assert _kill_after_first_epoch(_command(coco, tmp_path / "cut")) == -signal.SIGKILL
     cut = _run_dir(tmp_path / "cut")
     assert not (cut / "record.json").exists()
     assert json.loads(torch.load(cut / "state.pt", weights_only=True)["progress"])["epoch"] == 1
     _run(_command(coco, tmp_path / "cut", "--resume"))
 
-    whole = _run_dir(tmp_path / "whole")
     a, b = (torch.load(d / "state.pt", weights_only=True) for d in (whole, cut))
     for part in ("model", "ema"):
         assert a[part].keys() == b[part].keys()
@@ -74,12 +92,10 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     assert np.array_equal(np.load(whole / "scores.npy"), np.load(cut / "scores.npy"))
 
 
-def test_resume_after_an_interruption_inside_an_epoch_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_an_interruption_inside_an_epoch_equals_the_uninterrupted_run(whole, tmp_path, monkeypatch):
     """Ctrl-C after the first of two steps of the second epoch (that step's update is lost with the process's
     memory), resumed with 2 loader workers and their augmentation: the same bits as one uninterrupted run."""
-    coco = tiny_coco(tmp_path / "coco", n_train=16)
-    config = smoke_config(coco, tmp_path / "whole", model_id=SMALL, augment="authors")
-    whole = fit(config)
+    config, whole = whole
     real = train.train_epoch
 
     def interrupted(parts, loader, epoch, on_batch=None):
@@ -95,7 +111,7 @@ def test_resume_after_an_interruption_inside_an_epoch_equals_the_uninterrupted_r
     monkeypatch.setattr(train, "train_epoch", real)
     (run_dir,) = (tmp_path / "cut" / SMALL).iterdir()
     resumed = fit(replace(cut, resume=str(run_dir), workers=2))
-    a, b = (torch.load(r.run_dir / "state.pt", weights_only=True) for r in (whole, resumed))
+    a, b = (torch.load(d / "state.pt", weights_only=True) for d in (whole, resumed.run_dir))
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     for i, state in a["optimizer"]["state"].items():
