@@ -2,6 +2,7 @@
 AdamW steps, with dropout and DropPath drawing (Swin), BatchNorm statistics updating in training
 mode (CvT's projections, TResNet's ABN) and frozen FrozenBatchNorm stages (ResNet-101). CPU, seeded."""
 import copy
+import functools
 
 import pytest
 import torch
@@ -27,6 +28,12 @@ def train(model, steps=STEPS, seed=0):
     return snapshot(model, optimizer)
 
 
+@functools.cache
+def trained_plain(family):
+    """train() of the family's plain model (seeded: the model each test builds): computed once, only read."""
+    return train(TINY_MODELS[family]())
+
+
 @pytest.mark.parametrize("family", ["swin", "cvt", "r101", "tresnet"])
 def test_checkpointed_training_is_bit_identical(family):
     plain = TINY_MODELS[family]()
@@ -37,7 +44,7 @@ def test_checkpointed_training_is_bit_identical(family):
     assert list(checkpointed.state_dict()) == list(plain.state_dict())  # the authors' keys
     assert [n for n, _ in checkpointed.named_parameters()] == [n for n, _ in plain.named_parameters()]
 
-    expected, got = train(plain), train(checkpointed)
+    expected, got = trained_plain(family), train(checkpointed)
     assert differing(expected, got) == []
     # the run moved the weights and, where there are, the statistics
     moved = differing(start, {k: got[k] for k in start})
@@ -51,7 +58,7 @@ def test_the_recompute_would_update_batchnorm_statistics_twice_without_the_resto
     checkpointed = copy.deepcopy(plain)
     apply_activation_checkpointing(checkpointed)
     monkeypatch.setattr(checkpointing, "running_statistics", lambda module: [])
-    wrong = differing(train(plain), train(checkpointed))
+    wrong = differing(trained_plain("cvt"), train(checkpointed))
     assert wrong and all("running_" in k or "num_batches_tracked" in k for k in wrong)
 
 
@@ -63,7 +70,7 @@ def test_the_recompute_without_the_rng_state_draws_other_dropout_masks(monkeypat
     real = torch.utils.checkpoint.checkpoint
     monkeypatch.setattr(checkpointing, "checkpoint",
                         lambda fn, *a, **kw: real(fn, *a, **{**kw, "preserve_rng_state": False}))
-    assert differing(train(plain), train(checkpointed))
+    assert differing(trained_plain("swin"), train(checkpointed))
 
 
 def test_without_gradients_blocks_run_plainly_and_checkpointing_can_be_removed():

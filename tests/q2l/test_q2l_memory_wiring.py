@@ -15,12 +15,20 @@ def coco(tmp_path_factory):
     return tiny_coco(tmp_path_factory.mktemp("q2l-mem-coco"))
 
 
+@pytest.fixture(scope="module")
+def plain(coco, tmp_path_factory):
+    """A one-epoch run with a budget every plan fits: the first plan, no technique, trains it (a plain run,
+    recorded with its budget); read by two tests."""
+    return fit(smoke_config(coco, tmp_path_factory.mktemp("q2l-plain"), SMALL, epochs=1, vram_budget="64GB"))
+
+
 def _state(finished):
     return torch.load(finished.run_dir / "state.pt", weights_only=True)
 
 
-def test_checkpointing_and_offloads_train_the_same_bits(coco, tmp_path):
-    plain = _state(fit(smoke_config(coco, tmp_path / "plain", SMALL, epochs=1)))
+def test_checkpointing_and_offloads_train_the_same_bits(plain, coco, tmp_path):
+    assert plain.record.train["memory_techniques"] == []
+    plain = _state(plain)
     with_all = fit(smoke_config(coco, tmp_path / "all", SMALL, epochs=1, activation_checkpointing=True, offload_ema=True,
                                 offload_optimizer=True))
     techniques = with_all.record.train["memory_techniques"]
@@ -64,8 +72,7 @@ def test_a_budget_below_every_plan_is_one_line_before_any_folder(coco, tmp_path,
     assert not (tmp_path / "r").exists()
 
 
-def test_a_budget_that_fits_as_written_is_recorded(coco, tmp_path):
-    finished = fit(smoke_config(coco, tmp_path, SMALL, epochs=1, vram_budget="64GB"))
-    t = finished.record.train
+def test_a_budget_that_fits_as_written_is_recorded(plain):
+    t = plain.record.train
     assert t["memory_techniques"] == [] and t["vram_budget"] == "64GB"
     assert t["memory_plans_measured"][0]["peak_bytes"] > 0

@@ -24,7 +24,9 @@ class RunsCode:
 
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
-    return tiny_coco(tmp_path_factory.mktemp("q2l-coco"))
+    """8 train and 4 val images: one step an epoch (a batch of 8, or of 6 over 2 processes); the refusals
+    do not depend on how much the runs trained."""
+    return tiny_coco(tmp_path_factory.mktemp("q2l-coco"), n_val=4, n_train=8)
 
 
 def _args(coco, runs, *extra):
