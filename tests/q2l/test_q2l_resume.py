@@ -3,8 +3,9 @@ weights, EMA, AdamW state, every epoch's losses and mAPs, the final scores. The 
 are each a process of their own, forked from this one (forked_cli.py: its imports are this process's, its
 random states a fresh interpreter's), so the resumed run knows only what the killed one left on disk. The
 small --smoke TResNet-L (q2l_train_helpers.SMALL): its ABN statistics are state a resume must restore too.
-Both tests compare with one uninterrupted run, made once in this process (`harness q2l train --smoke` is its
-config: the authors' augmentation, no loader worker, 2 epochs of batch 8)."""
+Both tests compare with one uninterrupted run, made once in this process (`harness q2l train --smoke
+--batch-size 4` is its config: the authors' augmentation, no loader worker, 2 epochs). 8 train and 4 val
+images, 2 steps an epoch: a resume restores the same state whatever the number of images."""
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from harness.errors import Interrupted
 from harness.q2l import train
 from harness.q2l.run import fit
 
-EPOCHS = "2"
+EPOCHS, BATCH = "2", "4"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,14 +38,15 @@ def one_thread():
 @pytest.fixture(scope="module")
 def whole(one_thread, tmp_path_factory):
     """The uninterrupted run (2 steps an epoch), only read by the tests."""
-    coco = tiny_coco(tmp_path_factory.mktemp("q2l-resume-coco"), n_train=16)
-    config = smoke_config(coco, tmp_path_factory.mktemp("q2l-whole"), model_id=SMALL, augment="authors")
+    coco = tiny_coco(tmp_path_factory.mktemp("q2l-resume-coco"), n_val=4, n_train=8)
+    config = smoke_config(coco, tmp_path_factory.mktemp("q2l-whole"), model_id=SMALL, augment="authors",
+                          batch_size=int(BATCH))
     return config, fit(config).run_dir
 
 
 def _command(coco, runs, *extra):
     return ["q2l", "train", SMALL, "--coco-root", str(coco), "--smoke",
-            "--epochs", EPOCHS, "--runs", str(runs), "--no-progress", *extra]
+            "--epochs", EPOCHS, "--batch-size", BATCH, "--runs", str(runs), "--no-progress", *extra]
 
 
 def _run(command):
