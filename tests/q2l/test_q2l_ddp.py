@@ -4,13 +4,14 @@ gradients, so the two agree up to the order of float sums (dropout and Swin's Dr
 draw their own masks, one process draws others). Rank 0 alone writes the run. The --smoke Swin: no layer of
 it sees the batch (LayerNorm only, as ResNet-101's FrozenBatchNorm), at a quarter of ResNet-101's CPU time.
 
-Bounds, measured on this test's run (2 epochs of 2 steps, tiny Swin): the final val2014 scores differ by
-at most 2.4e-7, the val losses by 3.6e-8 relative, the weights by 1.1e-6 in relative L2 norm (tiny R101, on
-the smoke subset's full-size photos: 3e-7, 5e-6, 1.7e-5). The weights are compared in norm, not element by element: the gradient of
-attention's key bias is zero in exact arithmetic (softmax ignores a constant), so AdamW turns its rounding
-noise into steps of +-lr whose signs follow the summation order; the scores do not depend on that bias.
-Rank 1 training on rank 0's images instead moves the val losses by 1e-2 relative, the scores by 8.6e-2 and
-the weights by 1.7e-4 in relative L2 norm (measured): caught."""
+Bounds, measured on this test's run (2 epochs of 2 steps of 4 images, 2 a process, tiny Swin): the final
+val2014 scores differ by at most 1.2e-7, the val losses by 5e-8 relative, the weights by 1.2e-6 in relative
+L2 norm (tiny R101, batches of 8 of the smoke subset's full-size photos: 3e-7, 5e-6, 1.7e-5). The weights
+are compared in norm, not element by element: the gradient of attention's key bias is zero in exact
+arithmetic (softmax ignores a constant), so AdamW turns its rounding noise into steps of +-lr whose signs
+follow the summation order; the scores do not depend on that bias.
+Rank 1 training on rank 0's images instead moves the val losses by 3.8e-2 relative, the scores by 8.4e-2
+and the weights by 1.7e-4 in relative L2 norm (measured): caught."""
 import json
 import os
 import socket
@@ -25,26 +26,27 @@ from harness.eval.ranks import distributed_order
 from harness.q2l.run import fit
 
 NO_DROPOUT = {"dropout": 0.0}
+BATCH = 4  # 8 train images: 2 steps an epoch, each split over the 2 processes
 
 
 def _worker(rank, port, coco, runs):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    finished = fit(smoke_config(coco, runs, model_id=SWIN, recipe_changes=NO_DROPOUT))
+    finished = fit(smoke_config(coco, runs, model_id=SWIN, recipe_changes=NO_DROPOUT, batch_size=BATCH))
     assert (finished.record is None) == (rank != 0)
     torch.distributed.destroy_process_group()
 
 
 def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path, monkeypatch):
     without_drop_path(monkeypatch)  # in the forked ranks too
-    coco = tiny_coco(tmp_path / "coco")
+    coco = tiny_coco(tmp_path / "coco", n_train=8)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.start_processes(_worker, args=(port, str(coco), str(tmp_path / "two")), nprocs=2, join=True,
                        start_method="fork")
-    fit(smoke_config(coco, tmp_path / "one", model_id=SWIN, recipe_changes=NO_DROPOUT))
+    fit(smoke_config(coco, tmp_path / "one", model_id=SWIN, recipe_changes=NO_DROPOUT, batch_size=BATCH))
     (two,), (one,) = ((tmp_path / r / SWIN).iterdir() for r in ("two", "one"))
     a, b = (torch.load(d / "state.pt", weights_only=True) for d in (one, two))
     wa, wb = (torch.cat([v.flatten() for v in s["model"].values() if v.is_floating_point()]) for s in (a, b))
