@@ -16,7 +16,9 @@ from harness.q2l.session import amp_dtype, check_world
 
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
-    return tiny_coco(tmp_path_factory.mktemp("q2l-coco"))
+    """8 train and 4 val images: the trainings here take batches of 4 (what they record does not depend on
+    how many images they trained on)."""
+    return tiny_coco(tmp_path_factory.mktemp("q2l-coco"), n_val=4, n_train=8)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def trained(coco, tmp_path_factory):
     ResNet-101's time."""
     runs = tmp_path_factory.mktemp("q2l-runs")
     assert main(["q2l", "train", SMALL, "--coco-root", str(coco), "--smoke", "--runs", str(runs),
-                 "--no-progress"]) == 0
+                 "--batch-size", "4", "--no-progress"]) == 0
     (run_dir,) = (runs / SMALL).iterdir()
     return run_dir, json.loads((run_dir / "record.json").read_text())
 
@@ -119,8 +121,8 @@ def test_amp_fp16_on_cpu_is_refused(coco, tmp_path):
 
 
 def test_held_out_selection_chooses_on_train2014_then_scores_val2014_once(coco, tmp_path):
-    finished = fit(smoke_config(coco, tmp_path, SMALL, selection="held-out", holdout=0.5, epochs=1))
+    finished = fit(smoke_config(coco, tmp_path, SMALL, selection="held-out", holdout=0.5, epochs=1, batch_size=4))
     t, r = finished.record.train, finished.record
-    assert t["select_split"] == "train2014" and t["n_select"] == 8 and t["n_train"] == 8
-    assert "held-out" in t["selection_note"] and r.dataset["n_images"] == 8  # val2014, every image once
+    assert t["select_split"] == "train2014" and t["n_select"] == 4 and t["n_train"] == 4
+    assert "held-out" in t["selection_note"] and r.dataset["n_images"] == 4  # val2014, every image once
     assert r.metrics["mAP"] is not None
