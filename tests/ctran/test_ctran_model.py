@@ -10,18 +10,18 @@ from harness.models.ctran import CTran
 
 DATA = FIXTURES
 sys.path.insert(0, str(FIXTURES))
-from make_ctran_fixture import seeded_weights  # noqa: E402  (the fill their model got)
+from make_ctran_fixture import fill_seeded_weights  # noqa: E402  (the fill their model got)
 
 
 @pytest.fixture(scope="module")
 def small():
     f = np.load(DATA / "ctran_logits.npz")
-    with torch.device("meta"):  # no random draw for 60 M weights that seeded_weights overwrites (0.4 s)
+    with torch.device("meta"):  # no random draw for 60 M weights that fill_seeded_weights overwrites (0.4 s)
         model = CTran(num_labels=80, layers=int(f["layers"]), blocks=tuple(f["blocks"])).eval()
     model.to_empty(device="cpu")
     for counter in (b for b in model.buffers() if not b.is_floating_point()):
         counter.zero_()  # BatchNorm's num_batches_tracked, as a fresh model holds it
-    model.load_state_dict(seeded_weights(model.state_dict(), int(f["seed"])), strict=True)
+    fill_seeded_weights(model, int(f["seed"]))  # in place, every float entry: as load_state_dict(strict=True) would
     return model, f
 
 
