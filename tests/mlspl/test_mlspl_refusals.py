@@ -1,6 +1,7 @@
 """`harness mlspl train` refuses, in one line and exit 2, what would end it in a traceback or a number
 that means nothing: a damaged state file, features holding a NaN, a loss that turns NaN."""
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -57,10 +58,20 @@ def _keys_missing(path):
     torch.save(state, path)
 
 
-@pytest.mark.parametrize("damage", [_truncate, _code_pickle, _wrong_shape, _not_a_dict, _keys_missing])
-def test_a_damaged_linear_state_file_is_one_line_naming_it(synth, tmp_path, capsys, damage):
+@pytest.fixture(scope="module")
+def trained_runs(synth, tmp_path_factory):
+    """A runs folder holding one finished one-epoch run and its state file: the damage tests copy it
+    (none writes it) instead of each training the same epoch."""
     base, feats = synth
-    assert _train(base, feats, tmp_path / "runs") == 0
+    runs = tmp_path_factory.mktemp("mlspl_refusals") / "runs"
+    assert _train(base, feats, runs) == 0
+    return runs
+
+
+@pytest.mark.parametrize("damage", [_truncate, _code_pickle, _wrong_shape, _not_a_dict, _keys_missing])
+def test_a_damaged_linear_state_file_is_one_line_naming_it(synth, trained_runs, tmp_path, capsys, damage):
+    base, feats = synth
+    shutil.copytree(trained_runs, tmp_path / "runs")
     (state,) = (tmp_path / "runs" / "_mlspl_work").glob("*/linear_bs16.pt")
     damage(state)
     capsys.readouterr()
