@@ -343,8 +343,9 @@ def evaluate_checkpoint(config, trained=None):
 
     shape = {k: v for k, v in arch.items() if k not in ("name", "img_size")}
     with torch.device("meta"):  # names and shapes, no memory, no random draws: another model's file is
-        ckpt.check_fits(CTran(**shape).state_dict(), state, weights)  # refused before a 60 M-weight build
-    model = CTran(**shape)
+        model = CTran(**shape)  # refused before a 60 M-weight build
+    ckpt.check_fits(model.state_dict(), state, weights)
+    model.to_empty(device="cpu")  # no random init either: the strict load below sets every entry
     ckpt.load_into(model, state, weights)
     baseline_mib = nvml_baseline_mib(device)  # before the model reaches the GPU
     model.to(device)
