@@ -137,7 +137,19 @@ def test_an_undamaged_stopped_run_resumes(stopped, fitting_backbone, smoke_root,
     assert (run_dir / "record.json").is_file()
 
 
-def test_a_resume_on_another_number_of_processes_is_refused_on_every_rank(smoke_root, tmp_path, capfd):
+@pytest.fixture
+def loaded_before_forking():
+    """What a finished training's rank 0 loads (TensorBoard's writer, the parsed manifest), loaded in this
+    process: the forked ranks inherit it instead of loading it again (~0.4 s) where no test here did yet."""
+    import torch.utils.tensorboard  # noqa: F401
+
+    from harness.manifest import load_manifest
+
+    load_manifest()
+
+
+def test_a_resume_on_another_number_of_processes_is_refused_on_every_rank(smoke_root, tmp_path, capfd,
+                                                                          loaded_before_forking):
     argv = ["ctran", "train", "--coco-root", str(smoke_root), "--runs", str(tmp_path / "runs"), *TINY,
             "--backbone", "random", "--device", "cpu", "--batch-size", "6"]  # splits over 2 and 3
     # six images: one step of three per rank (eight took two); the refusal needs a finished 2-rank run
