@@ -58,23 +58,42 @@ def authors_passes(root, data, workers, passes):
 
 
 def shared_passes(root, data, workers, passes, world=None):
+    """Per pass: the train batches, then the val batches; and the generator's state after each pass."""
     world = world or World()
     generator = torch.Generator().manual_seed(SEED)
     torch.manual_seed(SEED)
     config = TrainConfig("AN", "fine-tuned", coco_root=root, resolution=RESOLUTION, workers=workers)
     loaders = _ImageLoaders(data, config, BATCH, generator, world)
-    out = []
+    out, states = [], []
     for _ in range(passes):
         out.append([[(to_model_input(u8, "imagenet"), rows) for u8, rows in loader]
                     for loader in (loaders.train(), loaders.evaluation("val"))])
-    return out, generator.get_state()
+        states.append(generator.get_state())
+    return out, states
+
+
+@pytest.fixture(scope="module")
+def one_process_passes(smoke_root, smoke_data):
+    """Two passes of the shared loader on one process, per worker count, made once (read only): the
+    comparison with the authors' batches reads both, the ranks' test the first as its whole batches
+    (a pass's batches and the state after it do not depend on a pass following it)."""
+    made = {}
+
+    def passes(workers):
+        if workers not in made:
+            made[workers] = shared_passes(smoke_root, _data(smoke_data), workers, 2)
+        return made[workers]
+
+    return passes
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_shared_loader_batches_equal_the_authors_float_batches(smoke_root, smoke_data, workers):  # noqa: F811
+def test_shared_loader_batches_equal_the_authors_float_batches(smoke_root, smoke_data, one_process_passes,
+                                                               workers):  # noqa: F811
     data = _data(smoke_data)
-    (theirs, their_state), (ours, our_state) = (make(smoke_root, data, workers, 2)
-                                                for make in (authors_passes, shared_passes))
+    theirs, their_state = authors_passes(smoke_root, data, workers, 2)
+    ours, our_states = one_process_passes(workers)
+    our_state = our_states[-1]
     for their_pass, our_pass in zip(theirs, ours):
         for their_loader, our_loader in zip(their_pass, our_pass):
             assert len(their_loader) == len(our_loader) > 0
@@ -89,11 +108,13 @@ def test_shared_loader_batches_equal_the_authors_float_batches(smoke_root, smoke
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_each_rank_gets_its_share_of_each_batch_with_the_same_flips(smoke_root, smoke_data, workers):  # noqa: F811
+def test_each_rank_gets_its_share_of_each_batch_with_the_same_flips(smoke_root, smoke_data, one_process_passes,
+                                                                    workers):  # noqa: F811
     data = _data(smoke_data)
-    whole, state = shared_passes(smoke_root, data, workers, 1)
+    passes, states = one_process_passes(workers)
+    whole, state = passes[:1], states[0]  # the first pass
     ranks = [shared_passes(smoke_root, data, workers, 1, World(rank, 2)) for rank in (0, 1)]
-    assert all(torch.equal(rank_state, state) for _, rank_state in ranks)
+    assert all(torch.equal(rank_states[0], state) for _, rank_states in ranks)
     for step, (x, rows) in enumerate(whole[0][0]):  # train: each rank holds a contiguous half of every batch
         assert torch.equal(torch.cat([r[0][0][0][step][0] for r in ranks]), x)
         assert torch.equal(torch.cat([r[0][0][0][step][1] for r in ranks]), rows)
