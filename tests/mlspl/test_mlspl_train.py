@@ -138,10 +138,11 @@ def _initial_table_after_head(data, generator):
 
 @pytest.fixture
 def shallow_resnet50(monkeypatch):
-    """MLSPLResNet50's backbone with one block a stage: ResNet-50's widths, its 2048-d features and key
-    names, a third of its weights. For tests of what happens around the network (hand-overs, resumes,
-    seeding), which holds for any depth."""
-    monkeypatch.setattr(harness.models.mlspl, "resnet50", lambda weights=None: ResNet(Bottleneck, [1, 1, 1, 1]))
+    """MLSPLResNet50's backbone with one block a stage, each block's inner convolutions an eighth of
+    ResNet-50's width: its 2048-d features and key names, about an eighth of its weights. For tests of what
+    happens around the network (hand-overs, resumes, seeding), which holds for any depth and width."""
+    monkeypatch.setattr(harness.models.mlspl, "resnet50",
+                        lambda weights=None: ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=8))
 
 
 def test_linear_init_hands_head_and_estimates_to_fine_tuning(smoke_root, smoke_data, tmp_path, shallow_resnet50):
