@@ -113,10 +113,10 @@ def test_interrupted_linear_run_resumes_to_the_same_result(synth, tmp_path):
     np.testing.assert_allclose(resumed[0].test_scores, full[0].test_scores)
 
 
-def test_one_fine_tuning_step_on_cpu(smoke_root, smoke_data):
+def test_one_fine_tuning_step_on_cpu(smoke_root, smoke_data, shallow_resnet50):
     data = load_prepared(smoke_data)
     torch.manual_seed(0)
-    model = MLSPLResNet50(layers=[1, 1, 1, 1])  # one block a stage: the step, not the depth, is tested
+    model = MLSPLResNet50()  # shallow and narrow: the step, not the depth or width, is tested
     before = model.backbone.conv1.weight.detach().clone()
     generator = torch.Generator().manual_seed(0)
     generator_table = _initial_table_after_head(data, generator)
