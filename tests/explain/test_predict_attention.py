@@ -142,18 +142,36 @@ def test_attention_sums_to_one_and_comes_from_the_scoring_pass(setup, smoke_root
     assert [w.shape[0] for w in store] == [5, 2]
 
 
-def test_attention_command_writes_png_npy_json(setup, smoke_root, tmp_path, capsys):
+def test_attention_command_writes_png_npy_json(setup, smoke_root, tmp_path, capsys, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from harness.explain.attention import attention_figure
+
     manifest, checkpoint = setup
+    # the picture is built from what the command passes but not rendered to PNG (savefig: most of this
+    # test's time); test_attention_picture.py renders one
+    pictures = []
+
+    def built_not_rendered(image, maps, labels, scores, title, random_weights):
+        pictures.append((maps, labels, scores, random_weights))
+        plt.close(attention_figure(image, maps, labels, scores, title, random_weights=random_weights))
+        return b"\x89PNG not rendered"
+
+    monkeypatch.setattr("harness.commands.attention.figure_png", built_not_rendered)
     image = sorted((smoke_root / "val2014").iterdir())[0]
     out = tmp_path / "maps"
     args = ["attention", "tiny-q2l", str(image), "--manifest", str(manifest), "--weights", str(checkpoint),
             "--label", "person", "--label", "traffic light", "--out", str(out)]
     assert main(args) == 0
     stem = out / image.stem
-    assert (stem.parent / f"{image.stem}.attention.png").read_bytes()[:4] == b"\x89PNG"
+    assert (stem.parent / f"{image.stem}.attention.png").read_bytes() == b"\x89PNG not rendered"
     maps = np.load(f"{stem}.attention.npy")
     meta = json.loads(open(f"{stem}.attention.json").read())
     assert maps.shape == (80, 4, 4, 4) and meta["shown"] == ["person", "traffic light"]
+    ((drawn, labels, scores, random_weights),) = pictures  # the picture shows the two labels' maps and scores
+    person, light = meta["classes"].index("person"), meta["classes"].index("traffic light")
+    assert np.array_equal(drawn, maps[[person, light]]) and labels == ["person", "traffic light"]
+    assert np.array_equal(scores, np.float32(meta["scores"])[[person, light]]) and random_weights is False
     spec, model, _, device, _ = _model(manifest, checkpoint)
     from harness.explain.predict import score_images
     assert np.array_equal(np.float32(meta["scores"]), score_images(model, spec, [image], device=device)[0])
