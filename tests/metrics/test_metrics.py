@@ -279,7 +279,9 @@ def test_bootstrap_chunking_moves_no_bit():
     """The default chunk (few chunks on a small set) scores each resample exactly as chunks of 7 or 1."""
     scores, labels = random_problem(150, 6, seed=5)
     scores[:, :2] = np.round(scores[:, :2], 1)  # ties too
-    counts = M.resample_counts(150, 40, seed=9)
+    # 16 resamples of 150 images: 6 to a packed float (8-bit lanes), so the default chunk holds 3 packs,
+    # the last one part full, chunks of 7 end in a part chunk and chunks of 1 hold one lane
+    counts = M.resample_counts(150, 16, seed=9)
     for protocol in M.PROTOCOLS:
         _, _, _, _, orders = M.per_class_ap(scores, labels > 0, protocol)
         default = M.bootstrap_map(orders, counts, protocol)
