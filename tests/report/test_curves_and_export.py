@@ -85,17 +85,13 @@ def test_ctran_training_writes_its_curves_live_and_the_html_report_plots_them(sm
     assert "<h2>Training curves</h2>" in html and "<h3>ctran-r101-576 training</h3>" in html
 
 
-def test_mlspl_training_copies_every_grid_points_curves_into_its_run(synth, tmp_path):
+def test_mlspl_training_copies_every_grid_points_curves_into_its_run(trained):
+    """The train-record tests' training (tests/report/conftest.py): 2 epochs at batch 16, lr 1e-3."""
     pytest.importorskip("tensorboard")
-    base, feats = synth
-    runs = tmp_path / "runs"
-    assert main(["mlspl", "train", "--loss", "AN", "--mode", "linear", "--data", str(base / "data"), "--features",
-                 str(feats), "--lr", "1e-2", "--batch-size", "16", "--epochs", "2", "--device", "cpu", "--runs",
-                 str(runs), "-q"]) == 0
-    (run_dir,) = (runs / "mlspl-an-linear").iterdir()
+    _, run_dir, _ = trained
     history = json.loads((run_dir / "record.json").read_text())["train"]["grid"][0]["history"]
     curves = read_curves(run_dir)
-    assert curves["linear_bs16_lr0.01/val_mAP"] == [(e + 1, pytest.approx(h["val_mAP"], rel=1e-6))
+    assert curves["linear_bs16_lr0.001/val_mAP"] == [(e + 1, pytest.approx(h["val_mAP"], rel=1e-6))
                                                      for e, h in enumerate(history)]
 
 

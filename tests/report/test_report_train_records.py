@@ -8,17 +8,6 @@ from harness.cli import main
 from harness.manifest import load_manifest
 
 
-@pytest.fixture(scope="module")
-def trained(synth):
-    base, feats = synth
-    runs = base / "report-runs"
-    assert main(["mlspl", "train", "--loss", "AN", "--mode", "linear", "--data", str(base / "data"),
-                 "--features", str(feats), "--lr", "1e-3", "--batch-size", "16", "--epochs", "2",
-                 "--device", "cpu", "--out", str(runs)]) == 0
-    (run_dir,) = (runs / "mlspl-an-linear").iterdir()
-    return runs, run_dir, json.loads((run_dir / "record.json").read_text())
-
-
 def test_a_train_record_is_shown_in_the_report(trained):
     runs, _, record = trained
     data = report.collect(runs, load_manifest(), report.load_paper_tables(), measured_root=None)
