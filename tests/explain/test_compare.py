@@ -163,7 +163,24 @@ def test_cli_text_plot_and_refusals(tmp_path, capsys):
 
 
 @pytest.mark.usefixtures("plots_not_drawn")  # the report's own plots: the compare chart is still drawn
-def test_report_compare_section_html_and_chart(tmp_path, capsys):
+def test_report_compare_section_html_and_chart(tmp_path, capsys, monkeypatch):
+    import base64
+
+    from harness.explain import compare
+
+    # the report asks for the chart of one comparison twice (inline in the HTML, and the PNG beside it):
+    # drawn for real the first time, the same bytes given the second
+    charts = []
+    draw = compare.plot_png
+
+    def drawn_once(result):
+        if not charts:
+            charts.append((result, draw(result)))
+        assert result is charts[0][0]
+        return charts[0][1]
+
+    monkeypatch.setattr(compare, "plot_png", drawn_once)
+    monkeypatch.setattr("harness.commands.report.plot_png", drawn_once)
     rng, labels = synthetic(60)
     runs = tmp_path / "runs"
     make_run(runs, "model-a", labels + rng.normal(0, 0.5, labels.shape), labels)
@@ -174,7 +191,9 @@ def test_report_compare_section_html_and_chart(tmp_path, capsys):
     html = out.read_text()
     assert "Paired comparison" in html and "verdict: A better" in html
     assert html.count("data:image/png;base64,") == 2  # paper vs ours and the per-class chart (no GPU: no VRAM plot)
-    assert (tmp_path / "report-compare.png").read_bytes()[:4] == b"\x89PNG"
+    (chart,) = {png for _, png in charts}
+    assert chart[:4] == b"\x89PNG" and (tmp_path / "report-compare.png").read_bytes() == chart
+    assert f"alt='per-class AP difference' src='data:image/png;base64,{base64.b64encode(chart).decode()}'" in html
     capsys.readouterr()
     assert main(["report", "--runs", str(runs), "--measured", "none", "--compare", "model-a", "nothing"]) == 2
     _one_line(capsys, "--compare nothing", "harness eval nothing")
