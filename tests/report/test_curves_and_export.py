@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_records import eval_record, problem
+from mlspl_runs import an_linear_run
 
 from harness import records, report
 from harness.cli import main
@@ -85,10 +86,10 @@ def test_ctran_training_writes_its_curves_live_and_the_html_report_plots_them(sm
     assert "<h2>Training curves</h2>" in html and "<h3>ctran-r101-576 training</h3>" in html
 
 
-def test_mlspl_training_copies_every_grid_points_curves_into_its_run(trained):
-    """The train-record tests' training (tests/report/conftest.py): 2 epochs at batch 16, lr 1e-3."""
+def test_mlspl_training_copies_every_grid_points_curves_into_its_run(synth):
+    """The train-record tests' training (tests/helpers/mlspl_runs.py): 2 epochs at batch 16, lr 1e-3."""
     pytest.importorskip("tensorboard")
-    _, run_dir, _ = trained
+    _, run_dir, _ = an_linear_run(synth)
     history = json.loads((run_dir / "record.json").read_text())["train"]["grid"][0]["history"]
     curves = read_curves(run_dir)
     assert curves["linear_bs16_lr0.001/val_mAP"] == [(e + 1, pytest.approx(h["val_mAP"], rel=1e-6))

@@ -2,10 +2,16 @@
 import json
 
 import pytest
+from mlspl_runs import an_linear_run
 
 from harness import report
 from harness.cli import main
 from harness.manifest import load_manifest
+
+
+@pytest.fixture
+def trained(synth):
+    return an_linear_run(synth)
 
 
 def test_a_train_record_is_shown_in_the_report(trained):
