@@ -1,6 +1,7 @@
 """`harness predict` and `harness attention`: eval's scores to the bit, attention from the same pass."""
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -104,7 +105,10 @@ def test_random_weights_are_said_on_every_line_and_row(setup, smoke_root, tmp_pa
     banners = []
     monkeypatch.setattr("harness.commands.attention.figure_png",
                         lambda *a, random_weights: banners.append(random_weights) or b"\x89PNG not drawn")
-    folder = smoke_root / "val2014"
+    folder = tmp_path / "images"  # three of the smoke images: every line is said whatever their number
+    folder.mkdir()
+    for image in sorted((smoke_root / "val2014").iterdir())[:3]:
+        shutil.copy(image, folder)
     for fmt in ("text", "csv"):
         capsys.readouterr()
         assert main(["predict", "tiny-q2l", str(folder), "--manifest", str(manifest), "--weights", "random",
