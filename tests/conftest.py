@@ -116,18 +116,23 @@ def tiny_manifest(folder, model_id, arch, base="q2l-r101-448", **eval_overrides)
     return path
 
 
-# Tests that start fresh interpreters take the longest: start them first, so that with one pytest
-# worker per core they do not run alone at the end.
+# Tests that start processes (fresh interpreters, forked ranks) take the longest: start them first, so that with
+# one pytest worker per core they do not run alone at the end. The first tests are handed out one a worker in
+# turn: the bench and registry checks, 2nd and 4th, land on the same worker and share one fresh interpreter
+# (tests/helpers/after_torch.py).
 STARTS_PROCESSES = ("test_torchrun.py::test_torchrun_", "test_bench.py::test_bench_runs_from_a_bare_checkout",
-                    "test_mlspl_authors.py::test_linear_training", "test_registry.py::test_a_model_without")
+                    "test_mlspl_authors.py::test_linear_training", "test_registry.py::test_a_model_without",
+                    "test_ctran_refusals.py::test_a_resume_on_another", "test_q2l_ddp.py::",
+                    "test_mlspl_loader.py::test_shared_loader_batches", "test_q2l_resume.py::",
+                    "test_mlspl_ddp.py::", "test_ctran_ddp.py::")
 
 
-# The longest in-process tests (1.5-5 CPU s each) go next, for the same reason: a worker that draws one
-# last would otherwise finish alone.
-LONGEST = ("test_q2l_authors_loop.py::", "test_q2l_ddp.py::", "test_q2l_resume.py::", "test_api.py::test_the_docstring",
-           "test_verify.py::test_a_whole_split_run", "test_curves_and_export.py::test_ctran_training",
-           "test_ctran_refusals.py::test_a_resume_on_another", "test_ctran_model.py::test_logits_equal",
-           "test_mldecoder_report.py::test_pick_table", "test_progress.py::test_fine_tuning_draws")
+# The longest in-process tests (1-5 CPU s each, measured) go next, for the same reason: a worker that draws
+# one last would otherwise finish alone.
+LONGEST = ("test_q2l_authors_loop.py::", "test_verify.py::test_a_whole_split_run", "test_api.py::test_the_docstring",
+           "test_curves_and_export.py::test_ctran_training", "test_progress.py::test_an_interrupted_reproduce",
+           "test_ctran_model.py::test_logits_equal", "test_q2l_checkpointing.py::test_checkpointed_training_is_bit",
+           "test_mldecoder_eval.py::test_the_smallest_released", "test_ctran_run.py::test_eval_at_four_settings")
 
 
 def pytest_collection_modifyitems(items):
