@@ -9,17 +9,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))  # the shared builders (tests/helpers/*.py)
 
-# No automatic garbage collection while torch, the libraries and the test modules load: each full one walks
-# every object loaded so far (~0.5 M by the end, ~1 s of collections in all), and all of it lives to the end.
-# Collection turns it back on, with all of it frozen (pytest_collection_finish).
-gc.disable()
-
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core (pytest -n auto): one thread each, not a core's
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # share each, and the same for the processes tests start
 
 import pytest
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    # No automatic garbage collection while torch, the libraries and the test modules load: each full one
+    # walks every object loaded so far (~0.5 M by the end, ~1 s of collections in all), and all of it lives
+    # to the end. Collection turns it back on, with all of it frozen (pytest_collection_finish).
+    gc.disable()
     import torch  # not at the top: pytest's controller process loads this file too, and never needs torch
 
     torch.set_num_threads(1)

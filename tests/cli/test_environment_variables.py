@@ -43,4 +43,5 @@ def test_good_values_are_read(monkeypatch):
 def test_a_misspelt_variable_is_named_with_the_closest(monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_OFLINE", "1")
     environment.check_all()
-    assert "HARNESS_OFLINE is set but the harness reads no such variable; did you mean HARNESS_OFFLINE?" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "HARNESS_OFLINE is set but the harness reads no such variable; did you mean HARNESS_OFFLINE?" in said
