@@ -131,7 +131,7 @@ STARTS_PROCESSES = ("test_torchrun.py::test_torchrun_", "test_bench.py::test_ben
 LONGEST = ("test_q2l_authors_loop.py::", "test_verify.py::test_a_whole_split_run", "test_api.py::test_the_docstring",
            "test_curves_and_export.py::test_ctran_training", "test_progress.py::test_an_interrupted_reproduce",
            "test_ctran_model.py::test_logits_equal", "test_q2l_checkpointing.py::test_checkpointed_training_is_bit",
-           "test_mldecoder_eval.py::test_the_smallest_released", "test_ctran_run.py::test_eval_at_four_settings")
+           "test_mldecoder_eval.py::test_the_smallest_released")
 
 
 def pytest_collection_modifyitems(items):
