@@ -3,10 +3,8 @@ only for what costs start-up time (each saying why), no print outside the CLI, n
 the floors read commands -> systems -> shared machinery -> records/metrics."""
 import ast
 import functools
-import json
-import subprocess
-import sys
 
+import after_torch
 import pytest
 from paths import REPO
 
@@ -82,39 +80,24 @@ def test_the_library_never_imports_the_cli():
 
 TORCH_FREE = ["harness.cli", "harness.commands.report", "harness.commands.metrics", "harness.commands.compare",
               "harness.commands.models", "harness.commands.data", "harness.commands.verify"]
-# One interpreter for all of them: it loads harness.cli and libraries that never load torch, then forks a
-# child per module that imports it and says whether torch came with it; each child sees exactly what a
-# fresh interpreter importing the module would add (a base that loaded torch shows in every answer).
-# The libraries are those the modules share (scipy.sparse, PIL, requests, tabulate): loaded once, not per child.
-IMPORT_EACH_IN_A_CHILD = """
-import json, os, sys
-import numpy, pandas, PIL.Image, requests, scipy.sparse, tabulate, yaml, harness.cli
-seen = {}
-for module in sys.argv[1:]:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        __import__(module)
-        os.write(write, json.dumps('torch' in sys.modules).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as answer:
-        seen[module] = answer.read()
-    assert os.waitpid(pid, 0)[1] == 0, module
-print(json.dumps({m: json.loads(a) for m, a in seen.items()}))
-"""
+# One interpreter for all of them (tests/helpers/after_torch.py's in_children): it loads harness.cli and
+# libraries that never load torch, then forks a child per module that imports it and says whether torch came
+# with it; each child sees exactly what a fresh interpreter importing the module would add (a base that loaded
+# torch shows in every answer). The libraries are those the modules share (scipy.sparse, PIL, requests,
+# tabulate): loaded once, not per child.
+TORCH_FREE_BASE = "import numpy, pandas, PIL.Image, requests, scipy.sparse, tabulate, yaml, harness.cli"
 
 
 @pytest.fixture(scope="module")
 def torch_loaded_by():
-    done = subprocess.run([sys.executable, "-c", IMPORT_EACH_IN_A_CHILD, *TORCH_FREE], capture_output=True, text=True,
-                          check=True, cwd=REPO)
-    return json.loads(done.stdout)
+    checks = {m: f"import importlib, sys\nimportlib.import_module({m!r})\nanswer = 'torch' in sys.modules"
+              for m in TORCH_FREE}
+    return after_torch.in_children(TORCH_FREE_BASE, checks)
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_the_commands_that_need_no_model_start_without_torch(module, torch_loaded_by):
-    assert torch_loaded_by[module] is False
+    assert after_torch.answer_of(torch_loaded_by[module], module) is False
 
 
 def _module_name(path):
