@@ -230,7 +230,7 @@ def _parse_arch(f, arch, resolution):
                                 f"size and fed the other; make them equal")
 
 
-def _parse_entry(path, model_id, data, references=None, resolved=None):
+def _parse_entry(path, resolved, model_id, data, references):
     f = _Field(path, model_id)
     if not isinstance(model_id, str) or not ID_PATTERN.fullmatch(model_id):
         raise UserError(f"{path}: model id {model_id!r:.80} must be a word of letters, digits, '.', '-' and '_' "
@@ -303,7 +303,7 @@ def _parse_entry(path, model_id, data, references=None, resolved=None):
         files=_parse_files(f, files),
         eval=spec,
         train=train,
-        manifest_path=resolved or path.resolve(),
+        manifest_path=resolved,
         references=refs,
     )
 
@@ -345,7 +345,7 @@ def load_manifest(path=None):
     path, data = read_manifest_data(path)
     references = _parse_references(path, data.get("reference_files") or {})
     resolved = path.resolve()  # once, not once an entry (a stat per folder of the path each time)
-    specs = {mid: _parse_entry(path, mid, entry, references, resolved) for mid, entry in data["models"].items()}
+    specs = {mid: _parse_entry(path, resolved, mid, entry, references) for mid, entry in data["models"].items()}
     _check_names_unambiguous(path, specs)
     return specs
 
